@@ -1,0 +1,25 @@
+//! quorumkv: a distributed key-value store in the Dynamo/Cassandra family.
+//!
+//! Keys are the integers `0..=255`, values UTF-8 strings. A byte-ordered ring
+//! ([`ring`]) places each key on `RF` replicas; any replica coordinates a
+//! request ([`coordinator`]) at the consistency level the client picks
+//! ([`consistency`]); replicas that missed writes are brought back by read
+//! repair and hinted handoff ([`hints`]). See `docs/ARCHITECTURE.md` for the
+//! modules, the threads and the path of a request.
+#![warn(missing_docs)]
+
+pub mod cell;
+pub mod consistency;
+pub mod error;
+pub mod frame;
+pub mod hlc;
+pub mod ring;
+pub mod store;
+
+/// Messages generated from `proto/quorumkv.proto` by `build.rs`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/quorumkv.rs"));
+}
+
+pub use error::{Error, Result};

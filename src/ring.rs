@@ -1,0 +1,308 @@
+//! The cluster file and the ring: who the replicas are and which keys each holds.
+//!
+//! # The cluster file
+//!
+//! `replicas.txt` has one replica a line, `name host port`, in ring order.
+//! `#` starts a comment; blank lines are skipped. Names and addresses must be
+//! unique. Any mistake is refused with the line number.
+//!
+//! # Placement: a byte-ordered partitioner
+//!
+//! Keys are `0..=255`, so the key *is* its token, as with Cassandra's
+//! `ByteOrderedPartitioner`. With `N` replicas each gets a contiguous range of
+//! `256 / N` keys, the first `256 % N` replicas one more; replica `i`'s range
+//! follows replica `i-1`'s. A key's replicas are its owner and the next `RF-1`
+//! replicas clockwise. With the shipped four-replica file this is the seed's
+//! table: keys 0-63 on replica0,1,2; 64-127 on 1,2,3; 128-191 on 2,3,0;
+//! 192-255 on 3,0,1.
+//!
+//! # Epochs
+//!
+//! A [`Ring`] is immutable and carries an `epoch`. Membership changes (a later
+//! issue) build a new ring with a higher epoch instead of mutating this one;
+//! the handshake between replicas compares [`Ring::fingerprint`]s so two nodes
+//! with different views refuse each other rather than misplace data.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use crate::error::{Error, Result};
+use crate::store::KEYS;
+
+/// One replica as the cluster file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Unique name, e.g. `replica0`.
+    pub name: String,
+    /// Host as written in the file.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Stable 32-bit id derived from the name; breaks timestamp ties.
+    pub id: u32,
+}
+
+impl NodeInfo {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+    }
+
+    /// Resolves the address to a socket address.
+    pub fn socket_addr(&self) -> Result<SocketAddr> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| Error::Config(format!("cannot resolve {} for {}: {e}", self.address(), self.name)))?
+            .next()
+            .ok_or_else(|| Error::Config(format!("{} for {} resolves to no address", self.address(), self.name)))
+    }
+}
+
+/// Parses a cluster file's text. `origin` names the file in errors.
+pub fn parse_cluster_file(text: &str, origin: &str) -> Result<Vec<NodeInfo>> {
+    let mut nodes: Vec<NodeInfo> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let bad = |why: String| Error::Config(format!("{origin} line {lineno}: {why}: {raw:?}"));
+        if fields.len() != 3 {
+            return Err(bad(format!("expected `name host port`, found {} field(s)", fields.len())));
+        }
+        let (name, host, port) = (fields[0], fields[1], fields[2]);
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(bad(format!("name {name:?} may only hold letters, digits, '-', '_' and '.'")));
+        }
+        let port: u16 = match port.parse() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(bad(format!("port {port:?} is not a number from 1 to 65535"))),
+        };
+        if let Some(other) = nodes.iter().find(|n| n.name == name) {
+            return Err(bad(format!("duplicate name {name:?} (already used for {})", other.address())));
+        }
+        if let Some(other) = nodes.iter().find(|n| n.host == host && n.port == port) {
+            return Err(bad(format!("duplicate address {host}:{port} (already used by {})", other.name)));
+        }
+        nodes.push(NodeInfo { name: name.to_string(), host: host.to_string(), port, id: node_id(name) });
+    }
+    if nodes.is_empty() {
+        return Err(Error::Config(format!("{origin}: no replicas listed")));
+    }
+    Ok(nodes)
+}
+
+/// Reads and parses a cluster file.
+pub fn load_cluster_file(path: &str) -> Result<Vec<NodeInfo>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {path}: {e}")))?;
+    parse_cluster_file(&text, path)
+}
+
+/// FNV-1a over the name: a stable id that does not depend on file order.
+fn node_id(name: &str) -> u32 {
+    fnv1a(name.as_bytes()) as u32
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The placement of keys on replicas; immutable, identified by its epoch.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    nodes: Vec<NodeInfo>,
+    rf: usize,
+    epoch: u64,
+    /// `ranges[i]` is node `i`'s primary range, inclusive.
+    ranges: Vec<(u8, u8)>,
+    /// `replicas[key]`: indexes into `nodes`, owner first.
+    replicas: Vec<Vec<usize>>,
+}
+
+impl Ring {
+    /// Builds the ring; refuses an RF that is zero or larger than the cluster, or more than 256 replicas.
+    pub fn new(nodes: Vec<NodeInfo>, rf: usize, epoch: u64) -> Result<Ring> {
+        let n = nodes.len();
+        if n == 0 || n > KEYS {
+            return Err(Error::Config(format!("a ring needs 1 to {KEYS} replicas, got {n}")));
+        }
+        if rf == 0 || rf > n {
+            return Err(Error::Config(format!("replication factor {rf} must be between 1 and the number of replicas ({n})")));
+        }
+        let (base, extra) = (KEYS / n, KEYS % n);
+        let mut ranges = Vec::with_capacity(n);
+        let mut start = 0usize;
+        for i in 0..n {
+            let len = base + usize::from(i < extra);
+            ranges.push((start as u8, (start + len - 1) as u8));
+            start += len;
+        }
+        let mut replicas = Vec::with_capacity(KEYS);
+        let mut owner = 0usize;
+        for key in 0..KEYS {
+            while key > ranges[owner].1 as usize {
+                owner += 1;
+            }
+            replicas.push((0..rf).map(|j| (owner + j) % n).collect());
+        }
+        Ok(Ring { nodes, rf, epoch, ranges, replicas })
+    }
+
+    /// All nodes in ring order.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &NodeInfo {
+        &self.nodes[i]
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Never true: a ring has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Replication factor.
+    pub fn rf(&self) -> usize {
+        self.rf
+    }
+
+    /// The ring's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The replicas of `key`, owner first, then clockwise.
+    pub fn replicas(&self, key: u8) -> &[usize] {
+        &self.replicas[key as usize]
+    }
+
+    /// Node `i`'s primary range, inclusive.
+    pub fn range(&self, i: usize) -> (u8, u8) {
+        self.ranges[i]
+    }
+
+    /// A one-line description of the ring: epoch, RF and every node.
+    pub fn describe(&self) -> String {
+        let mut s = format!("epoch {} rf {}:", self.epoch, self.rf);
+        for n in &self.nodes {
+            let _ = write!(s, " {}={}", n.name, n.address());
+        }
+        s
+    }
+
+    /// A hash of [`Ring::describe`]: equal on two nodes exactly when their rings agree.
+    pub fn fingerprint(&self) -> u64 {
+        fnv1a(self.describe().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = "# the four replicas\nreplica0 127.0.0.1 9090\nreplica1 127.0.0.1 9091\n\nreplica2 127.0.0.1 9092  # third\nreplica3 127.0.0.1 9093\n";
+
+    fn ring(n: usize, rf: usize) -> Ring {
+        let nodes = (0..n)
+            .map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1000 + i as u16, id: i as u32 })
+            .collect();
+        Ring::new(nodes, rf, 1).unwrap()
+    }
+
+    #[test]
+    fn placement_equals_the_seed_table() {
+        let r = Ring::new(parse_cluster_file(SHIPPED, "replicas.txt").unwrap(), 3, 1).unwrap();
+        let table: [(std::ops::RangeInclusive<u8>, [usize; 3]); 4] =
+            [(0..=63, [0, 1, 2]), (64..=127, [1, 2, 3]), (128..=191, [2, 3, 0]), (192..=255, [3, 0, 1])];
+        for (keys, want) in table {
+            for key in keys {
+                assert_eq!(r.replicas(key), want, "key {key}");
+            }
+        }
+        assert_eq!(r.range(0), (0, 63));
+        assert_eq!(r.range(3), (192, 255));
+        assert_eq!(r.node(2).name, "replica2");
+    }
+
+    #[test]
+    fn ranges_are_equal_contiguous_and_cover_every_key() {
+        for n in 1..=9 {
+            let r = ring(n, 1);
+            let mut next = 0usize;
+            for i in 0..n {
+                let (s, e) = r.range(i);
+                assert_eq!(s as usize, next, "n={n} node {i} starts where the previous ended");
+                let len = e as usize - s as usize + 1;
+                assert!(len == 256 / n || len == 256 / n + 1, "n={n} node {i} has {len} keys");
+                next = e as usize + 1;
+            }
+            assert_eq!(next, 256);
+        }
+    }
+
+    #[test]
+    fn replicas_are_owner_then_clockwise_and_distinct() {
+        let r = ring(5, 3);
+        for key in 0..=255u8 {
+            let reps = r.replicas(key);
+            let owner = (0..5).find(|&i| (r.range(i).0..=r.range(i).1).contains(&key)).unwrap();
+            assert_eq!(reps, [owner, (owner + 1) % 5, (owner + 2) % 5]);
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_line() {
+        let cases = [
+            ("replica0 127.0.0.1\n", "line 1"),
+            ("replica0 127.0.0.1 9090\nreplica0 127.0.0.1 9091\n", "line 2: duplicate name"),
+            ("a 127.0.0.1 9090\nb 127.0.0.1 9090\n", "line 2: duplicate address"),
+            ("a 127.0.0.1 99999\n", "line 1: port"),
+            ("a 127.0.0.1 0\n", "line 1: port"),
+            ("# nothing\n\n", "no replicas"),
+            ("a/b 127.0.0.1 1\n", "line 1: name"),
+        ];
+        for (text, want) in cases {
+            let err = parse_cluster_file(text, "f").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_rf_is_refused() {
+        let nodes = parse_cluster_file(SHIPPED, "f").unwrap();
+        assert!(Ring::new(nodes.clone(), 0, 1).is_err());
+        assert!(Ring::new(nodes.clone(), 5, 1).is_err());
+        assert!(Ring::new(nodes, 4, 1).is_ok());
+    }
+
+    #[test]
+    fn fingerprint_differs_when_anything_differs() {
+        let nodes = parse_cluster_file(SHIPPED, "f").unwrap();
+        let a = Ring::new(nodes.clone(), 3, 1).unwrap();
+        assert_eq!(a.fingerprint(), Ring::new(nodes.clone(), 3, 1).unwrap().fingerprint());
+        assert_ne!(a.fingerprint(), Ring::new(nodes.clone(), 2, 1).unwrap().fingerprint());
+        assert_ne!(a.fingerprint(), Ring::new(nodes.clone(), 3, 2).unwrap().fingerprint());
+        let mut moved = nodes;
+        moved[1].port = 9999;
+        assert_ne!(a.fingerprint(), Ring::new(moved, 3, 1).unwrap().fingerprint());
+    }
+}
