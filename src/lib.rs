@@ -2,18 +2,28 @@
 //!
 //! Keys are the integers `0..=255`, values UTF-8 strings. A byte-ordered ring
 //! ([`ring`]) places each key on `RF` replicas; any replica coordinates a
-//! request ([`coordinator`]) at the consistency level the client picks
+//! request ([`node`]) at the consistency level the client picks
 //! ([`consistency`]); replicas that missed writes are brought back by read
-//! repair and hinted handoff ([`hints`]). See `docs/ARCHITECTURE.md` for the
-//! modules, the threads and the path of a request.
+//! repair ([`call`]) and hinted handoff ([`hints`]). [`server`] owns the
+//! sockets and threads, [`link`] the connections between replicas, [`client`]
+//! the client side. See `docs/ARCHITECTURE.md` for the modules, the threads
+//! and the path of a request.
 #![warn(missing_docs)]
 
+pub mod call;
 pub mod cell;
+pub mod client;
+pub mod config;
 pub mod consistency;
+pub mod console;
 pub mod error;
 pub mod frame;
+pub mod hints;
 pub mod hlc;
+pub mod link;
+pub mod node;
 pub mod ring;
+pub mod server;
 pub mod store;
 
 /// Messages generated from `proto/quorumkv.proto` by `build.rs`.

@@ -1,0 +1,105 @@
+//! `replica NAME PORT REPLICAS_FILE [READ-REPAIR|HINTED-HANDOFF]`: runs one replica.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{LevelFilter, error};
+use quorumkv::config::{Mode, NodeConfig, parse_duration};
+use quorumkv::ring::{Ring, load_cluster_file};
+use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
+
+/// One replica of a quorumkv cluster.
+///
+/// With no MODE both read repair and hinted handoff run; READ-REPAIR or
+/// HINTED-HANDOFF keeps only that mechanism.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// This replica's name in the cluster file.
+    name: String,
+    /// Port to listen on; must match the cluster file.
+    port: u16,
+    /// The cluster file: `name host port` a line, in ring order.
+    replicas_file: String,
+    /// READ-REPAIR or HINTED-HANDOFF (default: both).
+    mode: Option<String>,
+    /// Replication factor.
+    #[arg(long, default_value_t = 3)]
+    rf: usize,
+    /// How long a coordinator waits for replicas (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// Hints older than this are dropped (e.g. 3h).
+    #[arg(long, default_value = "3h", value_parser = parse_duration)]
+    hint_window: std::time::Duration,
+    /// Bytes of hinted values held per unreachable replica.
+    #[arg(long, default_value_t = 128 << 20)]
+    max_hint_bytes: usize,
+    /// Hints replayed per second to a recovered replica.
+    #[arg(long, default_value_t = 2000)]
+    hint_rate: u32,
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_value_bytes: usize,
+    /// Client connections served at once.
+    #[arg(long, default_value_t = 2048)]
+    max_connections: usize,
+    /// Interval between heartbeats to each peer.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    heartbeat: std::time::Duration,
+    /// A peer silent this long is marked down.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    down_after: std::time::Duration,
+    /// Address to listen on (default: this replica's host in the cluster file).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: LevelFilter,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log_config = ConfigBuilder::new().set_target_level(LevelFilter::Off).set_thread_level(LevelFilter::Off).build();
+    let _ = TermLogger::init(args.log_level, log_config, TerminalMode::Stderr, ColorChoice::Never);
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn start(args: Args) -> quorumkv::Result<()> {
+    use quorumkv::Error;
+    let nodes = load_cluster_file(&args.replicas_file)?;
+    let Some(me) = nodes.iter().find(|n| n.name == args.name) else {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        return Err(Error::Config(format!("{} is not in {} (it lists {})", args.name, args.replicas_file, names.join(", "))));
+    };
+    if me.port != args.port {
+        return Err(Error::Config(format!(
+            "port {} does not match {}'s port {} in {}",
+            args.port, args.name, me.port, args.replicas_file
+        )));
+    }
+    let bind = match args.bind {
+        Some(ip) => ip,
+        None => me.socket_addr()?.ip(),
+    };
+    let mut cfg = NodeConfig::new(args.name.clone(), bind, args.port);
+    cfg.mode = args.mode.as_deref().map(Mode::parse).transpose()?.unwrap_or(Mode::Both);
+    cfg.request_timeout = args.timeout;
+    cfg.hint_window = args.hint_window;
+    cfg.max_hint_bytes = args.max_hint_bytes;
+    cfg.hint_rate = args.hint_rate;
+    cfg.max_value_bytes = args.max_value_bytes;
+    cfg.max_connections = args.max_connections;
+    cfg.heartbeat_interval = args.heartbeat;
+    cfg.down_after = args.down_after;
+    let ring = Ring::new(nodes, args.rf, 1)?;
+    quorumkv::server::run(cfg, ring)
+}

@@ -1,0 +1,482 @@
+//! One coordinated request as a state machine: replies in, decisions and commands out.
+//!
+//! A coordinator turns a client request into a *call*: it sends a message to
+//! each replica of the key (a *slot* per replica) and waits. Replies reach the
+//! call through [`ReplySink::deliver`] from whichever thread received them —
+//! a link's reader, the maintenance thread's timeout sweep, or the coordinator
+//! itself for the local replica. The machines here hold no sockets and do no
+//! I/O: given a reply they update their counts and push [`Command`]s (keep a
+//! hint, repair a replica) that the node executes. Tests drive them with
+//! tables of replies.
+//!
+//! * [`WriteMachine`] — counts acks toward the level; a replica that fails or
+//!   times out gets a hint (when hinted handoff is on), even if the failure
+//!   arrives after the client was answered.
+//! * [`ReadMachine`] — keeps every replica's version; once the client has been
+//!   answered *and* every replica has replied or timed out, it commands a read
+//!   repair of each replica that returned something older than the newest
+//!   version seen (including replies that came after the answer).
+//! * [`GatherMachine`] — waits for every slot (inspect, display).
+//!
+//! [`Call`] wraps a machine with a mutex and a condvar so the coordinator can
+//! wait until the machine is *settled* or the deadline passes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::cell::Version;
+use crate::consistency::{Decision, QuorumTracker};
+use crate::error::Error;
+use crate::hlc::Timestamp;
+use crate::link::{PeerResult, ReplySink};
+use crate::proto::response;
+
+/// Side effects a machine asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Keep a hint: `target` missed `version` of `key`.
+    Hint {
+        /// Node index.
+        target: usize,
+        /// The key.
+        key: u8,
+        /// The missed version.
+        version: Version,
+    },
+    /// Send `version` of `key` to `target`, which returned something older.
+    Repair {
+        /// Node index.
+        target: usize,
+        /// The key.
+        key: u8,
+        /// The newest version seen.
+        version: Version,
+    },
+}
+
+/// Carries out commands (the node: hint store, repair worker).
+pub trait Executor: Send + Sync {
+    /// Executes one command.
+    fn execute(&self, command: Command);
+}
+
+/// A request's state machine.
+pub trait Machine: Send {
+    /// Records the outcome for `slot`; pushes commands to `out`. Later outcomes for a slot are ignored.
+    fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>);
+    /// Whether the coordinator can stop waiting.
+    fn settled(&self) -> bool;
+}
+
+/// A machine shared between the coordinator and the threads that deliver replies.
+pub struct Call<M> {
+    machine: Mutex<M>,
+    settled: Condvar,
+    exec: Arc<dyn Executor>,
+}
+
+impl<M: Machine> Call<M> {
+    /// Wraps `machine`; commands go to `exec`.
+    pub fn new(machine: M, exec: Arc<dyn Executor>) -> Arc<Self> {
+        Arc::new(Call { machine: Mutex::new(machine), settled: Condvar::new(), exec })
+    }
+
+    /// Blocks until the machine is settled or `deadline` passes; returns it locked.
+    pub fn wait(&self, deadline: Instant) -> MutexGuard<'_, M> {
+        let mut m = self.machine.lock();
+        while !m.settled() {
+            if self.settled.wait_until(&mut m, deadline).timed_out() {
+                break;
+            }
+        }
+        m
+    }
+
+    /// Runs `f` on the machine, then executes the commands it pushed.
+    pub fn with<R>(&self, f: impl FnOnce(&mut M, &mut Vec<Command>) -> R) -> R {
+        let mut out = Vec::new();
+        let r = f(&mut self.machine.lock(), &mut out);
+        for c in out {
+            self.exec.execute(c);
+        }
+        r
+    }
+}
+
+impl<M: Machine> ReplySink for Call<M> {
+    fn deliver(&self, slot: usize, result: PeerResult) {
+        let mut out = Vec::new();
+        let settled = {
+            let mut m = self.machine.lock();
+            m.on_reply(slot, result, &mut out);
+            m.settled()
+        };
+        if settled {
+            self.settled.notify_all();
+        }
+        for c in out {
+            self.exec.execute(c);
+        }
+    }
+}
+
+/// Short reasons for failures, for error messages (`replica2: connection refused`).
+#[derive(Debug, Default, Clone)]
+pub struct Failures(Vec<String>);
+
+impl Failures {
+    fn push(&mut self, who: &str, e: &Error) {
+        if self.0.len() < 4 {
+            self.0.push(format!("{who}: {}", e.message()));
+        }
+    }
+
+    /// `; a: why; b: why`, or empty.
+    pub fn suffix(&self) -> String {
+        if self.0.is_empty() { String::new() } else { format!(" ({})", self.0.join("; ")) }
+    }
+}
+
+/// A write sent to every replica of a key.
+pub struct WriteMachine {
+    key: u8,
+    version: Version,
+    targets: Vec<usize>,
+    names: Vec<String>,
+    answered: Vec<bool>,
+    tracker: QuorumTracker,
+    hint: bool,
+    failures: Failures,
+}
+
+impl WriteMachine {
+    /// A write of `version` to `targets` (node indexes, named `names`) needing `required` acks.
+    pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Vec<String>, required: usize, hint: bool) -> Self {
+        let n = targets.len();
+        WriteMachine { key, version, targets, names, answered: vec![false; n], tracker: QuorumTracker::new(required, n), hint, failures: Failures::default() }
+    }
+
+    /// The tracker's verdict.
+    pub fn decision(&self) -> Decision {
+        self.tracker.decision()
+    }
+
+    /// The tracker.
+    pub fn tracker(&self) -> &QuorumTracker {
+        &self.tracker
+    }
+
+    /// Why replicas failed.
+    pub fn failures(&self) -> &Failures {
+        &self.failures
+    }
+}
+
+impl Machine for WriteMachine {
+    fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
+        if std::mem::replace(&mut self.answered[slot], true) {
+            return;
+        }
+        let err = match result {
+            Ok(response::Body::ReplicaWrite(_)) => {
+                self.tracker.ack();
+                return;
+            }
+            Ok(other) => Error::Protocol(format!("unexpected reply to a write: {other:?}")),
+            Err(e) => e,
+        };
+        self.tracker.fail();
+        self.failures.push(&self.names[slot], &err);
+        if self.hint {
+            out.push(Command::Hint { target: self.targets[slot], key: self.key, version: self.version.clone() });
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.tracker.decision() != Decision::Pending
+    }
+}
+
+#[derive(Debug, Clone)]
+enum ReadSlot {
+    Waiting,
+    Replied(Option<Version>),
+    Failed,
+}
+
+/// A read sent to every replica of a key.
+pub struct ReadMachine {
+    key: u8,
+    targets: Vec<usize>,
+    names: Vec<String>,
+    slots: Vec<ReadSlot>,
+    tracker: QuorumTracker,
+    repair: bool,
+    answered: bool,
+    repairs_issued: bool,
+    /// Slots already brought up to this timestamp by a blocking repair.
+    repaired: Vec<Option<Timestamp>>,
+    failures: Failures,
+}
+
+impl ReadMachine {
+    /// A read of `key` from `targets` needing `required` replies; `repair` enables read repair.
+    pub fn new(key: u8, targets: Vec<usize>, names: Vec<String>, required: usize, repair: bool) -> Self {
+        let n = targets.len();
+        ReadMachine {
+            key,
+            targets,
+            names,
+            slots: vec![ReadSlot::Waiting; n],
+            tracker: QuorumTracker::new(required, n),
+            repair,
+            answered: false,
+            repairs_issued: false,
+            repaired: vec![None; n],
+            failures: Failures::default(),
+        }
+    }
+
+    /// The tracker's verdict.
+    pub fn decision(&self) -> Decision {
+        self.tracker.decision()
+    }
+
+    /// The tracker.
+    pub fn tracker(&self) -> &QuorumTracker {
+        &self.tracker
+    }
+
+    /// Why replicas failed.
+    pub fn failures(&self) -> &Failures {
+        &self.failures
+    }
+
+    /// The newest version among the replies so far.
+    pub fn newest(&self) -> Option<&Version> {
+        self.slots.iter().filter_map(|s| if let ReadSlot::Replied(Some(v)) = s { Some(v) } else { None }).max()
+    }
+
+    /// Slots that replied with something older than [`newest`](Self::newest), with their node index.
+    pub fn stale_replied(&self) -> Vec<(usize, usize)> {
+        let Some(newest) = self.newest() else { return Vec::new() };
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, ReadSlot::Replied(v) if v.as_ref() < Some(newest)))
+            .map(|(i, _)| (i, self.targets[i]))
+            .collect()
+    }
+
+    /// Records that `slot` was brought up to `ts` before the answer.
+    pub fn mark_repaired(&mut self, slot: usize, ts: Timestamp) {
+        self.repaired[slot] = Some(ts);
+    }
+
+    /// The client has been answered: from now on (or now, if every reply is in) background repairs go out.
+    pub fn answer(&mut self, out: &mut Vec<Command>) {
+        self.answered = true;
+        self.issue_repairs(out);
+    }
+
+    fn issue_repairs(&mut self, out: &mut Vec<Command>) {
+        if !self.repair || !self.answered || self.repairs_issued || !self.tracker.complete() {
+            return;
+        }
+        self.repairs_issued = true;
+        let Some(newest) = self.newest().cloned() else { return };
+        for (slot, target) in self.stale_replied() {
+            if self.repaired[slot] != Some(newest.ts) {
+                out.push(Command::Repair { target, key: self.key, version: newest.clone() });
+            }
+        }
+    }
+}
+
+impl Machine for ReadMachine {
+    fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
+        if !matches!(self.slots[slot], ReadSlot::Waiting) {
+            return;
+        }
+        match result {
+            Ok(response::Body::ReplicaRead(r)) => {
+                self.slots[slot] = ReadSlot::Replied(r.version.map(Version::from_proto));
+                self.tracker.ack();
+            }
+            Ok(other) => {
+                self.slots[slot] = ReadSlot::Failed;
+                self.tracker.fail();
+                self.failures.push(&self.names[slot], &Error::Protocol(format!("unexpected reply to a read: {other:?}")));
+            }
+            Err(e) => {
+                self.slots[slot] = ReadSlot::Failed;
+                self.tracker.fail();
+                self.failures.push(&self.names[slot], &e);
+            }
+        }
+        self.issue_repairs(out);
+    }
+
+    fn settled(&self) -> bool {
+        self.tracker.decision() != Decision::Pending
+    }
+}
+
+/// Collects one reply per slot, whatever they are.
+pub struct GatherMachine {
+    results: Vec<Option<PeerResult>>,
+}
+
+impl GatherMachine {
+    /// A gather over `n` slots.
+    pub fn new(n: usize) -> Self {
+        GatherMachine { results: (0..n).map(|_| None).collect() }
+    }
+
+    /// Takes the results; `None` for slots that did not answer.
+    pub fn take(&mut self) -> Vec<Option<PeerResult>> {
+        std::mem::take(&mut self.results)
+    }
+}
+
+impl Machine for GatherMachine {
+    fn on_reply(&mut self, slot: usize, result: PeerResult, _out: &mut Vec<Command>) {
+        if let Some(r) = self.results.get_mut(slot).filter(|r| r.is_none()) {
+            *r = Some(result);
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.results.iter().all(Option::is_some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+
+    fn ts(m: u64) -> Timestamp {
+        Timestamp { micros: m, node: 1 }
+    }
+
+    fn names() -> Vec<String> {
+        vec!["r0".into(), "r1".into(), "r2".into()]
+    }
+
+    fn read_reply(v: Option<Version>) -> PeerResult {
+        Ok(response::Body::ReplicaRead(proto::ReadResult { version: v.map(|v| v.to_proto()) }))
+    }
+
+    fn write_ack() -> PeerResult {
+        Ok(response::Body::ReplicaWrite(proto::WriteAck { applied: true }))
+    }
+
+    #[test]
+    fn write_hints_every_failed_replica_even_after_success() {
+        let v = Version::value(ts(5), "x");
+        let mut m = WriteMachine::new(9, v.clone(), vec![4, 5, 6], names(), 1, true);
+        let mut out = Vec::new();
+        m.on_reply(0, write_ack(), &mut out);
+        assert!(m.settled());
+        assert_eq!(m.decision(), Decision::Reached);
+        m.on_reply(1, Err(Error::Timeout("slow".into())), &mut out);
+        m.on_reply(2, Err(Error::Failure("down".into())), &mut out);
+        m.on_reply(2, write_ack(), &mut out); // a duplicate outcome is ignored
+        assert_eq!(
+            out,
+            vec![Command::Hint { target: 5, key: 9, version: v.clone() }, Command::Hint { target: 6, key: 9, version: v }]
+        );
+        assert_eq!(m.tracker().acks(), 1);
+    }
+
+    #[test]
+    fn write_without_hints_and_impossible_quorum() {
+        let v = Version::value(ts(5), "x");
+        let mut m = WriteMachine::new(1, v, vec![0, 1, 2], names(), 2, false);
+        let mut out = Vec::new();
+        m.on_reply(0, Err(Error::Failure("refused".into())), &mut out);
+        assert!(!m.settled());
+        m.on_reply(1, Err(Error::Failure("refused".into())), &mut out);
+        assert_eq!(m.decision(), Decision::Impossible);
+        assert!(out.is_empty());
+        assert!(m.failures().suffix().contains("r0: refused"));
+    }
+
+    #[test]
+    fn read_returns_newest_and_repairs_stale_after_all_replies() {
+        let old = Version::value(ts(1), "old");
+        let new = Version::value(ts(2), "new");
+        let mut m = ReadMachine::new(3, vec![7, 8, 9], names(), 1, true);
+        let mut out = Vec::new();
+        m.on_reply(0, read_reply(Some(old.clone())), &mut out);
+        assert!(m.settled());
+        assert_eq!(m.newest(), Some(&old));
+        m.answer(&mut out);
+        assert!(out.is_empty(), "not every replica has replied yet");
+        // A late reply reveals a newer version: the replica answered first is stale.
+        m.on_reply(1, read_reply(Some(new.clone())), &mut out);
+        assert!(out.is_empty());
+        m.on_reply(2, read_reply(None), &mut out);
+        assert_eq!(
+            out,
+            vec![Command::Repair { target: 7, key: 3, version: new.clone() }, Command::Repair { target: 9, key: 3, version: new }]
+        );
+    }
+
+    #[test]
+    fn read_skips_replicas_already_repaired_and_failed_ones() {
+        let old = Version::value(ts(1), "old");
+        let new = Version::value(ts(2), "new");
+        let mut m = ReadMachine::new(3, vec![0, 1, 2], names(), 2, true);
+        let mut out = Vec::new();
+        m.on_reply(0, read_reply(Some(new.clone())), &mut out);
+        m.on_reply(1, read_reply(Some(old)), &mut out);
+        assert_eq!(m.stale_replied(), vec![(1, 1)]);
+        m.mark_repaired(1, new.ts);
+        m.on_reply(2, Err(Error::Timeout("t".into())), &mut out);
+        m.answer(&mut out);
+        assert!(out.is_empty(), "slot 1 was repaired before the answer, slot 2 never replied: {out:?}");
+    }
+
+    #[test]
+    fn read_without_repair_never_commands() {
+        let mut m = ReadMachine::new(3, vec![0, 1, 2], names(), 1, false);
+        let mut out = Vec::new();
+        m.on_reply(0, read_reply(Some(Version::value(ts(2), "a"))), &mut out);
+        m.on_reply(1, read_reply(None), &mut out);
+        m.on_reply(2, read_reply(None), &mut out);
+        m.answer(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tombstone_is_newest_when_newer() {
+        let mut m = ReadMachine::new(3, vec![0, 1, 2], names(), 2, true);
+        let mut out = Vec::new();
+        m.on_reply(0, read_reply(Some(Version::value(ts(1), "a"))), &mut out);
+        m.on_reply(1, read_reply(Some(Version::tombstone(ts(2)))), &mut out);
+        assert!(m.newest().unwrap().is_tombstone());
+    }
+
+    #[test]
+    fn call_wait_returns_when_settled_by_another_thread() {
+        struct Nothing;
+        impl Executor for Nothing {
+            fn execute(&self, _c: Command) {}
+        }
+        let call = Call::new(GatherMachine::new(2), Arc::new(Nothing));
+        let c2 = call.clone();
+        let t = std::thread::spawn(move || {
+            c2.deliver(0, Ok(response::Body::Pong(proto::Pong::default())));
+            c2.deliver(1, Err(Error::Timeout("x".into())));
+        });
+        let mut m = call.wait(Instant::now() + std::time::Duration::from_secs(30));
+        assert!(m.settled());
+        assert_eq!(m.take().len(), 2);
+        drop(m);
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,152 @@
+//! A blocking client for one coordinator.
+//!
+//! One TCP connection, one request at a time. Used by the console, by tests
+//! and by tools. Every call returns the store's answer or an [`Error`] whose
+//! variant says whether the store refused (`Unavailable`, `Timeout`,
+//! `Failure`), the request was bad (`InvalidRequest`) or the connection failed
+//! (`Io`, `Protocol`).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::consistency::Consistency;
+use crate::error::{Error, Result};
+use crate::frame::{FrameReader, encode_frame};
+use crate::proto::{self, request, response};
+
+/// Largest reply a client accepts (a `display` of a full cluster stays far below).
+const MAX_REPLY: usize = 256 << 20;
+
+/// A connection to one coordinator.
+pub struct Client {
+    stream: TcpStream,
+    reader: FrameReader<TcpStream>,
+    buf: Vec<u8>,
+    next_id: u64,
+    addr: SocketAddr,
+}
+
+impl Client {
+    /// Connects to `host:port`, waiting at most `timeout` for the connection.
+    pub fn connect(host: &str, port: u16, timeout: Duration) -> Result<Client> {
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| Error::Io(format!("cannot resolve {host}:{port}: {e}")))?
+            .collect();
+        let mut last = Error::Io(format!("{host}:{port} resolves to no address"));
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(stream) => return Client::from_stream(stream, addr),
+                Err(e) => last = Error::Io(format!("cannot connect to {addr}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    fn from_stream(stream: TcpStream, addr: SocketAddr) -> Result<Client> {
+        stream.set_nodelay(true)?;
+        let reader = FrameReader::new(stream.try_clone()?, MAX_REPLY);
+        Ok(Client { stream, reader, buf: Vec::with_capacity(256), next_id: 1, addr })
+    }
+
+    /// The coordinator's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sets how long a request may wait for its reply (`None`: forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Sends `body` and returns the reply's body; an error reply becomes `Err`.
+    pub fn request(&mut self, body: request::Body) -> Result<response::Body> {
+        let id = self.next_id;
+        self.next_id += 1;
+        encode_frame(&proto::Request { id, body: Some(body) }, &mut self.buf);
+        self.stream.write_all(&self.buf).map_err(|e| Error::Io(format!("sending to {}: {e}", self.addr)))?;
+        let frame = match self.reader.read_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(Error::Io(format!("{} closed the connection", self.addr))),
+            Err(e) => return Err(Error::Io(format!("reading from {}: {e}", self.addr))),
+        };
+        let resp = proto::Response::decode(frame)?;
+        match resp.body {
+            Some(response::Body::Error(e)) => Err(Error::from_proto(e)),
+            Some(_) if resp.id != id => Err(Error::Protocol(format!("reply for request {} while waiting for {id}", resp.id))),
+            Some(b) => Ok(b),
+            None => Err(Error::Protocol("empty reply".into())),
+        }
+    }
+
+    /// Round trip without touching the store; returns the replica's name.
+    pub fn ping(&mut self) -> Result<String> {
+        match self.request(request::Body::Ping(proto::Ping {}))? {
+            response::Body::Pong(p) => Ok(p.name),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads `key`; `None` if no replica that answered holds it.
+    pub fn get(&mut self, key: u32, level: Consistency) -> Result<Option<String>> {
+        Ok(self.get_versioned(key, level)?.value)
+    }
+
+    /// Reads `key` with the version's timestamp.
+    pub fn get_versioned(&mut self, key: u32, level: Consistency) -> Result<proto::GetResult> {
+        match self.request(request::Body::Get(proto::Get { key, consistency: level.to_proto() as i32 }))? {
+            response::Body::Get(g) => Ok(g),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes `value` to `key`.
+    pub fn put(&mut self, key: u32, value: &str, level: Consistency) -> Result<proto::WriteResult> {
+        let body = request::Body::Put(proto::Put { key, value: value.to_string(), consistency: level.to_proto() as i32 });
+        match self.request(body)? {
+            response::Body::Write(w) => Ok(w),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes `key` (writes a tombstone).
+    pub fn delete(&mut self, key: u32, level: Consistency) -> Result<proto::WriteResult> {
+        match self.request(request::Body::Delete(proto::Delete { key, consistency: level.to_proto() as i32 }))? {
+            response::Body::Write(w) => Ok(w),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The coordinator's view of the cluster.
+    pub fn status(&mut self) -> Result<proto::StatusResult> {
+        match self.request(request::Body::Status(proto::StatusRequest {}))? {
+            response::Body::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What each replica of `key` holds.
+    pub fn inspect(&mut self, key: u32) -> Result<proto::InspectResult> {
+        match self.request(request::Body::Inspect(proto::InspectRequest { key }))? {
+            response::Body::Inspect(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What every replica holds, values cut to `max_value_len` bytes.
+    pub fn display(&mut self, max_value_len: u32) -> Result<proto::DisplayResult> {
+        match self.request(request::Body::Display(proto::DisplayRequest { max_value_len }))? {
+            response::Body::Display(d) => Ok(d),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(body: response::Body) -> Error {
+    Error::Protocol(format!("unexpected reply {body:?}"))
+}

@@ -1,0 +1,146 @@
+//! A replica's settings: who it is, what it runs, and its limits.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Which repair mechanisms run, as the seed's `MODE` argument chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Read repair and hinted handoff (the default).
+    Both,
+    /// Read repair only: writes that miss a replica are not hinted.
+    ReadRepair,
+    /// Hinted handoff only: reads never repair.
+    HintedHandoff,
+}
+
+impl Mode {
+    /// Parses `READ-REPAIR` or `HINTED-HANDOFF` (any case, `_` for `-`).
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s.to_ascii_uppercase().replace('_', "-").as_str() {
+            "READ-REPAIR" => Ok(Mode::ReadRepair),
+            "HINTED-HANDOFF" => Ok(Mode::HintedHandoff),
+            "BOTH" => Ok(Mode::Both),
+            _ => Err(Error::Config(format!("unknown mode {s:?}: use READ-REPAIR or HINTED-HANDOFF, or omit it for both"))),
+        }
+    }
+
+    /// Whether reads repair stale replicas.
+    pub fn read_repair(self) -> bool {
+        matches!(self, Mode::Both | Mode::ReadRepair)
+    }
+
+    /// Whether missed writes are hinted.
+    pub fn hinted_handoff(self) -> bool {
+        matches!(self, Mode::Both | Mode::HintedHandoff)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Both => "READ-REPAIR+HINTED-HANDOFF",
+            Mode::ReadRepair => "READ-REPAIR",
+            Mode::HintedHandoff => "HINTED-HANDOFF",
+        })
+    }
+}
+
+/// Everything a replica needs besides the ring.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This replica's name in the cluster file.
+    pub name: String,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Port to listen on.
+    pub port: u16,
+    /// Repair mechanisms.
+    pub mode: Mode,
+    /// How long a coordinator waits for acks.
+    pub request_timeout: Duration,
+    /// Hints older than this are dropped.
+    pub hint_window: Duration,
+    /// Bytes of hinted values held per target before new hints are refused.
+    pub max_hint_bytes: usize,
+    /// Hints replayed per second per target.
+    pub hint_rate: u32,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// Client connections served at once; more are refused.
+    pub max_connections: usize,
+    /// Interval between heartbeats to each peer.
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is marked down.
+    pub down_after: Duration,
+    /// Timeout for connecting to a peer and for its handshake.
+    pub connect_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a replica named `name` listening on `bind:port`.
+    pub fn new(name: impl Into<String>, bind: IpAddr, port: u16) -> Self {
+        NodeConfig {
+            name: name.into(),
+            bind,
+            port,
+            mode: Mode::Both,
+            request_timeout: Duration::from_millis(2000),
+            hint_window: Duration::from_secs(3 * 3600),
+            max_hint_bytes: 128 << 20,
+            hint_rate: 2000,
+            max_value_bytes: 1 << 20,
+            max_connections: 2048,
+            heartbeat_interval: Duration::from_millis(200),
+            down_after: Duration::from_millis(1000),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// The largest frame a replica accepts: the largest value plus room for the envelope.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_value_bytes + 64 * 1024
+    }
+}
+
+/// Parses a duration such as `250ms`, `10s`, `5m`, `3h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 10s, 5m or 3h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(Mode::parse("read-repair").unwrap(), Mode::ReadRepair);
+        assert_eq!(Mode::parse("HINTED_HANDOFF").unwrap(), Mode::HintedHandoff);
+        assert!(Mode::parse("BOGUS").is_err());
+        assert!(!Mode::ReadRepair.hinted_handoff() && Mode::ReadRepair.read_repair());
+        assert!(Mode::HintedHandoff.hinted_handoff() && !Mode::HintedHandoff.read_repair());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3h").unwrap(), Duration::from_secs(10800));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}

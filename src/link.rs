@@ -1,0 +1,341 @@
+//! Links to peers: one multiplexed TCP connection per peer, reused by every request.
+//!
+//! A [`PeerLink`] is this node's outbound side of the conversation with one
+//! peer. Any thread may [`send`](PeerLink::send) a request: it takes the
+//! link's write lock just long enough to register the request id in the
+//! pending table and write one frame (one `write` syscall). Replies come back
+//! on the link's own long-lived thread ([`PeerLink::run`]), which matches each
+//! to its pending entry by id and hands it to that request's [`ReplySink`].
+//! The coordinator therefore never blocks on a slow peer: it waits on its own
+//! call object, which is satisfied by whichever replies arrive first.
+//!
+//! Every pending entry has a deadline. The node's maintenance thread
+//! [`sweeps`](PeerLink::sweep) expired entries and delivers a timeout, so a
+//! peer that stops answering (SIGSTOP, a partition) neither leaks entries nor
+//! leaves a write unhinted. When the connection breaks, every entry sent on it
+//! fails at once.
+//!
+//! The same thread connects, performs the handshake (`PeerHello`, refused if
+//! the two rings differ) and reconnects after a failure. The link is *up*
+//! while a handshaken connection exists; the failure detector marks it down
+//! when the connection breaks or heartbeats go unanswered for `down_after`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use log::{debug, error, info, warn};
+use parking_lot::{Condvar, Mutex};
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::frame::{FrameReader, encode_frame};
+use crate::proto::{self, request, response};
+
+/// A peer's reply, or why there is none.
+pub type PeerResult = Result<response::Body>;
+
+/// Receives the outcome of a request sent on a link.
+pub trait ReplySink: Send + Sync {
+    /// Delivers the reply (or failure) of the request sent for `slot`. Called exactly once per send.
+    fn deliver(&self, slot: usize, result: PeerResult);
+}
+
+/// A sink that drops replies (heartbeats: the link notes any reply as a sign of life).
+pub struct IgnoreReply;
+
+impl ReplySink for IgnoreReply {
+    fn deliver(&self, _slot: usize, _result: PeerResult) {}
+}
+
+struct Pending {
+    sink: Arc<dyn ReplySink>,
+    slot: usize,
+    deadline: Instant,
+    generation: u64,
+}
+
+struct Writer {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    generation: u64,
+}
+
+/// What a link needs from its node to connect.
+pub struct LinkEnv<'a> {
+    /// Our handshake.
+    pub hello: proto::PeerHello,
+    /// Connect and handshake timeout.
+    pub connect_timeout: Duration,
+    /// Pause between connection attempts.
+    pub retry_interval: Duration,
+    /// Largest reply frame accepted.
+    pub max_frame: usize,
+    /// Set when the node stops.
+    pub shutdown: &'a AtomicBool,
+    /// Told the link's index each time it comes up.
+    pub on_up: Sender<usize>,
+}
+
+/// This node's connection to one peer.
+pub struct PeerLink {
+    /// The peer's index in the ring.
+    pub index: usize,
+    /// The peer's name.
+    pub name: String,
+    addr: SocketAddr,
+    writer: Mutex<Option<Writer>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    generation: AtomicU64,
+    up: AtomicBool,
+    epoch: Instant,
+    last_heard_ms: AtomicU64,
+    down_since: Mutex<Option<Instant>>,
+    wake: (Mutex<()>, Condvar),
+    ignore: Arc<dyn ReplySink>,
+}
+
+/// Why a connection attempt failed.
+enum ConnectError {
+    Io(String),
+    Refused(Error),
+}
+
+impl PeerLink {
+    /// A link to `name` at `addr`, initially down.
+    pub fn new(index: usize, name: String, addr: SocketAddr) -> Self {
+        PeerLink {
+            index,
+            name,
+            addr,
+            writer: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            down_since: Mutex::new(Some(Instant::now())),
+            wake: (Mutex::new(()), Condvar::new()),
+            ignore: Arc::new(IgnoreReply),
+        }
+    }
+
+    /// Whether a handshaken connection is open.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// How long the link has been down (zero while up).
+    pub fn down_for(&self) -> Duration {
+        self.down_since.lock().map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Requests awaiting a reply.
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Sends `body`; its outcome reaches `sink.deliver(slot, …)` exactly once:
+    /// the reply, a failure (link down, write failed, connection lost) or a
+    /// timeout after `deadline`. A failure to send is delivered before this returns.
+    pub fn send(&self, body: request::Body, sink: Arc<dyn ReplySink>, slot: usize, deadline: Instant) {
+        let mut guard = self.writer.lock();
+        let Some(w) = guard.as_mut() else {
+            drop(guard);
+            sink.deliver(slot, Err(Error::Failure(format!("{} is down", self.name))));
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let generation = w.generation;
+        self.pending.lock().insert(id, Pending { sink, slot, deadline, generation });
+        encode_frame(&proto::Request { id, body: Some(body) }, &mut w.buf);
+        if let Err(e) = w.stream.write_all(&w.buf) {
+            drop(guard);
+            self.teardown(generation, &format!("write failed: {e}"));
+        }
+    }
+
+    /// Sends a heartbeat; any reply counts as a sign of life.
+    pub fn heartbeat(&self, from: &str, deadline: Instant) {
+        if self.is_up() {
+            let body = request::Body::Heartbeat(proto::Heartbeat { from: from.to_string() });
+            self.send(body, self.ignore.clone(), 0, deadline);
+        }
+    }
+
+    /// Time since the peer last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)))
+    }
+
+    fn heard(&self) {
+        self.last_heard_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Marks the link down if the peer has been silent longer than `down_after`.
+    pub fn check_liveness(&self, down_after: Duration) {
+        if self.is_up() && self.silent_for() > down_after {
+            let generation = self.generation.load(Ordering::Acquire);
+            self.teardown(generation, &format!("no reply for {} ms", self.silent_for().as_millis()));
+        }
+    }
+
+    /// Fails every pending request whose deadline has passed.
+    pub fn sweep(&self, now: Instant) {
+        let mut expired = Vec::new();
+        {
+            let mut pending = self.pending.lock();
+            if pending.is_empty() {
+                return;
+            }
+            pending.retain(|_, p| {
+                let keep = p.deadline > now;
+                if !keep {
+                    expired.push((p.sink.clone(), p.slot));
+                }
+                keep
+            });
+        }
+        for (sink, slot) in expired {
+            sink.deliver(slot, Err(Error::Timeout(format!("{} did not answer in time", self.name))));
+        }
+    }
+
+    /// Closes the connection of `generation` (if still current) and fails its pending requests.
+    fn teardown(&self, generation: u64, reason: &str) {
+        {
+            let mut guard = self.writer.lock();
+            match guard.as_ref() {
+                Some(w) if w.generation == generation => {
+                    let _ = w.stream.shutdown(Shutdown::Both);
+                    *guard = None;
+                    if self.up.swap(false, Ordering::AcqRel) {
+                        warn!("peer {} at {} is down: {reason}", self.name, self.addr);
+                        *self.down_since.lock() = Some(Instant::now());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut failed = Vec::new();
+        self.pending.lock().retain(|_, p| {
+            let keep = p.generation != generation;
+            if !keep {
+                failed.push((p.sink.clone(), p.slot));
+            }
+            keep
+        });
+        for (sink, slot) in failed {
+            sink.deliver(slot, Err(Error::Failure(format!("connection to {} lost: {reason}", self.name))));
+        }
+    }
+
+    /// Wakes the link's thread (for shutdown).
+    pub fn wake(&self) {
+        let _g = self.wake.0.lock();
+        self.wake.1.notify_all();
+        if let Some(w) = self.writer.lock().as_ref() {
+            let _ = w.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// The link's thread: connect, handshake, read replies until the connection breaks, repeat.
+    pub fn run(&self, env: &LinkEnv<'_>) {
+        let mut quiet_failures = false;
+        while !env.shutdown.load(Ordering::Acquire) {
+            let pause = match self.connect(env) {
+                Ok((stream, reader)) => {
+                    quiet_failures = false;
+                    self.read_replies(stream, reader);
+                    env.retry_interval
+                }
+                Err(ConnectError::Io(e)) => {
+                    if !quiet_failures {
+                        info!("cannot reach peer {} at {}: {e} (retrying every {:?})", self.name, self.addr, env.retry_interval);
+                        quiet_failures = true;
+                    } else {
+                        debug!("cannot reach peer {} at {}: {e}", self.name, self.addr);
+                    }
+                    env.retry_interval
+                }
+                Err(ConnectError::Refused(e)) => {
+                    error!("peer {} at {} refused our handshake: {e}", self.name, self.addr);
+                    Duration::from_secs(5)
+                }
+            };
+            let mut g = self.wake.0.lock();
+            if !env.shutdown.load(Ordering::Acquire) {
+                self.wake.1.wait_for(&mut g, pause);
+            }
+        }
+    }
+
+    fn connect(&self, env: &LinkEnv<'_>) -> std::result::Result<(TcpStream, FrameReader<TcpStream>), ConnectError> {
+        let io = |e: std::io::Error| ConnectError::Io(e.to_string());
+        let stream = TcpStream::connect_timeout(&self.addr, env.connect_timeout).map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        stream.set_read_timeout(Some(env.connect_timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(env.connect_timeout)).map_err(io)?;
+        let mut buf = Vec::new();
+        let hello = proto::Request { id: 0, body: Some(request::Body::Hello(env.hello.clone())) };
+        encode_frame(&hello, &mut buf);
+        (&stream).write_all(&buf).map_err(io)?;
+        let mut reader = FrameReader::new(stream.try_clone().map_err(io)?, env.max_frame);
+        let reply = match reader.read_frame() {
+            Ok(Some(frame)) => proto::Response::decode(frame).map_err(|e| ConnectError::Io(format!("bad handshake reply: {e}")))?,
+            Ok(None) => return Err(ConnectError::Io("closed during handshake".into())),
+            Err(e) => return Err(ConnectError::Io(format!("handshake: {e}"))),
+        };
+        match reply.body {
+            Some(response::Body::Hello(_)) => {}
+            Some(response::Body::Error(e)) => return Err(ConnectError::Refused(Error::from_proto(e))),
+            other => return Err(ConnectError::Io(format!("unexpected handshake reply {other:?}"))),
+        }
+        stream.set_read_timeout(None).map_err(io)?;
+        // Writes may block only briefly: a peer that stops reading is torn down, not waited on.
+        stream.set_write_timeout(Some(env.connect_timeout.max(Duration::from_millis(500)))).map_err(io)?;
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let writer_stream = stream.try_clone().map_err(io)?;
+        *self.writer.lock() = Some(Writer { stream: writer_stream, buf: Vec::with_capacity(4096), generation });
+        self.heard();
+        *self.down_since.lock() = None;
+        self.up.store(true, Ordering::Release);
+        info!("peer {} at {} is up", self.name, self.addr);
+        let _ = env.on_up.send(self.index);
+        Ok((stream, reader))
+    }
+
+    fn read_replies(&self, stream: TcpStream, mut reader: FrameReader<TcpStream>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let reason = loop {
+            let frame = match reader.read_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break "peer closed the connection".to_string(),
+                Err(e) => break e.to_string(),
+            };
+            self.heard();
+            let resp = match proto::Response::decode(frame) {
+                Ok(r) => r,
+                Err(e) => break format!("undecodable reply: {e}"),
+            };
+            let entry = self.pending.lock().remove(&resp.id);
+            if let Some(p) = entry {
+                let result = match resp.body {
+                    Some(response::Body::Error(e)) => Err(Error::from_proto(e)),
+                    Some(body) => Ok(body),
+                    None => Err(Error::Protocol(format!("{} sent an empty reply", self.name))),
+                };
+                p.sink.deliver(p.slot, result);
+            }
+        };
+        drop(stream);
+        self.teardown(generation, &reason);
+    }
+}

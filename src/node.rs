@@ -1,0 +1,600 @@
+//! A replica's state and its coordinator.
+//!
+//! [`Node`] holds everything one replica has: its ring, clock, store, hints
+//! and links to peers. It answers two kinds of requests, both as plain
+//! functions of a decoded message (the sockets belong to [`crate::server`]):
+//!
+//! * **Peer requests** ([`Node::handle_peer`]) — read or write the local cell,
+//!   heartbeat, dump. They touch only the local store and never wait on
+//!   another replica, so a peer link can never be part of a wait cycle: two
+//!   coordinators fanning out to each other cannot deadlock.
+//! * **Client requests** ([`Node::handle_client`]) — `get`, `put`, `del` at a
+//!   consistency level, plus `status`, `inspect` and `display`. Any replica
+//!   coordinates any key, whether or not it holds it.
+//!
+//! # The path of a write (`put`/`del`)
+//!
+//! 1. Validate the key and value; find the key's replicas on the ring.
+//! 2. **Unavailable** check: if the failure detector knows fewer live replicas
+//!    than the level needs, refuse before sending anything.
+//! 3. Stamp the write with the hybrid logical clock.
+//! 4. Send it to every remote replica at once over the peer links, then apply
+//!    it locally if this node is a replica.
+//! 5. Wait until the level's acks arrive (answer at once) or the timeout.
+//!    Replicas that fail or time out — now or after the answer — get a hint.
+//!
+//! # The path of a read (`get`)
+//!
+//! 1–2. As for a write.
+//! 3. Ask every replica (remote first, then local) for its version.
+//! 4. Wait for the level's replies; take the newest.
+//! 5. At QUORUM and ALL, replicas that replied with something older are
+//!    repaired *before* the answer (blocking read repair, as Cassandra 4), so
+//!    quorum reads are monotonic.
+//! 6. Once every replica replied or timed out, any other stale replica —
+//!    including one whose reply came after the answer — is repaired in the
+//!    background by the repair worker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use log::{debug, info};
+
+use crate::call::{Call, Command, Executor, GatherMachine, ReadMachine, WriteMachine};
+use crate::cell::Version;
+use crate::config::NodeConfig;
+use crate::consistency::{Consistency, Decision};
+use crate::error::{Error, Result};
+use crate::hints::HintStore;
+use crate::hlc::{Hlc, Timestamp};
+use crate::link::{IgnoreReply, PeerLink, ReplySink};
+use crate::proto::{self, request, response};
+use crate::ring::Ring;
+use crate::store::{KEYS, Store};
+
+/// A read repair for the repair worker.
+#[derive(Debug, Clone)]
+pub struct RepairJob {
+    /// Node index to repair.
+    pub target: usize,
+    /// The key.
+    pub key: u8,
+    /// The version to send.
+    pub version: Version,
+}
+
+/// The receiving ends of the node's background channels, for the server's workers.
+pub struct Workers {
+    /// Read repairs to send.
+    pub repairs: Receiver<RepairJob>,
+    /// Indexes of peers that just came up (hint replay).
+    pub peer_up: Receiver<usize>,
+}
+
+/// One replica.
+pub struct Node {
+    /// Settings.
+    pub cfg: NodeConfig,
+    /// The ring.
+    pub ring: Ring,
+    /// This node's index in the ring.
+    pub me: usize,
+    /// The write clock.
+    pub clock: Hlc,
+    /// The local cells.
+    pub store: Store,
+    /// Hints held for peers.
+    pub hints: HintStore,
+    /// Links to peers, by ring index (`None` at `me`).
+    pub links: Vec<Option<PeerLink>>,
+    /// Set when the node stops.
+    pub shutdown: AtomicBool,
+    repair_tx: Sender<RepairJob>,
+    /// Sender side of the peer-up channel, handed to links.
+    pub peer_up_tx: Sender<usize>,
+    ignore: Arc<dyn ReplySink>,
+}
+
+fn validate_key(key: u32) -> Result<u8> {
+    u8::try_from(key).map_err(|_| Error::InvalidRequest(format!("key {key} is out of range; keys are 0 to {}", KEYS - 1)))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary; says whether it cut.
+fn truncate(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
+impl Node {
+    /// Builds the node `cfg.name` of `ring`; its links start down.
+    pub fn new(cfg: NodeConfig, ring: Ring) -> Result<(Arc<Node>, Workers)> {
+        let me = ring.index_of(&cfg.name).ok_or_else(|| {
+            let names: Vec<&str> = ring.nodes().iter().map(|n| n.name.as_str()).collect();
+            Error::Config(format!("{} is not in the cluster file (it lists {})", cfg.name, names.join(", ")))
+        })?;
+        let mut links = Vec::with_capacity(ring.len());
+        for (i, n) in ring.nodes().iter().enumerate() {
+            links.push(if i == me { None } else { Some(PeerLink::new(i, n.name.clone(), n.socket_addr()?)) });
+        }
+        let (repair_tx, repairs) = unbounded();
+        let (peer_up_tx, peer_up) = unbounded();
+        let names = ring.nodes().iter().map(|n| n.name.clone()).collect();
+        let node = Node {
+            clock: Hlc::new(ring.node(me).id),
+            store: Store::new(),
+            hints: HintStore::new(names, cfg.hint_window, cfg.max_hint_bytes),
+            links,
+            me,
+            ring,
+            cfg,
+            shutdown: AtomicBool::new(false),
+            repair_tx,
+            peer_up_tx,
+            ignore: Arc::new(IgnoreReply),
+        };
+        Ok((Arc::new(node), Workers { repairs, peer_up }))
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The link to node `i` (`None` for this node).
+    pub fn link(&self, i: usize) -> Option<&PeerLink> {
+        self.links[i].as_ref()
+    }
+
+    /// Whether the failure detector believes node `i` alive (this node always is).
+    pub fn alive(&self, i: usize) -> bool {
+        self.link(i).is_none_or(PeerLink::is_up)
+    }
+
+    fn names(&self, targets: &[usize]) -> Vec<String> {
+        targets.iter().map(|&t| self.ring.node(t).name.clone()).collect()
+    }
+
+    fn check_available(&self, key: u8, level: Consistency) -> Result<(&[usize], usize)> {
+        let replicas = self.ring.replicas(key);
+        let need = level.required(replicas.len());
+        let alive = replicas.iter().filter(|&&r| self.alive(r)).count();
+        if alive < need {
+            return Err(Error::Unavailable(format!(
+                "need {need} of {} replicas for key {key}, {alive} alive",
+                replicas.len()
+            )));
+        }
+        Ok((replicas, need))
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.cfg.request_timeout
+    }
+
+    /// Writes `value` (`None`: delete) to `key` at `level`; returns the write's timestamp and acks.
+    pub fn write(self: &Arc<Self>, key: u8, value: Option<String>, level: Consistency) -> Result<(Timestamp, usize)> {
+        let (replicas, need) = self.check_available(key, level)?;
+        let version = Version { ts: self.clock.now(), value };
+        let hint = self.cfg.mode.hinted_handoff();
+        let machine = WriteMachine::new(key, version.clone(), replicas.to_vec(), self.names(replicas), need, hint);
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>);
+        let deadline = self.deadline();
+        self.fan_out_write(&call, replicas, key, &version, deadline);
+        let m = call.wait(deadline);
+        let acks = m.tracker().acks();
+        match m.decision() {
+            Decision::Reached => Ok((version.ts, acks)),
+            Decision::Impossible => Err(Error::Failure(format!(
+                "{acks} of {need} acks for key {key}; the write may or may not have been applied{}",
+                m.failures().suffix()
+            ))),
+            Decision::Pending => Err(Error::Timeout(format!(
+                "{acks} of {need} acks for key {key}; the write may or may not have been applied"
+            ))),
+        }
+    }
+
+    /// Sends `version` to each of `targets` (slot = position), remote ones first.
+    fn fan_out_write<M: crate::call::Machine + 'static>(
+        &self,
+        call: &Arc<Call<M>>,
+        targets: &[usize],
+        key: u8,
+        version: &Version,
+        deadline: Instant,
+    ) {
+        let mut local = None;
+        for (slot, &t) in targets.iter().enumerate() {
+            match self.link(t) {
+                Some(link) => {
+                    let body = request::Body::ReplicaWrite(proto::ReplicaWrite { key: key as u32, version: Some(version.to_proto()) });
+                    link.send(body, call.clone(), slot, deadline);
+                }
+                None => local = Some(slot),
+            }
+        }
+        if let Some(slot) = local {
+            let applied = self.store.apply(key, version.clone());
+            call.deliver(slot, Ok(response::Body::ReplicaWrite(proto::WriteAck { applied })));
+        }
+    }
+
+    /// Reads `key` at `level`; returns the newest version among the replies (tombstones included).
+    pub fn read(self: &Arc<Self>, key: u8, level: Consistency) -> Result<Option<Version>> {
+        let (replicas, need) = self.check_available(key, level)?;
+        let repair = self.cfg.mode.read_repair();
+        let machine = ReadMachine::new(key, replicas.to_vec(), self.names(replicas), need, repair);
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>);
+        let deadline = self.deadline();
+        let mut local = None;
+        for (slot, &t) in replicas.iter().enumerate() {
+            match self.link(t) {
+                Some(link) => link.send(request::Body::ReplicaRead(proto::ReplicaRead { key: key as u32 }), call.clone(), slot, deadline),
+                None => local = Some(slot),
+            }
+        }
+        if let Some(slot) = local {
+            let version = self.store.get(key).map(|v| v.to_proto());
+            call.deliver(slot, Ok(response::Body::ReplicaRead(proto::ReadResult { version })));
+        }
+        let mut m = call.wait(deadline);
+        let replied = m.tracker().acks();
+        let outcome = match m.decision() {
+            Decision::Reached => Ok((m.newest().cloned(), if repair && level != Consistency::One { m.stale_replied() } else { Vec::new() })),
+            Decision::Impossible => Err(Error::Failure(format!("{replied} of {need} replies for key {key}{}", m.failures().suffix()))),
+            Decision::Pending => Err(Error::Timeout(format!("{replied} of {need} replies for key {key}"))),
+        };
+        let (newest, stale) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                drop(m);
+                call.with(|m, out| m.answer(out));
+                return Err(e);
+            }
+        };
+        if let (Some(newest), false) = (&newest, stale.is_empty()) {
+            for &(slot, _) in &stale {
+                m.mark_repaired(slot, newest.ts);
+            }
+            drop(m);
+            self.clock.observe(newest.ts);
+            let targets: Vec<usize> = stale.iter().map(|&(_, t)| t).collect();
+            if let Err(e) = self.blocking_repair(key, newest, &targets, deadline) {
+                call.with(|m, out| m.answer(out));
+                return Err(e);
+            }
+        } else {
+            drop(m);
+        }
+        call.with(|m, out| m.answer(out));
+        Ok(newest)
+    }
+
+    /// Writes `version` to every one of `targets` and waits for all their acks (no hints).
+    fn blocking_repair(self: &Arc<Self>, key: u8, version: &Version, targets: &[usize], deadline: Instant) -> Result<()> {
+        debug!("blocking read repair of key {key} on {:?}", self.names(targets));
+        let machine = WriteMachine::new(key, version.clone(), targets.to_vec(), self.names(targets), targets.len(), false);
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>);
+        self.fan_out_write(&call, targets, key, version, deadline);
+        let m = call.wait(deadline);
+        match m.decision() {
+            Decision::Reached => Ok(()),
+            _ => Err(Error::Timeout(format!(
+                "read repair of key {key}: {} of {} stale replicas acked in time{}",
+                m.tracker().acks(),
+                targets.len(),
+                m.failures().suffix()
+            ))),
+        }
+    }
+
+    /// Asks each of `targets` the same question; `None` where a target did not answer in time.
+    fn gather(self: &Arc<Self>, targets: &[usize], body: &request::Body, local: impl FnOnce() -> response::Body) -> Vec<Option<crate::link::PeerResult>> {
+        let call = Call::new(GatherMachine::new(targets.len()), self.clone() as Arc<dyn Executor>);
+        let deadline = self.deadline();
+        let mut local_slot = None;
+        for (slot, &t) in targets.iter().enumerate() {
+            match self.link(t) {
+                Some(link) => link.send(body.clone(), call.clone(), slot, deadline),
+                None => local_slot = Some(slot),
+            }
+        }
+        if let Some(slot) = local_slot {
+            call.deliver(slot, Ok(local()));
+        }
+        call.wait(deadline).take()
+    }
+
+    /// Each replica of `key`: its version, or why it could not be asked.
+    pub fn inspect(self: &Arc<Self>, key: u8) -> proto::InspectResult {
+        let targets = self.ring.replicas(key).to_vec();
+        let body = request::Body::ReplicaRead(proto::ReplicaRead { key: key as u32 });
+        let results = self.gather(&targets, &body, || {
+            response::Body::ReplicaRead(proto::ReadResult { version: self.store.get(key).map(|v| v.to_proto()) })
+        });
+        let replicas = targets
+            .iter()
+            .zip(results)
+            .map(|(&t, r)| {
+                let name = self.ring.node(t).name.clone();
+                match r {
+                    Some(Ok(response::Body::ReplicaRead(rr))) => proto::InspectEntry { name, reachable: true, version: rr.version, error: String::new() },
+                    Some(Ok(other)) => proto::InspectEntry { name, error: format!("unexpected reply {other:?}"), ..Default::default() },
+                    Some(Err(e)) => proto::InspectEntry { name, error: e.message().to_string(), ..Default::default() },
+                    None => proto::InspectEntry { name, error: "no reply in time".into(), ..Default::default() },
+                }
+            })
+            .collect();
+        proto::InspectResult { key: key as u32, replicas }
+    }
+
+    /// What every node holds.
+    pub fn display(self: &Arc<Self>, max_value_len: u32) -> proto::DisplayResult {
+        let targets: Vec<usize> = (0..self.ring.len()).collect();
+        let body = request::Body::ReplicaDump(proto::ReplicaDump { max_value_len });
+        let results = self.gather(&targets, &body, || response::Body::ReplicaDump(self.dump(max_value_len)));
+        let replicas = targets
+            .iter()
+            .zip(results)
+            .map(|(&t, r)| {
+                let (range_start, range_end) = self.ring.range(t);
+                let mut e = proto::ReplicaDumpEntry {
+                    name: self.ring.node(t).name.clone(),
+                    range_start: range_start as u32,
+                    range_end: range_end as u32,
+                    ..Default::default()
+                };
+                match r {
+                    Some(Ok(response::Body::ReplicaDump(d))) => {
+                        e.reachable = true;
+                        e.cells = d.cells;
+                    }
+                    Some(Ok(other)) => e.error = format!("unexpected reply {other:?}"),
+                    Some(Err(err)) => e.error = err.message().to_string(),
+                    None => e.error = "no reply in time".into(),
+                }
+                e
+            })
+            .collect();
+        proto::DisplayResult { replicas, rf: self.ring.rf() as u32 }
+    }
+
+    fn dump(&self, max_value_len: u32) -> proto::DumpResult {
+        let cells = self
+            .store
+            .snapshot()
+            .into_iter()
+            .map(|(key, v)| {
+                let mut pv = v.to_proto();
+                let truncated = truncate(&mut pv.value, max_value_len as usize);
+                proto::KeyVersion { key: key as u32, version: Some(pv), truncated }
+            })
+            .collect();
+        proto::DumpResult { cells }
+    }
+
+    /// The coordinator's view of the cluster.
+    pub fn status(&self) -> proto::StatusResult {
+        let replicas = self
+            .ring
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let (s, e) = self.ring.range(i);
+                proto::ReplicaStatus {
+                    name: n.name.clone(),
+                    address: n.address(),
+                    up: self.alive(i),
+                    range_start: s as u32,
+                    range_end: e as u32,
+                    hints: self.hints.count(i) as u64,
+                    is_self: i == self.me,
+                }
+            })
+            .collect();
+        proto::StatusResult {
+            coordinator: self.cfg.name.clone(),
+            rf: self.ring.rf() as u32,
+            epoch: self.ring.epoch(),
+            mode: self.cfg.mode.to_string(),
+            replicas,
+        }
+    }
+
+    fn validate_value(&self, value: &str) -> Result<()> {
+        if value.len() > self.cfg.max_value_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                self.cfg.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Answers a client request (this node coordinates).
+    pub fn handle_client(self: &Arc<Self>, body: request::Body) -> response::Body {
+        match self.client_request(body) {
+            Ok(b) => b,
+            Err(e) => response::Body::Error(e.to_proto()),
+        }
+    }
+
+    fn client_request(self: &Arc<Self>, body: request::Body) -> Result<response::Body> {
+        use request::Body as B;
+        Ok(match body {
+            B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
+            B::Get(g) => {
+                let key = validate_key(g.key)?;
+                let level = Consistency::from_proto(g.consistency)?;
+                let found = self.read(key, level)?.filter(|v| !v.is_tombstone());
+                response::Body::Get(proto::GetResult {
+                    value: found.as_ref().and_then(|v| v.value.clone()),
+                    version: found.map(|v| proto::Version { value: String::new(), ..v.to_proto() }),
+                })
+            }
+            B::Put(p) => {
+                let key = validate_key(p.key)?;
+                let level = Consistency::from_proto(p.consistency)?;
+                self.validate_value(&p.value)?;
+                let (ts, acks) = self.write(key, Some(p.value), level)?;
+                response::Body::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 })
+            }
+            B::Delete(d) => {
+                let key = validate_key(d.key)?;
+                let level = Consistency::from_proto(d.consistency)?;
+                let (ts, acks) = self.write(key, None, level)?;
+                response::Body::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 })
+            }
+            B::Status(_) => response::Body::Status(self.status()),
+            B::Inspect(i) => response::Body::Inspect(self.inspect(validate_key(i.key)?)),
+            B::Display(d) => response::Body::Display(self.display(d.max_value_len)),
+            B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) => {
+                return Err(Error::InvalidRequest("replica-to-replica request on a client connection; a replica opens with PeerHello".into()));
+            }
+        })
+    }
+
+    /// Checks a peer's handshake: same ring, a known name that is not ours.
+    pub fn check_hello(&self, h: &proto::PeerHello) -> Result<()> {
+        if h.ring_fingerprint != self.ring.fingerprint() || h.epoch != self.ring.epoch() {
+            return Err(Error::RingMismatch(format!(
+                "{} has ring [{}] but {} has [{}]",
+                h.name,
+                h.ring_description,
+                self.cfg.name,
+                self.ring.describe()
+            )));
+        }
+        match self.ring.index_of(&h.name) {
+            Some(i) if i != self.me => Ok(()),
+            Some(_) => Err(Error::RingMismatch(format!("peer claims to be {}, which is this replica", h.name))),
+            None => Err(Error::RingMismatch(format!("{} is not in the ring", h.name))),
+        }
+    }
+
+    /// Our handshake.
+    pub fn hello(&self) -> proto::PeerHello {
+        proto::PeerHello {
+            name: self.cfg.name.clone(),
+            ring_fingerprint: self.ring.fingerprint(),
+            ring_description: self.ring.describe(),
+            epoch: self.ring.epoch(),
+        }
+    }
+
+    /// Answers a peer request: local work only, never waits on another replica.
+    pub fn handle_peer(&self, body: request::Body) -> response::Body {
+        match self.peer_request(body) {
+            Ok(b) => b,
+            Err(e) => response::Body::Error(e.to_proto()),
+        }
+    }
+
+    fn peer_request(&self, body: request::Body) -> Result<response::Body> {
+        use request::Body as B;
+        Ok(match body {
+            B::ReplicaRead(r) => {
+                let key = validate_key(r.key)?;
+                response::Body::ReplicaRead(proto::ReadResult { version: self.store.get(key).map(|v| v.to_proto()) })
+            }
+            B::ReplicaWrite(w) => {
+                let key = validate_key(w.key)?;
+                let v = w.version.ok_or_else(|| Error::InvalidRequest("replica write without a version".into()))?;
+                if !v.tombstone {
+                    self.validate_value(&v.value)?;
+                }
+                let version = Version::from_proto(v);
+                self.clock.observe(version.ts);
+                let applied = self.store.apply(key, version);
+                response::Body::ReplicaWrite(proto::WriteAck { applied })
+            }
+            B::Heartbeat(_) => response::Body::Heartbeat(proto::HeartbeatAck { name: self.cfg.name.clone() }),
+            B::ReplicaDump(d) => response::Body::ReplicaDump(self.dump(d.max_value_len)),
+            B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
+            B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
+            B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) => {
+                return Err(Error::InvalidRequest("client request on a replica link; open a client connection".into()));
+            }
+        })
+    }
+
+    /// Sends one read repair (the repair worker's job).
+    pub fn send_repair(&self, job: RepairJob) {
+        match self.link(job.target) {
+            None => {
+                self.store.apply(job.key, job.version);
+            }
+            Some(link) => {
+                debug!("read repair: key {} to {}", job.key, link.name);
+                let body = request::Body::ReplicaWrite(proto::ReplicaWrite { key: job.key as u32, version: Some(job.version.to_proto()) });
+                link.send(body, self.ignore.clone(), 0, self.deadline());
+            }
+        }
+    }
+
+    /// Replays the hints held for `target`, throttled; stops at the first failure.
+    pub fn replay_hints(self: &Arc<Self>, target: usize) {
+        let Some(link) = self.link(target) else { return };
+        if !link.is_up() {
+            return;
+        }
+        let hints = self.hints.pending(target);
+        if hints.is_empty() {
+            return;
+        }
+        info!("replaying {} hint(s) to {}", hints.len(), link.name);
+        let pace = Duration::from_secs(1) / self.cfg.hint_rate.max(1);
+        let mut delivered = 0;
+        for (key, version) in hints {
+            if self.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            let call = Call::new(GatherMachine::new(1), self.clone() as Arc<dyn Executor>);
+            let body = request::Body::ReplicaWrite(proto::ReplicaWrite { key: key as u32, version: Some(version.to_proto()) });
+            let deadline = self.deadline();
+            link.send(body, call.clone(), 0, deadline);
+            let result = call.wait(deadline).take().pop().flatten();
+            match result {
+                Some(Ok(response::Body::ReplicaWrite(_))) => {
+                    self.hints.delivered(target, key, version.ts);
+                    delivered += 1;
+                }
+                other => {
+                    info!("hint replay to {} paused after {delivered} hint(s): {other:?}", link.name);
+                    return;
+                }
+            }
+            std::thread::sleep(pace);
+        }
+        info!("replayed {delivered} hint(s) to {}", link.name);
+    }
+}
+
+impl Executor for Node {
+    fn execute(&self, command: Command) {
+        match command {
+            Command::Hint { target, key, version } => {
+                let down_for = self.link(target).map_or(Duration::ZERO, PeerLink::down_for);
+                if down_for > self.cfg.hint_window {
+                    debug!("not hinting key {key} for {}: down for {down_for:?}, past the hint window", self.ring.node(target).name);
+                    return;
+                }
+                self.hints.add(target, key, version);
+            }
+            Command::Repair { target, key, version } => {
+                let _ = self.repair_tx.send(RepairJob { target, key, version });
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The replica server: owns every socket and every thread.
+//!
+//! [`run`] binds the listening socket and starts, inside one
+//! `std::thread::scope`, the replica's long-lived threads:
+//!
+//! | thread | count | does |
+//! |--------|-------|------|
+//! | acceptor | 1 | accepts connections, hands them to the pool, refuses past the limit |
+//! | connection workers | elastic, ≤ limit | serve one connection each until it closes, then wait for the next; idle ones retire |
+//! | peer links | one per peer | connect, handshake, read replies to our requests, reconnect |
+//! | maintenance | 1 | heartbeats, failure detection, request timeouts |
+//! | repair worker | 1 | sends read repairs queued on a crossbeam channel |
+//! | hint worker | 1 | replays hints when a peer comes up (and every second) |
+//!
+//! A connection that opens with `PeerHello` is a peer's link to us: its worker
+//! answers replica requests, which only touch the local store, so they never
+//! wait behind client requests or on other replicas. Any other connection is a
+//! client: its worker coordinates each request, waiting on peer links (never on
+//! another worker), so no cycle of waits can form however busy the pool is.
+//! Peers get their own reserve of connection slots, so a flood of clients
+//! cannot lock replicas out of each other.
+//!
+//! Each worker reads frames through its own buffer and batches replies: a
+//! reply is written when no further request is already buffered, so a peer
+//! pipelining many requests gets many replies per `write`.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::Scope;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use log::{debug, error, info, warn};
+use prost::Message;
+use socket2::{Domain, Socket, Type};
+
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+use crate::frame::{FrameError, FrameReader, encode_frame};
+use crate::link::LinkEnv;
+use crate::node::{Node, Workers};
+use crate::proto::{self, request, response};
+use crate::ring::Ring;
+
+const WORKER_STACK: usize = 256 * 1024;
+const WORKER_IDLE: Duration = Duration::from_secs(30);
+const MIN_WORKERS: usize = 4;
+const MAINTENANCE_TICK: Duration = Duration::from_millis(25);
+
+/// Binds the replica's socket; fails with a clear error if the address is taken.
+pub fn bind(cfg: &NodeConfig) -> Result<TcpListener> {
+    let addr = SocketAddr::new(cfg.bind, cfg.port);
+    let bind_err = |e: std::io::Error| Error::Config(format!("cannot listen on {addr}: {e}"));
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(bind_err)?;
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    socket.listen(1024).map_err(bind_err)?;
+    Ok(socket.into())
+}
+
+/// Runs replica `cfg.name` of `ring` until the process ends.
+pub fn run(cfg: NodeConfig, ring: Ring) -> Result<()> {
+    let listener = bind(&cfg)?;
+    let (node, workers) = Node::new(cfg, ring)?;
+    info!(
+        "{} listening on {} (ring {}; mode {}; timeout {:?})",
+        node.name(),
+        listener.local_addr()?,
+        node.ring.describe(),
+        node.cfg.mode,
+        node.cfg.request_timeout
+    );
+    serve(&node, listener, workers);
+    Ok(())
+}
+
+/// Connection accounting for the elastic pool.
+struct Pool {
+    tx: Sender<TcpStream>,
+    rx: Receiver<TcpStream>,
+    workers: AtomicUsize,
+    idle: AtomicUsize,
+    connections: AtomicUsize,
+    clients: AtomicUsize,
+    client_limit: usize,
+    total_limit: usize,
+}
+
+/// Serves `node` on `listener` with all its threads; returns when the node shuts down.
+pub fn serve(node: &Arc<Node>, listener: TcpListener, workers: Workers) {
+    let client_limit = node.cfg.max_connections;
+    let (tx, rx) = bounded(1024);
+    let pool = Pool {
+        tx,
+        rx,
+        workers: AtomicUsize::new(0),
+        idle: AtomicUsize::new(0),
+        connections: AtomicUsize::new(0),
+        clients: AtomicUsize::new(0),
+        client_limit,
+        // Peers reserve slots beyond the client limit: several links per peer.
+        total_limit: client_limit + 4 * node.ring.len(),
+    };
+    let env = LinkEnv {
+        hello: node.hello(),
+        connect_timeout: node.cfg.connect_timeout,
+        retry_interval: node.cfg.heartbeat_interval,
+        max_frame: node.cfg.max_frame_bytes().max(64 << 20),
+        shutdown: &node.shutdown,
+        on_up: node.peer_up_tx.clone(),
+    };
+    std::thread::scope(|s| {
+        for link in node.links.iter().flatten() {
+            let env = &env;
+            spawn_named(s, format!("link-{}", link.name), move || link.run(env));
+        }
+        spawn_named(s, "maintenance".into(), || maintenance(node));
+        let Workers { repairs, peer_up } = workers;
+        spawn_named(s, "repair".into(), move || {
+            while let Ok(job) = repairs.recv() {
+                node.send_repair(job);
+            }
+        });
+        spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
+        accept_loop(s, node, &listener, &pool);
+    });
+}
+
+fn spawn_named<'scope, F>(s: &'scope Scope<'scope, '_>, name: String, f: F)
+where
+    F: FnOnce() + Send + 'scope,
+{
+    if let Err(e) = std::thread::Builder::new().name(name.clone()).stack_size(WORKER_STACK).spawn_scoped(s, f) {
+        error!("cannot start thread {name}: {e}");
+    }
+}
+
+fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, node: &'scope Arc<Node>, listener: &TcpListener, pool: &'scope Pool) {
+    let mut refused: u64 = 0;
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if node.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        if pool.connections.load(Ordering::Acquire) >= pool.total_limit {
+            refused += 1;
+            if refused.is_power_of_two() {
+                warn!("refusing connections: {} open, the limit; {refused} refused so far", pool.total_limit);
+            }
+            refuse(stream, "too many connections");
+            continue;
+        }
+        pool.connections.fetch_add(1, Ordering::AcqRel);
+        if pool.tx.send(stream).is_err() {
+            return;
+        }
+        if pool.idle.load(Ordering::Acquire) == 0 {
+            pool.workers.fetch_add(1, Ordering::AcqRel);
+            spawn_named(s, "conn".into(), move || worker(node, pool));
+        }
+    }
+}
+
+fn refuse(mut stream: TcpStream, why: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let mut buf = Vec::new();
+    let e = Error::Overloaded(why.into()).to_proto();
+    encode_frame(&proto::Response { id: 0, body: Some(response::Body::Error(e)) }, &mut buf);
+    let _ = stream.write_all(&buf);
+}
+
+fn worker(node: &Arc<Node>, pool: &Pool) {
+    loop {
+        pool.idle.fetch_add(1, Ordering::AcqRel);
+        let got = pool.rx.recv_timeout(WORKER_IDLE);
+        pool.idle.fetch_sub(1, Ordering::AcqRel);
+        let stream = match got {
+            Ok(s) => s,
+            Err(RecvTimeoutError::Timeout) => {
+                if pool.workers.load(Ordering::Acquire) <= MIN_WORKERS {
+                    continue;
+                }
+                // Retire, unless a connection slipped in after our idle count dropped.
+                match pool.rx.try_recv() {
+                    Ok(s) => s,
+                    Err(_) => {
+                        pool.workers.fetch_sub(1, Ordering::AcqRel);
+                        return;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        serve_connection(node, stream, pool);
+        pool.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What kind of connection a worker is serving.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Unknown,
+    Client,
+    Peer,
+}
+
+fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
+    let peer_addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let _ = stream.set_nodelay(true);
+    let Ok(read_half) = stream.try_clone() else { return };
+    let mut reader = FrameReader::new(read_half, node.cfg.max_frame_bytes());
+    let mut writer = stream;
+    let mut out = Vec::with_capacity(4096);
+    let mut frame_buf = Vec::new();
+    let mut role = Role::Unknown;
+    let outcome = loop {
+        let frame = match reader.read_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e @ FrameError::TooLarge { .. }) => {
+                let resp = error_response(0, Error::InvalidRequest(e.to_string()));
+                encode_frame(&resp, &mut frame_buf);
+                out.extend_from_slice(&frame_buf);
+                let _ = writer.write_all(&out);
+                break Err(e.to_string());
+            }
+            Err(e) => break Err(e.to_string()),
+        };
+        let resp = match proto::Request::decode(frame) {
+            Err(e) => error_response(0, Error::InvalidRequest(format!("malformed request: {e}"))),
+            Ok(req) => {
+                let id = req.id;
+                let body = match (req.body, role) {
+                    (None, _) => response::Body::Error(Error::InvalidRequest("empty request".into()).to_proto()),
+                    (Some(request::Body::Hello(h)), Role::Unknown) => match node.check_hello(&h) {
+                        Ok(()) => {
+                            role = Role::Peer;
+                            debug!("{} opened a replica link from {peer_addr}", h.name);
+                            response::Body::Hello(proto::HelloAck { name: node.name().to_string() })
+                        }
+                        Err(e) => {
+                            warn!("refusing replica link from {peer_addr}: {e}");
+                            let resp = error_response(id, e);
+                            encode_frame(&resp, &mut frame_buf);
+                            let _ = writer.write_all(&frame_buf);
+                            break Err("handshake refused".into());
+                        }
+                    },
+                    (Some(body), Role::Peer) => node.handle_peer(body),
+                    (Some(body), _) => {
+                        if role == Role::Unknown {
+                            role = Role::Client;
+                            if pool.clients.fetch_add(1, Ordering::AcqRel) >= pool.client_limit {
+                                pool.clients.fetch_sub(1, Ordering::AcqRel);
+                                refuse(writer, &format!("too many client connections (limit {})", pool.client_limit));
+                                return;
+                            }
+                        }
+                        node.handle_client(body)
+                    }
+                };
+                proto::Response { id, body: Some(body) }
+            }
+        };
+        encode_frame(&resp, &mut frame_buf);
+        out.extend_from_slice(&frame_buf);
+        if !reader.has_frame() {
+            if let Err(e) = writer.write_all(&out) {
+                break Err(format!("write failed: {e}"));
+            }
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out = Vec::with_capacity(4096);
+            }
+        }
+    };
+    if role == Role::Client {
+        pool.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+    if let Err(why) = outcome {
+        debug!("connection from {peer_addr} closed: {why}");
+    }
+}
+
+fn error_response(id: u64, e: Error) -> proto::Response {
+    proto::Response { id, body: Some(response::Body::Error(e.to_proto())) }
+}
+
+fn maintenance(node: &Arc<Node>) {
+    let mut last_heartbeat = Instant::now() - node.cfg.heartbeat_interval;
+    while !node.shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(MAINTENANCE_TICK);
+        let now = Instant::now();
+        let beat = now.duration_since(last_heartbeat) >= node.cfg.heartbeat_interval;
+        if beat {
+            last_heartbeat = now;
+        }
+        for link in node.links.iter().flatten() {
+            link.sweep(now);
+            link.check_liveness(node.cfg.down_after);
+            if beat {
+                link.heartbeat(node.name(), now + node.cfg.down_after);
+            }
+        }
+    }
+}
+
+fn hint_worker(node: &Arc<Node>, peer_up: Receiver<usize>) {
+    if !node.cfg.mode.hinted_handoff() {
+        // Drain peer-up notices so the channel does not grow.
+        while peer_up.recv().is_ok() {}
+        return;
+    }
+    loop {
+        match peer_up.recv_timeout(Duration::from_secs(1)) {
+            Ok(target) => node.replay_hints(target),
+            Err(RecvTimeoutError::Timeout) => {
+                for target in node.hints.targets_with_hints() {
+                    node.replay_hints(target);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if node.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
