@@ -155,7 +155,16 @@ impl WriteMachine {
     /// A write of `version` to `targets` (node indexes, named `names`) needing `required` acks.
     pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Vec<String>, required: usize, hint: bool) -> Self {
         let n = targets.len();
-        WriteMachine { key, version, targets, names, answered: vec![false; n], tracker: QuorumTracker::new(required, n), hint, failures: Failures::default() }
+        WriteMachine {
+            key,
+            version,
+            targets,
+            names,
+            answered: vec![false; n],
+            tracker: QuorumTracker::new(required, n),
+            hint,
+            failures: Failures::default(),
+        }
     }
 
     /// The tracker's verdict.
@@ -385,10 +394,7 @@ mod tests {
         m.on_reply(1, Err(Error::Timeout("slow".into())), &mut out);
         m.on_reply(2, Err(Error::Failure("down".into())), &mut out);
         m.on_reply(2, write_ack(), &mut out); // a duplicate outcome is ignored
-        assert_eq!(
-            out,
-            vec![Command::Hint { target: 5, key: 9, version: v.clone() }, Command::Hint { target: 6, key: 9, version: v }]
-        );
+        assert_eq!(out, vec![Command::Hint { target: 5, key: 9, version: v.clone() }, Command::Hint { target: 6, key: 9, version: v }]);
         assert_eq!(m.tracker().acks(), 1);
     }
 

@@ -70,10 +70,7 @@ impl Version {
 
 impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.ts
-            .cmp(&other.ts)
-            .then_with(|| self.is_tombstone().cmp(&other.is_tombstone()))
-            .then_with(|| self.value.cmp(&other.value))
+        self.ts.cmp(&other.ts).then_with(|| self.is_tombstone().cmp(&other.is_tombstone())).then_with(|| self.value.cmp(&other.value))
     }
 }
 

@@ -32,10 +32,8 @@ pub struct Client {
 impl Client {
     /// Connects to `host:port`, waiting at most `timeout` for the connection.
     pub fn connect(host: &str, port: u16, timeout: Duration) -> Result<Client> {
-        let addrs: Vec<SocketAddr> = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| Error::Io(format!("cannot resolve {host}:{port}: {e}")))?
-            .collect();
+        let addrs: Vec<SocketAddr> =
+            (host, port).to_socket_addrs().map_err(|e| Error::Io(format!("cannot resolve {host}:{port}: {e}")))?.collect();
         let mut last = Error::Io(format!("{host}:{port} resolves to no address"));
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, timeout) {

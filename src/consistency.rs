@@ -161,14 +161,7 @@ mod tests {
 
     #[test]
     fn required_table() {
-        let table = [
-            (1, [1, 1, 1]),
-            (2, [1, 2, 2]),
-            (3, [1, 2, 3]),
-            (4, [1, 3, 4]),
-            (5, [1, 3, 5]),
-            (7, [1, 4, 7]),
-        ];
+        let table = [(1, [1, 1, 1]), (2, [1, 2, 2]), (3, [1, 2, 3]), (4, [1, 3, 4]), (5, [1, 3, 5]), (7, [1, 4, 7])];
         for (rf, [one, quorum, all]) in table {
             assert_eq!(One.required(rf), one, "ONE rf={rf}");
             assert_eq!(Quorum.required(rf), quorum, "QUORUM rf={rf}");

@@ -208,9 +208,12 @@ impl Outcome {
     fn of(e: &Error) -> Outcome {
         match e {
             Error::InvalidRequest(_) | Error::Config(_) => Outcome::BadInput,
-            Error::Unavailable(_) | Error::Timeout(_) | Error::Failure(_) | Error::Overloaded(_) | Error::RingMismatch(_) | Error::Internal(_) => {
-                Outcome::Refused
-            }
+            Error::Unavailable(_)
+            | Error::Timeout(_)
+            | Error::Failure(_)
+            | Error::Overloaded(_)
+            | Error::RingMismatch(_)
+            | Error::Internal(_) => Outcome::Refused,
             Error::Io(_) | Error::Protocol(_) => Outcome::Unreachable,
         }
     }
@@ -330,7 +333,11 @@ fn fmt_ts(micros: u64, node: u32) -> String {
 }
 
 fn fmt_version(v: &proto::Version) -> String {
-    if v.tombstone { format!("deleted  ts={}", fmt_ts(v.micros, v.node)) } else { format!("{:?}  ts={}", v.value, fmt_ts(v.micros, v.node)) }
+    if v.tombstone {
+        format!("deleted  ts={}", fmt_ts(v.micros, v.node))
+    } else {
+        format!("{:?}  ts={}", v.value, fmt_ts(v.micros, v.node))
+    }
 }
 
 /// `status` output.

@@ -168,10 +168,7 @@ impl Node {
         let need = level.required(replicas.len());
         let alive = replicas.iter().filter(|&&r| self.alive(r)).count();
         if alive < need {
-            return Err(Error::Unavailable(format!(
-                "need {need} of {} replicas for key {key}, {alive} alive",
-                replicas.len()
-            )));
+            return Err(Error::Unavailable(format!("need {need} of {} replicas for key {key}, {alive} alive", replicas.len())));
         }
         Ok((replicas, need))
     }
@@ -197,9 +194,9 @@ impl Node {
                 "{acks} of {need} acks for key {key}; the write may or may not have been applied{}",
                 m.failures().suffix()
             ))),
-            Decision::Pending => Err(Error::Timeout(format!(
-                "{acks} of {need} acks for key {key}; the write may or may not have been applied"
-            ))),
+            Decision::Pending => {
+                Err(Error::Timeout(format!("{acks} of {need} acks for key {key}; the write may or may not have been applied")))
+            }
         }
     }
 
@@ -249,7 +246,9 @@ impl Node {
         let mut m = call.wait(deadline);
         let replied = m.tracker().acks();
         let outcome = match m.decision() {
-            Decision::Reached => Ok((m.newest().cloned(), if repair && level != Consistency::One { m.stale_replied() } else { Vec::new() })),
+            Decision::Reached => {
+                Ok((m.newest().cloned(), if repair && level != Consistency::One { m.stale_replied() } else { Vec::new() }))
+            }
             Decision::Impossible => Err(Error::Failure(format!("{replied} of {need} replies for key {key}{}", m.failures().suffix()))),
             Decision::Pending => Err(Error::Timeout(format!("{replied} of {need} replies for key {key}"))),
         };
@@ -298,7 +297,12 @@ impl Node {
     }
 
     /// Asks each of `targets` the same question; `None` where a target did not answer in time.
-    fn gather(self: &Arc<Self>, targets: &[usize], body: &request::Body, local: impl FnOnce() -> response::Body) -> Vec<Option<crate::link::PeerResult>> {
+    fn gather(
+        self: &Arc<Self>,
+        targets: &[usize],
+        body: &request::Body,
+        local: impl FnOnce() -> response::Body,
+    ) -> Vec<Option<crate::link::PeerResult>> {
         let call = Call::new(GatherMachine::new(targets.len()), self.clone() as Arc<dyn Executor>);
         let deadline = self.deadline();
         let mut local_slot = None;
@@ -327,7 +331,9 @@ impl Node {
             .map(|(&t, r)| {
                 let name = self.ring.node(t).name.clone();
                 match r {
-                    Some(Ok(response::Body::ReplicaRead(rr))) => proto::InspectEntry { name, reachable: true, version: rr.version, error: String::new() },
+                    Some(Ok(response::Body::ReplicaRead(rr))) => {
+                        proto::InspectEntry { name, reachable: true, version: rr.version, error: String::new() }
+                    }
                     Some(Ok(other)) => proto::InspectEntry { name, error: format!("unexpected reply {other:?}"), ..Default::default() },
                     Some(Err(e)) => proto::InspectEntry { name, error: e.message().to_string(), ..Default::default() },
                     None => proto::InspectEntry { name, error: "no reply in time".into(), ..Default::default() },
@@ -460,7 +466,9 @@ impl Node {
             B::Inspect(i) => response::Body::Inspect(self.inspect(validate_key(i.key)?)),
             B::Display(d) => response::Body::Display(self.display(d.max_value_len)),
             B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) => {
-                return Err(Error::InvalidRequest("replica-to-replica request on a client connection; a replica opens with PeerHello".into()));
+                return Err(Error::InvalidRequest(
+                    "replica-to-replica request on a client connection; a replica opens with PeerHello".into(),
+                ));
             }
         })
     }

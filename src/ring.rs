@@ -222,9 +222,8 @@ mod tests {
     const SHIPPED: &str = "# the four replicas\nreplica0 127.0.0.1 9090\nreplica1 127.0.0.1 9091\n\nreplica2 127.0.0.1 9092  # third\nreplica3 127.0.0.1 9093\n";
 
     fn ring(n: usize, rf: usize) -> Ring {
-        let nodes = (0..n)
-            .map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1000 + i as u16, id: i as u32 })
-            .collect();
+        let nodes =
+            (0..n).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1000 + i as u16, id: i as u32 }).collect();
         Ring::new(nodes, rf, 1).unwrap()
     }
 

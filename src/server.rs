@@ -161,12 +161,14 @@ fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, node: &'scope Arc<Node>, li
             continue;
         }
         pool.connections.fetch_add(1, Ordering::AcqRel);
-        if pool.tx.send(stream).is_err() {
-            return;
-        }
-        if pool.idle.load(Ordering::Acquire) == 0 {
+        // Claim a waiting worker, or start one with this connection in hand.
+        if pool.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |i| i.checked_sub(1)).is_ok() {
+            if pool.tx.send(stream).is_err() {
+                return;
+            }
+        } else {
             pool.workers.fetch_add(1, Ordering::AcqRel);
-            spawn_named(s, "conn".into(), move || worker(node, pool));
+            spawn_named(s, "conn".into(), move || worker(node, pool, stream));
         }
     }
 }
@@ -179,24 +181,31 @@ fn refuse(mut stream: TcpStream, why: &str) {
     let _ = stream.write_all(&buf);
 }
 
-fn worker(node: &Arc<Node>, pool: &Pool) {
+/// A pool worker: serves `first`, then waits for more connections.
+///
+/// Invariant: `idle` = workers waiting − connections queued in the channel.
+/// The acceptor queues a connection only after taking one from `idle`, so every
+/// queued connection has a waiting worker; a waiting worker retires only by
+/// taking itself out of `idle`, which fails when a connection is queued for it.
+fn worker(node: &Arc<Node>, pool: &Pool, first: TcpStream) {
+    serve_connection(node, first, pool);
+    pool.connections.fetch_sub(1, Ordering::AcqRel);
     loop {
         pool.idle.fetch_add(1, Ordering::AcqRel);
-        let got = pool.rx.recv_timeout(WORKER_IDLE);
-        pool.idle.fetch_sub(1, Ordering::AcqRel);
-        let stream = match got {
+        let stream = match pool.rx.recv_timeout(WORKER_IDLE) {
             Ok(s) => s,
             Err(RecvTimeoutError::Timeout) => {
-                if pool.workers.load(Ordering::Acquire) <= MIN_WORKERS {
-                    continue;
-                }
-                // Retire, unless a connection slipped in after our idle count dropped.
-                match pool.rx.try_recv() {
-                    Ok(s) => s,
-                    Err(_) => {
+                if pool.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |i| i.checked_sub(1)).is_ok() {
+                    if pool.workers.load(Ordering::Acquire) > MIN_WORKERS {
                         pool.workers.fetch_sub(1, Ordering::AcqRel);
                         return;
                     }
+                    continue;
+                }
+                // A connection was queued for a waiting worker: take it.
+                match pool.rx.recv() {
+                    Ok(s) => s,
+                    Err(_) => return,
                 }
             }
             Err(RecvTimeoutError::Disconnected) => return,

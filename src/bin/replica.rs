@@ -81,10 +81,7 @@ fn start(args: Args) -> quorumkv::Result<()> {
         return Err(Error::Config(format!("{} is not in {} (it lists {})", args.name, args.replicas_file, names.join(", "))));
     };
     if me.port != args.port {
-        return Err(Error::Config(format!(
-            "port {} does not match {}'s port {} in {}",
-            args.port, args.name, me.port, args.replicas_file
-        )));
+        return Err(Error::Config(format!("port {} does not match {}'s port {} in {}", args.port, args.name, me.port, args.replicas_file)));
     }
     let bind = match args.bind {
         Some(ip) => ip,

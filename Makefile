@@ -1,0 +1,75 @@
+# quorumkv — build, run a local cluster, test.
+#
+#   make run-replicas     build (release) and start every replica of replicas.txt in the background
+#   make stop-replicas    stop them
+#   make test             the whole test suite
+#   make tsan             the whole test suite under ThreadSanitizer (nightly + rust-src)
+#   make lint             rustfmt check and clippy with warnings as errors
+
+CARGO      ?= cargo
+REPLICAS   ?= replicas.txt
+RUN_DIR    ?= run
+MODE       ?=
+REPLICA_FLAGS ?=
+TSAN_TARGET ?= x86_64-unknown-linux-gnu
+
+.PHONY: all build run-replicas stop-replicas test tsan lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+run-replicas: build
+	@mkdir -p $(RUN_DIR)
+	@grep -v '^[[:space:]]*\(#\|$$\)' $(REPLICAS) | sed 's/#.*//' | while read -r name host port; do \
+	  pidfile=$(RUN_DIR)/$$name.pid; \
+	  if [ -f $$pidfile ] && kill -0 "$$(cat $$pidfile)" 2>/dev/null; then \
+	    echo "$$name already running (pid $$(cat $$pidfile))"; continue; \
+	  fi; \
+	  ./target/release/replica $$name $$port $(REPLICAS) $(MODE) $(REPLICA_FLAGS) >> $(RUN_DIR)/$$name.log 2>&1 & \
+	  echo $$! > $$pidfile; \
+	  echo "started $$name on $$host:$$port (pid $$!, log $(RUN_DIR)/$$name.log)"; \
+	done
+	@sleep 0.5
+	@for f in $(RUN_DIR)/*.pid; do kill -0 "$$(cat $$f)" 2>/dev/null || { echo "$$f: replica exited; see its log:"; tail -3 $${f%.pid}.log; exit 1; }; done
+	@first=$$(grep -v '^[[:space:]]*\(#\|$$\)' $(REPLICAS) | head -1); \
+	 set -- $$first; \
+	 echo "Connect with: ./target/release/client $$2 $$3    (stop with: make stop-replicas)"
+
+stop-replicas:
+	@for f in $(RUN_DIR)/*.pid; do \
+	  [ -f "$$f" ] || continue; \
+	  pid=$$(cat $$f); \
+	  if kill "$$pid" 2>/dev/null; then echo "stopped $$(basename $$f .pid) (pid $$pid)"; fi; \
+	  rm -f $$f; \
+	done
+
+test:
+	$(CARGO) test --all-targets
+
+# ThreadSanitizer needs std rebuilt with the sanitizer (-Zbuild-std), hence
+# nightly and rust-src. If they cannot be installed this says so loudly.
+tsan:
+	@if ! rustup run nightly rustc --version >/dev/null 2>&1; then \
+	  rustup toolchain install nightly --profile minimal --component rust-src || { \
+	    echo "!!!!!!!! make tsan: cannot install the nightly toolchain; ThreadSanitizer NOT RUN !!!!!!!!"; exit 0; }; \
+	fi; \
+	if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then \
+	  rustup component add rust-src --toolchain nightly || { \
+	    echo "!!!!!!!! make tsan: cannot install rust-src for nightly; ThreadSanitizer NOT RUN !!!!!!!!"; exit 0; }; \
+	fi; \
+	RUSTFLAGS='-Zsanitizer=thread' RUSTDOCFLAGS='-Zsanitizer=thread' CARGO_TARGET_DIR=target/tsan \
+	  TSAN_OPTIONS='halt_on_error=0 second_deadlock_stack=1' QUORUMKV_TSAN=1 \
+	  $(CARGO) +nightly test -Zbuild-std --target $(TSAN_TARGET) --lib --tests
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	$(CARGO) clean
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,299 @@
+//! Test harness: a cluster of real `replica` processes on free loopback ports.
+//!
+//! Every replica runs the binary cargo built for this test run (so under
+//! `make tsan` it is instrumented too), logs to a file in a fresh temporary
+//! folder, and is ended by PID when the cluster is dropped. On drop the logs
+//! are scanned: a panic or a ThreadSanitizer report in any replica fails the
+//! test. Waits are polls of a condition with a deadline, never bare sleeps.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quorumkv::client::Client;
+
+/// Path of a binary built by cargo for this test run.
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "replica" => PathBuf::from(env!("CARGO_BIN_EXE_replica")),
+        "client" => PathBuf::from(env!("CARGO_BIN_EXE_client")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// Whether this run is under ThreadSanitizer (everything is several times slower).
+pub fn under_tsan() -> bool {
+    std::env::var_os("QUORUMKV_TSAN").is_some()
+}
+
+/// `d`, stretched when running under ThreadSanitizer.
+pub fn slack(d: Duration) -> Duration {
+    if under_tsan() { d * 4 } else { d }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fresh temporary folder, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `…/quorumkv-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!("quorumkv-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// `n` distinct free ports on 127.0.0.1, below the ephemeral range so outgoing
+/// connections do not take them between our probe and the replica's bind.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = (std::process::id() as u64).wrapping_mul(7919)
+        + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    let mut i = 0;
+    while ports.len() < n {
+        let candidate = 20000 + ((seed + NEXT.fetch_add(1, Ordering::Relaxed) * 37 + i) % 12000) as u16;
+        i += 1;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", candidate)) {
+            ports.push(candidate);
+            held.push(l);
+        }
+        assert!(i < 100_000, "no free ports");
+    }
+    ports
+}
+
+/// One replica process.
+pub struct Replica {
+    /// Its name.
+    pub name: String,
+    /// Its port.
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Replica {
+    /// Whether the process is running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+/// A cluster of replica processes.
+pub struct Cluster {
+    dir: TempDir,
+    /// The cluster file.
+    pub file: PathBuf,
+    /// The replicas, in ring order.
+    pub replicas: Vec<Replica>,
+    args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` replicas named `r0`.. with extra arguments `args` (e.g. a mode) and waits until all see each other.
+    pub fn start(n: usize, args: &[&str]) -> Cluster {
+        let c = Cluster::start_no_wait(n, args);
+        c.wait_all_up();
+        c
+    }
+
+    /// Starts `n` replicas without waiting for them to see each other.
+    pub fn start_no_wait(n: usize, args: &[&str]) -> Cluster {
+        let dir = TempDir::new("cluster");
+        let ports = free_ports(n);
+        let file = dir.path().join("replicas.txt");
+        let text: String = ports.iter().enumerate().map(|(i, p)| format!("r{i} 127.0.0.1 {p}\n")).collect();
+        fs::write(&file, text).unwrap();
+        let replicas = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| Replica { name: format!("r{i}"), port, child: None, log: dir.path().join(format!("r{i}.log")), starts: 0 })
+            .collect();
+        let mut c = Cluster { dir, file, replicas, args: args.iter().map(|s| s.to_string()).collect() };
+        for i in 0..n {
+            c.spawn(i, &[]);
+        }
+        c
+    }
+
+    /// The temporary folder of this cluster.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, i: usize, extra: &[&str]) {
+        let r = &mut self.replicas[i];
+        r.starts += 1;
+        let log = fs::OpenOptions::new().create(true).append(true).open(&r.log).unwrap();
+        let child = Command::new(bin("replica"))
+            .arg(&r.name)
+            .arg(r.port.to_string())
+            .arg(&self.file)
+            .args(&self.args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start replica");
+        r.child = Some(child);
+    }
+
+    /// Polls every running replica's `status` until each sees every running replica up (and dead ones down).
+    pub fn wait_all_up(&self) {
+        let running: Vec<bool> = self.replicas.iter().map(|r| r.child.is_some()).collect();
+        let ok = wait_for(slack(Duration::from_secs(20)), || {
+            self.replicas.iter().enumerate().filter(|(i, _)| running[*i]).all(|(_, r)| {
+                let Ok(mut c) = Client::connect("127.0.0.1", r.port, Duration::from_millis(500)) else { return false };
+                let _ = c.set_timeout(Some(Duration::from_secs(5)));
+                c.status().is_ok_and(|s| s.replicas.iter().zip(&running).all(|(st, &run)| st.up == run))
+            })
+        });
+        assert!(ok, "cluster did not come up; logs:\n{}", self.logs());
+    }
+
+    /// Polls replica `observer`'s status until it sees replica `target` as `up`.
+    pub fn wait_seen(&self, observer: usize, target: usize, up: bool) {
+        let ok = wait_for(slack(Duration::from_secs(15)), || self.client(observer).status().is_ok_and(|s| s.replicas[target].up == up));
+        assert!(ok, "r{observer} never saw r{target} {}; logs:\n{}", if up { "up" } else { "down" }, self.logs());
+    }
+
+    /// A client connected to replica `i`.
+    pub fn client(&self, i: usize) -> Client {
+        let mut c = Client::connect("127.0.0.1", self.replicas[i].port, Duration::from_secs(2)).expect("connect to replica");
+        c.set_timeout(Some(slack(Duration::from_secs(15)))).unwrap();
+        c
+    }
+
+    /// Runs the `client` binary against replica `i` with `args`, feeding `stdin`.
+    pub fn run_client(&self, i: usize, args: &[&str], stdin: &str) -> Output {
+        run_client_at(self.replicas[i].port, args, stdin)
+    }
+
+    /// Kills replica `i` with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts replica `i` (same name, port and arguments) and waits until it answers.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i, &[]);
+        let port = self.replicas[i].port;
+        let ok = wait_for(slack(Duration::from_secs(10)), || {
+            Client::connect("127.0.0.1", port, Duration::from_millis(200)).and_then(|mut c| c.ping()).is_ok()
+        });
+        assert!(ok, "r{i} did not restart; logs:\n{}", self.logs());
+    }
+
+    /// Every replica's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| {
+                let text = fs::read_to_string(&r.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!("--- {} ---\n{}\n", r.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect()
+    }
+
+    /// Replica `i`'s whole log.
+    pub fn log(&self, i: usize) -> String {
+        fs::read_to_string(&self.replicas[i].log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            eprintln!("replica logs kept in {}", self.dir.path().display());
+            return;
+        }
+        for r in &self.replicas {
+            let text = fs::read_to_string(&r.log).unwrap_or_default();
+            for bad in ["panicked at", "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer"] {
+                assert!(!text.contains(bad), "{} logged {bad:?}:\n{text}", r.name);
+            }
+        }
+    }
+}
+
+/// Runs the `client` binary against `127.0.0.1:port`.
+pub fn run_client_at(port: u16, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("client"))
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start client");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(slack(Duration::from_secs(30))) {
+        Ok(out) => out.expect("client output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("client {args:?} did not finish in time");
+        }
+    }
+}
+
+/// stdout of `o` as a string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr of `o` as a string.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
