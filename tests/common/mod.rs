@@ -216,8 +216,13 @@ impl Cluster {
 
     /// Restarts replica `i` (same name, port and arguments) and waits until it answers.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with(i, &[]);
+    }
+
+    /// Restarts replica `i` with `extra` arguments and waits until it answers.
+    pub fn restart_with(&mut self, i: usize, extra: &[&str]) {
         self.kill(i);
-        self.spawn(i, &[]);
+        self.spawn(i, extra);
         let port = self.replicas[i].port;
         let ok = wait_for(slack(Duration::from_secs(10)), || {
             Client::connect("127.0.0.1", port, Duration::from_millis(200)).and_then(|mut c| c.ping()).is_ok()

@@ -1,0 +1,208 @@
+//! Nothing a socket sends may crash a replica or stop it serving others; many
+//! clients at once must not deadlock; large values must round-trip.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::{Cluster, slack};
+use prost::Message;
+use quorumkv::Error;
+use quorumkv::client::Client;
+use quorumkv::consistency::Consistency::{One, Quorum};
+use quorumkv::proto;
+
+fn raw(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(slack(Duration::from_secs(10)))).unwrap();
+    s
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut v = (body.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+/// Reads one reply frame from a raw socket.
+fn read_reply(s: &mut TcpStream) -> Option<proto::Response> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    proto::Response::decode(&body[..]).ok()
+}
+
+fn error_kind(r: &proto::Response) -> Option<proto::ErrorKind> {
+    match &r.body {
+        Some(proto::response::Body::Error(e)) => proto::ErrorKind::try_from(e.kind).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn garbage_truncated_and_oversize_frames_do_not_stop_a_replica() {
+    let c = Cluster::start(4, &[]);
+    let port = c.replicas[1].port;
+    c.client(1).put(70, "before", Quorum).unwrap();
+
+    // A 4 GiB length prefix: refused with an error, connection closed.
+    let mut s = raw(port);
+    s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3]).unwrap();
+    let r = read_reply(&mut s).expect("an error reply");
+    assert_eq!(error_kind(&r), Some(proto::ErrorKind::InvalidRequest));
+    assert!(format!("{r:?}").contains("exceeds the limit"), "{r:?}");
+    assert!(read_reply(&mut s).is_none(), "connection closed after an oversize prefix");
+
+    // Garbage bodies: an error reply each, and the connection keeps serving.
+    let mut s = raw(port);
+    for g in [&b"\xff\xff\xff\xff\xff"[..], b"\x0a\x80", b"hello, world", &[0u8; 64], b"\x1a\x05\x08\xff\xff\xff\xff"] {
+        s.write_all(&frame(g)).unwrap();
+        let r = read_reply(&mut s).expect("a reply to garbage");
+        assert_eq!(error_kind(&r), Some(proto::ErrorKind::InvalidRequest), "{g:?}: {r:?}");
+    }
+    // An empty request, a request with an unknown field only, invalid UTF-8 in a value.
+    for body in [vec![], vec![0x08, 0x07], b"\x22\x08\x08\x01\x12\x04\xff\xfe\xfd\xfc".to_vec()] {
+        s.write_all(&frame(&body)).unwrap();
+        let r = read_reply(&mut s).expect("a reply");
+        assert_eq!(error_kind(&r), Some(proto::ErrorKind::InvalidRequest), "{body:?}: {r:?}");
+    }
+    // Replica-to-replica requests on a client connection are refused.
+    let sneaky = proto::Request {
+        id: 9,
+        body: Some(proto::request::Body::ReplicaWrite(proto::ReplicaWrite {
+            key: 70,
+            version: Some(proto::Version { micros: u64::MAX, node: 0, tombstone: false, value: "hijack".into() }),
+        })),
+    };
+    s.write_all(&frame(&sneaky.encode_to_vec())).unwrap();
+    assert_eq!(error_kind(&read_reply(&mut s).unwrap()), Some(proto::ErrorKind::InvalidRequest));
+    // The same connection still serves a correct request.
+    let ping = proto::Request { id: 10, body: Some(proto::request::Body::Ping(proto::Ping {})) };
+    s.write_all(&frame(&ping.encode_to_vec())).unwrap();
+    let r = read_reply(&mut s).unwrap();
+    assert_eq!(r.id, 10);
+    assert!(matches!(r.body, Some(proto::response::Body::Pong(_))));
+
+    // Truncated frames and abrupt disconnects.
+    for cut in [1usize, 3, 5, 9] {
+        let mut s = raw(port);
+        let full = frame(&ping.encode_to_vec());
+        s.write_all(&full[..cut.min(full.len() - 1)]).unwrap();
+        drop(s);
+    }
+    let mut s = raw(port);
+    s.write_all(&[0, 0, 0, 50, 1, 2, 3]).unwrap(); // announces 50 bytes, sends 3, hangs up
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(read_reply(&mut s).is_none());
+
+    // Out-of-range keys and oversize values through the real client: refused, nothing written.
+    let mut cl = c.client(1);
+    assert!(matches!(cl.get(256, One), Err(Error::InvalidRequest(m)) if m.contains("key 256 is out of range")));
+    assert!(matches!(cl.put(9999, "x", One), Err(Error::InvalidRequest(_))));
+    let big = "x".repeat((1 << 20) + 1);
+    match cl.put(70, &big, Quorum) {
+        Err(Error::InvalidRequest(m)) => assert!(m.contains("exceeds the limit of 1048576 bytes"), "{m}"),
+        other => panic!("oversize value must be refused, got {other:?}"),
+    }
+    assert!(matches!(cl.request(proto::request::Body::Get(proto::Get { key: 5, consistency: 42 })), Err(Error::InvalidRequest(_))));
+
+    // The replica is still whole: it serves reads and writes, and the old value stands.
+    assert_eq!(c.client(1).get(70, Quorum).unwrap().as_deref(), Some("before"));
+    c.client(1).put(70, "after", Quorum).unwrap();
+    assert_eq!(c.client(2).get(70, Quorum).unwrap().as_deref(), Some("after"));
+}
+
+#[test]
+fn large_values_round_trip() {
+    let c = Cluster::start(4, &[]);
+    let value: String = (0..100_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    c.client(0).put(130, &value, Quorum).unwrap();
+    for i in 0..4 {
+        assert_eq!(c.client(i).get(130, Quorum).unwrap().as_deref(), Some(value.as_str()));
+    }
+    let max = "é".repeat((1 << 20) / 2); // exactly 1 MiB of UTF-8
+    c.client(3).put(131, &max, Quorum).unwrap();
+    assert_eq!(c.client(1).get(131, Quorum).unwrap().map(|v| v.len()), Some(1 << 20));
+    // display cuts long values instead of shipping megabytes.
+    let d = c.client(0).display(40).unwrap();
+    assert!(d.replicas.iter().flat_map(|r| &r.cells).all(|kv| kv.version.as_ref().unwrap().value.len() <= 40));
+}
+
+#[test]
+fn many_clients_on_every_coordinator_finish_without_deadlock() {
+    let c = Cluster::start(4, &[]);
+    let ports: Vec<u16> = c.replicas.iter().map(|r| r.port).collect();
+    let clients = 32;
+    let ops = if common::under_tsan() { 40 } else { 200 };
+    let barrier = Arc::new(Barrier::new(clients));
+    let done = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let (barrier, done, port) = (barrier.clone(), done.clone(), ports[t % ports.len()]);
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut cl = Client::connect("127.0.0.1", port, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                cl.set_timeout(Some(slack(Duration::from_secs(20)))).unwrap();
+                barrier.wait();
+                for i in 0..ops {
+                    let key = ((t * 31 + i * 7) % 256) as u32;
+                    let level = if i % 3 == 0 { One } else { Quorum };
+                    if i % 2 == 0 {
+                        cl.put(key, &format!("t{t}-i{i}"), level).map_err(|e| format!("put {key}: {e}"))?;
+                    } else {
+                        cl.get(key, level).map_err(|e| format!("get {key}: {e}"))?;
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(errors.is_empty(), "{} clients failed: {errors:?}\n{}", errors.len(), c.logs());
+    assert_eq!(done.load(Ordering::Relaxed), clients * ops);
+}
+
+#[test]
+fn idle_connections_are_bounded_and_others_still_served() {
+    let c = Cluster::start(3, &["--max-connections", "50"]);
+    let port = c.replicas[0].port;
+    // Hold many idle client connections (each has sent one ping, so it counts as a client).
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..80 {
+        let mut cl = match Client::connect("127.0.0.1", port, Duration::from_secs(2)) {
+            Ok(cl) => cl,
+            Err(_) => {
+                refused += 1;
+                continue;
+            }
+        };
+        cl.set_timeout(Some(slack(Duration::from_secs(5)))).unwrap();
+        match cl.ping() {
+            Ok(_) => held.push(cl),
+            Err(Error::Overloaded(m)) => {
+                assert!(m.contains("too many"), "{m}");
+                refused += 1;
+            }
+            Err(Error::Io(_)) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(held.len(), 50, "exactly the limit is served");
+    assert_eq!(refused, 30);
+    // Peers still reach r0 (their slots are reserved) and r0 still coordinates.
+    c.client(1).put(5, "through-r1", Quorum).unwrap();
+    assert_eq!(held[0].get(5, Quorum).unwrap().as_deref(), Some("through-r1"));
+    // Closing idle connections frees their slots.
+    held.truncate(10);
+    let ok = common::wait_for(slack(Duration::from_secs(5)), || {
+        Client::connect("127.0.0.1", port, Duration::from_secs(1)).and_then(|mut c| c.ping()).is_ok()
+    });
+    assert!(ok);
+}
