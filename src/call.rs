@@ -68,30 +68,100 @@ pub trait Machine: Send {
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>);
     /// Whether the coordinator can stop waiting.
     fn settled(&self) -> bool;
+    /// Whether every slot has its outcome (the call holds nothing more for anyone).
+    fn complete(&self) -> bool;
+    /// Bytes of values the machine holds (for the background budget).
+    fn held_bytes(&self) -> usize;
 }
+
+/// Bytes that calls finishing in the background (answered, but some replicas
+/// have not replied yet) may hold, node-wide.
+///
+/// Without a bound, a client that sends requests faster than the slowest
+/// replica answers — by pipelining, or while a replica hangs before the failure
+/// detector notices — would pile up calls and their values without limit. Past
+/// the budget, a coordinator finishes its call (waits for the last replies or
+/// the deadline) before taking the connection's next request: backpressure.
+pub struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Budget { used: std::sync::atomic::AtomicUsize::new(0), limit }
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn try_reserve(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering::*;
+        self.used.fetch_update(AcqRel, Acquire, |u| (u + bytes <= self.limit).then_some(u + bytes)).is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Fixed cost charged per background call besides its values.
+const CALL_OVERHEAD: usize = 512;
 
 /// A machine shared between the coordinator and the threads that deliver replies.
 pub struct Call<M> {
     machine: Mutex<M>,
-    settled: Condvar,
+    changed: Condvar,
     exec: Arc<dyn Executor>,
+    budget: Arc<Budget>,
+    /// Bytes reserved from `budget` while finishing in the background (under `machine`'s lock).
+    reserved: std::sync::atomic::AtomicUsize,
 }
 
 impl<M: Machine> Call<M> {
-    /// Wraps `machine`; commands go to `exec`.
-    pub fn new(machine: M, exec: Arc<dyn Executor>) -> Arc<Self> {
-        Arc::new(Call { machine: Mutex::new(machine), settled: Condvar::new(), exec })
+    /// Wraps `machine`; commands go to `exec`; background completion is charged to `budget`.
+    pub fn new(machine: M, exec: Arc<dyn Executor>, budget: Arc<Budget>) -> Arc<Self> {
+        Arc::new(Call {
+            machine: Mutex::new(machine),
+            changed: Condvar::new(),
+            exec,
+            budget,
+            reserved: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     /// Blocks until the machine is settled or `deadline` passes; returns it locked.
     pub fn wait(&self, deadline: Instant) -> MutexGuard<'_, M> {
         let mut m = self.machine.lock();
         while !m.settled() {
-            if self.settled.wait_until(&mut m, deadline).timed_out() {
+            if self.changed.wait_until(&mut m, deadline).timed_out() {
                 break;
             }
         }
         m
+    }
+
+    /// After the answer: lets the call finish in the background if the budget
+    /// has room for what it holds, otherwise waits until it is complete (or `deadline`).
+    pub fn finish(&self, deadline: Instant) {
+        use std::sync::atomic::Ordering;
+        let mut m = self.machine.lock();
+        if m.complete() {
+            return;
+        }
+        let bytes = m.held_bytes() + CALL_OVERHEAD;
+        if self.budget.try_reserve(bytes) {
+            self.reserved.store(bytes, Ordering::Release);
+            return;
+        }
+        while !m.complete() {
+            if self.changed.wait_until(&mut m, deadline).timed_out() {
+                break;
+            }
+        }
     }
 
     /// Runs `f` on the machine, then executes the commands it pushed.
@@ -108,14 +178,17 @@ impl<M: Machine> Call<M> {
 impl<M: Machine> ReplySink for Call<M> {
     fn deliver(&self, slot: usize, result: PeerResult) {
         let mut out = Vec::new();
-        let settled = {
+        {
             let mut m = self.machine.lock();
             m.on_reply(slot, result, &mut out);
-            m.settled()
-        };
-        if settled {
-            self.settled.notify_all();
+            if m.complete() {
+                let reserved = self.reserved.swap(0, std::sync::atomic::Ordering::AcqRel);
+                if reserved > 0 {
+                    self.budget.release(reserved);
+                }
+            }
         }
+        self.changed.notify_all();
         for c in out {
             self.exec.execute(c);
         }
@@ -205,6 +278,14 @@ impl Machine for WriteMachine {
 
     fn settled(&self) -> bool {
         self.tracker.decision() != Decision::Pending
+    }
+
+    fn complete(&self) -> bool {
+        self.tracker.complete()
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.version.value.as_ref().map_or(0, String::len)
     }
 }
 
@@ -331,6 +412,20 @@ impl Machine for ReadMachine {
     fn settled(&self) -> bool {
         self.tracker.decision() != Decision::Pending
     }
+
+    fn complete(&self) -> bool {
+        self.tracker.complete()
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| match s {
+                ReadSlot::Replied(Some(v)) => v.value.as_ref().map_or(0, String::len),
+                _ => 0,
+            })
+            .sum()
+    }
 }
 
 /// Collects one reply per slot, whatever they are.
@@ -359,6 +454,14 @@ impl Machine for GatherMachine {
 
     fn settled(&self) -> bool {
         self.results.iter().all(Option::is_some)
+    }
+
+    fn complete(&self) -> bool {
+        self.settled()
+    }
+
+    fn held_bytes(&self) -> usize {
+        0
     }
 }
 
@@ -467,13 +570,44 @@ mod tests {
         assert!(m.newest().unwrap().is_tombstone());
     }
 
+    struct NoExec;
+    impl Executor for NoExec {
+        fn execute(&self, _c: Command) {}
+    }
+
+    #[test]
+    fn background_calls_are_charged_to_the_budget_until_complete() {
+        let budget = Arc::new(Budget::new(10_000));
+        let v = Version::value(ts(1), "x".repeat(4000));
+        let call = Call::new(WriteMachine::new(1, v.clone(), vec![0, 1, 2], names(), 1, false), Arc::new(NoExec), budget.clone());
+        call.deliver(0, write_ack());
+        call.finish(Instant::now()); // two replies outstanding: finishes in the background
+        assert_eq!(budget.used(), 4000 + CALL_OVERHEAD);
+        // A second such call still fits; a third would not, so it waits (here: until its deadline).
+        let second = Call::new(WriteMachine::new(1, v.clone(), vec![0, 1, 2], names(), 1, false), Arc::new(NoExec), budget.clone());
+        second.deliver(0, write_ack());
+        second.finish(Instant::now());
+        assert_eq!(budget.used(), 2 * (4000 + CALL_OVERHEAD));
+        let third = Call::new(WriteMachine::new(1, v, vec![0, 1, 2], names(), 1, false), Arc::new(NoExec), budget.clone());
+        third.deliver(0, write_ack());
+        third.finish(Instant::now() + std::time::Duration::from_millis(20));
+        assert_eq!(budget.used(), 2 * (4000 + CALL_OVERHEAD), "over budget: not charged, waited instead");
+        call.deliver(1, write_ack());
+        assert_eq!(budget.used(), 2 * (4000 + CALL_OVERHEAD), "still one reply outstanding");
+        call.deliver(2, Err(Error::Timeout("t".into())));
+        assert_eq!(budget.used(), 4000 + CALL_OVERHEAD, "released when complete");
+        second.deliver(1, write_ack());
+        second.deliver(2, write_ack());
+        assert_eq!(budget.used(), 0);
+    }
+
     #[test]
     fn call_wait_returns_when_settled_by_another_thread() {
         struct Nothing;
         impl Executor for Nothing {
             fn execute(&self, _c: Command) {}
         }
-        let call = Call::new(GatherMachine::new(2), Arc::new(Nothing));
+        let call = Call::new(GatherMachine::new(2), Arc::new(Nothing), Arc::new(Budget::new(1 << 20)));
         let c2 = call.clone();
         let t = std::thread::spawn(move || {
             c2.deliver(0, Ok(response::Body::Pong(proto::Pong::default())));

@@ -78,6 +78,12 @@ pub struct NodeConfig {
     pub down_after: Duration,
     /// Timeout for connecting to a peer and for its handshake.
     pub connect_timeout: Duration,
+    /// A write timestamp further than this ahead of our clock is refused.
+    pub max_clock_offset: Duration,
+    /// A new connection must send its first frame within this time.
+    pub first_frame_timeout: Duration,
+    /// Bytes that answered calls may hold while their last replicas reply (see [`crate::call::Budget`]).
+    pub max_background_bytes: usize,
 }
 
 impl NodeConfig {
@@ -97,6 +103,9 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_millis(200),
             down_after: Duration::from_millis(1000),
             connect_timeout: Duration::from_millis(500),
+            max_clock_offset: Duration::from_secs(5),
+            first_frame_timeout: Duration::from_secs(5),
+            max_background_bytes: 32 << 20,
         }
     }
 

@@ -134,7 +134,11 @@ impl<R: Read> FrameReader<R> {
             self.end -= self.start;
             self.start = 0;
             if need > self.buf.len() {
-                self.buf.resize(need, 0);
+                // Grow with what has arrived, not with what the prefix announces: a
+                // peer that sends a large prefix and stalls costs little memory.
+                let have = self.end - self.start;
+                let target = need.min(have.max(INITIAL_BUFFER) * 2).max(self.buf.len());
+                self.buf.resize(target, 0);
             }
         } else if self.end == self.buf.len() {
             // Room is there but behind `start`: compact so `read` has space.
@@ -210,6 +214,15 @@ mod tests {
     fn truncated_prefix_is_an_error() {
         let mut r = FrameReader::new(Cursor::new(vec![0u8, 0]), 1024);
         assert!(matches!(r.read_frame(), Err(FrameError::Truncated { got: 2 })));
+    }
+
+    #[test]
+    fn announced_length_is_not_allocated_before_it_arrives() {
+        let mut bytes = (900_000u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let mut r = FrameReader::new(Cursor::new(bytes), 1 << 20);
+        assert!(matches!(r.read_frame(), Err(FrameError::Truncated { got: 7 })));
+        assert!(r.buf.len() <= 2 * INITIAL_BUFFER, "allocated {} bytes for 7 received", r.buf.len());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! ever carry the same timestamp.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A write's timestamp: ordered by `micros`, then `node`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -80,8 +80,19 @@ impl<C: WallClock> Hlc<C> {
     }
 
     /// Records a timestamp seen from elsewhere so later ticks come after it.
-    pub fn observe(&self, ts: Timestamp) {
+    ///
+    /// A timestamp more than `max_offset` ahead of this node's wall clock is
+    /// refused (and not observed): a peer with a wild clock, or a hostile
+    /// one sending `u64::MAX`, must not drag this clock into the future, where
+    /// every later write would lose to the bogus one. Returns how far ahead it was.
+    pub fn observe(&self, ts: Timestamp, max_offset: Duration) -> Result<(), Duration> {
+        let wall = self.wall.now_micros();
+        let ahead = ts.micros.saturating_sub(wall);
+        if ahead > max_offset.as_micros() as u64 {
+            return Err(Duration::from_micros(ahead));
+        }
         self.last.fetch_max(ts.micros, Ordering::AcqRel);
+        Ok(())
     }
 }
 
@@ -126,9 +137,23 @@ mod tests {
     fn observe_moves_the_clock_past_remote_time() {
         let wall = Arc::new(AtomicU64::new(100));
         let hlc = Hlc::with_clock(1, FakeClock(wall));
-        hlc.observe(Timestamp { micros: 9_000, node: 2 });
+        hlc.observe(Timestamp { micros: 9_000, node: 2 }, Duration::from_secs(1)).unwrap();
         let t = hlc.now();
         assert!(t > Timestamp { micros: 9_000, node: 2 });
+    }
+
+    #[test]
+    fn observe_refuses_timestamps_too_far_ahead() {
+        let wall = Arc::new(AtomicU64::new(1_000_000));
+        let hlc = Hlc::with_clock(1, FakeClock(wall));
+        let bogus = Timestamp { micros: u64::MAX, node: 2 };
+        assert!(hlc.observe(bogus, Duration::from_secs(5)).is_err());
+        let ahead = Timestamp { micros: 1_000_000 + 6_000_000, node: 2 };
+        assert_eq!(hlc.observe(ahead, Duration::from_secs(5)), Err(Duration::from_secs(6)));
+        assert_eq!(hlc.now().micros, 1_000_000, "a refused timestamp leaves the clock alone");
+        let near = Timestamp { micros: 1_000_000 + 4_000_000, node: 2 };
+        hlc.observe(near, Duration::from_secs(5)).unwrap();
+        assert_eq!(hlc.now().micros, 5_000_001);
     }
 
     #[test]

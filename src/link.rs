@@ -181,8 +181,10 @@ impl PeerLink {
 
     /// Marks the link down if the peer has been silent longer than `down_after`.
     pub fn check_liveness(&self, down_after: Duration) {
+        // Read the generation first: if the link reconnects meanwhile, the
+        // teardown below names the old connection and leaves the new one alone.
+        let generation = self.generation.load(Ordering::Acquire);
         if self.is_up() && self.silent_for() > down_after {
-            let generation = self.generation.load(Ordering::Acquire);
             self.teardown(generation, &format!("no reply for {} ms", self.silent_for().as_millis()));
         }
     }
@@ -263,6 +265,10 @@ impl PeerLink {
                     } else {
                         debug!("cannot reach peer {} at {}: {e}", self.name, self.addr);
                     }
+                    env.retry_interval
+                }
+                Err(ConnectError::Refused(e @ Error::Overloaded(_))) => {
+                    warn!("peer {} at {} is overloaded: {e}", self.name, self.addr);
                     env.retry_interval
                 }
                 Err(ConnectError::Refused(e)) => {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use log::{debug, info};
 
-use crate::call::{Call, Command, Executor, GatherMachine, ReadMachine, WriteMachine};
+use crate::call::{Budget, Call, Command, Executor, GatherMachine, ReadMachine, WriteMachine};
 use crate::cell::Version;
 use crate::config::NodeConfig;
 use crate::consistency::{Consistency, Decision};
@@ -91,11 +91,17 @@ pub struct Node {
     pub links: Vec<Option<PeerLink>>,
     /// Set when the node stops.
     pub shutdown: AtomicBool,
+    /// Bytes held by calls finishing in the background.
+    pub budget: Arc<Budget>,
     repair_tx: Sender<RepairJob>,
     /// Sender side of the peer-up channel, handed to links.
     pub peer_up_tx: Sender<usize>,
     ignore: Arc<dyn ReplySink>,
 }
+
+/// `display` shows at most this many bytes of each value, so a dump of all 256
+/// cells stays far below any frame limit.
+pub const MAX_DISPLAY_VALUE: u32 = 1024;
 
 fn validate_key(key: u32) -> Result<u8> {
     u8::try_from(key).map_err(|_| Error::InvalidRequest(format!("key {key} is out of range; keys are 0 to {}", KEYS - 1)))
@@ -129,6 +135,7 @@ impl Node {
         let (peer_up_tx, peer_up) = unbounded();
         let names = ring.nodes().iter().map(|n| n.name.clone()).collect();
         let node = Node {
+            budget: Arc::new(Budget::new(cfg.max_background_bytes)),
             clock: Hlc::new(ring.node(me).id),
             store: Store::new(),
             hints: HintStore::new(names, cfg.hint_window, cfg.max_hint_bytes),
@@ -142,6 +149,14 @@ impl Node {
             ignore: Arc::new(IgnoreReply),
         };
         Ok((Arc::new(node), Workers { repairs, peer_up }))
+    }
+
+    /// Asks every thread of the node to stop.
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        for link in self.links.iter().flatten() {
+            link.wake();
+        }
     }
 
     /// This node's name.
@@ -183,12 +198,12 @@ impl Node {
         let version = Version { ts: self.clock.now(), value };
         let hint = self.cfg.mode.hinted_handoff();
         let machine = WriteMachine::new(key, version.clone(), replicas.to_vec(), self.names(replicas), need, hint);
-        let call = Call::new(machine, self.clone() as Arc<dyn Executor>);
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         let deadline = self.deadline();
         self.fan_out_write(&call, replicas, key, &version, deadline);
         let m = call.wait(deadline);
         let acks = m.tracker().acks();
-        match m.decision() {
+        let result = match m.decision() {
             Decision::Reached => Ok((version.ts, acks)),
             Decision::Impossible => Err(Error::Failure(format!(
                 "{acks} of {need} acks for key {key}; the write may or may not have been applied{}",
@@ -197,7 +212,10 @@ impl Node {
             Decision::Pending => {
                 Err(Error::Timeout(format!("{acks} of {need} acks for key {key}; the write may or may not have been applied")))
             }
-        }
+        };
+        drop(m);
+        call.finish(deadline);
+        result
     }
 
     /// Sends `version` to each of `targets` (slot = position), remote ones first.
@@ -230,7 +248,7 @@ impl Node {
         let (replicas, need) = self.check_available(key, level)?;
         let repair = self.cfg.mode.read_repair();
         let machine = ReadMachine::new(key, replicas.to_vec(), self.names(replicas), need, repair);
-        let call = Call::new(machine, self.clone() as Arc<dyn Executor>);
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         let deadline = self.deadline();
         let mut local = None;
         for (slot, &t) in replicas.iter().enumerate() {
@@ -243,7 +261,7 @@ impl Node {
             let version = self.store.get(key).map(|v| v.to_proto());
             call.deliver(slot, Ok(response::Body::ReplicaRead(proto::ReadResult { version })));
         }
-        let mut m = call.wait(deadline);
+        let m = call.wait(deadline);
         let replied = m.tracker().acks();
         let outcome = match m.decision() {
             Decision::Reached => {
@@ -257,24 +275,33 @@ impl Node {
             Err(e) => {
                 drop(m);
                 call.with(|m, out| m.answer(out));
+                call.finish(deadline);
                 return Err(e);
             }
         };
+        drop(m);
+        if let Some(newest) = &newest {
+            // A later write through this coordinator must be stamped after what it read.
+            let _ = self.clock.observe(newest.ts, self.cfg.max_clock_offset);
+        }
         if let (Some(newest), false) = (&newest, stale.is_empty()) {
-            for &(slot, _) in &stale {
-                m.mark_repaired(slot, newest.ts);
-            }
-            drop(m);
-            self.clock.observe(newest.ts);
             let targets: Vec<usize> = stale.iter().map(|&(_, t)| t).collect();
             if let Err(e) = self.blocking_repair(key, newest, &targets, deadline) {
+                // Not marked repaired: the background pass will try these replicas again.
                 call.with(|m, out| m.answer(out));
+                call.finish(deadline);
                 return Err(e);
             }
+            call.with(|m, out| {
+                for &(slot, _) in &stale {
+                    m.mark_repaired(slot, newest.ts);
+                }
+                m.answer(out)
+            });
         } else {
-            drop(m);
+            call.with(|m, out| m.answer(out));
         }
-        call.with(|m, out| m.answer(out));
+        call.finish(deadline);
         Ok(newest)
     }
 
@@ -282,7 +309,7 @@ impl Node {
     fn blocking_repair(self: &Arc<Self>, key: u8, version: &Version, targets: &[usize], deadline: Instant) -> Result<()> {
         debug!("blocking read repair of key {key} on {:?}", self.names(targets));
         let machine = WriteMachine::new(key, version.clone(), targets.to_vec(), self.names(targets), targets.len(), false);
-        let call = Call::new(machine, self.clone() as Arc<dyn Executor>);
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         self.fan_out_write(&call, targets, key, version, deadline);
         let m = call.wait(deadline);
         match m.decision() {
@@ -303,7 +330,7 @@ impl Node {
         body: &request::Body,
         local: impl FnOnce() -> response::Body,
     ) -> Vec<Option<crate::link::PeerResult>> {
-        let call = Call::new(GatherMachine::new(targets.len()), self.clone() as Arc<dyn Executor>);
+        let call = Call::new(GatherMachine::new(targets.len()), self.clone() as Arc<dyn Executor>, self.budget.clone());
         let deadline = self.deadline();
         let mut local_slot = None;
         for (slot, &t) in targets.iter().enumerate() {
@@ -464,7 +491,7 @@ impl Node {
             }
             B::Status(_) => response::Body::Status(self.status()),
             B::Inspect(i) => response::Body::Inspect(self.inspect(validate_key(i.key)?)),
-            B::Display(d) => response::Body::Display(self.display(d.max_value_len)),
+            B::Display(d) => response::Body::Display(self.display(d.max_value_len.min(MAX_DISPLAY_VALUE))),
             B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) => {
                 return Err(Error::InvalidRequest(
                     "replica-to-replica request on a client connection; a replica opens with PeerHello".into(),
@@ -523,12 +550,19 @@ impl Node {
                     self.validate_value(&v.value)?;
                 }
                 let version = Version::from_proto(v);
-                self.clock.observe(version.ts);
+                if let Err(ahead) = self.clock.observe(version.ts, self.cfg.max_clock_offset) {
+                    return Err(Error::InvalidRequest(format!(
+                        "write to key {key} is stamped {} ms ahead of {}'s clock (the limit is {} ms); check the clocks",
+                        ahead.as_millis(),
+                        self.cfg.name,
+                        self.cfg.max_clock_offset.as_millis()
+                    )));
+                }
                 let applied = self.store.apply(key, version);
                 response::Body::ReplicaWrite(proto::WriteAck { applied })
             }
             B::Heartbeat(_) => response::Body::Heartbeat(proto::HeartbeatAck { name: self.cfg.name.clone() }),
-            B::ReplicaDump(d) => response::Body::ReplicaDump(self.dump(d.max_value_len)),
+            B::ReplicaDump(d) => response::Body::ReplicaDump(self.dump(d.max_value_len.min(MAX_DISPLAY_VALUE))),
             B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) => {
@@ -568,7 +602,7 @@ impl Node {
             if self.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let call = Call::new(GatherMachine::new(1), self.clone() as Arc<dyn Executor>);
+            let call = Call::new(GatherMachine::new(1), self.clone() as Arc<dyn Executor>, self.budget.clone());
             let body = request::Body::ReplicaWrite(proto::ReplicaWrite { key: key as u32, version: Some(version.to_proto()) });
             let deadline = self.deadline();
             link.send(body, call.clone(), 0, deadline);

@@ -48,6 +48,8 @@ const WORKER_STACK: usize = 256 * 1024;
 const WORKER_IDLE: Duration = Duration::from_secs(30);
 const MIN_WORKERS: usize = 4;
 const MAINTENANCE_TICK: Duration = Duration::from_millis(25);
+/// Buffered replies are written once they reach this size.
+const FLUSH_BYTES: usize = 256 * 1024;
 
 /// Binds the replica's socket; fails with a clear error if the address is taken.
 pub fn bind(cfg: &NodeConfig) -> Result<TcpListener> {
@@ -114,26 +116,40 @@ pub fn serve(node: &Arc<Node>, listener: TcpListener, workers: Workers) {
     std::thread::scope(|s| {
         for link in node.links.iter().flatten() {
             let env = &env;
-            spawn_named(s, format!("link-{}", link.name), move || link.run(env));
-        }
-        spawn_named(s, "maintenance".into(), || maintenance(node));
-        let Workers { repairs, peer_up } = workers;
-        spawn_named(s, "repair".into(), move || {
-            while let Ok(job) = repairs.recv() {
-                node.send_repair(job);
+            if !spawn_named(s, format!("link-{}", link.name), move || link.run(env)) {
+                node.stop();
+                return;
             }
-        });
-        spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
+        }
+        let started = spawn_named(s, "maintenance".into(), || maintenance(node));
+        let Workers { repairs, peer_up } = workers;
+        let started = started
+            & spawn_named(s, "repair".into(), move || {
+                while let Ok(job) = repairs.recv() {
+                    node.send_repair(job);
+                }
+            });
+        let started = started & spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
+        if !started {
+            error!("cannot start the background threads; stopping");
+            node.stop();
+            return;
+        }
         accept_loop(s, node, &listener, &pool);
     });
 }
 
-fn spawn_named<'scope, F>(s: &'scope Scope<'scope, '_>, name: String, f: F)
+/// Starts a scoped thread; logs and returns false if the system refuses.
+fn spawn_named<'scope, F>(s: &'scope Scope<'scope, '_>, name: String, f: F) -> bool
 where
     F: FnOnce() + Send + 'scope,
 {
-    if let Err(e) = std::thread::Builder::new().name(name.clone()).stack_size(WORKER_STACK).spawn_scoped(s, f) {
-        error!("cannot start thread {name}: {e}");
+    match std::thread::Builder::new().name(name.clone()).stack_size(WORKER_STACK).spawn_scoped(s, f) {
+        Ok(_) => true,
+        Err(e) => {
+            error!("cannot start thread {name}: {e}");
+            false
+        }
     }
 }
 
@@ -168,7 +184,11 @@ fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, node: &'scope Arc<Node>, li
             }
         } else {
             pool.workers.fetch_add(1, Ordering::AcqRel);
-            spawn_named(s, "conn".into(), move || worker(node, pool, stream));
+            if !spawn_named(s, "conn".into(), move || worker(node, pool, stream)) {
+                // The closure (and the connection with it) was dropped: give the slot back.
+                pool.workers.fetch_sub(1, Ordering::AcqRel);
+                pool.connections.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -226,6 +246,9 @@ enum Role {
 fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
     let peer_addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let _ = stream.set_nodelay(true);
+    // Until it says what it is, a connection must speak within the deadline:
+    // silent sockets cannot hold the slots reserved for peers.
+    let _ = stream.set_read_timeout(Some(node.cfg.first_frame_timeout));
     let Ok(read_half) = stream.try_clone() else { return };
     let mut reader = FrameReader::new(read_half, node.cfg.max_frame_bytes());
     let mut writer = stream;
@@ -254,6 +277,7 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                     (Some(request::Body::Hello(h)), Role::Unknown) => match node.check_hello(&h) {
                         Ok(()) => {
                             role = Role::Peer;
+                            let _ = writer.set_read_timeout(None);
                             debug!("{} opened a replica link from {peer_addr}", h.name);
                             response::Body::Hello(proto::HelloAck { name: node.name().to_string() })
                         }
@@ -269,6 +293,7 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                     (Some(body), _) => {
                         if role == Role::Unknown {
                             role = Role::Client;
+                            let _ = writer.set_read_timeout(None);
                             if pool.clients.fetch_add(1, Ordering::AcqRel) >= pool.client_limit {
                                 pool.clients.fetch_sub(1, Ordering::AcqRel);
                                 refuse(writer, &format!("too many client connections (limit {})", pool.client_limit));
@@ -283,7 +308,9 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
         };
         encode_frame(&resp, &mut frame_buf);
         out.extend_from_slice(&frame_buf);
-        if !reader.has_frame() {
+        // Write when no request is waiting, or when replies pile up: a client
+        // pipelining reads of large values must not grow this buffer without bound.
+        if !reader.has_frame() || out.len() >= FLUSH_BYTES {
             if let Err(e) = writer.write_all(&out) {
                 break Err(format!("write failed: {e}"));
             }

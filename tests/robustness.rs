@@ -13,7 +13,7 @@ use common::{Cluster, slack};
 use prost::Message;
 use quorumkv::Error;
 use quorumkv::client::Client;
-use quorumkv::consistency::Consistency::{One, Quorum};
+use quorumkv::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto;
 
 fn raw(port: u16) -> TcpStream {
@@ -205,4 +205,80 @@ fn idle_connections_are_bounded_and_others_still_served() {
         Client::connect("127.0.0.1", port, Duration::from_secs(1)).and_then(|mut c| c.ping()).is_ok()
     });
     assert!(ok);
+}
+
+/// A client that pipelines many reads of a 1 MiB value without reading the
+/// replies must not make the replica buffer them all.
+#[test]
+fn pipelined_large_replies_do_not_grow_memory_without_bound() {
+    let c = Cluster::start(3, &[]);
+    let value = "v".repeat(1 << 20);
+    c.client(0).put(1, &value, One).unwrap();
+    let before = c.replicas[0].peak_rss_kib();
+    let mut s = raw(c.replicas[0].port);
+    let get = proto::Request { id: 1, body: Some(proto::request::Body::Get(proto::Get { key: 1, consistency: 1 })) };
+    let one = frame(&get.encode_to_vec());
+    let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * 300).collect();
+    s.write_all(&burst).unwrap(); // 300 MiB of replies requested in one write
+    for _ in 0..300 {
+        let r = read_reply(&mut s).expect("every reply arrives");
+        assert!(matches!(r.body, Some(proto::response::Body::Get(ref g)) if g.value.as_deref().map(str::len) == Some(1 << 20)));
+    }
+    let grown_mib = (c.replicas[0].peak_rss_kib().saturating_sub(before)) / 1024;
+    // 300 MiB were asked for; the coordinator may hold its 32 MiB background budget plus a few buffers.
+    assert!(grown_mib < 100, "peak memory grew by {grown_mib} MiB serving pipelined reads");
+}
+
+#[test]
+fn display_values_are_capped_whatever_the_client_asks() {
+    let c = Cluster::start(3, &[]);
+    c.client(0).put(2, &"d".repeat(100_000), One).unwrap();
+    let d = c.client(0).display(u32::MAX).unwrap();
+    let longest = d.replicas.iter().flat_map(|r| &r.cells).map(|kv| kv.version.as_ref().unwrap().value.len()).max().unwrap();
+    assert_eq!(longest, quorumkv::node::MAX_DISPLAY_VALUE as usize);
+    assert!(d.replicas.iter().flat_map(|r| &r.cells).all(|kv| kv.truncated));
+}
+
+/// Silent connections that never say who they are must not keep peers out.
+#[test]
+fn silent_connections_cannot_lock_peers_out() {
+    let mut c = Cluster::start(3, &["--max-connections", "2", "--first-frame-timeout", "300ms"]);
+    let port = c.replicas[0].port;
+    // Fill every slot of r0, the peers' reserve included, with sockets that never speak.
+    let silent: Vec<TcpStream> = (0..40).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    // r1 restarts and must get its link to r0 back although the silent sockets stay open.
+    c.restart(1);
+    c.wait_seen(1, 0, true);
+    c.wait_seen(0, 1, true);
+    c.client(1).put(5, "peers-got-through", Quorum).unwrap();
+    drop(silent);
+}
+
+/// A peer write stamped in the far future is refused and does not poison the clock.
+#[test]
+fn future_timestamps_from_a_peer_are_refused() {
+    let c = Cluster::start(3, &[]);
+    let nodes = quorumkv::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
+    let ring = quorumkv::ring::Ring::new(nodes, 3, 1).unwrap();
+    let mut s = raw(c.replicas[0].port);
+    let hello = proto::PeerHello {
+        name: "r1".into(),
+        ring_fingerprint: ring.fingerprint(),
+        ring_description: ring.describe(),
+        epoch: ring.epoch(),
+    };
+    s.write_all(&frame(&proto::Request { id: 1, body: Some(proto::request::Body::Hello(hello)) }.encode_to_vec())).unwrap();
+    assert!(matches!(read_reply(&mut s).unwrap().body, Some(proto::response::Body::Hello(_))));
+    let poison = proto::ReplicaWrite {
+        key: 7,
+        version: Some(proto::Version { micros: u64::MAX, node: 0, tombstone: false, value: "poison".into() }),
+    };
+    s.write_all(&frame(&proto::Request { id: 2, body: Some(proto::request::Body::ReplicaWrite(poison)) }.encode_to_vec())).unwrap();
+    let r = read_reply(&mut s).unwrap();
+    assert_eq!(error_kind(&r), Some(proto::ErrorKind::InvalidRequest), "{r:?}");
+    assert!(format!("{r:?}").contains("ahead of r0's clock"), "{r:?}");
+    // Later writes through r0 still order by time.
+    c.client(0).put(7, "zzz", All).unwrap();
+    c.client(0).put(7, "aaa", All).unwrap();
+    assert_eq!(c.client(0).get(7, All).unwrap().as_deref(), Some("aaa"));
 }

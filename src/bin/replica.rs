@@ -51,6 +51,12 @@ struct Args {
     /// A peer silent this long is marked down.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     down_after: std::time::Duration,
+    /// Peer writes stamped further than this ahead of our clock are refused.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    max_clock_offset: std::time::Duration,
+    /// A new connection must send its first frame within this time.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    first_frame_timeout: std::time::Duration,
     /// Address to listen on (default: this replica's host in the cluster file).
     #[arg(long)]
     bind: Option<IpAddr>,
@@ -97,6 +103,8 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.max_connections = args.max_connections;
     cfg.heartbeat_interval = args.heartbeat;
     cfg.down_after = args.down_after;
+    cfg.max_clock_offset = args.max_clock_offset;
+    cfg.first_frame_timeout = args.first_frame_timeout;
     let ring = Ring::new(nodes, args.rf, 1)?;
     quorumkv::server::run(cfg, ring)
 }
