@@ -269,3 +269,43 @@ fn inspect_shows_unreachable_replicas_and_status_shows_ranges() {
     assert!(lines[2].contains("unreachable"), "{text}");
     assert!(lines[0].contains("none"), "{text}");
 }
+
+/// A replica that hangs (SIGSTOP: its sockets stay open, nothing answers) must
+/// not delay QUORUM answers, and the write it misses is hinted once it times out.
+#[test]
+fn a_hung_replica_never_delays_the_answer_and_gets_a_hint() {
+    // The request timeout is well above what a QUORUM answer may take here.
+    let timeout = slack(Duration::from_millis(1500));
+    let c = Cluster::start(4, &["--down-after", "30s", "--timeout", &format!("{}ms", timeout.as_millis())]);
+    c.pause(3); // key 70 on r1, r2, r3
+    let t = Instant::now();
+    c.client(0).put(70, "despite-r3", Quorum).unwrap();
+    assert_eq!(c.client(1).get(70, Quorum).unwrap().as_deref(), Some("despite-r3"));
+    let took = t.elapsed();
+    assert!(took < timeout / 2, "QUORUM waited on the hung replica: {took:?}");
+    // r3's ack never comes: after the timeout r0 keeps a hint for it.
+    assert!(wait_for(slack(Duration::from_secs(5)), || c.client(0).status().unwrap().replicas[3].hints == 1));
+    c.resume(3);
+    // Once r3 answers again the hint is delivered.
+    assert!(wait_for(slack(Duration::from_secs(10)), || held(&c, 0, 70, "r3").as_deref() == Some("despite-r3")), "{}", c.logs());
+}
+
+#[test]
+fn too_few_acks_in_time_is_a_timeout() {
+    // Peers are only marked down after 10 s, so the coordinator sends and waits.
+    let c = Cluster::start(4, &["--down-after", "10s", "--timeout", "300ms"]);
+    c.pause(2);
+    c.pause(3); // key 70 on r1, r2, r3: only r1 answers
+    let out = c.run_client(1, &["-c", "quorum", "put", "70", "late"], "");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        common::stderr(&out).trim(),
+        "error: Timeout: 1 of 2 acks for key 70; the write may or may not have been applied"
+    );
+    match c.client(0).get(70, Quorum) {
+        Err(Error::Timeout(m)) => assert_eq!(m, "1 of 2 replies for key 70"),
+        other => panic!("expected a read timeout, got {other:?}"),
+    }
+    c.resume(2);
+    c.resume(3);
+}

@@ -226,6 +226,22 @@ impl Cluster {
         }
     }
 
+    /// Freezes replica `i` with SIGSTOP (its sockets stay open, it answers nothing).
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Resumes a paused replica with SIGCONT.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.replicas[i].pid().expect("replica running");
+        let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status().unwrap().success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Restarts replica `i` (same name, port and arguments) and waits until it answers.
     pub fn restart(&mut self, i: usize) {
         self.restart_with(i, &[]);
