@@ -298,10 +298,7 @@ fn too_few_acks_in_time_is_a_timeout() {
     c.pause(3); // key 70 on r1, r2, r3: only r1 answers
     let out = c.run_client(1, &["-c", "quorum", "put", "70", "late"], "");
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(
-        common::stderr(&out).trim(),
-        "error: Timeout: 1 of 2 acks for key 70; the write may or may not have been applied"
-    );
+    assert_eq!(common::stderr(&out).trim(), "error: Timeout: 1 of 2 acks for key 70; the write may or may not have been applied");
     match c.client(0).get(70, Quorum) {
         Err(Error::Timeout(m)) => assert_eq!(m, "1 of 2 replies for key 70"),
         other => panic!("expected a read timeout, got {other:?}"),

@@ -226,7 +226,11 @@ fn pipelined_large_replies_do_not_grow_memory_without_bound() {
     }
     let grown_mib = (c.replicas[0].peak_rss_kib().saturating_sub(before)) / 1024;
     // 300 MiB were asked for; the coordinator may hold its 32 MiB background budget plus a few buffers.
-    assert!(grown_mib < 100, "peak memory grew by {grown_mib} MiB serving pipelined reads");
+    // (Under ThreadSanitizer resident memory includes shadow memory for every byte touched,
+    // so the bound only means something in a normal build.)
+    if !common::under_tsan() {
+        assert!(grown_mib < 100, "peak memory grew by {grown_mib} MiB serving pipelined reads");
+    }
 }
 
 #[test]
