@@ -212,32 +212,28 @@ impl Failures {
     }
 }
 
-/// A write sent to every replica of a key.
-pub struct WriteMachine {
-    key: u8,
-    version: Version,
-    targets: Vec<usize>,
+/// The replies of one call so far: acks and failures counted toward the level,
+/// with the reasons for the failures. Shared by the read and write machines.
+pub struct Tally {
     names: Vec<String>,
-    answered: Vec<bool>,
     tracker: QuorumTracker,
-    hint: bool,
     failures: Failures,
 }
 
-impl WriteMachine {
-    /// A write of `version` to `targets` (node indexes, named `names`) needing `required` acks.
-    pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Vec<String>, required: usize, hint: bool) -> Self {
-        let n = targets.len();
-        WriteMachine {
-            key,
-            version,
-            targets,
-            names,
-            answered: vec![false; n],
-            tracker: QuorumTracker::new(required, n),
-            hint,
-            failures: Failures::default(),
-        }
+impl Tally {
+    /// A tally over replicas named `names` needing `required` acks.
+    pub fn new(names: Vec<String>, required: usize) -> Self {
+        let n = names.len();
+        Tally { names, tracker: QuorumTracker::new(required, n), failures: Failures::default() }
+    }
+
+    fn ack(&mut self) {
+        self.tracker.ack();
+    }
+
+    fn fail(&mut self, slot: usize, e: &Error) {
+        self.tracker.fail();
+        self.failures.push(&self.names[slot], e);
     }
 
     /// The tracker's verdict.
@@ -245,14 +241,45 @@ impl WriteMachine {
         self.tracker.decision()
     }
 
-    /// The tracker.
-    pub fn tracker(&self) -> &QuorumTracker {
-        &self.tracker
+    /// Acks so far.
+    pub fn acks(&self) -> usize {
+        self.tracker.acks()
     }
 
     /// Why replicas failed.
     pub fn failures(&self) -> &Failures {
         &self.failures
+    }
+
+    fn settled(&self) -> bool {
+        self.decision() != Decision::Pending
+    }
+
+    fn complete(&self) -> bool {
+        self.tracker.complete()
+    }
+}
+
+/// A write sent to every replica of a key.
+pub struct WriteMachine {
+    key: u8,
+    version: Version,
+    targets: Vec<usize>,
+    answered: Vec<bool>,
+    tally: Tally,
+    hint: bool,
+}
+
+impl WriteMachine {
+    /// A write of `version` to `targets` (node indexes, named `names`) needing `required` acks.
+    pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Vec<String>, required: usize, hint: bool) -> Self {
+        let n = targets.len();
+        WriteMachine { key, version, targets, answered: vec![false; n], tally: Tally::new(names, required), hint }
+    }
+
+    /// Acks and failures so far.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 }
 
@@ -263,25 +290,24 @@ impl Machine for WriteMachine {
         }
         let err = match result {
             Ok(response::Body::ReplicaWrite(_)) => {
-                self.tracker.ack();
+                self.tally.ack();
                 return;
             }
             Ok(other) => Error::Protocol(format!("unexpected reply to a write: {other:?}")),
             Err(e) => e,
         };
-        self.tracker.fail();
-        self.failures.push(&self.names[slot], &err);
+        self.tally.fail(slot, &err);
         if self.hint {
             out.push(Command::Hint { target: self.targets[slot], key: self.key, version: self.version.clone() });
         }
     }
 
     fn settled(&self) -> bool {
-        self.tracker.decision() != Decision::Pending
+        self.tally.settled()
     }
 
     fn complete(&self) -> bool {
-        self.tracker.complete()
+        self.tally.complete()
     }
 
     fn held_bytes(&self) -> usize {
@@ -300,15 +326,13 @@ enum ReadSlot {
 pub struct ReadMachine {
     key: u8,
     targets: Vec<usize>,
-    names: Vec<String>,
     slots: Vec<ReadSlot>,
-    tracker: QuorumTracker,
+    tally: Tally,
     repair: bool,
     answered: bool,
     repairs_issued: bool,
     /// Slots already brought up to this timestamp by a blocking repair.
     repaired: Vec<Option<Timestamp>>,
-    failures: Failures,
 }
 
 impl ReadMachine {
@@ -318,30 +342,18 @@ impl ReadMachine {
         ReadMachine {
             key,
             targets,
-            names,
             slots: vec![ReadSlot::Waiting; n],
-            tracker: QuorumTracker::new(required, n),
+            tally: Tally::new(names, required),
             repair,
             answered: false,
             repairs_issued: false,
             repaired: vec![None; n],
-            failures: Failures::default(),
         }
     }
 
-    /// The tracker's verdict.
-    pub fn decision(&self) -> Decision {
-        self.tracker.decision()
-    }
-
-    /// The tracker.
-    pub fn tracker(&self) -> &QuorumTracker {
-        &self.tracker
-    }
-
-    /// Why replicas failed.
-    pub fn failures(&self) -> &Failures {
-        &self.failures
+    /// Replies and failures so far.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 
     /// The newest version among the replies so far.
@@ -372,7 +384,7 @@ impl ReadMachine {
     }
 
     fn issue_repairs(&mut self, out: &mut Vec<Command>) {
-        if !self.repair || !self.answered || self.repairs_issued || !self.tracker.complete() {
+        if !self.repair || !self.answered || self.repairs_issued || !self.tally.complete() {
             return;
         }
         self.repairs_issued = true;
@@ -393,28 +405,26 @@ impl Machine for ReadMachine {
         match result {
             Ok(response::Body::ReplicaRead(r)) => {
                 self.slots[slot] = ReadSlot::Replied(r.version.map(Version::from_proto));
-                self.tracker.ack();
+                self.tally.ack();
             }
             Ok(other) => {
                 self.slots[slot] = ReadSlot::Failed;
-                self.tracker.fail();
-                self.failures.push(&self.names[slot], &Error::Protocol(format!("unexpected reply to a read: {other:?}")));
+                self.tally.fail(slot, &Error::Protocol(format!("unexpected reply to a read: {other:?}")));
             }
             Err(e) => {
                 self.slots[slot] = ReadSlot::Failed;
-                self.tracker.fail();
-                self.failures.push(&self.names[slot], &e);
+                self.tally.fail(slot, &e);
             }
         }
         self.issue_repairs(out);
     }
 
     fn settled(&self) -> bool {
-        self.tracker.decision() != Decision::Pending
+        self.tally.settled()
     }
 
     fn complete(&self) -> bool {
-        self.tracker.complete()
+        self.tally.complete()
     }
 
     fn held_bytes(&self) -> usize {
@@ -493,12 +503,12 @@ mod tests {
         let mut out = Vec::new();
         m.on_reply(0, write_ack(), &mut out);
         assert!(m.settled());
-        assert_eq!(m.decision(), Decision::Reached);
+        assert_eq!(m.tally().decision(), Decision::Reached);
         m.on_reply(1, Err(Error::Timeout("slow".into())), &mut out);
         m.on_reply(2, Err(Error::Failure("down".into())), &mut out);
         m.on_reply(2, write_ack(), &mut out); // a duplicate outcome is ignored
         assert_eq!(out, vec![Command::Hint { target: 5, key: 9, version: v.clone() }, Command::Hint { target: 6, key: 9, version: v }]);
-        assert_eq!(m.tracker().acks(), 1);
+        assert_eq!(m.tally().acks(), 1);
     }
 
     #[test]
@@ -509,9 +519,9 @@ mod tests {
         m.on_reply(0, Err(Error::Failure("refused".into())), &mut out);
         assert!(!m.settled());
         m.on_reply(1, Err(Error::Failure("refused".into())), &mut out);
-        assert_eq!(m.decision(), Decision::Impossible);
+        assert_eq!(m.tally().decision(), Decision::Impossible);
         assert!(out.is_empty());
-        assert!(m.failures().suffix().contains("r0: refused"));
+        assert!(m.tally().failures().suffix().contains("r0: refused"));
     }
 
     #[test]

@@ -202,12 +202,12 @@ impl Node {
         let deadline = self.deadline();
         self.fan_out_write(&call, replicas, key, &version, deadline);
         let m = call.wait(deadline);
-        let acks = m.tracker().acks();
-        let result = match m.decision() {
+        let acks = m.tally().acks();
+        let result = match m.tally().decision() {
             Decision::Reached => Ok((version.ts, acks)),
             Decision::Impossible => Err(Error::Failure(format!(
                 "{acks} of {need} acks for key {key}; the write may or may not have been applied{}",
-                m.failures().suffix()
+                m.tally().failures().suffix()
             ))),
             Decision::Pending => {
                 Err(Error::Timeout(format!("{acks} of {need} acks for key {key}; the write may or may not have been applied")))
@@ -262,12 +262,14 @@ impl Node {
             call.deliver(slot, Ok(response::Body::ReplicaRead(proto::ReadResult { version })));
         }
         let m = call.wait(deadline);
-        let replied = m.tracker().acks();
-        let outcome = match m.decision() {
+        let replied = m.tally().acks();
+        let outcome = match m.tally().decision() {
             Decision::Reached => {
                 Ok((m.newest().cloned(), if repair && level != Consistency::One { m.stale_replied() } else { Vec::new() }))
             }
-            Decision::Impossible => Err(Error::Failure(format!("{replied} of {need} replies for key {key}{}", m.failures().suffix()))),
+            Decision::Impossible => {
+                Err(Error::Failure(format!("{replied} of {need} replies for key {key}{}", m.tally().failures().suffix())))
+            }
             Decision::Pending => Err(Error::Timeout(format!("{replied} of {need} replies for key {key}"))),
         };
         let (newest, stale) = match outcome {
@@ -312,13 +314,13 @@ impl Node {
         let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         self.fan_out_write(&call, targets, key, version, deadline);
         let m = call.wait(deadline);
-        match m.decision() {
+        match m.tally().decision() {
             Decision::Reached => Ok(()),
             _ => Err(Error::Timeout(format!(
                 "read repair of key {key}: {} of {} stale replicas acked in time{}",
-                m.tracker().acks(),
+                m.tally().acks(),
                 targets.len(),
-                m.failures().suffix()
+                m.tally().failures().suffix()
             ))),
         }
     }
