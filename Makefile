@@ -27,7 +27,7 @@ run-replicas: build
 	  if [ -f $$pidfile ] && kill -0 "$$(cat $$pidfile)" 2>/dev/null; then \
 	    echo "$$name already running (pid $$(cat $$pidfile))"; continue; \
 	  fi; \
-	  ./target/release/replica $$name $$port $(REPLICAS) $(MODE) $(REPLICA_FLAGS) >> $(RUN_DIR)/$$name.log 2>&1 & \
+	  ./target/release/replica $$name $$port $(REPLICAS) $(MODE) --data-dir $(RUN_DIR)/data/$$name $(REPLICA_FLAGS) >> $(RUN_DIR)/$$name.log 2>&1 & \
 	  echo $$! > $$pidfile; \
 	  echo "started $$name on $$host:$$port (pid $$!, log $(RUN_DIR)/$$name.log)"; \
 	done

@@ -2,9 +2,11 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::wal::FsyncMode;
 
 /// Which repair mechanisms run, as the seed's `MODE` argument chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,14 @@ pub struct NodeConfig {
     pub first_frame_timeout: Duration,
     /// Bytes that answered calls may hold while their last replicas reply (see [`crate::call::Budget`]).
     pub max_background_bytes: usize,
+    /// Where the log and snapshots live; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// When a logged write counts as durable.
+    pub fsync: FsyncMode,
+    /// A snapshot is taken when the log grows past this many bytes.
+    pub snapshot_bytes: u64,
+    /// Test hook: append `key micros node` to this file for every write this replica acknowledges.
+    pub ack_log: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -106,6 +116,10 @@ impl NodeConfig {
             max_clock_offset: Duration::from_secs(5),
             first_frame_timeout: Duration::from_secs(5),
             max_background_bytes: 32 << 20,
+            data_dir: None,
+            fsync: FsyncMode::Batch(Duration::from_millis(10)),
+            snapshot_bytes: 64 << 20,
+            ack_log: None,
         }
     }
 

@@ -213,6 +213,7 @@ impl Outcome {
             | Error::Failure(_)
             | Error::Overloaded(_)
             | Error::RingMismatch(_)
+            | Error::Storage(_)
             | Error::Internal(_) => Outcome::Refused,
             Error::Io(_) | Error::Protocol(_) => Outcome::Unreachable,
         }
@@ -328,6 +329,28 @@ impl Session {
     }
 }
 
+fn fmt_bytes(b: u64) -> String {
+    match b {
+        b if b >= 10 << 20 => format!("{} MiB", b >> 20),
+        b if b >= 10 << 10 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+/// How long ago a wall-clock time in microseconds was (`never` for 0).
+fn fmt_age(micros: u64) -> String {
+    if micros == 0 {
+        return "never".into();
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let secs = now.saturating_sub(micros) / 1_000_000;
+    match secs {
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 7200 => format!("{} min ago", s / 60),
+        s => format!("{} h ago", s / 3600),
+    }
+}
+
 fn fmt_ts(micros: u64, node: u32) -> String {
     format!("{micros}.{node:08x}")
 }
@@ -343,12 +366,25 @@ fn fmt_version(v: &proto::Version) -> String {
 /// `status` output.
 pub fn format_status(s: &proto::StatusResult) -> String {
     let mut o = format!("coordinator {} (RF {}, mode {}, ring epoch {})\n", s.coordinator, s.rf, s.mode, s.epoch);
-    let _ = writeln!(o, "{:<12} {:<22} {:<5} {:<9} {:>6}", "NAME", "ADDRESS", "STATE", "KEYS", "HINTS");
+    let _ = writeln!(
+        o,
+        "{:<12} {:<22} {:<5} {:<9} {:>6}  {:<15} {:>10}  {:<14}",
+        "NAME", "ADDRESS", "STATE", "KEYS", "HINTS", "FSYNC", "LOG", "LAST SNAPSHOT"
+    );
     for r in &s.replicas {
         let keys = format!("{}-{}", r.range_start, r.range_end);
         let state = if r.up { "up" } else { "down" };
         let me = if r.is_self { "  (this coordinator)" } else { "" };
-        let _ = writeln!(o, "{:<12} {:<22} {:<5} {:<9} {:>6}{me}", r.name, r.address, state, keys, r.hints);
+        let (fsync, log, snap) = match &r.storage {
+            None => ("?".to_string(), "?".to_string(), "?".to_string()),
+            Some(st) if st.in_memory => ("in memory".to_string(), "-".to_string(), "-".to_string()),
+            Some(st) => (st.fsync.clone(), fmt_bytes(st.log_bytes), fmt_age(st.snapshot_micros)),
+        };
+        let _ =
+            writeln!(o, "{:<12} {:<22} {:<5} {:<9} {:>6}  {fsync:<15} {log:>10}  {snap:<14}{me}", r.name, r.address, state, keys, r.hints);
+        if let Some(st) = r.storage.as_ref().filter(|st| !st.error.is_empty()) {
+            let _ = writeln!(o, "{:<12} storage error: {}", "", st.error);
+        }
     }
     o.pop();
     o

@@ -40,6 +40,8 @@ pub enum Error {
     Io(String),
     /// A frame or message could not be decoded.
     Protocol(String),
+    /// The replica cannot write its log (disk full, I/O error); nothing was acknowledged.
+    Storage(String),
     /// A bug or an unexpected state.
     Internal(String),
 }
@@ -57,6 +59,7 @@ impl Error {
             | Error::Config(m)
             | Error::Io(m)
             | Error::Protocol(m)
+            | Error::Storage(m)
             | Error::Internal(m) => m,
         }
     }
@@ -71,6 +74,7 @@ impl Error {
             Error::Failure(_) | Error::Io(_) => K::Failure,
             Error::Overloaded(_) => K::Overloaded,
             Error::RingMismatch(_) => K::RingMismatch,
+            Error::Storage(_) => K::Storage,
             Error::Internal(_) => K::Internal,
         };
         proto::Error { kind: kind as i32, message: self.message().to_string() }
@@ -87,6 +91,7 @@ impl Error {
             K::Failure => Error::Failure(m),
             K::Overloaded => Error::Overloaded(m),
             K::RingMismatch => Error::RingMismatch(m),
+            K::Storage => Error::Storage(m),
             K::Internal | K::Unspecified => Error::Internal(m),
         }
     }
@@ -104,6 +109,7 @@ impl fmt::Display for Error {
             Error::Config(_) => "Configuration error",
             Error::Io(_) => "I/O error",
             Error::Protocol(_) => "Protocol error",
+            Error::Storage(_) => "Storage error",
             Error::Internal(_) => "Internal error",
         };
         write!(f, "{prefix}: {}", self.message())
@@ -137,6 +143,7 @@ mod tests {
             Error::Failure("d".into()),
             Error::Overloaded("e".into()),
             Error::RingMismatch("f".into()),
+            Error::Storage("h".into()),
             Error::Internal("g".into()),
         ];
         for e in all {

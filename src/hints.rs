@@ -18,21 +18,30 @@
 //! Hints older than the hint window (default 3 h, as Cassandra's
 //! `max_hint_window`) are dropped with a log line: a replica down that long
 //! needs a full repair, not a trickle of hints.
+//!
+//! With a write-ahead log, every hint kept and every hint delivered is logged
+//! (and snapshots hold the hints), so hints survive a restart of the replica
+//! that holds them and are replayed afterwards, still subject to the window
+//! (their creation time is wall-clock time).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use log::{info, warn};
 use parking_lot::Mutex;
 
 use crate::cell::{Version, supersedes};
 use crate::hlc::Timestamp;
+use crate::proto;
+use crate::wal::{Wal, wall_micros};
 
 /// One missed write.
 #[derive(Debug, Clone)]
 struct Hint {
     version: Version,
-    created: Instant,
+    /// Wall-clock microseconds when the hint was made.
+    created: u64,
 }
 
 #[derive(Default)]
@@ -48,6 +57,7 @@ pub struct HintStore {
     names: Vec<String>,
     window: Duration,
     max_bytes: usize,
+    wal: Option<Arc<Wal>>,
 }
 
 /// The outcome of [`HintStore::add`].
@@ -66,9 +76,16 @@ fn cost(v: &Version) -> usize {
 }
 
 impl HintStore {
-    /// A store for the nodes named `names` (index = ring index).
-    pub fn new(names: Vec<String>, window: Duration, max_bytes: usize) -> Self {
-        HintStore { targets: names.iter().map(|_| Mutex::new(TargetHints::default())).collect(), names, window, max_bytes }
+    /// A store for the nodes named `names` (index = ring index), logging to `wal` if given.
+    pub fn new(names: Vec<String>, window: Duration, max_bytes: usize, wal: Option<Arc<Wal>>) -> Self {
+        HintStore { targets: names.iter().map(|_| Mutex::new(TargetHints::default())).collect(), names, window, max_bytes, wal }
+    }
+
+    fn log(&self, record: proto::log_record::Kind) -> crate::Result<()> {
+        match &self.wal {
+            Some(wal) => wal.append(&proto::LogRecord { kind: Some(record) }).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// Keeps `version` of `key` for `target`.
@@ -90,9 +107,59 @@ impl HintStore {
             }
             return Added::Refused;
         }
+        let created = wall_micros();
+        let record = proto::HintAdd {
+            target: self.names[target].clone(),
+            key: key as u32,
+            version: Some(version.to_proto()),
+            created_micros: created,
+        };
+        if let Err(e) = self.log(proto::log_record::Kind::HintAdd(record)) {
+            t.refused += 1;
+            if t.refused.is_power_of_two() {
+                warn!("cannot keep a hint for {} (key {key}): {e}", self.names[target]);
+            }
+            return Added::Refused;
+        }
         t.bytes = t.bytes - old_cost + new_cost;
-        t.by_key.insert(key, Hint { version, created: Instant::now() });
+        t.by_key.insert(key, Hint { version, created });
         Added::Stored
+    }
+
+    /// Restores a hint found in the log or a snapshot (not logged again).
+    pub fn load(&self, target: &str, key: u8, version: Version, created: u64) {
+        let Some(i) = self.names.iter().position(|n| n == target) else { return };
+        let mut t = self.targets[i].lock();
+        let old_cost = match t.by_key.get(&key) {
+            Some(h) if !supersedes(&version, Some(&h.version)) => return,
+            Some(h) => cost(&h.version),
+            None => 0,
+        };
+        t.bytes = t.bytes - old_cost + cost(&version);
+        t.by_key.insert(key, Hint { version, created });
+    }
+
+    /// Replays a delivery found in the log.
+    pub fn load_delivered(&self, target: &str, key: u8, ts: Timestamp) {
+        if let Some(i) = self.names.iter().position(|n| n == target) {
+            self.remove_if(i, key, ts);
+        }
+    }
+
+    /// Every hint held, for a snapshot.
+    pub fn export(&self) -> Vec<proto::HintAdd> {
+        let mut out = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            for (key, h) in &t.lock().by_key {
+                out.push(proto::HintAdd {
+                    target: self.names[i].clone(),
+                    key: *key as u32,
+                    version: Some(h.version.to_proto()),
+                    created_micros: h.created,
+                });
+            }
+        }
+        out
     }
 
     /// Hints held for `target`.
@@ -107,27 +174,38 @@ impl HintStore {
 
     /// The hints to replay to `target`, oldest key first, after dropping expired ones.
     pub fn pending(&self, target: usize) -> Vec<(u8, Version)> {
-        self.expire(target, Instant::now());
+        self.expire(target, wall_micros());
         self.targets[target].lock().by_key.iter().map(|(k, h)| (*k, h.version.clone())).collect()
     }
 
-    /// Removes the hint for `key` if it still carries timestamp `ts` (a newer one stays).
+    /// Removes the hint for `key` if it still carries timestamp `ts` (a newer one stays), and logs that.
     pub fn delivered(&self, target: usize, key: u8, ts: Timestamp) {
+        if self.remove_if(target, key, ts) {
+            let record = proto::HintDone { target: self.names[target].clone(), key: key as u32, micros: ts.micros, node: ts.node };
+            // If this cannot be logged the hint is replayed again after a restart: harmless.
+            let _ = self.log(proto::log_record::Kind::HintDone(record));
+        }
+    }
+
+    fn remove_if(&self, target: usize, key: u8, ts: Timestamp) -> bool {
         let mut t = self.targets[target].lock();
         if t.by_key.get(&key).is_some_and(|h| h.version.ts == ts) {
             let h = t.by_key.remove(&key).expect("checked above");
             t.bytes -= cost(&h.version);
+            true
+        } else {
+            false
         }
     }
 
-    /// Drops `target`'s hints created before `now - window`; returns how many.
-    pub fn expire(&self, target: usize, now: Instant) -> usize {
+    /// Drops `target`'s hints created before `now - window` (wall-clock microseconds); returns how many.
+    pub fn expire(&self, target: usize, now: u64) -> usize {
         let mut t = self.targets[target].lock();
         let window = self.window;
         let before = t.by_key.len();
         let mut freed = 0;
         t.by_key.retain(|_, h| {
-            let keep = now.saturating_duration_since(h.created) <= window;
+            let keep = now.saturating_sub(h.created) <= window.as_micros() as u64;
             if !keep {
                 freed += cost(&h.version);
             }
@@ -156,7 +234,7 @@ mod tests {
     }
 
     fn store(window: Duration, max: usize) -> HintStore {
-        HintStore::new(vec!["a".into(), "b".into()], window, max)
+        HintStore::new(vec!["a".into(), "b".into()], window, max, None)
     }
 
     #[test]
@@ -197,8 +275,8 @@ mod tests {
     fn old_hints_expire() {
         let h = store(Duration::from_millis(50), 1 << 20);
         h.add(0, 1, v(1, "x"));
-        assert_eq!(h.expire(0, Instant::now()), 0);
-        assert_eq!(h.expire(0, Instant::now() + Duration::from_secs(1)), 1);
+        assert_eq!(h.expire(0, wall_micros()), 0);
+        assert_eq!(h.expire(0, wall_micros() + 1_000_000), 1);
         assert_eq!(h.count(0), 0);
         assert_eq!(h.targets[0].lock().bytes, 0);
     }

@@ -25,6 +25,7 @@ pub mod node;
 pub mod ring;
 pub mod server;
 pub mod store;
+pub mod wal;
 
 /// Messages generated from `proto/quorumkv.proto` by `build.rs`.
 #[allow(missing_docs, clippy::all)]

@@ -45,11 +45,25 @@ pub trait ReplySink: Send + Sync {
     fn deliver(&self, slot: usize, result: PeerResult);
 }
 
-/// A sink that drops replies (heartbeats: the link notes any reply as a sign of life).
+/// A sink that drops replies.
 pub struct IgnoreReply;
 
 impl ReplySink for IgnoreReply {
     fn deliver(&self, _slot: usize, _result: PeerResult) {}
+}
+
+/// Keeps the storage stats a peer sends with each heartbeat ack (any reply is also a sign of life).
+#[derive(Default)]
+struct HeartbeatSink {
+    storage: Mutex<Option<proto::StorageStats>>,
+}
+
+impl ReplySink for HeartbeatSink {
+    fn deliver(&self, _slot: usize, result: PeerResult) {
+        if let Ok(response::Body::Heartbeat(ack)) = result {
+            *self.storage.lock() = ack.storage;
+        }
+    }
 }
 
 struct Pending {
@@ -97,7 +111,7 @@ pub struct PeerLink {
     last_heard_ms: AtomicU64,
     down_since: Mutex<Option<Instant>>,
     wake: (Mutex<()>, Condvar),
-    ignore: Arc<dyn ReplySink>,
+    heartbeats: Arc<HeartbeatSink>,
 }
 
 /// Why a connection attempt failed.
@@ -122,7 +136,7 @@ impl PeerLink {
             last_heard_ms: AtomicU64::new(0),
             down_since: Mutex::new(Some(Instant::now())),
             wake: (Mutex::new(()), Condvar::new()),
-            ignore: Arc::new(IgnoreReply),
+            heartbeats: Arc::new(HeartbeatSink::default()),
         }
     }
 
@@ -165,8 +179,13 @@ impl PeerLink {
     pub fn heartbeat(&self, from: &str, deadline: Instant) {
         if self.is_up() {
             let body = request::Body::Heartbeat(proto::Heartbeat { from: from.to_string() });
-            self.send(body, self.ignore.clone(), 0, deadline);
+            self.send(body, self.heartbeats.clone(), 0, deadline);
         }
+    }
+
+    /// The storage stats the peer sent with its last heartbeat ack.
+    pub fn storage(&self) -> Option<proto::StorageStats> {
+        self.heartbeats.storage.lock().clone()
     }
 
     /// Time since the peer last sent anything.

@@ -53,6 +53,7 @@ use crate::link::{IgnoreReply, PeerLink, ReplySink};
 use crate::proto::{self, request, response};
 use crate::ring::Ring;
 use crate::store::{KEYS, Store};
+use crate::wal::{Wal, wall_micros};
 
 /// A read repair for the repair worker.
 #[derive(Debug, Clone)]
@@ -63,6 +64,38 @@ pub struct RepairJob {
     pub key: u8,
     /// The version to send.
     pub version: Version,
+}
+
+/// A peer write applied to the store but not yet durable.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingAck {
+    /// Log position to commit.
+    pub pos: u64,
+    /// The key written.
+    pub key: u8,
+    /// The version's timestamp.
+    pub ts: Timestamp,
+}
+
+/// The answer to a peer request.
+#[derive(Debug)]
+pub struct PeerReply {
+    /// The reply to send.
+    pub body: response::Body,
+    /// Set for writes: commit before sending.
+    pub commit: Option<PendingAck>,
+}
+
+impl PeerReply {
+    /// A reply with nothing to commit.
+    pub fn of(body: response::Body) -> Self {
+        PeerReply { body, commit: None }
+    }
+
+    /// An error reply.
+    pub fn error(e: Error) -> Self {
+        PeerReply::of(response::Body::Error(e.to_proto()))
+    }
 }
 
 /// The receiving ends of the node's background channels, for the server's workers.
@@ -93,6 +126,9 @@ pub struct Node {
     pub shutdown: AtomicBool,
     /// Bytes held by calls finishing in the background.
     pub budget: Arc<Budget>,
+    /// The write-ahead log (`None` in memory).
+    pub wal: Option<Arc<Wal>>,
+    ack_log: Option<parking_lot::Mutex<std::fs::File>>,
     repair_tx: Sender<RepairJob>,
     /// Sender side of the peer-up channel, handed to links.
     pub peer_up_tx: Sender<usize>,
@@ -133,12 +169,31 @@ impl Node {
         }
         let (repair_tx, repairs) = unbounded();
         let (peer_up_tx, peer_up) = unbounded();
-        let names = ring.nodes().iter().map(|n| n.name.clone()).collect();
+        let names: Vec<String> = ring.nodes().iter().map(|n| n.name.clone()).collect();
+        let (wal, recovered) = match &cfg.data_dir {
+            Some(dir) => {
+                let (wal, rec) = Wal::open(dir, cfg.fsync)?;
+                (Some(Arc::new(wal)), Some(rec))
+            }
+            None => (None, None),
+        };
+        let ack_log = match &cfg.ack_log {
+            Some(p) => Some(parking_lot::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| Error::Config(format!("cannot open ack log {}: {e}", p.display())))?,
+            )),
+            None => None,
+        };
         let node = Node {
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
             clock: Hlc::new(ring.node(me).id),
-            store: Store::new(),
-            hints: HintStore::new(names, cfg.hint_window, cfg.max_hint_bytes),
+            store: Store::new(wal.clone()),
+            hints: HintStore::new(names, cfg.hint_window, cfg.max_hint_bytes, wal.clone()),
+            wal,
+            ack_log,
             links,
             me,
             ring,
@@ -148,7 +203,97 @@ impl Node {
             peer_up_tx,
             ignore: Arc::new(IgnoreReply),
         };
+        if let Some(rec) = recovered {
+            node.recover(rec);
+        }
         Ok((Arc::new(node), Workers { repairs, peer_up }))
+    }
+
+    /// Loads what the log and snapshot hold into the store and hints.
+    fn recover(&self, rec: crate::wal::Recovered) {
+        use proto::log_record::Kind;
+        let mut cells = 0;
+        let mut newest = Timestamp::default();
+        let mut load_cell = |c: proto::CellWrite| {
+            if let (Ok(key), Some(v)) = (u8::try_from(c.key), c.version) {
+                let v = Version::from_proto(v);
+                newest = newest.max(v.ts);
+                self.store.load(key, v);
+                cells += 1;
+            }
+        };
+        let mut hints = 0;
+        if let Some(snap) = rec.snapshot {
+            for c in snap.cells {
+                load_cell(c);
+            }
+            for h in snap.hints {
+                if let (Ok(key), Some(v)) = (u8::try_from(h.key), h.version) {
+                    self.hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
+                    hints += 1;
+                }
+            }
+        }
+        for r in rec.records {
+            match r.kind {
+                Some(Kind::Cell(c)) => load_cell(c),
+                Some(Kind::HintAdd(h)) => {
+                    if let (Ok(key), Some(v)) = (u8::try_from(h.key), h.version) {
+                        self.hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
+                        hints += 1;
+                    }
+                }
+                Some(Kind::HintDone(d)) => {
+                    if let Ok(key) = u8::try_from(d.key) {
+                        self.hints.load_delivered(&d.target, key, Timestamp { micros: d.micros, node: d.node });
+                    }
+                }
+                None => {}
+            }
+        }
+        // Writes after a restart must be stamped after what this node wrote before it.
+        let _ = self.clock.observe(newest, Duration::MAX);
+        info!("{}: recovered {cells} cell write(s) and {hints} hint record(s); {} hint(s) held", self.cfg.name, self.hints.total());
+    }
+
+    /// Takes a snapshot: rotates the log, writes every cell and hint, drops the old logs.
+    pub fn snapshot(&self) -> Result<u64> {
+        let Some(wal) = &self.wal else { return Ok(0) };
+        let next_log_seq = wal.rotate()?;
+        let cells =
+            self.store.snapshot().into_iter().map(|(k, v)| proto::CellWrite { key: k as u32, version: Some(v.to_proto()) }).collect();
+        let snap = proto::Snapshot { next_log_seq, cells, hints: self.hints.export(), taken_micros: wall_micros() };
+        let bytes = wal.install_snapshot(&snap)?;
+        debug!(
+            "snapshot of {} cell(s) and {} hint(s), {bytes} bytes; logs before {next_log_seq} removed",
+            snap.cells.len(),
+            snap.hints.len()
+        );
+        Ok(bytes)
+    }
+
+    /// This replica's storage, as `status` shows it.
+    pub fn storage_stats(&self) -> proto::StorageStats {
+        match &self.wal {
+            Some(wal) => wal.stats(),
+            None => proto::StorageStats { in_memory: true, ..Default::default() },
+        }
+    }
+
+    /// Applies a write to the local store and waits until it is durable.
+    pub fn apply_local(&self, key: u8, version: Version) -> Result<bool> {
+        let ts = version.ts;
+        let changed = self.store.apply_durably(key, version)?;
+        self.note_ack(key, ts);
+        Ok(changed)
+    }
+
+    /// Test hook: records that this replica acknowledged `ts` for `key` (after it was durable).
+    pub fn note_ack(&self, key: u8, ts: Timestamp) {
+        if let Some(f) = &self.ack_log {
+            use std::io::Write;
+            let _ = writeln!(f.lock(), "{key} {} {}", ts.micros, ts.node);
+        }
     }
 
     /// Asks every thread of the node to stop.
@@ -238,8 +383,8 @@ impl Node {
             }
         }
         if let Some(slot) = local {
-            let applied = self.store.apply(key, version.clone());
-            call.deliver(slot, Ok(response::Body::ReplicaWrite(proto::WriteAck { applied })));
+            let result = self.apply_local(key, version.clone()).map(|applied| response::Body::ReplicaWrite(proto::WriteAck { applied }));
+            call.deliver(slot, result);
         }
     }
 
@@ -426,7 +571,9 @@ impl Node {
             .enumerate()
             .map(|(i, n)| {
                 let (s, e) = self.ring.range(i);
+                let storage = if i == self.me { Some(self.storage_stats()) } else { self.link(i).and_then(PeerLink::storage) };
                 proto::ReplicaStatus {
+                    storage,
                     name: n.name.clone(),
                     address: n.address(),
                     up: self.alive(i),
@@ -531,16 +678,17 @@ impl Node {
     }
 
     /// Answers a peer request: local work only, never waits on another replica.
-    pub fn handle_peer(&self, body: request::Body) -> response::Body {
+    /// A write's reply must not be sent before [`PeerReply::commit`] is durable.
+    pub fn handle_peer(&self, body: request::Body) -> PeerReply {
         match self.peer_request(body) {
-            Ok(b) => b,
-            Err(e) => response::Body::Error(e.to_proto()),
+            Ok(r) => r,
+            Err(e) => PeerReply { body: response::Body::Error(e.to_proto()), commit: None },
         }
     }
 
-    fn peer_request(&self, body: request::Body) -> Result<response::Body> {
+    fn peer_request(&self, body: request::Body) -> Result<PeerReply> {
         use request::Body as B;
-        Ok(match body {
+        let body = match body {
             B::ReplicaRead(r) => {
                 let key = validate_key(r.key)?;
                 response::Body::ReplicaRead(proto::ReadResult { version: self.store.get(key).map(|v| v.to_proto()) })
@@ -560,24 +708,58 @@ impl Node {
                         self.cfg.max_clock_offset.as_millis()
                     )));
                 }
-                let applied = self.store.apply(key, version);
-                response::Body::ReplicaWrite(proto::WriteAck { applied })
+                let ts = version.ts;
+                let applied = self.store.apply(key, version)?;
+                return Ok(PeerReply {
+                    body: response::Body::ReplicaWrite(proto::WriteAck { applied: applied.changed }),
+                    commit: Some(PendingAck { pos: applied.pos, key, ts }),
+                });
             }
-            B::Heartbeat(_) => response::Body::Heartbeat(proto::HeartbeatAck { name: self.cfg.name.clone() }),
+            B::Heartbeat(_) => {
+                response::Body::Heartbeat(proto::HeartbeatAck { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
+            }
             B::ReplicaDump(d) => response::Body::ReplicaDump(self.dump(d.max_value_len.min(MAX_DISPLAY_VALUE))),
             B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) => {
                 return Err(Error::InvalidRequest("client request on a replica link; open a client connection".into()));
             }
-        })
+        };
+        Ok(PeerReply { body, commit: None })
+    }
+
+    /// Makes a batch of peer writes durable (one commit for all), then records their acks.
+    /// On failure each write's reply becomes the storage error: nothing unlogged is acknowledged.
+    pub fn commit_peer_replies(&self, replies: &mut [(u64, PeerReply)]) {
+        let pos = replies.iter().filter_map(|(_, r)| r.commit.map(|c| c.pos)).max().unwrap_or(0);
+        if !replies.iter().any(|(_, r)| r.commit.is_some()) {
+            return;
+        }
+        match self.store.commit(pos) {
+            Ok(()) => {
+                for (_, r) in replies.iter() {
+                    if let Some(c) = r.commit {
+                        self.note_ack(c.key, c.ts);
+                    }
+                }
+            }
+            Err(e) => {
+                for (_, r) in replies.iter_mut() {
+                    if r.commit.take().is_some() {
+                        r.body = response::Body::Error(e.to_proto());
+                    }
+                }
+            }
+        }
     }
 
     /// Sends one read repair (the repair worker's job).
     pub fn send_repair(&self, job: RepairJob) {
         match self.link(job.target) {
             None => {
-                self.store.apply(job.key, job.version);
+                if let Err(e) = self.apply_local(job.key, job.version) {
+                    debug!("read repair of key {} on this replica failed: {e}", job.key);
+                }
             }
             Some(link) => {
                 debug!("read repair: key {} to {}", job.key, link.name);

@@ -40,9 +40,10 @@ use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::frame::{FrameError, FrameReader, encode_frame};
 use crate::link::LinkEnv;
-use crate::node::{Node, Workers};
+use crate::node::{Node, PeerReply, Workers};
 use crate::proto::{self, request, response};
 use crate::ring::Ring;
+use crate::wal::FsyncMode;
 
 const WORKER_STACK: usize = 256 * 1024;
 const WORKER_IDLE: Duration = Duration::from_secs(30);
@@ -130,6 +131,8 @@ pub fn serve(node: &Arc<Node>, listener: TcpListener, workers: Workers) {
                 }
             });
         let started = started & spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
+        let started = started && (node.wal.is_none() || spawn_named(s, "syncer".into(), || syncer(node)));
+        let started = started && (node.wal.is_none() || spawn_named(s, "snapshots".into(), || snapshotter(node)));
         if !started {
             error!("cannot start the background threads; stopping");
             node.stop();
@@ -254,6 +257,9 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
     let mut writer = stream;
     let mut out = Vec::with_capacity(4096);
     let mut frame_buf = Vec::new();
+    // Replies of the current batch; writes among them are committed together before any is sent.
+    let mut batch: Vec<(u64, PeerReply)> = Vec::new();
+    let mut batch_bytes = 0usize;
     let mut role = Role::Unknown;
     let outcome = loop {
         let frame = match reader.read_frame() {
@@ -262,29 +268,27 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
             Err(e @ FrameError::TooLarge { .. }) => {
                 let resp = error_response(0, Error::InvalidRequest(e.to_string()));
                 encode_frame(&resp, &mut frame_buf);
-                out.extend_from_slice(&frame_buf);
-                let _ = writer.write_all(&out);
+                let _ = writer.write_all(&frame_buf);
                 break Err(e.to_string());
             }
             Err(e) => break Err(e.to_string()),
         };
-        let resp = match proto::Request::decode(frame) {
-            Err(e) => error_response(0, Error::InvalidRequest(format!("malformed request: {e}"))),
+        let (id, reply) = match proto::Request::decode(frame) {
+            Err(e) => (0, PeerReply::error(Error::InvalidRequest(format!("malformed request: {e}")))),
             Ok(req) => {
                 let id = req.id;
-                let body = match (req.body, role) {
-                    (None, _) => response::Body::Error(Error::InvalidRequest("empty request".into()).to_proto()),
+                let reply = match (req.body, role) {
+                    (None, _) => PeerReply::error(Error::InvalidRequest("empty request".into())),
                     (Some(request::Body::Hello(h)), Role::Unknown) => match node.check_hello(&h) {
                         Ok(()) => {
                             role = Role::Peer;
                             let _ = writer.set_read_timeout(None);
                             debug!("{} opened a replica link from {peer_addr}", h.name);
-                            response::Body::Hello(proto::HelloAck { name: node.name().to_string() })
+                            PeerReply::of(response::Body::Hello(proto::HelloAck { name: node.name().to_string() }))
                         }
                         Err(e) => {
                             warn!("refusing replica link from {peer_addr}: {e}");
-                            let resp = error_response(id, e);
-                            encode_frame(&resp, &mut frame_buf);
+                            encode_frame(&error_response(id, e), &mut frame_buf);
                             let _ = writer.write_all(&frame_buf);
                             break Err("handshake refused".into());
                         }
@@ -300,17 +304,23 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                                 return;
                             }
                         }
-                        node.handle_client(body)
+                        PeerReply::of(node.handle_client(body))
                     }
                 };
-                proto::Response { id, body: Some(body) }
+                (id, reply)
             }
         };
-        encode_frame(&resp, &mut frame_buf);
-        out.extend_from_slice(&frame_buf);
-        // Write when no request is waiting, or when replies pile up: a client
+        batch_bytes += reply.body.encoded_len();
+        batch.push((id, reply));
+        // Answer when no request is waiting, or when replies pile up: a client
         // pipelining reads of large values must not grow this buffer without bound.
-        if !reader.has_frame() || out.len() >= FLUSH_BYTES {
+        if !reader.has_frame() || batch_bytes >= FLUSH_BYTES {
+            node.commit_peer_replies(&mut batch);
+            for (id, reply) in batch.drain(..) {
+                encode_frame(&proto::Response { id, body: Some(reply.body) }, &mut frame_buf);
+                out.extend_from_slice(&frame_buf);
+            }
+            batch_bytes = 0;
             if let Err(e) = writer.write_all(&out) {
                 break Err(format!("write failed: {e}"));
             }
@@ -346,6 +356,63 @@ fn maintenance(node: &Arc<Node>) {
             link.check_liveness(node.cfg.down_after);
             if beat {
                 link.heartbeat(node.name(), now + node.cfg.down_after);
+            }
+        }
+    }
+}
+
+/// Writes out what writers have not (hints) and, in `batch` mode, fsyncs every window.
+fn syncer(node: &Arc<Node>) {
+    let Some(wal) = &node.wal else { return };
+    let (tick, window) = match wal.mode() {
+        FsyncMode::Batch(w) => (w.min(Duration::from_millis(10)).max(Duration::from_millis(1)), Some(w)),
+        _ => (Duration::from_millis(10), None),
+    };
+    let mut last_sync = Instant::now();
+    while !node.shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(tick);
+        if wal.failure().is_some() {
+            continue; // the snapshotter retries
+        }
+        match window {
+            Some(w) if last_sync.elapsed() >= w => {
+                last_sync = Instant::now();
+                let _ = wal.sync();
+            }
+            _ => wal.flush(),
+        }
+    }
+}
+
+/// Takes a snapshot when the log grows past `--snapshot-bytes`, and retries a failed log
+/// (a snapshot starts a fresh log, which is how a full disk that was freed, or a log
+/// that hit a size limit, gets going again).
+fn snapshotter(node: &Arc<Node>) {
+    let Some(wal) = &node.wal else { return };
+    let mut last_retry = Instant::now();
+    let mut failures = 0u64;
+    while !node.shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20));
+        let failed = wal.failure().is_some();
+        if failed && last_retry.elapsed() < Duration::from_millis(500) {
+            continue;
+        }
+        if failed {
+            last_retry = Instant::now();
+            if wal.sync().is_ok() {
+                continue;
+            }
+        } else if wal.log_bytes() < node.cfg.snapshot_bytes {
+            continue;
+        }
+        match node.snapshot() {
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    warn!("snapshot failed ({failures} time(s) so far): {e}");
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
     }

@@ -1,37 +1,55 @@
-//! The local store: 256 versioned cells behind one `RwLock`.
+//! The local store: 256 versioned cells behind one `RwLock`, optionally logged.
 //!
 //! Keys are `0..=255`, so the store is a fixed array indexed by key. Reads
 //! take the read lock and clone the cell; writes take the write lock and
 //! [`merge`](crate::cell::merge) the incoming version by last-write-wins, so an
 //! older version never replaces a newer one whatever order writes, repairs and
-//! hint replays arrive in. Critical sections are a compare and a move; nothing
-//! blocking ever happens under the lock.
+//! hint replays arrive in.
 //!
-//! Durability (issue 3) will wrap [`Store::apply`] with a write-ahead log: the
-//! store itself stays the in-memory image.
+//! With a write-ahead log ([`crate::wal`]), a change is appended to the log
+//! under the same write lock (so the log's order is the store's order, and a
+//! snapshot taken after a log rotation holds every logged change), and the
+//! caller [`commit`](Store::commit)s — waits for durability — after releasing
+//! the lock, so concurrent writers share one fsync. A change the log refuses
+//! (disk full) is not applied.
+
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
 use crate::cell::{Version, supersedes};
+use crate::error::Result;
+use crate::proto;
+use crate::wal::Wal;
 
 /// Number of keys, and of cells.
 pub const KEYS: usize = 256;
 
+/// The outcome of [`Store::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The version was newer and replaced the cell.
+    pub changed: bool,
+    /// Log position to [`Store::commit`] before acknowledging (0: nothing to wait for).
+    pub pos: u64,
+}
+
 /// 256 versioned cells.
 pub struct Store {
     cells: RwLock<Vec<Option<Version>>>,
+    wal: Option<Arc<Wal>>,
 }
 
 impl Default for Store {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl Store {
-    /// An empty store.
-    pub fn new() -> Self {
-        Store { cells: RwLock::new(vec![None; KEYS]) }
+    /// An empty store, logging to `wal` if given.
+    pub fn new(wal: Option<Arc<Wal>>) -> Self {
+        Store { cells: RwLock::new(vec![None; KEYS]), wal }
     }
 
     /// The version held for `key`, if any (tombstones included).
@@ -39,15 +57,48 @@ impl Store {
         self.cells.read()[key as usize].clone()
     }
 
-    /// Merges `version` into `key`'s cell; returns whether it replaced what was there.
-    pub fn apply(&self, key: u8, version: Version) -> bool {
+    /// Merges `version` into `key`'s cell and logs it if it changed the cell.
+    /// The change is visible at once; it is durable after [`commit`](Self::commit)`(pos)`.
+    pub fn apply(&self, key: u8, version: Version) -> Result<Applied> {
+        let mut cells = self.cells.write();
+        let slot = &mut cells[key as usize];
+        if !supersedes(&version, slot.as_ref()) {
+            return Ok(Applied { changed: false, pos: 0 });
+        }
+        let pos = match &self.wal {
+            Some(wal) => {
+                let record = proto::LogRecord {
+                    kind: Some(proto::log_record::Kind::Cell(proto::CellWrite { key: key as u32, version: Some(version.to_proto()) })),
+                };
+                wal.append(&record)?
+            }
+            None => 0,
+        };
+        *slot = Some(version);
+        Ok(Applied { changed: true, pos })
+    }
+
+    /// Waits until the change at `pos` is durable.
+    pub fn commit(&self, pos: u64) -> Result<()> {
+        match (&self.wal, pos) {
+            (Some(wal), p) if p > 0 => wal.commit(p),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`apply`](Self::apply) then [`commit`](Self::commit); returns whether the cell changed.
+    pub fn apply_durably(&self, key: u8, version: Version) -> Result<bool> {
+        let a = self.apply(key, version)?;
+        self.commit(a.pos)?;
+        Ok(a.changed)
+    }
+
+    /// Merges a recovered version without logging it.
+    pub fn load(&self, key: u8, version: Version) {
         let mut cells = self.cells.write();
         let slot = &mut cells[key as usize];
         if supersedes(&version, slot.as_ref()) {
             *slot = Some(version);
-            true
-        } else {
-            false
         }
     }
 
@@ -62,7 +113,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::hlc::Timestamp;
-    use std::sync::{Arc, Barrier};
+    use std::sync::Barrier;
 
     fn v(micros: u64, value: &str) -> Version {
         Version::value(Timestamp { micros, node: 0 }, value)
@@ -70,16 +121,16 @@ mod tests {
 
     #[test]
     fn older_never_replaces_newer() {
-        let s = Store::new();
-        assert!(s.apply(3, v(10, "new")));
-        assert!(!s.apply(3, v(5, "old")));
+        let s = Store::default();
+        assert!(s.apply_durably(3, v(10, "new")).unwrap());
+        assert!(!s.apply_durably(3, v(5, "old")).unwrap());
         assert_eq!(s.get(3).unwrap().value.as_deref(), Some("new"));
         assert!(s.get(4).is_none());
     }
 
     #[test]
     fn concurrent_writers_converge_on_the_newest() {
-        let s = Arc::new(Store::new());
+        let s = Arc::new(Store::default());
         let barrier = Arc::new(Barrier::new(4));
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
@@ -87,7 +138,7 @@ mod tests {
                 std::thread::spawn(move || {
                     barrier.wait();
                     for i in 0..2000u64 {
-                        s.apply((i % 256) as u8, v(i * 4 + t, "x"));
+                        s.apply_durably((i % 256) as u8, v(i * 4 + t, "x")).unwrap();
                         let _ = s.get(((i + 7) % 256) as u8);
                     }
                 })

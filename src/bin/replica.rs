@@ -7,6 +7,7 @@ use clap::Parser;
 use log::{LevelFilter, error};
 use quorumkv::config::{Mode, NodeConfig, parse_duration};
 use quorumkv::ring::{Ring, load_cluster_file};
+use quorumkv::wal::FsyncMode;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
 /// One replica of a quorumkv cluster.
@@ -57,6 +58,24 @@ struct Args {
     /// A new connection must send its first frame within this time.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     first_frame_timeout: std::time::Duration,
+    /// Folder for the write-ahead log and snapshots (default: data/NAME).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Keep everything in memory (the seed's behaviour): nothing survives a restart.
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
+    /// When a write counts as durable: always (fsync, group commit), batch (fsync every window), never.
+    #[arg(long, default_value = "batch")]
+    fsync: String,
+    /// The batch mode's fsync window.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    fsync_window: std::time::Duration,
+    /// Take a snapshot (and truncate the log) when the log grows past this many bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
+    /// Test hook: append `key micros node` to this file for every write this replica acknowledges.
+    #[arg(long, hide = true)]
+    ack_log: Option<std::path::PathBuf>,
     /// Address to listen on (default: this replica's host in the cluster file).
     #[arg(long)]
     bind: Option<IpAddr>,
@@ -105,6 +124,10 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.down_after = args.down_after;
     cfg.max_clock_offset = args.max_clock_offset;
     cfg.first_frame_timeout = args.first_frame_timeout;
+    cfg.fsync = FsyncMode::parse(&args.fsync, args.fsync_window).map_err(Error::Config)?;
+    cfg.data_dir = if args.in_memory { None } else { Some(args.data_dir.unwrap_or_else(|| std::path::Path::new("data").join(&args.name))) };
+    cfg.snapshot_bytes = args.snapshot_bytes;
+    cfg.ack_log = args.ack_log;
     let ring = Ring::new(nodes, args.rf, 1)?;
     quorumkv::server::run(cfg, ring)
 }

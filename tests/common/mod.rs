@@ -173,12 +173,17 @@ impl Cluster {
         let r = &mut self.replicas[i];
         r.starts += 1;
         let log = fs::OpenOptions::new().create(true).append(true).open(&r.log).unwrap();
+        // Durable in the cluster's temporary folder unless the test says otherwise.
+        let explicit = self.args.iter().map(String::as_str).chain(extra.iter().copied()).any(|a| a == "--in-memory" || a == "--data-dir");
+        let data_dir = self.dir.path().join("data").join(&r.name);
+        let data: Vec<String> = if explicit { vec![] } else { vec!["--data-dir".into(), data_dir.to_string_lossy().into_owned()] };
         let child = Command::new(bin("replica"))
             .arg(&r.name)
             .arg(r.port.to_string())
             .arg(&self.file)
             .args(&self.args)
             .args(extra)
+            .args(&data)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -256,6 +261,11 @@ impl Cluster {
             Client::connect("127.0.0.1", port, Duration::from_millis(200)).and_then(|mut c| c.ping()).is_ok()
         });
         assert!(ok, "r{i} did not restart; logs:\n{}", self.logs());
+    }
+
+    /// Replica `i`'s data folder (unless it runs in memory).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join("data").join(&self.replicas[i].name)
     }
 
     /// Every replica's log, for failure messages.
