@@ -816,7 +816,12 @@ impl Executor for Node {
                     debug!("not hinting key {key} for {}: down for {down_for:?}, past the hint window", self.ring.node(target).name);
                     return;
                 }
-                self.hints.add(target, key, version);
+                if self.hints.add(target, key, version) == crate::hints::Added::Stored {
+                    // Hints are rare; write each one out at once so a crash right after keeps it.
+                    if let Some(wal) = &self.wal {
+                        wal.flush();
+                    }
+                }
             }
             Command::Repair { target, key, version } => {
                 let _ = self.repair_tx.send(RepairJob { target, key, version });

@@ -135,6 +135,8 @@ pub struct Cluster {
     /// The replicas, in ring order.
     pub replicas: Vec<Replica>,
     args: Vec<String>,
+    /// A shell prefix per replica (e.g. `ulimit -f 256;`), applied at its next start.
+    wrappers: Vec<Option<String>>,
 }
 
 impl Cluster {
@@ -157,7 +159,7 @@ impl Cluster {
             .enumerate()
             .map(|(i, &port)| Replica { name: format!("r{i}"), port, child: None, log: dir.path().join(format!("r{i}.log")), starts: 0 })
             .collect();
-        let mut c = Cluster { dir, file, replicas, args: args.iter().map(|s| s.to_string()).collect() };
+        let mut c = Cluster { dir, file, replicas, args: args.iter().map(|s| s.to_string()).collect(), wrappers: vec![None; n] };
         for i in 0..n {
             c.spawn(i, &[]);
         }
@@ -177,18 +179,26 @@ impl Cluster {
         let explicit = self.args.iter().map(String::as_str).chain(extra.iter().copied()).any(|a| a == "--in-memory" || a == "--data-dir");
         let data_dir = self.dir.path().join("data").join(&r.name);
         let data: Vec<String> = if explicit { vec![] } else { vec!["--data-dir".into(), data_dir.to_string_lossy().into_owned()] };
-        let child = Command::new(bin("replica"))
-            .arg(&r.name)
-            .arg(r.port.to_string())
-            .arg(&self.file)
-            .args(&self.args)
-            .args(extra)
-            .args(&data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start replica");
+        // `{name}` and `{dir}` in arguments stand for the replica's name and the cluster's folder.
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let expand = |a: &str| a.replace("{name}", &r.name).replace("{dir}", &dir);
+        let mut argv: Vec<String> = vec![r.name.clone(), r.port.to_string(), self.file.to_string_lossy().into_owned()];
+        argv.extend(self.args.iter().map(|a| expand(a)));
+        argv.extend(extra.iter().map(|a| expand(a)));
+        argv.extend(data);
+        let mut cmd = match &self.wrappers[i] {
+            None => {
+                let mut c = Command::new(bin("replica"));
+                c.args(&argv);
+                c
+            }
+            Some(prefix) => {
+                let mut c = Command::new("bash");
+                c.arg("-c").arg(format!("{prefix} exec \"$0\" \"$@\"")).arg(bin("replica")).args(&argv);
+                c
+            }
+        };
+        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start replica");
         r.child = Some(child);
     }
 
@@ -245,6 +255,23 @@ impl Cluster {
         let pid = self.replicas[i].pid().expect("replica running");
         let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status().unwrap().success();
         assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// Runs replica `i` under a shell prefix from its next start on (e.g. `ulimit -f 256; trap '' XFSZ;`).
+    pub fn wrap(&mut self, i: usize, prefix: &str) {
+        self.wrappers[i] = Some(prefix.to_string());
+    }
+
+    /// The arguments replica `i` is started with (after name, port and file), for starting it by hand.
+    pub fn replica_args(&self, i: usize) -> Vec<String> {
+        let r = &self.replicas[i];
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut v: Vec<String> = self.args.iter().map(|a| a.replace("{name}", &r.name).replace("{dir}", &dir)).collect();
+        if !v.iter().any(|a| a == "--in-memory" || a == "--data-dir") {
+            v.push("--data-dir".into());
+            v.push(self.data_dir(i).to_string_lossy().into_owned());
+        }
+        v
     }
 
     /// Restarts replica `i` (same name, port and arguments) and waits until it answers.
