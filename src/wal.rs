@@ -334,22 +334,53 @@ impl Wal {
     }
 
     /// Writes and syncs whatever is buffered (the batch syncer, retries after a failure).
+    /// The fsync runs on a duplicate of the file handle without holding the log,
+    /// so writers keep appending and writing meanwhile.
     pub fn sync(&self) -> Result<()> {
         let mut st = self.state.lock();
         while st.busy {
             self.cond.wait(&mut st);
         }
-        let pos = st.appended;
-        if st.synced >= pos && st.failed.is_none() {
+        if st.synced >= st.appended && st.failed.is_none() {
             return Ok(());
         }
         if st.awaiting_snapshot.is_some() {
             return Err(Error::Storage("waiting for a snapshot to cover what the log could not hold".into()));
         }
-        self.lead(&mut st, true);
-        match &st.failed {
-            Some(e) => Err(Error::Storage(e.clone())),
+        if !st.buf.is_empty() || st.failed.is_some() {
+            self.lead(&mut st, false);
+            if let Some(e) = &st.failed {
+                return Err(Error::Storage(e.clone()));
+            }
+        }
+        let target = st.written;
+        let file = st.file.as_ref().map(File::try_clone);
+        let seq = st.seq;
+        drop(st);
+        let result = match file {
+            Some(Ok(f)) => f.sync_data(),
+            Some(Err(e)) => Err(e),
             None => Ok(()),
+        };
+        let mut st = self.state.lock();
+        match result {
+            // A rotation meanwhile synced the old file itself before switching.
+            Ok(()) => {
+                st.synced = st.synced.max(target);
+                self.cond.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                // After a failed fsync the page cache may have dropped the data: refuse
+                // writes until a sync succeeds again (or a snapshot starts a fresh log).
+                let what = format!("{}: {e}", log_path(&self.dir, seq).display());
+                if st.failed.is_none() {
+                    warn!("cannot sync the log: {what}; refusing writes until it can");
+                }
+                st.failed = Some(what.clone());
+                self.cond.notify_all();
+                Err(Error::Storage(what))
+            }
         }
     }
 
