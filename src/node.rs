@@ -204,7 +204,13 @@ impl Node {
             ignore: Arc::new(IgnoreReply),
         };
         if let Some(rec) = recovered {
+            let replayed = !rec.records.is_empty();
             node.recover(rec);
+            // Fold what was replayed into a snapshot, so the logs of earlier runs go away
+            // instead of piling up (and being replayed) start after start.
+            if replayed {
+                node.snapshot()?;
+            }
         }
         Ok((Arc::new(node), Workers { repairs, peer_up }))
     }
@@ -838,7 +844,8 @@ mod tests {
     use std::sync::Barrier;
 
     fn ring() -> Ring {
-        let nodes = (0..3).map(|i| NodeInfo { name: format!("n{i}"), host: "127.0.0.1".into(), port: 1 + i as u16, id: i as u32 }).collect();
+        let nodes =
+            (0..3).map(|i| NodeInfo { name: format!("n{i}"), host: "127.0.0.1".into(), port: 1 + i as u16, id: i as u32 }).collect();
         Ring::new(nodes, 3, 1).unwrap()
     }
 

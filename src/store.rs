@@ -34,9 +34,12 @@ pub struct Applied {
     pub pos: u64,
 }
 
+/// A cell: its version and the log position of the record that holds it.
+type Cell = Option<(Version, u64)>;
+
 /// 256 versioned cells.
 pub struct Store {
-    cells: RwLock<Vec<Option<Version>>>,
+    cells: RwLock<Vec<Cell>>,
     wal: Option<Arc<Wal>>,
 }
 
@@ -54,16 +57,21 @@ impl Store {
 
     /// The version held for `key`, if any (tombstones included).
     pub fn get(&self, key: u8) -> Option<Version> {
-        self.cells.read()[key as usize].clone()
+        self.cells.read()[key as usize].as_ref().map(|(v, _)| v.clone())
     }
 
     /// Merges `version` into `key`'s cell and logs it if it changed the cell.
     /// The change is visible at once; it is durable after [`commit`](Self::commit)`(pos)`.
+    ///
+    /// A version that is not newer changes nothing, but its ack still promises
+    /// that the replica holds it *or something newer*: `pos` is then the
+    /// position of the record holding the current cell, which may not be
+    /// durable yet.
     pub fn apply(&self, key: u8, version: Version) -> Result<Applied> {
         let mut cells = self.cells.write();
         let slot = &mut cells[key as usize];
-        if !supersedes(&version, slot.as_ref()) {
-            return Ok(Applied { changed: false, pos: 0 });
+        if !supersedes(&version, slot.as_ref().map(|(v, _)| v)) {
+            return Ok(Applied { changed: false, pos: slot.as_ref().map_or(0, |(_, pos)| *pos) });
         }
         let pos = match &self.wal {
             Some(wal) => {
@@ -74,7 +82,7 @@ impl Store {
             }
             None => 0,
         };
-        *slot = Some(version);
+        *slot = Some((version, pos));
         Ok(Applied { changed: true, pos })
     }
 
@@ -97,15 +105,15 @@ impl Store {
     pub fn load(&self, key: u8, version: Version) {
         let mut cells = self.cells.write();
         let slot = &mut cells[key as usize];
-        if supersedes(&version, slot.as_ref()) {
-            *slot = Some(version);
+        if supersedes(&version, slot.as_ref().map(|(v, _)| v)) {
+            *slot = Some((version, 0));
         }
     }
 
     /// Every cell that holds a version, in key order.
     pub fn snapshot(&self) -> Vec<(u8, Version)> {
         let cells = self.cells.read();
-        cells.iter().enumerate().filter_map(|(k, v)| v.clone().map(|v| (k as u8, v))).collect()
+        cells.iter().enumerate().filter_map(|(k, c)| c.as_ref().map(|(v, _)| (k as u8, v.clone()))).collect()
     }
 }
 
@@ -113,6 +121,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::hlc::Timestamp;
+    use crate::wal::Wal;
     use std::sync::Barrier;
 
     fn v(micros: u64, value: &str) -> Version {
@@ -126,6 +135,24 @@ mod tests {
         assert!(!s.apply_durably(3, v(5, "old")).unwrap());
         assert_eq!(s.get(3).unwrap().value.as_deref(), Some("new"));
         assert!(s.get(4).is_none());
+    }
+
+    /// A write that loses to the current cell is acknowledged only once the
+    /// record holding the current cell is durable.
+    #[test]
+    fn an_older_write_waits_for_the_record_that_covers_it() {
+        let dir = std::env::temp_dir().join(format!("qkv-store-cover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (wal, _) = Wal::open(&dir, crate::wal::FsyncMode::Always).unwrap();
+        let s = Store::new(Some(Arc::new(wal)));
+        let newer = s.apply(7, v(20, "v2")).unwrap();
+        assert!(newer.changed && newer.pos > 0);
+        let older = s.apply(7, v(10, "v1")).unwrap();
+        assert!(!older.changed);
+        assert_eq!(older.pos, newer.pos, "the older write's ack must wait for v2's record");
+        s.commit(older.pos).unwrap();
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

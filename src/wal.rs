@@ -165,6 +165,10 @@ struct State {
     /// Records up to here could not be logged before a rotation; they are
     /// durable once the snapshot that follows is installed.
     awaiting_snapshot: Option<u64>,
+    /// An fsync of the current file failed. The kernel may have dropped the
+    /// unsynced pages and reports that only once, so a later successful fsync
+    /// proves nothing: only a snapshot (and a fresh log) clears this.
+    sync_failed: bool,
     snapshot_micros: u64,
     snapshot_bytes: u64,
 }
@@ -193,6 +197,21 @@ impl Wal {
         let covered = snapshot.as_ref().map_or(0, |s| s.next_log_seq);
         let mut seqs = list_logs(dir)?;
         seqs.sort_unstable();
+        // Logs that never got a record (a start that died early, a failed rotation) are
+        // dropped, so the newest log that holds records is the one whose tail may be torn.
+        while let Some(&seq) = seqs.last() {
+            let path = log_path(dir, seq);
+            let len = fs::metadata(&path).map_err(|e| io_err("cannot stat", &path, e))?.len();
+            if len > LOG_MAGIC.len() as u64 {
+                break;
+            }
+            let head = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
+            if !LOG_MAGIC.starts_with(&head) {
+                break;
+            }
+            fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+            seqs.pop();
+        }
         let mut records = Vec::new();
         let mut last_seq = covered;
         for (i, &seq) in seqs.iter().enumerate() {
@@ -204,6 +223,9 @@ impl Wal {
             }
             let is_last = i + 1 == seqs.len();
             replay_log(&path, is_last, &mut records)?;
+            // What was replayed may still be only in the page cache (the previous run
+            // died before syncing): make it durable before writing after it.
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| io_err("cannot sync", &path, e))?;
             last_seq = seq + 1;
         }
         let seq = last_seq.max(covered);
@@ -230,6 +252,7 @@ impl Wal {
             busy: false,
             failed: None,
             awaiting_snapshot: None,
+            sync_failed: false,
             snapshot_micros,
             snapshot_bytes,
         };
@@ -290,9 +313,9 @@ impl Wal {
         let mut file = st.file.take().expect("the log file is present when no leader runs");
         let before = st.file_bytes;
         let result = parking_lot::MutexGuard::unlocked(st, || {
-            let mut r = file.write_all(&buf);
+            let mut r = file.write_all(&buf).map_err(|e| (e, false));
             if r.is_ok() && sync {
-                r = file.sync_data();
+                r = file.sync_data().map_err(|e| (e, true));
             }
             if r.is_err() {
                 // Cut a partial record so the file ends on a record boundary, and
@@ -312,18 +335,21 @@ impl Wal {
                 if sync {
                     st.synced = target;
                 }
-                st.failed = None;
+                if !st.sync_failed {
+                    st.failed = None;
+                }
                 buf.clear();
                 if buf.capacity() <= (1 << 20) && st.buf.is_empty() {
                     // Reuse the allocation.
                     std::mem::swap(&mut st.buf, &mut buf);
                 }
             }
-            Err(e) => {
+            Err((e, during_sync)) => {
                 let what = format!("{}: {e}", log_path(&self.dir, st.seq).display());
                 if st.failed.is_none() {
                     warn!("cannot write the log: {what}; refusing writes until it can");
                 }
+                st.sync_failed |= during_sync;
                 st.failed = Some(what);
                 // Keep the records, in order, for the retry.
                 buf.extend_from_slice(&st.buf);
@@ -344,7 +370,7 @@ impl Wal {
         if st.synced >= st.appended && st.failed.is_none() {
             return Ok(());
         }
-        if st.awaiting_snapshot.is_some() {
+        if st.awaiting_snapshot.is_some() || st.sync_failed {
             return Err(Error::Storage("waiting for a snapshot to cover what the log could not hold".into()));
         }
         if !st.buf.is_empty() || st.failed.is_some() {
@@ -378,6 +404,7 @@ impl Wal {
                     warn!("cannot sync the log: {what}; refusing writes until it can");
                 }
                 st.failed = Some(what.clone());
+                st.sync_failed = true;
                 self.cond.notify_all();
                 Err(Error::Storage(what))
             }
@@ -388,7 +415,10 @@ impl Wal {
     /// for (hints) reach the OS promptly.
     pub fn flush(&self) {
         let mut st = self.state.lock();
-        if st.busy || st.buf.is_empty() || st.failed.is_some() {
+        while st.busy {
+            self.cond.wait(&mut st);
+        }
+        if st.buf.is_empty() || st.failed.is_some() {
             return;
         }
         self.lead(&mut st, false);
@@ -410,24 +440,32 @@ impl Wal {
     /// held back: its writers are released only once the snapshot that
     /// follows (which holds those changes) is installed.
     pub fn rotate(&self) -> Result<u64> {
+        // Only the snapshot thread rotates, so the sequence cannot move meanwhile;
+        // creating the file (two fsyncs) outside the lock keeps writers going.
+        let seq = self.state.lock().seq + 1;
+        let file = create_log(&self.dir, seq)?;
         let mut st = self.state.lock();
         while st.busy {
             self.cond.wait(&mut st);
         }
         if !st.buf.is_empty() && st.failed.is_none() {
             self.lead(&mut st, true);
-        } else if let Some(f) = st.file.as_mut() {
-            let _ = f.sync_data();
+        } else if st.failed.is_none() {
+            let r = st.file.as_ref().map_or(Ok(()), |f| f.sync_data());
+            if let Err(e) = r {
+                warn!("cannot sync {}: {e}", log_path(&self.dir, st.seq).display());
+                st.failed = Some(e.to_string());
+                st.sync_failed = true;
+            }
         }
-        let seq = st.seq + 1;
-        let file = create_log(&self.dir, seq)?;
-        st.file = Some(file);
-        st.seq = seq;
-        st.file_bytes = LOG_MAGIC.len() as u64;
         if st.failed.is_some() {
+            // The old log may not hold what was appended: the snapshot taken next does.
             st.buf.clear();
             st.awaiting_snapshot = Some(st.appended);
         }
+        st.file = Some(file);
+        st.seq = seq;
+        st.file_bytes = LOG_MAGIC.len() as u64;
         Ok(seq)
     }
 
@@ -446,6 +484,7 @@ impl Wal {
             st.written = st.written.max(pos);
             st.synced = st.synced.max(pos);
             st.failed = None;
+            st.sync_failed = false;
             info!("the log can be written again (new log {})", st.seq);
             self.cond.notify_all();
         }
@@ -469,9 +508,11 @@ impl Wal {
 fn create_log(dir: &Path, seq: u64) -> Result<File> {
     let path = log_path(dir, seq);
     let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(|e| io_err("cannot create", &path, e))?;
-    f.write_all(LOG_MAGIC).map_err(|e| io_err("cannot write", &path, e))?;
-    f.sync_data().map_err(|e| io_err("cannot sync", &path, e))?;
-    sync_dir(dir)?;
+    let r = f.write_all(LOG_MAGIC).and_then(|_| f.sync_data()).map_err(|e| io_err("cannot write", &path, e)).and_then(|_| sync_dir(dir));
+    if let Err(e) = r {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(f)
 }
 
@@ -521,9 +562,14 @@ fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Re
             }
             Err(why) => why,
         };
-        // A damaged record: a torn tail if nothing but it (or zeros) follows in the last log.
+        // A damaged record in the last log is a torn tail if no valid record follows it
+        // (the process died mid-write), or if it starts a zero-filled hole (a machine
+        // crash wrote later pages before this one: none of it was ever fsynced, so
+        // none of it was acknowledged in `always` mode, and `batch`/`never` do not
+        // promise unsynced writes across a machine crash).
         let rest = &data[pos..];
-        let torn = is_last && (bad.ends_at_eof || rest.iter().all(|&b| b == 0));
+        let hole = rest.len() >= RECORD_HEADER && rest[..RECORD_HEADER].iter().all(|&b| b == 0);
+        let torn = is_last && (hole || find_valid_record(&data, pos + 1).is_none());
         if torn {
             warn!(
                 "{}: torn record at offset {pos} ({}); cutting the log there and dropping {} byte(s)",
@@ -544,29 +590,32 @@ fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Re
     Ok(())
 }
 
+/// The first offset at or after `from` where a whole record with a valid checksum starts.
+fn find_valid_record(data: &[u8], from: usize) -> Option<usize> {
+    (from..data.len().saturating_sub(RECORD_HEADER)).find(|&p| check_record(data, p).is_ok())
+}
+
 struct BadRecord {
     why: String,
-    /// The damaged record reaches (or would reach) the end of the file.
-    ends_at_eof: bool,
 }
 
 /// Checks the record at `pos`; returns its end.
 fn check_record(data: &[u8], pos: usize) -> std::result::Result<usize, BadRecord> {
     let avail = data.len() - pos;
     if avail < RECORD_HEADER {
-        return Err(BadRecord { why: format!("only {avail} byte(s) of a record header"), ends_at_eof: true });
+        return Err(BadRecord { why: format!("only {avail} byte(s) of a record header") });
     }
     let len = LittleEndian::read_u32(&data[pos..]) as usize;
     let crc = LittleEndian::read_u32(&data[pos + 4..]);
     if len == 0 || len > MAX_RECORD {
-        return Err(BadRecord { why: format!("impossible length {len}"), ends_at_eof: false });
+        return Err(BadRecord { why: format!("impossible length {len}") });
     }
     let end = pos + RECORD_HEADER + len;
     if end > data.len() {
-        return Err(BadRecord { why: format!("{len}-byte record with only {} byte(s) present", avail - RECORD_HEADER), ends_at_eof: true });
+        return Err(BadRecord { why: format!("{len}-byte record with only {} byte(s) present", avail - RECORD_HEADER) });
     }
     if crc32c(&data[pos + RECORD_HEADER..end]) != crc {
-        return Err(BadRecord { why: "checksum mismatch".into(), ends_at_eof: end == data.len() });
+        return Err(BadRecord { why: "checksum mismatch".into() });
     }
     Ok(end)
 }
@@ -715,6 +764,33 @@ mod tests {
         assert_eq!(keys(&rec), [0, 1]);
         let cut = fs::metadata(&path).unwrap().len();
         assert!(cut < full - 3, "the torn record was cut off");
+    }
+
+    #[test]
+    fn a_corrupt_length_in_the_last_log_with_records_after_it_refuses() {
+        let d = Dir::new("badlen");
+        let path = write_three(&d.0);
+        let mut data = fs::read(&path).unwrap();
+        // The first record's length now points past the end of the file.
+        data[LOG_MAGIC.len() + 3] = 0x7F;
+        fs::write(&path, &data).unwrap();
+        let err = Wal::open(&d.0, FsyncMode::Always).err().expect("valid records follow: must refuse").to_string();
+        assert!(err.contains("corrupt record at offset 8"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), data, "nothing was cut");
+    }
+
+    #[test]
+    fn a_zero_hole_in_the_last_log_is_cut_even_with_data_after() {
+        // A machine crash: the pages of a later write reached the disk, an earlier one did not.
+        let d = Dir::new("hole");
+        let path = write_three(&d.0);
+        let mut data = fs::read(&path).unwrap();
+        let second = LOG_MAGIC.len() + RECORD_HEADER + LittleEndian::read_u32(&data[LOG_MAGIC.len()..]) as usize;
+        let len2 = RECORD_HEADER + LittleEndian::read_u32(&data[second..]) as usize;
+        data[second..second + len2].fill(0);
+        fs::write(&path, &data).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), [0]);
     }
 
     #[test]
