@@ -5,6 +5,7 @@
 #   make test             the whole test suite
 #   make tsan             the whole test suite under ThreadSanitizer (nightly + rust-src)
 #   make lint             rustfmt check and clippy with warnings as errors
+#   make bench            release build, a cluster on free loopback ports, the standard matrix, one table
 
 CARGO      ?= cargo
 REPLICAS   ?= replicas.txt
@@ -13,7 +14,10 @@ MODE       ?=
 REPLICA_FLAGS ?=
 TSAN_TARGET ?= x86_64-unknown-linux-gnu
 
-.PHONY: all build run-replicas stop-replicas test tsan lint fmt clean
+BENCH_DURATION ?= 3s
+BENCH_FLAGS ?=
+
+.PHONY: all build run-replicas stop-replicas test tsan lint fmt clean bench
 
 all: build
 
@@ -62,6 +66,16 @@ tsan:
 	RUSTFLAGS='-Zsanitizer=thread' RUSTDOCFLAGS='-Zsanitizer=thread' CARGO_TARGET_DIR=target/tsan \
 	  TSAN_OPTIONS='halt_on_error=0 second_deadlock_stack=1' QUORUMKV_TSAN=1 \
 	  $(CARGO) +nightly test -Zbuild-std --target $(TSAN_TARGET) --lib --tests
+
+# Replicas are pinned to CPU 0 and the load generator to CPU 1 when taskset exists:
+# loopback round trips are bimodal on this machine, pinning makes runs comparable.
+bench: build
+	@if command -v taskset >/dev/null 2>&1 && [ "$$(nproc)" -ge 2 ]; then \
+	  taskset -c 1 ./target/release/bench matrix --duration $(BENCH_DURATION) --pin-replicas 0 $(BENCH_FLAGS); \
+	else \
+	  echo "(taskset not available or one CPU: running unpinned)"; \
+	  ./target/release/bench matrix --duration $(BENCH_DURATION) $(BENCH_FLAGS); \
+	fi
 
 lint:
 	$(CARGO) fmt --check

@@ -19,6 +19,7 @@ pub mod console;
 pub mod error;
 pub mod frame;
 pub mod hints;
+pub mod histogram;
 pub mod hlc;
 pub mod link;
 pub mod node;

@@ -178,7 +178,11 @@ impl Cluster {
         // Durable in the cluster's temporary folder unless the test says otherwise.
         let explicit = self.args.iter().map(String::as_str).chain(extra.iter().copied()).any(|a| a == "--in-memory" || a == "--data-dir");
         let data_dir = self.dir.path().join("data").join(&r.name);
-        let data: Vec<String> = if explicit { vec![] } else { vec!["--data-dir".into(), data_dir.to_string_lossy().into_owned()] };
+        let mut data: Vec<String> = if explicit { vec![] } else { vec!["--data-dir".into(), data_dir.to_string_lossy().into_owned()] };
+        // ThreadSanitizer slows everything several times: a busy replica must not look dead.
+        if under_tsan() && !self.args.iter().map(String::as_str).chain(extra.iter().copied()).any(|a| a == "--down-after") {
+            data.extend(["--down-after".to_string(), "3s".to_string()]);
+        }
         // `{name}` and `{dir}` in arguments stand for the replica's name and the cluster's folder.
         let dir = self.dir.path().to_string_lossy().into_owned();
         let expand = |a: &str| a.replace("{name}", &r.name).replace("{dir}", &dir);
