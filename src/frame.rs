@@ -152,6 +152,11 @@ impl<R: Read> FrameReader<R> {
 /// Encodes `msg` as one frame into `buf` (cleared first).
 pub fn encode_frame<M: Message>(msg: &M, buf: &mut Vec<u8>) {
     buf.clear();
+    append_frame(msg, buf);
+}
+
+/// Appends `msg` as one frame to `buf`.
+pub fn append_frame<M: Message>(msg: &M, buf: &mut Vec<u8>) {
     let len = msg.encoded_len();
     buf.reserve(HEADER_LEN + len);
     buf.extend_from_slice(&(len as u32).to_be_bytes());

@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::frame::{FrameReader, encode_frame};
+use crate::frame::{FrameReader, append_frame, encode_frame};
 use crate::proto::{self, request, response};
 
 /// A peer's reply, or why there is none.
@@ -73,10 +73,17 @@ struct Pending {
     generation: u64,
 }
 
-struct Writer {
-    stream: TcpStream,
+/// The sending side of the current connection.
+///
+/// Sends are *flat-combined*: a sender appends its frame to `buf`; if no one is
+/// writing it becomes the writer and writes everything buffered (its own frame
+/// and any that others appended meanwhile) with one `write`, outside the lock,
+/// until the buffer is empty. A sender that finds a writer at work returns at
+/// once. Under load one syscall carries many frames and senders never park.
+struct Outbox {
+    conn: Option<(Arc<TcpStream>, u64)>,
     buf: Vec<u8>,
-    generation: u64,
+    writing: bool,
 }
 
 /// What a link needs from its node to connect.
@@ -102,7 +109,7 @@ pub struct PeerLink {
     /// The peer's name.
     pub name: String,
     addr: SocketAddr,
-    writer: Mutex<Option<Writer>>,
+    out: Mutex<Outbox>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     generation: AtomicU64,
@@ -127,7 +134,7 @@ impl PeerLink {
             index,
             name,
             addr,
-            writer: Mutex::new(None),
+            out: Mutex::new(Outbox { conn: None, buf: Vec::with_capacity(4096), writing: false }),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             generation: AtomicU64::new(0),
@@ -159,19 +166,45 @@ impl PeerLink {
     /// the reply, a failure (link down, write failed, connection lost) or a
     /// timeout after `deadline`. A failure to send is delivered before this returns.
     pub fn send(&self, body: request::Body, sink: Arc<dyn ReplySink>, slot: usize, deadline: Instant) {
-        let mut guard = self.writer.lock();
-        let Some(w) = guard.as_mut() else {
-            drop(guard);
+        let mut o = self.out.lock();
+        let Some((_, generation)) = o.conn else {
+            drop(o);
             sink.deliver(slot, Err(Error::Failure(format!("{} is down", self.name))));
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let generation = w.generation;
         self.pending.lock().insert(id, Pending { sink, slot, deadline, generation });
-        encode_frame(&proto::Request { id, body: Some(body) }, &mut w.buf);
-        if let Err(e) = w.stream.write_all(&w.buf) {
-            drop(guard);
-            self.teardown(generation, &format!("write failed: {e}"));
+        append_frame(&proto::Request { id, body: Some(body) }, &mut o.buf);
+        if o.writing {
+            return; // the writer at work will send it
+        }
+        o.writing = true;
+        let mut spare = Vec::new();
+        loop {
+            let Some((stream, generation)) = o.conn.clone() else {
+                o.buf.clear();
+                o.writing = false;
+                return;
+            };
+            let buf = std::mem::replace(&mut o.buf, std::mem::take(&mut spare));
+            drop(o);
+            let result = (&*stream).write_all(&buf);
+            spare = buf;
+            spare.clear();
+            o = self.out.lock();
+            if let Err(e) = result {
+                o.writing = false;
+                drop(o);
+                self.teardown(generation, &format!("write failed: {e}"));
+                return;
+            }
+            if o.buf.is_empty() {
+                o.writing = false;
+                if o.buf.capacity() < spare.capacity() && spare.capacity() <= 1 << 20 {
+                    o.buf = spare;
+                }
+                return;
+            }
         }
     }
 
@@ -232,11 +265,13 @@ impl PeerLink {
     /// Closes the connection of `generation` (if still current) and fails its pending requests.
     fn teardown(&self, generation: u64, reason: &str) {
         {
-            let mut guard = self.writer.lock();
-            match guard.as_ref() {
-                Some(w) if w.generation == generation => {
-                    let _ = w.stream.shutdown(Shutdown::Both);
-                    *guard = None;
+            let mut o = self.out.lock();
+            match o.conn.as_ref() {
+                Some((stream, g)) if *g == generation => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    o.conn = None;
+                    // Frames not yet written belong to this connection; their requests fail below.
+                    o.buf.clear();
                     if self.up.swap(false, Ordering::AcqRel) {
                         warn!("peer {} at {} is down: {reason}", self.name, self.addr);
                         *self.down_since.lock() = Some(Instant::now());
@@ -262,8 +297,8 @@ impl PeerLink {
     pub fn wake(&self) {
         let _g = self.wake.0.lock();
         self.wake.1.notify_all();
-        if let Some(w) = self.writer.lock().as_ref() {
-            let _ = w.stream.shutdown(Shutdown::Both);
+        if let Some((stream, _)) = self.out.lock().conn.as_ref() {
+            let _ = stream.shutdown(Shutdown::Both);
         }
     }
 
@@ -328,7 +363,7 @@ impl PeerLink {
         stream.set_write_timeout(Some(env.connect_timeout.max(Duration::from_millis(500)))).map_err(io)?;
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let writer_stream = stream.try_clone().map_err(io)?;
-        *self.writer.lock() = Some(Writer { stream: writer_stream, buf: Vec::with_capacity(4096), generation });
+        self.out.lock().conn = Some((Arc::new(writer_stream), generation));
         self.heard();
         *self.down_since.lock() = None;
         self.up.store(true, Ordering::Release);

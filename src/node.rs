@@ -77,19 +77,51 @@ pub struct PendingAck {
     pub ts: Timestamp,
 }
 
-/// The answer to a peer request.
-#[derive(Debug)]
+/// The answer to a request.
 pub struct PeerReply {
     /// The reply to send.
     pub body: response::Body,
-    /// Set for writes: commit before sending.
+    /// Set for peer writes: commit before sending.
     pub commit: Option<PendingAck>,
+    /// Work to do once the reply is on the wire.
+    pub after: Option<Deferred>,
+}
+
+/// Work a coordinator does after its reply has been written.
+pub enum Deferred {
+    /// A read at ONE answered from this replica's own copy still asks the other
+    /// replicas, for read repair; sending after the reply keeps those sends off
+    /// the client's latency.
+    ReadFanout {
+        /// The read's call (already answered).
+        call: Arc<Call<ReadMachine>>,
+        /// The key.
+        key: u8,
+        /// The read's deadline.
+        deadline: Instant,
+    },
+}
+
+impl Deferred {
+    /// Does the work.
+    pub fn run(self, node: &Node) {
+        match self {
+            Deferred::ReadFanout { call, key, deadline } => {
+                for (slot, &t) in node.ring.replicas(key).iter().enumerate() {
+                    if let Some(link) = node.link(t) {
+                        link.send(request::Body::ReplicaRead(proto::ReplicaRead { key: key as u32 }), call.clone(), slot, deadline);
+                    }
+                }
+                call.finish(deadline);
+            }
+        }
+    }
 }
 
 impl PeerReply {
     /// A reply with nothing to commit.
     pub fn of(body: response::Body) -> Self {
-        PeerReply { body, commit: None }
+        PeerReply { body, commit: None, after: None }
     }
 
     /// An error reply.
@@ -395,12 +427,24 @@ impl Node {
     }
 
     /// Reads `key` at `level`; returns the newest version among the replies (tombstones included).
-    pub fn read(self: &Arc<Self>, key: u8, level: Consistency) -> Result<Option<Version>> {
+    /// At ONE on a replica of the key, the local copy answers and the other
+    /// replicas are asked afterwards: the returned [`Deferred`] must be run once
+    /// the reply is sent.
+    pub fn read(self: &Arc<Self>, key: u8, level: Consistency) -> Result<(Option<Version>, Option<Deferred>)> {
         let (replicas, need) = self.check_available(key, level)?;
         let repair = self.cfg.mode.read_repair();
         let machine = ReadMachine::new(key, replicas.to_vec(), self.names(replicas), need, repair);
         let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         let deadline = self.deadline();
+        if let (Consistency::One, Some(slot)) = (level, replicas.iter().position(|&t| t == self.me)) {
+            let version = self.store.get(key);
+            if let Some(v) = &version {
+                let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+            }
+            call.deliver(slot, Ok(response::Body::ReplicaRead(proto::ReadResult { version: version.as_ref().map(Version::to_proto) })));
+            call.with(|m, out| m.answer(out));
+            return Ok((version, Some(Deferred::ReadFanout { call, key, deadline })));
+        }
         let mut local = None;
         for (slot, &t) in replicas.iter().enumerate() {
             match self.link(t) {
@@ -455,7 +499,7 @@ impl Node {
             call.with(|m, out| m.answer(out));
         }
         call.finish(deadline);
-        Ok(newest)
+        Ok((newest, None))
     }
 
     /// Writes `version` to every one of `targets` and waits for all their acks (no hints).
@@ -611,21 +655,24 @@ impl Node {
     }
 
     /// Answers a client request (this node coordinates).
-    pub fn handle_client(self: &Arc<Self>, body: request::Body) -> response::Body {
+    pub fn handle_client(self: &Arc<Self>, body: request::Body) -> PeerReply {
         match self.client_request(body) {
-            Ok(b) => b,
-            Err(e) => response::Body::Error(e.to_proto()),
+            Ok(r) => r,
+            Err(e) => PeerReply::error(e),
         }
     }
 
-    fn client_request(self: &Arc<Self>, body: request::Body) -> Result<response::Body> {
+    fn client_request(self: &Arc<Self>, body: request::Body) -> Result<PeerReply> {
         use request::Body as B;
-        Ok(match body {
+        let mut after = None;
+        let body = match body {
             B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
             B::Get(g) => {
                 let key = validate_key(g.key)?;
                 let level = Consistency::from_proto(g.consistency)?;
-                let found = self.read(key, level)?.filter(|v| !v.is_tombstone());
+                let (found, deferred) = self.read(key, level)?;
+                after = deferred;
+                let found = found.filter(|v| !v.is_tombstone());
                 response::Body::Get(proto::GetResult {
                     value: found.as_ref().and_then(|v| v.value.clone()),
                     version: found.map(|v| proto::Version { value: String::new(), ..v.to_proto() }),
@@ -652,7 +699,8 @@ impl Node {
                     "replica-to-replica request on a client connection; a replica opens with PeerHello".into(),
                 ));
             }
-        })
+        };
+        Ok(PeerReply { body, commit: None, after })
     }
 
     /// Checks a peer's handshake: same ring, a known name that is not ours.
@@ -688,7 +736,7 @@ impl Node {
     pub fn handle_peer(&self, body: request::Body) -> PeerReply {
         match self.peer_request(body) {
             Ok(r) => r,
-            Err(e) => PeerReply { body: response::Body::Error(e.to_proto()), commit: None },
+            Err(e) => PeerReply::error(e),
         }
     }
 
@@ -719,6 +767,7 @@ impl Node {
                 return Ok(PeerReply {
                     body: response::Body::ReplicaWrite(proto::WriteAck { applied: applied.changed }),
                     commit: Some(PendingAck { pos: applied.pos, key, ts }),
+                    after: None,
                 });
             }
             B::Heartbeat(_) => {
@@ -731,7 +780,7 @@ impl Node {
                 return Err(Error::InvalidRequest("client request on a replica link; open a client connection".into()));
             }
         };
-        Ok(PeerReply { body, commit: None })
+        Ok(PeerReply::of(body))
     }
 
     /// Makes a batch of peer writes durable (one commit for all), then records their acks.

@@ -38,9 +38,9 @@ use socket2::{Domain, Socket, Type};
 
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
-use crate::frame::{FrameError, FrameReader, encode_frame};
+use crate::frame::{FrameError, FrameReader, append_frame, encode_frame};
 use crate::link::LinkEnv;
-use crate::node::{Node, PeerReply, Workers};
+use crate::node::{Deferred, Node, PeerReply, Workers};
 use crate::proto::{self, request, response};
 use crate::ring::Ring;
 use crate::wal::FsyncMode;
@@ -259,6 +259,7 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
     let mut frame_buf = Vec::new();
     // Replies of the current batch; writes among them are committed together before any is sent.
     let mut batch: Vec<(u64, PeerReply)> = Vec::new();
+    let mut after: Vec<Deferred> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut role = Role::Unknown;
     let outcome = loop {
@@ -304,7 +305,7 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                                 return;
                             }
                         }
-                        PeerReply::of(node.handle_client(body))
+                        node.handle_client(body)
                     }
                 };
                 (id, reply)
@@ -317,11 +318,15 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
         if !reader.has_frame() || batch_bytes >= FLUSH_BYTES {
             node.commit_peer_replies(&mut batch);
             for (id, reply) in batch.drain(..) {
-                encode_frame(&proto::Response { id, body: Some(reply.body) }, &mut frame_buf);
-                out.extend_from_slice(&frame_buf);
+                append_frame(&proto::Response { id, body: Some(reply.body) }, &mut out);
+                after.extend(reply.after);
             }
             batch_bytes = 0;
-            if let Err(e) = writer.write_all(&out) {
+            let written = writer.write_all(&out);
+            for work in after.drain(..) {
+                work.run(node);
+            }
+            if let Err(e) = written {
                 break Err(format!("write failed: {e}"));
             }
             out.clear();
