@@ -14,7 +14,7 @@ MODE       ?=
 REPLICA_FLAGS ?=
 TSAN_TARGET ?= x86_64-unknown-linux-gnu
 
-BENCH_DURATION ?= 3s
+BENCH_DURATION ?= 2s
 BENCH_FLAGS ?=
 
 .PHONY: all build run-replicas stop-replicas test tsan lint fmt clean bench
@@ -71,10 +71,10 @@ tsan:
 # loopback round trips are bimodal on this machine, pinning makes runs comparable.
 bench: build
 	@if command -v taskset >/dev/null 2>&1 && [ "$$(nproc)" -ge 2 ]; then \
-	  taskset -c 1 ./target/release/bench matrix --duration $(BENCH_DURATION) --pin-replicas 0 $(BENCH_FLAGS); \
+	  taskset -c 1 ./target/release/bench matrix --duration $(BENCH_DURATION) --warmup 500ms --pin-replicas 0 $(BENCH_FLAGS); \
 	else \
 	  echo "(taskset not available or one CPU: running unpinned)"; \
-	  ./target/release/bench matrix --duration $(BENCH_DURATION) $(BENCH_FLAGS); \
+	  ./target/release/bench matrix --duration $(BENCH_DURATION) --warmup 500ms $(BENCH_FLAGS); \
 	fi
 
 lint:
