@@ -23,6 +23,7 @@ pub mod histogram;
 pub mod hlc;
 pub mod link;
 pub mod node;
+pub mod readbatch;
 pub mod ring;
 pub mod server;
 pub mod store;

@@ -51,6 +51,7 @@ use crate::hints::HintStore;
 use crate::hlc::{Hlc, Timestamp};
 use crate::link::{IgnoreReply, PeerLink, ReplySink};
 use crate::proto::{self, request, response};
+use crate::readbatch::{MAX_BATCH, QueuedRead, ReadBatcher};
 use crate::ring::Ring;
 use crate::store::{KEYS, Store};
 use crate::wal::{Wal, wall_micros};
@@ -108,8 +109,8 @@ impl Deferred {
         match self {
             Deferred::ReadFanout { call, key, deadline } => {
                 for (slot, &t) in node.ring.replicas(key).iter().enumerate() {
-                    if let Some(link) = node.link(t) {
-                        link.send(request::Body::ReplicaRead(proto::ReplicaRead { key: key as u32 }), call.clone(), slot, deadline);
+                    if t != node.me {
+                        node.read_batcher.push(t, QueuedRead { call: call.clone(), slot, key, deadline });
                     }
                 }
                 call.finish(deadline);
@@ -158,6 +159,8 @@ pub struct Node {
     pub shutdown: AtomicBool,
     /// Bytes held by calls finishing in the background.
     pub budget: Arc<Budget>,
+    /// Read-repair reads queued per peer.
+    pub read_batcher: ReadBatcher,
     /// The write-ahead log (`None` in memory).
     pub wal: Option<Arc<Wal>>,
     ack_log: Option<parking_lot::Mutex<std::fs::File>>,
@@ -220,6 +223,7 @@ impl Node {
             None => None,
         };
         let node = Node {
+            read_batcher: ReadBatcher::new(ring.len()),
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
             clock: Hlc::new(ring.node(me).id),
             store: Store::new(wal.clone()),
@@ -440,6 +444,10 @@ impl Node {
             let version = self.store.get(key);
             if let Some(v) = &version {
                 let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+            }
+            if !repair {
+                // Without read repair the other replicas' versions would change nothing.
+                return Ok((version, None));
             }
             call.deliver(slot, Ok(response::Body::ReplicaRead(proto::ReadResult { version: version.as_ref().map(Version::to_proto) })));
             call.with(|m, out| m.answer(out));
@@ -694,7 +702,7 @@ impl Node {
             B::Status(_) => response::Body::Status(self.status()),
             B::Inspect(i) => response::Body::Inspect(self.inspect(validate_key(i.key)?)),
             B::Display(d) => response::Body::Display(self.display(d.max_value_len.min(MAX_DISPLAY_VALUE))),
-            B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) => {
+            B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) | B::ReplicaReadBatch(_) => {
                 return Err(Error::InvalidRequest(
                     "replica-to-replica request on a client connection; a replica opens with PeerHello".into(),
                 ));
@@ -774,6 +782,17 @@ impl Node {
                 response::Body::Heartbeat(proto::HeartbeatAck { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
             }
             B::ReplicaDump(d) => response::Body::ReplicaDump(self.dump(d.max_value_len.min(MAX_DISPLAY_VALUE))),
+            B::ReplicaReadBatch(b) => {
+                if b.keys.len() > MAX_BATCH {
+                    return Err(Error::InvalidRequest(format!("a read batch of {} keys exceeds the limit of {MAX_BATCH}", b.keys.len())));
+                }
+                let results = b
+                    .keys
+                    .iter()
+                    .map(|&k| validate_key(k).map(|key| proto::ReadResult { version: self.store.get(key).map(|v| v.to_proto()) }))
+                    .collect::<Result<Vec<_>>>()?;
+                response::Body::ReplicaReadBatch(proto::ReadBatchResult { results })
+            }
             B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) => {

@@ -131,6 +131,7 @@ pub fn serve(node: &Arc<Node>, listener: TcpListener, workers: Workers) {
                 }
             });
         let started = started & spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
+        let started = started && spawn_named(s, "read-batcher".into(), || node.read_batcher.run(node));
         let started = started && (node.wal.is_none() || spawn_named(s, "syncer".into(), || syncer(node)));
         let started = started && (node.wal.is_none() || spawn_named(s, "snapshots".into(), || snapshotter(node)));
         if !started {
