@@ -286,3 +286,38 @@ fn future_timestamps_from_a_peer_are_refused() {
     c.client(0).put(7, "aaa", All).unwrap();
     assert_eq!(c.client(0).get(7, All).unwrap().as_deref(), Some("aaa"));
 }
+
+/// A replica link's batched reads are validated like everything else.
+#[test]
+fn read_batches_are_validated() {
+    let c = Cluster::start(3, &[]);
+    c.client(0).put(5, "five", All).unwrap();
+    let nodes = quorumkv::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
+    let ring = quorumkv::ring::Ring::new(nodes, 3, 1).unwrap();
+    let mut s = raw(c.replicas[0].port);
+    let hello = proto::PeerHello {
+        name: "r1".into(),
+        ring_fingerprint: ring.fingerprint(),
+        ring_description: ring.describe(),
+        epoch: ring.epoch(),
+    };
+    s.write_all(&frame(&proto::Request { id: 1, body: Some(proto::request::Body::Hello(hello)) }.encode_to_vec())).unwrap();
+    assert!(matches!(read_reply(&mut s).unwrap().body, Some(proto::response::Body::Hello(_))));
+    let batch = |id, keys: Vec<u32>| {
+        frame(&proto::Request { id, body: Some(proto::request::Body::ReplicaReadBatch(proto::ReplicaReadBatch { keys })) }.encode_to_vec())
+    };
+    s.write_all(&batch(2, vec![5; 5000])).unwrap();
+    let r = read_reply(&mut s).unwrap();
+    assert!(format!("{r:?}").contains("exceeds the limit"), "{r:?}");
+    s.write_all(&batch(3, vec![5, 300])).unwrap();
+    assert_eq!(error_kind(&read_reply(&mut s).unwrap()), Some(proto::ErrorKind::InvalidRequest));
+    s.write_all(&batch(4, vec![5, 6])).unwrap();
+    match read_reply(&mut s).unwrap().body {
+        Some(proto::response::Body::ReplicaReadBatch(b)) => {
+            assert_eq!(b.results.len(), 2);
+            assert_eq!(b.results[0].version.as_ref().map(|v| v.value.as_str()), Some("five"));
+            assert!(b.results[1].version.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -21,6 +21,7 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "replica" => PathBuf::from(env!("CARGO_BIN_EXE_replica")),
         "client" => PathBuf::from(env!("CARGO_BIN_EXE_client")),
+        "bench" => PathBuf::from(env!("CARGO_BIN_EXE_bench")),
         other => panic!("unknown binary {other}"),
     }
 }
