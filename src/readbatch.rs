@@ -49,7 +49,7 @@ pub struct ReadBatcher {
 pub const MAX_BATCH: usize = 1024;
 
 /// How long the batcher lets reads gather once batches hold more than one.
-const GATHER: Duration = Duration::from_micros(200);
+const GATHER: Duration = Duration::from_millis(2);
 
 impl ReadBatcher {
     /// Queues for `n` nodes.
