@@ -265,26 +265,24 @@ impl Node {
             }
         };
         let mut hints = 0;
+        let mut load_hint = |h: proto::HintAdd| {
+            if let (Ok(key), Some(v)) = (u8::try_from(h.key), h.version) {
+                self.hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
+                hints += 1;
+            }
+        };
         if let Some(snap) = rec.snapshot {
             for c in snap.cells {
                 load_cell(c);
             }
             for h in snap.hints {
-                if let (Ok(key), Some(v)) = (u8::try_from(h.key), h.version) {
-                    self.hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
-                    hints += 1;
-                }
+                load_hint(h);
             }
         }
         for r in rec.records {
             match r.kind {
                 Some(Kind::Cell(c)) => load_cell(c),
-                Some(Kind::HintAdd(h)) => {
-                    if let (Ok(key), Some(v)) = (u8::try_from(h.key), h.version) {
-                        self.hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
-                        hints += 1;
-                    }
-                }
+                Some(Kind::HintAdd(h)) => load_hint(h),
                 Some(Kind::HintDone(d)) => {
                     if let Ok(key) = u8::try_from(d.key) {
                         self.hints.load_delivered(&d.target, key, Timestamp { micros: d.micros, node: d.node });

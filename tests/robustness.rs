@@ -37,6 +37,22 @@ fn read_reply(s: &mut TcpStream) -> Option<proto::Response> {
     proto::Response::decode(&body[..]).ok()
 }
 
+/// A raw connection to replica `i` that has done the peer handshake as `as_name`.
+fn peer_link(c: &Cluster, i: usize, as_name: &str) -> TcpStream {
+    let nodes = quorumkv::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
+    let ring = quorumkv::ring::Ring::new(nodes, 3, 1).unwrap();
+    let mut s = raw(c.replicas[i].port);
+    let hello = proto::PeerHello {
+        name: as_name.into(),
+        ring_fingerprint: ring.fingerprint(),
+        ring_description: ring.describe(),
+        epoch: ring.epoch(),
+    };
+    s.write_all(&frame(&proto::Request { id: 1, body: Some(proto::request::Body::Hello(hello)) }.encode_to_vec())).unwrap();
+    assert!(matches!(read_reply(&mut s).unwrap().body, Some(proto::response::Body::Hello(_))));
+    s
+}
+
 fn error_kind(r: &proto::Response) -> Option<proto::ErrorKind> {
     match &r.body {
         Some(proto::response::Body::Error(e)) => proto::ErrorKind::try_from(e.kind).ok(),
@@ -262,17 +278,7 @@ fn silent_connections_cannot_lock_peers_out() {
 #[test]
 fn future_timestamps_from_a_peer_are_refused() {
     let c = Cluster::start(3, &[]);
-    let nodes = quorumkv::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
-    let ring = quorumkv::ring::Ring::new(nodes, 3, 1).unwrap();
-    let mut s = raw(c.replicas[0].port);
-    let hello = proto::PeerHello {
-        name: "r1".into(),
-        ring_fingerprint: ring.fingerprint(),
-        ring_description: ring.describe(),
-        epoch: ring.epoch(),
-    };
-    s.write_all(&frame(&proto::Request { id: 1, body: Some(proto::request::Body::Hello(hello)) }.encode_to_vec())).unwrap();
-    assert!(matches!(read_reply(&mut s).unwrap().body, Some(proto::response::Body::Hello(_))));
+    let mut s = peer_link(&c, 0, "r1");
     let poison = proto::ReplicaWrite {
         key: 7,
         version: Some(proto::Version { micros: u64::MAX, node: 0, tombstone: false, value: "poison".into() }),
@@ -292,17 +298,7 @@ fn future_timestamps_from_a_peer_are_refused() {
 fn read_batches_are_validated() {
     let c = Cluster::start(3, &[]);
     c.client(0).put(5, "five", All).unwrap();
-    let nodes = quorumkv::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
-    let ring = quorumkv::ring::Ring::new(nodes, 3, 1).unwrap();
-    let mut s = raw(c.replicas[0].port);
-    let hello = proto::PeerHello {
-        name: "r1".into(),
-        ring_fingerprint: ring.fingerprint(),
-        ring_description: ring.describe(),
-        epoch: ring.epoch(),
-    };
-    s.write_all(&frame(&proto::Request { id: 1, body: Some(proto::request::Body::Hello(hello)) }.encode_to_vec())).unwrap();
-    assert!(matches!(read_reply(&mut s).unwrap().body, Some(proto::response::Body::Hello(_))));
+    let mut s = peer_link(&c, 0, "r1");
     let batch = |id, keys: Vec<u32>| {
         frame(&proto::Request { id, body: Some(proto::request::Body::ReplicaReadBatch(proto::ReplicaReadBatch { keys })) }.encode_to_vec())
     };
