@@ -215,16 +215,19 @@ impl Failures {
 /// The replies of one call so far: acks and failures counted toward the level,
 /// with the reasons for the failures. Shared by the read and write machines.
 pub struct Tally {
-    names: Vec<String>,
+    /// Every node's name, shared by all calls; looked up only to explain a failure.
+    names: Arc<[String]>,
+    /// Node index per slot.
+    targets: Vec<usize>,
     tracker: QuorumTracker,
     failures: Failures,
 }
 
 impl Tally {
-    /// A tally over replicas named `names` needing `required` acks.
-    pub fn new(names: Vec<String>, required: usize) -> Self {
-        let n = names.len();
-        Tally { names, tracker: QuorumTracker::new(required, n), failures: Failures::default() }
+    /// A tally over `targets` (node indexes into `names`) needing `required` acks.
+    pub fn new(targets: Vec<usize>, names: Arc<[String]>, required: usize) -> Self {
+        let n = targets.len();
+        Tally { names, targets, tracker: QuorumTracker::new(required, n), failures: Failures::default() }
     }
 
     fn ack(&mut self) {
@@ -233,7 +236,7 @@ impl Tally {
 
     fn fail(&mut self, slot: usize, e: &Error) {
         self.tracker.fail();
-        self.failures.push(&self.names[slot], e);
+        self.failures.push(&self.names[self.targets[slot]], e);
     }
 
     /// The tracker's verdict.
@@ -264,17 +267,16 @@ impl Tally {
 pub struct WriteMachine {
     key: u8,
     version: Version,
-    targets: Vec<usize>,
     answered: Vec<bool>,
     tally: Tally,
     hint: bool,
 }
 
 impl WriteMachine {
-    /// A write of `version` to `targets` (node indexes, named `names`) needing `required` acks.
-    pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Vec<String>, required: usize, hint: bool) -> Self {
+    /// A write of `version` to `targets` (node indexes into `names`) needing `required` acks.
+    pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Arc<[String]>, required: usize, hint: bool) -> Self {
         let n = targets.len();
-        WriteMachine { key, version, targets, answered: vec![false; n], tally: Tally::new(names, required), hint }
+        WriteMachine { key, version, answered: vec![false; n], tally: Tally::new(targets, names, required), hint }
     }
 
     /// Acks and failures so far.
@@ -298,7 +300,7 @@ impl Machine for WriteMachine {
         };
         self.tally.fail(slot, &err);
         if self.hint {
-            out.push(Command::Hint { target: self.targets[slot], key: self.key, version: self.version.clone() });
+            out.push(Command::Hint { target: self.tally.targets[slot], key: self.key, version: self.version.clone() });
         }
     }
 
@@ -325,7 +327,6 @@ enum ReadSlot {
 /// A read sent to every replica of a key.
 pub struct ReadMachine {
     key: u8,
-    targets: Vec<usize>,
     slots: Vec<ReadSlot>,
     tally: Tally,
     repair: bool,
@@ -336,14 +337,13 @@ pub struct ReadMachine {
 }
 
 impl ReadMachine {
-    /// A read of `key` from `targets` needing `required` replies; `repair` enables read repair.
-    pub fn new(key: u8, targets: Vec<usize>, names: Vec<String>, required: usize, repair: bool) -> Self {
+    /// A read of `key` from `targets` (node indexes into `names`) needing `required` replies; `repair` enables read repair.
+    pub fn new(key: u8, targets: Vec<usize>, names: Arc<[String]>, required: usize, repair: bool) -> Self {
         let n = targets.len();
         ReadMachine {
             key,
-            targets,
             slots: vec![ReadSlot::Waiting; n],
-            tally: Tally::new(names, required),
+            tally: Tally::new(targets, names, required),
             repair,
             answered: false,
             repairs_issued: false,
@@ -368,7 +368,7 @@ impl ReadMachine {
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s, ReadSlot::Replied(v) if v.as_ref() < Some(newest)))
-            .map(|(i, _)| (i, self.targets[i]))
+            .map(|(i, _)| (i, self.tally.targets[i]))
             .collect()
     }
 
@@ -484,8 +484,8 @@ mod tests {
         Timestamp { micros: m, node: 1 }
     }
 
-    fn names() -> Vec<String> {
-        vec!["r0".into(), "r1".into(), "r2".into()]
+    fn names() -> Arc<[String]> {
+        (0..10).map(|i| format!("r{i}")).collect()
     }
 
     fn read_reply(v: Option<Version>) -> PeerResult {

@@ -161,6 +161,8 @@ pub struct Node {
     pub budget: Arc<Budget>,
     /// Read-repair reads queued per peer.
     pub read_batcher: ReadBatcher,
+    /// Every node's name by ring index, shared with calls for their error messages.
+    names: Arc<[String]>,
     /// The write-ahead log (`None` in memory).
     pub wal: Option<Arc<Wal>>,
     ack_log: Option<parking_lot::Mutex<std::fs::File>>,
@@ -223,6 +225,7 @@ impl Node {
             None => None,
         };
         let node = Node {
+            names: names.iter().cloned().collect(),
             read_batcher: ReadBatcher::new(ring.len()),
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
             clock: Hlc::new(ring.node(me).id),
@@ -359,8 +362,8 @@ impl Node {
         self.link(i).is_none_or(PeerLink::is_up)
     }
 
-    fn names(&self, targets: &[usize]) -> Vec<String> {
-        targets.iter().map(|&t| self.ring.node(t).name.clone()).collect()
+    fn names_of(&self, targets: &[usize]) -> Vec<&str> {
+        targets.iter().map(|&t| self.ring.node(t).name.as_str()).collect()
     }
 
     fn check_available(&self, key: u8, level: Consistency) -> Result<(&[usize], usize)> {
@@ -382,7 +385,7 @@ impl Node {
         let (replicas, need) = self.check_available(key, level)?;
         let version = Version { ts: self.clock.now(), value };
         let hint = self.cfg.mode.hinted_handoff();
-        let machine = WriteMachine::new(key, version.clone(), replicas.to_vec(), self.names(replicas), need, hint);
+        let machine = WriteMachine::new(key, version.clone(), replicas.to_vec(), self.names.clone(), need, hint);
         let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         let deadline = self.deadline();
         self.fan_out_write(&call, replicas, key, &version, deadline);
@@ -435,7 +438,7 @@ impl Node {
     pub fn read(self: &Arc<Self>, key: u8, level: Consistency) -> Result<(Option<Version>, Option<Deferred>)> {
         let (replicas, need) = self.check_available(key, level)?;
         let repair = self.cfg.mode.read_repair();
-        let machine = ReadMachine::new(key, replicas.to_vec(), self.names(replicas), need, repair);
+        let machine = ReadMachine::new(key, replicas.to_vec(), self.names.clone(), need, repair);
         let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         let deadline = self.deadline();
         if let (Consistency::One, Some(slot)) = (level, replicas.iter().position(|&t| t == self.me)) {
@@ -510,8 +513,8 @@ impl Node {
 
     /// Writes `version` to every one of `targets` and waits for all their acks (no hints).
     fn blocking_repair(self: &Arc<Self>, key: u8, version: &Version, targets: &[usize], deadline: Instant) -> Result<()> {
-        debug!("blocking read repair of key {key} on {:?}", self.names(targets));
-        let machine = WriteMachine::new(key, version.clone(), targets.to_vec(), self.names(targets), targets.len(), false);
+        debug!("blocking read repair of key {key} on {:?}", self.names_of(targets));
+        let machine = WriteMachine::new(key, version.clone(), targets.to_vec(), self.names.clone(), targets.len(), false);
         let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         self.fan_out_write(&call, targets, key, version, deadline);
         let m = call.wait(deadline);
