@@ -158,6 +158,9 @@ fn replicas_with_different_rings_refuse_each_other() {
     });
     assert!(ok, "{}", c.logs());
     assert!(c.log(0).contains("rf 3") && c.log(0).contains("rf 2"), "the log line names both rings: {}", c.log(0));
+    // r1 agrees on the ring: r0 sees it up (polled: its link may connect after the refusals
+    // above were logged), while r2 stays refused.
+    c.wait_seen(0, 1, true);
     let s = c.client(0).status().unwrap();
     assert!(s.replicas[1].up && !s.replicas[2].up, "{s:?}");
 }
