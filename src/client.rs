@@ -145,6 +145,17 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A fault-injection request to the replica this client is connected to (refused unless it
+    /// runs with `--enable-fault-injection`); answers with the faults now active there.
+    pub fn fault(&mut self, req: proto::FaultRequest) -> Result<proto::FaultResult> {
+        match self.request(request::Body::Fault(req))? {
+            response::Body::Fault(f) => Ok(f),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 fn unexpected(body: response::Body) -> Error {
     Error::Protocol(format!("unexpected reply {body:?}"))
 }

@@ -94,6 +94,8 @@ pub struct NodeConfig {
     pub snapshot_bytes: u64,
     /// Test hook: append `key micros node` to this file for every write this replica acknowledges.
     pub ack_log: Option<PathBuf>,
+    /// Accept the admin requests that drop or delay messages and pause the replica (tests, demos).
+    pub enable_fault_injection: bool,
 }
 
 impl NodeConfig {
@@ -120,6 +122,7 @@ impl NodeConfig {
             fsync: FsyncMode::Batch(Duration::from_millis(10)),
             snapshot_bytes: 64 << 20,
             ack_log: None,
+            enable_fault_injection: false,
         }
     }
 

@@ -27,6 +27,12 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM or ALL):
   status                  each replica: address, up/down as the coordinator sees it, key range, hints held for it
   inspect KEY             what each replica of KEY holds, one line per replica
   display                 what every replica holds, and which keys differ between replicas
+Fault injection (only on replicas started with --enable-fault-injection; acts on the replica connected to):
+  fault                   show the faults active on this replica
+  fault drop PEERS [DIR]  drop messages exchanged with PEERS (names, comma-separated, or all); DIR is to, from or both (default)
+  fault delay PEERS MS [DIR]  delay them by MS milliseconds
+  fault pause MS          answer nothing, to clients or peers, for MS milliseconds
+  fault heal              remove every drop and delay
   help                    this text
   quit                    leave (also: exit, Ctrl-D)";
 
@@ -66,6 +72,8 @@ pub enum Command {
     Inspect(u32),
     /// Everything every replica holds.
     Display,
+    /// A fault-injection request to the connected replica.
+    Fault(proto::FaultRequest),
     /// Leave.
     Quit,
 }
@@ -172,8 +180,50 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
             Ok(Command::Inspect(parse_key(&args[0])?))
         }
         "display" => arity(0, 0, "display").map(|_| Command::Display),
+        "fault" => parse_fault(args).map(Command::Fault),
         other => Err(format!("unknown command {other:?}; type help")),
     }
+}
+
+fn parse_fault(args: &[String]) -> Result<proto::FaultRequest, String> {
+    use proto::{FaultAction as A, FaultDirection as D};
+    const USAGE: &str = "usage: fault [drop PEERS [to|from|both] | delay PEERS MS [to|from|both] | pause MS | heal]";
+    let mut req = proto::FaultRequest::default();
+    let peers = |s: &str| -> Vec<String> {
+        if s.eq_ignore_ascii_case("all") { Vec::new() } else { s.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect() }
+    };
+    let direction = |s: Option<&String>| -> Result<i32, String> {
+        match s.map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("both") => Ok(D::Both as i32),
+            Some("to") => Ok(D::To as i32),
+            Some("from") => Ok(D::From as i32),
+            Some(other) => Err(format!("unknown direction {other:?}: use to, from or both")),
+        }
+    };
+    let millis = |s: &str| s.parse::<u32>().map_err(|_| format!("milliseconds must be a whole number, got {s:?}"));
+    let Some(action) = args.first() else { return Ok(req) };
+    let rest = &args[1..];
+    match action.to_ascii_lowercase().as_str() {
+        "show" if rest.is_empty() => {}
+        "heal" if rest.is_empty() => req.action = A::Heal as i32,
+        "drop" if (1..=2).contains(&rest.len()) => {
+            req.action = A::Drop as i32;
+            req.peers = peers(&rest[0]);
+            req.direction = direction(rest.get(1))?;
+        }
+        "delay" if (2..=3).contains(&rest.len()) => {
+            req.action = A::Delay as i32;
+            req.peers = peers(&rest[0]);
+            req.delay_ms = millis(&rest[1])?;
+            req.direction = direction(rest.get(2))?;
+        }
+        "pause" if rest.len() == 1 => {
+            req.action = A::Pause as i32;
+            req.pause_ms = millis(&rest[0])?;
+        }
+        _ => return Err(USAGE.into()),
+    }
+    Ok(req)
 }
 
 /// How a command ended; decides the one-shot exit status.
@@ -323,6 +373,14 @@ impl Session {
             Command::Display => {
                 let d = self.call(|c| c.display(40))?;
                 w(out, &format_display(&d));
+            }
+            Command::Fault(req) => {
+                let f = self.call(|c| c.fault(req))?;
+                if f.active.is_empty() {
+                    w(out, &format!("{}: no faults", f.replica));
+                } else {
+                    w(out, &format!("{}: {}", f.replica, f.active.join("; ")));
+                }
             }
         }
         Ok(Outcome::Ok)
@@ -501,6 +559,15 @@ mod tests {
         assert_eq!(p("status").unwrap(), Command::Status);
         assert_eq!(p("display").unwrap(), Command::Display);
         assert_eq!(p("quit").unwrap(), Command::Quit);
+        use proto::{FaultAction as A, FaultDirection as D, FaultRequest as F};
+        assert_eq!(p("fault").unwrap(), Command::Fault(F::default()));
+        assert_eq!(p("fault heal").unwrap(), Command::Fault(F { action: A::Heal as i32, ..F::default() }));
+        assert_eq!(
+            p("fault drop r1,r2 from").unwrap(),
+            Command::Fault(F { action: A::Drop as i32, peers: vec!["r1".into(), "r2".into()], direction: D::From as i32, ..F::default() })
+        );
+        assert_eq!(p("FAULT delay all 250").unwrap(), Command::Fault(F { action: A::Delay as i32, delay_ms: 250, ..F::default() }));
+        assert_eq!(p("fault pause 1500").unwrap(), Command::Fault(F { action: A::Pause as i32, pause_ms: 1500, ..F::default() }));
     }
 
     #[test]
@@ -516,6 +583,12 @@ mod tests {
         assert!(p("get 5 twice").contains("unknown consistency level"));
         assert!(p("frobnicate").contains("unknown command"));
         assert!(p("status now").contains("usage"));
+        assert!(p("fault drop").contains("usage: fault"));
+        assert!(p("fault delay r1").contains("usage: fault"));
+        assert!(p("fault delay r1 soon").contains("whole number"));
+        assert!(p("fault drop r1 sideways").contains("unknown direction"));
+        assert!(p("fault pause -5").contains("whole number"));
+        assert!(p("fault explode").contains("usage: fault"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod config;
 pub mod consistency;
 pub mod console;
 pub mod error;
+pub mod fault;
 pub mod frame;
 pub mod hints;
 pub mod histogram;

@@ -33,6 +33,7 @@ use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
 use crate::error::{Error, Result};
+use crate::fault::Faults;
 use crate::frame::{FrameReader, append_frame, encode_frame};
 use crate::proto::{self, request, response};
 
@@ -119,6 +120,7 @@ pub struct PeerLink {
     down_since: Mutex<Option<Instant>>,
     wake: (Mutex<()>, Condvar),
     heartbeats: Arc<HeartbeatSink>,
+    faults: Arc<Faults>,
 }
 
 /// Why a connection attempt failed.
@@ -128,8 +130,8 @@ enum ConnectError {
 }
 
 impl PeerLink {
-    /// A link to `name` at `addr`, initially down.
-    pub fn new(index: usize, name: String, addr: SocketAddr) -> Self {
+    /// A link to `name` at `addr`, initially down; `faults` are this node's injected faults.
+    pub fn new(index: usize, name: String, addr: SocketAddr, faults: Arc<Faults>) -> Self {
         PeerLink {
             index,
             name,
@@ -144,6 +146,7 @@ impl PeerLink {
             down_since: Mutex::new(Some(Instant::now())),
             wake: (Mutex::new(()), Condvar::new()),
             heartbeats: Arc::new(HeartbeatSink::default()),
+            faults,
         }
     }
 
@@ -174,7 +177,33 @@ impl PeerLink {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(id, Pending { sink, slot, deadline, generation });
-        append_frame(&proto::Request { id, body: Some(body) }, &mut o.buf);
+        let rule = self.faults.rule(self.index);
+        if rule.drop_to {
+            return; // injected fault: lost on the way; the sweep times the request out
+        }
+        let request = proto::Request { id, body: Some(body) };
+        if !rule.delay_to.is_zero() {
+            drop(o);
+            let mut bytes = Vec::new();
+            append_frame(&request, &mut bytes);
+            self.faults.delay_frames(Instant::now() + rule.delay_to, self.index, generation, bytes);
+            return;
+        }
+        append_frame(&request, &mut o.buf);
+        self.write_out(o);
+    }
+
+    /// Writes frames delayed by fault injection, if the connection they were made for is still open.
+    pub fn send_delayed(&self, generation: u64, bytes: &[u8]) {
+        let mut o = self.out.lock();
+        if o.conn.as_ref().is_some_and(|(_, g)| *g == generation) {
+            o.buf.extend_from_slice(bytes);
+            self.write_out(o);
+        }
+    }
+
+    /// Writes what is buffered, unless a writer is already at work (see [`Outbox`]).
+    fn write_out<'a>(&'a self, mut o: parking_lot::MutexGuard<'a, Outbox>) {
         if o.writing {
             return; // the writer at work will send it
         }
@@ -309,7 +338,7 @@ impl PeerLink {
             let pause = match self.connect(env) {
                 Ok((stream, reader)) => {
                     quiet_failures = false;
-                    self.read_replies(stream, reader);
+                    self.read_replies(stream, reader, env.shutdown);
                     env.retry_interval
                 }
                 Err(ConnectError::Io(e)) => {
@@ -339,6 +368,9 @@ impl PeerLink {
 
     fn connect(&self, env: &LinkEnv<'_>) -> std::result::Result<(TcpStream, FrameReader<TcpStream>), ConnectError> {
         let io = |e: std::io::Error| ConnectError::Io(e.to_string());
+        if self.faults.rule(self.index).drops() {
+            return Err(ConnectError::Io("partitioned by fault injection".into()));
+        }
         let stream = TcpStream::connect_timeout(&self.addr, env.connect_timeout).map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
         stream.set_read_timeout(Some(env.connect_timeout)).map_err(io)?;
@@ -372,14 +404,25 @@ impl PeerLink {
         Ok((stream, reader))
     }
 
-    fn read_replies(&self, stream: TcpStream, mut reader: FrameReader<TcpStream>) {
+    fn read_replies(&self, stream: TcpStream, mut reader: FrameReader<TcpStream>, shutdown: &AtomicBool) {
         let generation = self.generation.load(Ordering::Acquire);
+        let mut read_at = Instant::now();
         let reason = loop {
+            let buffered = reader.has_frame();
             let frame = match reader.read_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break "peer closed the connection".to_string(),
                 Err(e) => break e.to_string(),
             };
+            if !buffered {
+                read_at = Instant::now();
+            }
+            self.faults.hold(shutdown);
+            let rule = self.faults.rule(self.index);
+            if rule.drop_from {
+                continue; // injected fault: never arrived (and is no sign of life)
+            }
+            Faults::sleep_until(read_at, rule.delay_from);
             self.heard();
             let resp = match proto::Response::decode(frame) {
                 Ok(r) => r,

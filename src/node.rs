@@ -47,6 +47,7 @@ use crate::cell::Version;
 use crate::config::NodeConfig;
 use crate::consistency::{Consistency, Decision};
 use crate::error::{Error, Result};
+use crate::fault::Faults;
 use crate::hints::HintStore;
 use crate::hlc::{Hlc, Timestamp};
 use crate::link::{IgnoreReply, PeerLink, ReplySink};
@@ -161,6 +162,8 @@ pub struct Node {
     pub budget: Arc<Budget>,
     /// Read-repair reads queued per peer.
     pub read_batcher: ReadBatcher,
+    /// Injected faults (`--enable-fault-injection`).
+    pub faults: Arc<Faults>,
     /// Every node's name by ring index, shared with calls for their error messages.
     names: Arc<[String]>,
     /// The write-ahead log (`None` in memory).
@@ -200,9 +203,10 @@ impl Node {
             let names: Vec<&str> = ring.nodes().iter().map(|n| n.name.as_str()).collect();
             Error::Config(format!("{} is not in the cluster file (it lists {})", cfg.name, names.join(", ")))
         })?;
+        let faults = Arc::new(Faults::new(ring.len(), cfg.enable_fault_injection));
         let mut links = Vec::with_capacity(ring.len());
         for (i, n) in ring.nodes().iter().enumerate() {
-            links.push(if i == me { None } else { Some(PeerLink::new(i, n.name.clone(), n.socket_addr()?)) });
+            links.push(if i == me { None } else { Some(PeerLink::new(i, n.name.clone(), n.socket_addr()?, faults.clone())) });
         }
         let (repair_tx, repairs) = unbounded();
         let (peer_up_tx, peer_up) = unbounded();
@@ -227,6 +231,7 @@ impl Node {
         let node = Node {
             names: names.iter().cloned().collect(),
             read_batcher: ReadBatcher::new(ring.len()),
+            faults,
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
             clock: Hlc::new(ring.node(me).id),
             store: Store::new(wal.clone()),
@@ -345,6 +350,7 @@ impl Node {
         for link in self.links.iter().flatten() {
             link.wake();
         }
+        self.faults.wake();
     }
 
     /// This node's name.
@@ -703,6 +709,7 @@ impl Node {
             B::Status(_) => response::Body::Status(self.status()),
             B::Inspect(i) => response::Body::Inspect(self.inspect(validate_key(i.key)?)),
             B::Display(d) => response::Body::Display(self.display(d.max_value_len.min(MAX_DISPLAY_VALUE))),
+            B::Fault(f) => response::Body::Fault(self.faults.handle(f, &self.ring, self.me)?),
             B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) | B::ReplicaReadBatch(_) => {
                 return Err(Error::InvalidRequest(
                     "replica-to-replica request on a client connection; a replica opens with PeerHello".into(),
@@ -796,7 +803,7 @@ impl Node {
             }
             B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
-            B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) => {
+            B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) | B::Fault(_) => {
                 return Err(Error::InvalidRequest("client request on a replica link; open a client connection".into()));
             }
         };

@@ -132,6 +132,7 @@ pub fn serve(node: &Arc<Node>, listener: TcpListener, workers: Workers) {
             });
         let started = started & spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
         let started = started && spawn_named(s, "read-batcher".into(), || node.read_batcher.run(node));
+        let started = started && (!node.faults.enabled() || spawn_named(s, "faults".into(), || delayer(node)));
         let started = started && (node.wal.is_none() || spawn_named(s, "syncer".into(), || syncer(node)));
         let started = started && (node.wal.is_none() || spawn_named(s, "snapshots".into(), || snapshotter(node)));
         if !started {
@@ -244,7 +245,8 @@ fn worker(node: &Arc<Node>, pool: &Pool, first: TcpStream) {
 enum Role {
     Unknown,
     Client,
-    Peer,
+    /// A link from the peer of this ring index.
+    Peer(usize),
 }
 
 fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
@@ -263,7 +265,9 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
     let mut after: Vec<Deferred> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut role = Role::Unknown;
+    let mut read_at = Instant::now();
     let outcome = loop {
+        let buffered = reader.has_frame();
         let frame = match reader.read_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break Ok(()),
@@ -275,6 +279,17 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
             }
             Err(e) => break Err(e.to_string()),
         };
+        if !buffered {
+            read_at = Instant::now();
+        }
+        node.faults.hold(&node.shutdown);
+        if let Role::Peer(p) = role {
+            let rule = node.faults.rule(p);
+            if rule.drop_from {
+                continue; // injected fault: the peer's request never arrived
+            }
+            crate::fault::Faults::sleep_until(read_at, rule.delay_from);
+        }
         let (id, reply) = match proto::Request::decode(frame) {
             Err(e) => (0, PeerReply::error(Error::InvalidRequest(format!("malformed request: {e}")))),
             Ok(req) => {
@@ -283,7 +298,11 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                     (None, _) => PeerReply::error(Error::InvalidRequest("empty request".into())),
                     (Some(request::Body::Hello(h)), Role::Unknown) => match node.check_hello(&h) {
                         Ok(()) => {
-                            role = Role::Peer;
+                            let p = node.ring.index_of(&h.name).expect("check_hello found it");
+                            if node.faults.rule(p).drops() {
+                                break Err(format!("{} is partitioned away by fault injection", h.name));
+                            }
+                            role = Role::Peer(p);
                             let _ = writer.set_read_timeout(None);
                             debug!("{} opened a replica link from {peer_addr}", h.name);
                             PeerReply::of(response::Body::Hello(proto::HelloAck { name: node.name().to_string() }))
@@ -295,7 +314,7 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                             break Err("handshake refused".into());
                         }
                     },
-                    (Some(body), Role::Peer) => node.handle_peer(body),
+                    (Some(body), Role::Peer(_)) => node.handle_peer(body),
                     (Some(body), _) => {
                         if role == Role::Unknown {
                             role = Role::Client;
@@ -323,6 +342,15 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                 after.extend(reply.after);
             }
             batch_bytes = 0;
+            if let Role::Peer(p) = role {
+                let rule = node.faults.rule(p);
+                if rule.drop_to {
+                    out.clear(); // injected fault: the replies are lost on the way
+                }
+                if !rule.delay_to.is_zero() {
+                    std::thread::sleep(rule.delay_to);
+                }
+            }
             let written = writer.write_all(&out);
             for work in after.drain(..) {
                 work.run(node);
@@ -352,6 +380,9 @@ fn maintenance(node: &Arc<Node>) {
     let mut last_heartbeat = Instant::now() - node.cfg.heartbeat_interval;
     while !node.shutdown.load(Ordering::Acquire) {
         std::thread::sleep(MAINTENANCE_TICK);
+        if node.faults.paused() {
+            continue; // an injected pause stops everything, the failure detector included
+        }
         let now = Instant::now();
         let beat = now.duration_since(last_heartbeat) >= node.cfg.heartbeat_interval;
         if beat {
@@ -363,6 +394,15 @@ fn maintenance(node: &Arc<Node>) {
             if beat {
                 link.heartbeat(node.name(), now + node.cfg.down_after);
             }
+        }
+    }
+}
+
+/// Sends the frames fault injection delayed, when they fall due.
+fn delayer(node: &Arc<Node>) {
+    while let Some((peer, generation, bytes)) = node.faults.next_due(&node.shutdown) {
+        if let Some(link) = node.link(peer) {
+            link.send_delayed(generation, &bytes);
         }
     }
 }

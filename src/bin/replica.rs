@@ -76,6 +76,10 @@ struct Args {
     /// Test hook: append `key micros node` to this file for every write this replica acknowledges.
     #[arg(long, hide = true)]
     ack_log: Option<std::path::PathBuf>,
+    /// Accept fault-injection requests (drop or delay messages to chosen peers, pause): for tests
+    /// and for breaking a local cluster by hand. Never on a production cluster.
+    #[arg(long)]
+    enable_fault_injection: bool,
     /// Address to listen on (default: this replica's host in the cluster file).
     #[arg(long)]
     bind: Option<IpAddr>,
@@ -128,6 +132,7 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.data_dir = if args.in_memory { None } else { Some(args.data_dir.unwrap_or_else(|| std::path::Path::new("data").join(&args.name))) };
     cfg.snapshot_bytes = args.snapshot_bytes;
     cfg.ack_log = args.ack_log;
+    cfg.enable_fault_injection = args.enable_fault_injection;
     let ring = Ring::new(nodes, args.rf, 1)?;
     quorumkv::server::run(cfg, ring)
 }

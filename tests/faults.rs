@@ -1,0 +1,131 @@
+//! Fault injection end to end: partitions, slow links and pauses made by the
+//! replicas themselves (`--enable-fault-injection`), driven through the client
+//! library and the console.
+//!
+//! With four replicas `r0..r3` and RF 3, key 70 lives on r1, r2, r3 and key 5
+//! on r0, r1, r2.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, slack, stderr, stdout, wait_for};
+use quorumkv::Error;
+use quorumkv::consistency::Consistency::{All, Quorum};
+use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
+
+const FI: &str = "--enable-fault-injection";
+
+fn fault(action: FaultAction, peers: &[&str], direction: FaultDirection) -> FaultRequest {
+    FaultRequest {
+        action: action as i32,
+        peers: peers.iter().map(|p| p.to_string()).collect(),
+        direction: direction as i32,
+        delay_ms: 0,
+        pause_ms: 0,
+    }
+}
+
+fn delay(peers: &[&str], ms: u32, direction: FaultDirection) -> FaultRequest {
+    FaultRequest { delay_ms: ms, ..fault(FaultAction::Delay, peers, direction) }
+}
+
+/// What replica `name` holds for `key`, as `inspect` through coordinator `via` reports it.
+fn held(c: &Cluster, via: usize, key: u32, name: &str) -> Option<String> {
+    let i = c.client(via).inspect(key).ok()?;
+    let e = i.replicas.into_iter().find(|e| e.name == name)?;
+    e.version.filter(|v| !v.tombstone).map(|v| v.value)
+}
+
+#[test]
+fn fault_requests_are_refused_without_the_flag() {
+    let c = Cluster::start(4, &[]);
+    let out = c.run_client(0, &["fault", "drop", "all"], "");
+    assert_eq!(out.status.code(), Some(2), "stdout {} stderr {}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("fault injection is disabled on r0; start the replica with --enable-fault-injection"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing changed: the ring still works through r0.
+    c.client(0).put(5, "still-fine", All).unwrap();
+}
+
+#[test]
+fn console_fault_commands_show_set_and_heal() {
+    let c = Cluster::start(4, &[FI]);
+    let out = c.run_client(0, &[], "fault delay r1 100 to\nfault drop r2,r3 from\nfault\nfault heal\nfault drop r9\nfault pause x\n");
+    let text = stdout(&out);
+    assert!(text.contains("r0: delay 100 ms to r1"), "{text}");
+    assert!(text.contains("r0: delay 100 ms to r1; drop from r2; drop from r3"), "{text}");
+    assert!(text.contains("r0: no faults"), "{text}");
+    let err = stderr(&out);
+    assert!(err.contains("r9 is not in the ring"), "{err}");
+    assert!(err.contains("milliseconds must be a whole number"), "{err}");
+    // One-shot: a bad peer is bad input (exit 2), a good request exits 0.
+    assert_eq!(c.run_client(1, &["fault", "drop", "r1"], "").status.code(), Some(2));
+    assert_eq!(c.run_client(1, &["fault", "heal"], "").status.code(), Some(0));
+}
+
+#[test]
+fn a_partitioned_replica_gets_its_missed_writes_by_hint_after_the_heal() {
+    let c = Cluster::start(4, &[FI, "HINTED-HANDOFF"]);
+    // r3 drops everything to and from every peer: a full partition, made on one side.
+    let shown = c.client(3).fault(fault(FaultAction::Drop, &[], FaultDirection::Both)).unwrap();
+    assert_eq!(shown.active, ["drop to and from r0", "drop to and from r1", "drop to and from r2"]);
+    c.wait_seen(1, 3, false);
+    c.wait_seen(3, 1, false);
+    // The majority side still serves key 70 (r1, r2, r3) at QUORUM; r3's side cannot.
+    c.client(1).put(70, "written-during-partition", Quorum).unwrap();
+    match c.client(3).get(70, Quorum) {
+        Err(Error::Unavailable(m)) => assert!(m.contains("need 2 of 3 replicas for key 70"), "{m}"),
+        other => panic!("the minority side must refuse QUORUM, got {other:?}"),
+    }
+    assert_ne!(held(&c, 1, 70, "r3").as_deref(), Some("written-during-partition"));
+    assert!(c.client(1).status().unwrap().replicas[3].hints >= 1, "r1 must hold a hint for r3");
+
+    c.client(3).fault(fault(FaultAction::Heal, &[], FaultDirection::Both)).unwrap();
+    let ok = wait_for(slack(Duration::from_secs(10)), || held(&c, 1, 70, "r3").as_deref() == Some("written-during-partition"));
+    assert!(ok, "r3 did not get the hinted write after the heal; logs:\n{}", c.logs());
+}
+
+#[test]
+fn a_slow_link_delays_all_but_not_quorum() {
+    // Key 5 lives on r0, r1, r2; r0 coordinates. A link slower than `--down-after`
+    // counts as down (heartbeats go unanswered too), so give the detector room.
+    let c = Cluster::start(4, &[FI, "--timeout", "6s", "--down-after", "5s"]);
+    let d = 1500u32;
+    for direction in [FaultDirection::To, FaultDirection::From] {
+        c.client(0).fault(delay(&["r2"], d, direction)).unwrap();
+        let t = Instant::now();
+        c.client(0).put(5, &format!("quorum-{direction:?}"), Quorum).unwrap();
+        let quorum = t.elapsed();
+        let t = Instant::now();
+        let w = c.client(0).put(5, &format!("all-{direction:?}"), All).unwrap();
+        let all = t.elapsed();
+        assert_eq!(w.acks, 3);
+        assert!(quorum < Duration::from_millis(d as u64 * 2 / 3), "{direction:?}: QUORUM waited for the slow replica: {quorum:?}");
+        assert!(all >= Duration::from_millis(d as u64), "{direction:?}: ALL did not wait for the delayed link: {all:?}");
+        c.client(0).fault(fault(FaultAction::Heal, &[], FaultDirection::Both)).unwrap();
+    }
+}
+
+#[test]
+fn a_paused_replica_answers_nothing_then_resumes() {
+    let c = Cluster::start(4, &[FI]);
+    let pause = slack(Duration::from_millis(2500));
+    let start = Instant::now();
+    let shown = c
+        .client(1)
+        .fault(FaultRequest { pause_ms: pause.as_millis() as u32, ..fault(FaultAction::Pause, &[], FaultDirection::Both) })
+        .unwrap();
+    assert!(shown.active.iter().any(|l| l.starts_with("paused for")), "{:?}", shown.active);
+    // Its peers' failure detectors notice, as for SIGSTOP.
+    c.wait_seen(0, 1, false);
+    // A new client's ping is answered only when the pause ends.
+    let name = c.client(1).ping().unwrap();
+    assert_eq!(name, "r1");
+    assert!(start.elapsed() >= pause, "r1 answered {:?} into a {pause:?} pause", start.elapsed());
+    c.wait_seen(0, 1, true);
+    c.client(0).put(5, "after-pause", All).unwrap();
+}
