@@ -5,6 +5,7 @@
 #   make test             the whole test suite
 #   make tsan             the whole test suite under ThreadSanitizer (nightly + rust-src)
 #   make lint             rustfmt check and clippy with warnings as errors
+#   make soak             the nemesis test for DURATION seconds (default 600), release build; SEED=… replays one
 #   make bench            release build, a cluster on free loopback ports, the standard matrix, one table
 
 CARGO      ?= cargo
@@ -14,10 +15,13 @@ MODE       ?=
 REPLICA_FLAGS ?=
 TSAN_TARGET ?= x86_64-unknown-linux-gnu
 
+DURATION   ?= 600
+SEED       ?=
+
 BENCH_DURATION ?= 2s
 BENCH_FLAGS ?=
 
-.PHONY: all build run-replicas stop-replicas test tsan lint fmt clean bench
+.PHONY: all build run-replicas stop-replicas test tsan lint fmt clean bench soak
 
 all: build
 
@@ -51,6 +55,11 @@ stop-replicas:
 
 test:
 	$(CARGO) test --all-targets
+
+# The nemesis test (faults, concurrent clients, history checks) for DURATION seconds.
+soak:
+	QUORUMKV_NEMESIS_SECS=$(DURATION) $(if $(SEED),QUORUMKV_NEMESIS_SEED=$(SEED)) \
+	  $(CARGO) test --release --test nemesis nemesis -- --exact --nocapture
 
 # ThreadSanitizer needs std rebuilt with the sanitizer (-Zbuild-std), hence
 # nightly and rust-src. If they cannot be installed this says so loudly.

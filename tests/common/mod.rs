@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use quorumkv::client::Client;
 
+pub mod nemesis;
+
 /// Path of a binary built by cargo for this test run.
 pub fn bin(name: &str) -> PathBuf {
     match name {

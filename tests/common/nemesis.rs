@@ -1,0 +1,638 @@
+//! The nemesis harness: real replicas, concurrent clients, injected faults, and
+//! a checker over the recorded history (in the manner of Jepsen and etcd's
+//! robustness tests).
+//!
+//! [`run`] starts a durable cluster (5 replicas, RF 3, fault injection on),
+//! runs client threads doing random `get`/`put`/`del` at ONE and QUORUM
+//! through every coordinator, each written value unique, and records every
+//! operation's start, end and outcome. Meanwhile the nemesis, on a schedule
+//! drawn from the seed, kills and restarts replicas (SIGKILL), freezes them
+//! (SIGSTOP/SIGCONT), partitions them from some or all peers and slows their
+//! links (both through the replicas' fault injection). One fault is active at
+//! a time: with 5 replicas and RF 3 every pair of replicas shares a key, so
+//! that is what "never more than one replica of any key down" means here.
+//!
+//! At the end it heals everything, waits until every replica sees every other,
+//! reads every key at QUORUM, and checks the history ([`check`]):
+//!
+//! 1. no lost writes: the final QUORUM value of a key comes from a write that
+//!    did not end before an acknowledged QUORUM write to that key began;
+//! 2. no invented values: every value read was written, by a write that began
+//!    before the read ended;
+//! 3. convergence: all replicas of every key hold the same version within 30 s
+//!    of the heal (checked with `inspect`, no anti-entropy);
+//! 4. read-your-writes: a client's QUORUM read after its own acknowledged
+//!    QUORUM write sees that write or one not older than it;
+//! 5. no replica exited unless the nemesis killed it (and none logged a panic,
+//!    which the cluster's drop checks).
+//!
+//! "Older" is real time: a write that ended before another began has the
+//! smaller timestamp (the coordinators' hybrid logical clocks run on one
+//! machine's clock), so last-write-wins must keep the later one. Writes that
+//! were refused as `Unavailable` were never sent and count as not written; any
+//! other failure (timeout, lost connection) may or may not have been applied.
+//!
+//! The summary names the seed; `QUORUMKV_NEMESIS_SEED=<seed>` replays the same
+//! schedule and the same client choices (timing, being real, varies).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quorumkv::Error;
+use quorumkv::client::Client;
+use quorumkv::consistency::Consistency;
+use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
+
+use super::{Cluster, slack, wait_for};
+
+/// splitmix64: small, seedable, good enough for schedules.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform duration in `lo..hi`.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        lo + Duration::from_millis(self.below((hi - lo).as_millis().max(1) as u64))
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// What an operation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// A read.
+    Get,
+    /// A write of this (unique) value.
+    Put(String),
+    /// A delete.
+    Del,
+}
+
+/// How an operation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged; a read's value (`None`: not found).
+    Ok(Option<String>),
+    /// Refused before anything was sent.
+    Unavailable,
+    /// The coordinator gave up waiting: a write may or may not have been applied.
+    Timeout,
+    /// Anything else (a lost connection, a failed replica): indeterminate.
+    Failed(String),
+}
+
+/// One operation in the history.
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// The client thread.
+    pub client: usize,
+    /// The coordinator it went through.
+    pub coordinator: usize,
+    /// Get, put or del.
+    pub kind: OpKind,
+    /// The key.
+    pub key: u32,
+    /// ONE or QUORUM.
+    pub level: Consistency,
+    /// When it was sent, since the run began.
+    pub start: Duration,
+    /// When its answer came (or the client gave up).
+    pub end: Duration,
+    /// What came back.
+    pub outcome: Outcome,
+}
+
+impl Op {
+    fn is_write(&self) -> bool {
+        !matches!(self.kind, OpKind::Get)
+    }
+
+    /// A write that may have reached a replica (everything but a refusal).
+    fn may_have_written(&self) -> bool {
+        self.is_write() && self.outcome != Outcome::Unavailable
+    }
+
+    fn acked_quorum_write(&self) -> bool {
+        self.is_write() && self.level == Consistency::Quorum && matches!(self.outcome, Outcome::Ok(_))
+    }
+
+    /// The value the write leaves (`None`: a tombstone).
+    fn written(&self) -> Option<&str> {
+        match &self.kind {
+            OpKind::Put(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{:>9.3}s..{:>9.3}s] client {} via r{} {:?} key {} at {} -> {:?}",
+            self.start.as_secs_f64(),
+            self.end.as_secs_f64(),
+            self.client,
+            self.coordinator,
+            self.kind,
+            self.key,
+            self.level,
+            self.outcome
+        )
+    }
+}
+
+/// Whether `value` (a read's result, `None` = not found) may follow the
+/// acknowledged write `w`: it was written by `w` itself, or by a write that did
+/// not end before `w` began. `writes` are all writes to the key.
+fn not_older_than(value: Option<&str>, w: &Op, writes: &[&Op]) -> bool {
+    writes.iter().any(|x| x.may_have_written() && x.written() == value && (std::ptr::eq(*x, w) || x.end >= w.start))
+}
+
+/// What the checker found.
+#[derive(Default, Debug)]
+pub struct Verdict {
+    /// One line per violation, with the operations involved.
+    pub violations: Vec<String>,
+    /// Checks run, by name, with how many cases each looked at.
+    pub checked: BTreeMap<&'static str, usize>,
+}
+
+/// Checks 1, 2 and 4 of the module docs over `history`, given the final QUORUM
+/// read of each key (`final_reads[key]`, `None` = not found).
+pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Duration)>) -> Verdict {
+    let mut v = Verdict::default();
+    let mut writes: HashMap<u32, Vec<&Op>> = HashMap::new();
+    let mut by_value: HashMap<&str, &Op> = HashMap::new();
+    for op in history.iter().filter(|o| o.is_write()) {
+        writes.entry(op.key).or_default().push(op);
+        if let Some(val) = op.written() {
+            by_value.insert(val, op);
+        }
+    }
+    let none: Vec<&Op> = Vec::new();
+
+    // 2. No invented values (in the history and in the final reads).
+    let reads = history.iter().filter_map(|o| match (&o.kind, &o.outcome) {
+        (OpKind::Get, Outcome::Ok(Some(val))) => Some((o.key, val.as_str(), o.end, o.to_string())),
+        _ => None,
+    });
+    let finals =
+        final_reads.iter().filter_map(|(&k, (val, end))| val.as_deref().map(|val| (k, val, *end, format!("final read of key {k}"))));
+    let mut n = 0;
+    for (key, val, end, what) in reads.chain(finals) {
+        n += 1;
+        match by_value.get(val) {
+            Some(w) if w.key == key && w.may_have_written() && w.start <= end => {}
+            Some(w) => v.violations.push(format!("invented value: {what} read {val:?}, but its write cannot have produced it: {w}")),
+            None => v.violations.push(format!("invented value: {what} read {val:?}, which no client wrote")),
+        }
+    }
+    v.checked.insert("no invented values (reads)", n);
+
+    // 1. No lost writes.
+    let mut n = 0;
+    for (&key, (val, _)) in final_reads {
+        let ws = writes.get(&key).unwrap_or(&none);
+        for w in ws.iter().filter(|w| w.acked_quorum_write()) {
+            n += 1;
+            if !not_older_than(val.as_deref(), w, ws) {
+                v.violations.push(format!("lost write: key {key} ends as {val:?}, older than the acknowledged {w}"));
+            }
+        }
+    }
+    v.checked.insert("no lost writes (acknowledged QUORUM writes)", n);
+
+    // 4. Read-your-writes per client at QUORUM.
+    let mut n = 0;
+    let mut last_write: HashMap<(usize, u32), &Op> = HashMap::new();
+    let mut own: Vec<&Op> = history.iter().collect();
+    own.sort_by_key(|o| (o.client, o.start));
+    for op in own {
+        if op.acked_quorum_write() {
+            last_write.insert((op.client, op.key), op);
+            continue;
+        }
+        let (OpKind::Get, Outcome::Ok(val), Consistency::Quorum) = (&op.kind, &op.outcome, op.level) else { continue };
+        if let Some(w) = last_write.get(&(op.client, op.key)) {
+            n += 1;
+            if !not_older_than(val.as_deref(), w, writes.get(&op.key).unwrap_or(&none)) {
+                v.violations.push(format!("read-your-writes: {op}\n    after the same client's {w}"));
+            }
+        }
+    }
+    v.checked.insert("read-your-writes (QUORUM reads after own QUORUM write)", n);
+    v
+}
+
+/// How a run is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Drives the schedule and the clients' choices.
+    pub seed: u64,
+    /// How long clients and the nemesis run.
+    pub duration: Duration,
+    /// Client threads.
+    pub clients: usize,
+    /// Replicas (RF 3).
+    pub replicas: usize,
+    /// Keys the clients use (few, so that keys are written often).
+    pub keys: Vec<u32>,
+}
+
+impl Config {
+    /// From the environment: `QUORUMKV_NEMESIS_SEED` (default: from the time),
+    /// `QUORUMKV_NEMESIS_SECS` (default `default_secs`).
+    pub fn from_env(default_secs: u64) -> Config {
+        let seed = std::env::var("QUORUMKV_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 ^ std::process::id() as u64
+        });
+        let secs = std::env::var("QUORUMKV_NEMESIS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_secs);
+        Config::new(seed, Duration::from_secs(secs))
+    }
+
+    /// The standard run for `seed`.
+    pub fn new(seed: u64, duration: Duration) -> Config {
+        // 32 keys spread over the whole ring, so every replica owns some.
+        Config { seed, duration, clients: 6, replicas: 5, keys: (0..32).map(|i| i * 8 + 3).collect() }
+    }
+}
+
+/// The kinds of fault the nemesis injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// SIGKILL, then a restart from its log.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+    /// Drops everything to and from every peer.
+    Isolate,
+    /// Drops everything to and from one peer.
+    PartitionFromOne,
+    /// Delays everything to and from every peer.
+    SlowLinks,
+}
+
+const FAULTS: [Fault; 5] = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::PartitionFromOne, Fault::SlowLinks];
+
+/// What a run did and found.
+pub struct Report {
+    /// The run's settings.
+    pub config: Config,
+    /// Every operation.
+    pub history: Vec<Op>,
+    /// Faults injected, in order: (start, replica, fault, detail).
+    pub faults: Vec<(Duration, usize, Fault, String)>,
+    /// The checker's verdict (including convergence and crashes).
+    pub verdict: Verdict,
+    /// How long convergence took after the heal.
+    pub converged_in: Option<Duration>,
+}
+
+impl Report {
+    /// Ops by kind, level and outcome; faults by kind; checks; the seed.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "nemesis: seed {} ({} s, {} clients, {} replicas, {} keys)",
+            self.config.seed,
+            self.config.duration.as_secs(),
+            self.config.clients,
+            self.config.replicas,
+            self.config.keys.len()
+        );
+        let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+        for op in &self.history {
+            let kind = match op.kind {
+                OpKind::Get => "get",
+                OpKind::Put(_) => "put",
+                OpKind::Del => "del",
+            };
+            let outcome = match &op.outcome {
+                Outcome::Ok(None) if op.kind == OpKind::Get => "not found".to_string(),
+                Outcome::Ok(_) => "ok".to_string(),
+                Outcome::Unavailable => "unavailable".to_string(),
+                Outcome::Timeout => "timeout".to_string(),
+                Outcome::Failed(k) => k.clone(),
+            };
+            *ops.entry(format!("{kind} {:<6} {outcome}", op.level.to_string())).or_default() += 1;
+        }
+        let _ = writeln!(s, "  operations: {}", self.history.len());
+        for (k, n) in &ops {
+            let _ = writeln!(s, "    {k:<32} {n}");
+        }
+        let mut faults: BTreeMap<Fault, usize> = BTreeMap::new();
+        for (_, _, f, _) in &self.faults {
+            *faults.entry(*f).or_default() += 1;
+        }
+        let _ = writeln!(s, "  faults injected: {}", self.faults.len());
+        for (f, n) in &faults {
+            let _ = writeln!(s, "    {:<32} {n}", format!("{f:?}"));
+        }
+        let _ = writeln!(s, "  checks:");
+        for (c, n) in &self.verdict.checked {
+            let _ = writeln!(s, "    {c:<60} {n} case(s)");
+        }
+        match self.converged_in {
+            Some(d) => {
+                let _ = writeln!(s, "  converged {:.1} s after the heal", d.as_secs_f64());
+            }
+            None => {
+                let _ = writeln!(s, "  did NOT converge");
+            }
+        }
+        if self.verdict.violations.is_empty() {
+            let _ = writeln!(s, "  all checks passed");
+        } else {
+            let _ = writeln!(s, "  {} VIOLATION(S); replay with QUORUMKV_NEMESIS_SEED={}", self.verdict.violations.len(), self.config.seed);
+            for v in self.verdict.violations.iter().take(20) {
+                let _ = writeln!(s, "  - {v}");
+            }
+        }
+        s
+    }
+}
+
+fn outcome_of<T>(r: &Result<T, Error>) -> Option<Outcome> {
+    match r {
+        Ok(_) => None,
+        Err(Error::Unavailable(_)) => Some(Outcome::Unavailable),
+        Err(Error::Timeout(_)) => Some(Outcome::Timeout),
+        Err(Error::Io(_) | Error::Protocol(_)) => Some(Outcome::Failed("connection".into())),
+        Err(Error::Failure(_)) => Some(Outcome::Failed("failure".into())),
+        Err(e) => Some(Outcome::Failed(format!("{e}"))),
+    }
+}
+
+/// One client thread: random operations until `stop`, through random coordinators.
+fn client_loop(id: usize, seed: u64, ports: &[u16], keys: &[u32], t0: Instant, stop: &AtomicBool, out: &Mutex<Vec<Op>>) {
+    let mut rng = Rng::new(seed ^ (id as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
+    let mut conn: Option<(usize, Client)> = None;
+    let mut seq = 0u64;
+    let mut mine = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        // Mostly stay on one coordinator; sometimes move, as real clients do.
+        if conn.is_none() || rng.chance(0.05) {
+            let c = rng.below(ports.len() as u64) as usize;
+            conn = Client::connect("127.0.0.1", ports[c], Duration::from_millis(500))
+                .and_then(|mut cl| cl.set_timeout(Some(slack(Duration::from_secs(4)))).map(|_| cl))
+                .ok()
+                .map(|cl| (c, cl));
+            if conn.is_none() {
+                std::thread::sleep(Duration::from_millis(50)); // it is down: try another soon
+                continue;
+            }
+        }
+        let (coordinator, client) = conn.as_mut().expect("connected above");
+        let coordinator = *coordinator;
+        let key = keys[rng.below(keys.len() as u64) as usize];
+        let level = if rng.chance(0.5) { Consistency::One } else { Consistency::Quorum };
+        let roll = rng.below(100);
+        let kind = if roll < 50 {
+            OpKind::Get
+        } else if roll < 90 {
+            seq += 1;
+            OpKind::Put(format!("c{id}-{seq}"))
+        } else {
+            OpKind::Del
+        };
+        let start = t0.elapsed();
+        let outcome = match &kind {
+            OpKind::Get => {
+                let r = client.get(key, level);
+                outcome_of(&r).unwrap_or_else(|| Outcome::Ok(r.unwrap()))
+            }
+            OpKind::Put(v) => {
+                let r = client.put(key, v, level);
+                outcome_of(&r).unwrap_or(Outcome::Ok(None))
+            }
+            OpKind::Del => {
+                let r = client.delete(key, level);
+                outcome_of(&r).unwrap_or(Outcome::Ok(None))
+            }
+        };
+        let end = t0.elapsed();
+        if outcome == Outcome::Failed("connection".into()) {
+            conn = None; // a late reply must not be taken for the next request's
+        }
+        mine.push(Op { client: id, coordinator, kind, key, level, start, end, outcome });
+    }
+    out.lock().unwrap().extend(mine);
+}
+
+fn fault_request(action: FaultAction, peers: Vec<String>, delay_ms: u32) -> FaultRequest {
+    FaultRequest { action: action as i32, peers, direction: FaultDirection::Both as i32, delay_ms, pause_ms: 0 }
+}
+
+/// Sends a fault request to replica `i`, retrying while it is briefly unreachable.
+fn admin(c: &Cluster, i: usize, req: FaultRequest) {
+    let ok = wait_for(slack(Duration::from_secs(10)), || {
+        Client::connect("127.0.0.1", c.replicas[i].port, Duration::from_millis(500))
+            .and_then(|mut cl| {
+                cl.set_timeout(Some(slack(Duration::from_secs(3))))?;
+                cl.fault(req.clone())
+            })
+            .is_ok()
+    });
+    assert!(ok, "fault request {req:?} to r{i} kept failing; logs:\n{}", c.logs());
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// Runs the whole scenario for `cfg` and returns what it found (it does not panic on violations).
+pub fn run(cfg: Config) -> Report {
+    eprintln!("nemesis: seed {} for {} s (replay with QUORUMKV_NEMESIS_SEED={})", cfg.seed, cfg.duration.as_secs(), cfg.seed);
+    let mut c = Cluster::start(cfg.replicas, &["--enable-fault-injection"]);
+    let ports: Vec<u16> = c.replicas.iter().map(|r| r.port).collect();
+    let names: Vec<String> = c.replicas.iter().map(|r| r.name.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    let mut faults = Vec::new();
+    let mut crashed = Vec::new();
+    std::thread::scope(|s| {
+        for id in 0..cfg.clients {
+            let (ports, keys, stop, history) = (&ports, &cfg.keys, &stop, &history);
+            s.spawn(move || client_loop(id, cfg.seed, ports, keys, t0, stop, history));
+        }
+        // The nemesis runs on this thread.
+        let mut rng = Rng::new(cfg.seed);
+        while t0.elapsed() < cfg.duration {
+            std::thread::sleep(rng.between(Duration::from_millis(300), Duration::from_millis(1500)));
+            if t0.elapsed() >= cfg.duration {
+                break;
+            }
+            let victim = rng.below(cfg.replicas as u64) as usize;
+            let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+            let hold = rng.between(Duration::from_millis(500), Duration::from_millis(3000));
+            let started = t0.elapsed();
+            let detail = match fault {
+                Fault::Kill => {
+                    c.kill(victim);
+                    std::thread::sleep(hold);
+                    c.restart(victim);
+                    format!("down {} ms", hold.as_millis())
+                }
+                Fault::Pause => {
+                    let pid = c.replicas[victim].pid().expect("running");
+                    signal(pid, "-STOP");
+                    std::thread::sleep(hold);
+                    signal(pid, "-CONT");
+                    format!("stopped {} ms", hold.as_millis())
+                }
+                Fault::Isolate | Fault::PartitionFromOne | Fault::SlowLinks => {
+                    let (req, detail) = match fault {
+                        Fault::Isolate => (fault_request(FaultAction::Drop, vec![], 0), "from every peer".to_string()),
+                        Fault::PartitionFromOne => {
+                            let other = (victim + 1 + rng.below(cfg.replicas as u64 - 1) as usize) % cfg.replicas;
+                            (fault_request(FaultAction::Drop, vec![names[other].clone()], 0), format!("from r{other}"))
+                        }
+                        _ => {
+                            let ms = 20 + rng.below(280) as u32;
+                            (fault_request(FaultAction::Delay, vec![], ms), format!("{ms} ms each way"))
+                        }
+                    };
+                    admin(&c, victim, req);
+                    std::thread::sleep(hold);
+                    admin(&c, victim, fault_request(FaultAction::Heal, vec![], 0));
+                    format!("{detail}, {} ms", hold.as_millis())
+                }
+            };
+            faults.push((started, victim, fault, detail));
+            // No replica may have exited on its own.
+            for (i, r) in c.replicas.iter_mut().enumerate() {
+                if !r.running() {
+                    crashed.push(format!("r{i} exited on its own (after fault {} on r{victim})", faults.len()));
+                }
+            }
+            if !crashed.is_empty() {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Release);
+    });
+    let healed_at = Instant::now();
+    let mut history = history.into_inner().unwrap();
+    history.sort_by_key(|o| o.start);
+    for (i, r) in c.replicas.iter_mut().enumerate() {
+        if !r.running() && !crashed.iter().any(|m| m.starts_with(&format!("r{i} "))) {
+            crashed.push(format!("r{i} exited on its own"));
+        }
+    }
+    if !crashed.is_empty() {
+        let mut verdict = Verdict::default();
+        verdict.violations = crashed;
+        return Report { config: cfg, history, faults, verdict, converged_in: None };
+    }
+    // Quiescence: everyone sees everyone.
+    c.wait_all_up();
+
+    // Final QUORUM reads (these also repair what they find stale).
+    let mut final_reads = BTreeMap::new();
+    for (n, &key) in cfg.keys.iter().enumerate() {
+        let via = n % cfg.replicas;
+        let mut last = None;
+        let ok = wait_for(slack(Duration::from_secs(10)), || match c.client(via).get(key, Consistency::Quorum) {
+            Ok(v) => {
+                final_reads.insert(key, (v, t0.elapsed()));
+                true
+            }
+            Err(e) => {
+                last = Some(e);
+                false
+            }
+        });
+        assert!(ok, "final QUORUM read of key {key} via r{via} kept failing: {last:?}; logs:\n{}", c.logs());
+    }
+    let mut verdict = check(&history, &final_reads);
+
+    // 3. Convergence: every replica of every key holds the same version.
+    let mut differing = Vec::new();
+    let converged = wait_for(Duration::from_secs(30), || {
+        differing.clear();
+        for (n, &key) in cfg.keys.iter().enumerate() {
+            let Ok(i) = c.client(n % cfg.replicas).inspect(key) else {
+                differing.push(format!("key {key}: inspect failed"));
+                continue;
+            };
+            let versions: HashSet<Option<(u64, u32, bool, String)>> = i
+                .replicas
+                .iter()
+                .map(|e| e.version.as_ref().filter(|_| e.reachable).map(|v| (v.micros, v.node, v.tombstone, v.value.clone())))
+                .collect();
+            if versions.len() != 1 || i.replicas.iter().any(|e| !e.reachable) {
+                differing.push(format!("key {key}: {:?}", i.replicas));
+            }
+        }
+        differing.is_empty()
+    });
+    verdict.checked.insert("convergence within 30 s (keys)", cfg.keys.len());
+    let converged_in = converged.then(|| healed_at.elapsed());
+    if !converged {
+        verdict.violations.push(format!("replicas did not converge within 30 s of the heal: {}", differing.join("; ")));
+    }
+    verdict.checked.insert("no replica exited unless killed (replicas)", cfg.replicas);
+    let report = Report { config: cfg, history, faults, verdict, converged_in };
+    if !report.verdict.violations.is_empty() {
+        eprintln!("replica logs:\n{}", c.logs());
+    }
+    drop(c); // scans the logs for panics and sanitizer reports
+    report
+}
+
+/// Runs `cfg`, prints the summary, and fails the test on any violation (naming the seed).
+pub fn run_and_check(cfg: Config) {
+    let report = run(cfg);
+    let summary = report.summary();
+    eprintln!("{summary}");
+    if !report.verdict.violations.is_empty() {
+        let keys: HashSet<u32> = report
+            .verdict
+            .violations
+            .iter()
+            .filter_map(|v| v.split("key ").nth(1).and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()))
+            .collect();
+        for key in keys.iter().take(3) {
+            eprintln!("history of key {key}:");
+            for op in report.history.iter().filter(|o| o.key == *key) {
+                eprintln!("  {op}");
+            }
+        }
+        eprintln!("faults:");
+        for (t, r, f, d) in &report.faults {
+            eprintln!("  {:>8.3}s r{r} {f:?} {d}", t.as_secs_f64());
+        }
+        panic!("nemesis found violations; replay with QUORUMKV_NEMESIS_SEED={}\n{summary}", report.config.seed);
+    }
+}

@@ -1,0 +1,119 @@
+//! The nemesis test: five durable replicas, concurrent clients, and a seeded
+//! schedule of kills, pauses, partitions and slow links; then the history is
+//! checked for lost writes, invented values, read-your-writes and convergence
+//! (see `tests/common/nemesis.rs`).
+//!
+//! `make test` runs it for about 60 s with a fresh seed (printed);
+//! `make soak DURATION=600` runs it longer. Replay a failure with
+//! `QUORUMKV_NEMESIS_SEED=<seed> cargo test --test nemesis -- --nocapture`.
+//! Seeds that once failed are kept in `regression_seeds`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::nemesis::{self, Config, Op, OpKind, Outcome};
+use common::under_tsan;
+use quorumkv::consistency::Consistency::{One, Quorum};
+
+#[test]
+fn nemesis() {
+    // ThreadSanitizer slows replicas several times; a shorter run keeps `make tsan` bounded.
+    nemesis::run_and_check(Config::from_env(if under_tsan() { 30 } else { 60 }));
+}
+
+/// Seeds kept as regression cases, replayed briefly on every run (the schedule
+/// and the clients' choices follow the seed; the timing of real processes does not).
+///
+/// - 1795297362642248369: caught a deliberately broken QUORUM (one ack) with
+///   135 read-your-writes violations in 30 s; kept as a check that the run
+///   still exercises that path.
+const REGRESSION_SEEDS: &[u64] = &[1795297362642248369];
+
+#[test]
+fn regression_seeds() {
+    for &seed in REGRESSION_SEEDS {
+        nemesis::run_and_check(Config::new(seed, Duration::from_secs(15)));
+    }
+}
+
+// The checker itself, on small hand-made histories: each check must be able to fail.
+
+fn op(client: usize, kind: OpKind, key: u32, quorum: bool, start_ms: u64, end_ms: u64, outcome: Outcome) -> Op {
+    Op {
+        client,
+        coordinator: 0,
+        kind,
+        key,
+        level: if quorum { Quorum } else { One },
+        start: Duration::from_millis(start_ms),
+        end: Duration::from_millis(end_ms),
+        outcome,
+    }
+}
+
+fn put(client: usize, v: &str, start: u64, end: u64, outcome: Outcome) -> Op {
+    op(client, OpKind::Put(v.into()), 7, true, start, end, outcome)
+}
+
+fn get(client: usize, start: u64, end: u64, v: Option<&str>) -> Op {
+    op(client, OpKind::Get, 7, true, start, end, Outcome::Ok(v.map(String::from)))
+}
+
+fn finals(v: Option<&str>) -> BTreeMap<u32, (Option<String>, Duration)> {
+    BTreeMap::from([(7, (v.map(String::from), Duration::from_secs(100)))])
+}
+
+#[test]
+fn checker_accepts_a_correct_history() {
+    let h = vec![
+        put(0, "a", 0, 10, Outcome::Ok(None)),
+        put(1, "b", 5, 15, Outcome::Timeout), // concurrent with a, indeterminate: may win
+        get(0, 20, 25, Some("b")),
+        put(1, "c", 30, 40, Outcome::Unavailable),
+    ];
+    let v = nemesis::check(&h, &finals(Some("b")));
+    assert!(v.violations.is_empty(), "{:?}", v.violations);
+}
+
+#[test]
+fn checker_finds_a_lost_write() {
+    let h = vec![put(0, "a", 0, 10, Outcome::Ok(None)), put(1, "b", 20, 30, Outcome::Ok(None))];
+    let v = nemesis::check(&h, &finals(Some("a")));
+    assert!(v.violations.iter().any(|m| m.starts_with("lost write")), "{:?}", v.violations);
+    // A delete acknowledged at QUORUM then a read of nothing is fine; of the older value it is lost.
+    let h = vec![put(0, "a", 0, 10, Outcome::Ok(None)), op(1, OpKind::Del, 7, true, 20, 30, Outcome::Ok(None))];
+    assert!(nemesis::check(&h, &finals(None)).violations.is_empty());
+    assert!(!nemesis::check(&h, &finals(Some("a"))).violations.is_empty());
+    // Not found although a QUORUM put was acknowledged and nothing deleted.
+    assert!(!nemesis::check(&h[..1], &finals(None)).violations.is_empty());
+}
+
+#[test]
+fn checker_finds_invented_values() {
+    let h = vec![put(0, "a", 0, 10, Outcome::Ok(None)), get(1, 20, 30, Some("zzz"))];
+    let v = nemesis::check(&h, &finals(Some("a")));
+    assert!(v.violations.iter().any(|m| m.contains("which no client wrote")), "{:?}", v.violations);
+    // A value read before its write began, and a refused write's value.
+    let h = vec![get(1, 0, 5, Some("a")), put(0, "a", 10, 20, Outcome::Ok(None)), put(0, "u", 30, 31, Outcome::Unavailable)];
+    let v = nemesis::check(&h, &finals(Some("u")));
+    let invented: Vec<_> = v.violations.iter().filter(|m| m.starts_with("invented value")).collect();
+    assert_eq!(invented.len(), 2, "{:?}", v.violations);
+}
+
+#[test]
+fn checker_finds_a_client_not_reading_its_own_write() {
+    let h = vec![
+        put(1, "old", 0, 5, Outcome::Ok(None)),
+        put(0, "mine", 10, 20, Outcome::Ok(None)),
+        get(0, 30, 40, Some("old")),
+        put(1, "new", 50, 60, Outcome::Ok(None)),
+    ];
+    let v = nemesis::check(&h, &finals(Some("new")));
+    assert!(v.violations.iter().any(|m| m.starts_with("read-your-writes")), "{:?}", v.violations);
+    // At ONE the same read is allowed to be stale.
+    let mut h2 = h.clone();
+    h2[2].level = One;
+    assert!(nemesis::check(&h2, &finals(Some("new"))).violations.is_empty());
+}
