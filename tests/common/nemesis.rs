@@ -633,6 +633,11 @@ pub fn run_and_check(cfg: Config) {
         for (t, r, f, d) in &report.faults {
             eprintln!("  {:>8.3}s r{r} {f:?} {d}", t.as_secs_f64());
         }
+        let path = std::env::temp_dir().join(format!("quorumkv-nemesis-{}.history", report.config.seed));
+        let text: String = report.history.iter().map(|o| format!("{o}\n")).collect();
+        if std::fs::write(&path, text).is_ok() {
+            eprintln!("whole history written to {}", path.display());
+        }
         panic!("nemesis found violations; replay with QUORUMKV_NEMESIS_SEED={}\n{summary}", report.config.seed);
     }
 }
