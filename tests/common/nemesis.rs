@@ -169,11 +169,45 @@ impl std::fmt::Display for Op {
     }
 }
 
-/// Whether `value` (a read's result, `None` = not found) may follow the
-/// acknowledged write `w`: it was written by `w` itself, or by a write that did
-/// not end before `w` began. `writes` are all writes to the key.
-fn not_older_than(value: Option<&str>, w: &Op, writes: &[&Op]) -> bool {
-    writes.iter().any(|x| x.may_have_written() && x.written() == value && (std::ptr::eq(*x, w) || x.end >= w.start))
+/// Which writes to each key may have left which value, for the checks.
+struct Writes<'a> {
+    /// Each put by its (unique) value.
+    by_value: HashMap<&'a str, &'a Op>,
+    /// Per key, the latest end of a delete that may have been applied.
+    last_delete_end: HashMap<u32, Duration>,
+}
+
+impl<'a> Writes<'a> {
+    fn new(history: &'a [Op]) -> Self {
+        let mut w = Writes { by_value: HashMap::new(), last_delete_end: HashMap::new() };
+        for op in history.iter().filter(|o| o.is_write()) {
+            match op.written() {
+                Some(val) => {
+                    w.by_value.insert(val, op);
+                }
+                None if op.may_have_written() => {
+                    let e = w.last_delete_end.entry(op.key).or_default();
+                    *e = (*e).max(op.end);
+                }
+                None => {}
+            }
+        }
+        w
+    }
+
+    /// Whether `value` (a read of `key`, `None` = not found) may follow the
+    /// acknowledged write `w`: `w` itself left it, or a write that did not end
+    /// before `w` began did.
+    fn not_older_than(&self, key: u32, value: Option<&str>, w: &Op) -> bool {
+        if w.written() == value {
+            return true;
+        }
+        let latest_end = match value {
+            Some(val) => self.by_value.get(val).filter(|x| x.key == key && x.may_have_written()).map(|x| x.end),
+            None => self.last_delete_end.get(&key).copied(),
+        };
+        latest_end.is_some_and(|end| end >= w.start)
+    }
 }
 
 /// What the checker found.
@@ -189,15 +223,8 @@ pub struct Verdict {
 /// read of each key (`final_reads[key]`, `None` = not found).
 pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Duration)>) -> Verdict {
     let mut v = Verdict::default();
-    let mut writes: HashMap<u32, Vec<&Op>> = HashMap::new();
-    let mut by_value: HashMap<&str, &Op> = HashMap::new();
-    for op in history.iter().filter(|o| o.is_write()) {
-        writes.entry(op.key).or_default().push(op);
-        if let Some(val) = op.written() {
-            by_value.insert(val, op);
-        }
-    }
-    let none: Vec<&Op> = Vec::new();
+    let writes = Writes::new(history);
+    let by_value = &writes.by_value;
 
     // 2. No invented values (in the history and in the final reads).
     let reads = history.iter().filter_map(|o| match (&o.kind, &o.outcome) {
@@ -219,11 +246,12 @@ pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Durati
 
     // 1. No lost writes.
     let mut n = 0;
-    for (&key, (val, _)) in final_reads {
-        let ws = writes.get(&key).unwrap_or(&none);
-        for w in ws.iter().filter(|w| w.acked_quorum_write()) {
+    for w in history.iter().filter(|w| w.acked_quorum_write()) {
+        let Some((val, _)) = final_reads.get(&w.key) else { continue };
+        let key = w.key;
+        {
             n += 1;
-            if !not_older_than(val.as_deref(), w, ws) {
+            if !writes.not_older_than(key, val.as_deref(), w) {
                 v.violations.push(format!("lost write: key {key} ends as {val:?}, older than the acknowledged {w}"));
             }
         }
@@ -243,7 +271,7 @@ pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Durati
         let (OpKind::Get, Outcome::Ok(val), Consistency::Quorum) = (&op.kind, &op.outcome, op.level) else { continue };
         if let Some(w) = last_write.get(&(op.client, op.key)) {
             n += 1;
-            if !not_older_than(val.as_deref(), w, writes.get(&op.key).unwrap_or(&none)) {
+            if !writes.not_older_than(op.key, val.as_deref(), w) {
                 v.violations.push(format!("read-your-writes: {op}\n    after the same client's {w}"));
             }
         }
