@@ -83,12 +83,14 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
-    /// Whether a whole frame is already buffered (the next call will not block).
+    /// Whether a whole frame is already buffered (the next call returns it without blocking).
+    /// A length prefix over the cap is not a frame: a server that holds back replies while
+    /// more requests are buffered must send them before it reads the refused prefix.
     pub fn has_frame(&self) -> bool {
         let avail = self.end - self.start;
         avail >= HEADER_LEN && {
             let len = BigEndian::read_u32(&self.buf[self.start..]) as usize;
-            len > self.max || avail >= HEADER_LEN + len
+            len <= self.max && avail >= HEADER_LEN + len
         }
     }
 
@@ -241,6 +243,17 @@ mod tests {
             other => panic!("expected TooLarge, got {other:?}"),
         }
         assert!(r.buf.len() <= INITIAL_BUFFER);
+    }
+
+    /// A server answers the requests before an oversize prefix only if this says no frame is waiting.
+    #[test]
+    fn an_oversize_prefix_is_not_a_buffered_frame() {
+        let mut bytes = frame(b"first");
+        bytes.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 1, 2]);
+        let mut r = FrameReader::new(Cursor::new(bytes), 1024);
+        assert_eq!(r.read_frame().unwrap().unwrap(), b"first");
+        assert!(!r.has_frame(), "the refused prefix must not hold back the first frame's reply");
+        assert!(matches!(r.read_frame(), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]

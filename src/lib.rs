@@ -10,6 +10,7 @@
 //! and the path of a request.
 #![warn(missing_docs)]
 
+pub mod badlog;
 pub mod call;
 pub mod cell;
 pub mod client;
@@ -28,6 +29,7 @@ pub mod readbatch;
 pub mod ring;
 pub mod server;
 pub mod store;
+pub mod validate;
 pub mod wal;
 
 /// Messages generated from `proto/quorumkv.proto` by `build.rs`.

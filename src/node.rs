@@ -52,9 +52,10 @@ use crate::hints::HintStore;
 use crate::hlc::{Hlc, Timestamp};
 use crate::link::{IgnoreReply, PeerLink, ReplySink};
 use crate::proto::{self, request, response};
-use crate::readbatch::{MAX_BATCH, QueuedRead, ReadBatcher};
+use crate::readbatch::{QueuedRead, ReadBatcher};
 use crate::ring::Ring;
-use crate::store::{KEYS, Store};
+use crate::store::Store;
+use crate::validate::{validate_client_body, validate_key, validate_peer_body};
 use crate::wal::{Wal, wall_micros};
 
 /// A read repair for the repair worker.
@@ -178,10 +179,6 @@ pub struct Node {
 /// `display` shows at most this many bytes of each value, so a dump of all 256
 /// cells stays far below any frame limit.
 pub const MAX_DISPLAY_VALUE: u32 = 1024;
-
-fn validate_key(key: u32) -> Result<u8> {
-    u8::try_from(key).map_err(|_| Error::InvalidRequest(format!("key {key} is out of range; keys are 0 to {}", KEYS - 1)))
-}
 
 /// Cuts `s` to at most `max` bytes on a character boundary; says whether it cut.
 fn truncate(s: &mut String, max: usize) -> bool {
@@ -658,17 +655,6 @@ impl Node {
         }
     }
 
-    fn validate_value(&self, value: &str) -> Result<()> {
-        if value.len() > self.cfg.max_value_bytes {
-            return Err(Error::InvalidRequest(format!(
-                "value of {} bytes exceeds the limit of {} bytes",
-                value.len(),
-                self.cfg.max_value_bytes
-            )));
-        }
-        Ok(())
-    }
-
     /// Answers a client request (this node coordinates).
     pub fn handle_client(self: &Arc<Self>, body: request::Body) -> PeerReply {
         match self.client_request(body) {
@@ -679,6 +665,8 @@ impl Node {
 
     fn client_request(self: &Arc<Self>, body: request::Body) -> Result<PeerReply> {
         use request::Body as B;
+        // Every field check lives in `validate`, shared with the tests and the fuzz target.
+        validate_client_body(&body, self.cfg.max_value_bytes)?;
         let mut after = None;
         let body = match body {
             B::Ping(_) => response::Body::Pong(proto::Pong { name: self.cfg.name.clone() }),
@@ -696,7 +684,6 @@ impl Node {
             B::Put(p) => {
                 let key = validate_key(p.key)?;
                 let level = Consistency::from_proto(p.consistency)?;
-                self.validate_value(&p.value)?;
                 let (ts, acks) = self.write(key, Some(p.value), level)?;
                 response::Body::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 })
             }
@@ -758,6 +745,7 @@ impl Node {
 
     fn peer_request(&self, body: request::Body) -> Result<PeerReply> {
         use request::Body as B;
+        validate_peer_body(&body, self.cfg.max_value_bytes)?;
         let body = match body {
             B::ReplicaRead(r) => {
                 let key = validate_key(r.key)?;
@@ -766,9 +754,6 @@ impl Node {
             B::ReplicaWrite(w) => {
                 let key = validate_key(w.key)?;
                 let v = w.version.ok_or_else(|| Error::InvalidRequest("replica write without a version".into()))?;
-                if !v.tombstone {
-                    self.validate_value(&v.value)?;
-                }
                 let version = Version::from_proto(v);
                 if let Err(ahead) = self.clock.observe(version.ts, self.cfg.max_clock_offset) {
                     return Err(Error::InvalidRequest(format!(
@@ -791,9 +776,6 @@ impl Node {
             }
             B::ReplicaDump(d) => response::Body::ReplicaDump(self.dump(d.max_value_len.min(MAX_DISPLAY_VALUE))),
             B::ReplicaReadBatch(b) => {
-                if b.keys.len() > MAX_BATCH {
-                    return Err(Error::InvalidRequest(format!("a read batch of {} keys exceeds the limit of {MAX_BATCH}", b.keys.len())));
-                }
                 let results = b
                     .keys
                     .iter()

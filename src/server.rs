@@ -36,6 +36,7 @@ use log::{debug, error, info, warn};
 use prost::Message;
 use socket2::{Domain, Socket, Type};
 
+use crate::badlog::BadLog;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::frame::{FrameError, FrameReader, append_frame, encode_frame};
@@ -51,6 +52,8 @@ const MIN_WORKERS: usize = 4;
 const MAINTENANCE_TICK: Duration = Duration::from_millis(25);
 /// Buffered replies are written once they reach this size.
 const FLUSH_BYTES: usize = 256 * 1024;
+/// At most one line per this interval about bad requests (and one about refused links).
+const BAD_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Binds the replica's socket; fails with a clear error if the address is taken.
 pub fn bind(cfg: &NodeConfig) -> Result<TcpListener> {
@@ -89,6 +92,10 @@ struct Pool {
     clients: AtomicUsize,
     client_limit: usize,
     total_limit: usize,
+    /// Malformed and invalid requests, logged at most once a second.
+    bad_requests: BadLog,
+    /// Refused handshakes (a peer with another ring, or garbage), logged apart so a flood of bad requests cannot hide them.
+    refused_links: BadLog,
 }
 
 /// Serves `node` on `listener` with all its threads; returns when the node shuts down.
@@ -105,6 +112,8 @@ pub fn serve(node: &Arc<Node>, listener: TcpListener, workers: Workers) {
         client_limit,
         // Peers reserve slots beyond the client limit: several links per peer.
         total_limit: client_limit + 4 * node.ring.len(),
+        bad_requests: BadLog::new("bad request", BAD_LOG_INTERVAL),
+        refused_links: BadLog::new("refusing replica link", BAD_LOG_INTERVAL),
     };
     let env = LinkEnv {
         hello: node.hello(),
@@ -272,9 +281,14 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
             Ok(Some(f)) => f,
             Ok(None) => break Ok(()),
             Err(e @ FrameError::TooLarge { .. }) => {
+                pool.bad_requests.note(&peer_addr, &e);
                 let resp = error_response(0, Error::InvalidRequest(e.to_string()));
                 encode_frame(&resp, &mut frame_buf);
                 let _ = writer.write_all(&frame_buf);
+                break Err(e.to_string());
+            }
+            Err(e @ FrameError::Truncated { .. }) => {
+                pool.bad_requests.note(&peer_addr, &e);
                 break Err(e.to_string());
             }
             Err(e) => break Err(e.to_string()),
@@ -286,7 +300,12 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
         if let Role::Peer(p) = role {
             let rule = node.faults.rule(p);
             if rule.drop_from {
-                continue; // injected fault: the peer's request never arrived
+                // Injected fault: the peer's request never arrived. Replies not yet
+                // written are lost with it (else they would wait for a frame that
+                // never comes); nothing was acknowledged, so nothing needs committing.
+                batch.clear();
+                batch_bytes = 0;
+                continue;
             }
             crate::fault::Faults::sleep_until(read_at, rule.delay_from);
         }
@@ -308,9 +327,13 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                             PeerReply::of(response::Body::Hello(proto::HelloAck { name: node.name().to_string() }))
                         }
                         Err(e) => {
-                            warn!("refusing replica link from {peer_addr}: {e}");
-                            encode_frame(&error_response(id, e), &mut frame_buf);
-                            let _ = writer.write_all(&frame_buf);
+                            pool.refused_links.note(&peer_addr, &e);
+                            // Answer what came before it (errors only: the connection had no role yet), then refuse.
+                            for (id, reply) in batch.drain(..) {
+                                append_frame(&proto::Response { id, body: Some(reply.body) }, &mut out);
+                            }
+                            append_frame(&error_response(id, e), &mut out);
+                            let _ = writer.write_all(&out);
                             break Err("handshake refused".into());
                         }
                     },
@@ -331,6 +354,12 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                 (id, reply)
             }
         };
+        // Malformed, empty and invalid requests alike; a request that succeeded costs one comparison here.
+        if let response::Body::Error(e) = &reply.body
+            && e.kind == proto::ErrorKind::InvalidRequest as i32
+        {
+            pool.bad_requests.note(&peer_addr, &e.message);
+        }
         batch_bytes += reply.body.encoded_len();
         batch.push((id, reply));
         // Answer when no request is waiting, or when replies pile up: a client
