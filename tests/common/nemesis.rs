@@ -579,8 +579,7 @@ pub fn run(cfg: Config) -> Report {
         }
     }
     if !crashed.is_empty() {
-        let mut verdict = Verdict::default();
-        verdict.violations = crashed;
+        let verdict = Verdict { violations: crashed, ..Verdict::default() };
         return Report { config: cfg, history, faults, verdict, converged_in: None };
     }
     // Quiescence: everyone sees everyone.
