@@ -14,7 +14,7 @@
 //! |--------|--------|
 //! | `drop` *to* | requests and replies it sends to the peer are discarded; its new links to the peer fail to connect |
 //! | `drop` *from* | requests and replies it receives from the peer are discarded unread; the peer's new links are closed at the handshake |
-//! | `delay` *to* / *from* | those messages leave (or are handled) `delay_ms` later; order is kept |
+//! | `delay` *to* / *from* | those messages leave (or are handled) `delay_ms` later; their order is kept while the delay stays the same |
 //! | `pause` | nothing it receives, from clients or peers, is handled for `pause_ms`; its failure detector stops too (as a `SIGSTOP` would) |
 //! | `heal` | every drop and delay rule is removed (a pause ends on its own) |
 //!
@@ -143,7 +143,9 @@ impl Faults {
         if !self.active.load(Ordering::Relaxed) {
             return false;
         }
-        matches!(self.state.lock().paused_until, Some(t) if t > Instant::now())
+        let mut st = self.state.lock();
+        self.expire(&mut st);
+        st.paused_until.is_some()
     }
 
     /// Blocks while a pause is in force (or until `shutdown`).
@@ -152,13 +154,25 @@ impl Faults {
             return;
         }
         let mut st = self.state.lock();
-        while let Some(until) = st.paused_until {
-            if until <= Instant::now() || shutdown.load(Ordering::Acquire) {
-                break;
+        loop {
+            self.expire(&mut st);
+            let Some(until) = st.paused_until else { return };
+            if shutdown.load(Ordering::Acquire) {
+                return;
             }
             // Bounded waits, so a shutdown is noticed.
             let _ = self.cond.wait_until(&mut st, until.min(Instant::now() + Duration::from_millis(100)));
         }
+    }
+
+    /// Ends a pause whose time is up, and clears `active` when nothing is left in force
+    /// (so the hot paths are back to one atomic load).
+    fn expire(&self, st: &mut State) {
+        if st.paused_until.is_some_and(|t| t <= Instant::now()) {
+            st.paused_until = None;
+        }
+        let active = st.paused_until.is_some() || st.rules.iter().any(|r| *r != Rule::NONE);
+        self.active.store(active, Ordering::Relaxed);
     }
 
     /// Sleeps until `since + delay` (nothing if that has passed).
@@ -276,8 +290,7 @@ impl Faults {
                 st.rules.iter_mut().for_each(|r| *r = Rule::NONE);
             }
         }
-        let active = st.paused_until.is_some() || st.rules.iter().any(|r| *r != Rule::NONE);
-        self.active.store(active, Ordering::Relaxed);
+        self.expire(&mut st);
         if action != FaultAction::Show {
             log::warn!("fault injection: {:?} {:?} {:?}; now: {:?}", action, direction, req.peers, describe(&st, ring));
         }
@@ -390,6 +403,7 @@ mod tests {
         f.hold(&AtomicBool::new(false));
         assert!(start.elapsed() >= Duration::from_millis(150));
         assert!(!f.paused());
+        assert!(!f.active.load(Ordering::Relaxed), "an ended pause leaves the hot paths alone");
     }
 
     #[test]

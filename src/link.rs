@@ -195,6 +195,9 @@ impl PeerLink {
 
     /// Writes frames delayed by fault injection, if the connection they were made for is still open.
     pub fn send_delayed(&self, generation: u64, bytes: &[u8]) {
+        if self.faults.rule(self.index).drop_to {
+            return; // a partition made meanwhile loses what was on its way
+        }
         let mut o = self.out.lock();
         if o.conn.as_ref().is_some_and(|(_, g)| *g == generation) {
             o.buf.extend_from_slice(bytes);

@@ -38,8 +38,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quorumkv::Error;
@@ -173,40 +173,51 @@ impl std::fmt::Display for Op {
 struct Writes<'a> {
     /// Each put by its (unique) value.
     by_value: HashMap<&'a str, &'a Op>,
-    /// Per key, the latest end of a delete that may have been applied.
-    last_delete_end: HashMap<u32, Duration>,
+    /// Per key, the deletes that may have been applied, by start, each with the
+    /// latest end among it and those that started before it.
+    deletes: HashMap<u32, Vec<(Duration, Duration)>>,
 }
 
 impl<'a> Writes<'a> {
     fn new(history: &'a [Op]) -> Self {
-        let mut w = Writes { by_value: HashMap::new(), last_delete_end: HashMap::new() };
+        let mut w = Writes { by_value: HashMap::new(), deletes: HashMap::new() };
         for op in history.iter().filter(|o| o.is_write()) {
             match op.written() {
                 Some(val) => {
                     w.by_value.insert(val, op);
                 }
-                None if op.may_have_written() => {
-                    let e = w.last_delete_end.entry(op.key).or_default();
-                    *e = (*e).max(op.end);
-                }
+                None if op.may_have_written() => w.deletes.entry(op.key).or_default().push((op.start, op.end)),
                 None => {}
+            }
+        }
+        for d in w.deletes.values_mut() {
+            d.sort();
+            let mut latest = Duration::ZERO;
+            for (_, end) in d.iter_mut() {
+                latest = latest.max(*end);
+                *end = latest;
             }
         }
         w
     }
 
-    /// Whether `value` (a read of `key`, `None` = not found) may follow the
-    /// acknowledged write `w`: `w` itself left it, or a write that did not end
-    /// before `w` began did.
-    fn not_older_than(&self, key: u32, value: Option<&str>, w: &Op) -> bool {
+    /// Whether `value` (a read of `key` that ended at `read_end`, `None` = not
+    /// found) may follow the acknowledged write `w`: `w` itself left it, or a
+    /// write that began before the read ended and did not end before `w` began.
+    fn not_older_than(&self, key: u32, value: Option<&str>, w: &Op, read_end: Duration) -> bool {
         if w.written() == value {
             return true;
         }
-        let latest_end = match value {
-            Some(val) => self.by_value.get(val).filter(|x| x.key == key && x.may_have_written()).map(|x| x.end),
-            None => self.last_delete_end.get(&key).copied(),
-        };
-        latest_end.is_some_and(|end| end >= w.start)
+        match value {
+            Some(val) => {
+                self.by_value.get(val).is_some_and(|x| x.key == key && x.may_have_written() && x.start <= read_end && x.end >= w.start)
+            }
+            None => {
+                let Some(d) = self.deletes.get(&key) else { return false };
+                let n = d.partition_point(|(start, _)| *start <= read_end);
+                n > 0 && d[n - 1].1 >= w.start
+            }
+        }
     }
 }
 
@@ -247,11 +258,11 @@ pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Durati
     // 1. No lost writes.
     let mut n = 0;
     for w in history.iter().filter(|w| w.acked_quorum_write()) {
-        let Some((val, _)) = final_reads.get(&w.key) else { continue };
+        let Some((val, read_end)) = final_reads.get(&w.key) else { continue };
         let key = w.key;
         {
             n += 1;
-            if !writes.not_older_than(key, val.as_deref(), w) {
+            if !writes.not_older_than(key, val.as_deref(), w, *read_end) {
                 v.violations.push(format!("lost write: key {key} ends as {val:?}, older than the acknowledged {w}"));
             }
         }
@@ -271,7 +282,7 @@ pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Durati
         let (OpKind::Get, Outcome::Ok(val), Consistency::Quorum) = (&op.kind, &op.outcome, op.level) else { continue };
         if let Some(w) = last_write.get(&(op.client, op.key)) {
             n += 1;
-            if !writes.not_older_than(op.key, val.as_deref(), w) {
+            if !writes.not_older_than(op.key, val.as_deref(), w, op.end) {
                 v.violations.push(format!("read-your-writes: {op}\n    after the same client's {w}"));
             }
         }
@@ -336,12 +347,28 @@ pub struct Report {
     pub config: Config,
     /// Every operation.
     pub history: Vec<Op>,
-    /// Faults injected, in order: (start, replica, fault, detail).
-    pub faults: Vec<(Duration, usize, Fault, String)>,
+    /// Faults injected, in order.
+    pub faults: Vec<FaultRecord>,
     /// The checker's verdict (including convergence and crashes).
     pub verdict: Verdict,
     /// How long convergence took after the heal.
     pub converged_in: Option<Duration>,
+    /// Keys whose replicas agreed before any read repair (hints alone, within 10 s).
+    pub converged_by_hints: usize,
+}
+
+/// One injected fault.
+pub struct FaultRecord {
+    /// When it began, since the run began.
+    pub start: Duration,
+    /// When it was healed and every replica saw every other again.
+    pub end: Duration,
+    /// The replica it hit.
+    pub replica: usize,
+    /// What it was.
+    pub fault: Fault,
+    /// Its parameters.
+    pub detail: String,
 }
 
 impl Report {
@@ -378,8 +405,8 @@ impl Report {
             let _ = writeln!(s, "    {k:<32} {n}");
         }
         let mut faults: BTreeMap<Fault, usize> = BTreeMap::new();
-        for (_, _, f, _) in &self.faults {
-            *faults.entry(*f).or_default() += 1;
+        for f in &self.faults {
+            *faults.entry(f.fault).or_default() += 1;
         }
         let _ = writeln!(s, "  faults injected: {}", self.faults.len());
         for (f, n) in &faults {
@@ -389,6 +416,7 @@ impl Report {
         for (c, n) in &self.verdict.checked {
             let _ = writeln!(s, "    {c:<60} {n} case(s)");
         }
+        let _ = writeln!(s, "  keys converged by hints alone (before any read): {} of {}", self.converged_by_hints, self.config.keys.len());
         match self.converged_in {
             Some(d) => {
                 let _ = writeln!(s, "  converged {:.1} s after the heal", d.as_secs_f64());
@@ -414,6 +442,9 @@ fn outcome_of<T>(r: &Result<T, Error>) -> Option<Outcome> {
         Ok(_) => None,
         Err(Error::Unavailable(_)) => Some(Outcome::Unavailable),
         Err(Error::Timeout(_)) => Some(Outcome::Timeout),
+        Err(Error::Io(m)) if m.contains("timed out") || m.contains("temporarily unavailable") => {
+            Some(Outcome::Failed("client timeout".into()))
+        }
         Err(Error::Io(_) | Error::Protocol(_)) => Some(Outcome::Failed("connection".into())),
         Err(Error::Failure(_)) => Some(Outcome::Failed("failure".into())),
         Err(e) => Some(Outcome::Failed(format!("{e}"))),
@@ -468,7 +499,7 @@ fn client_loop(id: usize, seed: u64, ports: &[u16], keys: &[u32], t0: Instant, s
             }
         };
         let end = t0.elapsed();
-        if outcome == Outcome::Failed("connection".into()) {
+        if matches!(&outcome, Outcome::Failed(k) if k == "connection" || k == "client timeout") {
             conn = None; // a late reply must not be taken for the next request's
         }
         mine.push(Op { client: id, coordinator, kind, key, level, start, end, outcome });
@@ -498,23 +529,66 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
+/// Sets the flag when dropped: a panicking nemesis still stops the clients (else the scope would wait forever).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Replicas that are not running although the nemesis did not kill them.
+fn exited(c: &mut Cluster, when: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in c.replicas.iter_mut().enumerate() {
+        if !r.running() {
+            out.push(format!("r{i} exited on its own ({when})"));
+        }
+    }
+    out
+}
+
+/// The version each replica of each key holds, as `inspect` reports it; the keys whose replicas differ
+/// (or are unreachable) go to `differing`.
+fn replica_versions(c: &Cluster, keys: &[u32], differing: &mut Vec<String>) -> BTreeMap<u32, Option<quorumkv::proto::Version>> {
+    differing.clear();
+    let mut agreed = BTreeMap::new();
+    for (n, &key) in keys.iter().enumerate() {
+        let Ok(i) = c.client(n % c.replicas.len()).inspect(key) else {
+            differing.push(format!("key {key}: inspect failed"));
+            continue;
+        };
+        let versions: HashSet<Option<(u64, u32, bool, String)>> =
+            i.replicas.iter().map(|e| e.version.as_ref().map(|v| (v.micros, v.node, v.tombstone, v.value.clone()))).collect();
+        if versions.len() != 1 || i.replicas.iter().any(|e| !e.reachable) {
+            differing.push(format!("key {key}: {:?}", i.replicas));
+        } else {
+            agreed.insert(key, i.replicas[0].version.clone());
+        }
+    }
+    agreed
+}
+
 /// Runs the whole scenario for `cfg` and returns what it found (it does not panic on violations).
 pub fn run(cfg: Config) -> Report {
     eprintln!("nemesis: seed {} for {} s (replay with QUORUMKV_NEMESIS_SEED={})", cfg.seed, cfg.duration.as_secs(), cfg.seed);
     let mut c = Cluster::start(cfg.replicas, &["--enable-fault-injection"]);
     let ports: Vec<u16> = c.replicas.iter().map(|r| r.port).collect();
     let names: Vec<String> = c.replicas.iter().map(|r| r.name.clone()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = AtomicBool::new(false);
     let history = Mutex::new(Vec::new());
     let t0 = Instant::now();
     let mut faults = Vec::new();
     let mut crashed = Vec::new();
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         for id in 0..cfg.clients {
             let (ports, keys, stop, history) = (&ports, &cfg.keys, &stop, &history);
             s.spawn(move || client_loop(id, cfg.seed, ports, keys, t0, stop, history));
         }
-        // The nemesis runs on this thread.
+        // The nemesis runs on this thread, one fault at a time: each is healed, and the
+        // cluster seen whole again by every replica, before the next begins.
         let mut rng = Rng::new(cfg.seed);
         while t0.elapsed() < cfg.duration {
             std::thread::sleep(rng.between(Duration::from_millis(300), Duration::from_millis(1500)));
@@ -524,6 +598,11 @@ pub fn run(cfg: Config) -> Report {
             let victim = rng.below(cfg.replicas as u64) as usize;
             let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
             let hold = rng.between(Duration::from_millis(500), Duration::from_millis(3000));
+            // No replica may have exited on its own (checked before a kill could hide it).
+            crashed = exited(&mut c, &format!("before fault {}", faults.len() + 1));
+            if !crashed.is_empty() {
+                break;
+            }
             let started = t0.elapsed();
             let detail = match fault {
                 Fault::Kill => {
@@ -557,42 +636,48 @@ pub fn run(cfg: Config) -> Report {
                     format!("{detail}, {} ms", hold.as_millis())
                 }
             };
-            faults.push((started, victim, fault, detail));
-            // No replica may have exited on its own.
-            for (i, r) in c.replicas.iter_mut().enumerate() {
-                if !r.running() {
-                    crashed.push(format!("r{i} exited on its own (after fault {} on r{victim})", faults.len()));
-                }
-            }
+            crashed = exited(&mut c, &format!("during fault {} on r{victim}", faults.len() + 1));
             if !crashed.is_empty() {
                 break;
             }
+            c.wait_all_up();
+            faults.push(FaultRecord { start: started, end: t0.elapsed(), replica: victim, fault, detail });
         }
-        stop.store(true, Ordering::Release);
     });
-    let healed_at = Instant::now();
     let mut history = history.into_inner().unwrap();
     history.sort_by_key(|o| o.start);
-    for (i, r) in c.replicas.iter_mut().enumerate() {
-        if !r.running() && !crashed.iter().any(|m| m.starts_with(&format!("r{i} "))) {
-            crashed.push(format!("r{i} exited on its own"));
-        }
+    if crashed.is_empty() {
+        crashed = exited(&mut c, "at the end");
     }
     if !crashed.is_empty() {
         let verdict = Verdict { violations: crashed, ..Verdict::default() };
-        return Report { config: cfg, history, faults, verdict, converged_in: None };
+        let report = Report { config: cfg, history, faults, verdict, converged_in: None, converged_by_hints: 0 };
+        eprintln!("{}\nreplica logs:\n{}", report.summary(), c.logs());
+        return report;
     }
-    // Quiescence: everyone sees everyone.
-    c.wait_all_up();
+    // Every fault is healed and every replica sees every other (the loop waited for it).
+    let healed_at = Instant::now();
+    let deadline = healed_at + Duration::from_secs(30);
+    let mut differing = Vec::new();
 
-    // Final QUORUM reads (these also repair what they find stale).
+    // 3a. What hints alone converge (reported; read repair has not run yet).
+    let mut by_hints = replica_versions(&c, &cfg.keys, &mut differing);
+    while !differing.is_empty() && healed_at.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        by_hints = replica_versions(&c, &cfg.keys, &mut differing);
+    }
+    let converged_by_hints = by_hints.len();
+
+    // Final QUORUM reads (these repair what they find stale).
     let mut final_reads = BTreeMap::new();
+    let mut final_versions = BTreeMap::new();
     for (n, &key) in cfg.keys.iter().enumerate() {
         let via = n % cfg.replicas;
         let mut last = None;
-        let ok = wait_for(slack(Duration::from_secs(10)), || match c.client(via).get(key, Consistency::Quorum) {
-            Ok(v) => {
-                final_reads.insert(key, (v, t0.elapsed()));
+        let ok = wait_for(slack(Duration::from_secs(10)), || match c.client(via).get_versioned(key, Consistency::Quorum) {
+            Ok(r) => {
+                final_reads.insert(key, (r.value, t0.elapsed()));
+                final_versions.insert(key, r.version);
                 true
             }
             Err(e) => {
@@ -604,45 +689,45 @@ pub fn run(cfg: Config) -> Report {
     }
     let mut verdict = check(&history, &final_reads);
 
-    // 3. Convergence: every replica of every key holds the same version.
-    let mut differing = Vec::new();
-    let converged = wait_for(Duration::from_secs(30), || {
-        differing.clear();
-        for (n, &key) in cfg.keys.iter().enumerate() {
-            let Ok(i) = c.client(n % cfg.replicas).inspect(key) else {
-                differing.push(format!("key {key}: inspect failed"));
-                continue;
-            };
-            let versions: HashSet<Option<(u64, u32, bool, String)>> = i
-                .replicas
-                .iter()
-                .map(|e| e.version.as_ref().filter(|_| e.reachable).map(|v| (v.micros, v.node, v.tombstone, v.value.clone())))
-                .collect();
-            if versions.len() != 1 || i.replicas.iter().any(|e| !e.reachable) {
-                differing.push(format!("key {key}: {:?}", i.replicas));
-            }
-        }
-        differing.is_empty()
-    });
-    verdict.checked.insert("convergence within 30 s (keys)", cfg.keys.len());
-    let converged_in = converged.then(|| healed_at.elapsed());
-    if !converged {
+    // 3b. Convergence within 30 s of the heal, on a version no older than the final read's.
+    let mut agreed = replica_versions(&c, &cfg.keys, &mut differing);
+    while !differing.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        agreed = replica_versions(&c, &cfg.keys, &mut differing);
+    }
+    verdict.checked.insert("convergence within 30 s of the heal (keys)", cfg.keys.len());
+    let converged_in = differing.is_empty().then(|| healed_at.elapsed());
+    if !differing.is_empty() {
         verdict.violations.push(format!("replicas did not converge within 30 s of the heal: {}", differing.join("; ")));
     }
+    let written: HashSet<&str> = history.iter().filter(|o| o.may_have_written()).filter_map(|o| o.written()).collect();
+    for (key, v) in &agreed {
+        let read = final_versions.get(key).cloned().flatten();
+        match (v, read) {
+            (Some(v), Some(r)) if (v.micros, v.node) < (r.micros, r.node) => {
+                verdict.violations.push(format!("key {key}: the replicas agree on {v:?}, older than the final QUORUM read's {r:?}"))
+            }
+            (Some(v), _) if !v.tombstone && !written.contains(v.value.as_str()) => {
+                verdict.violations.push(format!("invented value: key {key}'s replicas agree on {:?}, which no client wrote", v.value))
+            }
+            (None, Some(r)) => verdict.violations.push(format!("key {key}: the replicas hold nothing, but the final read found {r:?}")),
+            _ => {}
+        }
+    }
     verdict.checked.insert("no replica exited unless killed (replicas)", cfg.replicas);
-    let report = Report { config: cfg, history, faults, verdict, converged_in };
+    let report = Report { config: cfg, history, faults, verdict, converged_in, converged_by_hints };
+    // Print before the cluster's drop scans the logs (which panics on a panic or sanitizer report).
+    eprintln!("{}", report.summary());
     if !report.verdict.violations.is_empty() {
         eprintln!("replica logs:\n{}", c.logs());
     }
-    drop(c); // scans the logs for panics and sanitizer reports
+    drop(c);
     report
 }
 
-/// Runs `cfg`, prints the summary, and fails the test on any violation (naming the seed).
+/// Runs `cfg` (which prints the summary) and fails the test on any violation (naming the seed).
 pub fn run_and_check(cfg: Config) {
     let report = run(cfg);
-    let summary = report.summary();
-    eprintln!("{summary}");
     if !report.verdict.violations.is_empty() {
         let keys: HashSet<u32> = report
             .verdict
@@ -657,14 +742,14 @@ pub fn run_and_check(cfg: Config) {
             }
         }
         eprintln!("faults:");
-        for (t, r, f, d) in &report.faults {
-            eprintln!("  {:>8.3}s r{r} {f:?} {d}", t.as_secs_f64());
+        for f in &report.faults {
+            eprintln!("  {:>8.3}s..{:>8.3}s r{} {:?} {}", f.start.as_secs_f64(), f.end.as_secs_f64(), f.replica, f.fault, f.detail);
         }
         let path = std::env::temp_dir().join(format!("quorumkv-nemesis-{}.history", report.config.seed));
         let text: String = report.history.iter().map(|o| format!("{o}\n")).collect();
         if std::fs::write(&path, text).is_ok() {
             eprintln!("whole history written to {}", path.display());
         }
-        panic!("nemesis found violations; replay with QUORUMKV_NEMESIS_SEED={}\n{summary}", report.config.seed);
+        panic!("nemesis found violations; replay with QUORUMKV_NEMESIS_SEED={}\n{}", report.config.seed, report.summary());
     }
 }
