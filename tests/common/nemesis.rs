@@ -12,15 +12,19 @@
 //! a time: with 5 replicas and RF 3 every pair of replicas shares a key, so
 //! that is what "never more than one replica of any key down" means here.
 //!
-//! At the end it heals everything, waits until every replica sees every other,
-//! reads every key at QUORUM, and checks the history ([`check`]):
+//! After each fault is healed the nemesis waits until every replica sees every
+//! other before the next. At the end it waits for convergence by hints (up to
+//! 10 s), reads every key at QUORUM, and checks the history ([`check`]):
 //!
 //! 1. no lost writes: the final QUORUM value of a key comes from a write that
 //!    did not end before an acknowledged QUORUM write to that key began;
 //! 2. no invented values: every value read was written, by a write that began
 //!    before the read ended;
 //! 3. convergence: all replicas of every key hold the same version within 30 s
-//!    of the heal (checked with `inspect`, no anti-entropy);
+//!    of the heal (checked with `inspect`; no anti-entropy), and that version
+//!    is no older than the final QUORUM read's and was written by a client.
+//!    How many keys hints alone converged, before any read could repair them,
+//!    is reported too;
 //! 4. read-your-writes: a client's QUORUM read after its own acknowledged
 //!    QUORUM write sees that write or one not older than it;
 //! 5. no replica exited unless the nemesis killed it (and none logged a panic,
