@@ -720,8 +720,9 @@ pub fn run(cfg: Config) -> Report {
     }
     verdict.checked.insert("no replica exited unless killed (replicas)", cfg.replicas);
     let report = Report { config: cfg, history, faults, verdict, converged_in, converged_by_hints };
-    // Print before the cluster's drop scans the logs (which panics on a panic or sanitizer report).
-    eprintln!("{}", report.summary());
+    // Print before the cluster's drop scans the logs (which panics on a panic or sanitizer report);
+    // straight to stderr, past the test harness's capture, so `make test` shows it too.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), report.summary().as_bytes());
     if !report.verdict.violations.is_empty() {
         eprintln!("replica logs:\n{}", c.logs());
     }
