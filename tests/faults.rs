@@ -30,13 +30,6 @@ fn delay(peers: &[&str], ms: u32, direction: FaultDirection) -> FaultRequest {
     FaultRequest { delay_ms: ms, ..fault(FaultAction::Delay, peers, direction) }
 }
 
-/// What replica `name` holds for `key`, as `inspect` through coordinator `via` reports it.
-fn held(c: &Cluster, via: usize, key: u32, name: &str) -> Option<String> {
-    let i = c.client(via).inspect(key).ok()?;
-    let e = i.replicas.into_iter().find(|e| e.name == name)?;
-    e.version.filter(|v| !v.tombstone).map(|v| v.value)
-}
-
 #[test]
 fn fault_requests_are_refused_without_the_flag() {
     let c = Cluster::start(4, &[]);
@@ -83,11 +76,11 @@ fn a_partitioned_replica_gets_its_missed_writes_by_hint_after_the_heal() {
         Err(Error::Unavailable(m)) => assert!(m.contains("need 2 of 3 replicas for key 70"), "{m}"),
         other => panic!("the minority side must refuse QUORUM, got {other:?}"),
     }
-    assert_ne!(held(&c, 1, 70, "r3").as_deref(), Some("written-during-partition"));
+    assert_ne!(c.held(1, 70, "r3").as_deref(), Some("written-during-partition"));
     assert!(c.client(1).status().unwrap().replicas[3].hints >= 1, "r1 must hold a hint for r3");
 
     c.client(3).fault(fault(FaultAction::Heal, &[], FaultDirection::Both)).unwrap();
-    let ok = wait_for(slack(Duration::from_secs(10)), || held(&c, 1, 70, "r3").as_deref() == Some("written-during-partition"));
+    let ok = wait_for(slack(Duration::from_secs(10)), || c.held(1, 70, "r3").as_deref() == Some("written-during-partition"));
     assert!(ok, "r3 did not get the hinted write after the heal; logs:\n{}", c.logs());
 }
 

@@ -15,13 +15,6 @@ use quorumkv::Error;
 use quorumkv::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto;
 
-/// What replica `name` holds for `key`, as `inspect` through coordinator `via` reports it.
-fn held(c: &Cluster, via: usize, key: u32, name: &str) -> Option<String> {
-    let i = c.client(via).inspect(key).ok()?;
-    let e = i.replicas.into_iter().find(|e| e.name == name)?;
-    e.version.filter(|v| !v.tombstone).map(|v| v.value)
-}
-
 #[test]
 fn quorum_put_is_read_back_through_every_coordinator() {
     let c = Cluster::start(4, &[]);
@@ -63,12 +56,12 @@ fn one_down_quorum_works_two_down_unavailable_and_all_needs_three() {
         other => panic!("QUORUM with two replicas down must be Unavailable, got {other:?}"),
     }
     // Nothing was written: r1, the one live replica, still holds the earlier value.
-    assert_eq!(held(&c, 1, 70, "r1").as_deref(), Some("with-one-down"));
+    assert_eq!(c.held(1, 70, "r1").as_deref(), Some("with-one-down"));
     // The console says the same with exit status 3.
     let out = c.run_client(0, &["-c", "quorum", "put", "70", "nope"], "");
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
     assert!(common::stderr(&out).starts_with("error: Unavailable: need 2 of 3 replicas for key 70, 1 alive"));
-    assert_eq!(held(&c, 1, 70, "r1").as_deref(), Some("with-one-down"));
+    assert_eq!(c.held(1, 70, "r1").as_deref(), Some("with-one-down"));
     // ONE still works with one live replica.
     c.client(0).put(70, "one-is-enough", One).unwrap();
 
@@ -77,7 +70,7 @@ fn one_down_quorum_works_two_down_unavailable_and_all_needs_three() {
     c.wait_all_up();
     c.client(0).put(70, "all-three", All).unwrap();
     for name in ["r1", "r2", "r3"] {
-        assert_eq!(held(&c, 0, 70, name).as_deref(), Some("all-three"));
+        assert_eq!(c.held(0, 70, name).as_deref(), Some("all-three"));
     }
 }
 
@@ -102,8 +95,8 @@ fn hinted_handoff_delivers_missed_writes_after_restart() {
 
     let restarted = Instant::now();
     c.restart(2);
-    let ok = wait_for(Duration::from_secs(10), || expected.iter().all(|(&k, v)| held(&c, 2, k, "r2").as_deref() == Some(v)));
-    let missing: Vec<u32> = expected.iter().filter(|(k, v)| held(&c, 2, **k, "r2").as_deref() != Some(v)).map(|(k, _)| *k).collect();
+    let ok = wait_for(Duration::from_secs(10), || expected.iter().all(|(&k, v)| c.held(2, k, "r2").as_deref() == Some(v)));
+    let missing: Vec<u32> = expected.iter().filter(|(k, v)| c.held(2, **k, "r2").as_deref() != Some(v)).map(|(k, _)| *k).collect();
     assert!(ok, "r2 still misses keys {missing:?} {:?} after restart; logs:\n{}", restarted.elapsed(), c.logs());
     // Hints are removed once delivered.
     assert!(wait_for(slack(Duration::from_secs(5)), || [0, 1, 3].iter().all(|&i| c.client(i).status().unwrap().replicas[2].hints == 0)));
@@ -127,11 +120,11 @@ fn read_repair_fixes_a_stale_replica_after_one_read_at_one() {
     c.restart(2);
     c.wait_all_up();
     for (key, via) in cases {
-        assert_eq!(held(&c, 0, key, "r2"), None, "r2 must start stale for key {key}");
+        assert_eq!(c.held(0, key, "r2"), None, "r2 must start stale for key {key}");
         // One read at ONE through `via` (r2 itself for some keys: its own stale copy answers first).
         let _ = c.client(via).get(key, One).unwrap();
         let want = format!("fresh-{key}");
-        let ok = wait_for(slack(Duration::from_secs(2)), || held(&c, 0, key, "r2").as_deref() == Some(want.as_str()));
+        let ok = wait_for(slack(Duration::from_secs(2)), || c.held(0, key, "r2").as_deref() == Some(want.as_str()));
         assert!(ok, "r2 not repaired for key {key} within 2 s of a read via r{via}; logs:\n{}", c.logs());
     }
 }
@@ -148,9 +141,9 @@ fn quorum_read_through_a_stale_replica_returns_the_newest_value() {
     c.client(0).put(5, "new", Quorum).unwrap();
     c.restart(1);
     c.wait_all_up();
-    assert_eq!(held(&c, 0, 5, "r1"), None);
+    assert_eq!(c.held(0, 5, "r1"), None);
     assert_eq!(c.client(1).get(5, Quorum).unwrap().as_deref(), Some("new"));
-    assert!(wait_for(slack(Duration::from_secs(2)), || held(&c, 0, 5, "r1").as_deref() == Some("new")));
+    assert!(wait_for(slack(Duration::from_secs(2)), || c.held(0, 5, "r1").as_deref() == Some("new")));
 }
 
 /// One writer writes increasing numbers to a key at ONE through changing coordinators
@@ -287,7 +280,7 @@ fn a_hung_replica_never_delays_the_answer_and_gets_a_hint() {
     assert!(wait_for(slack(Duration::from_secs(5)), || c.client(0).status().unwrap().replicas[3].hints == 1));
     c.resume(3);
     // Once r3 answers again the hint is delivered.
-    assert!(wait_for(slack(Duration::from_secs(10)), || held(&c, 0, 70, "r3").as_deref() == Some("despite-r3")), "{}", c.logs());
+    assert!(wait_for(slack(Duration::from_secs(10)), || c.held(0, 70, "r3").as_deref() == Some("despite-r3")), "{}", c.logs());
 }
 
 #[test]

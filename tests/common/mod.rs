@@ -240,6 +240,14 @@ impl Cluster {
         run_client_at(self.replicas[i].port, args, stdin)
     }
 
+    /// What replica `name` holds for `key` (a value; `None` for nothing, a tombstone, or no answer),
+    /// as `inspect` through coordinator `via` reports it.
+    pub fn held(&self, via: usize, key: u32, name: &str) -> Option<String> {
+        let i = self.client(via).inspect(key).ok()?;
+        let e = i.replicas.into_iter().find(|e| e.name == name)?;
+        e.version.filter(|v| !v.tombstone).map(|v| v.value)
+    }
+
     /// Kills replica `i` with SIGKILL and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.replicas[i].child.take() {
