@@ -71,6 +71,15 @@ impl Rule {
     }
 }
 
+/// What [`Faults::on_receive`] decided for a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Handle it (after any pause or delay).
+    Handle,
+    /// Discard it unread: it never arrived.
+    Drop,
+}
+
 /// A frame waiting in the delay queue.
 struct Delayed {
     due: Instant,
@@ -175,11 +184,29 @@ impl Faults {
         self.active.store(active, Ordering::Relaxed);
     }
 
-    /// Sleeps until `since + delay` (nothing if that has passed).
-    pub fn sleep_until(since: Instant, delay: Duration) {
-        if let Some(left) = (since + delay).checked_duration_since(Instant::now()) {
+    /// Whether any rule or pause is in force (one relaxed load: the hot paths' whole cost).
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// What happens to a message just received (from `peer`, or from a client when `None`),
+    /// brought in by a read at `read_at`: waits out a pause, then says whether to drop it,
+    /// or holds it until `read_at` plus the peer's delay. For every thread that reads frames.
+    #[inline]
+    pub fn on_receive(&self, peer: Option<usize>, read_at: Instant, shutdown: &AtomicBool) -> Received {
+        if !self.active() {
+            return Received::Handle;
+        }
+        self.hold(shutdown);
+        let Some(rule) = peer.map(|p| self.rule(p)) else { return Received::Handle };
+        if rule.drop_from {
+            return Received::Drop;
+        }
+        if let Some(left) = (read_at + rule.delay_from).checked_duration_since(Instant::now()) {
             std::thread::sleep(left);
         }
+        Received::Handle
     }
 
     /// Queues `bytes` (frames for `peer`'s link of `generation`) to be written at `due`.

@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::fault::Faults;
+use crate::fault::{Faults, Received};
 use crate::frame::{FrameReader, append_frame, encode_frame};
 use crate::proto::{self, request, response};
 
@@ -417,15 +417,12 @@ impl PeerLink {
                 Ok(None) => break "peer closed the connection".to_string(),
                 Err(e) => break e.to_string(),
             };
-            if !buffered {
+            if !buffered && self.faults.active() {
                 read_at = Instant::now();
             }
-            self.faults.hold(shutdown);
-            let rule = self.faults.rule(self.index);
-            if rule.drop_from {
+            if self.faults.on_receive(Some(self.index), read_at, shutdown) == Received::Drop {
                 continue; // injected fault: never arrived (and is no sign of life)
             }
-            Faults::sleep_until(read_at, rule.delay_from);
             self.heard();
             let resp = match proto::Response::decode(frame) {
                 Ok(r) => r,

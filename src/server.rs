@@ -39,6 +39,7 @@ use socket2::{Domain, Socket, Type};
 use crate::badlog::BadLog;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
+use crate::fault::Received;
 use crate::frame::{FrameError, FrameReader, append_frame, encode_frame};
 use crate::link::LinkEnv;
 use crate::node::{Deferred, Node, PeerReply, Workers};
@@ -293,21 +294,17 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
             }
             Err(e) => break Err(e.to_string()),
         };
-        if !buffered {
+        if !buffered && node.faults.active() {
             read_at = Instant::now();
         }
-        node.faults.hold(&node.shutdown);
-        if let Role::Peer(p) = role {
-            let rule = node.faults.rule(p);
-            if rule.drop_from {
-                // Injected fault: the peer's request never arrived. Replies not yet
-                // written are lost with it (else they would wait for a frame that
-                // never comes); nothing was acknowledged, so nothing needs committing.
-                batch.clear();
-                batch_bytes = 0;
-                continue;
-            }
-            crate::fault::Faults::sleep_until(read_at, rule.delay_from);
+        let peer = if let Role::Peer(p) = role { Some(p) } else { None };
+        if node.faults.on_receive(peer, read_at, &node.shutdown) == Received::Drop {
+            // Injected fault: the peer's request never arrived. Replies not yet
+            // written are lost with it (else they would wait for a frame that
+            // never comes); nothing was acknowledged, so nothing needs committing.
+            batch.clear();
+            batch_bytes = 0;
+            continue;
         }
         let (id, reply) = match proto::Request::decode(frame) {
             Err(e) => (0, PeerReply::error(Error::InvalidRequest(format!("malformed request: {e}")))),
