@@ -457,9 +457,20 @@ impl Node {
             call.with(|m, out| m.answer(out));
             return Ok((version, Some(Deferred::ReadFanout { call, key, deadline })));
         }
+        // At ONE (this node holds no copy here) one live replica is asked
+        // directly and the others through the read batcher: every replica is
+        // still asked and any reply answers the client, but under load the
+        // other reads ride in batches instead of costing a message each. If
+        // the one asked directly (the first live one in ring order) is slow,
+        // the batched replies answer: it costs the batcher's gather window,
+        // not a timeout.
+        let direct = if level == Consistency::One { replicas.iter().position(|&t| self.alive(t)) } else { None };
         let mut local = None;
         for (slot, &t) in replicas.iter().enumerate() {
             match self.link(t) {
+                Some(_) if direct.is_some_and(|d| d != slot) => {
+                    self.read_batcher.push(t, QueuedRead { call: call.clone(), slot, key, deadline });
+                }
                 Some(link) => link.send(request::Body::ReplicaRead(proto::ReplicaRead { key: key as u32 }), call.clone(), slot, deadline),
                 None => local = Some(slot),
             }

@@ -1,18 +1,21 @@
-//! Batched read-repair reads.
+//! Batched reads.
 //!
 //! A read at ONE that this replica answers from its own copy must still ask
 //! the key's other replicas for their versions, so stale ones get repaired.
-//! Those reads are off the client's path, so instead of one message per read
-//! per peer they are queued per peer and sent by the batcher thread as one
-//! `ReplicaReadBatch` holding every key queued meanwhile. The peer answers
+//! A read at ONE of a key this replica does not hold asks one replica directly
+//! and needs the others only for repair, or if that one is slow. Those reads
+//! are off the client's path (or a fallback on it), so instead of one message
+//! per read per peer they are queued per peer and sent by the batcher thread,
+//! every [`GATHER`], as one `ReplicaReadBatch` holding every key queued
+//! meanwhile. The peer answers
 //! with one `ReadBatchResult`; [`BatchSink`] hands each result to the read's
 //! own call, which then repairs exactly as if the read had been sent alone
 //! (including the timeout sweep and connection failures, which reach every
 //! read of the batch).
 //!
-//! Under load this turns two messages (and four thread wakeups) per read into
-//! two per batch; with one client a batch holds one read and costs what the
-//! plain message did.
+//! This turns two messages (and four thread wakeups) per queued read into two
+//! per batch. Waiting before each send also keeps the batches from competing
+//! for the CPU with the requests that follow the one just answered.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -48,8 +51,8 @@ pub struct ReadBatcher {
 /// The most keys in one batch (the peer refuses more).
 pub const MAX_BATCH: usize = 1024;
 
-/// How long the batcher lets reads gather once batches hold more than one.
-const GATHER: Duration = Duration::from_millis(2);
+/// How long the batcher lets reads gather before sending them.
+pub const GATHER: Duration = Duration::from_millis(5);
 
 impl ReadBatcher {
     /// Queues for `n` nodes.
@@ -69,7 +72,6 @@ impl ReadBatcher {
 
     /// The batcher thread: sends whatever is queued, one batch per peer, until the node stops.
     pub fn run(&self, node: &Node) {
-        let mut busy = false;
         while !node.shutdown.load(Ordering::Acquire) {
             {
                 let mut w = self.wake.lock();
@@ -78,12 +80,10 @@ impl ReadBatcher {
                 }
                 *w = false;
             }
-            if busy {
-                // Under load, let a few more reads join before sending: these reads are
-                // off every client's path, and a fuller batch saves messages and wakeups.
-                std::thread::sleep(GATHER);
-            }
-            busy = false;
+            // Let more reads join before sending: a fuller batch saves messages and
+            // wakeups, and sending later keeps this work from competing with the
+            // clients' own requests for the CPU.
+            std::thread::sleep(GATHER);
             for (target, queue) in self.queues.iter().enumerate() {
                 loop {
                     let batch: Vec<QueuedRead> = {
@@ -92,7 +92,6 @@ impl ReadBatcher {
                             break;
                         }
                         let n = q.len().min(MAX_BATCH);
-                        busy |= n > 1;
                         q.drain(..n).collect()
                     };
                     self.send(node, target, batch);

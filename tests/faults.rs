@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, stderr, stdout, wait_for};
 use quorumkv::Error;
-use quorumkv::consistency::Consistency::{All, Quorum};
+use quorumkv::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
 
 const FI: &str = "--enable-fault-injection";
@@ -123,4 +123,27 @@ fn a_paused_replica_answers_nothing_then_resumes() {
     assert!(start.elapsed() >= pause, "r1 answered {:?} into a {pause:?} pause", start.elapsed());
     c.wait_seen(0, 1, true);
     c.client(0).put(5, "after-pause", All).unwrap();
+}
+
+/// A read at ONE through a coordinator that holds no copy of the key asks one
+/// replica directly and the others through the read batcher; whichever answers
+/// first answers the client. So a slow replica, even when it is the one asked
+/// directly, costs at most the batcher's gather window, not its delay.
+#[test]
+fn a_slow_replica_does_not_hold_up_one_reads_through_a_non_replica() {
+    // Key 70 lives on r1, r2, r3; r0 coordinates and delays all it sends to r1.
+    let c = Cluster::start(4, &[FI, "--timeout", "6s", "--down-after", "5s"]);
+    c.client(0).put(70, "v", All).unwrap();
+    let d = 1500u64;
+    c.client(0).fault(delay(&["r1"], d as u32, FaultDirection::To)).unwrap();
+    // r1 is still up (its heartbeat replies arrive late, well within
+    // --down-after), so as the first replica of key 70 it is the one r0 asks directly.
+    let mut client = c.client(0);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(client.get(70, One).unwrap().as_deref(), Some("v"));
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(d / 3), "a ONE read waited for the slow replica: {slowest:?}");
 }
