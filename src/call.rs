@@ -27,8 +27,9 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::cell::Version;
+use crate::conn::ReplyTo;
 use crate::consistency::{Decision, QuorumTracker};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::hlc::Timestamp;
 use crate::link::{PeerResult, ReplySink};
 use crate::proto::response;
@@ -54,6 +55,22 @@ pub enum Command {
         /// The newest version seen.
         version: Version,
     },
+    /// Answer a client whose reply was deferred (see [`crate::conn`]).
+    Answer {
+        /// Where the reply goes.
+        to: ReplyTo,
+        /// What it says.
+        answer: Answer,
+    },
+}
+
+/// The outcome of a call, for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A read: the newest version among the replies (tombstones included).
+    Read(Result<Option<Version>>),
+    /// A write: its timestamp and the acks it got.
+    Write(Result<(Timestamp, usize)>),
 }
 
 /// Carries out commands (the node: hint store, repair worker).
@@ -254,6 +271,11 @@ impl Tally {
         &self.failures
     }
 
+    /// Acks needed.
+    pub fn required(&self) -> usize {
+        self.tracker.required()
+    }
+
     fn settled(&self) -> bool {
         self.decision() != Decision::Pending
     }
@@ -270,18 +292,39 @@ pub struct WriteMachine {
     answered: Vec<bool>,
     tally: Tally,
     hint: bool,
+    reply_to: Option<ReplyTo>,
 }
 
 impl WriteMachine {
     /// A write of `version` to `targets` (node indexes into `names`) needing `required` acks.
     pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Arc<[String]>, required: usize, hint: bool) -> Self {
         let n = targets.len();
-        WriteMachine { key, version, answered: vec![false; n], tally: Tally::new(targets, names, required), hint }
+        WriteMachine { key, version, answered: vec![false; n], tally: Tally::new(targets, names, required), hint, reply_to: None }
     }
 
     /// Acks and failures so far.
     pub fn tally(&self) -> &Tally {
         &self.tally
+    }
+
+    /// Answer `to` as soon as the write settles (instead of a coordinator waiting).
+    pub fn reply_to(mut self, to: ReplyTo) -> Self {
+        self.reply_to = Some(to);
+        self
+    }
+
+    /// The write's outcome for the client: its timestamp and acks once the level
+    /// is reached; otherwise a failure, or a timeout if `timed_out` or still pending.
+    pub fn result(&self, timed_out: bool) -> Result<(Timestamp, usize)> {
+        let (acks, need, key) = (self.tally.acks(), self.tally.required(), self.key);
+        match self.tally.decision() {
+            Decision::Reached => Ok((self.version.ts, acks)),
+            Decision::Impossible if !timed_out => Err(Error::Failure(format!(
+                "{acks} of {need} acks for key {key}; the write may or may not have been applied{}",
+                self.tally.failures().suffix()
+            ))),
+            _ => Err(Error::Timeout(format!("{acks} of {need} acks for key {key}; the write may or may not have been applied"))),
+        }
     }
 }
 
@@ -291,16 +334,24 @@ impl Machine for WriteMachine {
             return;
         }
         let err = match result {
-            Ok(response::Body::ReplicaWrite(_)) => {
-                self.tally.ack();
-                return;
-            }
-            Ok(other) => Error::Protocol(format!("unexpected reply to a write: {other:?}")),
-            Err(e) => e,
+            Ok(response::Body::ReplicaWrite(_)) => None,
+            Ok(other) => Some(Error::Protocol(format!("unexpected reply to a write: {other:?}"))),
+            Err(e) => Some(e),
         };
-        self.tally.fail(slot, &err);
-        if self.hint {
-            out.push(Command::Hint { target: self.tally.targets[slot], key: self.key, version: self.version.clone() });
+        match err {
+            None => self.tally.ack(),
+            Some(err) => {
+                self.tally.fail(slot, &err);
+                if self.hint {
+                    out.push(Command::Hint { target: self.tally.targets[slot], key: self.key, version: self.version.clone() });
+                }
+            }
+        }
+        if self.tally.settled()
+            && let Some(to) = self.reply_to.take()
+        {
+            let answer = Answer::Write(self.result(Instant::now() >= to.deadline));
+            out.push(Command::Answer { to, answer });
         }
     }
 
@@ -334,6 +385,7 @@ pub struct ReadMachine {
     repairs_issued: bool,
     /// Slots already brought up to this timestamp by a blocking repair.
     repaired: Vec<Option<Timestamp>>,
+    reply_to: Option<ReplyTo>,
 }
 
 impl ReadMachine {
@@ -348,6 +400,27 @@ impl ReadMachine {
             answered: false,
             repairs_issued: false,
             repaired: vec![None; n],
+            reply_to: None,
+        }
+    }
+
+    /// Answer `to` as soon as the read settles (instead of a coordinator
+    /// waiting). Only for reads that repair nothing before answering (ONE).
+    pub fn reply_to(mut self, to: ReplyTo) -> Self {
+        self.reply_to = Some(to);
+        self
+    }
+
+    /// The read's outcome for the client: the newest version once enough
+    /// replicas replied; otherwise a failure, or a timeout if `timed_out` or still pending.
+    pub fn result(&self, timed_out: bool) -> Result<Option<Version>> {
+        let (replied, need, key) = (self.tally.acks(), self.tally.required(), self.key);
+        match self.tally.decision() {
+            Decision::Reached => Ok(self.newest().cloned()),
+            Decision::Impossible if !timed_out => {
+                Err(Error::Failure(format!("{replied} of {need} replies for key {key}{}", self.tally.failures().suffix())))
+            }
+            _ => Err(Error::Timeout(format!("{replied} of {need} replies for key {key}"))),
         }
     }
 
@@ -415,6 +488,13 @@ impl Machine for ReadMachine {
                 self.slots[slot] = ReadSlot::Failed;
                 self.tally.fail(slot, &e);
             }
+        }
+        if self.tally.settled()
+            && let Some(to) = self.reply_to.take()
+        {
+            let answer = Answer::Read(self.result(Instant::now() >= to.deadline));
+            out.push(Command::Answer { to, answer });
+            self.answered = true;
         }
         self.issue_repairs(out);
     }
@@ -494,6 +574,76 @@ mod tests {
 
     fn write_ack() -> PeerResult {
         Ok(response::Body::ReplicaWrite(proto::WriteAck { applied: true }))
+    }
+
+    /// A `ReplyTo` on a real (unused) loopback connection, with a deadline `in_ms` from now (negative: past).
+    fn reply_to(id: u64, in_ms: i64) -> (ReplyTo, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let now = Instant::now();
+        let d = std::time::Duration::from_millis(in_ms.unsigned_abs());
+        let deadline = if in_ms >= 0 { now + d } else { now - d };
+        (ReplyTo { conn: crate::conn::ClientConn::new(l.accept().unwrap().0), id, deadline }, client)
+    }
+
+    fn answers(out: &[Command]) -> Vec<(u64, Answer)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Answer { to, answer } => Some((to.id, answer.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deferred_read_is_answered_once_when_settled_and_still_repairs() {
+        let old = Version::value(ts(1), "old");
+        let new = Version::value(ts(2), "new");
+        let (to, _client) = reply_to(41, 10_000);
+        let mut m = ReadMachine::new(3, vec![7, 8, 9], names(), 1, true).reply_to(to);
+        let mut out = Vec::new();
+        m.on_reply(0, read_reply(Some(old.clone())), &mut out);
+        assert_eq!(answers(&out), vec![(41, Answer::Read(Ok(Some(old))))]);
+        out.clear();
+        // The answer counts as the client's reply: once all are in, the stale one is repaired.
+        m.on_reply(1, read_reply(Some(new.clone())), &mut out);
+        m.on_reply(2, read_reply(Some(new.clone())), &mut out);
+        assert_eq!(out, vec![Command::Repair { target: 7, key: 3, version: new }]);
+    }
+
+    #[test]
+    fn deferred_answers_name_failures_and_timeouts() {
+        // (deadline in ms from now, expected answer) for a QUORUM write whose replicas all fail.
+        let cases: [(i64, Error); 2] = [
+            (10_000, Error::Failure("0 of 2 acks for key 4; the write may or may not have been applied (r0: refused; r1: refused)".into())),
+            (-1, Error::Timeout("0 of 2 acks for key 4; the write may or may not have been applied".into())),
+        ];
+        for (in_ms, expected) in cases {
+            let (to, _client) = reply_to(5, in_ms);
+            let mut m = WriteMachine::new(4, Version::value(ts(3), "w"), vec![0, 1, 2], names(), 2, false).reply_to(to);
+            let mut out = Vec::new();
+            m.on_reply(0, Err(Error::Failure("refused".into())), &mut out);
+            assert!(answers(&out).is_empty(), "not settled yet");
+            m.on_reply(1, Err(Error::Failure("refused".into())), &mut out);
+            m.on_reply(2, write_ack(), &mut out);
+            assert_eq!(answers(&out), vec![(5, Answer::Write(Err(expected)))]);
+        }
+        // Reached: the timestamp and the acks at the time of settling.
+        let (to, _client) = reply_to(6, 10_000);
+        let mut m = WriteMachine::new(4, Version::value(ts(3), "w"), vec![0, 1, 2], names(), 2, false).reply_to(to);
+        let mut out = Vec::new();
+        m.on_reply(2, write_ack(), &mut out);
+        m.on_reply(0, write_ack(), &mut out);
+        m.on_reply(1, write_ack(), &mut out);
+        assert_eq!(answers(&out), vec![(6, Answer::Write(Ok((ts(3), 2))))]);
+        // A read that gets no reply at all in time.
+        let (to, _client) = reply_to(7, -1);
+        let mut m = ReadMachine::new(8, vec![0, 1, 2], names(), 1, true).reply_to(to);
+        let mut out = Vec::new();
+        for slot in 0..3 {
+            m.on_reply(slot, Err(Error::Timeout("r: did not answer in time".into())), &mut out);
+        }
+        assert_eq!(answers(&out), vec![(7, Answer::Read(Err(Error::Timeout("0 of 1 replies for key 8".into()))))]);
     }
 
     #[test]

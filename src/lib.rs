@@ -15,6 +15,7 @@ pub mod call;
 pub mod cell;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod consistency;
 pub mod console;
 pub mod error;

@@ -42,9 +42,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use log::{debug, info};
 
-use crate::call::{Budget, Call, Command, Executor, GatherMachine, ReadMachine, WriteMachine};
+use crate::call::{Answer, Budget, Call, Command, Executor, GatherMachine, ReadMachine, WriteMachine};
 use crate::cell::Version;
 use crate::config::NodeConfig;
+use crate::conn::{ClientConn, ReplyTo};
 use crate::consistency::{Consistency, Decision};
 use crate::error::{Error, Result};
 use crate::fault::Faults;
@@ -88,6 +89,41 @@ pub struct PeerReply {
     pub commit: Option<PendingAck>,
     /// Work to do once the reply is on the wire.
     pub after: Option<Deferred>,
+}
+
+/// A request's answer: now, or later from the call itself (see [`crate::conn`]).
+pub enum Answered<T> {
+    /// The coordinator has the answer.
+    Now(T),
+    /// The call will answer the client when it settles; the worker must
+    /// [`finish`](Unfinished::finish) it once that reply is out.
+    Later(Unfinished),
+}
+
+/// A call whose client reply was deferred.
+pub enum Unfinished {
+    /// A read.
+    Read(Arc<Call<ReadMachine>>, Instant),
+    /// A write.
+    Write(Arc<Call<WriteMachine>>, Instant),
+}
+
+impl Unfinished {
+    /// The call's deadline.
+    pub fn deadline(&self) -> Instant {
+        match self {
+            Unfinished::Read(_, d) | Unfinished::Write(_, d) => *d,
+        }
+    }
+
+    /// After the reply is out: lets the call finish in the background, or waits
+    /// for it if the background budget is full (see [`Call::finish`]).
+    pub fn finish(self) {
+        match self {
+            Unfinished::Read(call, deadline) => call.finish(deadline),
+            Unfinished::Write(call, deadline) => call.finish(deadline),
+        }
+    }
 }
 
 /// Work a coordinator does after its reply has been written.
@@ -383,30 +419,41 @@ impl Node {
         Instant::now() + self.cfg.request_timeout
     }
 
+    /// Marks the connection's reply as deferred and says where it goes.
+    fn defer(&self, later: Option<(&Arc<ClientConn>, u64)>, deadline: Instant) -> Option<ReplyTo> {
+        let (conn, id) = later?;
+        conn.begin();
+        Some(ReplyTo { conn: conn.clone(), id, deadline })
+    }
+
     /// Writes `value` (`None`: delete) to `key` at `level`; returns the write's timestamp and acks.
-    pub fn write(self: &Arc<Self>, key: u8, value: Option<String>, level: Consistency) -> Result<(Timestamp, usize)> {
+    /// With `later` (a client connection and the request's id), the
+    /// coordinator does not wait: the call answers the client when it
+    /// settles, and this returns [`Answered::Later`].
+    pub fn write(
+        self: &Arc<Self>,
+        key: u8,
+        value: Option<String>,
+        level: Consistency,
+        later: Option<(&Arc<ClientConn>, u64)>,
+    ) -> Result<Answered<(Timestamp, usize)>> {
         let (replicas, need) = self.check_available(key, level)?;
         let version = Version { ts: self.clock.now(), value };
         let hint = self.cfg.mode.hinted_handoff();
-        let machine = WriteMachine::new(key, version.clone(), replicas.to_vec(), self.names.clone(), need, hint);
-        let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
+        let mut machine = WriteMachine::new(key, version.clone(), replicas.to_vec(), self.names.clone(), need, hint);
         let deadline = self.deadline();
+        let deferred = later.is_some();
+        if let Some(to) = self.defer(later, deadline) {
+            machine = machine.reply_to(to);
+        }
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         self.fan_out_write(&call, replicas, key, &version, deadline);
-        let m = call.wait(deadline);
-        let acks = m.tally().acks();
-        let result = match m.tally().decision() {
-            Decision::Reached => Ok((version.ts, acks)),
-            Decision::Impossible => Err(Error::Failure(format!(
-                "{acks} of {need} acks for key {key}; the write may or may not have been applied{}",
-                m.tally().failures().suffix()
-            ))),
-            Decision::Pending => {
-                Err(Error::Timeout(format!("{acks} of {need} acks for key {key}; the write may or may not have been applied")))
-            }
-        };
-        drop(m);
+        if deferred {
+            return Ok(Answered::Later(Unfinished::Write(call, deadline)));
+        }
+        let result = call.wait(deadline).result(false);
         call.finish(deadline);
-        result
+        result.map(Answered::Now)
     }
 
     /// Sends `version` to each of `targets` (slot = position), remote ones first.
@@ -437,26 +484,41 @@ impl Node {
     /// Reads `key` at `level`; returns the newest version among the replies (tombstones included).
     /// At ONE on a replica of the key, the local copy answers and the other
     /// replicas are asked afterwards: the returned [`Deferred`] must be run once
-    /// the reply is sent.
-    pub fn read(self: &Arc<Self>, key: u8, level: Consistency) -> Result<(Option<Version>, Option<Deferred>)> {
+    /// the reply is sent. With `later` (a client connection and the request's
+    /// id), a read at ONE of a key this node does not hold is answered by the
+    /// call when it settles ([`Answered::Later`]); other reads ignore `later`.
+    pub fn read(
+        self: &Arc<Self>,
+        key: u8,
+        level: Consistency,
+        later: Option<(&Arc<ClientConn>, u64)>,
+    ) -> Result<Answered<(Option<Version>, Option<Deferred>)>> {
         let (replicas, need) = self.check_available(key, level)?;
         let repair = self.cfg.mode.read_repair();
-        let machine = ReadMachine::new(key, replicas.to_vec(), self.names.clone(), need, repair);
-        let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
-        let deadline = self.deadline();
-        if let (Consistency::One, Some(slot)) = (level, replicas.iter().position(|&t| t == self.me)) {
+        let mut machine = ReadMachine::new(key, replicas.to_vec(), self.names.clone(), need, repair);
+        let local_slot = replicas.iter().position(|&t| t == self.me);
+        if let (Consistency::One, Some(slot)) = (level, local_slot) {
             let version = self.store.get(key);
             if let Some(v) = &version {
                 let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
             }
             if !repair {
                 // Without read repair the other replicas' versions would change nothing.
-                return Ok((version, None));
+                return Ok(Answered::Now((version, None)));
             }
+            let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
+            let deadline = self.deadline();
             call.deliver(slot, Ok(response::Body::ReplicaRead(proto::ReadResult { version: version.as_ref().map(Version::to_proto) })));
             call.with(|m, out| m.answer(out));
-            return Ok((version, Some(Deferred::ReadFanout { call, key, deadline })));
+            return Ok(Answered::Now((version, Some(Deferred::ReadFanout { call, key, deadline }))));
         }
+        let later = later.filter(|_| level == Consistency::One);
+        let deadline = self.deadline();
+        let deferred = later.is_some();
+        if let Some(to) = self.defer(later, deadline) {
+            machine = machine.reply_to(to);
+        }
+        let call = Call::new(machine, self.clone() as Arc<dyn Executor>, self.budget.clone());
         // At ONE (this node holds no copy here) one live replica is asked
         // directly and the others through the read batcher: every replica is
         // still asked and any reply answers the client, but under load the
@@ -465,41 +527,36 @@ impl Node {
         // the batched replies answer: it costs the batcher's gather window,
         // not a timeout.
         let direct = if level == Consistency::One { replicas.iter().position(|&t| self.alive(t)) } else { None };
-        let mut local = None;
         for (slot, &t) in replicas.iter().enumerate() {
             match self.link(t) {
                 Some(_) if direct.is_some_and(|d| d != slot) => {
                     self.read_batcher.push(t, QueuedRead { call: call.clone(), slot, key, deadline });
                 }
                 Some(link) => link.send(request::Body::ReplicaRead(proto::ReplicaRead { key: key as u32 }), call.clone(), slot, deadline),
-                None => local = Some(slot),
+                None => {}
             }
         }
-        if let Some(slot) = local {
+        if let Some(slot) = local_slot {
             let version = self.store.get(key).map(|v| v.to_proto());
             call.deliver(slot, Ok(response::Body::ReplicaRead(proto::ReadResult { version })));
         }
+        if deferred {
+            return Ok(Answered::Later(Unfinished::Read(call, deadline)));
+        }
         let m = call.wait(deadline);
-        let replied = m.tally().acks();
-        let outcome = match m.tally().decision() {
-            Decision::Reached => {
-                Ok((m.newest().cloned(), if repair && level != Consistency::One { m.stale_replied() } else { Vec::new() }))
-            }
-            Decision::Impossible => {
-                Err(Error::Failure(format!("{replied} of {need} replies for key {key}{}", m.tally().failures().suffix())))
-            }
-            Decision::Pending => Err(Error::Timeout(format!("{replied} of {need} replies for key {key}"))),
-        };
+        let outcome = m.result(false).map(|newest| {
+            let stale = if repair && level != Consistency::One && newest.is_some() { m.stale_replied() } else { Vec::new() };
+            (newest, stale)
+        });
+        drop(m);
         let (newest, stale) = match outcome {
             Ok(x) => x,
             Err(e) => {
-                drop(m);
                 call.with(|m, out| m.answer(out));
                 call.finish(deadline);
                 return Err(e);
             }
         };
-        drop(m);
         if let Some(newest) = &newest {
             // A later write through this coordinator must be stamped after what it read.
             let _ = self.clock.observe(newest.ts, self.cfg.max_clock_offset);
@@ -522,7 +579,7 @@ impl Node {
             call.with(|m, out| m.answer(out));
         }
         call.finish(deadline);
-        Ok((newest, None))
+        Ok(Answered::Now((newest, None)))
     }
 
     /// Writes `version` to every one of `targets` and waits for all their acks (no hints).
@@ -667,14 +724,17 @@ impl Node {
     }
 
     /// Answers a client request (this node coordinates).
-    pub fn handle_client(self: &Arc<Self>, body: request::Body) -> PeerReply {
-        match self.client_request(body) {
+    /// With `later` (the client's connection and the request's id), a request
+    /// whose answer must come from other replicas may be answered by its call
+    /// instead ([`Answered::Later`]; see [`crate::conn`]).
+    pub fn handle_client(self: &Arc<Self>, body: request::Body, later: Option<(&Arc<ClientConn>, u64)>) -> Answered<PeerReply> {
+        match self.client_request(body, later) {
             Ok(r) => r,
-            Err(e) => PeerReply::error(e),
+            Err(e) => Answered::Now(PeerReply::error(e)),
         }
     }
 
-    fn client_request(self: &Arc<Self>, body: request::Body) -> Result<PeerReply> {
+    fn client_request(self: &Arc<Self>, body: request::Body, later: Option<(&Arc<ClientConn>, u64)>) -> Result<Answered<PeerReply>> {
         use request::Body as B;
         // Every field check lives in `validate`, shared with the tests and the fuzz target.
         validate_client_body(&body, self.cfg.max_value_bytes)?;
@@ -684,25 +744,28 @@ impl Node {
             B::Get(g) => {
                 let key = validate_key(g.key)?;
                 let level = Consistency::from_proto(g.consistency)?;
-                let (found, deferred) = self.read(key, level)?;
+                let (found, deferred) = match self.read(key, level, later)? {
+                    Answered::Now(x) => x,
+                    Answered::Later(u) => return Ok(Answered::Later(u)),
+                };
                 after = deferred;
-                let found = found.filter(|v| !v.is_tombstone());
-                response::Body::Get(proto::GetResult {
-                    value: found.as_ref().and_then(|v| v.value.clone()),
-                    version: found.map(|v| proto::Version { value: String::new(), ..v.to_proto() }),
-                })
+                get_body(found)
             }
             B::Put(p) => {
                 let key = validate_key(p.key)?;
                 let level = Consistency::from_proto(p.consistency)?;
-                let (ts, acks) = self.write(key, Some(p.value), level)?;
-                response::Body::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 })
+                match self.write(key, Some(p.value), level, later)? {
+                    Answered::Now((ts, acks)) => write_body(ts, acks),
+                    Answered::Later(u) => return Ok(Answered::Later(u)),
+                }
             }
             B::Delete(d) => {
                 let key = validate_key(d.key)?;
                 let level = Consistency::from_proto(d.consistency)?;
-                let (ts, acks) = self.write(key, None, level)?;
-                response::Body::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 })
+                match self.write(key, None, level, later)? {
+                    Answered::Now((ts, acks)) => write_body(ts, acks),
+                    Answered::Later(u) => return Ok(Answered::Later(u)),
+                }
             }
             B::Status(_) => response::Body::Status(self.status()),
             B::Inspect(i) => response::Body::Inspect(self.inspect(validate_key(i.key)?)),
@@ -714,7 +777,7 @@ impl Node {
                 ));
             }
         };
-        Ok(PeerReply { body, commit: None, after })
+        Ok(Answered::Now(PeerReply { body, commit: None, after }))
     }
 
     /// Checks a peer's handshake: same ring, a known name that is not ours.
@@ -882,6 +945,20 @@ impl Node {
     }
 }
 
+/// A client's `Get` reply: the value and its version, or nothing (a tombstone is nothing).
+fn get_body(found: Option<Version>) -> response::Body {
+    let found = found.filter(|v| !v.is_tombstone());
+    response::Body::Get(proto::GetResult {
+        value: found.as_ref().and_then(|v| v.value.clone()),
+        version: found.map(|v| proto::Version { value: String::new(), ..v.to_proto() }),
+    })
+}
+
+/// A client's `Put`/`Delete` reply.
+fn write_body(ts: Timestamp, acks: usize) -> response::Body {
+    response::Body::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 })
+}
+
 impl Executor for Node {
     fn execute(&self, command: Command) {
         match command {
@@ -900,6 +977,20 @@ impl Executor for Node {
             }
             Command::Repair { target, key, version } => {
                 let _ = self.repair_tx.send(RepairJob { target, key, version });
+            }
+            Command::Answer { to, answer } => {
+                let body = match answer {
+                    Answer::Read(Ok(found)) => {
+                        if let Some(v) = &found {
+                            // A later write through this coordinator must be stamped after what it read.
+                            let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+                        }
+                        get_body(found)
+                    }
+                    Answer::Write(Ok((ts, acks))) => write_body(ts, acks),
+                    Answer::Read(Err(e)) | Answer::Write(Err(e)) => response::Body::Error(e.to_proto()),
+                };
+                to.conn.answer(to.id, body);
             }
         }
     }

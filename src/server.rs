@@ -38,11 +38,12 @@ use socket2::{Domain, Socket, Type};
 
 use crate::badlog::BadLog;
 use crate::config::NodeConfig;
+use crate::conn::{self, ClientConn};
 use crate::error::{Error, Result};
 use crate::fault::Received;
 use crate::frame::{FrameError, FrameReader, append_frame, encode_frame};
 use crate::link::LinkEnv;
-use crate::node::{Deferred, Node, PeerReply, Workers};
+use crate::node::{Answered, Deferred, Node, PeerReply, Unfinished, Workers};
 use crate::proto::{self, request, response};
 use crate::ring::Ring;
 use crate::wal::FsyncMode;
@@ -188,7 +189,7 @@ fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, node: &'scope Arc<Node>, li
             if refused.is_power_of_two() {
                 warn!("refusing connections: {} open, the limit; {refused} refused so far", pool.total_limit);
             }
-            refuse(stream, "too many connections");
+            refuse(&stream, "too many connections");
             continue;
         }
         pool.connections.fetch_add(1, Ordering::AcqRel);
@@ -208,7 +209,7 @@ fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, node: &'scope Arc<Node>, li
     }
 }
 
-fn refuse(mut stream: TcpStream, why: &str) {
+fn refuse(mut stream: &TcpStream, why: &str) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let mut buf = Vec::new();
     let e = Error::Overloaded(why.into()).to_proto();
@@ -267,7 +268,13 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
     let _ = stream.set_read_timeout(Some(node.cfg.first_frame_timeout));
     let Ok(read_half) = stream.try_clone() else { return };
     let mut reader = FrameReader::new(read_half, node.cfg.max_frame_bytes());
-    let mut writer = stream;
+    // Replies are written through `conn`; a client's may also be deferred to
+    // the thread that settles its call (see `conn`).
+    let conn = ClientConn::new(stream);
+    let mut writer = conn.stream();
+    // The call whose reply is deferred, and whether reads time out to check on it.
+    let mut unfinished: Option<Unfinished> = None;
+    let mut polling = false;
     let mut out = Vec::with_capacity(4096);
     let mut frame_buf = Vec::new();
     // Replies of the current batch; writes among them are committed together before any is sent.
@@ -280,6 +287,18 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
         let buffered = reader.has_frame();
         let frame = match reader.read_frame() {
             Ok(Some(f)) => f,
+            Err(e) if polling && e.is_timeout() => {
+                // The client is quiet: write a deferred reply's stash if it has one,
+                // and stop polling once nothing is deferred.
+                if !conn.is_deferred() {
+                    if let Err(e) = settle(&conn, &mut unfinished) {
+                        break Err(format!("deferred reply: {e}"));
+                    }
+                    polling = false;
+                    let _ = writer.set_read_timeout(None);
+                }
+                continue;
+            }
             Ok(None) => break Ok(()),
             Err(e @ FrameError::TooLarge { .. }) => {
                 pool.bad_requests.note(&peer_addr, &e);
@@ -296,6 +315,10 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
         };
         if !buffered && node.faults.active() {
             read_at = Instant::now();
+        }
+        // Replies go out in request order: the deferred one first.
+        if let Err(e) = settle(&conn, &mut unfinished) {
+            break Err(format!("deferred reply: {e}"));
         }
         let peer = if let Role::Peer(p) = role { Some(p) } else { None };
         if node.faults.on_receive(peer, read_at, &node.shutdown) == Received::Drop {
@@ -345,7 +368,19 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
                                 return;
                             }
                         }
-                        node.handle_client(body)
+                        // Defer only a lone request: replies already batched must not be overtaken.
+                        let later = (conn::SUPPORTED && batch.is_empty() && !reader.has_frame()).then_some((&conn, id));
+                        match node.handle_client(body, later) {
+                            Answered::Now(reply) => reply,
+                            Answered::Later(u) => {
+                                unfinished = Some(u);
+                                if !polling {
+                                    polling = true;
+                                    let _ = writer.set_read_timeout(Some(conn::POLL));
+                                }
+                                continue;
+                            }
+                        }
                     }
                 };
                 (id, reply)
@@ -390,12 +425,24 @@ fn serve_connection(node: &Arc<Node>, stream: TcpStream, pool: &Pool) {
             }
         }
     };
+    // A client that closed its sending side may still be waiting for the deferred reply.
+    let outcome = outcome.and(settle(&conn, &mut unfinished).map_err(|e| format!("deferred reply: {e}")));
     if role == Role::Client {
         pool.clients.fetch_sub(1, Ordering::AcqRel);
     }
     if let Err(why) = outcome {
         debug!("connection from {peer_addr} closed: {why}");
     }
+}
+
+/// Waits for the deferred reply (if any) to be answered, writes what of it is
+/// stashed, and finishes its call. Fails if it is never answered or the write fails.
+fn settle(conn: &ClientConn, unfinished: &mut Option<Unfinished>) -> std::io::Result<()> {
+    let Some(u) = unfinished.take() else { return Ok(()) };
+    // Every call settles by its deadline (the sweep times out what is left); allow for the sweep's tick.
+    let result = conn.settle(u.deadline() + Duration::from_secs(1));
+    u.finish();
+    result
 }
 
 fn error_response(id: u64, e: Error) -> proto::Response {

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, stderr, stdout, wait_for};
@@ -146,4 +147,42 @@ fn a_slow_replica_does_not_hold_up_one_reads_through_a_non_replica() {
         slowest = slowest.max(t.elapsed());
     }
     assert!(slowest < Duration::from_millis(d / 3), "a ONE read waited for the slow replica: {slowest:?}");
+}
+
+/// A reply the coordinator defers to the thread that settles the call (here a
+/// ONE read of a key it does not hold, slowed by a delayed link) must still go
+/// out before the replies of requests sent after it, even ones it can answer at once.
+#[test]
+fn deferred_replies_keep_request_order() {
+    use prost::Message;
+    use quorumkv::frame::{FrameReader, encode_frame};
+    use quorumkv::proto::{self, request::Body, response};
+    // Key 70 lives on r1, r2, r3 (r0 holds no copy); key 5 on r0, r1, r2.
+    let c = Cluster::start(4, &[FI]);
+    c.client(0).put(70, "far", All).unwrap();
+    c.client(0).put(5, "near", All).unwrap();
+    // r0 asks r1 directly for key 70; with that link slowed, the answer waits for the batched reads.
+    c.client(0).fault(delay(&["r1"], 300, FaultDirection::To)).unwrap();
+    let s = std::net::TcpStream::connect(("127.0.0.1", c.replicas[0].port)).unwrap();
+    s.set_read_timeout(Some(slack(Duration::from_secs(10)))).unwrap();
+    let mut replies = FrameReader::new(s.try_clone().unwrap(), 1 << 20);
+    let one = proto::Consistency::One as i32;
+    let mut buf = Vec::new();
+    for round in 0..20u64 {
+        for (id, key) in [(2 * round, 70), (2 * round + 1, 5)] {
+            encode_frame(&proto::Request { id, body: Some(Body::Get(proto::Get { key, consistency: one })) }, &mut buf);
+            (&s).write_all(&buf).unwrap();
+            // Scenario shaping, not synchronisation: the far read usually arrives
+            // alone (and is deferred) before the near one follows.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for (id, value) in [(2 * round, "far"), (2 * round + 1, "near")] {
+            let r = proto::Response::decode(replies.read_frame().unwrap().unwrap()).unwrap();
+            assert_eq!(r.id, id, "round {round}: replies out of request order");
+            match r.body {
+                Some(response::Body::Get(g)) => assert_eq!(g.value.as_deref(), Some(value)),
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    }
 }

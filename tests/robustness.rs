@@ -223,6 +223,54 @@ fn idle_connections_are_bounded_and_others_still_served() {
     assert!(ok);
 }
 
+/// Replies the coordinator defers to the thread that settles the call (writes,
+/// and ONE reads of keys it does not hold) must arrive whole: when the client
+/// has closed its sending side right after the request, and when the reply is
+/// too large for the socket to take at once while the client is slow to read.
+#[test]
+fn deferred_replies_arrive_whole_to_slow_and_half_closed_clients() {
+    let c = Cluster::start(4, &["--max-value-bytes", "16777216"]);
+    c.client(0).put(70, "far", All).unwrap();
+    // More than a socket's largest send buffer (4 MiB by default): the socket
+    // takes part of it and the connection's worker must write the rest.
+    let large = "L".repeat(16 << 20);
+    c.client(0).put(72, &large, All).unwrap();
+    let one = proto::Consistency::One as i32;
+    // Keys 70 and 72 live on r1, r2, r3: r0 holds no copy.
+    let get = |key| proto::request::Body::Get(proto::Get { key, consistency: one });
+    let put = proto::request::Body::Put(proto::Put { key: 71, value: "w".into(), consistency: 2 });
+    let cases = [(get(70), "far"), (put, ""), (get(72), large.as_str())];
+    for half_close in [true, false] {
+        for (request, value) in &cases {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(64 * 1024).unwrap();
+            sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], c.replicas[0].port)).into()).unwrap();
+            let mut s: TcpStream = sock.into();
+            s.set_read_timeout(Some(slack(Duration::from_secs(10)))).unwrap();
+            s.write_all(&frame(&proto::Request { id: 9, body: Some(request.clone()) }.encode_to_vec())).unwrap();
+            if half_close {
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(200)); // a client slow to read, not synchronisation
+            let r = read_reply(&mut s).expect("the reply arrives whole");
+            assert_eq!(r.id, 9);
+            match r.body {
+                Some(proto::response::Body::Get(g)) => assert!(g.value.as_deref() == Some(*value), "wrong value"),
+                Some(proto::response::Body::Write(w)) => assert!(w.acks >= 2, "{w:?}"),
+                other => panic!("unexpected reply {other:?}"),
+            }
+            if half_close {
+                assert!(read_reply(&mut s).is_none(), "the replica closes the connection after the reply");
+            } else {
+                let ping = proto::request::Body::Ping(proto::Ping {});
+                s.write_all(&frame(&proto::Request { id: 10, body: Some(ping) }.encode_to_vec())).unwrap();
+                let r = read_reply(&mut s).expect("the connection still serves");
+                assert!(r.id == 10 && matches!(r.body, Some(proto::response::Body::Pong(_))), "{r:?}");
+            }
+        }
+    }
+}
+
 /// A client that pipelines many reads of a 1 MiB value without reading the
 /// replies must not make the replica buffer them all.
 #[test]
