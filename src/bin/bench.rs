@@ -476,6 +476,10 @@ fn matrix(args: &Args) -> Result<(), String> {
         args.value_size,
         args.repeat.max(1)
     );
+    println!(
+        "rows behind a target ratio are run alternately with their ping reference (\"ping alongside\"), \
+         so a drift in the host's speed between rows does not skew the ratio"
+    );
     if !args.replica_flags.is_empty() {
         println!("replica flags: {}", args.replica_flags);
     }
@@ -540,10 +544,26 @@ fn matrix(args: &Args) -> Result<(), String> {
             rows.push(("put QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 0.0, Quorum, everything)));
         }
         rows.push(("50/50 QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 0.5, Quorum, everything)));
-        for (label, load) in rows {
-            let mut runs: Vec<Report> = (0..args.repeat.max(1)).map(|_| run(&load)).collect();
+        // The ping each target ratio is judged against, run alternately with the row.
+        let reference = |label: &str| match (mode, label) {
+            (None, "get ONE c=1 (local key)" | "put QUORUM c=1") => Some(base(Op::Ping, first.clone(), 1, 0.0, One, own)),
+            (None, "get ONE c=32" | "put QUORUM c=32") => Some(base(Op::Ping, all.clone(), 32, 0.0, One, everything)),
+            _ => None,
+        };
+        let median = |mut runs: Vec<Report>| {
             runs.sort_by(|a, b| a.ops_per_sec().total_cmp(&b.ops_per_sec()));
-            let r = runs.swap_remove(runs.len() / 2);
+            runs.swap_remove(runs.len() / 2)
+        };
+        for (label, load) in rows {
+            let reference = reference(&label);
+            let (mut runs, mut pings) = (Vec::new(), Vec::new());
+            for _ in 0..args.repeat.max(1) {
+                if let Some(ping) = &reference {
+                    pings.push(run(ping));
+                }
+                runs.push(run(&load));
+            }
+            let r = median(runs);
             println!("{}", r.line(&label));
             if args.json {
                 println!("{}", r.json(&label));
@@ -553,6 +573,11 @@ fn matrix(args: &Args) -> Result<(), String> {
                 Some(m) => format!("{label} [{m}]"),
             };
             results.insert(key, (r.ops_per_sec(), r.hist.percentile(0.5), r.hist.percentile(0.99)));
+            if !pings.is_empty() {
+                let p = median(pings);
+                println!("{}", p.line("  ping alongside"));
+                results.insert(format!("ping alongside {label}"), (p.ops_per_sec(), p.hist.percentile(0.5), p.hist.percentile(0.99)));
+            }
             let _ = std::io::stdout().flush();
         }
     }
@@ -583,14 +608,17 @@ fn humantime(d: Duration) -> String {
 
 fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>) {
     let get = |k: &str| r.get(k).copied().unwrap_or_default();
-    let ping1 = get("ping c=1");
-    let ping32 = get("ping c=32");
+    // The ping run alongside a row, else the matrix's own ping row.
+    let ping_for = |label: &str, clients: usize| {
+        r.get(&format!("ping alongside {label}")).copied().unwrap_or_else(|| get(&format!("ping c={clients}")))
+    };
     let mut rows = Vec::new();
     let mut ratio_row = |name: &str, value: f64, cmp: &str, target: f64, detail: String| {
         let ok = if cmp == "<=" { value <= target } else { value >= target };
         rows.push(format!("{:<52} {:>7.2}x  target {cmp} {target}x  {}  {detail}", name, value, if ok { "met" } else { "NOT MET" }));
     };
     let g1 = get("get ONE c=1 (local key)");
+    let ping1 = ping_for("get ONE c=1 (local key)", 1);
     ratio_row(
         "1 client get ONE (local key) p50 / ping p50",
         g1.1 as f64 / ping1.1.max(1) as f64,
@@ -599,6 +627,7 @@ fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>) {
         format!("({} vs {} µs)", g1.1, ping1.1),
     );
     let p1 = get("put QUORUM c=1");
+    let ping1 = ping_for("put QUORUM c=1", 1);
     ratio_row(
         "1 client put QUORUM p50 / ping p50",
         p1.1 as f64 / ping1.1.max(1) as f64,
@@ -607,8 +636,10 @@ fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>) {
         format!("({} vs {} µs)", p1.1, ping1.1),
     );
     let g32 = get("get ONE c=32");
+    let ping32 = ping_for("get ONE c=32", 32);
     ratio_row("32 clients get ONE ops/s / ping ops/s", g32.0 / ping32.0.max(1.0), ">=", 0.5, format!("({:.0} vs {:.0})", g32.0, ping32.0));
     let p32 = get("put QUORUM c=32");
+    let ping32 = ping_for("put QUORUM c=32", 32);
     ratio_row(
         "32 clients put QUORUM ops/s / ping ops/s",
         p32.0 / ping32.0.max(1.0),
