@@ -229,11 +229,13 @@ fn idle_connections_are_bounded_and_others_still_served() {
 /// too large for the socket to take at once while the client is slow to read.
 #[test]
 fn deferred_replies_arrive_whole_to_slow_and_half_closed_clients() {
-    let c = Cluster::start(4, &["--max-value-bytes", "16777216"]);
+    // An 8 MiB value at ALL takes a while under ThreadSanitizer: give requests time.
+    let timeout = format!("{}ms", slack(Duration::from_secs(10)).as_millis());
+    let c = Cluster::start(4, &["--max-value-bytes", "8388608", "--timeout", &timeout]);
     c.client(0).put(70, "far", All).unwrap();
     // More than a socket's largest send buffer (4 MiB by default): the socket
     // takes part of it and the connection's worker must write the rest.
-    let large = "L".repeat(16 << 20);
+    let large = "L".repeat(8 << 20);
     c.client(0).put(72, &large, All).unwrap();
     let one = proto::Consistency::One as i32;
     // Keys 70 and 72 live on r1, r2, r3: r0 holds no copy.
