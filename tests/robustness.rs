@@ -229,9 +229,10 @@ fn idle_connections_are_bounded_and_others_still_served() {
 /// too large for the socket to take at once while the client is slow to read.
 #[test]
 fn deferred_replies_arrive_whole_to_slow_and_half_closed_clients() {
-    // An 8 MiB value at ALL takes a while under ThreadSanitizer: give requests time.
+    // Moving 8 MiB values takes seconds under ThreadSanitizer: give requests
+    // time, and keep a replica busy with one from being taken for dead.
     let timeout = format!("{}ms", slack(Duration::from_secs(10)).as_millis());
-    let c = Cluster::start(4, &["--max-value-bytes", "8388608", "--timeout", &timeout]);
+    let c = Cluster::start(4, &["--max-value-bytes", "8388608", "--timeout", &timeout, "--down-after", &timeout]);
     c.client(0).put(70, "far", All).unwrap();
     // More than a socket's largest send buffer (4 MiB by default): the socket
     // takes part of it and the connection's worker must write the rest.
