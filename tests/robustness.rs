@@ -237,12 +237,19 @@ fn deferred_replies_arrive_whole_to_slow_and_half_closed_clients() {
     // More than a socket's largest send buffer (4 MiB by default): the socket
     // takes part of it and the connection's worker must write the rest.
     let large = "L".repeat(8 << 20);
-    c.client(0).put(72, &large, All).unwrap();
+    if !common::under_tsan() {
+        c.client(0).put(72, &large, All).unwrap();
+    }
     let one = proto::Consistency::One as i32;
     // Keys 70 and 72 live on r1, r2, r3: r0 holds no copy.
     let get = |key| proto::request::Body::Get(proto::Get { key, consistency: one });
     let put = proto::request::Body::Put(proto::Put { key: 71, value: "w".into(), consistency: 2 });
-    let cases = [(get(70), "far"), (put, ""), (get(72), large.as_str())];
+    let mut cases = vec![(get(70), "far"), (put, "")];
+    // Under ThreadSanitizer, replicas move 8 MiB so slowly that the peer links'
+    // write timeouts fire; the stash path is exercised in normal builds only.
+    if !common::under_tsan() {
+        cases.push((get(72), large.as_str()));
+    }
     for half_close in [true, false] {
         for (request, value) in &cases {
             let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
