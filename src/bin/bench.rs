@@ -545,9 +545,9 @@ fn matrix(args: &Args) -> Result<(), String> {
         }
         rows.push(("50/50 QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 0.5, Quorum, everything)));
         // The ping each target ratio is judged against, run alternately with the row.
-        let reference = |label: &str| match (mode, label) {
-            (None, "get ONE c=1 (local key)" | "put QUORUM c=1") => Some(base(Op::Ping, first.clone(), 1, 0.0, One, own)),
-            (None, "get ONE c=32" | "put QUORUM c=32") => Some(base(Op::Ping, all.clone(), 32, 0.0, One, everything)),
+        let reference = |label: &str| match TARGETS.iter().find(|t| t.row == label) {
+            Some(t) if mode.is_none() && t.clients == 1 => Some(base(Op::Ping, first.clone(), 1, 0.0, One, own)),
+            Some(_) if mode.is_none() => Some(base(Op::Ping, all.clone(), 32, 0.0, One, everything)),
             _ => None,
         };
         let median = |mut runs: Vec<Report>| {
@@ -606,6 +606,26 @@ fn humantime(d: Duration) -> String {
     if d.as_millis().is_multiple_of(1000) { format!("{} s", d.as_secs()) } else { format!("{} ms", d.as_millis()) }
 }
 
+/// A target judged against the ping run alongside its row.
+struct Target {
+    /// How the table names it.
+    name: &'static str,
+    /// The matrix row it judges.
+    row: &'static str,
+    /// Clients of the row (and of its ping).
+    clients: usize,
+    /// p50 latency ratio (at most `target`) rather than throughput ratio (at least `target`).
+    latency: bool,
+    target: f64,
+}
+
+const TARGETS: [Target; 4] = [
+    Target { name: "1 client get ONE (local key) p50 / ping p50", row: "get ONE c=1 (local key)", clients: 1, latency: true, target: 1.5 },
+    Target { name: "1 client put QUORUM p50 / ping p50", row: "put QUORUM c=1", clients: 1, latency: true, target: 3.0 },
+    Target { name: "32 clients get ONE ops/s / ping ops/s", row: "get ONE c=32", clients: 32, latency: false, target: 0.5 },
+    Target { name: "32 clients put QUORUM ops/s / ping ops/s", row: "put QUORUM c=32", clients: 32, latency: false, target: 0.25 },
+];
+
 fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>) {
     let get = |k: &str| r.get(k).copied().unwrap_or_default();
     // The ping run alongside a row, else the matrix's own ping row.
@@ -617,36 +637,16 @@ fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>) {
         let ok = if cmp == "<=" { value <= target } else { value >= target };
         rows.push(format!("{:<52} {:>7.2}x  target {cmp} {target}x  {}  {detail}", name, value, if ok { "met" } else { "NOT MET" }));
     };
-    let g1 = get("get ONE c=1 (local key)");
-    let ping1 = ping_for("get ONE c=1 (local key)", 1);
-    ratio_row(
-        "1 client get ONE (local key) p50 / ping p50",
-        g1.1 as f64 / ping1.1.max(1) as f64,
-        "<=",
-        1.5,
-        format!("({} vs {} µs)", g1.1, ping1.1),
-    );
-    let p1 = get("put QUORUM c=1");
-    let ping1 = ping_for("put QUORUM c=1", 1);
-    ratio_row(
-        "1 client put QUORUM p50 / ping p50",
-        p1.1 as f64 / ping1.1.max(1) as f64,
-        "<=",
-        3.0,
-        format!("({} vs {} µs)", p1.1, ping1.1),
-    );
-    let g32 = get("get ONE c=32");
-    let ping32 = ping_for("get ONE c=32", 32);
-    ratio_row("32 clients get ONE ops/s / ping ops/s", g32.0 / ping32.0.max(1.0), ">=", 0.5, format!("({:.0} vs {:.0})", g32.0, ping32.0));
+    for t in &TARGETS {
+        let (row, ping) = (get(t.row), ping_for(t.row, t.clients));
+        let (value, detail) = if t.latency {
+            (row.1 as f64 / ping.1.max(1) as f64, format!("({} vs {} µs)", row.1, ping.1))
+        } else {
+            (row.0 / ping.0.max(1.0), format!("({:.0} vs {:.0})", row.0, ping.0))
+        };
+        ratio_row(t.name, value, if t.latency { "<=" } else { ">=" }, t.target, detail);
+    }
     let p32 = get("put QUORUM c=32");
-    let ping32 = ping_for("put QUORUM c=32", 32);
-    ratio_row(
-        "32 clients put QUORUM ops/s / ping ops/s",
-        p32.0 / ping32.0.max(1.0),
-        ">=",
-        0.25,
-        format!("({:.0} vs {:.0})", p32.0, ping32.0),
-    );
     ratio_row(
         "32 clients put QUORUM p99 / its p50",
         p32.2 as f64 / p32.1.max(1) as f64,
