@@ -81,6 +81,10 @@ struct Args {
     /// latency on small VMs is bimodal, a single run can land on either mode).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// matrix: how many times a row behind a target ratio runs, each time right
+    /// after its ping reference; the target is judged on the median of the pairs' ratios.
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
     /// matrix: extra flags for every replica (e.g. "--fsync never").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     replica_flags: String,
@@ -137,6 +141,11 @@ struct Report {
 impl Report {
     fn ops_per_sec(&self) -> f64 {
         if self.seconds > 0.0 { self.ops as f64 / self.seconds } else { 0.0 }
+    }
+
+    /// Throughput, p50 and p99 (µs).
+    fn figures(&self) -> (f64, u64, u64) {
+        (self.ops_per_sec(), self.hist.percentile(0.5), self.hist.percentile(0.99))
     }
 
     fn json(&self, label: &str) -> String {
@@ -477,13 +486,16 @@ fn matrix(args: &Args) -> Result<(), String> {
         args.repeat.max(1)
     );
     println!(
-        "rows behind a target ratio are run alternately with their ping reference (\"ping alongside\"), \
-         so a drift in the host's speed between rows does not skew the ratio"
+        "rows behind a target ratio run {} times, each right after its ping reference (\"ping alongside\"); a target \
+         is judged on the median of those pairs' ratios, so a drift in the host's speed does not skew it",
+        args.pairs.max(1)
     );
     if !args.replica_flags.is_empty() {
         println!("replica flags: {}", args.replica_flags);
     }
     let mut results: BTreeMap<String, (f64, u64, u64)> = BTreeMap::new();
+    // Per target row: each run's figures with those of the ping run just before it.
+    let mut pairs: BTreeMap<String, Vec<Pair>> = BTreeMap::new();
     for mode in [None, Some("HINTED-HANDOFF")] {
         let cluster = Cluster::start(4, mode, args)?;
         println!("\n== mode {}", mode.unwrap_or("READ-REPAIR+HINTED-HANDOFF (default)"));
@@ -557,11 +569,17 @@ fn matrix(args: &Args) -> Result<(), String> {
         for (label, load) in rows {
             let reference = reference(&label);
             let (mut runs, mut pings) = (Vec::new(), Vec::new());
-            for _ in 0..args.repeat.max(1) {
+            let times = if reference.is_some() { args.pairs.max(1) } else { args.repeat.max(1) };
+            for _ in 0..times {
                 if let Some(ping) = &reference {
-                    pings.push(run(ping));
+                    let p = run(ping);
+                    let r = run(&load);
+                    pairs.entry(label.clone()).or_default().push(Pair { row: r.figures(), ping: p.figures() });
+                    pings.push(p);
+                    runs.push(r);
+                } else {
+                    runs.push(run(&load));
                 }
-                runs.push(run(&load));
             }
             let r = median(runs);
             println!("{}", r.line(&label));
@@ -572,16 +590,16 @@ fn matrix(args: &Args) -> Result<(), String> {
                 None => label.clone(),
                 Some(m) => format!("{label} [{m}]"),
             };
-            results.insert(key, (r.ops_per_sec(), r.hist.percentile(0.5), r.hist.percentile(0.99)));
+            results.insert(key, r.figures());
             if !pings.is_empty() {
                 let p = median(pings);
                 println!("{}", p.line("  ping alongside"));
-                results.insert(format!("ping alongside {label}"), (p.ops_per_sec(), p.hist.percentile(0.5), p.hist.percentile(0.99)));
+                results.insert(format!("ping alongside {label}"), p.figures());
             }
             let _ = std::io::stdout().flush();
         }
     }
-    print_targets(&results);
+    print_targets(&results, &pairs);
     Ok(())
 }
 
@@ -626,25 +644,52 @@ const TARGETS: [Target; 4] = [
     Target { name: "32 clients put QUORUM ops/s / ping ops/s", row: "put QUORUM c=32", clients: 32, latency: false, target: 0.25 },
 ];
 
-fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>) {
+/// A target row's run and the ping run just before it: (ops/s, p50 µs, p99 µs) each.
+struct Pair {
+    row: (f64, u64, u64),
+    ping: (f64, u64, u64),
+}
+
+impl Target {
+    /// The figure the target compares: the row's p50 over its ping's, or its throughput over its ping's.
+    fn ratio(&self, row: (f64, u64, u64), ping: (f64, u64, u64)) -> f64 {
+        if self.latency { row.1 as f64 / ping.1.max(1) as f64 } else { row.0 / ping.0.max(1.0) }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTreeMap<String, Vec<Pair>>) {
     let get = |k: &str| r.get(k).copied().unwrap_or_default();
-    // The ping run alongside a row, else the matrix's own ping row.
-    let ping_for = |label: &str, clients: usize| {
-        r.get(&format!("ping alongside {label}")).copied().unwrap_or_else(|| get(&format!("ping c={clients}")))
-    };
     let mut rows = Vec::new();
     let mut ratio_row = |name: &str, value: f64, cmp: &str, target: f64, detail: String| {
         let ok = if cmp == "<=" { value <= target } else { value >= target };
         rows.push(format!("{:<52} {:>7.2}x  target {cmp} {target}x  {}  {detail}", name, value, if ok { "met" } else { "NOT MET" }));
     };
     for t in &TARGETS {
-        let (row, ping) = (get(t.row), ping_for(t.row, t.clients));
-        let (value, detail) = if t.latency {
-            (row.1 as f64 / ping.1.max(1) as f64, format!("({} vs {} µs)", row.1, ping.1))
-        } else {
-            (row.0 / ping.0.max(1.0), format!("({:.0} vs {:.0})", row.0, ping.0))
-        };
-        ratio_row(t.name, value, if t.latency { "<=" } else { ">=" }, t.target, detail);
+        let cmp = if t.latency { "<=" } else { ">=" };
+        match pairs.get(t.row) {
+            Some(runs) if !runs.is_empty() => {
+                let mut ratios: Vec<f64> = runs.iter().map(|p| t.ratio(p.row, p.ping)).collect();
+                let value = median_of(&mut ratios);
+                let each = ratios.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+                ratio_row(t.name, value, cmp, t.target, format!("(median of {} pairs: {each})", ratios.len()));
+            }
+            // Without pairs (not run in this mode): against the matrix's own ping row.
+            _ => {
+                let (row, ping) = (get(t.row), get(&format!("ping c={}", t.clients)));
+                let detail = if t.latency { format!("({} vs {} µs)", row.1, ping.1) } else { format!("({:.0} vs {:.0})", row.0, ping.0) };
+                ratio_row(t.name, t.ratio(row, ping), cmp, t.target, detail);
+            }
+        }
     }
     let p32 = get("put QUORUM c=32");
     ratio_row(
@@ -674,5 +719,36 @@ fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>) {
             if k <= 65536 { "met" } else { "NOT MET" }
         ),
         None => println!("{:<52} NOT MET (connections were not all served)", "1000 idle connections"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        for (values, want) in [
+            (vec![], 0.0),
+            (vec![2.5], 2.5),
+            (vec![3.0, 1.0, 2.0], 2.0),
+            (vec![4.0, 1.0, 3.0, 2.0], 2.5),
+            (vec![2.9, 2.1, 3.4, 2.4, 2.2], 2.4),
+        ] {
+            let mut v = values.clone();
+            assert_eq!(median_of(&mut v), want, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn targets_compare_latency_or_throughput_with_their_ping() {
+        let latency = &TARGETS[1];
+        let throughput = &TARGETS[3];
+        assert!(latency.latency && !throughput.latency);
+        // p50 60 µs against a ping's 20 µs: 3x; throughput 25k against 100k: 0.25x.
+        assert_eq!(latency.ratio((10_000.0, 60, 100), (40_000.0, 20, 30)), 3.0);
+        assert_eq!(throughput.ratio((25_000.0, 900, 2_000), (100_000.0, 300, 800)), 0.25);
+        // A ping with no samples does not divide by zero.
+        assert_eq!(latency.ratio((1.0, 50, 60), (0.0, 0, 0)), 50.0);
     }
 }
