@@ -234,15 +234,16 @@ impl Failures {
 pub struct Tally {
     /// Every node's name, shared by all calls; looked up only to explain a failure.
     names: Arc<[String]>,
-    /// Node index per slot.
-    targets: Vec<usize>,
+    /// Node index per slot (the ring's shared list for the key: no copy per call).
+    targets: Arc<[usize]>,
     tracker: QuorumTracker,
     failures: Failures,
 }
 
 impl Tally {
     /// A tally over `targets` (node indexes into `names`) needing `required` acks.
-    pub fn new(targets: Vec<usize>, names: Arc<[String]>, required: usize) -> Self {
+    pub fn new(targets: impl Into<Arc<[usize]>>, names: Arc<[String]>, required: usize) -> Self {
+        let targets = targets.into();
         let n = targets.len();
         Tally { names, targets, tracker: QuorumTracker::new(required, n), failures: Failures::default() }
     }
@@ -289,7 +290,7 @@ impl Tally {
 pub struct WriteMachine {
     key: u8,
     version: Version,
-    answered: Vec<bool>,
+    answered: SlotSet,
     tally: Tally,
     hint: bool,
     reply_to: Option<ReplyTo>,
@@ -297,9 +298,9 @@ pub struct WriteMachine {
 
 impl WriteMachine {
     /// A write of `version` to `targets` (node indexes into `names`) needing `required` acks.
-    pub fn new(key: u8, version: Version, targets: Vec<usize>, names: Arc<[String]>, required: usize, hint: bool) -> Self {
-        let n = targets.len();
-        WriteMachine { key, version, answered: vec![false; n], tally: Tally::new(targets, names, required), hint, reply_to: None }
+    pub fn new(key: u8, version: Version, targets: impl Into<Arc<[usize]>>, names: Arc<[String]>, required: usize, hint: bool) -> Self {
+        let tally = Tally::new(targets, names, required);
+        WriteMachine { key, version, answered: SlotSet::new(tally.targets.len()), tally, hint, reply_to: None }
     }
 
     /// Acks and failures so far.
@@ -330,7 +331,7 @@ impl WriteMachine {
 
 impl Machine for WriteMachine {
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
-        if std::mem::replace(&mut self.answered[slot], true) {
+        if !self.answered.insert(slot) {
             return;
         }
         let err = match result {
@@ -368,11 +369,44 @@ impl Machine for WriteMachine {
     }
 }
 
+/// Which slots are in a set: a bitmask up to 128 slots (every real RF), so a call allocates nothing for it.
 #[derive(Debug, Clone)]
-enum ReadSlot {
+enum SlotSet {
+    Small(u128),
+    Large(Vec<bool>),
+}
+
+impl SlotSet {
+    fn new(slots: usize) -> Self {
+        if slots <= 128 { SlotSet::Small(0) } else { SlotSet::Large(vec![false; slots]) }
+    }
+
+    /// Adds `slot`; false if it was already in.
+    fn insert(&mut self, slot: usize) -> bool {
+        match self {
+            SlotSet::Small(bits) => {
+                let bit = 1u128 << slot;
+                let new = *bits & bit == 0;
+                *bits |= bit;
+                new
+            }
+            SlotSet::Large(v) => !std::mem::replace(&mut v[slot], true),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Reply {
     Waiting,
     Replied(Option<Version>),
     Failed,
+}
+
+/// One replica's part in a read: its reply, and the timestamp a blocking repair brought it to.
+#[derive(Debug, Clone)]
+struct ReadSlot {
+    reply: Reply,
+    repaired: Option<Timestamp>,
 }
 
 /// A read sent to every replica of a key.
@@ -383,23 +417,20 @@ pub struct ReadMachine {
     repair: bool,
     answered: bool,
     repairs_issued: bool,
-    /// Slots already brought up to this timestamp by a blocking repair.
-    repaired: Vec<Option<Timestamp>>,
     reply_to: Option<ReplyTo>,
 }
 
 impl ReadMachine {
     /// A read of `key` from `targets` (node indexes into `names`) needing `required` replies; `repair` enables read repair.
-    pub fn new(key: u8, targets: Vec<usize>, names: Arc<[String]>, required: usize, repair: bool) -> Self {
-        let n = targets.len();
+    pub fn new(key: u8, targets: impl Into<Arc<[usize]>>, names: Arc<[String]>, required: usize, repair: bool) -> Self {
+        let tally = Tally::new(targets, names, required);
         ReadMachine {
             key,
-            slots: vec![ReadSlot::Waiting; n],
-            tally: Tally::new(targets, names, required),
+            slots: vec![ReadSlot { reply: Reply::Waiting, repaired: None }; tally.targets.len()],
+            tally,
             repair,
             answered: false,
             repairs_issued: false,
-            repaired: vec![None; n],
             reply_to: None,
         }
     }
@@ -431,7 +462,7 @@ impl ReadMachine {
 
     /// The newest version among the replies so far.
     pub fn newest(&self) -> Option<&Version> {
-        self.slots.iter().filter_map(|s| if let ReadSlot::Replied(Some(v)) = s { Some(v) } else { None }).max()
+        self.slots.iter().filter_map(|s| if let Reply::Replied(Some(v)) = &s.reply { Some(v) } else { None }).max()
     }
 
     /// Slots that replied with something older than [`newest`](Self::newest), with their node index.
@@ -440,14 +471,14 @@ impl ReadMachine {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s, ReadSlot::Replied(v) if v.as_ref() < Some(newest)))
+            .filter(|(_, s)| matches!(&s.reply, Reply::Replied(v) if v.as_ref() < Some(newest)))
             .map(|(i, _)| (i, self.tally.targets[i]))
             .collect()
     }
 
     /// Records that `slot` was brought up to `ts` before the answer.
     pub fn mark_repaired(&mut self, slot: usize, ts: Timestamp) {
-        self.repaired[slot] = Some(ts);
+        self.slots[slot].repaired = Some(ts);
     }
 
     /// The client has been answered: from now on (or now, if every reply is in) background repairs go out.
@@ -463,7 +494,7 @@ impl ReadMachine {
         self.repairs_issued = true;
         let Some(newest) = self.newest().cloned() else { return };
         for (slot, target) in self.stale_replied() {
-            if self.repaired[slot] != Some(newest.ts) {
+            if self.slots[slot].repaired != Some(newest.ts) {
                 out.push(Command::Repair { target, key: self.key, version: newest.clone() });
             }
         }
@@ -472,20 +503,20 @@ impl ReadMachine {
 
 impl Machine for ReadMachine {
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
-        if !matches!(self.slots[slot], ReadSlot::Waiting) {
+        if !matches!(self.slots[slot].reply, Reply::Waiting) {
             return;
         }
         match result {
             Ok(response::Body::ReplicaRead(r)) => {
-                self.slots[slot] = ReadSlot::Replied(r.version.map(Version::from_proto));
+                self.slots[slot].reply = Reply::Replied(r.version.map(Version::from_proto));
                 self.tally.ack();
             }
             Ok(other) => {
-                self.slots[slot] = ReadSlot::Failed;
+                self.slots[slot].reply = Reply::Failed;
                 self.tally.fail(slot, &Error::Protocol(format!("unexpected reply to a read: {other:?}")));
             }
             Err(e) => {
-                self.slots[slot] = ReadSlot::Failed;
+                self.slots[slot].reply = Reply::Failed;
                 self.tally.fail(slot, &e);
             }
         }
@@ -510,8 +541,8 @@ impl Machine for ReadMachine {
     fn held_bytes(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| match s {
-                ReadSlot::Replied(Some(v)) => v.value.as_ref().map_or(0, String::len),
+            .map(|s| match &s.reply {
+                Reply::Replied(Some(v)) => v.value.as_ref().map_or(0, String::len),
                 _ => 0,
             })
             .sum()
@@ -595,6 +626,25 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn slot_sets_report_each_slot_once_small_and_large() {
+        for slots in [1, 3, 64, 127, 128, 129, 256] {
+            let mut set = SlotSet::new(slots);
+            assert_eq!(matches!(set, SlotSet::Small(_)), slots <= 128, "{slots} slots");
+            let mut picked = vec![0, slots / 2, slots - 1];
+            picked.dedup();
+            for &slot in &picked {
+                assert!(set.insert(slot), "slot {slot} of {slots}: first insert");
+            }
+            for &slot in &picked {
+                assert!(!set.insert(slot), "slot {slot} of {slots}: second insert");
+            }
+            if slots > 3 {
+                // Slot 1 is none of the picked ones: inserting the others did not set it.
+                assert!(set.insert(1), "slot 1 of {slots} was never inserted");
+            }
+        }
+    }
     #[test]
     fn a_deferred_read_is_answered_once_when_settled_and_still_repairs() {
         let old = Version::value(ts(1), "old");

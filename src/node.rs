@@ -440,7 +440,7 @@ impl Node {
         let (replicas, need) = self.check_available(key, level)?;
         let version = Version { ts: self.clock.now(), value };
         let hint = self.cfg.mode.hinted_handoff();
-        let mut machine = WriteMachine::new(key, version.clone(), replicas.to_vec(), self.names.clone(), need, hint);
+        let mut machine = WriteMachine::new(key, version.clone(), self.ring.replica_set(key), self.names.clone(), need, hint);
         let deadline = self.deadline();
         let deferred = later.is_some();
         if let Some(to) = self.defer(later, deadline) {
@@ -495,7 +495,7 @@ impl Node {
     ) -> Result<Answered<(Option<Version>, Option<Deferred>)>> {
         let (replicas, need) = self.check_available(key, level)?;
         let repair = self.cfg.mode.read_repair();
-        let mut machine = ReadMachine::new(key, replicas.to_vec(), self.names.clone(), need, repair);
+        let mut machine = ReadMachine::new(key, self.ring.replica_set(key), self.names.clone(), need, repair);
         let local_slot = replicas.iter().position(|&t| t == self.me);
         if let (Consistency::One, Some(slot)) = (level, local_slot) {
             let version = self.store.get(key);

@@ -25,6 +25,7 @@
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::store::KEYS;
@@ -123,7 +124,7 @@ pub struct Ring {
     /// `ranges[i]` is node `i`'s primary range, inclusive.
     ranges: Vec<(u8, u8)>,
     /// `replicas[key]`: indexes into `nodes`, owner first.
-    replicas: Vec<Vec<usize>>,
+    replicas: Vec<Arc<[usize]>>,
 }
 
 impl Ring {
@@ -150,7 +151,7 @@ impl Ring {
             while key > ranges[owner].1 as usize {
                 owner += 1;
             }
-            replicas.push((0..rf).map(|j| (owner + j) % n).collect());
+            replicas.push((0..rf).map(|j| (owner + j) % n).collect::<Vec<_>>().into());
         }
         Ok(Ring { nodes, rf, epoch, ranges, replicas })
     }
@@ -193,6 +194,11 @@ impl Ring {
     /// The replicas of `key`, owner first, then clockwise.
     pub fn replicas(&self, key: u8) -> &[usize] {
         &self.replicas[key as usize]
+    }
+
+    /// [`replicas`](Self::replicas) as a shared list, for a call to keep without copying it.
+    pub fn replica_set(&self, key: u8) -> Arc<[usize]> {
+        self.replicas[key as usize].clone()
     }
 
     /// Node `i`'s primary range, inclusive.
