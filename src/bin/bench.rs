@@ -572,14 +572,14 @@ fn matrix(args: &Args) -> Result<(), String> {
             let times = if reference.is_some() { args.pairs.max(1) } else { args.repeat.max(1) };
             for _ in 0..times {
                 if let Some(ping) = &reference {
-                    let p = run(ping);
-                    let r = run(&load);
-                    pairs.entry(label.clone()).or_default().push(Pair { row: r.figures(), ping: p.figures() });
-                    pings.push(p);
-                    runs.push(r);
-                } else {
-                    runs.push(run(&load));
+                    pings.push(run(ping));
                 }
+                runs.push(run(&load));
+            }
+            // Run i of the row came right after ping i.
+            if !pings.is_empty() {
+                let each = runs.iter().zip(&pings).map(|(r, p)| Pair { row: r.figures(), ping: p.figures() });
+                pairs.insert(label.clone(), each.collect());
             }
             let r = median(runs);
             println!("{}", r.line(&label));
@@ -675,20 +675,16 @@ fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTreeMap<String,
         rows.push(format!("{:<52} {:>7.2}x  target {cmp} {target}x  {}  {detail}", name, value, if ok { "met" } else { "NOT MET" }));
     };
     for t in &TARGETS {
+        // Every target row runs in pairs with its ping (at least one).
+        let mut ratios: Vec<f64> = pairs.get(t.row).map_or(&[][..], Vec::as_slice).iter().map(|p| t.ratio(p.row, p.ping)).collect();
+        let value = median_of(&mut ratios);
+        let each = ratios.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
         let cmp = if t.latency { "<=" } else { ">=" };
-        match pairs.get(t.row) {
-            Some(runs) if !runs.is_empty() => {
-                let mut ratios: Vec<f64> = runs.iter().map(|p| t.ratio(p.row, p.ping)).collect();
-                let value = median_of(&mut ratios);
-                let each = ratios.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
-                ratio_row(t.name, value, cmp, t.target, format!("(median of {} pairs: {each})", ratios.len()));
-            }
-            // Without pairs (not run in this mode): against the matrix's own ping row.
-            _ => {
-                let (row, ping) = (get(t.row), get(&format!("ping c={}", t.clients)));
-                let detail = if t.latency { format!("({} vs {} µs)", row.1, ping.1) } else { format!("({:.0} vs {:.0})", row.0, ping.0) };
-                ratio_row(t.name, t.ratio(row, ping), cmp, t.target, detail);
-            }
+        if ratios.is_empty() {
+            // Not measured (the matrix stopped early): never "met".
+            ratio_row(t.name, f64::NAN, cmp, t.target, "(not measured)".into());
+        } else {
+            ratio_row(t.name, value, cmp, t.target, format!("(median of {} pairs: {each})", ratios.len()));
         }
     }
     let p32 = get("put QUORUM c=32");
