@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::wal::FsyncMode;
+use crate::storage::wal::FsyncMode;
 
 /// Which repair mechanisms run, as the seed's `MODE` argument chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub struct NodeConfig {
     pub max_clock_offset: Duration,
     /// A new connection must send its first frame within this time.
     pub first_frame_timeout: Duration,
-    /// Bytes that answered calls may hold while their last replicas reply (see [`crate::call::Budget`]).
+    /// Bytes that answered calls may hold while their last replicas reply (see [`crate::coordinator::call::Budget`]).
     pub max_background_bytes: usize,
     /// Where the log and snapshots live; `None` keeps everything in memory.
     pub data_dir: Option<PathBuf>,

@@ -14,7 +14,7 @@
 //! | `Put` | the same, and the value's size against `--max-value-bytes` |
 //! | `Inspect` | key |
 //! | `Ping`, `Status`, `Display` | nothing to check (`Display` cuts values itself) |
-//! | `Fault` | nothing here: [`crate::fault`] refuses it unless enabled, then checks its fields against the ring |
+//! | `Fault` | nothing here: [`crate::net::fault`] refuses it unless enabled, then checks its fields against the ring |
 //! | replica requests, `PeerHello` on a client connection | refused |
 //! | `ReplicaRead` | key |
 //! | `ReplicaWrite` | key, a version present, its value's size unless it is a tombstone |
@@ -23,11 +23,11 @@
 //!
 //! Strings are valid UTF-8 by construction: the decoder refuses anything else.
 
-use crate::consistency::Consistency;
+use crate::coordinator::consistency::Consistency;
+use crate::coordinator::readbatch::MAX_BATCH;
 use crate::error::{Error, Result};
 use crate::proto::{self, request};
-use crate::readbatch::MAX_BATCH;
-use crate::store::KEYS;
+use crate::storage::store::KEYS;
 
 /// Checks a key and returns it as the store's index.
 pub fn validate_key(key: u32) -> Result<u8> {
@@ -128,7 +128,7 @@ pub struct FuzzStats {
 /// panic, hang or allocate more than the cap per frame. A frame that decodes
 /// is re-encoded and decoded again, and must come back equal.
 pub fn fuzz_frames(data: &[u8], max_frame: usize, max_value_bytes: usize) -> FuzzStats {
-    use crate::frame::{FrameError, FrameReader};
+    use crate::net::frame::{FrameError, FrameReader};
     use prost::Message;
     let mut stats = FuzzStats::default();
     let mut reader = FrameReader::new(std::io::Cursor::new(data), max_frame);
@@ -166,7 +166,7 @@ pub fn fuzz_frames(data: &[u8], max_frame: usize, max_value_bytes: usize) -> Fuz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::encode_frame;
+    use crate::net::frame::encode_frame;
     use crate::proto::request::Body as B;
     use prost::Message;
 

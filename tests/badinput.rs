@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, under_tsan, wait_for};
 use prost::Message;
-use quorumkv::consistency::Consistency::Quorum;
-use quorumkv::frame::{FrameError, FrameReader};
+use quorumkv::coordinator::consistency::Consistency::Quorum;
+use quorumkv::coordinator::readbatch::MAX_BATCH;
+use quorumkv::net::frame::{FrameError, FrameReader};
 use quorumkv::proto::{self, request::Body as B, response::Body as R};
-use quorumkv::readbatch::MAX_BATCH;
 use quorumkv::validate::{validate_peer_request, validate_request};
 
 /// The replicas run with a small value limit, so oversize values are cheap to send.
@@ -225,7 +225,7 @@ fn batch_keys(rng: &mut Rng, range: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i * step) % range).collect()
 }
 
-fn hello(ring: &quorumkv::ring::Ring, name: &str) -> proto::PeerHello {
+fn hello(ring: &quorumkv::cluster::ring::Ring, name: &str) -> proto::PeerHello {
     proto::PeerHello { name: name.into(), ring_fingerprint: ring.fingerprint(), ring_description: ring.describe(), epoch: ring.epoch() }
 }
 
@@ -261,7 +261,7 @@ fn mutate_bytes(rng: &mut Rng, body: &mut Vec<u8>) {
 }
 
 /// Body of one request that arrives on a client connection: mutated, crafted invalid, or of the wrong kind.
-fn client_frame(rng: &mut Rng, ring: &quorumkv::ring::Ring) -> Vec<u8> {
+fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
     let id = rng.next() >> rng.below(64);
     match rng.below(100) {
         // Flipped bits in a valid request of any kind.
@@ -419,7 +419,7 @@ fn response(rng: &mut Rng) -> proto::Response {
 }
 
 /// Body of one request that arrives on a replica link.
-fn peer_frame(rng: &mut Rng, ring: &quorumkv::ring::Ring) -> Vec<u8> {
+fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
     let id = rng.next() >> rng.below(64);
     let key = rng.below(256) as u32;
     let body = match rng.below(100) {
@@ -577,7 +577,7 @@ fn hex(b: &[u8]) -> String {
 struct Ctx {
     seed: u64,
     ports: Vec<u16>,
-    ring: quorumkv::ring::Ring,
+    ring: quorumkv::cluster::ring::Ring,
     /// Set on the first failure: everyone stops.
     failed: AtomicBool,
     half: Phase,
@@ -945,11 +945,11 @@ fn every_replica_survives_a_flood_of_mutated_frames() {
     let seed = seed();
     eprintln!("badinput seed {seed:#x} (replay with QUORUMKV_BADINPUT_SEED={seed:#x})");
     let mut c = Cluster::start(REPLICAS, &["--max-value-bytes", &MAX_VALUE.to_string()]);
-    let nodes = quorumkv::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
+    let nodes = quorumkv::cluster::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
     let ctx = Arc::new(Ctx {
         seed,
         ports: c.replicas.iter().map(|r| r.port).collect(),
-        ring: quorumkv::ring::Ring::new(nodes, 3, 1).unwrap(),
+        ring: quorumkv::cluster::ring::Ring::new(nodes, 3, 1).unwrap(),
         failed: AtomicBool::new(false),
         half: Phase { arrived: AtomicUsize::new(0), go: AtomicBool::new(false) },
     });

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, stderr, stdout, wait_for};
 use quorumkv::Error;
-use quorumkv::consistency::Consistency::{All, One, Quorum};
+use quorumkv::coordinator::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
 
 const FI: &str = "--enable-fault-injection";
@@ -155,7 +155,7 @@ fn a_slow_replica_does_not_hold_up_one_reads_through_a_non_replica() {
 #[test]
 fn deferred_replies_keep_request_order() {
     use prost::Message;
-    use quorumkv::frame::{FrameReader, encode_frame};
+    use quorumkv::net::frame::{FrameReader, encode_frame};
     use quorumkv::proto::{self, request::Body, response};
     // Key 70 lives on r1, r2, r3 (r0 holds no copy); key 5 on r0, r1, r2.
     let c = Cluster::start(4, &[FI]);

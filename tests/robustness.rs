@@ -13,7 +13,7 @@ use common::{Cluster, slack};
 use prost::Message;
 use quorumkv::Error;
 use quorumkv::client::Client;
-use quorumkv::consistency::Consistency::{All, One, Quorum};
+use quorumkv::coordinator::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto;
 
 fn raw(port: u16) -> TcpStream {
@@ -39,8 +39,8 @@ fn read_reply(s: &mut TcpStream) -> Option<proto::Response> {
 
 /// A raw connection to replica `i` that has done the peer handshake as `as_name`.
 fn peer_link(c: &Cluster, i: usize, as_name: &str) -> TcpStream {
-    let nodes = quorumkv::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
-    let ring = quorumkv::ring::Ring::new(nodes, 3, 1).unwrap();
+    let nodes = quorumkv::cluster::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
+    let ring = quorumkv::cluster::ring::Ring::new(nodes, 3, 1).unwrap();
     let mut s = raw(c.replicas[i].port);
     let hello = proto::PeerHello {
         name: as_name.into(),

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use quorumkv::Error;
 use quorumkv::client::Client;
+use quorumkv::client::histogram::Histogram;
+use quorumkv::cluster::ring::load_cluster_file;
 use quorumkv::config::parse_duration;
-use quorumkv::consistency::Consistency;
-use quorumkv::histogram::Histogram;
-use quorumkv::ring::load_cluster_file;
+use quorumkv::coordinator::consistency::Consistency;
 
 /// Load generator for quorumkv.
 #[derive(Parser, Debug, Clone)]

@@ -9,12 +9,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use quorumkv::consistency::Consistency;
-use quorumkv::console::{Command, Outcome, Session, parse, tokenize};
+use quorumkv::client::console::{Command, Outcome, Session, parse, tokenize};
+use quorumkv::coordinator::consistency::Consistency;
 
 /// Console client for a quorumkv coordinator.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = quorumkv::console::HELP)]
+#[command(version, about, after_help = quorumkv::client::console::HELP)]
 struct Args {
     /// Coordinator host.
     host: String,

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{LevelFilter, error};
+use quorumkv::cluster::ring::{Ring, load_cluster_file};
 use quorumkv::config::{Mode, NodeConfig, parse_duration};
-use quorumkv::ring::{Ring, load_cluster_file};
-use quorumkv::wal::FsyncMode;
+use quorumkv::storage::wal::FsyncMode;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
 /// One replica of a quorumkv cluster.
@@ -134,5 +134,5 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.ack_log = args.ack_log;
     cfg.enable_fault_injection = args.enable_fault_injection;
     let ring = Ring::new(nodes, args.rf, 1)?;
-    quorumkv::server::run(cfg, ring)
+    quorumkv::net::server::run(cfg, ring)
 }

@@ -39,9 +39,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::cluster::ring::Ring;
 use crate::error::{Error, Result};
 use crate::proto::{self, FaultAction, FaultDirection};
-use crate::ring::Ring;
 
 /// The longest delay a request may set.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -353,7 +353,7 @@ fn describe(st: &State, ring: &Ring) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::NodeInfo;
+    use crate::cluster::ring::NodeInfo;
 
     fn ring() -> Ring {
         let nodes =

@@ -6,15 +6,18 @@
 //! `Failure`), the request was bad (`InvalidRequest`) or the connection failed
 //! (`Io`, `Protocol`).
 
+pub mod console;
+pub mod histogram;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use prost::Message;
 
-use crate::consistency::Consistency;
+use crate::coordinator::consistency::Consistency;
 use crate::error::{Error, Result};
-use crate::frame::{FrameReader, encode_frame};
+use crate::net::frame::{FrameReader, encode_frame};
 use crate::proto::{self, request, response};
 
 /// Largest reply a client accepts (a `display` of a full cluster stays far below).

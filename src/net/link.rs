@@ -33,8 +33,8 @@ use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::fault::{Faults, Received};
-use crate::frame::{FrameReader, append_frame, encode_frame};
+use crate::net::fault::{Faults, Received};
+use crate::net::frame::{FrameReader, append_frame, encode_frame};
 use crate::proto::{self, request, response};
 
 /// A peer's reply, or why there is none.

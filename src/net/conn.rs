@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::frame::append_frame;
+use crate::net::frame::append_frame;
 use crate::proto::{self, response};
 
 /// How often a worker with a deferred reply checks for a stash while its client is silent.
@@ -173,7 +173,7 @@ impl ClientConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::FrameReader;
+    use crate::net::frame::FrameReader;
     use prost::Message;
     use std::io::Read;
     use std::net::TcpListener;

@@ -2,11 +2,11 @@
 //!
 //! Keys are `0..=255`, so the store is a fixed array indexed by key. Reads
 //! take the read lock and clone the cell; writes take the write lock and
-//! [`merge`](crate::cell::merge) the incoming version by last-write-wins, so an
+//! [`merge`](crate::storage::cell::merge) the incoming version by last-write-wins, so an
 //! older version never replaces a newer one whatever order writes, repairs and
 //! hint replays arrive in.
 //!
-//! With a write-ahead log ([`crate::wal`]), a change is appended to the log
+//! With a write-ahead log ([`crate::storage::wal`]), a change is appended to the log
 //! under the same write lock (so the log's order is the store's order, and a
 //! snapshot taken after a log rotation holds every logged change), and the
 //! caller [`commit`](Store::commit)s — waits for durability — after releasing
@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::cell::{Version, supersedes};
 use crate::error::Result;
 use crate::proto;
-use crate::wal::Wal;
+use crate::storage::cell::{Version, supersedes};
+use crate::storage::wal::Wal;
 
 /// Number of keys, and of cells.
 pub const KEYS: usize = 256;
@@ -120,8 +120,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hlc::Timestamp;
-    use crate::wal::Wal;
+    use crate::storage::hlc::Timestamp;
+    use crate::storage::wal::Wal;
     use std::sync::Barrier;
 
     fn v(micros: u64, value: &str) -> Version {
@@ -143,7 +143,7 @@ mod tests {
     fn an_older_write_waits_for_the_record_that_covers_it() {
         let dir = std::env::temp_dir().join(format!("qkv-store-cover-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (wal, _) = Wal::open(&dir, crate::wal::FsyncMode::Always).unwrap();
+        let (wal, _) = Wal::open(&dir, crate::storage::wal::FsyncMode::Always).unwrap();
         let s = Store::new(Some(Arc::new(wal)));
         let newer = s.apply(7, v(20, "v2")).unwrap();
         assert!(newer.changed && newer.pos > 0);

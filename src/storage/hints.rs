@@ -31,10 +31,10 @@ use std::time::Duration;
 use log::{info, warn};
 use parking_lot::Mutex;
 
-use crate::cell::{Version, supersedes};
-use crate::hlc::Timestamp;
 use crate::proto;
-use crate::wal::{Wal, wall_micros};
+use crate::storage::cell::{Version, supersedes};
+use crate::storage::hlc::Timestamp;
+use crate::storage::wal::{Wal, wall_micros};
 
 /// One missed write.
 #[derive(Debug, Clone)]

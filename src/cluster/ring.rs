@@ -28,7 +28,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::store::KEYS;
+use crate::storage::store::KEYS;
 
 /// One replica as the cluster file describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,17 +36,17 @@ use log::{debug, error, info, warn};
 use prost::Message;
 use socket2::{Domain, Socket, Type};
 
-use crate::badlog::BadLog;
+use crate::cluster::ring::Ring;
 use crate::config::NodeConfig;
-use crate::conn::{self, ClientConn};
 use crate::error::{Error, Result};
-use crate::fault::Received;
-use crate::frame::{FrameError, FrameReader, append_frame, encode_frame};
-use crate::link::LinkEnv;
+use crate::net::badlog::BadLog;
+use crate::net::conn::{self, ClientConn};
+use crate::net::fault::Received;
+use crate::net::frame::{FrameError, FrameReader, append_frame, encode_frame};
+use crate::net::link::LinkEnv;
 use crate::node::{Answered, Deferred, Node, PeerReply, Unfinished, Workers};
 use crate::proto::{self, request, response};
-use crate::ring::Ring;
-use crate::wal::FsyncMode;
+use crate::storage::wal::FsyncMode;
 
 const WORKER_STACK: usize = 256 * 1024;
 const WORKER_IDLE: Duration = Duration::from_secs(30);

@@ -12,10 +12,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::client::Client;
-use crate::consistency::Consistency;
+use crate::coordinator::consistency::Consistency;
 use crate::error::Error;
 use crate::proto;
-use crate::store::KEYS;
+use crate::storage::store::KEYS;
 
 /// The console's help text.
 pub const HELP: &str = "\

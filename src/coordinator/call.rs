@@ -26,13 +26,13 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::cell::Version;
-use crate::conn::ReplyTo;
-use crate::consistency::{Decision, QuorumTracker};
+use crate::coordinator::consistency::{Decision, QuorumTracker};
 use crate::error::{Error, Result};
-use crate::hlc::Timestamp;
-use crate::link::{PeerResult, ReplySink};
+use crate::net::conn::ReplyTo;
+use crate::net::link::{PeerResult, ReplySink};
 use crate::proto::response;
+use crate::storage::cell::Version;
+use crate::storage::hlc::Timestamp;
 
 /// Side effects a machine asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub enum Command {
         /// The newest version seen.
         version: Version,
     },
-    /// Answer a client whose reply was deferred (see [`crate::conn`]).
+    /// Answer a client whose reply was deferred (see [`crate::net::conn`]).
     Answer {
         /// Where the reply goes.
         to: ReplyTo,
@@ -614,7 +614,7 @@ mod tests {
         let now = Instant::now();
         let d = std::time::Duration::from_millis(in_ms.unsigned_abs());
         let deadline = if in_ms >= 0 { now + d } else { now - d };
-        (ReplyTo { conn: crate::conn::ClientConn::new(l.accept().unwrap().0), id, deadline }, client)
+        (ReplyTo { conn: crate::net::conn::ClientConn::new(l.accept().unwrap().0), id, deadline }, client)
     }
 
     fn answers(out: &[Command]) -> Vec<(u64, Answer)> {

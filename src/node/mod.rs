@@ -2,7 +2,7 @@
 //!
 //! [`Node`] holds everything one replica has: its ring, clock, store, hints
 //! and links to peers. It answers two kinds of requests, both as plain
-//! functions of a decoded message (the sockets belong to [`crate::server`]):
+//! functions of a decoded message (the sockets belong to [`crate::net::server`]):
 //!
 //! * **Peer requests** ([`Node::handle_peer`]) — read or write the local cell,
 //!   heartbeat, dump. They touch only the local store and never wait on
@@ -42,22 +42,22 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use log::{debug, info};
 
-use crate::call::{Answer, Budget, Call, Command, Executor, GatherMachine, ReadMachine, WriteMachine};
-use crate::cell::Version;
+use crate::cluster::ring::Ring;
 use crate::config::NodeConfig;
-use crate::conn::{ClientConn, ReplyTo};
-use crate::consistency::{Consistency, Decision};
+use crate::coordinator::call::{Answer, Budget, Call, Command, Executor, GatherMachine, ReadMachine, WriteMachine};
+use crate::coordinator::consistency::{Consistency, Decision};
+use crate::coordinator::readbatch::{QueuedRead, ReadBatcher};
 use crate::error::{Error, Result};
-use crate::fault::Faults;
-use crate::hints::HintStore;
-use crate::hlc::{Hlc, Timestamp};
-use crate::link::{IgnoreReply, PeerLink, ReplySink};
+use crate::net::conn::{ClientConn, ReplyTo};
+use crate::net::fault::Faults;
+use crate::net::link::{IgnoreReply, PeerLink, ReplySink};
 use crate::proto::{self, request, response};
-use crate::readbatch::{QueuedRead, ReadBatcher};
-use crate::ring::Ring;
-use crate::store::Store;
+use crate::storage::cell::Version;
+use crate::storage::hints::HintStore;
+use crate::storage::hlc::{Hlc, Timestamp};
+use crate::storage::store::Store;
+use crate::storage::wal::{Wal, wall_micros};
 use crate::validate::{validate_client_body, validate_key, validate_peer_body};
-use crate::wal::{Wal, wall_micros};
 
 /// A read repair for the repair worker.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ pub struct PeerReply {
     pub after: Option<Deferred>,
 }
 
-/// A request's answer: now, or later from the call itself (see [`crate::conn`]).
+/// A request's answer: now, or later from the call itself (see [`crate::net::conn`]).
 pub enum Answered<T> {
     /// The coordinator has the answer.
     Now(T),
@@ -293,7 +293,7 @@ impl Node {
     }
 
     /// Loads what the log and snapshot hold into the store and hints.
-    fn recover(&self, rec: crate::wal::Recovered) {
+    fn recover(&self, rec: crate::storage::wal::Recovered) {
         use proto::log_record::Kind;
         let mut cells = 0;
         let mut newest = Timestamp::default();
@@ -457,7 +457,7 @@ impl Node {
     }
 
     /// Sends `version` to each of `targets` (slot = position), remote ones first.
-    fn fan_out_write<M: crate::call::Machine + 'static>(
+    fn fan_out_write<M: crate::coordinator::call::Machine + 'static>(
         &self,
         call: &Arc<Call<M>>,
         targets: &[usize],
@@ -606,7 +606,7 @@ impl Node {
         targets: &[usize],
         body: &request::Body,
         local: impl FnOnce() -> response::Body,
-    ) -> Vec<Option<crate::link::PeerResult>> {
+    ) -> Vec<Option<crate::net::link::PeerResult>> {
         let call = Call::new(GatherMachine::new(targets.len()), self.clone() as Arc<dyn Executor>, self.budget.clone());
         let deadline = self.deadline();
         let mut local_slot = None;
@@ -726,7 +726,7 @@ impl Node {
     /// Answers a client request (this node coordinates).
     /// With `later` (the client's connection and the request's id), a request
     /// whose answer must come from other replicas may be answered by its call
-    /// instead ([`Answered::Later`]; see [`crate::conn`]).
+    /// instead ([`Answered::Later`]; see [`crate::net::conn`]).
     pub fn handle_client(self: &Arc<Self>, body: request::Body, later: Option<(&Arc<ClientConn>, u64)>) -> Answered<PeerReply> {
         match self.client_request(body, later) {
             Ok(r) => r,
@@ -968,7 +968,7 @@ impl Executor for Node {
                     debug!("not hinting key {key} for {}: down for {down_for:?}, past the hint window", self.ring.node(target).name);
                     return;
                 }
-                if self.hints.add(target, key, version) == crate::hints::Added::Stored {
+                if self.hints.add(target, key, version) == crate::storage::hints::Added::Stored {
                     // Hints are rare; write each one out at once so a crash right after keeps it.
                     if let Some(wal) = &self.wal {
                         wal.flush();
@@ -999,8 +999,8 @@ impl Executor for Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::NodeInfo;
-    use crate::wal::FsyncMode;
+    use crate::cluster::ring::NodeInfo;
+    use crate::storage::wal::FsyncMode;
     use std::sync::Barrier;
 
     fn ring() -> Ring {

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::call::{Call, ReadMachine};
+use crate::coordinator::call::{Call, ReadMachine};
 use crate::error::Error;
-use crate::link::{PeerResult, ReplySink};
+use crate::net::link::{PeerResult, ReplySink};
 use crate::node::Node;
 use crate::proto::{self, request, response};
 

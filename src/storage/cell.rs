@@ -23,8 +23,8 @@
 
 use std::cmp::Ordering;
 
-use crate::hlc::Timestamp;
 use crate::proto;
+use crate::storage::hlc::Timestamp;
 
 /// One version of a key: a value or a tombstone, with its write timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]

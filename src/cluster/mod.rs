@@ -1,0 +1,3 @@
+//! The cluster: the cluster file, the ring and placement.
+
+pub mod ring;
