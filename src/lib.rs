@@ -15,10 +15,12 @@ pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod message;
 pub mod net;
 pub mod node;
+#[cfg(test)]
+pub mod sim;
 pub mod storage;
-pub mod validate;
 
 /// Messages generated from `proto/quorumkv.proto` by `build.rs`.
 #[allow(missing_docs, clippy::all)]

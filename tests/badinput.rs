@@ -8,7 +8,7 @@
 //! handshake) on which it pipelines mutated but correctly framed requests while
 //! a reader thread drains the replies. Each reply is checked against an oracle:
 //! the test decodes the frame itself and runs the library's own validation
-//! (`quorumkv::validate`), so it knows whether the replica must refuse it
+//! (`quorumkv::message`), so it knows whether the replica must refuse it
 //! (`INVALID_REQUEST` with exactly the message validation gives, or
 //! `malformed request: <decode error>`) or serve it (a reply of the request's
 //! kind, or an error of another kind such as a timeout). Framing-level damage
@@ -31,9 +31,9 @@ use common::{Cluster, slack, under_tsan, wait_for};
 use prost::Message;
 use quorumkv::coordinator::consistency::Consistency::Quorum;
 use quorumkv::coordinator::readbatch::MAX_BATCH;
+use quorumkv::message::{validate_peer_request, validate_request};
 use quorumkv::net::frame::{FrameError, FrameReader};
 use quorumkv::proto::{self, request::Body as B, response::Body as R};
-use quorumkv::validate::{validate_peer_request, validate_request};
 
 /// The replicas run with a small value limit, so oversize values are cheap to send.
 const MAX_VALUE: usize = 8192;

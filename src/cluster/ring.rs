@@ -30,6 +30,19 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::storage::store::KEYS;
 
+/// A node's stable identity: FNV-1a of its name, so it does not depend on the
+/// node's place in the file or the ring. Links, calls, hints and faults name
+/// nodes by id, so a ring with a new epoch can add and remove nodes without
+/// renumbering anyone's state. Also the tie-breaker of timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node#{:08x}", self.0)
+    }
+}
+
 /// One replica as the cluster file describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -39,8 +52,8 @@ pub struct NodeInfo {
     pub host: String,
     /// TCP port.
     pub port: u16,
-    /// Stable 32-bit id derived from the name; breaks timestamp ties.
-    pub id: u32,
+    /// Stable id derived from the name; breaks timestamp ties.
+    pub id: NodeId,
 }
 
 impl NodeInfo {
@@ -87,7 +100,11 @@ pub fn parse_cluster_file(text: &str, origin: &str) -> Result<Vec<NodeInfo>> {
         if let Some(other) = nodes.iter().find(|n| n.host == host && n.port == port) {
             return Err(bad(format!("duplicate address {host}:{port} (already used by {})", other.name)));
         }
-        nodes.push(NodeInfo { name: name.to_string(), host: host.to_string(), port, id: node_id(name) });
+        let id = node_id(name);
+        if let Some(other) = nodes.iter().find(|n| n.id == id) {
+            return Err(bad(format!("name {name:?} hashes to the same id as {} ({id}); rename one", other.name)));
+        }
+        nodes.push(NodeInfo { name: name.to_string(), host: host.to_string(), port, id });
     }
     if nodes.is_empty() {
         return Err(Error::Config(format!("{origin}: no replicas listed")));
@@ -102,8 +119,8 @@ pub fn load_cluster_file(path: &str) -> Result<Vec<NodeInfo>> {
 }
 
 /// FNV-1a over the name: a stable id that does not depend on file order.
-fn node_id(name: &str) -> u32 {
-    fnv1a(name.as_bytes()) as u32
+fn node_id(name: &str) -> NodeId {
+    NodeId(fnv1a(name.as_bytes()) as u32)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -123,8 +140,8 @@ pub struct Ring {
     epoch: u64,
     /// `ranges[i]` is node `i`'s primary range, inclusive.
     ranges: Vec<(u8, u8)>,
-    /// `replicas[key]`: indexes into `nodes`, owner first.
-    replicas: Vec<Arc<[usize]>>,
+    /// `replicas[key]`: the key's replicas, owner first.
+    replicas: Vec<Arc<[NodeId]>>,
 }
 
 impl Ring {
@@ -151,7 +168,12 @@ impl Ring {
             while key > ranges[owner].1 as usize {
                 owner += 1;
             }
-            replicas.push((0..rf).map(|j| (owner + j) % n).collect::<Vec<_>>().into());
+            replicas.push((0..rf).map(|j| nodes[(owner + j) % n].id).collect::<Vec<_>>().into());
+        }
+        for (i, a) in nodes.iter().enumerate() {
+            if let Some(b) = nodes[..i].iter().find(|b| b.id == a.id) {
+                return Err(Error::Config(format!("{} and {} have the same id {}", b.name, a.name, a.id)));
+            }
         }
         Ok(Ring { nodes, rf, epoch, ranges, replicas })
     }
@@ -161,9 +183,24 @@ impl Ring {
         &self.nodes
     }
 
-    /// Node `i`.
-    pub fn node(&self, i: usize) -> &NodeInfo {
-        &self.nodes[i]
+    /// The node `id`, if it is in the ring.
+    pub fn get(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The node `id`'s name, or its id if it is not in the ring.
+    pub fn name(&self, id: NodeId) -> String {
+        self.get(id).map_or_else(|| id.to_string(), |n| n.name.clone())
+    }
+
+    /// The node `id`'s place in ring order.
+    pub fn position(&self, id: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Every node's id, in ring order.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.iter().map(|n| n.id)
     }
 
     /// Number of nodes.
@@ -186,22 +223,22 @@ impl Ring {
         self.epoch
     }
 
-    /// Index of the node named `name`.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.name == name)
+    /// The id of the node named `name`.
+    pub fn id_of(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().find(|n| n.name == name).map(|n| n.id)
     }
 
     /// The replicas of `key`, owner first, then clockwise.
-    pub fn replicas(&self, key: u8) -> &[usize] {
+    pub fn replicas(&self, key: u8) -> &[NodeId] {
         &self.replicas[key as usize]
     }
 
     /// [`replicas`](Self::replicas) as a shared list, for a call to keep without copying it.
-    pub fn replica_set(&self, key: u8) -> Arc<[usize]> {
+    pub fn replica_set(&self, key: u8) -> Arc<[NodeId]> {
         self.replicas[key as usize].clone()
     }
 
-    /// Node `i`'s primary range, inclusive.
+    /// The primary range of the node at ring position `i`, inclusive.
     pub fn range(&self, i: usize) -> (u8, u8) {
         self.ranges[i]
     }
@@ -228,8 +265,9 @@ mod tests {
     const SHIPPED: &str = "# the four replicas\nreplica0 127.0.0.1 9090\nreplica1 127.0.0.1 9091\n\nreplica2 127.0.0.1 9092  # third\nreplica3 127.0.0.1 9093\n";
 
     fn ring(n: usize, rf: usize) -> Ring {
-        let nodes =
-            (0..n).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1000 + i as u16, id: i as u32 }).collect();
+        let nodes = (0..n)
+            .map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1000 + i as u16, id: NodeId(i as u32) })
+            .collect();
         Ring::new(nodes, rf, 1).unwrap()
     }
 
@@ -240,12 +278,14 @@ mod tests {
             [(0..=63, [0, 1, 2]), (64..=127, [1, 2, 3]), (128..=191, [2, 3, 0]), (192..=255, [3, 0, 1])];
         for (keys, want) in table {
             for key in keys {
-                assert_eq!(r.replicas(key), want, "key {key}");
+                let got: Vec<usize> = r.replicas(key).iter().map(|&id| r.position(id).unwrap()).collect();
+                assert_eq!(got, want, "key {key}");
             }
         }
         assert_eq!(r.range(0), (0, 63));
         assert_eq!(r.range(3), (192, 255));
-        assert_eq!(r.node(2).name, "replica2");
+        assert_eq!(r.nodes()[2].name, "replica2");
+        assert_eq!(r.name(r.id_of("replica2").unwrap()), "replica2");
     }
 
     #[test]
@@ -270,7 +310,8 @@ mod tests {
         for key in 0..=255u8 {
             let reps = r.replicas(key);
             let owner = (0..5).find(|&i| (r.range(i).0..=r.range(i).1).contains(&key)).unwrap();
-            assert_eq!(reps, [owner, (owner + 1) % 5, (owner + 2) % 5]);
+            let want = [owner, (owner + 1) % 5, (owner + 2) % 5].map(|i| NodeId(i as u32));
+            assert_eq!(reps, want);
         }
     }
 

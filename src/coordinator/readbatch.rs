@@ -5,34 +5,36 @@
 //! A read at ONE of a key this replica does not hold asks one replica directly
 //! and needs the others only for repair, or if that one is slow. Those reads
 //! are off the client's path (or a fallback on it), so instead of one message
-//! per read per peer they are queued per peer and sent by the batcher thread,
-//! every [`GATHER`], as one `ReplicaReadBatch` holding every key queued
-//! meanwhile. The peer answers
-//! with one `ReadBatchResult`; [`BatchSink`] hands each result to the read's
-//! own call, which then repairs exactly as if the read had been sent alone
-//! (including the timeout sweep and connection failures, which reach every
-//! read of the batch).
+//! per read per peer they are queued per peer ([`Route::Batched`]) and sent by
+//! the batcher thread, every [`GATHER`], as one `ReadBatch` holding every key
+//! queued meanwhile. The peer answers with one batch of versions; [`BatchSink`]
+//! hands each to the read's own call, which then repairs exactly as if the
+//! read had been sent alone (including the timeout sweep and connection
+//! failures, which reach every read of the batch).
 //!
 //! This turns two messages (and four thread wakeups) per queued read into two
 //! per batch. Waiting before each send also keeps the batches from competing
 //! for the CPU with the requests that follow the one just answered.
+//!
+//! [`Route::Batched`]: crate::coordinator::command::Route::Batched
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::coordinator::call::{Call, ReadMachine};
+use crate::cluster::ring::NodeId;
+use crate::coordinator::peers::{Peers, ReplySink};
 use crate::error::Error;
-use crate::net::link::{PeerResult, ReplySink};
-use crate::node::Node;
-use crate::proto::{self, request, response};
+use crate::message::{PeerRequest, PeerResponse, PeerResult};
+
+pub use crate::message::MAX_BATCH;
 
 /// One read waiting to be sent to one peer.
 pub struct QueuedRead {
     /// The read's call.
-    pub call: Arc<Call<ReadMachine>>,
+    pub sink: Arc<dyn ReplySink>,
     /// The peer's slot in the call.
     pub slot: usize,
     /// The key.
@@ -43,26 +45,33 @@ pub struct QueuedRead {
 
 /// Per-peer queues of reads and the batcher's wake-up.
 pub struct ReadBatcher {
-    queues: Vec<Mutex<Vec<QueuedRead>>>,
+    /// One queue per node, in ring order (so a flush is deterministic).
+    queues: Vec<(NodeId, Mutex<Vec<QueuedRead>>)>,
     wake: Mutex<bool>,
     cond: Condvar,
 }
-
-/// The most keys in one batch (the peer refuses more).
-pub const MAX_BATCH: usize = 1024;
 
 /// How long the batcher lets reads gather before sending them.
 pub const GATHER: Duration = Duration::from_millis(5);
 
 impl ReadBatcher {
-    /// Queues for `n` nodes.
-    pub fn new(n: usize) -> Self {
-        ReadBatcher { queues: (0..n).map(|_| Mutex::new(Vec::new())).collect(), wake: Mutex::new(false), cond: Condvar::new() }
+    /// Queues for the nodes `ids`.
+    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> Self {
+        ReadBatcher {
+            queues: ids.into_iter().map(|id| (id, Mutex::new(Vec::new()))).collect(),
+            wake: Mutex::new(false),
+            cond: Condvar::new(),
+        }
     }
 
-    /// Queues a read for `target` and wakes the batcher.
-    pub fn push(&self, target: usize, read: QueuedRead) {
-        self.queues[target].lock().push(read);
+    /// Queues a read for `target` and wakes the batcher (a target it has no
+    /// queue for fails the read at once).
+    pub fn push(&self, target: NodeId, read: QueuedRead) {
+        let Some((_, queue)) = self.queues.iter().find(|(id, _)| *id == target) else {
+            read.sink.deliver(read.slot, Err(Error::Failure(format!("{target} is not in the ring"))));
+            return;
+        };
+        queue.lock().push(read);
         let mut w = self.wake.lock();
         if !*w {
             *w = true;
@@ -70,9 +79,9 @@ impl ReadBatcher {
         }
     }
 
-    /// The batcher thread: sends whatever is queued, one batch per peer, until the node stops.
-    pub fn run(&self, node: &Node) {
-        while !node.shutdown.load(Ordering::Acquire) {
+    /// The batcher thread: sends whatever is queued, one batch per peer, until `shutdown`.
+    pub fn run(&self, peers: &dyn Peers, shutdown: &AtomicBool) {
+        while !shutdown.load(Ordering::Acquire) {
             {
                 let mut w = self.wake.lock();
                 if !*w {
@@ -84,29 +93,27 @@ impl ReadBatcher {
             // wakeups, and sending later keeps this work from competing with the
             // clients' own requests for the CPU.
             std::thread::sleep(GATHER);
-            for (target, queue) in self.queues.iter().enumerate() {
-                loop {
-                    let batch: Vec<QueuedRead> = {
-                        let mut q = queue.lock();
-                        if q.is_empty() {
-                            break;
-                        }
-                        let n = q.len().min(MAX_BATCH);
-                        q.drain(..n).collect()
-                    };
-                    self.send(node, target, batch);
-                }
-            }
+            self.flush(peers);
         }
     }
 
-    fn send(&self, node: &Node, target: usize, batch: Vec<QueuedRead>) {
-        let deadline = batch.iter().map(|r| r.deadline).min().expect("a batch is never empty");
-        let keys = batch.iter().map(|r| r.key as u32).collect();
-        let sink = Arc::new(BatchSink { reads: batch });
-        match node.link(target) {
-            Some(link) => link.send(request::Body::ReplicaReadBatch(proto::ReplicaReadBatch { keys }), sink, 0, deadline),
-            None => sink.deliver(0, Err(Error::Internal("a read batch addressed to this node".into()))),
+    /// Sends everything queued now, one batch (of at most [`MAX_BATCH`]) per peer.
+    pub fn flush(&self, peers: &dyn Peers) {
+        for (target, queue) in &self.queues {
+            let target = *target;
+            loop {
+                let batch: Vec<QueuedRead> = {
+                    let mut q = queue.lock();
+                    if q.is_empty() {
+                        break;
+                    }
+                    let n = q.len().min(MAX_BATCH);
+                    q.drain(..n).collect()
+                };
+                let deadline = batch.iter().map(|r| r.deadline).min().expect("a batch is never empty");
+                let keys = batch.iter().map(|r| r.key).collect();
+                peers.send(target, PeerRequest::ReadBatch { keys }, Arc::new(BatchSink { reads: batch }), 0, deadline);
+            }
         }
     }
 }
@@ -119,20 +126,20 @@ pub struct BatchSink {
 impl ReplySink for BatchSink {
     fn deliver(&self, _slot: usize, result: PeerResult) {
         match result {
-            Ok(response::Body::ReplicaReadBatch(r)) if r.results.len() == self.reads.len() => {
-                for (read, rr) in self.reads.iter().zip(r.results) {
-                    read.call.deliver(read.slot, Ok(response::Body::ReplicaRead(rr)));
+            Ok(PeerResponse::ReadBatch(r)) if r.len() == self.reads.len() => {
+                for (read, v) in self.reads.iter().zip(r) {
+                    read.sink.deliver(read.slot, Ok(PeerResponse::Read(v)));
                 }
             }
             Ok(other) => {
                 let e = Error::Protocol(format!("unexpected reply to a read batch of {}: {other:?}", self.reads.len()));
                 for read in &self.reads {
-                    read.call.deliver(read.slot, Err(e.clone()));
+                    read.sink.deliver(read.slot, Err(e.clone()));
                 }
             }
             Err(e) => {
                 for read in &self.reads {
-                    read.call.deliver(read.slot, Err(e.clone()));
+                    read.sink.deliver(read.slot, Err(e.clone()));
                 }
             }
         }

@@ -7,9 +7,9 @@
 //! that wait costs the worker a sleep and a wakeup on top of the peers' round
 //! trip, and on a small machine those wakeups are most of the cost. Instead,
 //! the worker [`begin`](ClientConn::begin)s a *deferred reply*, hands the
-//! call a [`ReplyTo`] naming this connection, and goes back to reading the
+//! call a `ReplyTo` naming this connection (as its [`Responder`]), and goes back to reading the
 //! socket. Whichever thread settles the call (usually the peer link's reader)
-//! [`answer`](ClientConn::answer)s with one non-blocking `send`.
+//! [`answer`](ClientConn::answer_body)s with one non-blocking `send`.
 //!
 //! Rules that keep this safe:
 //!
@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::coordinator::command::Responder;
+use crate::message::Reply;
 use crate::net::frame::append_frame;
 use crate::proto::{self, response};
 
@@ -64,31 +66,6 @@ pub struct ClientConn {
     answered: Condvar,
 }
 
-/// Where a deferred reply goes: the connection and the request's id.
-#[derive(Clone)]
-pub struct ReplyTo {
-    /// The client's connection.
-    pub conn: Arc<ClientConn>,
-    /// The request's id, echoed in the reply.
-    pub id: u64,
-    /// The request's deadline: an answer settled after it reports a timeout.
-    pub deadline: Instant,
-}
-
-impl std::fmt::Debug for ReplyTo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReplyTo {{ id: {} }}", self.id)
-    }
-}
-
-impl PartialEq for ReplyTo {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.conn, &other.conn) && self.id == other.id && self.deadline == other.deadline
-    }
-}
-
-impl Eq for ReplyTo {}
-
 impl ClientConn {
     /// Wraps the connection's socket (the worker writes its own replies through [`stream`](Self::stream)).
     pub fn new(stream: TcpStream) -> Arc<Self> {
@@ -100,7 +77,7 @@ impl ClientConn {
         &self.stream
     }
 
-    /// Marks a reply as deferred; the caller then passes a [`ReplyTo`] to the call.
+    /// Marks a reply as deferred; the call will answer it.
     pub fn begin(&self) {
         let mut s = self.state.lock();
         debug_assert!(!s.deferred && s.sent == s.frame.len(), "one deferred reply at a time");
@@ -109,7 +86,7 @@ impl ClientConn {
 
     /// Sends the deferred reply without blocking; whatever the socket does not
     /// take is left for the worker. A second answer, or one never begun, is ignored.
-    pub fn answer(&self, id: u64, body: response::Body) {
+    pub fn answer_body(&self, id: u64, body: response::Body) {
         let mut s = self.state.lock();
         if !s.deferred {
             return;
@@ -170,6 +147,18 @@ impl ClientConn {
     }
 }
 
+/// The native protocol's responder: a deferred reply is the request's id and
+/// the reply's protobuf encoding.
+impl Responder for ClientConn {
+    fn defer(&self, _token: u64) {
+        self.begin();
+    }
+
+    fn answer(&self, token: u64, reply: Reply) {
+        self.answer_body(token, reply.into_proto());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,8 +189,8 @@ mod tests {
         assert!(!conn.pending());
         conn.begin();
         assert!(conn.pending());
-        conn.answer(7, pong("a"));
-        conn.answer(8, pong("b")); // not deferred any more: ignored
+        conn.answer_body(7, pong("a"));
+        conn.answer_body(8, pong("b")); // not deferred any more: ignored
         assert!(!conn.pending());
         conn.settle(Instant::now()).unwrap();
         let r = read(&client);
@@ -218,7 +207,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 barrier.wait();
-                conn.answer(1, pong("late"));
+                conn.answer_body(1, pong("late"));
             });
             barrier.wait();
             conn.settle(Instant::now() + Duration::from_secs(10)).unwrap();
@@ -241,7 +230,7 @@ mod tests {
         // Far more than a socket buffer, while the client reads nothing.
         let big = "x".repeat(16 << 20);
         conn.begin();
-        conn.answer(3, pong(&big));
+        conn.answer_body(3, pong(&big));
         assert!(conn.pending(), "16 MiB went out without blocking: the stash path was not taken");
         std::thread::scope(|s| {
             let reader = s.spawn(|| read(&client));

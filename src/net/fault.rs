@@ -247,7 +247,7 @@ impl Faults {
 
     /// Carries out a fault request received by node `me` of `ring`.
     pub fn handle(&self, req: proto::FaultRequest, ring: &Ring, me: usize) -> Result<proto::FaultResult> {
-        let name = &ring.node(me).name;
+        let name = &ring.nodes()[me].name;
         if !self.enabled {
             return Err(Error::InvalidRequest(format!(
                 "fault injection is disabled on {name}; start the replica with --enable-fault-injection"
@@ -259,7 +259,7 @@ impl Faults {
             .map_err(|_| Error::InvalidRequest(format!("unknown fault direction {}", req.direction)))?;
         let mut peers = Vec::with_capacity(req.peers.len());
         for p in &req.peers {
-            match ring.index_of(p) {
+            match ring.nodes().iter().position(|n| n.name == *p) {
                 Some(i) if i == me => return Err(Error::InvalidRequest(format!("{p} is this replica; name its peers"))),
                 Some(i) => peers.push(i),
                 None => return Err(Error::InvalidRequest(format!("{p} is not in the ring"))),
@@ -333,7 +333,7 @@ fn describe(st: &State, ring: &Ring) -> Vec<String> {
         lines.push(format!("paused for {} ms more", left.as_millis()));
     }
     for (i, r) in st.rules.iter().enumerate() {
-        let peer = &ring.node(i).name;
+        let peer = &ring.nodes()[i].name;
         match (r.drop_to, r.drop_from) {
             (true, true) => lines.push(format!("drop to and from {peer}")),
             (true, false) => lines.push(format!("drop to {peer}")),
@@ -356,8 +356,14 @@ mod tests {
     use crate::cluster::ring::NodeInfo;
 
     fn ring() -> Ring {
-        let nodes =
-            (0..4).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 9000 + i as u16, id: i as u32 }).collect();
+        let nodes = (0..4)
+            .map(|i| NodeInfo {
+                name: format!("r{i}"),
+                host: "127.0.0.1".into(),
+                port: 9000 + i as u16,
+                id: crate::cluster::ring::NodeId(i as u32),
+            })
+            .collect();
         Ring::new(nodes, 3, 1).unwrap()
     }
 

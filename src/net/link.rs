@@ -32,26 +32,13 @@ use log::{debug, error, info, warn};
 use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
+use crate::cluster::ring::{NodeId, Ring};
+use crate::coordinator::peers::{Peers, ReplySink};
 use crate::error::{Error, Result};
+use crate::message::{PeerRequest, PeerResponse, PeerResult};
 use crate::net::fault::{Faults, Received};
 use crate::net::frame::{FrameReader, append_frame, encode_frame};
 use crate::proto::{self, request, response};
-
-/// A peer's reply, or why there is none.
-pub type PeerResult = Result<response::Body>;
-
-/// Receives the outcome of a request sent on a link.
-pub trait ReplySink: Send + Sync {
-    /// Delivers the reply (or failure) of the request sent for `slot`. Called exactly once per send.
-    fn deliver(&self, slot: usize, result: PeerResult);
-}
-
-/// A sink that drops replies.
-pub struct IgnoreReply;
-
-impl ReplySink for IgnoreReply {
-    fn deliver(&self, _slot: usize, _result: PeerResult) {}
-}
 
 /// Keeps the storage stats a peer sends with each heartbeat ack (any reply is also a sign of life).
 #[derive(Default)]
@@ -61,8 +48,8 @@ struct HeartbeatSink {
 
 impl ReplySink for HeartbeatSink {
     fn deliver(&self, _slot: usize, result: PeerResult) {
-        if let Ok(response::Body::Heartbeat(ack)) = result {
-            *self.storage.lock() = ack.storage;
+        if let Ok(PeerResponse::Heartbeat { storage, .. }) = result {
+            *self.storage.lock() = storage;
         }
     }
 }
@@ -99,14 +86,16 @@ pub struct LinkEnv<'a> {
     pub max_frame: usize,
     /// Set when the node stops.
     pub shutdown: &'a AtomicBool,
-    /// Told the link's index each time it comes up.
-    pub on_up: Sender<usize>,
+    /// Told the peer's id each time its link comes up.
+    pub on_up: Sender<NodeId>,
 }
 
 /// This node's connection to one peer.
 pub struct PeerLink {
-    /// The peer's index in the ring.
+    /// The peer's place in the ring (how fault injection names it).
     pub index: usize,
+    /// The peer's id.
+    pub id: NodeId,
     /// The peer's name.
     pub name: String,
     addr: SocketAddr,
@@ -131,9 +120,10 @@ enum ConnectError {
 
 impl PeerLink {
     /// A link to `name` at `addr`, initially down; `faults` are this node's injected faults.
-    pub fn new(index: usize, name: String, addr: SocketAddr, faults: Arc<Faults>) -> Self {
+    pub fn new(index: usize, id: NodeId, name: String, addr: SocketAddr, faults: Arc<Faults>) -> Self {
         PeerLink {
             index,
+            id,
             name,
             addr,
             out: Mutex::new(Outbox { conn: None, buf: Vec::with_capacity(4096), writing: false }),
@@ -403,7 +393,7 @@ impl PeerLink {
         *self.down_since.lock() = None;
         self.up.store(true, Ordering::Release);
         info!("peer {} at {} is up", self.name, self.addr);
-        let _ = env.on_up.send(self.index);
+        let _ = env.on_up.send(self.id);
         Ok((stream, reader))
     }
 
@@ -430,15 +420,74 @@ impl PeerLink {
             };
             let entry = self.pending.lock().remove(&resp.id);
             if let Some(p) = entry {
-                let result = match resp.body {
-                    Some(response::Body::Error(e)) => Err(Error::from_proto(e)),
-                    Some(body) => Ok(body),
-                    None => Err(Error::Protocol(format!("{} sent an empty reply", self.name))),
-                };
-                p.sink.deliver(p.slot, result);
+                p.sink.deliver(p.slot, PeerResponse::from_proto(resp.body, &self.name));
             }
         };
         drop(stream);
         self.teardown(generation, &reason);
+    }
+}
+
+/// This node's links to every peer: the real network behind [`Peers`].
+pub struct Links {
+    links: Vec<PeerLink>,
+    /// Injected faults, shared by the links and the server.
+    pub faults: Arc<Faults>,
+}
+
+impl Links {
+    /// A link (down) to each node of `ring` but `me`; `faults` may hold rules for them.
+    pub fn new(ring: &Ring, me: NodeId, faults: Arc<Faults>) -> Result<Links> {
+        let mut links = Vec::with_capacity(ring.len());
+        for (i, n) in ring.nodes().iter().enumerate() {
+            if n.id != me {
+                links.push(PeerLink::new(i, n.id, n.name.clone(), n.socket_addr()?, faults.clone()));
+            }
+        }
+        Ok(Links { links, faults })
+    }
+
+    /// The link to `id`.
+    pub fn get(&self, id: NodeId) -> Option<&PeerLink> {
+        self.links.iter().find(|l| l.id == id)
+    }
+
+    /// The link to the peer at ring position `index`.
+    pub fn at(&self, index: usize) -> Option<&PeerLink> {
+        self.links.iter().find(|l| l.index == index)
+    }
+
+    /// Every link.
+    pub fn iter(&self) -> impl Iterator<Item = &PeerLink> {
+        self.links.iter()
+    }
+
+    /// Wakes every link's thread (for shutdown).
+    pub fn wake(&self) {
+        for l in &self.links {
+            l.wake();
+        }
+        self.faults.wake();
+    }
+}
+
+impl Peers for Links {
+    fn send(&self, to: NodeId, msg: PeerRequest, sink: Arc<dyn ReplySink>, slot: usize, deadline: Instant) {
+        match self.get(to) {
+            Some(link) => link.send(msg.into_proto(), sink, slot, deadline),
+            None => sink.deliver(slot, Err(Error::Failure(format!("{to} is not a peer of this node")))),
+        }
+    }
+
+    fn is_up(&self, to: NodeId) -> bool {
+        self.get(to).is_some_and(PeerLink::is_up)
+    }
+
+    fn down_for(&self, to: NodeId) -> Duration {
+        self.get(to).map_or(Duration::ZERO, PeerLink::down_for)
+    }
+
+    fn storage(&self, to: NodeId) -> Option<proto::StorageStats> {
+        self.get(to).and_then(PeerLink::storage)
     }
 }

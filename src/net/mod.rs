@@ -1,15 +1,27 @@
 //! The network: the only code that touches sockets.
 //!
+//! * [`server`] — binds the listener, builds the links and the node, starts
+//!   every long-lived thread in one `std::thread::scope`, and runs the elastic
+//!   pool of connection workers.
+//! * [`connection`] — one connection served by one worker: frames in, typed
+//!   requests to the node, typed answers encoded back, replies batched.
+//! * [`conn`] — a client connection's reply side: deferred replies, sent by the
+//!   thread that settles the call without blocking (the native protocol's
+//!   [`Responder`](crate::coordinator::command::Responder)).
+//! * [`link`] — one multiplexed connection per peer, and [`link::Links`], which
+//!   implements the coordinator's [`Peers`](crate::coordinator::peers::Peers).
+//! * [`threads`] — maintenance (timeouts, failure detection, heartbeats),
+//!   delayed frames, the log's syncer and snapshots, hint replay.
 //! * [`frame`] — length-prefixed protobuf frames.
-//! * [`link`] — one multiplexed connection per peer.
-//! * [`conn`] — a client connection's reply side (deferred replies).
-//! * [`server`] — the listener, the connection pool and the replica's threads.
-//! * [`fault`] — injected network faults.
+//! * [`fault`] — injected faults (drop, delay, pause), consulted by the links
+//!   and the connections with one relaxed atomic load when none is set.
 //! * [`badlog`] — rate-limited logging of bad requests.
 
 pub mod badlog;
 pub mod conn;
+pub mod connection;
 pub mod fault;
 pub mod frame;
 pub mod link;
 pub mod server;
+pub mod threads;

@@ -61,6 +61,12 @@ impl Version {
         }
     }
 
+    /// The wire form, without copying the value.
+    pub fn into_proto(self) -> proto::Version {
+        let tombstone = self.value.is_none();
+        proto::Version { micros: self.ts.micros, node: self.ts.node, tombstone, value: self.value.unwrap_or_default() }
+    }
+
     /// From the wire form (a tombstone's value is ignored).
     pub fn from_proto(v: proto::Version) -> Self {
         let ts = Timestamp { micros: v.micros, node: v.node };

@@ -31,6 +31,7 @@ use std::time::Duration;
 use log::{info, warn};
 use parking_lot::Mutex;
 
+use crate::cluster::ring::NodeId;
 use crate::proto;
 use crate::storage::cell::{Version, supersedes};
 use crate::storage::hlc::Timestamp;
@@ -54,6 +55,8 @@ struct TargetHints {
 /// Hints held by this node, per target node.
 pub struct HintStore {
     targets: Vec<Mutex<TargetHints>>,
+    /// Each target's id and name (what the log records), by the index of `targets`.
+    ids: Vec<NodeId>,
     names: Vec<String>,
     window: Duration,
     max_bytes: usize,
@@ -76,9 +79,14 @@ fn cost(v: &Version) -> usize {
 }
 
 impl HintStore {
-    /// A store for the nodes named `names` (index = ring index), logging to `wal` if given.
-    pub fn new(names: Vec<String>, window: Duration, max_bytes: usize, wal: Option<Arc<Wal>>) -> Self {
-        HintStore { targets: names.iter().map(|_| Mutex::new(TargetHints::default())).collect(), names, window, max_bytes, wal }
+    /// A store for the nodes `targets` (id and name), logging to `wal` if given.
+    pub fn new(targets: Vec<(NodeId, String)>, window: Duration, max_bytes: usize, wal: Option<Arc<Wal>>) -> Self {
+        let (ids, names): (Vec<NodeId>, Vec<String>) = targets.into_iter().unzip();
+        HintStore { targets: ids.iter().map(|_| Mutex::new(TargetHints::default())).collect(), ids, names, window, max_bytes, wal }
+    }
+
+    fn index(&self, id: NodeId) -> Option<usize> {
+        self.ids.iter().position(|&i| i == id)
     }
 
     fn log(&self, record: proto::log_record::Kind) -> crate::Result<()> {
@@ -89,7 +97,8 @@ impl HintStore {
     }
 
     /// Keeps `version` of `key` for `target`.
-    pub fn add(&self, target: usize, key: u8, version: Version) -> Added {
+    pub fn add(&self, id: NodeId, key: u8, version: Version) -> Added {
+        let Some(target) = self.index(id) else { return Added::Refused };
         let mut t = self.targets[target].lock();
         let old_cost = match t.by_key.get(&key) {
             Some(h) if !supersedes(&version, Some(&h.version)) => return Added::AlreadyNewer,
@@ -163,8 +172,8 @@ impl HintStore {
     }
 
     /// Hints held for `target`.
-    pub fn count(&self, target: usize) -> usize {
-        self.targets[target].lock().by_key.len()
+    pub fn count(&self, id: NodeId) -> usize {
+        self.index(id).map_or(0, |target| self.targets[target].lock().by_key.len())
     }
 
     /// Hints held for all targets.
@@ -173,13 +182,15 @@ impl HintStore {
     }
 
     /// The hints to replay to `target`, oldest key first, after dropping expired ones.
-    pub fn pending(&self, target: usize) -> Vec<(u8, Version)> {
-        self.expire(target, wall_micros());
+    pub fn pending(&self, id: NodeId) -> Vec<(u8, Version)> {
+        let Some(target) = self.index(id) else { return Vec::new() };
+        self.expire(id, wall_micros());
         self.targets[target].lock().by_key.iter().map(|(k, h)| (*k, h.version.clone())).collect()
     }
 
     /// Removes the hint for `key` if it still carries timestamp `ts` (a newer one stays), and logs that.
-    pub fn delivered(&self, target: usize, key: u8, ts: Timestamp) {
+    pub fn delivered(&self, id: NodeId, key: u8, ts: Timestamp) {
+        let Some(target) = self.index(id) else { return };
         if self.remove_if(target, key, ts) {
             let record = proto::HintDone { target: self.names[target].clone(), key: key as u32, micros: ts.micros, node: ts.node };
             // If this cannot be logged the hint is replayed again after a restart: harmless.
@@ -199,7 +210,8 @@ impl HintStore {
     }
 
     /// Drops `target`'s hints created before `now - window` (wall-clock microseconds); returns how many.
-    pub fn expire(&self, target: usize, now: u64) -> usize {
+    pub fn expire(&self, id: NodeId, now: u64) -> usize {
+        let Some(target) = self.index(id) else { return 0 };
         let mut t = self.targets[target].lock();
         let window = self.window;
         let before = t.by_key.len();
@@ -220,8 +232,8 @@ impl HintStore {
     }
 
     /// Targets that have hints.
-    pub fn targets_with_hints(&self) -> Vec<usize> {
-        (0..self.targets.len()).filter(|&i| !self.targets[i].lock().by_key.is_empty()).collect()
+    pub fn targets_with_hints(&self) -> Vec<NodeId> {
+        (0..self.targets.len()).filter(|&i| !self.targets[i].lock().by_key.is_empty()).map(|i| self.ids[i]).collect()
     }
 }
 
@@ -234,50 +246,50 @@ mod tests {
     }
 
     fn store(window: Duration, max: usize) -> HintStore {
-        HintStore::new(vec!["a".into(), "b".into()], window, max, None)
+        HintStore::new(vec![(NodeId(0), "a".into()), (NodeId(1), "b".into())], window, max, None)
     }
 
     #[test]
     fn one_hint_per_key_newest_kept() {
         let h = store(Duration::from_secs(60), 1 << 20);
-        assert_eq!(h.add(1, 5, v(10, "x")), Added::Stored);
-        assert_eq!(h.add(1, 5, v(9, "older")), Added::AlreadyNewer);
-        assert_eq!(h.add(1, 5, v(11, "y")), Added::Stored);
-        assert_eq!(h.add(1, 6, v(3, "z")), Added::Stored);
-        assert_eq!(h.count(1), 2);
-        assert_eq!(h.count(0), 0);
-        let p = h.pending(1);
+        assert_eq!(h.add(NodeId(1), 5, v(10, "x")), Added::Stored);
+        assert_eq!(h.add(NodeId(1), 5, v(9, "older")), Added::AlreadyNewer);
+        assert_eq!(h.add(NodeId(1), 5, v(11, "y")), Added::Stored);
+        assert_eq!(h.add(NodeId(1), 6, v(3, "z")), Added::Stored);
+        assert_eq!(h.count(NodeId(1)), 2);
+        assert_eq!(h.count(NodeId(0)), 0);
+        let p = h.pending(NodeId(1));
         assert_eq!(p, vec![(5, v(11, "y")), (6, v(3, "z"))]);
     }
 
     #[test]
     fn delivered_removes_only_the_same_version() {
         let h = store(Duration::from_secs(60), 1 << 20);
-        h.add(0, 1, v(10, "x"));
-        h.add(0, 1, v(12, "newer")); // arrives while 10 is being replayed
-        h.delivered(0, 1, Timestamp { micros: 10, node: 1 });
-        assert_eq!(h.count(0), 1, "the newer hint must survive delivery of the older");
-        h.delivered(0, 1, Timestamp { micros: 12, node: 1 });
-        assert_eq!(h.count(0), 0);
+        h.add(NodeId(0), 1, v(10, "x"));
+        h.add(NodeId(0), 1, v(12, "newer")); // arrives while 10 is being replayed
+        h.delivered(NodeId(0), 1, Timestamp { micros: 10, node: 1 });
+        assert_eq!(h.count(NodeId(0)), 1, "the newer hint must survive delivery of the older");
+        h.delivered(NodeId(0), 1, Timestamp { micros: 12, node: 1 });
+        assert_eq!(h.count(NodeId(0)), 0);
         assert_eq!(h.targets[0].lock().bytes, 0);
     }
 
     #[test]
     fn byte_cap_refuses() {
         let h = store(Duration::from_secs(60), 100);
-        assert_eq!(h.add(0, 1, v(1, &"x".repeat(60))), Added::Stored);
-        assert_eq!(h.add(0, 2, v(1, &"x".repeat(60))), Added::Refused);
-        assert_eq!(h.add(0, 1, v(2, "short")), Added::Stored, "replacing within the cap is fine");
-        assert_eq!(h.add(0, 2, v(1, "short")), Added::Stored);
+        assert_eq!(h.add(NodeId(0), 1, v(1, &"x".repeat(60))), Added::Stored);
+        assert_eq!(h.add(NodeId(0), 2, v(1, &"x".repeat(60))), Added::Refused);
+        assert_eq!(h.add(NodeId(0), 1, v(2, "short")), Added::Stored, "replacing within the cap is fine");
+        assert_eq!(h.add(NodeId(0), 2, v(1, "short")), Added::Stored);
     }
 
     #[test]
     fn old_hints_expire() {
         let h = store(Duration::from_millis(50), 1 << 20);
-        h.add(0, 1, v(1, "x"));
-        assert_eq!(h.expire(0, wall_micros()), 0);
-        assert_eq!(h.expire(0, wall_micros() + 1_000_000), 1);
-        assert_eq!(h.count(0), 0);
+        h.add(NodeId(0), 1, v(1, "x"));
+        assert_eq!(h.expire(NodeId(0), wall_micros()), 0);
+        assert_eq!(h.expire(NodeId(0), wall_micros() + 1_000_000), 1);
+        assert_eq!(h.count(NodeId(0)), 0);
         assert_eq!(h.targets[0].lock().bytes, 0);
     }
 }

@@ -1,20 +1,29 @@
-//! Request validation: every check a replica applies to a request's fields
-//! before acting on it.
+//! Typed messages: every request and reply as the replica acts on it, parsed
+//! and validated **once** from the wire.
 //!
-//! These are pure functions of a decoded message and the replica's value
-//! limit, with no sockets and no state, so the replica ([`crate::node`]), the
-//! tests and the `frame_decode` fuzz target (`fuzz/`) apply exactly the same
-//! rules. A request that passes may still be refused for reasons that depend
-//! on the replica's state (too few replicas alive, a peer write stamped too far
-//! ahead of the clock, fault injection disabled), never for its shape.
+//! A frame decodes into a protobuf `Request`; [`ClientRequest::parse`] and
+//! [`PeerRequest::parse`] turn its body into a typed request (a key as the
+//! store's index, a consistency level, a value checked against the limit),
+//! or refuse it with an `InvalidRequest` error that says what is wrong. The
+//! node never looks at a wire body again. Replies travel the other way: the
+//! coordinator answers with a typed [`Reply`], a replica with a typed
+//! [`PeerResponse`]; the native protocol's encoding of each is here too, so a
+//! second client protocol only adds an encoder of [`Reply`].
+//!
+//! The parsers are pure functions of a decoded message and the replica's value
+//! limit, with no sockets and no state, so the replica, the tests and the
+//! `frame_decode` fuzz target (`fuzz/`) apply exactly the same rules. A request
+//! that passes may still be refused for reasons that depend on the replica's
+//! state (too few replicas alive, a peer write stamped too far ahead of the
+//! clock, fault injection disabled), never for its shape.
 //!
 //! | request | checked |
 //! |---------|---------|
 //! | `Get`, `Delete` | key in `0..=255`, consistency ONE/QUORUM/ALL (or unset) |
 //! | `Put` | the same, and the value's size against `--max-value-bytes` |
 //! | `Inspect` | key |
-//! | `Ping`, `Status`, `Display` | nothing to check (`Display` cuts values itself) |
-//! | `Fault` | nothing here: [`crate::net::fault`] refuses it unless enabled, then checks its fields against the ring |
+//! | `Ping`, `Status`, `Display` | nothing to check (`Display` values are cut to [`MAX_DISPLAY_VALUE`]) |
+//! | `Fault` | nothing here: fault injection refuses it unless enabled, then checks its fields against the ring |
 //! | replica requests, `PeerHello` on a client connection | refused |
 //! | `ReplicaRead` | key |
 //! | `ReplicaWrite` | key, a version present, its value's size unless it is a tombstone |
@@ -24,10 +33,159 @@
 //! Strings are valid UTF-8 by construction: the decoder refuses anything else.
 
 use crate::coordinator::consistency::Consistency;
-use crate::coordinator::readbatch::MAX_BATCH;
 use crate::error::{Error, Result};
-use crate::proto::{self, request};
+use crate::proto::{self, request, response};
+use crate::storage::cell::Version;
+use crate::storage::hlc::Timestamp;
 use crate::storage::store::KEYS;
+
+/// The most keys in one `ReplicaReadBatch` (a replica refuses more).
+pub const MAX_BATCH: usize = 1024;
+
+/// `display` shows at most this many bytes of each value, so a dump of all 256
+/// cells stays far below any frame limit.
+pub const MAX_DISPLAY_VALUE: u32 = 1024;
+
+const REPLICA_ON_CLIENT: &str = "replica-to-replica request on a client connection; a replica opens with PeerHello";
+const CLIENT_ON_REPLICA: &str = "client request on a replica link; open a client connection";
+
+/// A request a client sent for this replica to coordinate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientRequest {
+    /// Liveness check.
+    Ping,
+    /// Read a key.
+    Get {
+        /// The key.
+        key: u8,
+        /// Replies needed.
+        level: Consistency,
+    },
+    /// Write a value.
+    Put {
+        /// The key.
+        key: u8,
+        /// The value (within the limit).
+        value: String,
+        /// Acks needed.
+        level: Consistency,
+    },
+    /// Delete a key (write a tombstone).
+    Delete {
+        /// The key.
+        key: u8,
+        /// Acks needed.
+        level: Consistency,
+    },
+    /// The coordinator's view of the cluster.
+    Status,
+    /// Each replica's version of a key.
+    Inspect {
+        /// The key.
+        key: u8,
+    },
+    /// Every replica's cells.
+    Display {
+        /// Values are cut to this many bytes (at most [`MAX_DISPLAY_VALUE`]).
+        max_value_len: u32,
+    },
+    /// Fault injection (checked by the network layer, which owns the faults).
+    Fault(proto::FaultRequest),
+}
+
+/// A request a peer sent on its replica link.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerRequest {
+    /// Liveness check.
+    Ping,
+    /// Read the local version of a key.
+    Read {
+        /// The key.
+        key: u8,
+    },
+    /// Merge a version into the local cell.
+    Write {
+        /// The key.
+        key: u8,
+        /// The version, merged by last-write-wins.
+        version: Version,
+    },
+    /// Read the local versions of several keys.
+    ReadBatch {
+        /// The keys, at most [`MAX_BATCH`].
+        keys: Vec<u8>,
+    },
+    /// Failure detection.
+    Heartbeat {
+        /// The sender's name.
+        from: String,
+    },
+    /// Every local cell.
+    Dump {
+        /// Values are cut to this many bytes (at most [`MAX_DISPLAY_VALUE`]).
+        max_value_len: u32,
+    },
+}
+
+/// A replica's answer to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerResponse {
+    /// To [`PeerRequest::Ping`]: the replica's name.
+    Pong(String),
+    /// To [`PeerRequest::Read`]: the local version, if any.
+    Read(Option<Version>),
+    /// To [`PeerRequest::Write`]: whether the version changed the cell.
+    WriteAck {
+        /// The version was newer than the cell's.
+        applied: bool,
+    },
+    /// To [`PeerRequest::ReadBatch`]: one version per key, in order.
+    ReadBatch(Vec<Option<Version>>),
+    /// To [`PeerRequest::Heartbeat`].
+    Heartbeat {
+        /// The replica's name.
+        name: String,
+        /// Its storage state.
+        storage: Option<proto::StorageStats>,
+    },
+    /// To [`PeerRequest::Dump`].
+    Dump(proto::DumpResult),
+}
+
+/// A peer's reply, or why there is none.
+pub type PeerResult = Result<PeerResponse>;
+
+/// The coordinator's answer to a [`ClientRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// To `Ping`: this replica's name.
+    Pong(String),
+    /// To `Get`: the newest version found (a tombstone reads as not found).
+    Read(Option<Version>),
+    /// To `Put`/`Delete`: the write's timestamp and the acks it got.
+    Write {
+        /// The write's timestamp.
+        ts: Timestamp,
+        /// Acks received when the client was answered.
+        acks: usize,
+    },
+    /// To `Status`.
+    Status(proto::StatusResult),
+    /// To `Inspect`.
+    Inspect(proto::InspectResult),
+    /// To `Display`.
+    Display(proto::DisplayResult),
+    /// To `Fault`.
+    Fault(proto::FaultResult),
+    /// The request failed.
+    Error(Error),
+}
+
+impl From<Error> for Reply {
+    fn from(e: Error) -> Self {
+        Reply::Error(e)
+    }
+}
 
 /// Checks a key and returns it as the store's index.
 pub fn validate_key(key: u32) -> Result<u8> {
@@ -42,69 +200,166 @@ pub fn validate_value(value: &str, max_value_bytes: usize) -> Result<()> {
     Ok(())
 }
 
+impl ClientRequest {
+    /// Parses and checks a request a client sent (after the connection's first
+    /// frame, which may instead be a peer's `PeerHello`).
+    pub fn parse(body: request::Body, max_value_bytes: usize) -> Result<ClientRequest> {
+        use request::Body as B;
+        Ok(match body {
+            B::Ping(_) => ClientRequest::Ping,
+            B::Status(_) => ClientRequest::Status,
+            B::Display(d) => ClientRequest::Display { max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE) },
+            B::Get(g) => ClientRequest::Get { key: validate_key(g.key)?, level: Consistency::from_proto(g.consistency)? },
+            B::Put(p) => {
+                let key = validate_key(p.key)?;
+                let level = Consistency::from_proto(p.consistency)?;
+                validate_value(&p.value, max_value_bytes)?;
+                ClientRequest::Put { key, value: p.value, level }
+            }
+            B::Delete(d) => ClientRequest::Delete { key: validate_key(d.key)?, level: Consistency::from_proto(d.consistency)? },
+            B::Inspect(i) => ClientRequest::Inspect { key: validate_key(i.key)? },
+            // Fault injection checks its own fields (peer names need the ring), after
+            // refusing everything when the replica runs without --enable-fault-injection.
+            B::Fault(f) => ClientRequest::Fault(f),
+            B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) | B::ReplicaReadBatch(_) => {
+                return Err(Error::InvalidRequest(REPLICA_ON_CLIENT.into()));
+            }
+        })
+    }
+}
+
+impl PeerRequest {
+    /// Parses and checks a request a peer sent on its replica link (after the
+    /// handshake). The clock check of a write needs the replica's clock and is
+    /// made by the replica.
+    pub fn parse(body: request::Body, max_value_bytes: usize) -> Result<PeerRequest> {
+        use request::Body as B;
+        Ok(match body {
+            B::Ping(_) => PeerRequest::Ping,
+            B::Heartbeat(h) => PeerRequest::Heartbeat { from: h.from },
+            B::ReplicaDump(d) => PeerRequest::Dump { max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE) },
+            B::ReplicaRead(r) => PeerRequest::Read { key: validate_key(r.key)? },
+            B::ReplicaWrite(w) => {
+                let key = validate_key(w.key)?;
+                let v = w.version.ok_or_else(|| Error::InvalidRequest("replica write without a version".into()))?;
+                if !v.tombstone {
+                    validate_value(&v.value, max_value_bytes)?;
+                }
+                PeerRequest::Write { key, version: Version::from_proto(v) }
+            }
+            B::ReplicaReadBatch(b) => {
+                if b.keys.len() > MAX_BATCH {
+                    return Err(Error::InvalidRequest(format!("a read batch of {} keys exceeds the limit of {MAX_BATCH}", b.keys.len())));
+                }
+                PeerRequest::ReadBatch { keys: b.keys.into_iter().map(validate_key).collect::<Result<_>>()? }
+            }
+            B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
+            B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) | B::Fault(_) => {
+                return Err(Error::InvalidRequest(CLIENT_ON_REPLICA.into()));
+            }
+        })
+    }
+
+    /// The wire form.
+    pub fn into_proto(self) -> request::Body {
+        use request::Body as B;
+        match self {
+            PeerRequest::Ping => B::Ping(proto::Ping {}),
+            PeerRequest::Read { key } => B::ReplicaRead(proto::ReplicaRead { key: key as u32 }),
+            PeerRequest::Write { key, version } => {
+                B::ReplicaWrite(proto::ReplicaWrite { key: key as u32, version: Some(version.into_proto()) })
+            }
+            PeerRequest::ReadBatch { keys } => {
+                B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.into_iter().map(u32::from).collect() })
+            }
+            PeerRequest::Heartbeat { from } => B::Heartbeat(proto::Heartbeat { from }),
+            PeerRequest::Dump { max_value_len } => B::ReplicaDump(proto::ReplicaDump { max_value_len }),
+        }
+    }
+}
+
+fn read_result(v: Option<Version>) -> proto::ReadResult {
+    proto::ReadResult { version: v.map(Version::into_proto) }
+}
+
+impl PeerResponse {
+    /// The wire form.
+    pub fn into_proto(self) -> response::Body {
+        use response::Body as B;
+        match self {
+            PeerResponse::Pong(name) => B::Pong(proto::Pong { name }),
+            PeerResponse::Read(v) => B::ReplicaRead(read_result(v)),
+            PeerResponse::WriteAck { applied } => B::ReplicaWrite(proto::WriteAck { applied }),
+            PeerResponse::ReadBatch(vs) => {
+                B::ReplicaReadBatch(proto::ReadBatchResult { results: vs.into_iter().map(read_result).collect() })
+            }
+            PeerResponse::Heartbeat { name, storage } => B::Heartbeat(proto::HeartbeatAck { name, storage }),
+            PeerResponse::Dump(d) => B::ReplicaDump(d),
+        }
+    }
+
+    /// From the wire: an error reply becomes the error it carries; a reply no
+    /// peer request has is a protocol error naming `from`.
+    pub fn from_proto(body: Option<response::Body>, from: &str) -> PeerResult {
+        use response::Body as B;
+        Ok(match body {
+            Some(B::Error(e)) => return Err(Error::from_proto(e)),
+            None => return Err(Error::Protocol(format!("{from} sent an empty reply"))),
+            Some(B::Pong(p)) => PeerResponse::Pong(p.name),
+            Some(B::ReplicaRead(r)) => PeerResponse::Read(r.version.map(Version::from_proto)),
+            Some(B::ReplicaWrite(w)) => PeerResponse::WriteAck { applied: w.applied },
+            Some(B::ReplicaReadBatch(b)) => {
+                PeerResponse::ReadBatch(b.results.into_iter().map(|r| r.version.map(Version::from_proto)).collect())
+            }
+            Some(B::Heartbeat(h)) => PeerResponse::Heartbeat { name: h.name, storage: h.storage },
+            Some(B::ReplicaDump(d)) => PeerResponse::Dump(d),
+            Some(other) => return Err(Error::Protocol(format!("{from} sent a reply no replica request has: {other:?}"))),
+        })
+    }
+}
+
+impl Reply {
+    /// The native protocol's encoding of the reply.
+    pub fn into_proto(self) -> response::Body {
+        use response::Body as B;
+        match self {
+            Reply::Pong(name) => B::Pong(proto::Pong { name }),
+            Reply::Read(found) => {
+                // A tombstone is nothing to a client.
+                match found.filter(|v| !v.is_tombstone()) {
+                    None => B::Get(proto::GetResult { value: None, version: None }),
+                    Some(v) => B::Get(proto::GetResult {
+                        version: Some(proto::Version { micros: v.ts.micros, node: v.ts.node, tombstone: false, value: String::new() }),
+                        value: v.value,
+                    }),
+                }
+            }
+            Reply::Write { ts, acks } => B::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 }),
+            Reply::Status(s) => B::Status(s),
+            Reply::Inspect(i) => B::Inspect(i),
+            Reply::Display(d) => B::Display(d),
+            Reply::Fault(f) => B::Fault(f),
+            Reply::Error(e) => B::Error(e.to_proto()),
+        }
+    }
+}
+
 /// Checks a request as it arrives on a client connection (after its first
 /// frame, which may instead be a peer's `PeerHello`): a body is present and
-/// [`validate_client_body`] accepts it.
+/// [`ClientRequest::parse`] accepts it.
 pub fn validate_request(req: &proto::Request, max_value_bytes: usize) -> Result<()> {
     match &req.body {
         None => Err(Error::InvalidRequest("empty request".into())),
-        Some(body) => validate_client_body(body, max_value_bytes),
+        Some(body) => ClientRequest::parse(body.clone(), max_value_bytes).map(drop),
     }
 }
 
-/// Checks the fields of a request a client sent for this replica to coordinate.
-pub fn validate_client_body(body: &request::Body, max_value_bytes: usize) -> Result<()> {
-    use request::Body as B;
-    match body {
-        B::Ping(_) | B::Status(_) | B::Display(_) => Ok(()),
-        B::Get(g) => validate_key(g.key).and(Consistency::from_proto(g.consistency)).map(drop),
-        B::Put(p) => {
-            validate_key(p.key)?;
-            Consistency::from_proto(p.consistency)?;
-            validate_value(&p.value, max_value_bytes)
-        }
-        B::Delete(d) => validate_key(d.key).and(Consistency::from_proto(d.consistency)).map(drop),
-        B::Inspect(i) => validate_key(i.key).map(drop),
-        B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) | B::ReplicaReadBatch(_) => {
-            Err(Error::InvalidRequest("replica-to-replica request on a client connection; a replica opens with PeerHello".into()))
-        }
-        // Fault injection checks its own fields (peer names need the ring), after
-        // refusing everything when the replica runs without --enable-fault-injection.
-        B::Fault(_) => Ok(()),
-    }
-}
-
-/// Checks the fields of a request a peer sent on its replica link (after the
-/// handshake). The clock check of a write needs the replica's clock and is
-/// made by the replica.
+/// Checks a request a peer sent on its replica link (after the handshake):
+/// a body is present and [`PeerRequest::parse`] accepts it.
 pub fn validate_peer_request(req: &proto::Request, max_value_bytes: usize) -> Result<()> {
     match &req.body {
         None => Err(Error::InvalidRequest("empty request".into())),
-        Some(body) => validate_peer_body(body, max_value_bytes),
-    }
-}
-
-/// Checks the fields of a request body a peer sent on its replica link.
-pub fn validate_peer_body(body: &request::Body, max_value_bytes: usize) -> Result<()> {
-    use request::Body as B;
-    match body {
-        B::Ping(_) | B::Heartbeat(_) | B::ReplicaDump(_) => Ok(()),
-        B::ReplicaRead(r) => validate_key(r.key).map(drop),
-        B::ReplicaWrite(w) => {
-            validate_key(w.key)?;
-            let v = w.version.as_ref().ok_or_else(|| Error::InvalidRequest("replica write without a version".into()))?;
-            if v.tombstone { Ok(()) } else { validate_value(&v.value, max_value_bytes) }
-        }
-        B::ReplicaReadBatch(b) => {
-            if b.keys.len() > MAX_BATCH {
-                return Err(Error::InvalidRequest(format!("a read batch of {} keys exceeds the limit of {MAX_BATCH}", b.keys.len())));
-            }
-            b.keys.iter().try_for_each(|&k| validate_key(k).map(drop))
-        }
-        B::Hello(_) => Err(Error::InvalidRequest("second PeerHello on one link".into())),
-        B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) | B::Fault(_) => {
-            Err(Error::InvalidRequest("client request on a replica link; open a client connection".into()))
-        }
+        Some(body) => PeerRequest::parse(body.clone(), max_value_bytes).map(drop),
     }
 }
 

@@ -1,0 +1,343 @@
+//! The machines and calls driven by tables of typed replies.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::cluster::ring::{NodeId, NodeInfo, Ring};
+use crate::coordinator::call::{Budget, CALL_OVERHEAD, Call, Machine};
+use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
+use crate::coordinator::consistency::Decision;
+use crate::coordinator::gather::GatherMachine;
+use crate::coordinator::peers::ReplySink;
+use crate::coordinator::read::ReadMachine;
+use crate::coordinator::write::WriteMachine;
+use crate::error::Error;
+use crate::message::{PeerRequest, PeerResponse, PeerResult, Reply};
+use crate::storage::cell::Version;
+use crate::storage::hlc::Timestamp;
+
+fn ts(m: u64) -> Timestamp {
+    Timestamp { micros: m, node: 1 }
+}
+
+/// Ten nodes `r0`..`r9` with ids 0..9.
+fn ring() -> Arc<Ring> {
+    let nodes =
+        (0..10).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1000 + i as u16, id: NodeId(i) }).collect();
+    Arc::new(Ring::new(nodes, 3, 1).unwrap())
+}
+
+fn ids(v: &[u32]) -> Vec<NodeId> {
+    v.iter().map(|&i| NodeId(i)).collect()
+}
+
+fn read_reply(v: Option<Version>) -> PeerResult {
+    Ok(PeerResponse::Read(v))
+}
+
+fn write_ack() -> PeerResult {
+    Ok(PeerResponse::WriteAck { applied: true })
+}
+
+/// A responder that records what it was told.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(u64, Reply)>>);
+
+impl Responder for Recorder {
+    fn defer(&self, _token: u64) {}
+    fn answer(&self, token: u64, reply: Reply) {
+        self.0.lock().push((token, reply));
+    }
+}
+
+/// A `ReplyTo` with a deadline `in_ms` from now (negative: past).
+fn reply_to(token: u64, in_ms: i64) -> ReplyTo {
+    let now = Instant::now();
+    let d = Duration::from_millis(in_ms.unsigned_abs());
+    let deadline = if in_ms >= 0 { now + d } else { now - d };
+    ReplyTo { responder: Arc::new(Recorder::default()), token, deadline }
+}
+
+fn answers(out: &[Command]) -> Vec<(u64, Reply)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Answer { to, reply } => Some((to.token, reply.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends(out: &[Command]) -> Vec<Outgoing> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Send(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn others(out: &[Command]) -> Vec<Command> {
+    out.iter().filter(|c| !matches!(c, Command::Send(_) | Command::Answer { .. })).cloned().collect()
+}
+
+#[test]
+fn machines_open_with_one_send_per_replica() {
+    let v = Version::value(ts(1), "x");
+    let mut out = Vec::new();
+    WriteMachine::new(4, v.clone(), ids(&[1, 2, 3]), ring(), 2, true).start(&mut out);
+    let want: Vec<Outgoing> = (0..3)
+        .map(|slot| Outgoing {
+            slot,
+            to: NodeId(slot as u32 + 1),
+            msg: PeerRequest::Write { key: 4, version: v.clone() },
+            route: Route::Direct,
+        })
+        .collect();
+    assert_eq!(sends(&out), want);
+    out.clear();
+    let m = ReadMachine::new(4, ids(&[1, 2, 3]), ring(), 1, true, false);
+    let mut m = m.route(crate::coordinator::read::ReadRoute::OneDirect(1));
+    m.start(&mut out);
+    let routes: Vec<(usize, Route)> = sends(&out).iter().map(|s| (s.slot, s.route)).collect();
+    assert_eq!(routes, vec![(0, Route::Batched), (1, Route::Direct), (2, Route::Batched)]);
+}
+
+#[test]
+fn a_deferred_read_is_answered_once_when_settled_and_still_repairs() {
+    let old = Version::value(ts(1), "old");
+    let new = Version::value(ts(2), "new");
+    let mut m = ReadMachine::new(3, ids(&[7, 8, 9]), ring(), 1, true, false).reply_to(reply_to(41, 10_000));
+    let mut out = Vec::new();
+    m.on_reply(0, read_reply(Some(old.clone())), &mut out);
+    assert_eq!(answers(&out), vec![(41, Reply::Read(Some(old)))]);
+    out.clear();
+    // The answer counts as the client's reply: once all are in, the stale one is repaired.
+    m.on_reply(1, read_reply(Some(new.clone())), &mut out);
+    m.on_reply(2, read_reply(Some(new.clone())), &mut out);
+    assert_eq!(out, vec![Command::Repair { target: NodeId(7), key: 3, version: new }]);
+}
+
+#[test]
+fn deferred_answers_name_failures_and_timeouts() {
+    // (deadline in ms from now, expected answer) for a QUORUM write whose replicas all fail.
+    let cases: [(i64, Error); 2] = [
+        (10_000, Error::Failure("0 of 2 acks for key 4; the write may or may not have been applied (r0: refused; r1: refused)".into())),
+        (-1, Error::Timeout("0 of 2 acks for key 4; the write may or may not have been applied".into())),
+    ];
+    for (in_ms, expected) in cases {
+        let mut m = WriteMachine::new(4, Version::value(ts(3), "w"), ids(&[0, 1, 2]), ring(), 2, false).reply_to(reply_to(5, in_ms));
+        let mut out = Vec::new();
+        m.on_reply(0, Err(Error::Failure("refused".into())), &mut out);
+        assert!(answers(&out).is_empty(), "not settled yet");
+        m.on_reply(1, Err(Error::Failure("refused".into())), &mut out);
+        m.on_reply(2, write_ack(), &mut out);
+        assert_eq!(answers(&out), vec![(5, Reply::Error(expected))]);
+    }
+    // Reached: the timestamp and the acks at the time of settling.
+    let mut m = WriteMachine::new(4, Version::value(ts(3), "w"), ids(&[0, 1, 2]), ring(), 2, false).reply_to(reply_to(6, 10_000));
+    let mut out = Vec::new();
+    m.on_reply(2, write_ack(), &mut out);
+    m.on_reply(0, write_ack(), &mut out);
+    m.on_reply(1, write_ack(), &mut out);
+    assert_eq!(answers(&out), vec![(6, Reply::Write { ts: ts(3), acks: 2 })]);
+    // A read that gets no reply at all in time.
+    let mut m = ReadMachine::new(8, ids(&[0, 1, 2]), ring(), 1, true, false).reply_to(reply_to(7, -1));
+    let mut out = Vec::new();
+    for slot in 0..3 {
+        m.on_reply(slot, Err(Error::Timeout("r: did not answer in time".into())), &mut out);
+    }
+    assert_eq!(answers(&out), vec![(7, Reply::Error(Error::Timeout("0 of 1 replies for key 8".into())))]);
+}
+
+#[test]
+fn write_hints_every_failed_replica_even_after_success() {
+    let v = Version::value(ts(5), "x");
+    let mut m = WriteMachine::new(9, v.clone(), ids(&[4, 5, 6]), ring(), 1, true);
+    let mut out = Vec::new();
+    m.on_reply(0, write_ack(), &mut out);
+    assert!(m.settled());
+    assert_eq!(m.tally().decision(), Decision::Reached);
+    m.on_reply(1, Err(Error::Timeout("slow".into())), &mut out);
+    m.on_reply(2, Err(Error::Failure("down".into())), &mut out);
+    m.on_reply(2, write_ack(), &mut out); // a duplicate outcome is ignored
+    assert_eq!(
+        out,
+        vec![Command::Hint { target: NodeId(5), key: 9, version: v.clone() }, Command::Hint { target: NodeId(6), key: 9, version: v }]
+    );
+    assert_eq!(m.tally().acks(), 1);
+}
+
+#[test]
+fn write_without_hints_and_impossible_quorum() {
+    let v = Version::value(ts(5), "x");
+    let mut m = WriteMachine::new(1, v, ids(&[0, 1, 2]), ring(), 2, false);
+    let mut out = Vec::new();
+    m.on_reply(0, Err(Error::Failure("refused".into())), &mut out);
+    assert!(!m.settled());
+    m.on_reply(1, Err(Error::Failure("refused".into())), &mut out);
+    assert_eq!(m.tally().decision(), Decision::Impossible);
+    assert!(out.is_empty());
+    assert!(m.tally().failures().suffix().contains("r0: refused"));
+}
+
+#[test]
+fn read_returns_newest_and_repairs_stale_after_all_replies() {
+    let old = Version::value(ts(1), "old");
+    let new = Version::value(ts(2), "new");
+    let mut m = ReadMachine::new(3, ids(&[7, 8, 9]), ring(), 1, true, false);
+    let mut out = Vec::new();
+    m.on_reply(0, read_reply(Some(old.clone())), &mut out);
+    assert!(m.settled());
+    assert_eq!(m.newest(), Some(&old));
+    m.answer(&mut out);
+    assert!(out.is_empty(), "not every replica has replied yet");
+    // A late reply reveals a newer version: the replica answered first is stale.
+    m.on_reply(1, read_reply(Some(new.clone())), &mut out);
+    assert!(out.is_empty());
+    m.on_reply(2, read_reply(None), &mut out);
+    assert_eq!(
+        out,
+        vec![
+            Command::Repair { target: NodeId(7), key: 3, version: new.clone() },
+            Command::Repair { target: NodeId(9), key: 3, version: new }
+        ]
+    );
+}
+
+#[test]
+fn a_quorum_read_repairs_stale_replicas_before_it_answers() {
+    let old = Version::value(ts(1), "old");
+    let new = Version::value(ts(2), "new");
+    let mut m = ReadMachine::new(3, ids(&[0, 1, 2]), ring(), 2, true, true).reply_to(reply_to(9, 10_000));
+    let mut out = Vec::new();
+    m.on_reply(0, read_reply(Some(new.clone())), &mut out);
+    m.on_reply(1, read_reply(Some(old)), &mut out);
+    assert_eq!(m.stale_replied(), vec![(1, NodeId(1))]);
+    // The level is reached, but the stale replica is repaired first: a write in
+    // repair slot 3 (the read slots' count plus its place among the stale ones).
+    assert!(!m.settled() && m.repairing());
+    let want = Outgoing { slot: 3, to: NodeId(1), msg: PeerRequest::Write { key: 3, version: new.clone() }, route: Route::Direct };
+    assert_eq!(sends(&out), vec![want]);
+    assert!(answers(&out).is_empty());
+    out.clear();
+    m.on_reply(3, write_ack(), &mut out);
+    assert_eq!(answers(&out), vec![(9, Reply::Read(Some(new)))]);
+    out.clear();
+    // Slot 1 was repaired before the answer, slot 2 never replied: nothing left to repair.
+    m.on_reply(2, Err(Error::Timeout("t".into())), &mut out);
+    assert!(others(&out).is_empty(), "{out:?}");
+    assert!(m.complete());
+}
+
+#[test]
+fn a_failed_blocking_repair_fails_the_read_with_a_timeout() {
+    let old = Version::value(ts(1), "old");
+    let new = Version::value(ts(2), "new");
+    let mut m = ReadMachine::new(5, ids(&[0, 1, 2]), ring(), 2, true, true);
+    let mut out = Vec::new();
+    m.on_reply(0, read_reply(Some(old)), &mut out);
+    m.on_reply(1, read_reply(Some(new)), &mut out);
+    assert!(m.repairing());
+    assert_eq!(
+        m.result(true),
+        Err(Error::Timeout("read repair of key 5: 0 of 1 stale replicas acked in time".into())),
+        "a deadline during the repair"
+    );
+    m.on_reply(3, Err(Error::Failure("refused".into())), &mut out);
+    assert!(m.settled());
+    assert_eq!(m.result(false), Err(Error::Timeout("read repair of key 5: 0 of 1 stale replicas acked in time (r0: refused)".into())));
+}
+
+#[test]
+fn read_without_repair_never_commands() {
+    let mut m = ReadMachine::new(3, ids(&[0, 1, 2]), ring(), 1, false, true);
+    let mut out = Vec::new();
+    m.on_reply(0, read_reply(Some(Version::value(ts(2), "a"))), &mut out);
+    m.on_reply(1, read_reply(None), &mut out);
+    m.on_reply(2, read_reply(None), &mut out);
+    m.answer(&mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn tombstone_is_newest_when_newer() {
+    let mut m = ReadMachine::new(3, ids(&[0, 1, 2]), ring(), 2, true, false);
+    let mut out = Vec::new();
+    m.on_reply(0, read_reply(Some(Version::value(ts(1), "a"))), &mut out);
+    m.on_reply(1, read_reply(Some(Version::tombstone(ts(2)))), &mut out);
+    assert!(m.newest().unwrap().is_tombstone());
+}
+
+/// An executor that records what it is asked to send and drops the rest.
+#[derive(Default)]
+struct NoExec(Mutex<Vec<Outgoing>>);
+impl Executor for NoExec {
+    fn execute(&self, _c: Command) {}
+    fn send(&self, _sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, _deadline: Instant) {
+        self.0.lock().extend(sends);
+    }
+}
+
+#[test]
+fn a_started_call_hands_its_sends_to_the_executor() {
+    let exec = Arc::new(NoExec::default());
+    let call = Call::new(GatherMachine::new(ids(&[3, 4]), PeerRequest::Ping), exec.clone(), Arc::new(Budget::new(1)), Instant::now());
+    call.start();
+    assert_eq!(exec.0.lock().iter().map(|s| (s.slot, s.to)).collect::<Vec<_>>(), vec![(0, NodeId(3)), (1, NodeId(4))]);
+}
+
+#[test]
+fn background_calls_are_charged_to_the_budget_until_complete() {
+    let budget = Arc::new(Budget::new(10_000));
+    let v = Version::value(ts(1), "x".repeat(4000));
+    let write = |deadline| {
+        let m = WriteMachine::new(1, v.clone(), ids(&[0, 1, 2]), ring(), 1, false);
+        Call::new(m, Arc::new(NoExec::default()), budget.clone(), deadline)
+    };
+    let call = write(Instant::now());
+    call.deliver(0, write_ack());
+    call.finish(); // two replies outstanding: finishes in the background
+    assert_eq!(budget.used(), 4000 + CALL_OVERHEAD);
+    // A second such call still fits; a third would not, so it waits (here: until its deadline).
+    let second = write(Instant::now());
+    second.deliver(0, write_ack());
+    second.finish();
+    assert_eq!(budget.used(), 2 * (4000 + CALL_OVERHEAD));
+    let third = write(Instant::now() + Duration::from_millis(20));
+    third.deliver(0, write_ack());
+    third.finish();
+    assert_eq!(budget.used(), 2 * (4000 + CALL_OVERHEAD), "over budget: not charged, waited instead");
+    call.deliver(1, write_ack());
+    assert_eq!(budget.used(), 2 * (4000 + CALL_OVERHEAD), "still one reply outstanding");
+    call.deliver(2, Err(Error::Timeout("t".into())));
+    assert_eq!(budget.used(), 4000 + CALL_OVERHEAD, "released when complete");
+    second.deliver(1, write_ack());
+    second.deliver(2, write_ack());
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn call_wait_returns_when_settled_by_another_thread() {
+    let call = Call::new(
+        GatherMachine::new(ids(&[0, 1]), PeerRequest::Ping),
+        Arc::new(NoExec::default()),
+        Arc::new(Budget::new(1 << 20)),
+        Instant::now() + Duration::from_secs(30),
+    );
+    let c2 = call.clone();
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let b2 = barrier.clone();
+    let t = std::thread::spawn(move || {
+        b2.wait();
+        c2.deliver(0, Ok(PeerResponse::Pong("r0".into())));
+        c2.deliver(1, Err(Error::Timeout("x".into())));
+    });
+    barrier.wait();
+    let mut m = call.wait();
+    assert!(m.settled());
+    assert_eq!(m.take().len(), 2);
+    drop(m);
+    t.join().unwrap();
+}

@@ -1,0 +1,97 @@
+//! Work of the server's background threads: read repairs and hint replay.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use log::{debug, info};
+
+use crate::cluster::ring::NodeId;
+use crate::coordinator::call::Call;
+use crate::coordinator::command::{Executor, Outgoing, Route};
+use crate::coordinator::gather::GatherMachine;
+use crate::coordinator::peers::ReplySink;
+use crate::error::Error;
+use crate::message::{PeerRequest, PeerResponse, PeerResult};
+use crate::node::Node;
+use crate::storage::cell::Version;
+
+/// A read repair for the repair worker.
+#[derive(Debug, Clone)]
+pub struct RepairJob {
+    /// The replica to repair.
+    pub target: NodeId,
+    /// The key.
+    pub key: u8,
+    /// The version to send.
+    pub version: Version,
+}
+
+/// Logs a repair that failed (the next read of the key tries again).
+struct RepairOutcome {
+    key: u8,
+    target: String,
+}
+
+impl ReplySink for RepairOutcome {
+    fn deliver(&self, _slot: usize, result: PeerResult) {
+        if let Err(e) = result {
+            debug!("read repair of key {} on {} failed: {e}", self.key, self.target);
+        }
+    }
+}
+
+impl Node {
+    /// Sends one read repair (the repair worker's job).
+    pub fn send_repair(&self, job: RepairJob) {
+        let target = self.ring.name(job.target);
+        debug!("read repair: key {} to {target}", job.key);
+        let sink = Arc::new(RepairOutcome { key: job.key, target });
+        let msg = PeerRequest::Write { key: job.key, version: job.version };
+        self.send(sink, vec![Outgoing { slot: 0, to: job.target, msg, route: Route::Direct }], self.deadline());
+    }
+
+    /// Replays the hints held for `target`, throttled; stops at the first failure.
+    pub fn replay_hints(self: &Arc<Self>, target: NodeId) {
+        if target == self.me || !self.peers.is_up(target) {
+            return;
+        }
+        let hints = self.hints.pending(target);
+        if hints.is_empty() {
+            return;
+        }
+        let name = self.ring.name(target);
+        info!("replaying {} hint(s) to {name}", hints.len());
+        let pace = Duration::from_secs(1) / self.cfg.hint_rate.max(1);
+        let mut delivered = 0;
+        for (key, version) in hints {
+            if self.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            let ts = version.ts;
+            let machine = GatherMachine::new(vec![target], PeerRequest::Write { key, version });
+            let call = Call::new(machine, self.clone(), self.budget.clone(), self.deadline());
+            call.start();
+            let result = call.wait().take().pop().flatten();
+            match result {
+                Some(Ok(PeerResponse::WriteAck { .. })) => {
+                    self.hints.delivered(target, key, ts);
+                    delivered += 1;
+                }
+                other => {
+                    let why = match other {
+                        Some(Ok(r)) => format!("unexpected reply {r:?}"),
+                        Some(Err(e)) => e.to_string(),
+                        None => Error::Timeout("no reply in time".into()).to_string(),
+                    };
+                    info!("hint replay to {name} paused after {delivered} hint(s): {why}");
+                    return;
+                }
+            }
+            if !pace.is_zero() {
+                std::thread::sleep(pace);
+            }
+        }
+        info!("replayed {delivered} hint(s) to {name}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Coordinating `get`, `put` and `del`, and the one loop that carries out
+//! every call's commands.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::debug;
+
+use crate::coordinator::call::Call;
+use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
+use crate::coordinator::consistency::Consistency;
+use crate::coordinator::peers::ReplySink;
+use crate::coordinator::read::{ReadMachine, ReadRoute};
+use crate::coordinator::readbatch::QueuedRead;
+use crate::coordinator::write::WriteMachine;
+use crate::error::Result;
+use crate::message::{PeerRequest, PeerResponse, Reply};
+use crate::node::{Answered, Deferred, Node, RepairJob, Unfinished};
+use crate::storage::cell::Version;
+use crate::storage::hlc::Timestamp;
+
+/// Where a deferred reply may go: the client's connection and the request's token.
+pub type Later<'a> = Option<(&'a Arc<dyn Responder>, u64)>;
+
+impl Node {
+    fn executor(self: &Arc<Self>) -> Arc<dyn Executor> {
+        self.clone()
+    }
+
+    /// Marks the connection's reply as deferred and says where it goes.
+    fn defer(&self, later: Later<'_>, deadline: Instant) -> Option<ReplyTo> {
+        let (responder, token) = later?;
+        responder.defer(token);
+        Some(ReplyTo { responder: responder.clone(), token, deadline })
+    }
+
+    /// Writes `value` (`None`: delete) to `key` at `level`; returns the write's timestamp and acks.
+    /// With `later` (a client connection and the request's token), the
+    /// coordinator does not wait: the call answers the client when it
+    /// settles, and this returns [`Answered::Later`].
+    pub fn write(
+        self: &Arc<Self>,
+        key: u8,
+        value: Option<String>,
+        level: Consistency,
+        later: Later<'_>,
+    ) -> Result<Answered<(Timestamp, usize)>> {
+        let (_, need) = self.check_available(key, level)?;
+        let version = Version { ts: self.clock.now(), value };
+        let hint = self.cfg.mode.hinted_handoff();
+        let mut machine = WriteMachine::new(key, version, self.ring.replica_set(key), self.ring.clone(), need, hint);
+        let deadline = self.deadline();
+        let reply_to = self.defer(later, deadline);
+        let deferred = reply_to.is_some();
+        if let Some(to) = reply_to {
+            machine = machine.reply_to(to);
+        }
+        let call = Call::new(machine, self.executor(), self.budget.clone(), deadline);
+        call.start();
+        if deferred {
+            return Ok(Answered::Later(Unfinished { call, deadline }));
+        }
+        let result = call.wait().result(false);
+        call.finish();
+        result.map(Answered::Now)
+    }
+
+    /// Reads `key` at `level`; returns the newest version among the replies (tombstones included).
+    /// At ONE on a replica of the key, the local copy answers and the other
+    /// replicas are asked afterwards: the returned [`Deferred`] must be run once
+    /// the reply is sent. With `later` (a client connection and the request's
+    /// token), other reads are answered by the call when it settles ([`Answered::Later`]).
+    pub fn read(self: &Arc<Self>, key: u8, level: Consistency, later: Later<'_>) -> Result<Answered<(Option<Version>, Option<Deferred>)>> {
+        let (replicas, need) = self.check_available(key, level)?;
+        let repair = self.cfg.mode.read_repair();
+        let blocking = level != Consistency::One;
+        let machine = ReadMachine::new(key, self.ring.replica_set(key), self.ring.clone(), need, repair, blocking);
+        let local_slot = replicas.iter().position(|&t| t == self.me);
+        let deadline = self.deadline();
+        if let (Consistency::One, Some(slot)) = (level, local_slot) {
+            let version = self.store.get(key);
+            if let Some(v) = &version {
+                let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+            }
+            if !repair {
+                // Without read repair the other replicas' versions would change nothing.
+                return Ok(Answered::Now((version, None)));
+            }
+            let call = Call::new(machine.route(ReadRoute::AllBatched), self.executor(), self.budget.clone(), deadline);
+            call.deliver(slot, Ok(PeerResponse::Read(version.clone())));
+            call.with(|m, out| m.answer(out));
+            return Ok(Answered::Now((version, Some(Deferred(call)))));
+        }
+        // At ONE (this node holds no copy here) one live replica is asked
+        // directly and the others through the read batcher: every replica is
+        // still asked and any reply answers the client, but under load the
+        // other reads ride in batches instead of costing a message each. If
+        // the one asked directly (the first live one in ring order) is slow,
+        // the batched replies answer: it costs the batcher's gather window,
+        // not a timeout.
+        let mut machine = match replicas.iter().position(|&t| self.alive(t)) {
+            Some(direct) if level == Consistency::One => machine.route(ReadRoute::OneDirect(direct)),
+            _ => machine,
+        };
+        let reply_to = self.defer(later, deadline);
+        let deferred = reply_to.is_some();
+        if let Some(to) = reply_to {
+            machine = machine.reply_to(to);
+        }
+        let call = Call::new(machine, self.executor(), self.budget.clone(), deadline);
+        call.start();
+        if deferred {
+            return Ok(Answered::Later(Unfinished { call, deadline }));
+        }
+        let result = call.wait().result(false);
+        call.with(|m, out| m.answer(out));
+        call.finish();
+        let newest = result?;
+        if let Some(newest) = &newest {
+            // A later write through this coordinator must be stamped after what it read.
+            let _ = self.clock.observe(newest.ts, self.cfg.max_clock_offset);
+        }
+        Ok(Answered::Now((newest, None)))
+    }
+}
+
+impl Executor for Node {
+    fn execute(&self, command: Command) {
+        match command {
+            Command::Hint { target, key, version } => {
+                let down_for = if target == self.me { Duration::ZERO } else { self.peers.down_for(target) };
+                if down_for > self.cfg.hint_window {
+                    debug!("not hinting key {key} for {}: down for {down_for:?}, past the hint window", self.ring.name(target));
+                    return;
+                }
+                if self.hints.add(target, key, version) == crate::storage::hints::Added::Stored {
+                    // Hints are rare; write each one out at once so a crash right after keeps it.
+                    if let Some(wal) = &self.wal {
+                        wal.flush();
+                    }
+                }
+            }
+            Command::Repair { target, key, version } => {
+                let _ = self.repair_tx.send(RepairJob { target, key, version });
+            }
+            Command::Answer { to, reply } => {
+                if let Reply::Read(Some(v)) = &reply {
+                    // A later write through this coordinator must be stamped after what it read.
+                    let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+                }
+                to.responder.answer(to.token, reply);
+            }
+            Command::Send(s) => self.send(Arc::new(crate::coordinator::peers::IgnoreReply), vec![s], self.deadline()),
+        }
+    }
+
+    fn send(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
+        let mut local = Vec::new();
+        for s in sends {
+            if s.to == self.me {
+                local.push(s);
+                continue;
+            }
+            match (s.route, s.msg) {
+                (Route::Batched, PeerRequest::Read { key }) => {
+                    self.read_batcher.push(s.to, QueuedRead { sink: sink.clone(), slot: s.slot, key, deadline });
+                }
+                (_, msg) => self.peers.send(s.to, msg, sink.clone(), s.slot, deadline),
+            }
+        }
+        for s in local {
+            sink.deliver(s.slot, self.serve_local(s.msg));
+        }
+    }
+}

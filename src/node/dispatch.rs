@@ -1,0 +1,85 @@
+//! A client's typed request to the role that serves it, and the handshake
+//! that opens a peer link.
+
+use std::sync::Arc;
+
+use crate::cluster::ring::NodeId;
+use crate::error::{Error, Result};
+use crate::message::{ClientRequest, Reply};
+use crate::node::coordinate::Later;
+use crate::node::{Answered, Handled, Node};
+use crate::proto;
+
+impl Node {
+    /// Answers a client request (this node coordinates). With `later` (the
+    /// client's connection and the request's token), a request whose answer
+    /// must come from other replicas may be answered by its call instead
+    /// ([`Answered::Later`]; see [`crate::net::conn`]). Fault requests belong to
+    /// the network layer, which owns the faults, and are refused here.
+    pub fn handle_client(self: &Arc<Self>, req: ClientRequest, later: Later<'_>) -> Answered<Handled> {
+        match self.client_request(req, later) {
+            Ok(r) => r,
+            Err(e) => Answered::Now(Handled::of(Reply::Error(e))),
+        }
+    }
+
+    fn client_request(self: &Arc<Self>, req: ClientRequest, later: Later<'_>) -> Result<Answered<Handled>> {
+        let reply = match req {
+            ClientRequest::Ping => Reply::Pong(self.cfg.name.clone()),
+            ClientRequest::Get { key, level } => {
+                return Ok(match self.read(key, level, later)? {
+                    Answered::Now((found, after)) => Answered::Now(Handled { reply: Reply::Read(found), after }),
+                    Answered::Later(u) => Answered::Later(u),
+                });
+            }
+            ClientRequest::Put { key, value, level } => return self.write_request(key, Some(value), level, later),
+            ClientRequest::Delete { key, level } => return self.write_request(key, None, level, later),
+            ClientRequest::Status => Reply::Status(self.status()),
+            ClientRequest::Inspect { key } => Reply::Inspect(self.inspect(key)),
+            ClientRequest::Display { max_value_len } => Reply::Display(self.display(max_value_len)),
+            ClientRequest::Fault(_) => return Err(Error::Internal("fault requests are served by the network layer".into())),
+        };
+        Ok(Answered::Now(Handled::of(reply)))
+    }
+
+    fn write_request(
+        self: &Arc<Self>,
+        key: u8,
+        value: Option<String>,
+        level: crate::coordinator::consistency::Consistency,
+        later: Later<'_>,
+    ) -> Result<Answered<Handled>> {
+        Ok(match self.write(key, value, level, later)? {
+            Answered::Now((ts, acks)) => Answered::Now(Handled::of(Reply::Write { ts, acks })),
+            Answered::Later(u) => Answered::Later(u),
+        })
+    }
+
+    /// Checks a peer's handshake: same ring, a known name that is not ours; returns the peer's id.
+    pub fn check_hello(&self, h: &proto::PeerHello) -> Result<NodeId> {
+        if h.ring_fingerprint != self.ring.fingerprint() || h.epoch != self.ring.epoch() {
+            return Err(Error::RingMismatch(format!(
+                "{} has ring [{}] but {} has [{}]",
+                h.name,
+                h.ring_description,
+                self.cfg.name,
+                self.ring.describe()
+            )));
+        }
+        match self.ring.id_of(&h.name) {
+            Some(id) if id != self.me => Ok(id),
+            Some(_) => Err(Error::RingMismatch(format!("peer claims to be {}, which is this replica", h.name))),
+            None => Err(Error::RingMismatch(format!("{} is not in the ring", h.name))),
+        }
+    }
+
+    /// Our handshake.
+    pub fn hello(&self) -> proto::PeerHello {
+        proto::PeerHello {
+            name: self.cfg.name.clone(),
+            ring_fingerprint: self.ring.fingerprint(),
+            ring_description: self.ring.describe(),
+            epoch: self.ring.epoch(),
+        }
+    }
+}

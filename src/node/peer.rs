@@ -1,0 +1,107 @@
+//! Serving a peer's request: local work only.
+//!
+//! A peer request touches only this replica's store (and clock), never waits
+//! on another replica, so a peer link can never be part of a wait cycle: two
+//! coordinators fanning out to each other cannot deadlock. A peer write is
+//! applied at once but acknowledged only once durable: the server commits a
+//! whole batch of them with one [`Node::commit_acks`] before writing any reply.
+
+use std::io::Write as _;
+
+use crate::error::{Error, Result};
+use crate::message::{PeerRequest, PeerResponse, PeerResult};
+use crate::node::Node;
+use crate::proto;
+use crate::storage::cell::Version;
+use crate::storage::hlc::Timestamp;
+
+/// A peer write applied to the store but not yet durable.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingAck {
+    /// Log position to commit.
+    pub pos: u64,
+    /// The key written.
+    pub key: u8,
+    /// The version's timestamp.
+    pub ts: Timestamp,
+}
+
+impl Node {
+    /// Answers a peer's request. A write's reply must not be sent before its
+    /// [`PendingAck`] is durable ([`commit_acks`](Self::commit_acks)).
+    pub fn serve_peer(&self, req: PeerRequest) -> (PeerResult, Option<PendingAck>) {
+        let result = match req {
+            PeerRequest::Read { key } => Ok(PeerResponse::Read(self.store.get(key))),
+            PeerRequest::Write { key, version } => {
+                if let Err(ahead) = self.clock.observe(version.ts, self.cfg.max_clock_offset) {
+                    return (
+                        Err(Error::InvalidRequest(format!(
+                            "write to key {key} is stamped {} ms ahead of {}'s clock (the limit is {} ms); check the clocks",
+                            ahead.as_millis(),
+                            self.cfg.name,
+                            self.cfg.max_clock_offset.as_millis()
+                        ))),
+                        None,
+                    );
+                }
+                let ts = version.ts;
+                return match self.store.apply(key, version) {
+                    Ok(applied) => {
+                        (Ok(PeerResponse::WriteAck { applied: applied.changed }), Some(PendingAck { pos: applied.pos, key, ts }))
+                    }
+                    Err(e) => (Err(e), None),
+                };
+            }
+            PeerRequest::Heartbeat { .. } => {
+                Ok(PeerResponse::Heartbeat { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
+            }
+            PeerRequest::Dump { max_value_len } => Ok(PeerResponse::Dump(self.dump(max_value_len))),
+            PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.into_iter().map(|k| self.store.get(k)).collect())),
+            PeerRequest::Ping => Ok(PeerResponse::Pong(self.cfg.name.clone())),
+        };
+        (result, None)
+    }
+
+    /// Serves a message a call addressed to this node: as a peer would, except
+    /// that a write is made durable before it counts.
+    pub fn serve_local(&self, req: PeerRequest) -> PeerResult {
+        match req {
+            PeerRequest::Write { key, version } => self.apply_local(key, version).map(|applied| PeerResponse::WriteAck { applied }),
+            other => self.serve_peer(other).0,
+        }
+    }
+
+    /// Makes a batch of peer writes durable (one commit for all), then records their acks.
+    /// On failure nothing unlogged may be acknowledged: the caller turns each write's reply into the error.
+    pub fn commit_acks(&self, acks: &[PendingAck]) -> Result<()> {
+        let Some(pos) = acks.iter().map(|a| a.pos).max() else { return Ok(()) };
+        self.store.commit(pos)?;
+        for a in acks {
+            self.note_ack(a.key, a.ts);
+        }
+        Ok(())
+    }
+
+    /// Applies a write to the local store and waits until it is durable.
+    pub fn apply_local(&self, key: u8, version: Version) -> Result<bool> {
+        let ts = version.ts;
+        let changed = self.store.apply_durably(key, version)?;
+        self.note_ack(key, ts);
+        Ok(changed)
+    }
+
+    /// Test hook: records that this replica acknowledged `ts` for `key` (after it was durable).
+    pub fn note_ack(&self, key: u8, ts: Timestamp) {
+        if let Some(log) = &self.ack_log {
+            let _ = writeln!(log.lock(), "{key} {} {}", ts.micros, ts.node);
+        }
+    }
+
+    /// This replica's storage, as `status` shows it.
+    pub fn storage_stats(&self) -> proto::StorageStats {
+        match &self.wal {
+            Some(wal) => wal.stats(),
+            None => proto::StorageStats { in_memory: true, ..Default::default() },
+        }
+    }
+}
