@@ -1,0 +1,286 @@
+//! Recovery: opening the data folder, loading the snapshot, replaying the logs
+//! it does not cover, cutting a torn tail, and refusing any other damage.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::Path;
+
+use log::{info, warn};
+use parking_lot::{Condvar, Mutex};
+use prost::Message;
+
+use super::record::{LOG_MAGIC, RECORD_HEADER, check_record, find_valid_record};
+use super::snapshot::{SNAPSHOT_FILE, read_snapshot};
+use super::{FsyncMode, State, Wal, create_log, io_err, list_logs, log_path};
+use crate::error::{Error, Result};
+use crate::proto;
+
+/// What [`Wal::open`] found on disk.
+pub struct Recovered {
+    /// The snapshot, if any.
+    pub snapshot: Option<proto::Snapshot>,
+    /// Log records after it, in order.
+    pub records: Vec<proto::LogRecord>,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir` and recovers what it holds.
+    pub fn open(dir: &Path, mode: FsyncMode) -> Result<(Wal, Recovered)> {
+        fs::create_dir_all(dir).map_err(|e| io_err("cannot create data folder", dir, e))?;
+        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let covered = snapshot.as_ref().map_or(0, |s| s.next_log_seq);
+        let mut seqs = list_logs(dir)?;
+        seqs.sort_unstable();
+        // Logs that never got a record (a start that died early, a failed rotation) are
+        // dropped, so the newest log that holds records is the one whose tail may be torn.
+        while let Some(&seq) = seqs.last() {
+            let path = log_path(dir, seq);
+            let len = fs::metadata(&path).map_err(|e| io_err("cannot stat", &path, e))?.len();
+            if len > LOG_MAGIC.len() as u64 {
+                break;
+            }
+            let head = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
+            if !LOG_MAGIC.starts_with(&head) {
+                break;
+            }
+            fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+            seqs.pop();
+        }
+        let mut records = Vec::new();
+        let mut last_seq = covered;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let path = log_path(dir, seq);
+            if seq < covered {
+                // Left over from a crash between a snapshot and the deletion of its logs.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let is_last = i + 1 == seqs.len();
+            replay_log(&path, is_last, &mut records)?;
+            // What was replayed may still be only in the page cache (the previous run
+            // died before syncing): make it durable before writing after it.
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| io_err("cannot sync", &path, e))?;
+            last_seq = seq + 1;
+        }
+        let seq = last_seq.max(covered);
+        let file = create_log(dir, seq)?;
+        let (snapshot_micros, snapshot_bytes) = match &snapshot {
+            Some(s) => (s.taken_micros, fs::metadata(dir.join(SNAPSHOT_FILE)).map(|m| m.len()).unwrap_or(0)),
+            None => (0, 0),
+        };
+        info!(
+            "recovered {} from {}: {} log record(s) after {}",
+            dir.display(),
+            if snapshot.is_some() { "a snapshot" } else { "no snapshot" },
+            records.len(),
+            if snapshot.is_some() { "the snapshot" } else { "the start" }
+        );
+        let state = State {
+            buf: Vec::with_capacity(64 * 1024),
+            file: Some(file),
+            seq,
+            file_bytes: LOG_MAGIC.len() as u64,
+            appended: 0,
+            written: 0,
+            synced: 0,
+            busy: false,
+            failed: None,
+            awaiting_snapshot: None,
+            sync_failed: false,
+            snapshot_micros,
+            snapshot_bytes,
+        };
+        let wal = Wal { dir: dir.to_path_buf(), mode, state: Mutex::new(state), cond: Condvar::new() };
+        Ok((wal, Recovered { snapshot, records }))
+    }
+}
+
+/// Replays one log into `out`. A torn tail of the last log is cut; any other damage is an error.
+fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Result<()> {
+    let mut data = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err("cannot read", path, e))?;
+    if data.len() < LOG_MAGIC.len() {
+        if LOG_MAGIC.starts_with(&data) {
+            // The process died while creating this log: it never held a record.
+            warn!("{}: the log's header is torn ({} bytes); removing the empty log", path.display(), data.len());
+            return fs::remove_file(path).map_err(|e| io_err("cannot remove", path, e));
+        }
+        return Err(Error::Storage(format!("{}: too short to be a log ({} bytes) and not a torn header", path.display(), data.len())));
+    }
+    if &data[..LOG_MAGIC.len()] != LOG_MAGIC {
+        return Err(Error::Storage(format!("{}: not a quorumkv log of this version (bad magic)", path.display())));
+    }
+    let mut pos = LOG_MAGIC.len();
+    while pos < data.len() {
+        let bad = match check_record(&data, pos) {
+            Ok(end) => {
+                let body = &data[pos + RECORD_HEADER..end];
+                let record = proto::LogRecord::decode(body)
+                    .map_err(|e| Error::Storage(format!("{}: record at offset {pos} does not decode: {e}", path.display())))?;
+                if record.kind.is_none() {
+                    return Err(Error::Storage(format!(
+                        "{}: record at offset {pos} is of a kind this version does not know (written by a newer quorumkv?)",
+                        path.display()
+                    )));
+                }
+                out.push(record);
+                pos = end;
+                continue;
+            }
+            Err(why) => why,
+        };
+        // A damaged record in the last log is a torn tail if no valid record follows it
+        // (the process died mid-write), or if it starts a zero-filled hole (a machine
+        // crash wrote later pages before this one: none of it was ever fsynced, so
+        // none of it was acknowledged in `always` mode, and `batch`/`never` do not
+        // promise unsynced writes across a machine crash).
+        let rest = &data[pos..];
+        let hole = rest.len() >= RECORD_HEADER && rest[..RECORD_HEADER].iter().all(|&b| b == 0);
+        let torn = is_last && (hole || find_valid_record(&data, pos + 1).is_none());
+        if torn {
+            warn!(
+                "{}: torn record at offset {pos} ({}); cutting the log there and dropping {} byte(s)",
+                path.display(),
+                bad.why,
+                rest.len()
+            );
+            return truncate(path, pos as u64);
+        }
+        return Err(Error::Storage(format!(
+            "{}: corrupt record at offset {pos} ({}) with {} byte(s) after it; refusing to start rather than lose \
+             acknowledged writes. Restore the file, or move it aside to start without its records",
+            path.display(),
+            bad.why,
+            rest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Cuts the file at `path` to `len` bytes and syncs it.
+fn truncate(path: &Path, len: u64) -> Result<()> {
+    let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err("cannot open", path, e))?;
+    f.set_len(len).and_then(|_| f.sync_all()).map_err(|e| io_err("cannot cut", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    use byteorder::{ByteOrder, LittleEndian};
+
+    use super::super::test_util::{Dir, cell, keys};
+    use super::*;
+
+    fn last_log(dir: &Path) -> PathBuf {
+        let mut seqs = list_logs(dir).unwrap();
+        seqs.sort_unstable();
+        // The newest log is the empty one opened after recovery; the data is in the one before.
+        let with_data = seqs.iter().rev().find(|&&s| fs::metadata(log_path(dir, s)).unwrap().len() > LOG_MAGIC.len() as u64);
+        log_path(dir, *with_data.unwrap())
+    }
+
+    fn write_three(dir: &Path) -> PathBuf {
+        let (wal, _) = Wal::open(dir, FsyncMode::Always).unwrap();
+        for k in 0..3 {
+            let pos = wal.append(&cell(k, 1, "value")).unwrap();
+            wal.commit(pos).unwrap();
+        }
+        drop(wal);
+        last_log(dir)
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_the_last_good_record() {
+        let d = Dir::new("torn");
+        let path = write_three(&d.0);
+        let full = fs::metadata(&path).unwrap().len();
+        // The process died in the middle of writing the third record.
+        truncate(&path, full - 3).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), [0, 1]);
+        let cut = fs::metadata(&path).unwrap().len();
+        assert!(cut < full - 3, "the torn record was cut off");
+    }
+
+    #[test]
+    fn a_corrupt_length_in_the_last_log_with_records_after_it_refuses() {
+        let d = Dir::new("badlen");
+        let path = write_three(&d.0);
+        let mut data = fs::read(&path).unwrap();
+        // The first record's length now points past the end of the file.
+        data[LOG_MAGIC.len() + 3] = 0x7F;
+        fs::write(&path, &data).unwrap();
+        let err = Wal::open(&d.0, FsyncMode::Always).err().expect("valid records follow: must refuse").to_string();
+        assert!(err.contains("corrupt record at offset 8"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), data, "nothing was cut");
+    }
+
+    #[test]
+    fn a_zero_hole_in_the_last_log_is_cut_even_with_data_after() {
+        // A machine crash: the pages of a later write reached the disk, an earlier one did not.
+        let d = Dir::new("hole");
+        let path = write_three(&d.0);
+        let mut data = fs::read(&path).unwrap();
+        let second = LOG_MAGIC.len() + RECORD_HEADER + LittleEndian::read_u32(&data[LOG_MAGIC.len()..]) as usize;
+        let len2 = RECORD_HEADER + LittleEndian::read_u32(&data[second..]) as usize;
+        data[second..second + len2].fill(0);
+        fs::write(&path, &data).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), [0]);
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn_too() {
+        // A machine crash after the file grew but before its data reached the disk.
+        let d = Dir::new("zeros");
+        let path = write_three(&d.0);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0u8; 100]).unwrap();
+        drop(f);
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_log_whose_header_is_torn_is_removed() {
+        let d = Dir::new("header");
+        let path = write_three(&d.0);
+        // A later start died while creating its log.
+        let torn = log_path(&d.0, 99);
+        fs::write(&torn, &LOG_MAGIC[..3]).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), [0, 1, 2]);
+        assert!(!torn.exists());
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn corrupt_middle_record_refuses_to_open() {
+        let d = Dir::new("corrupt");
+        let path = write_three(&d.0);
+        let mut data = fs::read(&path).unwrap();
+        // Flip a byte in the first record's body: two good records follow it.
+        data[LOG_MAGIC.len() + RECORD_HEADER + 2] ^= 0xFF;
+        fs::write(&path, &data).unwrap();
+        let err = Wal::open(&d.0, FsyncMode::Always).err().expect("must refuse").to_string();
+        assert!(err.contains("corrupt record at offset 8") && err.contains("refusing to start"), "{err}");
+    }
+
+    #[test]
+    fn damage_in_an_older_log_refuses_to_open() {
+        let d = Dir::new("older");
+        let path = write_three(&d.0);
+        // A newer log exists (opened by the next start), so this one is not the last.
+        {
+            let (wal, _) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+            let pos = wal.append(&cell(9, 1, "x")).unwrap();
+            wal.commit(pos).unwrap();
+        }
+        let len = fs::metadata(&path).unwrap().len();
+        truncate(&path, len - 2).unwrap();
+        assert!(Wal::open(&d.0, FsyncMode::Always).is_err());
+    }
+}
