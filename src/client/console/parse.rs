@@ -1,0 +1,288 @@
+//! Reading a command: the tokenizer, the parser and the typed [`Command`].
+//!
+//! [`tokenize`] splits a console line into words (quotes group, backslash
+//! escapes inside double quotes); [`parse`] turns words, from a line or from
+//! the one-shot arguments, into a [`Command`] or a message naming what is
+//! wrong. Nothing here touches the network or panics on any input. [`HELP`]
+//! describes the same grammar for people.
+
+use crate::coordinator::consistency::Consistency;
+use crate::proto;
+use crate::storage::store::KEYS;
+
+/// The console's help text.
+pub const HELP: &str = "\
+Commands (keywords are case-insensitive; CL is ONE, QUORUM or ALL):
+  get KEY [CL]            read KEY (0-255)
+  put KEY VALUE [CL]      write VALUE; quote a value with spaces: put 5 \"hello world\" quorum
+  del KEY [CL]            delete KEY (writes a tombstone)
+  consistency [CL]        show or set the session's default level (starts at ONE)
+  status                  each replica: address, up/down as the coordinator sees it, key range, hints held for it
+  inspect KEY             what each replica of KEY holds, one line per replica
+  display                 what every replica holds, and which keys differ between replicas
+Fault injection (only on replicas started with --enable-fault-injection; acts on the replica connected to):
+  fault                   show the faults active on this replica
+  fault drop PEERS [DIR]  drop messages exchanged with PEERS (names, comma-separated, or all); DIR is to, from or both (default)
+  fault delay PEERS MS [DIR]  delay them by MS milliseconds
+  fault pause MS          answer nothing, to clients or peers, for MS milliseconds
+  fault heal              remove every drop and delay
+  help                    this text
+  quit                    leave (also: exit, Ctrl-D)";
+
+/// A console command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Show the help.
+    Help,
+    /// Read a key.
+    Get {
+        /// The key.
+        key: u32,
+        /// Level; `None` uses the session default.
+        level: Option<Consistency>,
+    },
+    /// Write a key.
+    Put {
+        /// The key.
+        key: u32,
+        /// The value.
+        value: String,
+        /// Level; `None` uses the session default.
+        level: Option<Consistency>,
+    },
+    /// Delete a key.
+    Del {
+        /// The key.
+        key: u32,
+        /// Level; `None` uses the session default.
+        level: Option<Consistency>,
+    },
+    /// Show (`None`) or set the session default level.
+    Consistency(Option<Consistency>),
+    /// Cluster status.
+    Status,
+    /// Each replica's version of a key.
+    Inspect(u32),
+    /// Everything every replica holds.
+    Display,
+    /// A fault-injection request to the connected replica.
+    Fault(proto::FaultRequest),
+    /// Leave.
+    Quit,
+}
+
+/// Splits a line into words: whitespace separates, `"…"` and `'…'` group, and
+/// inside double quotes `\"` and `\\` escape.
+pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(words);
+        }
+        let mut word = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                break;
+            }
+            chars.next();
+            match c {
+                '"' => loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(e @ ('"' | '\\')) => word.push(e),
+                            Some(other) => {
+                                word.push('\\');
+                                word.push(other);
+                            }
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(ch) => word.push(ch),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                },
+                '\'' => loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => word.push(ch),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                },
+                _ => word.push(c),
+            }
+        }
+        words.push(word);
+    }
+}
+
+fn parse_key(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(k) if (k as usize) < KEYS => Ok(k),
+        _ => Err(format!("key must be an integer from 0 to {}, got {s:?}", KEYS - 1)),
+    }
+}
+
+fn parse_level(s: &str, hint: &str) -> Result<Consistency, String> {
+    Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use ONE, QUORUM or ALL{hint}"))
+}
+
+/// Parses a tokenized command.
+pub fn parse(words: &[String]) -> Result<Command, String> {
+    let Some(first) = words.first() else { return Err("empty command; type help".into()) };
+    let args = &words[1..];
+    let arity = |min: usize, max: usize, usage: &str| {
+        if args.len() < min || args.len() > max { Err(format!("usage: {usage}")) } else { Ok(()) }
+    };
+    let opt_level = |i: usize| args.get(i).map(|s| parse_level(s, "")).transpose();
+    match first.to_ascii_lowercase().as_str() {
+        "help" | "?" => Ok(Command::Help),
+        "quit" | "exit" => Ok(Command::Quit),
+        "get" => {
+            arity(1, 2, "get KEY [CL]")?;
+            Ok(Command::Get { key: parse_key(&args[0])?, level: opt_level(1)? })
+        }
+        "put" => {
+            if args.len() > 3 {
+                return Err(format!(
+                    "usage: put KEY VALUE [CL]; got {} words after the key; quote a value with spaces: put {} \"{}\"",
+                    args.len() - 1,
+                    args[0],
+                    args[1..].join(" ")
+                ));
+            }
+            arity(2, 3, "put KEY VALUE [CL]")?;
+            let level = args
+                .get(2)
+                .map(|s| parse_level(s, &format!("; quote a value with spaces: put {} \"{} {s}\"", args[0], args[1])))
+                .transpose()?;
+            Ok(Command::Put { key: parse_key(&args[0])?, value: args[1].clone(), level })
+        }
+        "del" | "delete" => {
+            arity(1, 2, "del KEY [CL]")?;
+            Ok(Command::Del { key: parse_key(&args[0])?, level: opt_level(1)? })
+        }
+        "consistency" => {
+            arity(0, 1, "consistency [ONE|QUORUM|ALL]")?;
+            Ok(Command::Consistency(opt_level(0)?))
+        }
+        "status" => arity(0, 0, "status").map(|_| Command::Status),
+        "inspect" => {
+            arity(1, 1, "inspect KEY")?;
+            Ok(Command::Inspect(parse_key(&args[0])?))
+        }
+        "display" => arity(0, 0, "display").map(|_| Command::Display),
+        "fault" => parse_fault(args).map(Command::Fault),
+        other => Err(format!("unknown command {other:?}; type help")),
+    }
+}
+
+fn parse_fault(args: &[String]) -> Result<proto::FaultRequest, String> {
+    use proto::{FaultAction as A, FaultDirection as D};
+    const USAGE: &str = "usage: fault [drop PEERS [to|from|both] | delay PEERS MS [to|from|both] | pause MS | heal]";
+    let mut req = proto::FaultRequest::default();
+    let peers = |s: &str| -> Vec<String> {
+        if s.eq_ignore_ascii_case("all") { Vec::new() } else { s.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect() }
+    };
+    let direction = |s: Option<&String>| -> Result<i32, String> {
+        match s.map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("both") => Ok(D::Both as i32),
+            Some("to") => Ok(D::To as i32),
+            Some("from") => Ok(D::From as i32),
+            Some(other) => Err(format!("unknown direction {other:?}: use to, from or both")),
+        }
+    };
+    let millis = |s: &str| s.parse::<u32>().map_err(|_| format!("milliseconds must be a whole number, got {s:?}"));
+    let Some(action) = args.first() else { return Ok(req) };
+    let rest = &args[1..];
+    match action.to_ascii_lowercase().as_str() {
+        "show" if rest.is_empty() => {}
+        "heal" if rest.is_empty() => req.action = A::Heal as i32,
+        "drop" if (1..=2).contains(&rest.len()) => {
+            req.action = A::Drop as i32;
+            req.peers = peers(&rest[0]);
+            req.direction = direction(rest.get(1))?;
+        }
+        "delay" if (2..=3).contains(&rest.len()) => {
+            req.action = A::Delay as i32;
+            req.peers = peers(&rest[0]);
+            req.delay_ms = millis(&rest[1])?;
+            req.direction = direction(rest.get(2))?;
+        }
+        "pause" if rest.len() == 1 => {
+            req.action = A::Pause as i32;
+            req.pause_ms = millis(&rest[0])?;
+        }
+        _ => return Err(USAGE.into()),
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        tokenize(s).unwrap()
+    }
+
+    #[test]
+    fn tokenize_quotes_and_escapes() {
+        assert_eq!(words("put 5 \"hello world\" quorum"), ["put", "5", "hello world", "quorum"]);
+        assert_eq!(words("  put   7 'it''s' "), ["put", "7", "its"]);
+        assert_eq!(words(r#"put 1 "say \"hi\" \\ ok""#), ["put", "1", r#"say "hi" \ ok"#]);
+        assert_eq!(words("put 1 \"\""), ["put", "1", ""]);
+        assert!(words("   ").is_empty());
+        assert!(tokenize("put 1 \"open").is_err());
+        assert!(tokenize("put 1 'open").is_err());
+    }
+
+    #[test]
+    fn parse_commands() {
+        let p = |s: &str| parse(&words(s));
+        assert_eq!(p("GET 5").unwrap(), Command::Get { key: 5, level: None });
+        assert_eq!(p("get 255 quorum").unwrap(), Command::Get { key: 255, level: Some(Consistency::Quorum) });
+        assert_eq!(
+            p("put 5 \"hello world\" ALL").unwrap(),
+            Command::Put { key: 5, value: "hello world".into(), level: Some(Consistency::All) }
+        );
+        assert_eq!(p("Del 0 one").unwrap(), Command::Del { key: 0, level: Some(Consistency::One) });
+        assert_eq!(p("consistency").unwrap(), Command::Consistency(None));
+        assert_eq!(p("CONSISTENCY quorum").unwrap(), Command::Consistency(Some(Consistency::Quorum)));
+        assert_eq!(p("inspect 70").unwrap(), Command::Inspect(70));
+        assert_eq!(p("status").unwrap(), Command::Status);
+        assert_eq!(p("display").unwrap(), Command::Display);
+        assert_eq!(p("quit").unwrap(), Command::Quit);
+        use proto::{FaultAction as A, FaultDirection as D, FaultRequest as F};
+        assert_eq!(p("fault").unwrap(), Command::Fault(F::default()));
+        assert_eq!(p("fault heal").unwrap(), Command::Fault(F { action: A::Heal as i32, ..F::default() }));
+        assert_eq!(
+            p("fault drop r1,r2 from").unwrap(),
+            Command::Fault(F { action: A::Drop as i32, peers: vec!["r1".into(), "r2".into()], direction: D::From as i32, ..F::default() })
+        );
+        assert_eq!(p("FAULT delay all 250").unwrap(), Command::Fault(F { action: A::Delay as i32, delay_ms: 250, ..F::default() }));
+        assert_eq!(p("fault pause 1500").unwrap(), Command::Fault(F { action: A::Pause as i32, pause_ms: 1500, ..F::default() }));
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        let p = |s: &str| parse(&words(s)).unwrap_err();
+        assert!(p("get 256").contains("0 to 255"));
+        assert!(p("get -1").contains("0 to 255"));
+        assert!(p("get x").contains("0 to 255"));
+        assert!(p("get 99999999999999999999").contains("0 to 255"));
+        assert!(p("get").contains("usage: get"));
+        assert!(p("put 5 hello world").contains("quote a value with spaces"));
+        assert!(p("put 5 hello world quorum").contains("quote a value with spaces"));
+        assert!(p("get 5 twice").contains("unknown consistency level"));
+        assert!(p("frobnicate").contains("unknown command"));
+        assert!(p("status now").contains("usage"));
+        assert!(p("fault drop").contains("usage: fault"));
+        assert!(p("fault delay r1").contains("usage: fault"));
+        assert!(p("fault delay r1 soon").contains("whole number"));
+        assert!(p("fault drop r1 sideways").contains("unknown direction"));
+        assert!(p("fault pause -5").contains("whole number"));
+        assert!(p("fault explode").contains("usage: fault"));
+    }
+}

@@ -1,0 +1,187 @@
+//! The session: one coordinator connection, the default consistency level,
+//! running a [`Command`] against the [`Client`], and the [`Outcome`] that
+//! decides the exit status.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::format::{fmt_ts, format_display, format_inspect, format_status};
+use super::parse::{Command, HELP};
+use crate::client::Client;
+use crate::coordinator::consistency::Consistency;
+use crate::error::Error;
+
+/// How a command ended; decides the one-shot exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// `get` found nothing.
+    NotFound,
+    /// The input was wrong.
+    BadInput,
+    /// The store refused (unavailable, timeout, failure, overloaded).
+    Refused,
+    /// No connection to the coordinator.
+    Unreachable,
+    /// `quit`.
+    Quit,
+}
+
+impl Outcome {
+    /// 0 success, 1 not found, 2 bad usage or input, 3 refused by the store, 4 cannot connect.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Ok | Outcome::Quit => 0,
+            Outcome::NotFound => 1,
+            Outcome::BadInput => 2,
+            Outcome::Refused => 3,
+            Outcome::Unreachable => 4,
+        }
+    }
+
+    fn of(e: &Error) -> Outcome {
+        match e {
+            Error::InvalidRequest(_) | Error::Config(_) => Outcome::BadInput,
+            Error::Unavailable(_)
+            | Error::Timeout(_)
+            | Error::Failure(_)
+            | Error::Overloaded(_)
+            | Error::RingMismatch(_)
+            | Error::Storage(_)
+            | Error::Internal(_) => Outcome::Refused,
+            Error::Io(_) | Error::Protocol(_) => Outcome::Unreachable,
+        }
+    }
+}
+
+/// A console session: the coordinator's address, the connection, the default level.
+pub struct Session {
+    host: String,
+    port: u16,
+    client: Option<Client>,
+    /// The level used when a command names none.
+    pub default_level: Consistency,
+    /// Print `(not found)` on stdout for a missing key (console) rather than only the exit status (one-shot).
+    pub console: bool,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Session {
+    /// Connects to the coordinator at `host:port`.
+    pub fn connect(host: &str, port: u16) -> Result<Session, Error> {
+        let mut s = Session { host: host.to_string(), port, client: None, default_level: Consistency::One, console: true };
+        s.client()?;
+        Ok(s)
+    }
+
+    fn client(&mut self) -> Result<&mut Client, Error> {
+        if self.client.is_none() {
+            let mut c = Client::connect(&self.host, self.port, CONNECT_TIMEOUT)?;
+            c.set_timeout(Some(REQUEST_TIMEOUT))?;
+            self.client = Some(c);
+        }
+        Ok(self.client.as_mut().expect("set above"))
+    }
+
+    /// Runs `f` on the connection; a broken connection is dropped so the next command reconnects.
+    fn call<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
+        let r = f(self.client()?);
+        if matches!(r, Err(Error::Io(_) | Error::Protocol(_))) {
+            self.client = None;
+        }
+        r
+    }
+
+    /// The coordinator's name (a ping).
+    pub fn coordinator_name(&mut self) -> Result<String, Error> {
+        self.call(|c| c.ping())
+    }
+
+    /// Runs one command, writing results to `out` and errors (prefixed `error:`) to `err`.
+    pub fn execute(&mut self, cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
+        match self.run(cmd, out, err) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                Outcome::of(&e)
+            }
+        }
+    }
+
+    fn run(&mut self, cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<Outcome, Error> {
+        let w = |out: &mut dyn Write, s: &str| {
+            let _ = writeln!(out, "{s}");
+        };
+        match cmd {
+            Command::Help => w(out, HELP),
+            Command::Quit => return Ok(Outcome::Quit),
+            Command::Consistency(None) => w(out, &format!("Current consistency level is {}.", self.default_level)),
+            Command::Consistency(Some(l)) => {
+                self.default_level = l;
+                w(out, &format!("Consistency level set to {l}."));
+            }
+            Command::Get { key, level } => {
+                let level = level.unwrap_or(self.default_level);
+                match self.call(|c| c.get(key, level))? {
+                    Some(v) => w(out, &v),
+                    None => {
+                        if self.console {
+                            w(out, "(not found)");
+                        } else {
+                            w(err, &format!("key {key} not found"));
+                        }
+                        return Ok(Outcome::NotFound);
+                    }
+                }
+            }
+            Command::Put { key, value, level } => {
+                let level = level.unwrap_or(self.default_level);
+                let r = self.call(|c| c.put(key, &value, level))?;
+                w(out, &format!("OK ({} acks at {level}, ts {})", r.acks, fmt_ts(r.micros, r.node)));
+            }
+            Command::Del { key, level } => {
+                let level = level.unwrap_or(self.default_level);
+                let r = self.call(|c| c.delete(key, level))?;
+                w(out, &format!("OK ({} acks at {level}, ts {})", r.acks, fmt_ts(r.micros, r.node)));
+            }
+            Command::Status => {
+                let s = self.call(|c| c.status())?;
+                w(out, &format_status(&s));
+            }
+            Command::Inspect(key) => {
+                let i = self.call(|c| c.inspect(key))?;
+                w(out, &format_inspect(&i));
+            }
+            Command::Display => {
+                let d = self.call(|c| c.display(40))?;
+                w(out, &format_display(&d));
+            }
+            Command::Fault(req) => {
+                let f = self.call(|c| c.fault(req))?;
+                if f.active.is_empty() {
+                    w(out, &format!("{}: no faults", f.replica));
+                } else {
+                    w(out, &format!("{}: {}", f.replica, f.active.join("; ")));
+                }
+            }
+        }
+        Ok(Outcome::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Outcome::of(&Error::Unavailable("x".into())).exit_code(), 3);
+        assert_eq!(Outcome::of(&Error::Timeout("x".into())).exit_code(), 3);
+        assert_eq!(Outcome::of(&Error::InvalidRequest("x".into())).exit_code(), 2);
+        assert_eq!(Outcome::of(&Error::Io("x".into())).exit_code(), 4);
+        assert_eq!(Outcome::NotFound.exit_code(), 1);
+    }
+}
