@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, under_tsan, wait_for};
 use prost::Message;
-use quorumkv::coordinator::consistency::Consistency::Quorum;
+use quorumkv::cluster::consistency::Consistency::Quorum;
 use quorumkv::coordinator::readbatch::MAX_BATCH;
 use quorumkv::message::{validate_peer_request, validate_request};
 use quorumkv::net::frame::{FrameError, FrameReader};

@@ -99,7 +99,7 @@ fn display_shows_what_each_replica_holds_and_differences() {
     c.client(0).put(5, "everywhere", common_all()).unwrap();
     c.kill(2);
     c.wait_seen(0, 2, false);
-    c.client(0).put(6, "missed-by-r2", quorumkv::coordinator::consistency::Consistency::Quorum).unwrap();
+    c.client(0).put(6, "missed-by-r2", quorumkv::cluster::consistency::Consistency::Quorum).unwrap();
     c.restart(2);
     c.wait_all_up();
     let out = c.run_client(0, &["display"], "");
@@ -112,8 +112,8 @@ fn display_shows_what_each_replica_holds_and_differences() {
     assert!(text.contains("r2 none"), "{text}");
 }
 
-fn common_all() -> quorumkv::coordinator::consistency::Consistency {
-    quorumkv::coordinator::consistency::Consistency::All
+fn common_all() -> quorumkv::cluster::consistency::Consistency {
+    quorumkv::cluster::consistency::Consistency::All
 }
 
 fn start_replica(args: &[&str]) -> std::process::Output {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{Cluster, bin, slack, wait_for};
 use quorumkv::Error;
 use quorumkv::client::Client;
-use quorumkv::coordinator::consistency::Consistency::{All, One, Quorum};
+use quorumkv::cluster::consistency::Consistency::{All, One, Quorum};
 
 /// Each replica's version of every key it holds (micros, node), read through `display` at `via`.
 fn versions_on(c: &Cluster, via: usize, name: &str) -> HashMap<u32, (u64, u32)> {

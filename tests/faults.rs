@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, stderr, stdout, wait_for};
 use quorumkv::Error;
-use quorumkv::coordinator::consistency::Consistency::{All, One, Quorum};
+use quorumkv::cluster::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
 
 const FI: &str = "--enable-fault-injection";

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::nemesis::{self, Config, Op, OpKind, Outcome};
 use common::under_tsan;
-use quorumkv::coordinator::consistency::Consistency::{One, Quorum};
+use quorumkv::cluster::consistency::Consistency::{One, Quorum};
 
 /// The two runs take turns: two 5-replica clusters at once on two CPUs would mostly measure the machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, wait_for};
 use quorumkv::Error;
-use quorumkv::coordinator::consistency::Consistency::{All, One, Quorum};
+use quorumkv::cluster::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto;
 
 #[test]

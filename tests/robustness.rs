@@ -13,7 +13,7 @@ use common::{Cluster, slack};
 use prost::Message;
 use quorumkv::Error;
 use quorumkv::client::Client;
-use quorumkv::coordinator::consistency::Consistency::{All, One, Quorum};
+use quorumkv::cluster::consistency::Consistency::{All, One, Quorum};
 use quorumkv::proto;
 
 fn raw(port: u16) -> TcpStream {

@@ -4,7 +4,7 @@
 //! (so oversize prefixes are common); each whole frame is decoded as a
 //! `proto::Request` and validated as a client's and as a peer's request, with
 //! the checks the replica applies (`quorumkv::message`). Nothing may panic,
-//! hang or allocate beyond the cap. The body is `quorumkv::message::fuzz_frames`,
+//! hang or allocate beyond the cap. The body is `quorumkv::net::fuzz::fuzz_frames`,
 //! which the library's unit tests also run over 200,000 deterministic inputs.
 //!
 //! Run: `cargo +nightly fuzz run frame_decode` (from the repository root).
@@ -18,5 +18,5 @@ const MAX_FRAME: usize = 4096;
 const MAX_VALUE_BYTES: usize = 1024;
 
 fuzz_target!(|data: &[u8]| {
-    quorumkv::message::fuzz_frames(data, MAX_FRAME, MAX_VALUE_BYTES);
+    quorumkv::net::fuzz::fuzz_frames(data, MAX_FRAME, MAX_VALUE_BYTES);
 });

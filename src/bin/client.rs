@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use quorumkv::client::console::{Command, Outcome, Session, parse, tokenize};
-use quorumkv::coordinator::consistency::Consistency;
+use quorumkv::cluster::consistency::Consistency;
 
 /// Console client for a quorumkv coordinator.
 #[derive(Parser, Debug)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use crate::coordinator::consistency::Consistency;
+use crate::cluster::consistency::Consistency;
 use crate::error::{Error, Result};
 use crate::net::frame::{FrameReader, encode_frame};
 use crate::proto::{self, request, response};

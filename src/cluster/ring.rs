@@ -28,7 +28,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::storage::store::KEYS;
+
+/// Keys are the integers `0..KEYS`: the byte-ordered ring's whole keyspace.
+pub const KEYS: usize = 256;
 
 /// A node's stable identity: FNV-1a of its name, so it does not depend on the
 /// node's place in the file or the ring. Links, calls, hints and faults name

@@ -31,12 +31,11 @@
 //! message to a [`crate::cluster::ring::NodeId`], ask whether it is up. The
 //! real links implement it, and so does the simulated network of the tests.
 //! [`readbatch`] queues reads that are off the client's path per peer.
-//! [`consistency`] holds the levels and the quorum tracker; [`tally`] counts a
-//! call's replies and remembers why replicas failed.
+//! [`tally`] counts a call's replies toward the level (with the quorum tracker
+//! of [`crate::cluster::consistency`]) and remembers why replicas failed.
 
 pub mod call;
 pub mod command;
-pub mod consistency;
 pub mod gather;
 pub mod peers;
 pub mod read;

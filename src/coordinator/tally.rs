@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::cluster::consistency::{Decision, QuorumTracker};
 use crate::cluster::ring::{NodeId, Ring};
-use crate::coordinator::consistency::{Decision, QuorumTracker};
 use crate::error::Error;
 
 /// Short reasons for failures, for error messages (`replica2: connection refused`).

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::cluster::consistency::Decision;
 use crate::cluster::ring::{NodeId, NodeInfo, Ring};
 use crate::coordinator::call::{Budget, CALL_OVERHEAD, Call, Machine};
 use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
-use crate::coordinator::consistency::Decision;
 use crate::coordinator::gather::GatherMachine;
 use crate::coordinator::peers::ReplySink;
 use crate::coordinator::read::ReadMachine;

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cluster::consistency::Decision;
 use crate::cluster::ring::{NodeId, Ring};
 use crate::coordinator::call::Machine;
 use crate::coordinator::command::{Command, Outgoing, ReplyTo, Route};
-use crate::coordinator::consistency::Decision;
 use crate::coordinator::tally::{SlotSet, Tally};
 use crate::error::{Error, Result};
 use crate::message::{PeerRequest, PeerResponse, PeerResult, Reply};

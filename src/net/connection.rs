@@ -28,7 +28,7 @@ use crate::message::{ClientRequest, PeerRequest, Reply};
 use crate::net::conn::{self, ClientConn};
 use crate::net::fault::Received;
 use crate::net::frame::{FrameError, FrameReader, append_frame, encode_frame};
-use crate::net::server::{Server, refuse};
+use crate::net::pool::{Server, refuse};
 use crate::node::{Answered, Deferred, PendingAck, Unfinished};
 use crate::proto::{self, request, response};
 

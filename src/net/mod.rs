@@ -16,12 +16,15 @@
 //! * [`fault`] — injected faults (drop, delay, pause), consulted by the links
 //!   and the connections with one relaxed atomic load when none is set.
 //! * [`badlog`] — rate-limited logging of bad requests.
+//! * [`fuzz`] — the body of the `frame_decode` fuzz target.
 
 pub mod badlog;
 pub mod conn;
 pub mod connection;
 pub mod fault;
 pub mod frame;
+pub mod fuzz;
 pub mod link;
+mod pool;
 pub mod server;
 pub mod threads;

@@ -24,14 +24,13 @@
 //! reply is written when no further request is already buffered, so a peer
 //! pipelining many requests gets many replies per `write`.
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::Scope;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{RecvTimeoutError, bounded};
 use log::{error, info, warn};
 use socket2::{Domain, Socket, Type};
 
@@ -41,11 +40,10 @@ use crate::error::{Error, Result};
 use crate::net::badlog::BadLog;
 use crate::net::connection::serve_connection;
 use crate::net::fault::Faults;
-use crate::net::frame::encode_frame;
 use crate::net::link::{LinkEnv, Links};
+use crate::net::pool::{Pool, Server, refuse};
 use crate::net::threads::{delayer, hint_worker, maintenance, snapshotter, syncer};
 use crate::node::{Node, Workers};
-use crate::proto::{self, response};
 
 const WORKER_STACK: usize = 256 * 1024;
 const WORKER_IDLE: Duration = Duration::from_secs(30);
@@ -82,31 +80,6 @@ pub fn run(cfg: NodeConfig, ring: Ring) -> Result<()> {
     );
     serve(&node, &links, listener, workers);
     Ok(())
-}
-
-/// Connection accounting for the elastic pool.
-pub(super) struct Pool {
-    tx: Sender<TcpStream>,
-    rx: Receiver<TcpStream>,
-    workers: AtomicUsize,
-    idle: AtomicUsize,
-    connections: AtomicUsize,
-    pub(super) clients: AtomicUsize,
-    pub(super) client_limit: usize,
-    total_limit: usize,
-    /// Malformed and invalid requests, logged at most once a second.
-    pub(super) bad_requests: BadLog,
-    /// Refused handshakes (a peer with another ring, or garbage), logged apart so a flood of bad requests cannot hide them.
-    pub(super) refused_links: BadLog,
-}
-
-/// What every thread of the server shares.
-pub(super) struct Server<'a> {
-    pub(super) node: &'a Arc<Node>,
-    pub(super) links: &'a Links,
-    pub(super) pool: Pool,
-    /// This node's place in the ring (how fault injection names nodes).
-    pub(super) me_index: usize,
 }
 
 /// Asks every thread of the node to stop.
@@ -225,14 +198,6 @@ fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, srv: &'scope Server<'scope>
             }
         }
     }
-}
-
-pub(super) fn refuse(mut stream: &TcpStream, why: &str) {
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let mut buf = Vec::new();
-    let e = Error::Overloaded(why.into()).to_proto();
-    encode_frame(&proto::Response { id: 0, body: Some(response::Body::Error(e)) }, &mut buf);
-    let _ = stream.write_all(&buf);
 }
 
 /// A pool worker: serves `first`, then waits for more connections.

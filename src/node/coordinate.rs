@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
+use crate::cluster::consistency::Consistency;
 use crate::coordinator::call::Call;
 use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
-use crate::coordinator::consistency::Consistency;
 use crate::coordinator::peers::ReplySink;
 use crate::coordinator::read::{ReadMachine, ReadRoute};
 use crate::coordinator::readbatch::QueuedRead;

@@ -46,7 +46,7 @@ impl Node {
         self: &Arc<Self>,
         key: u8,
         value: Option<String>,
-        level: crate::coordinator::consistency::Consistency,
+        level: crate::cluster::consistency::Consistency,
         later: Later<'_>,
     ) -> Result<Answered<Handled>> {
         Ok(match self.write(key, value, level, later)? {

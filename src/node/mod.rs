@@ -55,10 +55,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
+use crate::cluster::consistency::Consistency;
 use crate::cluster::ring::{NodeId, Ring};
 use crate::config::NodeConfig;
 use crate::coordinator::call::{Budget, Finish};
-use crate::coordinator::consistency::Consistency;
 use crate::coordinator::peers::Peers;
 use crate::coordinator::readbatch::ReadBatcher;
 use crate::error::{Error, Result};

@@ -2,18 +2,18 @@
 //! network, each over many seeds (one interleaving of deliveries per seed).
 
 use super::*;
-use crate::coordinator::consistency::Consistency::{All, One, Quorum};
+use crate::cluster::consistency::Consistency::{All, One, Quorum};
 use crate::storage::cell::Version;
 
 const SEEDS: u64 = 24;
 /// Replicas n1, n2, n3 of a 4-node ring at RF 3; n0 coordinates without holding it.
 const KEY: u8 = 70;
 
-fn put(c: &Cluster, via: usize, value: &str, level: crate::coordinator::consistency::Consistency) -> u64 {
+fn put(c: &Cluster, via: usize, value: &str, level: crate::cluster::consistency::Consistency) -> u64 {
     c.request(via, ClientRequest::Put { key: KEY, value: value.into(), level })
 }
 
-fn get(c: &Cluster, via: usize, level: crate::coordinator::consistency::Consistency) -> u64 {
+fn get(c: &Cluster, via: usize, level: crate::cluster::consistency::Consistency) -> u64 {
     c.request(via, ClientRequest::Get { key: KEY, level })
 }
 

@@ -22,8 +22,7 @@ use crate::proto;
 use crate::storage::cell::{Version, supersedes};
 use crate::storage::wal::Wal;
 
-/// Number of keys, and of cells.
-pub const KEYS: usize = 256;
+pub use crate::cluster::ring::KEYS;
 
 /// The outcome of [`Store::apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use quorumkv::Error;
 use quorumkv::client::Client;
-use quorumkv::coordinator::consistency::Consistency;
+use quorumkv::cluster::consistency::Consistency;
 use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
 
 use super::{Cluster, slack, wait_for};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use quorumkv::Error;
 use quorumkv::client::Client;
 use quorumkv::client::histogram::Histogram;
-use quorumkv::coordinator::consistency::Consistency;
+use quorumkv::cluster::consistency::Consistency;
 
 use crate::report::Report;
 

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use quorumkv::cluster::consistency::Consistency;
 use quorumkv::cluster::ring::load_cluster_file;
 use quorumkv::config::parse_duration;
-use quorumkv::coordinator::consistency::Consistency;
 
 use load::{Load, Op, run, zipf_cdf};
 use matrix::matrix;

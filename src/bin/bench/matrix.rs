@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quorumkv::client::Client;
-use quorumkv::coordinator::consistency::Consistency;
+use quorumkv::cluster::consistency::Consistency;
 
 use crate::Args;
 use crate::load::{Load, Op, run};

@@ -6,9 +6,9 @@
 //! wrong. Nothing here touches the network or panics on any input. [`HELP`]
 //! describes the same grammar for people.
 
-use crate::coordinator::consistency::Consistency;
+use crate::cluster::consistency::Consistency;
+use crate::cluster::ring::KEYS;
 use crate::proto;
-use crate::storage::store::KEYS;
 
 /// The console's help text.
 pub const HELP: &str = "\

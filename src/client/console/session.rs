@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::format::{fmt_ts, format_display, format_inspect, format_status};
 use super::parse::{Command, HELP};
 use crate::client::Client;
-use crate::coordinator::consistency::Consistency;
+use crate::cluster::consistency::Consistency;
 use crate::error::Error;
 
 /// How a command ended; decides the one-shot exit status.

@@ -1,0 +1,51 @@
+//! What every thread of the server shares: the node, its links, and the
+//! accounting of the elastic connection pool.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::Error;
+use crate::net::badlog::BadLog;
+use crate::net::frame::encode_frame;
+use crate::net::link::Links;
+use crate::node::Node;
+use crate::proto::{self, response};
+
+/// Connection accounting for the elastic pool.
+pub(super) struct Pool {
+    pub(super) tx: Sender<TcpStream>,
+    pub(super) rx: Receiver<TcpStream>,
+    pub(super) workers: AtomicUsize,
+    pub(super) idle: AtomicUsize,
+    pub(super) connections: AtomicUsize,
+    pub(super) clients: AtomicUsize,
+    pub(super) client_limit: usize,
+    pub(super) total_limit: usize,
+    /// Malformed and invalid requests, logged at most once a second.
+    pub(super) bad_requests: BadLog,
+    /// Refused handshakes (a peer with another ring, or garbage), logged apart so a flood of bad requests cannot hide them.
+    pub(super) refused_links: BadLog,
+}
+
+/// What every thread of the server shares.
+pub(super) struct Server<'a> {
+    pub(super) node: &'a Arc<Node>,
+    pub(super) links: &'a Links,
+    pub(super) pool: Pool,
+    /// This node's place in the ring (how fault injection names nodes).
+    pub(super) me_index: usize,
+}
+
+/// Refuses a connection with an `Overloaded` error (best effort, never blocking long).
+pub(super) fn refuse(mut stream: &TcpStream, why: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let mut buf = Vec::new();
+    let e = Error::Overloaded(why.into()).to_proto();
+    encode_frame(&proto::Response { id: 0, body: Some(response::Body::Error(e)) }, &mut buf);
+    let _ = stream.write_all(&buf);
+}
