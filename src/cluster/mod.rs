@@ -1,4 +1,16 @@
-//! The cluster: the cluster file, the ring and placement.
+//! The cluster: who the replicas are, and where each key lives.
+//!
+//! * [`ring`] — the cluster file (`name host port` lines), the stable
+//!   [`NodeId`](ring::NodeId) of each node (derived from its name, so state
+//!   keyed by it survives a change of the ring), and the byte-ordered ring:
+//!   keys `0..=255` in contiguous ranges, each key on its owner and the next
+//!   `RF - 1` nodes clockwise. A ring is immutable and carries an epoch; a
+//!   membership change will make a new ring, never mutate this one.
+//! * [`consistency`] — the levels a request may ask for (ONE, QUORUM, ALL),
+//!   how many of a key's replicas each needs, and the tracker that counts acks
+//!   and failures toward it.
+//!
+//! This is where the hash partitioner and membership will go.
 
 pub mod consistency;
 pub mod ring;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 use prost::Message;
 
+use crate::cluster::ring::NodeId;
 use crate::coordinator::command::Responder;
 use crate::error::Error;
 use crate::message::{ClientRequest, PeerRequest, Reply};
@@ -40,8 +41,8 @@ const FLUSH_BYTES: usize = 256 * 1024;
 enum Role {
     Unknown,
     Client,
-    /// A link from the peer at this ring position.
-    Peer(usize),
+    /// A link from this peer.
+    Peer(NodeId),
 }
 
 /// A reply waiting in the batch.
@@ -237,7 +238,7 @@ impl Connection<'_, '_> {
                 };
                 if let ClientRequest::Fault(f) = req {
                     // Faults belong to the network layer.
-                    let reply = match self.srv.links.faults.handle(f, &node.ring, self.srv.me_index) {
+                    let reply = match self.srv.links.faults.handle(f, &node.ring, node.me) {
                         Ok(r) => Reply::Fault(r),
                         Err(e) => Reply::Error(e),
                     };
@@ -264,11 +265,10 @@ impl Connection<'_, '_> {
         let node = self.srv.node;
         match node.check_hello(&h) {
             Ok(peer) => {
-                let p = node.ring.position(peer).expect("check_hello found it");
-                if self.srv.links.faults.rule(p).drops() {
+                if self.srv.links.faults.rule(peer).drops() {
                     return Step::Close(Err(format!("{} is partitioned away by fault injection", h.name)));
                 }
-                self.role = Role::Peer(p);
+                self.role = Role::Peer(peer);
                 let _ = self.conn.stream().set_read_timeout(None);
                 debug!("{} opened a replica link from {}", h.name, self.peer_addr);
                 Step::Reply(Queued::new(id, response::Body::Hello(proto::HelloAck { name: node.name().to_string() })))

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::cluster::ring::Ring;
+use crate::cluster::ring::{NodeId, Ring};
 use crate::error::{Error, Result};
 use crate::proto::{self, FaultAction, FaultDirection};
 
@@ -84,7 +84,7 @@ pub enum Received {
 struct Delayed {
     due: Instant,
     seq: u64,
-    peer: usize,
+    peer: NodeId,
     generation: u64,
     bytes: Vec<u8>,
 }
@@ -107,7 +107,8 @@ impl Ord for Delayed {
 }
 
 struct State {
-    rules: Vec<Rule>,
+    /// Each peer's rule, in ring order.
+    rules: Vec<(NodeId, Rule)>,
     paused_until: Option<Instant>,
     queue: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
@@ -123,12 +124,13 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// No faults, for a ring of `n` nodes; requests are refused unless `enabled`.
-    pub fn new(n: usize, enabled: bool) -> Self {
+    /// No faults, for the nodes `ids` (in ring order); requests are refused unless `enabled`.
+    pub fn new(ids: impl IntoIterator<Item = NodeId>, enabled: bool) -> Self {
+        let rules = ids.into_iter().map(|id| (id, Rule::NONE)).collect();
         Faults {
             enabled,
             active: AtomicBool::new(false),
-            state: Mutex::new(State { rules: vec![Rule::NONE; n], paused_until: None, queue: BinaryHeap::new(), seq: 0 }),
+            state: Mutex::new(State { rules, paused_until: None, queue: BinaryHeap::new(), seq: 0 }),
             cond: Condvar::new(),
         }
     }
@@ -140,11 +142,11 @@ impl Faults {
 
     /// The rule for messages exchanged with `peer`.
     #[inline]
-    pub fn rule(&self, peer: usize) -> Rule {
+    pub fn rule(&self, peer: NodeId) -> Rule {
         if !self.active.load(Ordering::Relaxed) {
             return Rule::NONE;
         }
-        self.state.lock().rules.get(peer).copied().unwrap_or(Rule::NONE)
+        self.state.lock().rules.iter().find(|(id, _)| *id == peer).map_or(Rule::NONE, |(_, r)| *r)
     }
 
     /// Whether a pause is in force.
@@ -180,7 +182,7 @@ impl Faults {
         if st.paused_until.is_some_and(|t| t <= Instant::now()) {
             st.paused_until = None;
         }
-        let active = st.paused_until.is_some() || st.rules.iter().any(|r| *r != Rule::NONE);
+        let active = st.paused_until.is_some() || st.rules.iter().any(|(_, r)| *r != Rule::NONE);
         self.active.store(active, Ordering::Relaxed);
     }
 
@@ -194,7 +196,7 @@ impl Faults {
     /// brought in by a read at `read_at`: waits out a pause, then says whether to drop it,
     /// or holds it until `read_at` plus the peer's delay. For every thread that reads frames.
     #[inline]
-    pub fn on_receive(&self, peer: Option<usize>, read_at: Instant, shutdown: &AtomicBool) -> Received {
+    pub fn on_receive(&self, peer: Option<NodeId>, read_at: Instant, shutdown: &AtomicBool) -> Received {
         if !self.active() {
             return Received::Handle;
         }
@@ -210,7 +212,7 @@ impl Faults {
     }
 
     /// Queues `bytes` (frames for `peer`'s link of `generation`) to be written at `due`.
-    pub fn delay_frames(&self, due: Instant, peer: usize, generation: u64, bytes: Vec<u8>) {
+    pub fn delay_frames(&self, due: Instant, peer: NodeId, generation: u64, bytes: Vec<u8>) {
         let mut st = self.state.lock();
         st.seq += 1;
         let seq = st.seq;
@@ -220,7 +222,7 @@ impl Faults {
 
     /// Waits for the next queued frames to fall due and returns `(peer, generation, bytes)`;
     /// `None` once `shutdown` is set. For the `faults` thread.
-    pub fn next_due(&self, shutdown: &AtomicBool) -> Option<(usize, u64, Vec<u8>)> {
+    pub fn next_due(&self, shutdown: &AtomicBool) -> Option<(NodeId, u64, Vec<u8>)> {
         let mut st = self.state.lock();
         loop {
             if shutdown.load(Ordering::Acquire) {
@@ -246,8 +248,8 @@ impl Faults {
     }
 
     /// Carries out a fault request received by node `me` of `ring`.
-    pub fn handle(&self, req: proto::FaultRequest, ring: &Ring, me: usize) -> Result<proto::FaultResult> {
-        let name = &ring.nodes()[me].name;
+    pub fn handle(&self, req: proto::FaultRequest, ring: &Ring, me: NodeId) -> Result<proto::FaultResult> {
+        let name = ring.name(me);
         if !self.enabled {
             return Err(Error::InvalidRequest(format!(
                 "fault injection is disabled on {name}; start the replica with --enable-fault-injection"
@@ -259,14 +261,14 @@ impl Faults {
             .map_err(|_| Error::InvalidRequest(format!("unknown fault direction {}", req.direction)))?;
         let mut peers = Vec::with_capacity(req.peers.len());
         for p in &req.peers {
-            match ring.nodes().iter().position(|n| n.name == *p) {
-                Some(i) if i == me => return Err(Error::InvalidRequest(format!("{p} is this replica; name its peers"))),
-                Some(i) => peers.push(i),
+            match ring.id_of(p) {
+                Some(id) if id == me => return Err(Error::InvalidRequest(format!("{p} is this replica; name its peers"))),
+                Some(id) => peers.push(id),
                 None => return Err(Error::InvalidRequest(format!("{p} is not in the ring"))),
             }
         }
         if peers.is_empty() {
-            peers = (0..ring.len()).filter(|&i| i != me).collect();
+            peers = ring.ids().filter(|&id| id != me).collect();
         }
         let (to, from) = match direction {
             FaultDirection::Both => (true, true),
@@ -277,8 +279,7 @@ impl Faults {
         match action {
             FaultAction::Show => {}
             FaultAction::Drop => {
-                for &i in &peers {
-                    let r = &mut st.rules[i];
+                for (_, r) in st.rules.iter_mut().filter(|(id, _)| peers.contains(id)) {
                     r.drop_to |= to;
                     r.drop_from |= from;
                 }
@@ -292,8 +293,7 @@ impl Faults {
                         MAX_DELAY.as_millis()
                     )));
                 }
-                for &i in &peers {
-                    let r = &mut st.rules[i];
+                for (_, r) in st.rules.iter_mut().filter(|(id, _)| peers.contains(id)) {
                     if to {
                         r.delay_to = d;
                     }
@@ -314,7 +314,7 @@ impl Faults {
                 st.paused_until = Some(Instant::now() + d);
             }
             FaultAction::Heal => {
-                st.rules.iter_mut().for_each(|r| *r = Rule::NONE);
+                st.rules.iter_mut().for_each(|(_, r)| *r = Rule::NONE);
             }
         }
         self.expire(&mut st);
@@ -322,7 +322,7 @@ impl Faults {
             log::warn!("fault injection: {:?} {:?} {:?}; now: {:?}", action, direction, req.peers, describe(&st, ring));
         }
         self.cond.notify_all();
-        Ok(proto::FaultResult { replica: name.clone(), active: describe(&st, ring) })
+        Ok(proto::FaultResult { replica: name, active: describe(&st, ring) })
     }
 }
 
@@ -332,8 +332,8 @@ fn describe(st: &State, ring: &Ring) -> Vec<String> {
     if let Some(left) = st.paused_until.and_then(|t| t.checked_duration_since(Instant::now())) {
         lines.push(format!("paused for {} ms more", left.as_millis()));
     }
-    for (i, r) in st.rules.iter().enumerate() {
-        let peer = &ring.nodes()[i].name;
+    for (id, r) in &st.rules {
+        let peer = ring.name(*id);
         match (r.drop_to, r.drop_from) {
             (true, true) => lines.push(format!("drop to and from {peer}")),
             (true, false) => lines.push(format!("drop to {peer}")),
@@ -355,14 +355,13 @@ mod tests {
     use super::*;
     use crate::cluster::ring::NodeInfo;
 
+    fn ids() -> Vec<NodeId> {
+        (0..4).map(NodeId).collect()
+    }
+
     fn ring() -> Ring {
         let nodes = (0..4)
-            .map(|i| NodeInfo {
-                name: format!("r{i}"),
-                host: "127.0.0.1".into(),
-                port: 9000 + i as u16,
-                id: crate::cluster::ring::NodeId(i as u32),
-            })
+            .map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 9000 + i as u16, id: NodeId(i as u32) })
             .collect();
         Ring::new(nodes, 3, 1).unwrap()
     }
@@ -379,37 +378,37 @@ mod tests {
 
     #[test]
     fn refused_unless_enabled() {
-        let f = Faults::new(4, false);
-        let e = f.handle(req(FaultAction::Drop, &["r1"], FaultDirection::Both), &ring(), 0).unwrap_err();
+        let f = Faults::new(ids(), false);
+        let e = f.handle(req(FaultAction::Drop, &["r1"], FaultDirection::Both), &ring(), NodeId(0)).unwrap_err();
         assert!(e.to_string().contains("--enable-fault-injection"), "{e}");
-        assert_eq!(f.rule(1), Rule::NONE);
+        assert_eq!(f.rule(NodeId(1)), Rule::NONE);
     }
 
     #[test]
     fn drop_delay_heal_by_peer_and_direction() {
-        let (f, r) = (Faults::new(4, true), ring());
-        f.handle(req(FaultAction::Drop, &["r1"], FaultDirection::To), &r, 0).unwrap();
-        assert_eq!(f.rule(1), Rule { drop_to: true, ..Rule::NONE });
-        assert_eq!(f.rule(2), Rule::NONE);
+        let (f, r) = (Faults::new(ids(), true), ring());
+        f.handle(req(FaultAction::Drop, &["r1"], FaultDirection::To), &r, NodeId(0)).unwrap();
+        assert_eq!(f.rule(NodeId(1)), Rule { drop_to: true, ..Rule::NONE });
+        assert_eq!(f.rule(NodeId(2)), Rule::NONE);
         let mut d = req(FaultAction::Delay, &[], FaultDirection::From);
         d.delay_ms = 250;
-        let shown = f.handle(d, &r, 0).unwrap();
+        let shown = f.handle(d, &r, NodeId(0)).unwrap();
         // No peers named: every peer but this replica.
         for i in 1..4 {
-            assert_eq!(f.rule(i).delay_from, Duration::from_millis(250));
+            assert_eq!(f.rule(NodeId(i)).delay_from, Duration::from_millis(250));
         }
-        assert_eq!(f.rule(0), Rule::NONE);
+        assert_eq!(f.rule(NodeId(0)), Rule::NONE);
         assert!(shown.active.contains(&"drop to r1".to_string()), "{:?}", shown.active);
         assert!(shown.active.contains(&"delay 250 ms from r3".to_string()), "{:?}", shown.active);
-        let healed = f.handle(req(FaultAction::Heal, &[], FaultDirection::Both), &r, 0).unwrap();
+        let healed = f.handle(req(FaultAction::Heal, &[], FaultDirection::Both), &r, NodeId(0)).unwrap();
         assert!(healed.active.is_empty(), "{:?}", healed.active);
-        assert!((0..4).all(|i| f.rule(i) == Rule::NONE));
+        assert!((0..4).all(|i| f.rule(NodeId(i)) == Rule::NONE));
         assert!(!f.active.load(Ordering::Relaxed));
     }
 
     #[test]
     fn bad_requests_say_what_is_wrong() {
-        let (f, r) = (Faults::new(4, true), ring());
+        let (f, r) = (Faults::new(ids(), true), ring());
         let cases: Vec<(proto::FaultRequest, &str)> = vec![
             (req(FaultAction::Drop, &["r0"], FaultDirection::Both), "is this replica"),
             (req(FaultAction::Drop, &["nobody"], FaultDirection::Both), "not in the ring"),
@@ -419,7 +418,7 @@ mod tests {
             (req(FaultAction::Pause, &[], FaultDirection::Both), "a pause must last"),
         ];
         for (q, want) in cases {
-            let e = f.handle(q.clone(), &r, 0).unwrap_err();
+            let e = f.handle(q.clone(), &r, NodeId(0)).unwrap_err();
             assert!(e.to_string().contains(want), "{q:?}: {e}");
         }
         assert!(!f.active.load(Ordering::Relaxed), "refused requests change nothing");
@@ -427,11 +426,11 @@ mod tests {
 
     #[test]
     fn pause_holds_until_it_ends() {
-        let (f, r) = (Faults::new(4, true), ring());
+        let (f, r) = (Faults::new(ids(), true), ring());
         let mut p = req(FaultAction::Pause, &[], FaultDirection::Both);
         p.pause_ms = 150;
         let start = Instant::now();
-        f.handle(p, &r, 0).unwrap();
+        f.handle(p, &r, NodeId(0)).unwrap();
         assert!(f.paused());
         f.hold(&AtomicBool::new(false));
         assert!(start.elapsed() >= Duration::from_millis(150));
@@ -441,13 +440,13 @@ mod tests {
 
     #[test]
     fn delayed_frames_come_out_in_due_order() {
-        let f = Faults::new(4, true);
+        let f = Faults::new(ids(), true);
         let now = Instant::now();
-        f.delay_frames(now + Duration::from_millis(30), 1, 7, b"second".to_vec());
-        f.delay_frames(now + Duration::from_millis(10), 2, 7, b"first".to_vec());
+        f.delay_frames(now + Duration::from_millis(30), NodeId(1), 7, b"second".to_vec());
+        f.delay_frames(now + Duration::from_millis(10), NodeId(2), 7, b"first".to_vec());
         let stop = AtomicBool::new(false);
-        assert_eq!(f.next_due(&stop), Some((2, 7, b"first".to_vec())));
-        assert_eq!(f.next_due(&stop), Some((1, 7, b"second".to_vec())));
+        assert_eq!(f.next_due(&stop), Some((NodeId(2), 7, b"first".to_vec())));
+        assert_eq!(f.next_due(&stop), Some((NodeId(1), 7, b"second".to_vec())));
         assert!(now.elapsed() >= Duration::from_millis(30));
         stop.store(true, Ordering::Release);
         assert_eq!(f.next_due(&stop), None);

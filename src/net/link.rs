@@ -92,8 +92,6 @@ pub struct LinkEnv<'a> {
 
 /// This node's connection to one peer.
 pub struct PeerLink {
-    /// The peer's place in the ring (how fault injection names it).
-    pub index: usize,
     /// The peer's id.
     pub id: NodeId,
     /// The peer's name.
@@ -120,9 +118,8 @@ enum ConnectError {
 
 impl PeerLink {
     /// A link to `name` at `addr`, initially down; `faults` are this node's injected faults.
-    pub fn new(index: usize, id: NodeId, name: String, addr: SocketAddr, faults: Arc<Faults>) -> Self {
+    pub fn new(id: NodeId, name: String, addr: SocketAddr, faults: Arc<Faults>) -> Self {
         PeerLink {
-            index,
             id,
             name,
             addr,
@@ -167,7 +164,7 @@ impl PeerLink {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(id, Pending { sink, slot, deadline, generation });
-        let rule = self.faults.rule(self.index);
+        let rule = self.faults.rule(self.id);
         if rule.drop_to {
             return; // injected fault: lost on the way; the sweep times the request out
         }
@@ -176,7 +173,7 @@ impl PeerLink {
             drop(o);
             let mut bytes = Vec::new();
             append_frame(&request, &mut bytes);
-            self.faults.delay_frames(Instant::now() + rule.delay_to, self.index, generation, bytes);
+            self.faults.delay_frames(Instant::now() + rule.delay_to, self.id, generation, bytes);
             return;
         }
         append_frame(&request, &mut o.buf);
@@ -185,7 +182,7 @@ impl PeerLink {
 
     /// Writes frames delayed by fault injection, if the connection they were made for is still open.
     pub fn send_delayed(&self, generation: u64, bytes: &[u8]) {
-        if self.faults.rule(self.index).drop_to {
+        if self.faults.rule(self.id).drop_to {
             return; // a partition made meanwhile loses what was on its way
         }
         let mut o = self.out.lock();
@@ -361,7 +358,7 @@ impl PeerLink {
 
     fn connect(&self, env: &LinkEnv<'_>) -> std::result::Result<(TcpStream, FrameReader<TcpStream>), ConnectError> {
         let io = |e: std::io::Error| ConnectError::Io(e.to_string());
-        if self.faults.rule(self.index).drops() {
+        if self.faults.rule(self.id).drops() {
             return Err(ConnectError::Io("partitioned by fault injection".into()));
         }
         let stream = TcpStream::connect_timeout(&self.addr, env.connect_timeout).map_err(io)?;
@@ -410,7 +407,7 @@ impl PeerLink {
             if !buffered && self.faults.active() {
                 read_at = Instant::now();
             }
-            if self.faults.on_receive(Some(self.index), read_at, shutdown) == Received::Drop {
+            if self.faults.on_receive(Some(self.id), read_at, shutdown) == Received::Drop {
                 continue; // injected fault: never arrived (and is no sign of life)
             }
             self.heard();
@@ -439,9 +436,9 @@ impl Links {
     /// A link (down) to each node of `ring` but `me`; `faults` may hold rules for them.
     pub fn new(ring: &Ring, me: NodeId, faults: Arc<Faults>) -> Result<Links> {
         let mut links = Vec::with_capacity(ring.len());
-        for (i, n) in ring.nodes().iter().enumerate() {
+        for n in ring.nodes() {
             if n.id != me {
-                links.push(PeerLink::new(i, n.id, n.name.clone(), n.socket_addr()?, faults.clone()));
+                links.push(PeerLink::new(n.id, n.name.clone(), n.socket_addr()?, faults.clone()));
             }
         }
         Ok(Links { links, faults })
@@ -450,11 +447,6 @@ impl Links {
     /// The link to `id`.
     pub fn get(&self, id: NodeId) -> Option<&PeerLink> {
         self.links.iter().find(|l| l.id == id)
-    }
-
-    /// The link to the peer at ring position `index`.
-    pub fn at(&self, index: usize) -> Option<&PeerLink> {
-        self.links.iter().find(|l| l.index == index)
     }
 
     /// Every link.

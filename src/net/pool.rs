@@ -37,8 +37,6 @@ pub(super) struct Server<'a> {
     pub(super) node: &'a Arc<Node>,
     pub(super) links: &'a Links,
     pub(super) pool: Pool,
-    /// This node's place in the ring (how fault injection names nodes).
-    pub(super) me_index: usize,
 }
 
 /// Refuses a connection with an `Overloaded` error (best effort, never blocking long).

@@ -67,7 +67,7 @@ pub fn bind(cfg: &NodeConfig) -> Result<TcpListener> {
 pub fn run(cfg: NodeConfig, ring: Ring) -> Result<()> {
     let listener = bind(&cfg)?;
     let me = Node::locate(&cfg, &ring)?;
-    let faults = Arc::new(Faults::new(ring.len(), cfg.enable_fault_injection));
+    let faults = Arc::new(Faults::new(ring.ids(), cfg.enable_fault_injection));
     let links = Arc::new(Links::new(&ring, me, faults)?);
     let (node, workers) = Node::new(cfg, ring, links.clone())?;
     info!(
@@ -105,8 +105,7 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
         bad_requests: BadLog::new("bad request", BAD_LOG_INTERVAL),
         refused_links: BadLog::new("refusing replica link", BAD_LOG_INTERVAL),
     };
-    let me_index = node.ring.position(node.me).expect("a node is in its own ring");
-    let srv = Server { node, links, pool, me_index };
+    let srv = Server { node, links, pool };
     let env = LinkEnv {
         hello: node.hello(),
         connect_timeout: node.cfg.connect_timeout,

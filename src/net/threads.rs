@@ -42,7 +42,7 @@ pub(super) fn maintenance(node: &Node, links: &Links) {
 /// Sends the frames fault injection delayed, when they fall due.
 pub(super) fn delayer(node: &Node, links: &Links) {
     while let Some((peer, generation, bytes)) = links.faults.next_due(&node.shutdown) {
-        if let Some(link) = links.at(peer) {
+        if let Some(link) = links.get(peer) {
             link.send_delayed(generation, &bytes);
         }
     }

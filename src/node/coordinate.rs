@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use crate::cluster::consistency::Consistency;
-use crate::coordinator::call::Call;
+use crate::coordinator::call::{Call, Machine};
 use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
 use crate::coordinator::peers::ReplySink;
 use crate::coordinator::read::{ReadMachine, ReadRoute};
@@ -22,16 +22,35 @@ use crate::storage::hlc::Timestamp;
 /// Where a deferred reply may go: the client's connection and the request's token.
 pub type Later<'a> = Option<(&'a Arc<dyn Responder>, u64)>;
 
+/// A started call: the caller waits on it, or its answer was deferred.
+enum Started<M> {
+    Waiting(Arc<Call<M>>),
+    Deferred(Unfinished),
+}
+
 impl Node {
     fn executor(self: &Arc<Self>) -> Arc<dyn Executor> {
         self.clone()
     }
 
-    /// Marks the connection's reply as deferred and says where it goes.
-    fn defer(&self, later: Later<'_>, deadline: Instant) -> Option<ReplyTo> {
-        let (responder, token) = later?;
-        responder.defer(token);
-        Some(ReplyTo { responder: responder.clone(), token, deadline })
+    /// Starts a call of `machine` due by `deadline`. With `later`, the
+    /// connection's reply is deferred and the machine (told where by
+    /// `reply_to`) answers it; otherwise the caller waits on the call.
+    fn start<M: Machine + 'static>(
+        self: &Arc<Self>,
+        mut machine: M,
+        later: Later<'_>,
+        deadline: Instant,
+        reply_to: fn(M, ReplyTo) -> M,
+    ) -> Started<M> {
+        let deferred = later.is_some();
+        if let Some((responder, token)) = later {
+            responder.defer(token);
+            machine = reply_to(machine, ReplyTo { responder: responder.clone(), token, deadline });
+        }
+        let call = Call::new(machine, self.executor(), self.budget.clone(), deadline);
+        call.start();
+        if deferred { Started::Deferred(Unfinished { call, deadline }) } else { Started::Waiting(call) }
     }
 
     /// Writes `value` (`None`: delete) to `key` at `level`; returns the write's timestamp and acks.
@@ -48,18 +67,11 @@ impl Node {
         let (_, need) = self.check_available(key, level)?;
         let version = Version { ts: self.clock.now(), value };
         let hint = self.cfg.mode.hinted_handoff();
-        let mut machine = WriteMachine::new(key, version, self.ring.replica_set(key), self.ring.clone(), need, hint);
-        let deadline = self.deadline();
-        let reply_to = self.defer(later, deadline);
-        let deferred = reply_to.is_some();
-        if let Some(to) = reply_to {
-            machine = machine.reply_to(to);
-        }
-        let call = Call::new(machine, self.executor(), self.budget.clone(), deadline);
-        call.start();
-        if deferred {
-            return Ok(Answered::Later(Unfinished { call, deadline }));
-        }
+        let machine = WriteMachine::new(key, version, self.ring.replica_set(key), self.ring.clone(), need, hint);
+        let call = match self.start(machine, later, self.deadline(), WriteMachine::reply_to) {
+            Started::Deferred(u) => return Ok(Answered::Later(u)),
+            Started::Waiting(call) => call,
+        };
         let result = call.wait().result(false);
         call.finish();
         result.map(Answered::Now)
@@ -98,20 +110,14 @@ impl Node {
         // the one asked directly (the first live one in ring order) is slow,
         // the batched replies answer: it costs the batcher's gather window,
         // not a timeout.
-        let mut machine = match replicas.iter().position(|&t| self.alive(t)) {
+        let machine = match replicas.iter().position(|&t| self.alive(t)) {
             Some(direct) if level == Consistency::One => machine.route(ReadRoute::OneDirect(direct)),
             _ => machine,
         };
-        let reply_to = self.defer(later, deadline);
-        let deferred = reply_to.is_some();
-        if let Some(to) = reply_to {
-            machine = machine.reply_to(to);
-        }
-        let call = Call::new(machine, self.executor(), self.budget.clone(), deadline);
-        call.start();
-        if deferred {
-            return Ok(Answered::Later(Unfinished { call, deadline }));
-        }
+        let call = match self.start(machine, later, deadline, ReadMachine::reply_to) {
+            Started::Deferred(u) => return Ok(Answered::Later(u)),
+            Started::Waiting(call) => call,
+        };
         let result = call.wait().result(false);
         call.with(|m, out| m.answer(out));
         call.finish();
@@ -155,12 +161,22 @@ impl Executor for Node {
     }
 
     fn send(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
-        let mut local = Vec::new();
-        for s in sends {
-            if s.to == self.me {
-                local.push(s);
-                continue;
+        let (local, remote): (Vec<Outgoing>, Vec<Outgoing>) = sends.into_iter().partition(|s| s.to == self.me);
+        // A write to this node's own store is applied before anything is sent,
+        // so it is visible here by the time any replica's ack can answer the
+        // client, and made durable after the sends, overlapping the peers' round trip.
+        let mut writes = Vec::new();
+        let mut others = Vec::new();
+        for s in local {
+            match s.msg {
+                PeerRequest::Write { key, version } => {
+                    let ts = version.ts;
+                    writes.push((s.slot, key, ts, self.store.apply(key, version)));
+                }
+                msg => others.push((s.slot, msg)),
             }
+        }
+        for s in remote {
             match (s.route, s.msg) {
                 (Route::Batched, PeerRequest::Read { key }) => {
                     self.read_batcher.push(s.to, QueuedRead { sink: sink.clone(), slot: s.slot, key, deadline });
@@ -168,8 +184,16 @@ impl Executor for Node {
                 (_, msg) => self.peers.send(s.to, msg, sink.clone(), s.slot, deadline),
             }
         }
-        for s in local {
-            sink.deliver(s.slot, self.serve_local(s.msg));
+        for (slot, key, ts, applied) in writes {
+            let result = applied.and_then(|a| {
+                self.store.commit(a.pos)?;
+                self.note_ack(key, ts);
+                Ok(PeerResponse::WriteAck { applied: a.changed })
+            });
+            sink.deliver(slot, result);
+        }
+        for (slot, msg) in others {
+            sink.deliver(slot, self.serve_local(msg));
         }
     }
 }
