@@ -144,11 +144,12 @@ impl<M: Machine + 'static> Call<M> {
     pub fn with<R>(&self, f: impl FnOnce(&mut M, &mut Vec<Command>) -> R) -> R {
         let mut out = Vec::new();
         let r = f(&mut self.machine.lock(), &mut out);
-        self.run(out);
+        self.run(out, false);
         r
     }
 
-    fn run(&self, out: Vec<Command>) {
+    /// Executes commands; sends asked for while delivering a reply go to [`Executor::send_later`].
+    fn run(&self, out: Vec<Command>, delivering: bool) {
         if out.is_empty() {
             return;
         }
@@ -162,7 +163,11 @@ impl<M: Machine + 'static> Call<M> {
         if !sends.is_empty()
             && let Some(me) = self.me.upgrade()
         {
-            self.exec.send(me, sends, self.deadline);
+            if delivering {
+                self.exec.send_later(me, sends, self.deadline);
+            } else {
+                self.exec.send(me, sends, self.deadline);
+            }
         }
     }
 }
@@ -191,6 +196,6 @@ impl<M: Machine + 'static> ReplySink for Call<M> {
             }
         }
         self.changed.notify_all();
-        self.run(out);
+        self.run(out, true);
     }
 }

@@ -105,4 +105,11 @@ pub trait Executor: Send + Sync {
     /// first, then any addressed to this node, served locally. Every outcome
     /// reaches `sink`.
     fn send(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant);
+    /// As [`send`](Self::send), for messages a machine asks for while a reply
+    /// is being delivered (a blocking read repair): the delivering thread may
+    /// be a link's reader, which must not block on a socket or the log, so an
+    /// executor may hand them to another thread.
+    fn send_later(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
+        self.send(sink, sends, deadline);
+    }
 }

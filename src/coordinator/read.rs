@@ -188,7 +188,9 @@ impl ReadMachine {
             Decision::Impossible => self.phase = Phase::Failed,
             Decision::Reached => {
                 let newest = self.newest_slot();
-                if let (true, Some(newest)) = (self.blocking, newest) {
+                // A read already answered (a waiting coordinator gave up at its
+                // deadline) leaves its stale replicas to the background repair.
+                if let (true, false, Some(newest)) = (self.blocking, self.answered, newest) {
                     let version = self.replied(newest).expect("the newest slot replied").clone();
                     let stale: Vec<usize> = self.stale_replied().into_iter().map(|(slot, _)| slot).collect();
                     if !stale.is_empty() {

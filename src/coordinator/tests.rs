@@ -251,6 +251,23 @@ fn a_failed_blocking_repair_fails_the_read_with_a_timeout() {
 }
 
 #[test]
+fn a_read_answered_at_its_deadline_leaves_stale_replicas_to_the_background() {
+    let old = Version::value(ts(1), "old");
+    let new = Version::value(ts(2), "new");
+    let mut m = ReadMachine::new(6, ids(&[0, 1, 2]), ring(), 2, true, true);
+    let mut out = Vec::new();
+    m.on_reply(0, read_reply(Some(old)), &mut out);
+    // The waiting coordinator's deadline passed at one reply of two: it answered with a timeout.
+    assert!(m.result(true).is_err());
+    m.answer(&mut out);
+    m.on_reply(1, read_reply(Some(new.clone())), &mut out);
+    m.on_reply(2, read_reply(Some(new.clone())), &mut out);
+    assert!(sends(&out).is_empty(), "no blocking repair after the answer: {out:?}");
+    assert_eq!(out, vec![Command::Repair { target: NodeId(0), key: 6, version: new }]);
+    assert!(m.complete());
+}
+
+#[test]
 fn read_without_repair_never_commands() {
     let mut m = ReadMachine::new(3, ids(&[0, 1, 2]), ring(), 1, false, true);
     let mut out = Vec::new();

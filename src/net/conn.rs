@@ -3,12 +3,12 @@
 //!
 //! A connection's worker normally coordinates a request, waits for the
 //! replicas and writes the reply. When the answer can only come from other
-//! replicas — a write, or a read at ONE of a key this node does not hold —
-//! that wait costs the worker a sleep and a wakeup on top of the peers' round
+//! replicas — a write, a read at QUORUM or ALL, or a read at ONE of a key this
+//! node does not hold — that wait costs the worker a sleep and a wakeup on top of the peers' round
 //! trip, and on a small machine those wakeups are most of the cost. Instead,
 //! the worker [`begin`](ClientConn::begin)s a *deferred reply*, hands the
-//! call a `ReplyTo` naming this connection (as its [`Responder`]), and goes back to reading the
-//! socket. Whichever thread settles the call (usually the peer link's reader)
+//! call a `ReplyTo` naming this connection (as its [`Responder`]), and goes
+//! back to reading the socket. Whichever thread settles the call (usually the peer link's reader)
 //! [`answer`](ClientConn::answer_body)s with one non-blocking `send`.
 //!
 //! Rules that keep this safe:

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
@@ -16,15 +16,29 @@ use crate::message::{PeerRequest, PeerResponse, PeerResult};
 use crate::node::Node;
 use crate::storage::cell::Version;
 
-/// A read repair for the repair worker.
-#[derive(Debug, Clone)]
-pub struct RepairJob {
-    /// The replica to repair.
-    pub target: NodeId,
-    /// The key.
-    pub key: u8,
-    /// The version to send.
-    pub version: Version,
+/// Work for the repair thread.
+pub enum RepairJob {
+    /// A background read repair.
+    Repair {
+        /// The replica to repair.
+        target: NodeId,
+        /// The key.
+        key: u8,
+        /// The version to send.
+        version: Version,
+    },
+    /// Messages a call asked for while a reply was being delivered (a blocking
+    /// read repair), sent from the repair thread so that the thread that
+    /// delivered the reply — often a link's reader — never blocks on a socket
+    /// or the log (see [`Executor::send_later`]).
+    Send {
+        /// The call.
+        sink: Arc<dyn ReplySink>,
+        /// Its messages.
+        sends: Vec<Outgoing>,
+        /// The call's deadline.
+        deadline: Instant,
+    },
 }
 
 /// Logs a repair that failed (the next read of the key tries again).
@@ -42,13 +56,18 @@ impl ReplySink for RepairOutcome {
 }
 
 impl Node {
-    /// Sends one read repair (the repair worker's job).
+    /// Does one job of the repair thread.
     pub fn send_repair(&self, job: RepairJob) {
-        let target = self.ring.name(job.target);
-        debug!("read repair: key {} to {target}", job.key);
-        let sink = Arc::new(RepairOutcome { key: job.key, target });
-        let msg = PeerRequest::Write { key: job.key, version: job.version };
-        self.send(sink, vec![Outgoing { slot: 0, to: job.target, msg, route: Route::Direct }], self.deadline());
+        match job {
+            RepairJob::Repair { target, key, version } => {
+                let name = self.ring.name(target);
+                debug!("read repair: key {key} to {name}");
+                let sink = Arc::new(RepairOutcome { key, target: name });
+                let msg = PeerRequest::Write { key, version };
+                self.send(sink, vec![Outgoing { slot: 0, to: target, msg, route: Route::Direct }], self.deadline());
+            }
+            RepairJob::Send { sink, sends, deadline } => self.send(sink, sends, deadline),
+        }
     }
 
     /// Replays the hints held for `target`, throttled; stops at the first failure.

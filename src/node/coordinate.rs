@@ -147,7 +147,7 @@ impl Executor for Node {
                 }
             }
             Command::Repair { target, key, version } => {
-                let _ = self.repair_tx.send(RepairJob { target, key, version });
+                let _ = self.repair_tx.send(RepairJob::Repair { target, key, version });
             }
             Command::Answer { to, reply } => {
                 if let Reply::Read(Some(v)) = &reply {
@@ -156,7 +156,21 @@ impl Executor for Node {
                 }
                 to.responder.answer(to.token, reply);
             }
-            Command::Send(s) => self.send(Arc::new(crate::coordinator::peers::IgnoreReply), vec![s], self.deadline()),
+            Command::Send(s) => {
+                debug_assert!(false, "a call executes its own sends: {s:?}");
+                self.send(Arc::new(crate::coordinator::peers::IgnoreReply), vec![s], self.deadline());
+            }
+        }
+    }
+
+    fn send_later(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
+        if let Err(crossbeam_channel::SendError(RepairJob::Send { sink, sends, .. })) =
+            self.repair_tx.send(RepairJob::Send { sink, sends, deadline })
+        {
+            // The repair thread is gone (the node is stopping): the call hears so at once.
+            for s in sends {
+                sink.deliver(s.slot, Err(crate::error::Error::Failure(format!("{} is stopping", self.cfg.name))));
+            }
         }
     }
 

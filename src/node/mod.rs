@@ -64,7 +64,7 @@ use crate::coordinator::readbatch::ReadBatcher;
 use crate::error::{Error, Result};
 use crate::message::Reply;
 use crate::storage::hints::HintStore;
-use crate::storage::hlc::Hlc;
+use crate::storage::hlc::{Hlc, SystemClock, WallClock};
 use crate::storage::store::Store;
 use crate::storage::wal::Wal;
 
@@ -130,7 +130,7 @@ impl Handled {
 
 /// The receiving ends of the node's background channels, for the server's workers.
 pub struct Workers {
-    /// Read repairs to send.
+    /// Read repairs and a blocking read repair's sends, for the repair thread.
     pub repairs: Receiver<RepairJob>,
     /// Peers that just came up (hint replay).
     pub peer_up: Receiver<NodeId>,
@@ -144,8 +144,8 @@ pub struct Node {
     pub ring: Arc<Ring>,
     /// This node's id.
     pub me: NodeId,
-    /// The write clock.
-    pub clock: Hlc,
+    /// The write clock (on the system clock; the simulated network gives its nodes one it controls).
+    pub clock: Hlc<Arc<dyn WallClock>>,
     /// The local cells.
     pub store: Store,
     /// Hints held for peers.
@@ -178,6 +178,11 @@ impl Node {
     /// Builds the node `cfg.name` of `ring`, reaching the others through `peers`;
     /// recovers what its data folder holds.
     pub fn new(cfg: NodeConfig, ring: Ring, peers: Arc<dyn Peers>) -> Result<(Arc<Node>, Workers)> {
+        Node::with_clock(cfg, ring, peers, Arc::new(SystemClock))
+    }
+
+    /// [`Node::new`] with its clock on `wall`.
+    pub fn with_clock(cfg: NodeConfig, ring: Ring, peers: Arc<dyn Peers>, wall: Arc<dyn WallClock>) -> Result<(Arc<Node>, Workers)> {
         let me = Node::locate(&cfg, &ring)?;
         let ring = Arc::new(ring);
         let (repair_tx, repairs) = unbounded();
@@ -203,7 +208,7 @@ impl Node {
         let node = Node {
             read_batcher: ReadBatcher::new(ring.ids().filter(|&id| id != me)),
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
-            clock: Hlc::new(me.0),
+            clock: Hlc::with_clock(me.0, wall),
             store: Store::new(wal.clone()),
             hints: HintStore::new(others, cfg.hint_window, cfg.max_hint_bytes, wal.clone()),
             wal,

@@ -16,6 +16,9 @@
 //! * **kill** ([`SimNet::kill`]) — a node that is down: sends to it fail at once.
 //! * **delay** — simply not delivering some events yet (`run_matching`).
 //!
+//! Every node reads the same simulated clock ([`SimClock`]), so timestamps,
+//! like deliveries, follow from the seed alone.
+//!
 //! Clients are [`Responder`]s that record their answers ([`Client`]). Read
 //! repairs the machines command go through each node's repair channel, which
 //! [`SimNet::run`] drains like the repair thread would.
@@ -36,6 +39,7 @@ use crate::error::Error;
 use crate::message::{ClientRequest, PeerRequest, PeerResult, Reply};
 use crate::node::{Answered, Node, Workers};
 use crate::proto;
+use crate::storage::hlc::WallClock;
 
 #[cfg(test)]
 mod tests;
@@ -234,6 +238,16 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The nodes' wall clock: one counter, a microsecond further at each reading,
+/// so no two writes tie and a run does not depend on the real clock.
+pub struct SimClock(std::sync::atomic::AtomicU64);
+
+impl WallClock for SimClock {
+    fn now_micros(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// One node's handle on the network: its [`Peers`].
 pub struct SimPeers {
     net: Arc<SimNet>,
@@ -298,12 +312,13 @@ impl Cluster {
         let ring = Ring::new(infos.clone(), rf, 1).unwrap();
         let mut nodes = Vec::new();
         let mut workers = Vec::new();
+        let clock = Arc::new(SimClock(std::sync::atomic::AtomicU64::new(1_800_000_000_000_000)));
         for info in &infos {
             let mut cfg = NodeConfig::new(info.name.clone(), "127.0.0.1".parse().unwrap(), info.port);
             cfg.hint_rate = u32::MAX; // no pause between replayed hints
             cfg.request_timeout = Duration::from_secs(60);
             let peers = Arc::new(SimPeers { net: net.clone(), me: info.id });
-            let (node, w) = Node::new(cfg, ring.clone(), peers).unwrap();
+            let (node, w) = Node::with_clock(cfg, ring.clone(), peers, clock.clone()).unwrap();
             net.state.lock().nodes.push((info.id, Arc::downgrade(&node)));
             nodes.push(node);
             workers.push(w);
@@ -341,7 +356,8 @@ impl Cluster {
         token
     }
 
-    /// Flushes the read batchers and carries out queued read repairs.
+    /// Flushes the read batchers and carries out queued read repairs (and the
+    /// sends of blocking read repairs, which the repair thread makes in a replica).
     pub fn background(&self) {
         for (node, w) in self.nodes.iter().zip(&self.workers) {
             node.read_batcher.flush(&*node.peers);
@@ -349,5 +365,21 @@ impl Cluster {
                 node.send_repair(job);
             }
         }
+    }
+}
+
+impl Drop for Cluster {
+    /// Calls in flight hold their node, which holds the net that holds them:
+    /// let go of every message so the nodes are freed with the cluster.
+    fn drop(&mut self) {
+        for (node, w) in self.nodes.iter().zip(&self.workers) {
+            node.read_batcher.flush(&*node.peers);
+            drop(w.repairs.try_iter().collect::<Vec<_>>());
+        }
+        let (in_flight, lost) = {
+            let mut s = self.net.state.lock();
+            (std::mem::take(&mut s.in_flight), std::mem::take(&mut s.lost))
+        };
+        drop((in_flight, lost));
     }
 }

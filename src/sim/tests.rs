@@ -138,7 +138,8 @@ fn replies_after_the_answer_still_repair() {
 }
 
 /// The same seed gives the same interleaving: the same deliveries in the same
-/// order and the same final cells, whatever the clock says.
+/// order and the same final cells (timestamps come from the simulated clock,
+/// so even concurrent writes to one key resolve the same way).
 #[test]
 fn a_seed_replays_exactly() {
     let run = |seed: u64| {

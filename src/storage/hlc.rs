@@ -41,6 +41,12 @@ impl WallClock for SystemClock {
     }
 }
 
+impl<W: WallClock + ?Sized> WallClock for std::sync::Arc<W> {
+    fn now_micros(&self) -> u64 {
+        (**self).now_micros()
+    }
+}
+
 /// A hybrid logical clock owned by one node.
 pub struct Hlc<C: WallClock = SystemClock> {
     wall: C,
