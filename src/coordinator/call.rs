@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::coordinator::command::{Command, Executor};
+use crate::coordinator::command::{Command, Executor, Outgoing};
 use crate::coordinator::peers::ReplySink;
 use crate::message::PeerResult;
 
 /// A request's state machine: I/O-free, it takes typed replies and pushes [`Command`]s.
 pub trait Machine: Send {
-    /// The messages that open the call (each [`Command::Send`] for a slot still waiting).
-    fn start(&mut self, out: &mut Vec<Command>);
+    /// The messages that open the call (one for each slot still waiting).
+    fn start(&mut self) -> Vec<Outgoing>;
     /// Records the outcome for `slot`; pushes commands to `out`. Later outcomes for a slot are ignored.
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>);
     /// Whether the coordinator can stop waiting.
@@ -105,9 +105,14 @@ impl<M: Machine + 'static> Call<M> {
         self.deadline
     }
 
-    /// Sends the machine's opening messages.
+    /// Sends the machine's opening messages (through [`Executor::send`]).
     pub fn start(&self) {
-        self.with(|m, out| m.start(out));
+        let sends = self.machine.lock().start();
+        if !sends.is_empty()
+            && let Some(me) = self.me.upgrade()
+        {
+            self.exec.send(me, sends, self.deadline);
+        }
     }
 
     /// Blocks until the machine is settled or the deadline passes; returns it locked.

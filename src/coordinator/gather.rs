@@ -26,10 +26,8 @@ impl GatherMachine {
 }
 
 impl Machine for GatherMachine {
-    fn start(&mut self, out: &mut Vec<Command>) {
-        for (slot, &to) in self.targets.iter().enumerate() {
-            out.push(Command::Send(Outgoing { slot, to, msg: self.msg.clone(), route: Route::Direct }));
-        }
+    fn start(&mut self) -> Vec<Outgoing> {
+        self.targets.iter().enumerate().map(|(slot, &to)| Outgoing { slot, to, msg: self.msg.clone(), route: Route::Direct }).collect()
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, _out: &mut Vec<Command>) {

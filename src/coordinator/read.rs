@@ -252,7 +252,8 @@ impl ReadMachine {
 }
 
 impl Machine for ReadMachine {
-    fn start(&mut self, out: &mut Vec<Command>) {
+    fn start(&mut self) -> Vec<Outgoing> {
+        let mut out = Vec::with_capacity(self.slots.len());
         for (slot, s) in self.slots.iter().enumerate() {
             if !matches!(s.reply, Answer::Waiting) {
                 continue;
@@ -262,8 +263,9 @@ impl Machine for ReadMachine {
                 ReadRoute::OneDirect(d) if d == slot => Route::Direct,
                 ReadRoute::OneDirect(_) | ReadRoute::AllBatched => Route::Batched,
             };
-            out.push(Command::Send(Outgoing { slot, to: self.tally.target(slot), msg: PeerRequest::Read { key: self.key }, route }));
+            out.push(Outgoing { slot, to: self.tally.target(slot), msg: PeerRequest::Read { key: self.key }, route });
         }
+        out
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {

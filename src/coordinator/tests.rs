@@ -85,8 +85,7 @@ fn others(out: &[Command]) -> Vec<Command> {
 #[test]
 fn machines_open_with_one_send_per_replica() {
     let v = Version::value(ts(1), "x");
-    let mut out = Vec::new();
-    WriteMachine::new(4, v.clone(), ids(&[1, 2, 3]), ring(), 2, true).start(&mut out);
+    let out = WriteMachine::new(4, v.clone(), ids(&[1, 2, 3]), ring(), 2, true).start();
     let want: Vec<Outgoing> = (0..3)
         .map(|slot| Outgoing {
             slot,
@@ -95,12 +94,10 @@ fn machines_open_with_one_send_per_replica() {
             route: Route::Direct,
         })
         .collect();
-    assert_eq!(sends(&out), want);
-    out.clear();
+    assert_eq!(out, want);
     let m = ReadMachine::new(4, ids(&[1, 2, 3]), ring(), 1, true, false);
     let mut m = m.route(crate::coordinator::read::ReadRoute::OneDirect(1));
-    m.start(&mut out);
-    let routes: Vec<(usize, Route)> = sends(&out).iter().map(|s| (s.slot, s.route)).collect();
+    let routes: Vec<(usize, Route)> = m.start().iter().map(|s| (s.slot, s.route)).collect();
     assert_eq!(routes, vec![(0, Route::Batched), (1, Route::Direct), (2, Route::Batched)]);
 }
 

@@ -59,11 +59,12 @@ impl WriteMachine {
 }
 
 impl Machine for WriteMachine {
-    fn start(&mut self, out: &mut Vec<Command>) {
-        for (slot, &to) in self.tally.targets().iter().enumerate() {
+    fn start(&mut self) -> Vec<Outgoing> {
+        let write = |(slot, &to)| {
             let msg = PeerRequest::Write { key: self.key, version: self.version.clone() };
-            out.push(Command::Send(Outgoing { slot, to, msg, route: Route::Direct }));
-        }
+            Outgoing { slot, to, msg, route: Route::Direct }
+        };
+        self.tally.targets().iter().enumerate().map(write).collect()
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {

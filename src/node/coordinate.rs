@@ -174,23 +174,19 @@ impl Executor for Node {
         }
     }
 
-    fn send(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
-        let (local, remote): (Vec<Outgoing>, Vec<Outgoing>) = sends.into_iter().partition(|s| s.to == self.me);
-        // A write to this node's own store is applied before anything is sent,
-        // so it is visible here by the time any replica's ack can answer the
-        // client, and made durable after the sends, overlapping the peers' round trip.
-        let mut writes = Vec::new();
-        let mut others = Vec::new();
-        for s in local {
-            match s.msg {
-                PeerRequest::Write { key, version } => {
-                    let ts = version.ts;
-                    writes.push((s.slot, key, ts, self.store.apply(key, version)));
-                }
-                msg => others.push((s.slot, msg)),
+    fn send(&self, sink: Arc<dyn ReplySink>, mut sends: Vec<Outgoing>, deadline: Instant) {
+        // A node is at most once among a call's targets. A write to its own
+        // store is applied before anything is sent, so it is visible here by
+        // the time any replica's ack can answer the client, and made durable
+        // after the sends, overlapping the peers' round trip.
+        let local = sends.iter().position(|s| s.to == self.me).map(|i| sends.remove(i)).map(|s| match s.msg {
+            PeerRequest::Write { key, version } => {
+                let ts = version.ts;
+                (s.slot, Ok((key, ts, self.store.apply(key, version))))
             }
-        }
-        for s in remote {
+            msg => (s.slot, Err(msg)),
+        });
+        for s in sends {
             match (s.route, s.msg) {
                 (Route::Batched, PeerRequest::Read { key }) => {
                     self.read_batcher.push(s.to, QueuedRead { sink: sink.clone(), slot: s.slot, key, deadline });
@@ -198,16 +194,17 @@ impl Executor for Node {
                 (_, msg) => self.peers.send(s.to, msg, sink.clone(), s.slot, deadline),
             }
         }
-        for (slot, key, ts, applied) in writes {
-            let result = applied.and_then(|a| {
-                self.store.commit(a.pos)?;
-                self.note_ack(key, ts);
-                Ok(PeerResponse::WriteAck { applied: a.changed })
-            });
-            sink.deliver(slot, result);
-        }
-        for (slot, msg) in others {
-            sink.deliver(slot, self.serve_local(msg));
+        match local {
+            Some((slot, Ok((key, ts, applied)))) => {
+                let result = applied.and_then(|a| {
+                    self.store.commit(a.pos)?;
+                    self.note_ack(key, ts);
+                    Ok(PeerResponse::WriteAck { applied: a.changed })
+                });
+                sink.deliver(slot, result);
+            }
+            Some((slot, Err(msg))) => sink.deliver(slot, self.serve_local(msg)),
+            None => {}
         }
     }
 }

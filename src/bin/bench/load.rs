@@ -76,6 +76,19 @@ pub(crate) fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
         .collect()
 }
 
+/// The next key in `keys` (inclusive): uniform, or by rank along the Zipf
+/// distribution `zipf` (one uniform draw located in the cumulative
+/// distribution: drawing anew at each step of the search would skew it).
+fn next_key(keys: (u32, u32), zipf: Option<&[f64]>, rng: &mut Rng) -> u32 {
+    match zipf {
+        Some(cdf) => {
+            let u = rng.unit();
+            keys.0 + cdf.partition_point(|&c| c < u).min(cdf.len() - 1) as u32
+        }
+        None => keys.0 + (rng.next() % (keys.1 - keys.0 + 1) as u64) as u32,
+    }
+}
+
 pub(crate) fn run(load: &Load) -> Report {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -100,12 +113,8 @@ pub(crate) fn run(load: &Load) -> Report {
                 };
                 let mut client = connect().ok();
                 barrier.wait();
-                let span = (load.keys.1 - load.keys.0 + 1) as u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let key = match &load.zipf {
-                        Some(cdf) => load.keys.0 + cdf.partition_point(|&c| c < rng.unit()).min(cdf.len() - 1) as u32,
-                        None => load.keys.0 + (rng.next() % span) as u32,
-                    };
+                    let key = next_key(load.keys, load.zipf.as_deref().map(Vec::as_slice), &mut rng);
                     let read = rng.unit() < load.read_ratio;
                     let Some(c) = client.as_mut() else {
                         *errors.entry("connection").or_default() += 1;
@@ -171,4 +180,27 @@ pub(crate) fn run(load: &Load) -> Report {
     }
     report.ops = report.hist.count();
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each key is picked in proportion to its rank's weight 1/k^s (keys 10 to 19 here).
+    #[test]
+    fn zipf_keys_follow_the_distribution() {
+        let (n, s, draws) = (10, 1.0, 200_000);
+        let cdf = zipf_cdf(n, s);
+        let mut rng = Rng(7);
+        let mut counts = vec![0usize; n];
+        for _ in 0..draws {
+            counts[next_key((10, 19), Some(&cdf), &mut rng) as usize - 10] += 1;
+        }
+        let total: f64 = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).sum();
+        for (k, &c) in counts.iter().enumerate() {
+            let want = 1.0 / ((k + 1) as f64).powf(s) / total;
+            let got = c as f64 / draws as f64;
+            assert!((got - want).abs() < 0.01, "rank {k}: {got:.4} of the picks, want {want:.4}");
+        }
+    }
 }
