@@ -299,8 +299,7 @@ impl Connection<'_, '_> {
 
     /// Commits the batch's peer writes, then writes every reply of the batch.
     fn flush(&mut self) -> Result<(), String> {
-        let acks: Vec<PendingAck> = self.batch.iter().filter_map(|q| q.commit).collect();
-        if let Err(e) = self.srv.node.commit_acks(&acks) {
+        if let Err(e) = self.srv.node.commit_acks(self.batch.iter().filter_map(|q| q.commit.as_ref())) {
             // Nothing unlogged is acknowledged: each write's reply becomes the storage error.
             for q in self.batch.iter_mut().filter(|q| q.commit.is_some()) {
                 q.commit = None;

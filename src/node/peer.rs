@@ -73,8 +73,8 @@ impl Node {
 
     /// Makes a batch of peer writes durable (one commit for all), then records their acks.
     /// On failure nothing unlogged may be acknowledged: the caller turns each write's reply into the error.
-    pub fn commit_acks(&self, acks: &[PendingAck]) -> Result<()> {
-        let Some(pos) = acks.iter().map(|a| a.pos).max() else { return Ok(()) };
+    pub fn commit_acks<'a>(&self, acks: impl Iterator<Item = &'a PendingAck> + Clone) -> Result<()> {
+        let Some(pos) = acks.clone().map(|a| a.pos).max() else { return Ok(()) };
         self.store.commit(pos)?;
         for a in acks {
             self.note_ack(a.key, a.ts);

@@ -197,7 +197,7 @@ impl SimNet {
                     Some(node) => {
                         let (result, commit) = node.serve_peer(req);
                         match (result, commit) {
-                            (Ok(r), Some(ack)) => node.commit_acks(&[ack]).map(|()| r),
+                            (Ok(r), Some(ack)) => node.commit_acks([ack].iter()).map(|()| r),
                             (result, _) => result,
                         }
                     }
