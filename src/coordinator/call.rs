@@ -126,6 +126,15 @@ impl<M: Machine + 'static> Call<M> {
         m
     }
 
+    /// [`wait`](Self::wait), then runs `f` on the machine under the same lock
+    /// (no reply can come between) and executes the commands it pushed.
+    pub fn wait_then<R>(&self, f: impl FnOnce(&mut M, &mut Vec<Command>) -> R) -> R {
+        let mut out = Vec::new();
+        let r = f(&mut self.wait(), &mut out);
+        self.run(out, false);
+        r
+    }
+
     /// After the answer: lets the call finish in the background if the budget
     /// has room for what it holds, otherwise waits until it is complete (or the deadline).
     pub fn finish(&self) {

@@ -107,8 +107,8 @@ pub trait Executor: Send + Sync {
     fn send(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant);
     /// As [`send`](Self::send), for messages a machine asks for while a reply
     /// is being delivered (a blocking read repair): the delivering thread may
-    /// be a link's reader, which must not block on a socket or the log, so an
-    /// executor may hand them to another thread.
+    /// be a link's reader, which must not write to another peer's socket or
+    /// wait for a commit, so an executor may hand them to another thread.
     fn send_later(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
         self.send(sink, sends, deadline);
     }

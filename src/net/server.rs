@@ -9,7 +9,7 @@
 //! | connection workers | elastic, ≤ limit | serve one connection each until it closes, then wait for the next; idle ones retire |
 //! | peer links | one per peer | connect, handshake, read replies to our requests, reconnect |
 //! | maintenance | 1 | heartbeats, failure detection, request timeouts |
-//! | repair worker | 1 | sends read repairs queued on a crossbeam channel |
+//! | repair worker | 1 | sends blocking read repairs' messages, then background read repairs, queued on crossbeam channels |
 //! | hint worker | 1 | replays hints when a peer comes up (and every second) |
 //!
 //! A connection that opens with `PeerHello` is a peer's link to us: its worker
@@ -123,13 +123,8 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
             }
         }
         let started = spawn_named(s, "maintenance".into(), || maintenance(node, links));
-        let Workers { repairs, peer_up } = workers;
-        let started = started
-            & spawn_named(s, "repair".into(), move || {
-                while let Ok(job) = repairs.recv() {
-                    node.send_repair(job);
-                }
-            });
+        let Workers { repairs, urgent, peer_up } = workers;
+        let started = started & spawn_named(s, "repair".into(), move || node.repair_worker(urgent, repairs));
         let started = started & spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
         let started = started && spawn_named(s, "read-batcher".into(), || node.read_batcher.run(links, &node.shutdown));
         let started = started && (!links.faults.enabled() || spawn_named(s, "faults".into(), || delayer(node, links)));

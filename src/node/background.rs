@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use log::{debug, info};
 
 use crate::cluster::ring::NodeId;
@@ -66,7 +67,34 @@ impl Node {
                 let msg = PeerRequest::Write { key, version };
                 self.send(sink, vec![Outgoing { slot: 0, to: target, msg, route: Route::Direct }], self.deadline());
             }
-            RepairJob::Send { sink, sends, deadline } => self.send(sink, sends, deadline),
+            RepairJob::Send { sink, sends, deadline } => {
+                if Instant::now() >= deadline {
+                    // Too late to be worth sending: the call hears so, as the sweep would tell it.
+                    for s in sends {
+                        sink.deliver(s.slot, Err(Error::Timeout(format!("{} was not asked in time", self.ring.name(s.to)))));
+                    }
+                } else {
+                    self.send(sink, sends, deadline);
+                }
+            }
+        }
+    }
+
+    /// The repair thread: the sends of blocking read repairs (a client waits on
+    /// them) before background repairs, until the node drops its channels.
+    pub fn repair_worker(&self, urgent: Receiver<RepairJob>, repairs: Receiver<RepairJob>) {
+        loop {
+            while let Ok(job) = urgent.try_recv() {
+                self.send_repair(job);
+            }
+            let job = crossbeam_channel::select! {
+                recv(urgent) -> job => job,
+                recv(repairs) -> job => job,
+            };
+            match job {
+                Ok(job) => self.send_repair(job),
+                Err(_) => return,
+            }
         }
     }
 

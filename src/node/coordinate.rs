@@ -118,8 +118,13 @@ impl Node {
             Started::Deferred(u) => return Ok(Answered::Later(u)),
             Started::Waiting(call) => call,
         };
-        let result = call.wait().result(false);
-        call.with(|m, out| m.answer(out));
+        // The answer is marked under the lock that read the result: a reply
+        // arriving after it starts no blocking repair nobody would wait for.
+        let result = call.wait_then(|m, out| {
+            let result = m.result(false);
+            m.answer(out);
+            result
+        });
         call.finish();
         let newest = result?;
         if let Some(newest) = &newest {
@@ -165,7 +170,7 @@ impl Executor for Node {
 
     fn send_later(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
         if let Err(crossbeam_channel::SendError(RepairJob::Send { sink, sends, .. })) =
-            self.repair_tx.send(RepairJob::Send { sink, sends, deadline })
+            self.urgent_tx.send(RepairJob::Send { sink, sends, deadline })
         {
             // The repair thread is gone (the node is stopping): the call hears so at once.
             for s in sends {

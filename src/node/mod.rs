@@ -130,8 +130,10 @@ impl Handled {
 
 /// The receiving ends of the node's background channels, for the server's workers.
 pub struct Workers {
-    /// Read repairs and a blocking read repair's sends, for the repair thread.
+    /// Background read repairs, for the repair thread.
     pub repairs: Receiver<RepairJob>,
+    /// Sends of blocking read repairs, which the repair thread takes first.
+    pub urgent: Receiver<RepairJob>,
     /// Peers that just came up (hint replay).
     pub peer_up: Receiver<NodeId>,
 }
@@ -162,6 +164,7 @@ pub struct Node {
     pub wal: Option<Arc<Wal>>,
     ack_log: Option<parking_lot::Mutex<std::fs::File>>,
     repair_tx: Sender<RepairJob>,
+    urgent_tx: Sender<RepairJob>,
     /// Sender side of the peer-up channel, handed to the links.
     pub peer_up_tx: Sender<NodeId>,
 }
@@ -186,6 +189,7 @@ impl Node {
         let me = Node::locate(&cfg, &ring)?;
         let ring = Arc::new(ring);
         let (repair_tx, repairs) = unbounded();
+        let (urgent_tx, urgent) = unbounded();
         let (peer_up_tx, peer_up) = unbounded();
         let others: Vec<(NodeId, String)> = ring.nodes().iter().map(|n| (n.id, n.name.clone())).collect();
         let (wal, recovered) = match &cfg.data_dir {
@@ -219,6 +223,7 @@ impl Node {
             cfg,
             shutdown: AtomicBool::new(false),
             repair_tx,
+            urgent_tx,
             peer_up_tx,
         };
         if let Some(rec) = recovered {
@@ -230,7 +235,7 @@ impl Node {
                 node.snapshot()?;
             }
         }
-        Ok((Arc::new(node), Workers { repairs, peer_up }))
+        Ok((Arc::new(node), Workers { repairs, urgent, peer_up }))
     }
 
     /// This node's name.

@@ -361,7 +361,7 @@ impl Cluster {
     pub fn background(&self) {
         for (node, w) in self.nodes.iter().zip(&self.workers) {
             node.read_batcher.flush(&*node.peers);
-            while let Ok(job) = w.repairs.try_recv() {
+            while let Ok(job) = w.urgent.try_recv().or_else(|_| w.repairs.try_recv()) {
                 node.send_repair(job);
             }
         }
@@ -374,7 +374,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for (node, w) in self.nodes.iter().zip(&self.workers) {
             node.read_batcher.flush(&*node.peers);
-            drop(w.repairs.try_iter().collect::<Vec<_>>());
+            drop(w.repairs.try_iter().chain(w.urgent.try_iter()).collect::<Vec<_>>());
         }
         let (in_flight, lost) = {
             let mut s = self.net.state.lock();

@@ -165,3 +165,35 @@ fn a_seed_replays_exactly() {
     }
     assert_ne!(run(1).0, run(2).0, "different seeds should give different interleavings");
 }
+
+/// The repair thread does not send a blocking repair whose call is already past
+/// its deadline: the call hears of a timeout at once (nothing is registered for
+/// the sweep to time out).
+#[test]
+fn a_repair_send_past_its_deadline_is_timed_out_not_sent() {
+    use crate::coordinator::command::{Outgoing, Route};
+    use crate::node::RepairJob;
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<(usize, PeerResult)>>);
+    impl ReplySink for Heard {
+        fn deliver(&self, slot: usize, result: PeerResult) {
+            self.0.lock().push((slot, result));
+        }
+    }
+    let c = cluster(0);
+    let version = Version::value(crate::storage::hlc::Timestamp { micros: 1, node: 1 }, "x");
+    let send = |deadline: Instant| {
+        let heard = Arc::new(Heard::default());
+        let msg = PeerRequest::Write { key: KEY, version: version.clone() };
+        let sends = vec![Outgoing { slot: 3, to: c.id(2), msg, route: Route::Direct }];
+        c.nodes[1].send_repair(RepairJob::Send { sink: heard.clone(), sends, deadline });
+        heard
+    };
+    let late = send(Instant::now() - Duration::from_millis(1));
+    assert_eq!(c.net.pending(), 0, "nothing was sent");
+    assert!(matches!(late.0.lock().as_slice(), [(3, Err(Error::Timeout(_)))]), "{:?}", late.0.lock());
+    let timely = send(Instant::now() + Duration::from_secs(60));
+    assert_eq!(c.net.pending(), 1);
+    c.net.run(&c);
+    assert!(matches!(timely.0.lock().as_slice(), [(3, Ok(_))]), "{:?}", timely.0.lock());
+}
