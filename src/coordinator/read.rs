@@ -315,13 +315,23 @@ impl Machine for ReadMachine {
         self.tally.complete() && !self.repairing()
     }
 
+    /// The values held, plus the replies still to come charged at the largest
+    /// value seen: a read finishing in the background will likely hold one
+    /// copy per replica, and the budget must bound what it comes to hold, not
+    /// only what it holds when it is charged.
     fn held_bytes(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| match &s.reply {
-                Answer::Replied(Some(v)) => v.value.as_ref().map_or(0, String::len),
-                _ => 0,
-            })
-            .sum()
+        let (mut held, mut largest, mut waiting) = (0, 0, 0);
+        for s in &self.slots {
+            match &s.reply {
+                Answer::Replied(Some(v)) => {
+                    let n = v.value.as_ref().map_or(0, String::len);
+                    held += n;
+                    largest = largest.max(n);
+                }
+                Answer::Waiting => waiting += 1,
+                _ => {}
+            }
+        }
+        held + waiting * largest
     }
 }

@@ -332,6 +332,22 @@ fn background_calls_are_charged_to_the_budget_until_complete() {
     assert_eq!(budget.used(), 0);
 }
 
+/// A read finishing in the background is charged for the replies still to
+/// come (at the largest value seen), not only for what it holds: the budget
+/// bounds what background reads come to hold.
+#[test]
+fn a_background_read_is_charged_for_the_replies_to_come() {
+    let budget = Arc::new(Budget::new(1 << 20));
+    let m = ReadMachine::new(1, ids(&[0, 1, 2]), ring(), 1, true, false);
+    let call = Call::new(m, Arc::new(NoExec::default()), budget.clone(), Instant::now());
+    call.deliver(0, read_reply(Some(Version::value(ts(1), "x".repeat(4000)))));
+    call.finish();
+    assert_eq!(budget.used(), 3 * 4000 + CALL_OVERHEAD, "one value held, two to come");
+    call.deliver(1, read_reply(None));
+    call.deliver(2, read_reply(Some(Version::value(ts(1), "x".repeat(4000)))));
+    assert_eq!(budget.used(), 0, "released when complete");
+}
+
 #[test]
 fn call_wait_returns_when_settled_by_another_thread() {
     let call = Call::new(
