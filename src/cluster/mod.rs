@@ -14,3 +14,4 @@
 
 pub mod consistency;
 pub mod ring;
+pub mod token;
