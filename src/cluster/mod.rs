@@ -1,6 +1,9 @@
 //! The cluster: who the replicas are, and where each key lives.
 //!
-//! * [`ring`] — the cluster file (`name host port` lines), the stable
+//! * [the file module](self::file) — the cluster file: `name host port` lines, and the settings
+//!   of issue 12 (`partitioner`, `rf`, `vnodes`, `tokens=`), read and checked
+//!   line by line.
+//! * [`ring`] — the stable
 //!   [`NodeId`](ring::NodeId) of each node (derived from its name, so state
 //!   keyed by it survives a change of the ring), and the byte-ordered ring:
 //!   keys `0..=255` in contiguous ranges, each key on its owner and the next
@@ -17,5 +20,6 @@
 //! This is where membership will go too.
 
 pub mod consistency;
+pub mod file;
 pub mod ring;
 pub mod token;

@@ -1,10 +1,7 @@
-//! The cluster file and the ring: who the replicas are and which keys each holds.
+//! The ring: who the replicas are and which keys each holds.
 //!
-//! # The cluster file
-//!
-//! `replicas.txt` has one replica a line, `name host port`, in ring order.
-//! `#` starts a comment; blank lines are skipped. Names and addresses must be
-//! unique. Any mistake is refused with the line number.
+//! The nodes come from the cluster file (`replicas.txt`, one replica a line,
+//! `name host port`, in ring order; read by [`crate::cluster::file`]).
 //!
 //! # Placement: a byte-ordered partitioner
 //!
@@ -74,54 +71,9 @@ impl NodeInfo {
     }
 }
 
-/// Parses a cluster file's text. `origin` names the file in errors.
-pub fn parse_cluster_file(text: &str, origin: &str) -> Result<Vec<NodeInfo>> {
-    let mut nodes: Vec<NodeInfo> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let lineno = i + 1;
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let bad = |why: String| Error::Config(format!("{origin} line {lineno}: {why}: {raw:?}"));
-        if fields.len() != 3 {
-            return Err(bad(format!("expected `name host port`, found {} field(s)", fields.len())));
-        }
-        let (name, host, port) = (fields[0], fields[1], fields[2]);
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(bad(format!("name {name:?} may only hold letters, digits, '-', '_' and '.'")));
-        }
-        let port: u16 = match port.parse() {
-            Ok(p) if p > 0 => p,
-            _ => return Err(bad(format!("port {port:?} is not a number from 1 to 65535"))),
-        };
-        if let Some(other) = nodes.iter().find(|n| n.name == name) {
-            return Err(bad(format!("duplicate name {name:?} (already used for {})", other.address())));
-        }
-        if let Some(other) = nodes.iter().find(|n| n.host == host && n.port == port) {
-            return Err(bad(format!("duplicate address {host}:{port} (already used by {})", other.name)));
-        }
-        let id = node_id(name);
-        if let Some(other) = nodes.iter().find(|n| n.id == id) {
-            return Err(bad(format!("name {name:?} hashes to the same id as {} ({id}); rename one", other.name)));
-        }
-        nodes.push(NodeInfo { name: name.to_string(), host: host.to_string(), port, id });
-    }
-    if nodes.is_empty() {
-        return Err(Error::Config(format!("{origin}: no replicas listed")));
-    }
-    Ok(nodes)
-}
+pub use crate::cluster::file::{load_cluster_file, parse_cluster_file};
 
-/// Reads and parses a cluster file.
-pub fn load_cluster_file(path: &str) -> Result<Vec<NodeInfo>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {path}: {e}")))?;
-    parse_cluster_file(&text, path)
-}
-
-/// FNV-1a over the name: a stable id that does not depend on file order.
-fn node_id(name: &str) -> NodeId {
+pub(crate) fn node_id(name: &str) -> NodeId {
     NodeId(fnv1a(name.as_bytes()) as u32)
 }
 

@@ -7,7 +7,7 @@
 //! typed answer is encoded back into the native protocol here.
 //!
 //! Replies are batched: a reply is written when no further request is already
-//! buffered, or when [`FLUSH_BYTES`] of replies are pending, so a peer
+//! buffered, or when `FLUSH_BYTES` (256 KiB) of replies are pending, so a peer
 //! pipelining many requests gets many replies per `write`, and the peer writes
 //! among them are made durable by one commit before any is sent. A lone client
 //! request whose answer must come from other replicas is *deferred*: the call
