@@ -1,5 +1,5 @@
 //! The coordinator's view of the other replicas: a small interface that the
-//! real peer links implement ([`crate::net::link::Links`]) and that the
+//! real peer links implement ([`crate::net::links::Links`]) and that the
 //! simulated network of the tests implements too.
 
 use std::sync::Arc;

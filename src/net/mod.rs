@@ -8,8 +8,9 @@
 //! * [`conn`] — a client connection's reply side: deferred replies, sent by the
 //!   thread that settles the call without blocking (the native protocol's
 //!   [`Responder`](crate::coordinator::command::Responder)).
-//! * [`link`] — one multiplexed connection per peer, and [`link::Links`], which
-//!   implements the coordinator's [`Peers`](crate::coordinator::peers::Peers).
+//! * [`link`] — one multiplexed connection per peer; [`links`] — all of them,
+//!   as [`links::Links`], which implements the coordinator's
+//!   [`Peers`](crate::coordinator::peers::Peers).
 //! * [`threads`] — maintenance (timeouts, failure detection, heartbeats),
 //!   delayed frames, the log's syncer and snapshots, hint replay.
 //! * [`frame`] — length-prefixed protobuf frames.
@@ -25,6 +26,7 @@ pub mod fault;
 pub mod frame;
 pub mod fuzz;
 pub mod link;
+pub mod links;
 mod pool;
 pub mod server;
 pub mod threads;

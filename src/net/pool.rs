@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::Error;
 use crate::net::badlog::BadLog;
 use crate::net::frame::encode_frame;
-use crate::net::link::Links;
+use crate::net::links::Links;
 use crate::node::Node;
 use crate::proto::{self, response};
 

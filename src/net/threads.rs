@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::warn;
 
 use crate::cluster::ring::NodeId;
-use crate::net::link::Links;
+use crate::net::links::Links;
 use crate::node::Node;
 use crate::storage::wal::FsyncMode;
 
