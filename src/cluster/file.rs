@@ -209,6 +209,23 @@ mod tests {
     }
 
     #[test]
+    fn bad_files_are_refused_with_the_line() {
+        let cases = [
+            ("replica0 127.0.0.1\n", "line 1"),
+            ("replica0 127.0.0.1 9090\nreplica0 127.0.0.1 9091\n", "line 2: duplicate name"),
+            ("a 127.0.0.1 9090\nb 127.0.0.1 9090\n", "line 2: duplicate address"),
+            ("a 127.0.0.1 99999\n", "line 1: port"),
+            ("a 127.0.0.1 0\n", "line 1: port"),
+            ("# nothing\n\n", "no replicas"),
+            ("a/b 127.0.0.1 1\n", "line 1: name"),
+        ];
+        for (text, want) in cases {
+            let err = parse_cluster_file(text, "f").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_lines_are_refused_with_the_line_and_the_reason() {
         let cases = [
             ("partitioner random\na 127.0.0.1 1\n", "line 1: unknown partitioner \"random\""),

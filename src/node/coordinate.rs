@@ -201,14 +201,11 @@ impl Executor for Node {
         }
         match local {
             Some((slot, Ok((key, ts, applied)))) => {
-                let result = applied.and_then(|a| {
-                    self.store.commit(a.pos)?;
-                    self.note_ack(key, ts);
-                    Ok(PeerResponse::WriteAck { applied: a.changed })
-                });
+                let result = self.commit_local(key, ts, applied).map(|applied| PeerResponse::WriteAck { applied });
                 sink.deliver(slot, result);
             }
-            Some((slot, Err(msg))) => sink.deliver(slot, self.serve_local(msg)),
+            // Not a write (matched above): served as a peer would, nothing to commit.
+            Some((slot, Err(msg))) => sink.deliver(slot, self.serve_peer(msg).0),
             None => {}
         }
     }

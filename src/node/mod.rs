@@ -24,7 +24,8 @@
 //!    than the level needs, refuse before sending anything.
 //! 3. Stamp the write with the hybrid logical clock.
 //! 4. Start a [`WriteMachine`](crate::coordinator::write::WriteMachine) call: it
-//!    sends the version to every replica (remote ones first, then the local store).
+//!    sends the version to every replica (this node's own copy, if it holds
+//!    the key, is applied first and made durable after the remote sends).
 //! 5. Answer once the level's acks arrive, or at the timeout. Replicas that fail
 //!    or time out — now or after the answer — get a hint.
 //!

@@ -14,6 +14,7 @@ use crate::node::Node;
 use crate::proto;
 use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
+use crate::storage::store::Applied;
 
 /// A peer write applied to the store but not yet durable.
 #[derive(Debug, Clone, Copy)]
@@ -62,15 +63,6 @@ impl Node {
         (result, None)
     }
 
-    /// Serves a message a call addressed to this node: as a peer would, except
-    /// that a write is made durable before it counts.
-    pub fn serve_local(&self, req: PeerRequest) -> PeerResult {
-        match req {
-            PeerRequest::Write { key, version } => self.apply_local(key, version).map(|applied| PeerResponse::WriteAck { applied }),
-            other => self.serve_peer(other).0,
-        }
-    }
-
     /// Makes a batch of peer writes durable (one commit for all), then records their acks.
     /// On failure nothing unlogged may be acknowledged: the caller turns each write's reply into the error.
     pub fn commit_acks<'a>(&self, acks: impl Iterator<Item = &'a PendingAck> + Clone) -> Result<()> {
@@ -85,9 +77,18 @@ impl Node {
     /// Applies a write to the local store and waits until it is durable.
     pub fn apply_local(&self, key: u8, version: Version) -> Result<bool> {
         let ts = version.ts;
-        let changed = self.store.apply_durably(key, version)?;
+        self.commit_local(key, ts, self.store.apply(key, version))
+    }
+
+    /// The second half of [`apply_local`](Self::apply_local), for a write
+    /// already applied (the fan-out loop applies its own replica's write before
+    /// the remote sends and commits it after): waits until it is durable, then
+    /// records the ack. Returns whether the cell changed.
+    pub fn commit_local(&self, key: u8, ts: Timestamp, applied: Result<Applied>) -> Result<bool> {
+        let a = applied?;
+        self.store.commit(a.pos)?;
         self.note_ack(key, ts);
-        Ok(changed)
+        Ok(a.changed)
     }
 
     /// Test hook: records that this replica acknowledged `ts` for `key` (after it was durable).
