@@ -7,10 +7,12 @@
 //! test. Waits are polls of a condition with a deadline, never bare sleeps.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -81,8 +83,12 @@ impl Drop for TempDir {
 
 /// `n` distinct free ports on 127.0.0.1, below the ephemeral range so outgoing
 /// connections do not take them between our probe and the replica's bind.
+/// A port is handed out at most once per test process, so two tests starting
+/// clusters at the same moment cannot both be given it.
 pub fn free_ports(n: usize) -> Vec<u16> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap();
     let seed = (std::process::id() as u64).wrapping_mul(7919)
         + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     let mut ports = Vec::new();
@@ -91,7 +97,11 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     while ports.len() < n {
         let candidate = 20000 + ((seed + NEXT.fetch_add(1, Ordering::Relaxed) * 37 + i) % 12000) as u16;
         i += 1;
+        if given.contains(&candidate) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", candidate)) {
+            given.insert(candidate);
             ports.push(candidate);
             held.push(l);
         }
@@ -144,10 +154,37 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `n` replicas named `r0`.. with extra arguments `args` (e.g. a mode) and waits until all see each other.
+    ///
+    /// Another process may bind a port between our probe and the replica's
+    /// bind; then the whole cluster starts again on fresh ports (at most three times).
     pub fn start(n: usize, args: &[&str]) -> Cluster {
-        let c = Cluster::start_no_wait(n, args);
-        c.wait_all_up();
-        c
+        for _ in 0..3 {
+            let mut c = Cluster::start_no_wait(n, args);
+            if !c.lost_a_port() {
+                c.wait_all_up();
+                return c;
+            }
+        }
+        panic!("three clusters in a row lost a port to another process");
+    }
+
+    /// Waits until every replica has bound its port (its log says it listens) or
+    /// one has exited; true if one exited because its port was taken.
+    fn lost_a_port(&mut self) -> bool {
+        let mut lost = false;
+        wait_for(slack(Duration::from_secs(20)), || {
+            let mut all = true;
+            for r in &mut self.replicas {
+                let log = fs::read_to_string(&r.log).unwrap_or_default();
+                if !r.running() {
+                    lost = log.contains("Address already in use");
+                    return true;
+                }
+                all &= log.contains(" listening on ");
+            }
+            all
+        });
+        lost
     }
 
     /// Starts `n` replicas without waiting for them to see each other.
