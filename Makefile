@@ -1,6 +1,7 @@
 # quorumkv — build, run a local cluster, test.
 #
 #   make run-replicas     build (release) and start every replica of replicas.txt in the background
+#                         (REPLICAS=cluster-murmur3.txt: a murmur3 cluster with string keys)
 #   make stop-replicas    stop them
 #   make test             the whole test suite
 #   make tsan             the whole test suite under ThreadSanitizer (nightly + rust-src)
@@ -30,7 +31,7 @@ build:
 
 run-replicas: build
 	@mkdir -p $(RUN_DIR)
-	@grep -v '^[[:space:]]*\(#\|$$\)' $(REPLICAS) | sed 's/#.*//' | while read -r name host port; do \
+	@awk '{ sub(/#.*/, "") } NF >= 3 && $$3 ~ /^[0-9]+$$/ { print $$1, $$2, $$3 }' $(REPLICAS) | while read -r name host port; do \
 	  pidfile=$(RUN_DIR)/$$name.pid; \
 	  if [ -f $$pidfile ] && kill -0 "$$(cat $$pidfile)" 2>/dev/null; then \
 	    echo "$$name already running (pid $$(cat $$pidfile))"; continue; \
@@ -41,7 +42,7 @@ run-replicas: build
 	done
 	@sleep 0.5
 	@for f in $(RUN_DIR)/*.pid; do kill -0 "$$(cat $$f)" 2>/dev/null || { echo "$$f: replica exited; see its log:"; tail -3 $${f%.pid}.log; exit 1; }; done
-	@first=$$(grep -v '^[[:space:]]*\(#\|$$\)' $(REPLICAS) | head -1); \
+	@first=$$(awk '{ sub(/#.*/, "") } NF >= 3 && $$3 ~ /^[0-9]+$$/ { print $$1, $$2, $$3; exit }' $(REPLICAS)); \
 	 set -- $$first; \
 	 echo "Connect with: ./target/release/client $$2 $$3    (stop with: make stop-replicas)"
 

@@ -72,6 +72,8 @@ pub struct NodeConfig {
     pub hint_rate: u32,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: usize,
+    /// Largest key accepted in a murmur3 cluster, in bytes.
+    pub max_key_bytes: usize,
     /// Client connections served at once; more are refused.
     pub max_connections: usize,
     /// Interval between heartbeats to each peer.
@@ -111,6 +113,7 @@ impl NodeConfig {
             max_hint_bytes: 128 << 20,
             hint_rate: 2000,
             max_value_bytes: 1 << 20,
+            max_key_bytes: crate::cluster::key::DEFAULT_MAX_KEY_BYTES,
             max_connections: 2048,
             heartbeat_interval: Duration::from_millis(200),
             down_after: Duration::from_millis(1000),
@@ -126,9 +129,10 @@ impl NodeConfig {
         }
     }
 
-    /// The largest frame a replica accepts: the largest value plus room for the envelope.
+    /// The largest frame a replica accepts: the largest value, a full read
+    /// batch of the largest keys, and room for the envelope.
     pub fn max_frame_bytes(&self) -> usize {
-        self.max_value_bytes + 64 * 1024
+        self.max_value_bytes + (crate::message::MAX_BATCH + 1) * (self.max_key_bytes + 8) + 64 * 1024
     }
 }
 

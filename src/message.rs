@@ -19,7 +19,7 @@
 //!
 //! | request | checked |
 //! |---------|---------|
-//! | `Get`, `Delete` | key in `0..=255`, consistency ONE/QUORUM/ALL (or unset) |
+//! | `Get`, `Delete` | the key ([`Partitioner::key`]: `0..=255` byte-ordered, 1 to `--max-key-bytes` bytes murmur3), consistency ONE/QUORUM/ALL (or unset) |
 //! | `Put` | the same, and the value's size against `--max-value-bytes` |
 //! | `Inspect` | key |
 //! | `Ping`, `Status`, `Display` | nothing to check (`Display` values are cut to [`MAX_DISPLAY_VALUE`]) |
@@ -27,13 +27,14 @@
 //! | replica requests, `PeerHello` on a client connection | refused |
 //! | `ReplicaRead` | key |
 //! | `ReplicaWrite` | key, a version present, its value's size unless it is a tombstone |
-//! | `ReplicaReadBatch` | at most [`MAX_BATCH`] keys, each in range |
+//! | `ReplicaReadBatch` | at most [`MAX_BATCH`] keys, each a key of the cluster |
 //! | a second `PeerHello`, client requests (and `Fault`) on a replica link | refused |
 //!
-//! Strings are valid UTF-8 by construction: the decoder refuses anything else.
+//! Strings (names) are valid UTF-8 by construction: the decoder refuses
+//! anything else. Keys and values are bytes.
 
 use crate::cluster::consistency::Consistency;
-use crate::cluster::ring::KEYS;
+use crate::cluster::key::{DEFAULT_MAX_KEY_BYTES, KEYS, Key, Partitioner};
 use crate::error::{Error, Result};
 use crate::proto::{self, request, response};
 use crate::storage::cell::Version;
@@ -42,9 +43,53 @@ use crate::storage::hlc::Timestamp;
 /// The most keys in one `ReplicaReadBatch` (a replica refuses more).
 pub const MAX_BATCH: usize = 1024;
 
-/// `display` shows at most this many bytes of each value, so a dump of all 256
-/// cells stays far below any frame limit.
+/// `display` shows at most this many bytes of each value, so its listing
+/// stays far below any frame limit.
 pub const MAX_DISPLAY_VALUE: u32 = 1024;
+
+/// `display` lists at most this many keys that differ between replicas by default.
+pub const DEFAULT_DISPLAY_KEYS: u32 = 256;
+
+/// The most differing keys `display` lists, whatever the client asks.
+pub const MAX_DISPLAY_KEYS: u32 = 1024;
+
+/// The most cells one replica sends `display` in one reply.
+pub const MAX_DUMP_CELLS: u32 = 65_536;
+
+/// What a replica accepts: its cluster's keys, and its size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Which keys the cluster takes.
+    pub partitioner: Partitioner,
+    /// The largest key of a murmur3 cluster (`--max-key-bytes`).
+    pub max_key_bytes: usize,
+    /// The largest value (`--max-value-bytes`).
+    pub max_value_bytes: usize,
+}
+
+impl Limits {
+    /// A byte-ordered cluster's limits with values up to `max_value_bytes` (the seed's).
+    pub fn byte_ordered(max_value_bytes: usize) -> Limits {
+        Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: DEFAULT_MAX_KEY_BYTES, max_value_bytes }
+    }
+
+    /// Checks a key from the wire.
+    pub fn key(&self, bytes: Vec<u8>) -> Result<Key> {
+        self.partitioner.key(bytes, self.max_key_bytes)
+    }
+
+    /// Checks a value's size.
+    pub fn value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.max_value_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+}
 
 const REPLICA_ON_CLIENT: &str = "replica-to-replica request on a client connection; a replica opens with PeerHello";
 const CLIENT_ON_REPLICA: &str = "client request on a replica link; open a client connection";
@@ -57,23 +102,23 @@ pub enum ClientRequest {
     /// Read a key.
     Get {
         /// The key.
-        key: u8,
+        key: Key,
         /// Replies needed.
         level: Consistency,
     },
     /// Write a value.
     Put {
         /// The key.
-        key: u8,
+        key: Key,
         /// The value (within the limit).
-        value: String,
+        value: Vec<u8>,
         /// Acks needed.
         level: Consistency,
     },
     /// Delete a key (write a tombstone).
     Delete {
         /// The key.
-        key: u8,
+        key: Key,
         /// Acks needed.
         level: Consistency,
     },
@@ -82,12 +127,14 @@ pub enum ClientRequest {
     /// Each replica's version of a key.
     Inspect {
         /// The key.
-        key: u8,
+        key: Key,
     },
     /// Every replica's cells.
     Display {
         /// Values are cut to this many bytes (at most [`MAX_DISPLAY_VALUE`]).
         max_value_len: u32,
+        /// At most this many differing keys are listed.
+        max_keys: u32,
     },
     /// Fault injection (checked by the network layer, which owns the faults).
     Fault(proto::FaultRequest),
@@ -101,19 +148,19 @@ pub enum PeerRequest {
     /// Read the local version of a key.
     Read {
         /// The key.
-        key: u8,
+        key: Key,
     },
     /// Merge a version into the local cell.
     Write {
         /// The key.
-        key: u8,
+        key: Key,
         /// The version, merged by last-write-wins.
         version: Version,
     },
     /// Read the local versions of several keys.
     ReadBatch {
         /// The keys, at most [`MAX_BATCH`].
-        keys: Vec<u8>,
+        keys: Vec<Key>,
     },
     /// Failure detection.
     Heartbeat {
@@ -124,6 +171,10 @@ pub enum PeerRequest {
     Dump {
         /// Values are cut to this many bytes (at most [`MAX_DISPLAY_VALUE`]).
         max_value_len: u32,
+        /// Empty: totals and digests. Otherwise the cells of these slots.
+        slots: Vec<u8>,
+        /// At most this many cells (at most [`MAX_DUMP_CELLS`]).
+        max_keys: u32,
     },
 }
 
@@ -187,37 +238,27 @@ impl From<Error> for Reply {
     }
 }
 
-/// Checks a key and returns it as the store's index.
-pub fn validate_key(key: u32) -> Result<u8> {
-    u8::try_from(key).map_err(|_| Error::InvalidRequest(format!("key {key} is out of range; keys are 0 to {}", KEYS - 1)))
-}
-
-/// Checks a value's size against the replica's limit.
-pub fn validate_value(value: &str, max_value_bytes: usize) -> Result<()> {
-    if value.len() > max_value_bytes {
-        return Err(Error::InvalidRequest(format!("value of {} bytes exceeds the limit of {max_value_bytes} bytes", value.len())));
-    }
-    Ok(())
-}
-
 impl ClientRequest {
     /// Parses and checks a request a client sent (after the connection's first
     /// frame, which may instead be a peer's `PeerHello`).
-    pub fn parse(body: request::Body, max_value_bytes: usize) -> Result<ClientRequest> {
+    pub fn parse(body: request::Body, limits: &Limits) -> Result<ClientRequest> {
         use request::Body as B;
         Ok(match body {
             B::Ping(_) => ClientRequest::Ping,
             B::Status(_) => ClientRequest::Status,
-            B::Display(d) => ClientRequest::Display { max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE) },
-            B::Get(g) => ClientRequest::Get { key: validate_key(g.key)?, level: Consistency::from_proto(g.consistency)? },
+            B::Display(d) => ClientRequest::Display {
+                max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE),
+                max_keys: if d.max_keys == 0 { DEFAULT_DISPLAY_KEYS } else { d.max_keys.min(MAX_DISPLAY_KEYS) },
+            },
+            B::Get(g) => ClientRequest::Get { key: limits.key(g.key)?, level: Consistency::from_proto(g.consistency)? },
             B::Put(p) => {
-                let key = validate_key(p.key)?;
+                let key = limits.key(p.key)?;
                 let level = Consistency::from_proto(p.consistency)?;
-                validate_value(&p.value, max_value_bytes)?;
+                limits.value(&p.value)?;
                 ClientRequest::Put { key, value: p.value, level }
             }
-            B::Delete(d) => ClientRequest::Delete { key: validate_key(d.key)?, level: Consistency::from_proto(d.consistency)? },
-            B::Inspect(i) => ClientRequest::Inspect { key: validate_key(i.key)? },
+            B::Delete(d) => ClientRequest::Delete { key: limits.key(d.key)?, level: Consistency::from_proto(d.consistency)? },
+            B::Inspect(i) => ClientRequest::Inspect { key: limits.key(i.key)? },
             // Fault injection checks its own fields (peer names need the ring), after
             // refusing everything when the replica runs without --enable-fault-injection.
             B::Fault(f) => ClientRequest::Fault(f),
@@ -232,18 +273,28 @@ impl PeerRequest {
     /// Parses and checks a request a peer sent on its replica link (after the
     /// handshake). The clock check of a write needs the replica's clock and is
     /// made by the replica.
-    pub fn parse(body: request::Body, max_value_bytes: usize) -> Result<PeerRequest> {
+    pub fn parse(body: request::Body, limits: &Limits) -> Result<PeerRequest> {
         use request::Body as B;
         Ok(match body {
             B::Ping(_) => PeerRequest::Ping,
             B::Heartbeat(h) => PeerRequest::Heartbeat { from: h.from },
-            B::ReplicaDump(d) => PeerRequest::Dump { max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE) },
-            B::ReplicaRead(r) => PeerRequest::Read { key: validate_key(r.key)? },
+            B::ReplicaDump(d) => {
+                if d.slots.len() > KEYS {
+                    return Err(Error::InvalidRequest(format!("a dump of {} slots; there are {KEYS}", d.slots.len())));
+                }
+                let slots = d
+                    .slots
+                    .into_iter()
+                    .map(|s| u8::try_from(s).map_err(|_| Error::InvalidRequest(format!("slot {s} is out of range; slots are 0 to 255"))))
+                    .collect::<Result<_>>()?;
+                PeerRequest::Dump { max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE), slots, max_keys: d.max_keys.min(MAX_DUMP_CELLS) }
+            }
+            B::ReplicaRead(r) => PeerRequest::Read { key: limits.key(r.key)? },
             B::ReplicaWrite(w) => {
-                let key = validate_key(w.key)?;
+                let key = limits.key(w.key)?;
                 let v = w.version.ok_or_else(|| Error::InvalidRequest("replica write without a version".into()))?;
                 if !v.tombstone {
-                    validate_value(&v.value, max_value_bytes)?;
+                    limits.value(&v.value)?;
                 }
                 PeerRequest::Write { key, version: Version::from_proto(v) }
             }
@@ -251,7 +302,7 @@ impl PeerRequest {
                 if b.keys.len() > MAX_BATCH {
                     return Err(Error::InvalidRequest(format!("a read batch of {} keys exceeds the limit of {MAX_BATCH}", b.keys.len())));
                 }
-                PeerRequest::ReadBatch { keys: b.keys.into_iter().map(validate_key).collect::<Result<_>>()? }
+                PeerRequest::ReadBatch { keys: b.keys.into_iter().map(|k| limits.key(k)).collect::<Result<_>>()? }
             }
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) | B::Fault(_) => {
@@ -265,15 +316,17 @@ impl PeerRequest {
         use request::Body as B;
         match self {
             PeerRequest::Ping => B::Ping(proto::Ping {}),
-            PeerRequest::Read { key } => B::ReplicaRead(proto::ReplicaRead { key: key as u32 }),
+            PeerRequest::Read { key } => B::ReplicaRead(proto::ReplicaRead { key: key.to_vec() }),
             PeerRequest::Write { key, version } => {
-                B::ReplicaWrite(proto::ReplicaWrite { key: key as u32, version: Some(version.into_proto()) })
+                B::ReplicaWrite(proto::ReplicaWrite { key: key.to_vec(), version: Some(version.into_proto()) })
             }
             PeerRequest::ReadBatch { keys } => {
-                B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.into_iter().map(u32::from).collect() })
+                B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.iter().map(Key::to_vec).collect() })
             }
             PeerRequest::Heartbeat { from } => B::Heartbeat(proto::Heartbeat { from }),
-            PeerRequest::Dump { max_value_len } => B::ReplicaDump(proto::ReplicaDump { max_value_len }),
+            PeerRequest::Dump { max_value_len, slots, max_keys } => {
+                B::ReplicaDump(proto::ReplicaDump { max_value_len, slots: slots.into_iter().map(u32::from).collect(), max_keys })
+            }
         }
     }
 }
@@ -329,8 +382,8 @@ impl Reply {
                 match found.filter(|v| !v.is_tombstone()) {
                     None => B::Get(proto::GetResult { value: None, version: None }),
                     Some(v) => B::Get(proto::GetResult {
-                        version: Some(proto::Version { micros: v.ts.micros, node: v.ts.node, tombstone: false, value: String::new() }),
-                        value: v.value,
+                        version: Some(proto::Version { micros: v.ts.micros, node: v.ts.node, tombstone: false, value: Vec::new() }),
+                        value: v.value.map(Vec::from),
                     }),
                 }
             }
@@ -347,19 +400,19 @@ impl Reply {
 /// Checks a request as it arrives on a client connection (after its first
 /// frame, which may instead be a peer's `PeerHello`): a body is present and
 /// [`ClientRequest::parse`] accepts it.
-pub fn validate_request(req: &proto::Request, max_value_bytes: usize) -> Result<()> {
+pub fn validate_request(req: &proto::Request, limits: &Limits) -> Result<()> {
     match &req.body {
         None => Err(Error::InvalidRequest("empty request".into())),
-        Some(body) => ClientRequest::parse(body.clone(), max_value_bytes).map(drop),
+        Some(body) => ClientRequest::parse(body.clone(), limits).map(drop),
     }
 }
 
 /// Checks a request a peer sent on its replica link (after the handshake):
 /// a body is present and [`PeerRequest::parse`] accepts it.
-pub fn validate_peer_request(req: &proto::Request, max_value_bytes: usize) -> Result<()> {
+pub fn validate_peer_request(req: &proto::Request, limits: &Limits) -> Result<()> {
     match &req.body {
         None => Err(Error::InvalidRequest("empty request".into())),
-        Some(body) => PeerRequest::parse(body.clone(), max_value_bytes).map(drop),
+        Some(body) => PeerRequest::parse(body.clone(), limits).map(drop),
     }
 }
 
@@ -369,13 +422,15 @@ mod tests {
     use crate::proto::request::Body as B;
 
     const MAX_VALUE: usize = 100;
+    const BYTES: Limits = Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: 8, max_value_bytes: MAX_VALUE };
+    const MURMUR: Limits = Limits { partitioner: Partitioner::Murmur3, max_key_bytes: 8, max_value_bytes: MAX_VALUE };
 
     fn client(body: B) -> Result<()> {
-        validate_request(&proto::Request { id: 1, body: Some(body) }, MAX_VALUE)
+        validate_request(&proto::Request { id: 1, body: Some(body) }, &BYTES)
     }
 
     fn peer(body: B) -> Result<()> {
-        validate_peer_request(&proto::Request { id: 1, body: Some(body) }, MAX_VALUE)
+        validate_peer_request(&proto::Request { id: 1, body: Some(body) }, &BYTES)
     }
 
     fn refused(r: Result<()>, needle: &str) {
@@ -385,44 +440,62 @@ mod tests {
         }
     }
 
+    fn k(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
     #[test]
     fn client_requests_are_checked_field_by_field() {
-        assert!(client(B::Get(proto::Get { key: 255, consistency: 2 })).is_ok());
-        refused(client(B::Get(proto::Get { key: 256, consistency: 2 })), "key 256 is out of range");
-        refused(client(B::Get(proto::Get { key: u32::MAX, consistency: 0 })), "out of range");
-        refused(client(B::Get(proto::Get { key: 1, consistency: 4 })), "unknown consistency level 4");
-        refused(client(B::Delete(proto::Delete { key: 1, consistency: -1 })), "unknown consistency level -1");
-        refused(client(B::Delete(proto::Delete { key: 300, consistency: 1 })), "out of range");
-        assert!(client(B::Put(proto::Put { key: 0, value: "v".repeat(MAX_VALUE), consistency: 3 })).is_ok());
-        refused(client(B::Put(proto::Put { key: 0, value: "v".repeat(MAX_VALUE + 1), consistency: 3 })), "exceeds the limit of 100");
-        refused(client(B::Put(proto::Put { key: 0, value: String::new(), consistency: 9 })), "consistency");
-        refused(client(B::Inspect(proto::InspectRequest { key: 1000 })), "out of range");
-        assert!(client(B::Display(proto::DisplayRequest { max_value_len: u32::MAX })).is_ok());
-        refused(validate_request(&proto::Request { id: 3, body: None }, MAX_VALUE), "empty request");
+        assert!(client(B::Get(proto::Get { key: k("255"), consistency: 2 })).is_ok());
+        refused(client(B::Get(proto::Get { key: k("256"), consistency: 2 })), "key 256 is out of range");
+        refused(client(B::Get(proto::Get { key: k("4294967295"), consistency: 0 })), "out of range");
+        refused(client(B::Get(proto::Get { key: k("user:1"), consistency: 0 })), "partitioner murmur3");
+        refused(client(B::Get(proto::Get { key: k("1"), consistency: 4 })), "unknown consistency level 4");
+        refused(client(B::Delete(proto::Delete { key: k("1"), consistency: -1 })), "unknown consistency level -1");
+        refused(client(B::Delete(proto::Delete { key: k("300"), consistency: 1 })), "out of range");
+        assert!(client(B::Put(proto::Put { key: k("0"), value: vec![b'v'; MAX_VALUE], consistency: 3 })).is_ok());
+        refused(client(B::Put(proto::Put { key: k("0"), value: vec![b'v'; MAX_VALUE + 1], consistency: 3 })), "exceeds the limit of 100");
+        refused(client(B::Put(proto::Put { key: k("0"), value: Vec::new(), consistency: 9 })), "consistency");
+        refused(client(B::Inspect(proto::InspectRequest { key: k("1000") })), "out of range");
+        assert!(client(B::Display(proto::DisplayRequest { max_value_len: u32::MAX, max_keys: u32::MAX })).is_ok());
+        refused(validate_request(&proto::Request { id: 3, body: None }, &BYTES), "empty request");
         for replica_only in [
             B::Hello(proto::PeerHello::default()),
-            B::ReplicaRead(proto::ReplicaRead { key: 1 }),
+            B::ReplicaRead(proto::ReplicaRead { key: k("1") }),
             B::ReplicaWrite(proto::ReplicaWrite::default()),
             B::Heartbeat(proto::Heartbeat::default()),
             B::ReplicaDump(proto::ReplicaDump::default()),
-            B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![1] }),
+            B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("1")] }),
         ] {
             refused(client(replica_only), "replica-to-replica request on a client connection");
         }
     }
 
     #[test]
+    fn murmur3_keys_are_bytes_within_the_limit() {
+        let parse = |body| ClientRequest::parse(body, &MURMUR);
+        let got = parse(B::Put(proto::Put { key: vec![0xff, 0, b'k'], value: vec![0x80, 0], consistency: 2 })).unwrap();
+        assert_eq!(got, ClientRequest::Put { key: Key::trusted(vec![0xff, 0, b'k']), value: vec![0x80, 0], level: Consistency::Quorum });
+        let refuse = |body, needle: &str| refused(parse(body).map(drop), needle);
+        refuse(B::Get(proto::Get { key: Vec::new(), consistency: 1 }), "the key is empty");
+        refuse(B::Get(proto::Get { key: vec![b'x'; 9], consistency: 1 }), "key of 9 bytes exceeds the limit of 8 bytes");
+        assert!(parse(B::Get(proto::Get { key: vec![b'x'; 8], consistency: 1 })).is_ok());
+        let batch = PeerRequest::parse(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("a"), Vec::new()] }), &MURMUR);
+        refused(batch.map(drop), "the key is empty");
+    }
+
+    #[test]
     fn peer_requests_are_checked_field_by_field() {
-        let v = |tombstone, value: &str| Some(proto::Version { micros: 1, node: 0, tombstone, value: value.into() });
-        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: 3, version: v(false, "x") })).is_ok());
-        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: 3, version: None })), "without a version");
-        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: 256, version: v(false, "x") })), "out of range");
-        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: 3, version: v(false, &"x".repeat(MAX_VALUE + 1)) })), "exceeds");
-        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: 3, version: v(true, "") })).is_ok());
-        refused(peer(B::ReplicaRead(proto::ReplicaRead { key: 256 })), "out of range");
-        assert!(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![255; MAX_BATCH] })).is_ok());
-        refused(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![0; MAX_BATCH + 1] })), "exceeds the limit");
-        refused(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![0, 256] })), "out of range");
+        let v = |tombstone, value: &str| Some(proto::Version { micros: 1, node: 0, tombstone, value: k(value) });
+        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(false, "x") })).is_ok());
+        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: None })), "without a version");
+        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("256"), version: v(false, "x") })), "out of range");
+        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(false, &"x".repeat(MAX_VALUE + 1)) })), "exceeds");
+        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(true, "") })).is_ok());
+        refused(peer(B::ReplicaRead(proto::ReplicaRead { key: k("256") })), "out of range");
+        assert!(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("255"); MAX_BATCH] })).is_ok());
+        refused(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("0"); MAX_BATCH + 1] })), "exceeds the limit");
+        refused(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("0"), k("256")] })), "out of range");
         refused(peer(B::Hello(proto::PeerHello::default())), "second PeerHello");
         refused(peer(B::Get(proto::Get::default())), "client request on a replica link");
         assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into() })).is_ok());

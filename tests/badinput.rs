@@ -31,7 +31,7 @@ use common::{Cluster, slack, under_tsan, wait_for};
 use prost::Message;
 use quorumkv::cluster::consistency::Consistency::Quorum;
 use quorumkv::coordinator::readbatch::MAX_BATCH;
-use quorumkv::message::{validate_peer_request, validate_request};
+use quorumkv::message::{Limits, validate_peer_request, validate_request};
 use quorumkv::net::frame::{FrameError, FrameReader};
 use quorumkv::proto::{self, request::Body as B, response::Body as R};
 
@@ -160,9 +160,9 @@ fn invalid_utf8(rng: &mut Rng) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // Requests to mutate.
 
-fn value(rng: &mut Rng) -> String {
+fn value(rng: &mut Rng) -> Vec<u8> {
     let parts = ["a", "bc", "é", "€", "😀", "z", "0"];
-    (0..rng.below(24)).map(|_| rng.pick(&parts)).collect()
+    (0..rng.below(24)).map(|_| rng.pick(&parts)).collect::<String>().into_bytes()
 }
 
 fn version(rng: &mut Rng) -> proto::Version {
@@ -176,7 +176,7 @@ fn consistency(rng: &mut Rng) -> i32 {
 
 /// A well-formed client request (a valid key, level and value).
 fn client_base(rng: &mut Rng) -> proto::Request {
-    let key = rng.below(256) as u32;
+    let key = rng.below(256).to_string().into_bytes();
     // Weighted towards the kinds that are cheap when a mutation leaves them valid:
     // the ones that ask other replicas (inspect, display above all) cost the most.
     let body = match rng.below(20) {
@@ -186,7 +186,7 @@ fn client_base(rng: &mut Rng) -> proto::Request {
         11..=12 => B::Delete(proto::Delete { key, consistency: consistency(rng) }),
         13..=14 => B::Status(proto::StatusRequest {}),
         15 => B::Inspect(proto::InspectRequest { key }),
-        16 => B::Display(proto::DisplayRequest { max_value_len: rng.below(2000) as u32 }),
+        16 => B::Display(proto::DisplayRequest { max_value_len: rng.below(2000) as u32, max_keys: rng.below(2000) as u32 }),
         _ => B::Fault(proto::FaultRequest {
             action: rng.below(5) as i32,
             peers: vec!["r1".into()],
@@ -200,21 +200,27 @@ fn client_base(rng: &mut Rng) -> proto::Request {
 
 /// A well-formed replica-to-replica request.
 fn peer_base(rng: &mut Rng) -> proto::Request {
-    let key = rng.below(256) as u32;
+    let key = rng.below(256).to_string().into_bytes();
     let body = match rng.below(8) {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
         3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)) }),
         5 => B::Heartbeat(proto::Heartbeat { from: "r1".into() }),
-        6 => B::ReplicaDump(proto::ReplicaDump { max_value_len: rng.below(64) as u32 }),
-        _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| rng.below(256) as u32).collect() }),
+        6 => B::ReplicaDump(proto::ReplicaDump {
+            max_value_len: rng.below(64) as u32,
+            slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
+            max_keys: rng.below(100) as u32,
+        }),
+        _ => B::ReplicaReadBatch(proto::ReplicaReadBatch {
+            keys: (0..1 + rng.below(20)).map(|_| rng.below(256).to_string().into_bytes()).collect(),
+        }),
     };
     proto::Request { id: rng.next() >> rng.below(64), body: Some(body) }
 }
 
 /// The keys of a huge read batch: mostly just over the limit, now and then up to
 /// 20,000 (about 40 KB of frame); keys below `range`, some past 255 when it allows.
-fn batch_keys(rng: &mut Rng, range: u32) -> Vec<u32> {
+fn batch_keys(rng: &mut Rng, range: u32) -> Vec<Vec<u8>> {
     let n = match rng.below(40) {
         0 => 20_000,
         1..=4 => 1 + rng.below(5000),
@@ -222,7 +228,7 @@ fn batch_keys(rng: &mut Rng, range: u32) -> Vec<u32> {
         _ => MAX_BATCH + 1 + rng.below(64),
     };
     let step = 1 + rng.below(7) as u32;
-    (0..n as u32).map(|i| (i * step) % range).collect()
+    (0..n as u32).map(|i| ((i * step) % range).to_string().into_bytes()).collect()
 }
 
 fn hello(ring: &quorumkv::cluster::ring::Ring, name: &str) -> proto::PeerHello {
@@ -279,7 +285,7 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
         // Keys out of range.
         50..=56 => {
             let any = 256 + rng.below(1 << 20) as u32;
-            let key = rng.pick(&[256, 257, 1000, 65_536, 1 << 31, u32::MAX - 1, u32::MAX, any]);
+            let key = rng.pick(&[256, 257, 1000, 65_536, 1 << 31, u32::MAX - 1, u32::MAX, any]).to_string().into_bytes();
             let body = match rng.below(4) {
                 0 => B::Get(proto::Get { key, consistency: consistency(rng) }),
                 1 => B::Put(proto::Put { key, value: value(rng), consistency: consistency(rng) }),
@@ -292,7 +298,7 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
         57..=63 => {
             let any = 4 + rng.below(1 << 30) as i32;
             let c = rng.pick(&[4, 5, 7, 100, -1, -2, i32::MIN, i32::MAX, any]);
-            let key = rng.below(256) as u32;
+            let key = rng.below(256).to_string().into_bytes();
             let body = match rng.below(3) {
                 0 => B::Get(proto::Get { key, consistency: c }),
                 1 => B::Put(proto::Put { key, value: value(rng), consistency: c }),
@@ -303,7 +309,11 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
         // Values above the replica's limit (mostly just above; some up to the frame cap).
         64..=68 => {
             let extra = if rng.chance(20) { rng.below(max_frame() - MAX_VALUE - 64) } else { rng.below(2000) };
-            let put = proto::Put { key: rng.below(256) as u32, value: "v".repeat(MAX_VALUE + 1 + extra), consistency: consistency(rng) };
+            let put = proto::Put {
+                key: rng.below(256).to_string().into_bytes(),
+                value: vec![b'v'; MAX_VALUE + 1 + extra],
+                consistency: consistency(rng),
+            };
             proto::Request { id, body: Some(B::Put(put)) }.encode_to_vec()
         }
         // Invalid UTF-8 in every string field a request has.
@@ -384,11 +394,11 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
         // Valid requests of the wrong kind: replica-to-replica requests and a second PeerHello on a client connection.
         81..=88 => {
             let body = match rng.below(7) {
-                0 => B::ReplicaWrite(proto::ReplicaWrite { key: rng.below(256) as u32, version: Some(version(rng)) }),
-                1 => B::ReplicaRead(proto::ReplicaRead { key: rng.below(300) as u32 }),
+                0 => B::ReplicaWrite(proto::ReplicaWrite { key: rng.below(256).to_string().into_bytes(), version: Some(version(rng)) }),
+                1 => B::ReplicaRead(proto::ReplicaRead { key: rng.below(300).to_string().into_bytes() }),
                 2 => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: batch_keys(rng, 300) }),
                 3 => B::Heartbeat(proto::Heartbeat { from: "r1".into() }),
-                4 => B::ReplicaDump(proto::ReplicaDump { max_value_len: u32::MAX }),
+                4 => B::ReplicaDump(proto::ReplicaDump { max_value_len: u32::MAX, slots: vec![], max_keys: u32::MAX }),
                 _ => B::Hello(hello(ring, rng.pick(&["r0", "r1", "r2", "r9"]))),
             };
             proto::Request { id, body: Some(body) }.encode_to_vec()
@@ -413,7 +423,7 @@ fn response(rng: &mut Rng) -> proto::Response {
         6 => R::ReplicaWrite(proto::WriteAck { applied: true }),
         7 => R::ReplicaReadBatch(proto::ReadBatchResult { results: vec![proto::ReadResult { version: Some(version(rng)) }; 3] }),
         8 => R::Heartbeat(proto::HeartbeatAck { name: "r2".into(), storage: Some(proto::StorageStats::default()) }),
-        _ => R::Inspect(proto::InspectResult { key: 3, replicas: vec![proto::InspectEntry::default()] }),
+        _ => R::Inspect(proto::InspectResult { key: b"3".to_vec(), replicas: vec![proto::InspectEntry::default()] }),
     };
     proto::Response { id: rng.next(), body: Some(body) }
 }
@@ -421,7 +431,7 @@ fn response(rng: &mut Rng) -> proto::Response {
 /// Body of one request that arrives on a replica link.
 fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
     let id = rng.next() >> rng.below(64);
-    let key = rng.below(256) as u32;
+    let key = rng.below(256).to_string().into_bytes();
     let body = match rng.below(100) {
         0..=44 => {
             let mut body = peer_base(rng).encode_to_vec();
@@ -433,13 +443,15 @@ fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
             mutate_bytes(rng, &mut body);
             return body;
         }
-        55..=59 | 77..=79 => B::ReplicaRead(proto::ReplicaRead { key: 256 + rng.below(1 << 30) as u32 }),
-        60..=64 => B::ReplicaWrite(proto::ReplicaWrite { key: rng.pick(&[256, u32::MAX]), version: Some(version(rng)) }),
+        55..=59 | 77..=79 => B::ReplicaRead(proto::ReplicaRead { key: (256 + rng.below(1 << 30)).to_string().into_bytes() }),
+        60..=64 => {
+            B::ReplicaWrite(proto::ReplicaWrite { key: rng.pick(&[256, u32::MAX]).to_string().into_bytes(), version: Some(version(rng)) })
+        }
         65..=67 => B::ReplicaWrite(proto::ReplicaWrite { key, version: None }),
         68..=71 => {
             let mut v = version(rng);
             v.tombstone = false;
-            v.value = "w".repeat(MAX_VALUE + 1 + rng.below(3000));
+            v.value = vec![b'w'; MAX_VALUE + 1 + rng.below(3000)];
             B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(v) })
         }
         72..=74 => {
@@ -451,11 +463,13 @@ fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
         75..=76 => {
             let mut keys = batch_keys(rng, 256);
             if keys.len() <= MAX_BATCH {
-                keys.resize(MAX_BATCH + 1 + rng.below(8), 7);
+                keys.resize(MAX_BATCH + 1 + rng.below(8), b"7".to_vec());
             }
             B::ReplicaReadBatch(proto::ReplicaReadBatch { keys })
         }
-        80..=81 => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![1, 2, rng.pick(&[256, u32::MAX])] }),
+        80..=81 => B::ReplicaReadBatch(proto::ReplicaReadBatch {
+            keys: vec![b"1".to_vec(), b"2".to_vec(), rng.pick(&[256, u32::MAX]).to_string().into_bytes()],
+        }),
         82..=85 => return client_base(rng).encode_to_vec(),
         86..=87 => B::Hello(hello(ring, "r1")),
         88..=91 => {
@@ -508,8 +522,8 @@ fn expect(role: Role, body: &[u8]) -> Expect {
         Err(e) => (0, Want::Refused(format!("malformed request: {e}"))),
         Ok(req) => {
             let checked = match role {
-                Role::Client => validate_request(&req, MAX_VALUE),
-                Role::Peer => validate_peer_request(&req, MAX_VALUE),
+                Role::Client => validate_request(&req, &Limits::byte_ordered(MAX_VALUE)),
+                Role::Peer => validate_peer_request(&req, &Limits::byte_ordered(MAX_VALUE)),
             };
             let want = match (checked, req.body) {
                 (Err(e), _) => Want::Refused(e.message().to_string()),
@@ -1035,7 +1049,7 @@ fn every_replica_survives_a_flood_of_mutated_frames() {
         let v = format!("after the flood via r{i} ({seed:#x})");
         c.client(i).put(key, &v, Quorum).unwrap_or_else(|e| panic!("put through r{i}: {e}\n{}", c.logs()));
         let j = (i + 1) % REPLICAS;
-        assert_eq!(c.client(j).get(key, Quorum).unwrap().as_deref(), Some(v.as_str()), "read through r{j}");
+        assert_eq!(c.client(j).get_text(key, Quorum).unwrap().as_deref(), Some(v.as_str()), "read through r{j}");
     }
 
     // (b) Memory. What a replica may legitimately hold for this flood: per connection a

@@ -45,7 +45,7 @@ get 5
     let err = stderr(&out);
     let errs: Vec<&str> = err.lines().collect();
     assert_eq!(errs.len(), 3, "{err}");
-    assert!(errs[0].starts_with("error: key must be an integer from 0 to 255"));
+    assert!(errs[0].starts_with("error: Invalid request: key 300 is out of range; keys are 0 to 255"), "{}", errs[0]);
     assert!(errs[1].contains("unknown consistency level \"world\"") && errs[1].contains("put 5 \"hello world\""), "{}", errs[1]);
     assert!(errs[2].starts_with("error: unknown command"));
     assert!(!stdout(&out).contains("quorumkv"), "no prompt on a pipe");

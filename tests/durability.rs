@@ -18,12 +18,19 @@ use quorumkv::Error;
 use quorumkv::client::Client;
 use quorumkv::cluster::consistency::Consistency::{All, One, Quorum};
 
-/// Each replica's version of every key it holds (micros, node), read through `display` at `via`.
-fn versions_on(c: &Cluster, via: usize, name: &str) -> HashMap<u32, (u64, u32)> {
-    let d = c.client(via).display(0).unwrap();
-    let r = d.replicas.into_iter().find(|r| r.name == name).unwrap();
-    assert!(r.reachable, "{name} unreachable: {}", r.error);
-    r.cells.into_iter().map(|kv| (kv.key, kv.version.map(|v| (v.micros, v.node)).unwrap())).collect()
+/// Replica `name`'s version (micros, node) of each of `keys` it holds, read through `inspect` at `via`.
+fn versions_on(c: &Cluster, via: usize, name: &str, keys: impl IntoIterator<Item = u32>) -> HashMap<u32, (u64, u32)> {
+    let mut client = c.client(via);
+    let mut held = HashMap::new();
+    for key in keys {
+        let i = client.inspect(key).unwrap();
+        let Some(e) = i.replicas.into_iter().find(|e| e.name == name) else { continue };
+        assert!(e.reachable, "{name} unreachable: {}", e.error);
+        if let Some(v) = e.version {
+            held.insert(key, (v.micros, v.node));
+        }
+    }
+    held
 }
 
 /// The (key, micros, node) lines of a replica's ack log.
@@ -58,7 +65,7 @@ fn acked_writes_survive_kill_9(fsync: &str) {
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let key = ((t * 37 + i * 11) % 256) as u32;
-                    if cl.put(key, &format!("t{t}-{i}"), Quorum).is_ok() {
+                    if cl.put(key, format!("t{t}-{i}"), Quorum).is_ok() {
                         *acked.lock().unwrap() += 1;
                     }
                 }
@@ -81,7 +88,8 @@ fn acked_writes_survive_kill_9(fsync: &str) {
         c.kill(i);
     }
     c.restart(1);
-    let held = versions_on(&c, 1, "r1");
+    let keys: std::collections::BTreeSet<u32> = acks.iter().map(|&(k, _, _)| k).collect();
+    let held = versions_on(&c, 1, "r1", keys);
     let lost: Vec<_> = acks.iter().filter(|(k, m, n)| held.get(k).is_none_or(|&have| have < (*m, *n))).take(5).collect();
     assert!(lost.is_empty(), "fsync {fsync}: r1 lost acknowledged writes, e.g. {lost:?} (of {} acks)\n{}", acks.len(), c.logs());
 }
@@ -110,10 +118,10 @@ fn a_restarted_replica_alone_serves_its_own_data_at_one() {
         c.kill(i);
     }
     c.restart(0);
-    assert_eq!(c.client(0).get(5, One).unwrap().as_deref(), Some("kept"));
-    assert_eq!(c.client(0).get(6, One).unwrap(), None, "the tombstone survived too");
-    assert!(matches!(c.client(0).get(5, Quorum), Err(Error::Unavailable(_))));
-    assert!(matches!(c.client(0).get(70, One), Err(Error::Unavailable(_))), "r0 holds no replica of key 70");
+    assert_eq!(c.client(0).get_text(5, One).unwrap().as_deref(), Some("kept"));
+    assert_eq!(c.client(0).get_text(6, One).unwrap(), None, "the tombstone survived too");
+    assert!(matches!(c.client(0).get_text(5, Quorum), Err(Error::Unavailable(_))));
+    assert!(matches!(c.client(0).get_text(70, One), Err(Error::Unavailable(_))), "r0 holds no replica of key 70");
 }
 
 #[test]
@@ -124,7 +132,7 @@ fn in_memory_replicas_forget_on_restart() {
         c.kill(i);
     }
     c.restart(0);
-    assert_eq!(c.client(0).get(5, One).unwrap(), None);
+    assert_eq!(c.client(0).get_text(5, One).unwrap(), None);
 }
 
 /// The newest log file of replica `i` that holds records.
@@ -153,7 +161,7 @@ fn a_torn_tail_is_cut_with_a_log_line() {
     for i in 1..4 {
         c.kill(i);
     }
-    assert_eq!(c.client(0).get(5, One).unwrap().as_deref(), Some("before-the-tear"));
+    assert_eq!(c.client(0).get_text(5, One).unwrap().as_deref(), Some("before-the-tear"));
 }
 
 #[test]
@@ -195,7 +203,7 @@ fn snapshot_cycles_under_load_lose_nothing() {
                 let mut last = HashMap::new();
                 for i in 0..ops {
                     let key = t * 32 + (i % 8);
-                    cl.put(key, &format!("{i:06}"), Quorum).unwrap();
+                    cl.put(key, format!("{i:06}"), Quorum).unwrap();
                     last.insert(key, i);
                 }
                 last
@@ -218,7 +226,7 @@ fn snapshot_cycles_under_load_lose_nothing() {
     }
     c.wait_all_up();
     for (key, i) in last {
-        let got: u32 = c.client(key as usize % 4).get(key, Quorum).unwrap().expect("value").parse().unwrap();
+        let got: u32 = c.client(key as usize % 4).get_text(key, Quorum).unwrap().expect("value").parse().unwrap();
         assert!(got >= i, "key {key}: read {got}, but {i} was acknowledged");
     }
 }
@@ -230,7 +238,7 @@ fn hints_survive_their_holders_restart() {
     c.kill(3);
     c.wait_seen(0, 3, false);
     for key in [70u32, 80, 150, 200] {
-        c.client(0).put(key, &format!("hinted-{key}"), Quorum).unwrap();
+        c.client(0).put(key, format!("hinted-{key}"), Quorum).unwrap();
     }
     assert!(wait_for(slack(Duration::from_secs(5)), || c.client(0).status().unwrap().replicas[3].hints == 4));
     c.kill(0);
@@ -244,7 +252,11 @@ fn hints_survive_their_holders_restart() {
     let ok = wait_for(slack(Duration::from_secs(10)), || {
         [70u32, 80, 150, 200].iter().all(|&k| {
             let i = c.client(1).inspect(k).unwrap();
-            i.replicas.iter().find(|e| e.name == "r3").and_then(|e| e.version.clone()).is_some_and(|v| v.value == format!("hinted-{k}"))
+            i.replicas
+                .iter()
+                .find(|e| e.name == "r3")
+                .and_then(|e| e.version.clone())
+                .is_some_and(|v| v.value == format!("hinted-{k}").into_bytes())
         })
     });
     assert!(ok, "r3 did not get the hints after r0's restart\n{}", c.logs());
@@ -264,7 +276,7 @@ fn a_full_disk_refuses_writes_but_keeps_the_replica_up() {
     // Key 100 lives on r1, r2, r3. Each write adds 60 KB to r1's log.
     let mut refused = None;
     for n in 0..20 {
-        match c.client(0).put(100, &format!("{n}{big}"), All) {
+        match c.client(0).put(100, format!("{n}{big}"), All) {
             Ok(_) => {}
             Err(e) => {
                 refused = Some(e);
@@ -277,13 +289,13 @@ fn a_full_disk_refuses_writes_but_keeps_the_replica_up() {
     let m = e.to_string();
     assert!(m.contains("r1") && m.contains("log") && m.contains("File too large"), "{m}");
     // r1 is up and serves reads.
-    assert!(c.client(1).get(100, One).unwrap().is_some());
+    assert!(c.client(1).get_text(100, One).unwrap().is_some());
     assert!(c.client(1).status().is_ok());
     // It recovers: a snapshot (one 60 KB cell) starts a fresh log and writes are logged again.
     let t = Instant::now();
     let ok = wait_for(slack(Duration::from_secs(10)), || c.client(0).put(100, "small-again", All).is_ok());
     assert!(ok, "r1 never accepted writes again\n{}", c.logs());
-    assert_eq!(c.client(1).get(100, One).unwrap().as_deref(), Some("small-again"));
+    assert_eq!(c.client(1).get_text(100, One).unwrap().as_deref(), Some("small-again"));
     eprintln!("recovered after {:?}", t.elapsed());
     assert!(c.log(1).contains("cannot write the log") && c.log(1).contains("can be written again"), "{}", c.log(1));
 }

@@ -73,7 +73,7 @@ fn a_partitioned_replica_gets_its_missed_writes_by_hint_after_the_heal() {
     }
     // The majority side still serves key 70 (r1, r2, r3) at QUORUM; r3's side cannot.
     c.client(1).put(70, "written-during-partition", Quorum).unwrap();
-    match c.client(3).get(70, Quorum) {
+    match c.client(3).get_text(70, Quorum) {
         Err(Error::Unavailable(m)) => assert!(m.contains("need 2 of 3 replicas for key 70"), "{m}"),
         other => panic!("the minority side must refuse QUORUM, got {other:?}"),
     }
@@ -94,10 +94,10 @@ fn a_slow_link_delays_all_but_not_quorum() {
     for direction in [FaultDirection::To, FaultDirection::From] {
         c.client(0).fault(delay(&["r2"], d, direction)).unwrap();
         let t = Instant::now();
-        c.client(0).put(5, &format!("quorum-{direction:?}"), Quorum).unwrap();
+        c.client(0).put(5, format!("quorum-{direction:?}"), Quorum).unwrap();
         let quorum = t.elapsed();
         let t = Instant::now();
-        let w = c.client(0).put(5, &format!("all-{direction:?}"), All).unwrap();
+        let w = c.client(0).put(5, format!("all-{direction:?}"), All).unwrap();
         let all = t.elapsed();
         assert_eq!(w.acks, 3);
         assert!(quorum < Duration::from_millis(d as u64 * 2 / 3), "{direction:?}: QUORUM waited for the slow replica: {quorum:?}");
@@ -143,7 +143,7 @@ fn a_slow_replica_does_not_hold_up_one_reads_through_a_non_replica() {
     let mut slowest = Duration::ZERO;
     for _ in 0..20 {
         let t = Instant::now();
-        assert_eq!(client.get(70, One).unwrap().as_deref(), Some("v"));
+        assert_eq!(client.get_text(70, One).unwrap().as_deref(), Some("v"));
         slowest = slowest.max(t.elapsed());
     }
     assert!(slowest < Duration::from_millis(d / 3), "a ONE read waited for the slow replica: {slowest:?}");
@@ -170,7 +170,10 @@ fn deferred_replies_keep_request_order() {
     let mut buf = Vec::new();
     for round in 0..20u64 {
         for (id, key) in [(2 * round, 70), (2 * round + 1, 5)] {
-            encode_frame(&proto::Request { id, body: Some(Body::Get(proto::Get { key, consistency: one })) }, &mut buf);
+            encode_frame(
+                &proto::Request { id, body: Some(Body::Get(proto::Get { key: key.to_string().into_bytes(), consistency: one })) },
+                &mut buf,
+            );
             (&s).write_all(&buf).unwrap();
             // Scenario shaping, not synchronisation: the far read usually arrives
             // alone (and is deferred) before the near one follows.
@@ -180,7 +183,7 @@ fn deferred_replies_keep_request_order() {
             let r = proto::Response::decode(replies.read_frame().unwrap().unwrap()).unwrap();
             assert_eq!(r.id, id, "round {round}: replies out of request order");
             match r.body {
-                Some(response::Body::Get(g)) => assert_eq!(g.value.as_deref(), Some(value)),
+                Some(response::Body::Get(g)) => assert_eq!(g.value.as_deref(), Some(value.as_bytes())),
                 other => panic!("unexpected reply {other:?}"),
             }
         }

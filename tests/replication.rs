@@ -23,14 +23,14 @@ fn quorum_put_is_read_back_through_every_coordinator() {
         let w = c.client(via).put(key, &value, Quorum).unwrap();
         assert!(w.acks >= 2);
         for reader in 0..4 {
-            assert_eq!(c.client(reader).get(key, Quorum).unwrap().as_deref(), Some(value.as_str()), "key {key} read via r{reader}");
+            assert_eq!(c.client(reader).get_text(key, Quorum).unwrap().as_deref(), Some(value.as_str()), "key {key} read via r{reader}");
         }
     }
     // r0 is not a replica of key 70: it coordinated, but holds nothing.
     let i = c.client(0).inspect(70).unwrap();
     let names: Vec<&str> = i.replicas.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["r1", "r2", "r3"]);
-    assert!(i.replicas.iter().all(|e| e.version.as_ref().is_some_and(|v| v.value == "value-70-via-0")));
+    assert!(i.replicas.iter().all(|e| e.version.as_ref().is_some_and(|v| v.value == b"value-70-via-0")));
 }
 
 #[test]
@@ -39,12 +39,12 @@ fn one_down_quorum_works_two_down_unavailable_and_all_needs_three() {
     c.kill(3); // key 70 on r1, r2, r3
     c.wait_seen(0, 3, false);
     c.client(0).put(70, "with-one-down", Quorum).unwrap();
-    assert_eq!(c.client(0).get(70, Quorum).unwrap().as_deref(), Some("with-one-down"));
+    assert_eq!(c.client(0).get_text(70, Quorum).unwrap().as_deref(), Some("with-one-down"));
     match c.client(0).put(70, "all", All) {
         Err(Error::Unavailable(m)) => assert_eq!(m, "need 3 of 3 replicas for key 70, 2 alive"),
         other => panic!("ALL with a replica down must be Unavailable, got {other:?}"),
     }
-    match c.client(0).get(70, All) {
+    match c.client(0).get_text(70, All) {
         Err(Error::Unavailable(_)) => {}
         other => panic!("ALL read with a replica down must be Unavailable, got {other:?}"),
     }
@@ -112,7 +112,7 @@ fn read_repair_fixes_a_stale_replica_after_one_read_at_one() {
     // Keys whose replicas include r2, each to be read through a different coordinator.
     let cases = [(10u32, 0usize), (70, 1), (150, 3), (20, 2), (100, 2)];
     for (key, _) in cases {
-        c.client(0).put(key, &format!("fresh-{key}"), Quorum).unwrap();
+        c.client(0).put(key, format!("fresh-{key}"), Quorum).unwrap();
     }
     for i in [0, 1, 3] {
         assert_eq!(c.client(i).status().unwrap().replicas[2].hints, 0, "READ-REPAIR mode keeps no hints");
@@ -122,7 +122,7 @@ fn read_repair_fixes_a_stale_replica_after_one_read_at_one() {
     for (key, via) in cases {
         assert_eq!(c.held(0, key, "r2"), None, "r2 must start stale for key {key}");
         // One read at ONE through `via` (r2 itself for some keys: its own stale copy answers first).
-        let _ = c.client(via).get(key, One).unwrap();
+        let _ = c.client(via).get_text(key, One).unwrap();
         let want = format!("fresh-{key}");
         let ok = wait_for(slack(Duration::from_secs(2)), || c.held(0, key, "r2").as_deref() == Some(want.as_str()));
         assert!(ok, "r2 not repaired for key {key} within 2 s of a read via r{via}; logs:\n{}", c.logs());
@@ -142,7 +142,7 @@ fn quorum_read_through_a_stale_replica_returns_the_newest_value() {
     c.restart(1);
     c.wait_all_up();
     assert_eq!(c.held(0, 5, "r1"), None);
-    assert_eq!(c.client(1).get(5, Quorum).unwrap().as_deref(), Some("new"));
+    assert_eq!(c.client(1).get_text(5, Quorum).unwrap().as_deref(), Some("new"));
     assert!(wait_for(slack(Duration::from_secs(2)), || c.held(0, 5, "r1").as_deref() == Some("new")));
 }
 
@@ -169,7 +169,7 @@ fn quorum_reads_are_monotonic() {
                 let port = ports[(n as usize) % ports.len()];
                 if let Ok(mut cl) = quorumkv::client::Client::connect("127.0.0.1", port, Duration::from_millis(500)) {
                     let _ = cl.set_timeout(Some(Duration::from_secs(5)));
-                    let _ = cl.put(key, &n.to_string(), One);
+                    let _ = cl.put(key, n.to_string(), One);
                 }
                 n += 1;
             }
@@ -187,7 +187,7 @@ fn quorum_reads_are_monotonic() {
                 };
                 let _ = cl.set_timeout(Some(Duration::from_secs(5)));
                 let start = Instant::now();
-                if let Ok(Some(v)) = cl.get(key, Quorum) {
+                if let Ok(Some(v)) = cl.get_text(key, Quorum) {
                     reads.lock().unwrap().push((start, Instant::now(), v.parse().unwrap()));
                 }
             }
@@ -237,12 +237,12 @@ fn deletes_are_tombstones_that_win_over_older_values() {
     c.client(0).put(200, "here", Quorum).unwrap();
     c.client(1).delete(200, Quorum).unwrap();
     for i in 0..4 {
-        assert_eq!(c.client(i).get(200, Quorum).unwrap(), None);
+        assert_eq!(c.client(i).get_text(200, Quorum).unwrap(), None);
     }
     let i = c.client(2).inspect(200).unwrap();
     assert!(i.replicas.iter().filter(|e| e.version.as_ref().is_some_and(|v| v.tombstone)).count() >= 2);
     c.client(3).put(200, "back", One).unwrap();
-    assert_eq!(c.client(3).get(200, One).unwrap().as_deref(), Some("back"));
+    assert_eq!(c.client(3).get_text(200, One).unwrap().as_deref(), Some("back"));
 }
 
 #[test]
@@ -273,7 +273,7 @@ fn a_hung_replica_never_delays_the_answer_and_gets_a_hint() {
     c.pause(3); // key 70 on r1, r2, r3
     let t = Instant::now();
     c.client(0).put(70, "despite-r3", Quorum).unwrap();
-    assert_eq!(c.client(1).get(70, Quorum).unwrap().as_deref(), Some("despite-r3"));
+    assert_eq!(c.client(1).get_text(70, Quorum).unwrap().as_deref(), Some("despite-r3"));
     let took = t.elapsed();
     assert!(took < timeout / 2, "QUORUM waited on the hung replica: {took:?}");
     // r3's ack never comes: after the timeout r0 keeps a hint for it.
@@ -292,7 +292,7 @@ fn too_few_acks_in_time_is_a_timeout() {
     let out = c.run_client(1, &["-c", "quorum", "put", "70", "late"], "");
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(common::stderr(&out).trim(), "error: Timeout: 1 of 2 acks for key 70; the write may or may not have been applied");
-    match c.client(0).get(70, Quorum) {
+    match c.client(0).get_text(70, Quorum) {
         Err(Error::Timeout(m)) => assert_eq!(m, "1 of 2 replies for key 70"),
         other => panic!("expected a read timeout, got {other:?}"),
     }

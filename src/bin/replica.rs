@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{LevelFilter, error};
-use quorumkv::cluster::ring::{Ring, load_cluster_file};
+use quorumkv::cluster::key::DEFAULT_MAX_KEY_BYTES;
+use quorumkv::cluster::ring::{Ring, load_cluster_spec};
 use quorumkv::config::{Mode, NodeConfig, parse_duration};
 use quorumkv::storage::wal::FsyncMode;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
@@ -21,13 +22,14 @@ struct Args {
     name: String,
     /// Port to listen on; must match the cluster file.
     port: u16,
-    /// The cluster file: `name host port` a line, in ring order.
+    /// The cluster file: `name host port` a line, in ring order, and optional
+    /// `partitioner byte-ordered|murmur3`, `rf N`, `vnodes N` lines.
     replicas_file: String,
     /// READ-REPAIR or HINTED-HANDOFF (default: both).
     mode: Option<String>,
-    /// Replication factor.
-    #[arg(long, default_value_t = 3)]
-    rf: usize,
+    /// Replication factor (default 3); a cluster file's `rf` line sets it for every replica.
+    #[arg(long)]
+    rf: Option<usize>,
     /// How long a coordinator waits for replicas (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     timeout: std::time::Duration,
@@ -43,6 +45,9 @@ struct Args {
     /// Largest value accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_value_bytes: usize,
+    /// Largest key accepted in a murmur3 cluster, in bytes (1 to 65536).
+    #[arg(long, default_value_t = DEFAULT_MAX_KEY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_key_bytes: u64,
     /// Client connections served at once.
     #[arg(long, default_value_t = 2048)]
     max_connections: usize,
@@ -104,7 +109,8 @@ fn main() -> ExitCode {
 
 fn start(args: Args) -> quorumkv::Result<()> {
     use quorumkv::Error;
-    let nodes = load_cluster_file(&args.replicas_file)?;
+    let spec = load_cluster_spec(&args.replicas_file)?;
+    let nodes = &spec.nodes;
     let Some(me) = nodes.iter().find(|n| n.name == args.name) else {
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         return Err(Error::Config(format!("{} is not in {} (it lists {})", args.name, args.replicas_file, names.join(", "))));
@@ -123,6 +129,7 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.max_hint_bytes = args.max_hint_bytes;
     cfg.hint_rate = args.hint_rate;
     cfg.max_value_bytes = args.max_value_bytes;
+    cfg.max_key_bytes = args.max_key_bytes as usize;
     cfg.max_connections = args.max_connections;
     cfg.heartbeat_interval = args.heartbeat;
     cfg.down_after = args.down_after;
@@ -133,6 +140,12 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.snapshot_bytes = args.snapshot_bytes;
     cfg.ack_log = args.ack_log;
     cfg.enable_fault_injection = args.enable_fault_injection;
-    let ring = Ring::new(nodes, args.rf, 1)?;
+    let rf = match (spec.rf, args.rf) {
+        (Some(file), Some(flag)) if file != flag => {
+            return Err(Error::Config(format!("--rf {flag} disagrees with `rf {file}` in {}; drop one", args.replicas_file)));
+        }
+        (file, flag) => file.or(flag).unwrap_or(3),
+    };
+    let ring = Ring::from_spec(&spec, rf, 1)?;
     quorumkv::net::server::run(cfg, ring)
 }

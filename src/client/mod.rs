@@ -94,21 +94,27 @@ impl Client {
     }
 
     /// Reads `key`; `None` if no replica that answered holds it.
-    pub fn get(&mut self, key: u32, level: Consistency) -> Result<Option<String>> {
+    pub fn get(&mut self, key: impl ToKey, level: Consistency) -> Result<Option<Vec<u8>>> {
         Ok(self.get_versioned(key, level)?.value)
     }
 
+    /// [`get`](Self::get) for text values: the value as UTF-8 (invalid bytes replaced).
+    pub fn get_text(&mut self, key: impl ToKey, level: Consistency) -> Result<Option<String>> {
+        Ok(self.get(key, level)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// Reads `key` with the version's timestamp.
-    pub fn get_versioned(&mut self, key: u32, level: Consistency) -> Result<proto::GetResult> {
-        match self.request(request::Body::Get(proto::Get { key, consistency: level.to_proto() as i32 }))? {
+    pub fn get_versioned(&mut self, key: impl ToKey, level: Consistency) -> Result<proto::GetResult> {
+        match self.request(request::Body::Get(proto::Get { key: key.to_key(), consistency: level.to_proto() as i32 }))? {
             response::Body::Get(g) => Ok(g),
             other => Err(unexpected(other)),
         }
     }
 
     /// Writes `value` to `key`.
-    pub fn put(&mut self, key: u32, value: &str, level: Consistency) -> Result<proto::WriteResult> {
-        let body = request::Body::Put(proto::Put { key, value: value.to_string(), consistency: level.to_proto() as i32 });
+    pub fn put(&mut self, key: impl ToKey, value: impl AsRef<[u8]>, level: Consistency) -> Result<proto::WriteResult> {
+        let body =
+            request::Body::Put(proto::Put { key: key.to_key(), value: value.as_ref().to_vec(), consistency: level.to_proto() as i32 });
         match self.request(body)? {
             response::Body::Write(w) => Ok(w),
             other => Err(unexpected(other)),
@@ -116,8 +122,8 @@ impl Client {
     }
 
     /// Deletes `key` (writes a tombstone).
-    pub fn delete(&mut self, key: u32, level: Consistency) -> Result<proto::WriteResult> {
-        match self.request(request::Body::Delete(proto::Delete { key, consistency: level.to_proto() as i32 }))? {
+    pub fn delete(&mut self, key: impl ToKey, level: Consistency) -> Result<proto::WriteResult> {
+        match self.request(request::Body::Delete(proto::Delete { key: key.to_key(), consistency: level.to_proto() as i32 }))? {
             response::Body::Write(w) => Ok(w),
             other => Err(unexpected(other)),
         }
@@ -132,16 +138,17 @@ impl Client {
     }
 
     /// What each replica of `key` holds.
-    pub fn inspect(&mut self, key: u32) -> Result<proto::InspectResult> {
-        match self.request(request::Body::Inspect(proto::InspectRequest { key }))? {
+    pub fn inspect(&mut self, key: impl ToKey) -> Result<proto::InspectResult> {
+        match self.request(request::Body::Inspect(proto::InspectRequest { key: key.to_key() }))? {
             response::Body::Inspect(i) => Ok(i),
             other => Err(unexpected(other)),
         }
     }
 
-    /// What every replica holds, values cut to `max_value_len` bytes.
-    pub fn display(&mut self, max_value_len: u32) -> Result<proto::DisplayResult> {
-        match self.request(request::Body::Display(proto::DisplayRequest { max_value_len }))? {
+    /// What every replica holds, summed up, and up to `max_keys` keys whose
+    /// replicas disagree (0: the replica's default), values cut to `max_value_len` bytes.
+    pub fn display(&mut self, max_value_len: u32, max_keys: u32) -> Result<proto::DisplayResult> {
+        match self.request(request::Body::Display(proto::DisplayRequest { max_value_len, max_keys }))? {
             response::Body::Display(d) => Ok(d),
             other => Err(unexpected(other)),
         }
@@ -156,6 +163,60 @@ impl Client {
             response::Body::Fault(f) => Ok(f),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+/// Anything a key can be written as: bytes or text as they are, an integer in
+/// decimal (the keys of a byte-ordered cluster: `put(70, …)` is key `"70"`).
+pub trait ToKey {
+    /// The key's bytes.
+    fn to_key(&self) -> Vec<u8>;
+}
+
+macro_rules! integer_keys {
+    ($($t:ty),*) => {$(
+        impl ToKey for $t {
+            fn to_key(&self) -> Vec<u8> {
+                self.to_string().into_bytes()
+            }
+        }
+    )*};
+}
+integer_keys!(u8, u16, u32, u64, usize, i32, i64);
+
+impl ToKey for str {
+    fn to_key(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+}
+
+impl ToKey for [u8] {
+    fn to_key(&self) -> Vec<u8> {
+        self.to_vec()
+    }
+}
+
+impl<const N: usize> ToKey for [u8; N] {
+    fn to_key(&self) -> Vec<u8> {
+        self.to_vec()
+    }
+}
+
+impl ToKey for String {
+    fn to_key(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+}
+
+impl ToKey for Vec<u8> {
+    fn to_key(&self) -> Vec<u8> {
+        self.clone()
+    }
+}
+
+impl<T: ToKey + ?Sized> ToKey for &T {
+    fn to_key(&self) -> Vec<u8> {
+        (**self).to_key()
     }
 }
 

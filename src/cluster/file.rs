@@ -15,23 +15,13 @@
 //! and addresses must be unique; any mistake is refused with the line number
 //! and what is wrong.
 //!
-//! [`parse_cluster_spec`] reads all of it. The replica still serves only the
-//! byte-ordered ring with `--rf`: [`parse_cluster_file`] refuses the settings
-//! lines with an error that says so, until the murmur3 partitioner is wired in.
+//! [`parse_cluster_spec`] reads all of it; [`Ring::from_spec`](crate::cluster::ring::Ring::from_spec)
+//! turns it into placement.
 
+pub use crate::cluster::key::Partitioner;
 use crate::cluster::ring::{NodeInfo, node_id};
 use crate::cluster::token::Token;
 use crate::error::{Error, Result};
-
-/// How keys are placed on the nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Partitioner {
-    /// Keys are the integers 0–255, each its own token (the seed's table).
-    #[default]
-    ByteOrdered,
-    /// Keys are byte strings placed by Cassandra's Murmur3 token.
-    Murmur3,
-}
 
 /// The most tokens derived per node.
 pub const MAX_VNODES: usize = 1024;
@@ -172,22 +162,21 @@ pub fn parse_cluster_spec(text: &str, origin: &str) -> Result<ClusterSpec> {
     Ok(spec)
 }
 
-/// Reads a cluster file for the byte-ordered ring the replica serves today:
-/// its nodes. Settings lines are refused until the murmur3 partitioner is served.
+/// The nodes a cluster file lists, whatever its settings (for tools that only
+/// need the addresses).
 pub fn parse_cluster_file(text: &str, origin: &str) -> Result<Vec<NodeInfo>> {
-    let spec = parse_cluster_spec(text, origin)?;
-    if spec.partitioner != Partitioner::ByteOrdered || spec.rf.is_some() || spec.vnodes.is_some() {
-        return Err(Error::Config(format!(
-            "{origin}: partitioner, rf and vnodes lines are not served by this build yet; list `name host port` lines and pass --rf"
-        )));
-    }
-    Ok(spec.nodes)
+    Ok(parse_cluster_spec(text, origin)?.nodes)
 }
 
-/// Reads and parses a cluster file.
+/// Reads and parses a cluster file's nodes.
 pub fn load_cluster_file(path: &str) -> Result<Vec<NodeInfo>> {
+    Ok(load_cluster_spec(path)?.nodes)
+}
+
+/// Reads and parses a whole cluster file.
+pub fn load_cluster_spec(path: &str) -> Result<ClusterSpec> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {path}: {e}")))?;
-    parse_cluster_file(&text, path)
+    parse_cluster_spec(&text, path)
 }
 
 #[cfg(test)]
@@ -245,14 +234,5 @@ mod tests {
             let err = parse_cluster_spec(text, "f").unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
-    }
-
-    #[test]
-    fn the_replica_refuses_settings_it_does_not_serve_yet() {
-        for text in ["partitioner murmur3\na 127.0.0.1 1\n", "rf 1\na 127.0.0.1 1\n", "vnodes 4\na 127.0.0.1 1\n"] {
-            let err = parse_cluster_file(text, "f").unwrap_err().to_string();
-            assert!(err.contains("not served by this build yet"), "{text:?}: {err}");
-        }
-        assert!(parse_cluster_file("partitioner byte-ordered\na 127.0.0.1 1\n", "f").is_ok());
     }
 }

@@ -15,11 +15,15 @@
 //!
 //! * [`token`] — Cassandra's Murmur3 token of a key and a ring of node tokens
 //!   with balanced token allocation: the placement of the murmur3
-//!   partitioner (issue 12), tested on its own and not yet used by the replica.
+//!   partitioner.
+//! * [`key`] — keys as bytes, and the [`Partitioner`](key::Partitioner) that
+//!   checks them (byte-ordered: the integers 0–255; murmur3: 1 to
+//!   `--max-key-bytes` bytes) and gives each its store slot.
 //!
 //! This is where membership will go too.
 
 pub mod consistency;
 pub mod file;
+pub mod key;
 pub mod ring;
 pub mod token;

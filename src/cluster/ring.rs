@@ -1,9 +1,10 @@
 //! The ring: who the replicas are and which keys each holds.
 //!
 //! The nodes come from the cluster file (`replicas.txt`, one replica a line,
-//! `name host port`, in ring order; read by [`crate::cluster::file`]).
+//! `name host port`, in ring order; read by [`crate::cluster::file`]), and so
+//! does the partitioner.
 //!
-//! # Placement: a byte-ordered partitioner
+//! # Byte-ordered placement (the seed's)
 //!
 //! Keys are `0..=255`, so the key *is* its token, as with Cassandra's
 //! `ByteOrderedPartitioner`. With `N` replicas each gets a contiguous range of
@@ -13,12 +14,22 @@
 //! table: keys 0-63 on replica0,1,2; 64-127 on 1,2,3; 128-191 on 2,3,0;
 //! 192-255 on 3,0,1.
 //!
+//! # Murmur3 placement (seed 002's)
+//!
+//! Keys are byte strings; a key's token is Cassandra's Murmur3 token and the
+//! nodes own tokens (from the file's `tokens=`, or `vnodes` balanced tokens
+//! each): a key lives on the owner of the first token at or after its own,
+//! then on the next `RF-1` distinct nodes clockwise (see [`crate::cluster::token`]).
+//! The replica set of every token range is computed once, when the ring is
+//! built, so placing a key is one hash and one binary search.
+//!
 //! # Epochs
 //!
 //! A [`Ring`] is immutable and carries an `epoch`. Membership changes (a later
 //! issue) build a new ring with a higher epoch instead of mutating this one;
-//! the handshake between replicas compares [`Ring::fingerprint`]s so two nodes
-//! with different views refuse each other rather than misplace data.
+//! the handshake between replicas compares [`Ring::fingerprint`]s (names,
+//! addresses, RF, partitioner and every token) so two nodes with different
+//! views refuse each other rather than misplace data.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -26,8 +37,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-/// Keys are the integers `0..KEYS`: the byte-ordered ring's whole keyspace.
-pub const KEYS: usize = 256;
+use crate::cluster::file::ClusterSpec;
+pub use crate::cluster::key::{KEYS, Key, Partitioner};
+use crate::cluster::token::{self, Token, TokenRing};
 
 /// A node's stable identity: FNV-1a of its name, so it does not depend on the
 /// node's place in the file or the ring. Links, calls, hints and faults name
@@ -71,7 +83,7 @@ impl NodeInfo {
     }
 }
 
-pub use crate::cluster::file::{load_cluster_file, parse_cluster_file};
+pub use crate::cluster::file::{load_cluster_file, load_cluster_spec, parse_cluster_file};
 
 pub(crate) fn node_id(name: &str) -> NodeId {
     NodeId(fnv1a(name.as_bytes()) as u32)
@@ -92,22 +104,51 @@ pub struct Ring {
     nodes: Vec<NodeInfo>,
     rf: usize,
     epoch: u64,
-    /// `ranges[i]` is node `i`'s primary range, inclusive.
-    ranges: Vec<(u8, u8)>,
-    /// `replicas[key]`: the key's replicas, owner first.
-    replicas: Vec<Arc<[NodeId]>>,
+    placement: Placement,
+}
+
+#[derive(Debug, Clone)]
+enum Placement {
+    Bytes {
+        /// `ranges[i]` is node `i`'s primary range, inclusive.
+        ranges: Vec<(u8, u8)>,
+        /// `replicas[key]`: the key's replicas, owner first.
+        replicas: Vec<Arc<[NodeId]>>,
+    },
+    Tokens {
+        /// Every node's tokens, by ring position.
+        ring: TokenRing,
+        /// The sorted tokens, for the binary search.
+        tokens: Vec<Token>,
+        /// `replicas[i]`: the replicas of the range ending at `tokens[i]`, owner first.
+        replicas: Vec<Arc<[NodeId]>>,
+        /// Each node's share of the data at the ring's RF, by ring position.
+        shares: Vec<f64>,
+    },
+}
+
+fn check_nodes(nodes: &[NodeInfo], rf: usize) -> Result<()> {
+    let n = nodes.len();
+    if n == 0 || n > KEYS {
+        return Err(Error::Config(format!("a ring needs 1 to {KEYS} replicas, got {n}")));
+    }
+    if rf == 0 || rf > n {
+        return Err(Error::Config(format!("replication factor {rf} must be between 1 and the number of replicas ({n})")));
+    }
+    for (i, a) in nodes.iter().enumerate() {
+        if let Some(b) = nodes[..i].iter().find(|b| b.id == a.id) {
+            return Err(Error::Config(format!("{} and {} have the same id {}", b.name, a.name, a.id)));
+        }
+    }
+    Ok(())
 }
 
 impl Ring {
-    /// Builds the ring; refuses an RF that is zero or larger than the cluster, or more than 256 replicas.
+    /// The byte-ordered ring (the seed's); refuses an RF that is zero or larger
+    /// than the cluster, or more than 256 replicas.
     pub fn new(nodes: Vec<NodeInfo>, rf: usize, epoch: u64) -> Result<Ring> {
+        check_nodes(&nodes, rf)?;
         let n = nodes.len();
-        if n == 0 || n > KEYS {
-            return Err(Error::Config(format!("a ring needs 1 to {KEYS} replicas, got {n}")));
-        }
-        if rf == 0 || rf > n {
-            return Err(Error::Config(format!("replication factor {rf} must be between 1 and the number of replicas ({n})")));
-        }
         let (base, extra) = (KEYS / n, KEYS % n);
         let mut ranges = Vec::with_capacity(n);
         let mut start = 0usize;
@@ -124,12 +165,44 @@ impl Ring {
             }
             replicas.push((0..rf).map(|j| nodes[(owner + j) % n].id).collect::<Vec<_>>().into());
         }
-        for (i, a) in nodes.iter().enumerate() {
-            if let Some(b) = nodes[..i].iter().find(|b| b.id == a.id) {
-                return Err(Error::Config(format!("{} and {} have the same id {}", b.name, a.name, a.id)));
+        Ok(Ring { nodes, rf, epoch, placement: Placement::Bytes { ranges, replicas } })
+    }
+
+    /// A murmur3 ring: `tokens[i]` are node `i`'s tokens; all empty means
+    /// `vnodes` balanced tokens each (see [`TokenRing::balanced`]).
+    pub fn murmur3(nodes: Vec<NodeInfo>, tokens: &[Vec<Token>], vnodes: usize, rf: usize, epoch: u64) -> Result<Ring> {
+        check_nodes(&nodes, rf)?;
+        let ring = if tokens.iter().all(Vec::is_empty) {
+            TokenRing::balanced(nodes.len(), vnodes, rf)
+        } else {
+            TokenRing::new(tokens.iter().enumerate().flat_map(|(i, ts)| ts.iter().map(move |&t| (t, i))).collect(), rf)
+        }
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+        let sorted: Vec<Token> = ring.tokens().iter().map(|&(t, _)| t).collect();
+        let replicas = sorted.iter().map(|&t| ring.replicas(t).into_iter().map(|i| ids[i]).collect::<Vec<_>>().into()).collect();
+        let mut shares = ring.shares();
+        shares.resize(nodes.len(), 0.0);
+        Ok(Ring { nodes, rf, epoch, placement: Placement::Tokens { ring, tokens: sorted, replicas, shares } })
+    }
+
+    /// The ring a cluster file describes; the file's `rf` wins over `default_rf`.
+    pub fn from_spec(spec: &ClusterSpec, default_rf: usize, epoch: u64) -> Result<Ring> {
+        let rf = spec.rf.unwrap_or(default_rf);
+        match spec.partitioner {
+            Partitioner::ByteOrdered => Ring::new(spec.nodes.clone(), rf, epoch),
+            Partitioner::Murmur3 => {
+                Ring::murmur3(spec.nodes.clone(), &spec.tokens, spec.vnodes.unwrap_or(crate::cluster::file::DEFAULT_VNODES), rf, epoch)
             }
         }
-        Ok(Ring { nodes, rf, epoch, ranges, replicas })
+    }
+
+    /// How this ring places keys.
+    pub fn partitioner(&self) -> Partitioner {
+        match self.placement {
+            Placement::Bytes { .. } => Partitioner::ByteOrdered,
+            Placement::Tokens { .. } => Partitioner::Murmur3,
+        }
     }
 
     /// All nodes in ring order.
@@ -183,32 +256,99 @@ impl Ring {
     }
 
     /// The replicas of `key`, owner first, then clockwise.
-    pub fn replicas(&self, key: u8) -> &[NodeId] {
-        &self.replicas[key as usize]
+    pub fn replicas(&self, key: &[u8]) -> &[NodeId] {
+        self.placed(key)
+    }
+
+    fn placed(&self, key: &[u8]) -> &Arc<[NodeId]> {
+        match &self.placement {
+            Placement::Bytes { replicas, .. } => &replicas[Partitioner::ByteOrdered.slot(key) as usize],
+            Placement::Tokens { replicas, .. } => &replicas[self.range_index(key) as usize],
+        }
+    }
+
+    /// The index of the token range holding `key` (0 in a byte-ordered ring,
+    /// where the slot alone places a key). With the slot, it names the group
+    /// of keys that share one replica set.
+    pub fn range_index(&self, key: &[u8]) -> u32 {
+        match &self.placement {
+            Placement::Bytes { .. } => 0,
+            Placement::Tokens { tokens, .. } => {
+                let t = token::token(key);
+                let i = tokens.partition_point(|&x| x < t);
+                if i == tokens.len() { 0 } else { i as u32 }
+            }
+        }
+    }
+
+    /// The replicas of the keys in `slot` and token range `range` (see
+    /// [`range_index`](Self::range_index)); empty if there is no such range.
+    pub fn group_replicas(&self, slot: u8, range: u32) -> &[NodeId] {
+        match &self.placement {
+            Placement::Bytes { replicas, .. } => &replicas[slot as usize],
+            Placement::Tokens { replicas, .. } => replicas.get(range as usize).map_or(&[], |r| r),
+        }
     }
 
     /// [`replicas`](Self::replicas) as a shared list, for a call to keep without copying it.
-    pub fn replica_set(&self, key: u8) -> Arc<[NodeId]> {
-        self.replicas[key as usize].clone()
+    pub fn replica_set(&self, key: &[u8]) -> Arc<[NodeId]> {
+        self.placed(key).clone()
     }
 
-    /// The primary range of the node at ring position `i`, inclusive.
-    pub fn range(&self, i: usize) -> (u8, u8) {
-        self.ranges[i]
+    /// The store slot of `key` (see [`Partitioner::slot`]).
+    pub fn slot(&self, key: &[u8]) -> u8 {
+        self.partitioner().slot(key)
     }
 
-    /// A one-line description of the ring: epoch, RF and every node.
+    /// The primary range of the node at ring position `i`, inclusive (byte-ordered rings).
+    pub fn range(&self, i: usize) -> Option<(u8, u8)> {
+        match &self.placement {
+            Placement::Bytes { ranges, .. } => Some(ranges[i]),
+            Placement::Tokens { .. } => None,
+        }
+    }
+
+    /// The tokens of the node at ring position `i`, sorted (murmur3 rings).
+    pub fn tokens_of(&self, i: usize) -> Vec<Token> {
+        match &self.placement {
+            Placement::Bytes { .. } => Vec::new(),
+            Placement::Tokens { ring, .. } => ring.tokens().iter().filter(|&&(_, n)| n == i).map(|&(t, _)| t).collect(),
+        }
+    }
+
+    /// The share of all data the node at ring position `i` holds at the ring's RF.
+    pub fn share(&self, i: usize) -> f64 {
+        match &self.placement {
+            Placement::Bytes { replicas, .. } => {
+                let id = self.nodes[i].id;
+                replicas.iter().filter(|r| r.contains(&id)).count() as f64 / KEYS as f64
+            }
+            Placement::Tokens { shares, .. } => shares[i],
+        }
+    }
+
+    /// A one-line description of the ring: epoch, RF, partitioner and every node.
     pub fn describe(&self) -> String {
-        let mut s = format!("epoch {} rf {}:", self.epoch, self.rf);
+        let mut s = format!("epoch {} rf {}", self.epoch, self.rf);
+        if let Placement::Tokens { tokens, .. } = &self.placement {
+            let _ = write!(s, " murmur3 {} tokens", tokens.len());
+        }
+        s.push(':');
         for n in &self.nodes {
             let _ = write!(s, " {}={}", n.name, n.address());
         }
         s
     }
 
-    /// A hash of [`Ring::describe`]: equal on two nodes exactly when their rings agree.
+    /// A hash of [`Ring::describe`] and every token: equal on two nodes exactly when their rings agree.
     pub fn fingerprint(&self) -> u64 {
-        fnv1a(self.describe().as_bytes())
+        let mut text = self.describe();
+        if let Placement::Tokens { ring, .. } = &self.placement {
+            for (t, n) in ring.tokens() {
+                let _ = write!(text, " {t}@{n}");
+            }
+        }
+        fnv1a(text.as_bytes())
     }
 }
 
@@ -232,12 +372,12 @@ mod tests {
             [(0..=63, [0, 1, 2]), (64..=127, [1, 2, 3]), (128..=191, [2, 3, 0]), (192..=255, [3, 0, 1])];
         for (keys, want) in table {
             for key in keys {
-                let got: Vec<usize> = r.replicas(key).iter().map(|&id| r.position(id).unwrap()).collect();
+                let got: Vec<usize> = r.replicas(Key::byte(key).as_bytes()).iter().map(|&id| r.position(id).unwrap()).collect();
                 assert_eq!(got, want, "key {key}");
             }
         }
-        assert_eq!(r.range(0), (0, 63));
-        assert_eq!(r.range(3), (192, 255));
+        assert_eq!(r.range(0), Some((0, 63)));
+        assert_eq!(r.range(3), Some((192, 255)));
         assert_eq!(r.nodes()[2].name, "replica2");
         assert_eq!(r.name(r.id_of("replica2").unwrap()), "replica2");
     }
@@ -248,7 +388,7 @@ mod tests {
             let r = ring(n, 1);
             let mut next = 0usize;
             for i in 0..n {
-                let (s, e) = r.range(i);
+                let (s, e) = r.range(i).unwrap();
                 assert_eq!(s as usize, next, "n={n} node {i} starts where the previous ended");
                 let len = e as usize - s as usize + 1;
                 assert!(len == 256 / n || len == 256 / n + 1, "n={n} node {i} has {len} keys");
@@ -262,8 +402,8 @@ mod tests {
     fn replicas_are_owner_then_clockwise_and_distinct() {
         let r = ring(5, 3);
         for key in 0..=255u8 {
-            let reps = r.replicas(key);
-            let owner = (0..5).find(|&i| (r.range(i).0..=r.range(i).1).contains(&key)).unwrap();
+            let reps = r.replicas(Key::byte(key).as_bytes());
+            let owner = (0..5).find(|&i| (r.range(i).unwrap().0..=r.range(i).unwrap().1).contains(&key)).unwrap();
             let want = [owner, (owner + 1) % 5, (owner + 2) % 5].map(|i| NodeId(i as u32));
             assert_eq!(reps, want);
         }

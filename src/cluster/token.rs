@@ -1,8 +1,6 @@
 //! Tokens: Cassandra's Murmur3 partitioner and a ring of node tokens.
 //!
-//! *Not yet wired into the replica* (the next steps of issue 12): the byte-ordered
-//! [`Ring`](crate::cluster::ring::Ring) still places every key. This module is
-//! the placement a murmur3 cluster will use, and it is tested on its own.
+//! The placement of a murmur3 cluster's [`Ring`](crate::cluster::ring::Ring).
 //!
 //! # A key's token
 //!

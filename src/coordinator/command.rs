@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::coordinator::peers::ReplySink;
 use crate::message::{PeerRequest, Reply};
@@ -41,7 +42,7 @@ pub enum Command {
         /// The replica that missed it.
         target: NodeId,
         /// The key.
-        key: u8,
+        key: Key,
         /// The missed version.
         version: Version,
     },
@@ -50,7 +51,7 @@ pub enum Command {
         /// The stale replica.
         target: NodeId,
         /// The key.
-        key: u8,
+        key: Key,
         /// The newest version seen.
         version: Version,
     },

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cluster::consistency::Decision;
+use crate::cluster::key::Key;
 use crate::cluster::ring::{NodeId, Ring};
 use crate::coordinator::call::Machine;
 use crate::coordinator::command::{Command, Outgoing, ReplyTo, Route};
@@ -26,7 +27,7 @@ use crate::message::{PeerRequest, PeerResponse, PeerResult, Reply};
 use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
 
-fn repair_message(key: u8, tally: &Tally) -> String {
+fn repair_message(key: &Key, tally: &Tally) -> String {
     format!(
         "read repair of key {key}: {} of {} stale replicas acked in time{}",
         tally.acks(),
@@ -81,7 +82,7 @@ enum Phase {
 
 /// A read sent to every replica of a key (see the module docs).
 pub struct ReadMachine {
-    key: u8,
+    key: Key,
     slots: Vec<ReadSlot>,
     tally: Tally,
     repair: bool,
@@ -96,7 +97,7 @@ pub struct ReadMachine {
 impl ReadMachine {
     /// A read of `key` from `targets` needing `required` replies; `repair`
     /// enables read repair, `blocking` repairs stale replicas before the answer.
-    pub fn new(key: u8, targets: impl Into<Arc<[NodeId]>>, ring: Arc<Ring>, required: usize, repair: bool, blocking: bool) -> Self {
+    pub fn new(key: Key, targets: impl Into<Arc<[NodeId]>>, ring: Arc<Ring>, required: usize, repair: bool, blocking: bool) -> Self {
         let tally = Tally::new(targets, ring, required);
         ReadMachine {
             key,
@@ -110,6 +111,11 @@ impl ReadMachine {
             repairs_issued: false,
             reply_to: None,
         }
+    }
+
+    /// The key read.
+    pub fn key(&self) -> &Key {
+        &self.key
     }
 
     /// How the reads are sent (all directly unless set).
@@ -128,11 +134,11 @@ impl ReadMachine {
     /// replicas replied (and stale ones were repaired); otherwise a failure, or
     /// a timeout if `timed_out` or still pending.
     pub fn result(&self, timed_out: bool) -> Result<Option<Version>> {
-        let (replied, need, key) = (self.tally.acks(), self.tally.required(), self.key);
+        let (replied, need, key) = (self.tally.acks(), self.tally.required(), &self.key);
         match &self.phase {
             Phase::Ready(slot) => Ok(slot.and_then(|i| self.replied(i).cloned())),
             Phase::RepairFailed(m) => Err(Error::Timeout(m.clone())),
-            Phase::Repairing { tally, .. } => Err(Error::Timeout(repair_message(self.key, tally))),
+            Phase::Repairing { tally, .. } => Err(Error::Timeout(repair_message(&self.key, tally))),
             Phase::Failed if !timed_out => {
                 Err(Error::Failure(format!("{replied} of {need} replies for key {key}{}", self.tally.failures().suffix())))
             }
@@ -197,7 +203,7 @@ impl ReadMachine {
                         let n = self.slots.len();
                         let targets: Vec<NodeId> = stale.iter().map(|&s| self.tally.target(s)).collect();
                         for (i, &to) in targets.iter().enumerate() {
-                            let msg = PeerRequest::Write { key: self.key, version: version.clone() };
+                            let msg = PeerRequest::Write { key: self.key.clone(), version: version.clone() };
                             out.push(Command::Send(Outgoing { slot: n + i, to, msg, route: Route::Direct }));
                         }
                         let tally = Tally::new(targets, self.tally.ring().clone(), stale.len());
@@ -232,7 +238,7 @@ impl ReadMachine {
         let next = match tally.decision() {
             Decision::Pending => return,
             Decision::Reached => Phase::Ready(Some(newest)),
-            Decision::Impossible => Phase::RepairFailed(repair_message(self.key, tally)),
+            Decision::Impossible => Phase::RepairFailed(repair_message(&self.key, tally)),
         };
         self.phase = next;
     }
@@ -245,7 +251,7 @@ impl ReadMachine {
         let Some(newest) = self.newest().cloned() else { return };
         for (slot, target) in self.stale_replied() {
             if self.slots[slot].repaired != Some(newest.ts) {
-                out.push(Command::Repair { target, key: self.key, version: newest.clone() });
+                out.push(Command::Repair { target, key: self.key.clone(), version: newest.clone() });
             }
         }
     }
@@ -263,7 +269,7 @@ impl Machine for ReadMachine {
                 ReadRoute::OneDirect(d) if d == slot => Route::Direct,
                 ReadRoute::OneDirect(_) | ReadRoute::AllBatched => Route::Batched,
             };
-            out.push(Outgoing { slot, to: self.tally.target(slot), msg: PeerRequest::Read { key: self.key }, route });
+            out.push(Outgoing { slot, to: self.tally.target(slot), msg: PeerRequest::Read { key: self.key.clone() }, route });
         }
         out
     }
@@ -324,7 +330,7 @@ impl Machine for ReadMachine {
         for s in &self.slots {
             match &s.reply {
                 Answer::Replied(Some(v)) => {
-                    let n = v.value.as_ref().map_or(0, String::len);
+                    let n = v.value.as_ref().map_or(0, |v| v.len());
                     held += n;
                     largest = largest.max(n);
                 }

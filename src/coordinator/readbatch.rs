@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::coordinator::peers::{Peers, ReplySink};
 use crate::error::Error;
@@ -38,7 +39,7 @@ pub struct QueuedRead {
     /// The peer's slot in the call.
     pub slot: usize,
     /// The key.
-    pub key: u8,
+    pub key: Key,
     /// The read's deadline.
     pub deadline: Instant,
 }
@@ -111,7 +112,7 @@ impl ReadBatcher {
                     q.drain(..n).collect()
                 };
                 let deadline = batch.iter().map(|r| r.deadline).min().expect("a batch is never empty");
-                let keys = batch.iter().map(|r| r.key).collect();
+                let keys = batch.iter().map(|r| r.key.clone()).collect();
                 peers.send(target, PeerRequest::ReadBatch { keys }, Arc::new(BatchSink { reads: batch }), 0, deadline);
             }
         }

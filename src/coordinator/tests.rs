@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::cluster::consistency::Decision;
+use crate::cluster::key::Key;
 use crate::cluster::ring::{NodeId, NodeInfo, Ring};
 use crate::coordinator::call::{Budget, CALL_OVERHEAD, Call, Machine};
 use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
@@ -17,6 +18,10 @@ use crate::error::Error;
 use crate::message::{PeerRequest, PeerResponse, PeerResult, Reply};
 use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
+
+fn k(i: u8) -> Key {
+    Key::byte(i)
+}
 
 fn ts(m: u64) -> Timestamp {
     Timestamp { micros: m, node: 1 }
@@ -85,17 +90,17 @@ fn others(out: &[Command]) -> Vec<Command> {
 #[test]
 fn machines_open_with_one_send_per_replica() {
     let v = Version::value(ts(1), "x");
-    let out = WriteMachine::new(4, v.clone(), ids(&[1, 2, 3]), ring(), 2, true).start();
+    let out = WriteMachine::new(k(4), v.clone(), ids(&[1, 2, 3]), ring(), 2, true).start();
     let want: Vec<Outgoing> = (0..3)
         .map(|slot| Outgoing {
             slot,
             to: NodeId(slot as u32 + 1),
-            msg: PeerRequest::Write { key: 4, version: v.clone() },
+            msg: PeerRequest::Write { key: k(4), version: v.clone() },
             route: Route::Direct,
         })
         .collect();
     assert_eq!(out, want);
-    let m = ReadMachine::new(4, ids(&[1, 2, 3]), ring(), 1, true, false);
+    let m = ReadMachine::new(k(4), ids(&[1, 2, 3]), ring(), 1, true, false);
     let mut m = m.route(crate::coordinator::read::ReadRoute::OneDirect(1));
     let routes: Vec<(usize, Route)> = m.start().iter().map(|s| (s.slot, s.route)).collect();
     assert_eq!(routes, vec![(0, Route::Batched), (1, Route::Direct), (2, Route::Batched)]);
@@ -105,7 +110,7 @@ fn machines_open_with_one_send_per_replica() {
 fn a_deferred_read_is_answered_once_when_settled_and_still_repairs() {
     let old = Version::value(ts(1), "old");
     let new = Version::value(ts(2), "new");
-    let mut m = ReadMachine::new(3, ids(&[7, 8, 9]), ring(), 1, true, false).reply_to(reply_to(41, 10_000));
+    let mut m = ReadMachine::new(k(3), ids(&[7, 8, 9]), ring(), 1, true, false).reply_to(reply_to(41, 10_000));
     let mut out = Vec::new();
     m.on_reply(0, read_reply(Some(old.clone())), &mut out);
     assert_eq!(answers(&out), vec![(41, Reply::Read(Some(old)))]);
@@ -113,7 +118,7 @@ fn a_deferred_read_is_answered_once_when_settled_and_still_repairs() {
     // The answer counts as the client's reply: once all are in, the stale one is repaired.
     m.on_reply(1, read_reply(Some(new.clone())), &mut out);
     m.on_reply(2, read_reply(Some(new.clone())), &mut out);
-    assert_eq!(out, vec![Command::Repair { target: NodeId(7), key: 3, version: new }]);
+    assert_eq!(out, vec![Command::Repair { target: NodeId(7), key: k(3), version: new }]);
 }
 
 #[test]
@@ -124,7 +129,7 @@ fn deferred_answers_name_failures_and_timeouts() {
         (-1, Error::Timeout("0 of 2 acks for key 4; the write may or may not have been applied".into())),
     ];
     for (in_ms, expected) in cases {
-        let mut m = WriteMachine::new(4, Version::value(ts(3), "w"), ids(&[0, 1, 2]), ring(), 2, false).reply_to(reply_to(5, in_ms));
+        let mut m = WriteMachine::new(k(4), Version::value(ts(3), "w"), ids(&[0, 1, 2]), ring(), 2, false).reply_to(reply_to(5, in_ms));
         let mut out = Vec::new();
         m.on_reply(0, Err(Error::Failure("refused".into())), &mut out);
         assert!(answers(&out).is_empty(), "not settled yet");
@@ -133,14 +138,14 @@ fn deferred_answers_name_failures_and_timeouts() {
         assert_eq!(answers(&out), vec![(5, Reply::Error(expected))]);
     }
     // Reached: the timestamp and the acks at the time of settling.
-    let mut m = WriteMachine::new(4, Version::value(ts(3), "w"), ids(&[0, 1, 2]), ring(), 2, false).reply_to(reply_to(6, 10_000));
+    let mut m = WriteMachine::new(k(4), Version::value(ts(3), "w"), ids(&[0, 1, 2]), ring(), 2, false).reply_to(reply_to(6, 10_000));
     let mut out = Vec::new();
     m.on_reply(2, write_ack(), &mut out);
     m.on_reply(0, write_ack(), &mut out);
     m.on_reply(1, write_ack(), &mut out);
     assert_eq!(answers(&out), vec![(6, Reply::Write { ts: ts(3), acks: 2 })]);
     // A read that gets no reply at all in time.
-    let mut m = ReadMachine::new(8, ids(&[0, 1, 2]), ring(), 1, true, false).reply_to(reply_to(7, -1));
+    let mut m = ReadMachine::new(k(8), ids(&[0, 1, 2]), ring(), 1, true, false).reply_to(reply_to(7, -1));
     let mut out = Vec::new();
     for slot in 0..3 {
         m.on_reply(slot, Err(Error::Timeout("r: did not answer in time".into())), &mut out);
@@ -151,7 +156,7 @@ fn deferred_answers_name_failures_and_timeouts() {
 #[test]
 fn write_hints_every_failed_replica_even_after_success() {
     let v = Version::value(ts(5), "x");
-    let mut m = WriteMachine::new(9, v.clone(), ids(&[4, 5, 6]), ring(), 1, true);
+    let mut m = WriteMachine::new(k(9), v.clone(), ids(&[4, 5, 6]), ring(), 1, true);
     let mut out = Vec::new();
     m.on_reply(0, write_ack(), &mut out);
     assert!(m.settled());
@@ -161,7 +166,10 @@ fn write_hints_every_failed_replica_even_after_success() {
     m.on_reply(2, write_ack(), &mut out); // a duplicate outcome is ignored
     assert_eq!(
         out,
-        vec![Command::Hint { target: NodeId(5), key: 9, version: v.clone() }, Command::Hint { target: NodeId(6), key: 9, version: v }]
+        vec![
+            Command::Hint { target: NodeId(5), key: k(9), version: v.clone() },
+            Command::Hint { target: NodeId(6), key: k(9), version: v }
+        ]
     );
     assert_eq!(m.tally().acks(), 1);
 }
@@ -169,7 +177,7 @@ fn write_hints_every_failed_replica_even_after_success() {
 #[test]
 fn write_without_hints_and_impossible_quorum() {
     let v = Version::value(ts(5), "x");
-    let mut m = WriteMachine::new(1, v, ids(&[0, 1, 2]), ring(), 2, false);
+    let mut m = WriteMachine::new(k(1), v, ids(&[0, 1, 2]), ring(), 2, false);
     let mut out = Vec::new();
     m.on_reply(0, Err(Error::Failure("refused".into())), &mut out);
     assert!(!m.settled());
@@ -183,7 +191,7 @@ fn write_without_hints_and_impossible_quorum() {
 fn read_returns_newest_and_repairs_stale_after_all_replies() {
     let old = Version::value(ts(1), "old");
     let new = Version::value(ts(2), "new");
-    let mut m = ReadMachine::new(3, ids(&[7, 8, 9]), ring(), 1, true, false);
+    let mut m = ReadMachine::new(k(3), ids(&[7, 8, 9]), ring(), 1, true, false);
     let mut out = Vec::new();
     m.on_reply(0, read_reply(Some(old.clone())), &mut out);
     assert!(m.settled());
@@ -197,8 +205,8 @@ fn read_returns_newest_and_repairs_stale_after_all_replies() {
     assert_eq!(
         out,
         vec![
-            Command::Repair { target: NodeId(7), key: 3, version: new.clone() },
-            Command::Repair { target: NodeId(9), key: 3, version: new }
+            Command::Repair { target: NodeId(7), key: k(3), version: new.clone() },
+            Command::Repair { target: NodeId(9), key: k(3), version: new }
         ]
     );
 }
@@ -207,7 +215,7 @@ fn read_returns_newest_and_repairs_stale_after_all_replies() {
 fn a_quorum_read_repairs_stale_replicas_before_it_answers() {
     let old = Version::value(ts(1), "old");
     let new = Version::value(ts(2), "new");
-    let mut m = ReadMachine::new(3, ids(&[0, 1, 2]), ring(), 2, true, true).reply_to(reply_to(9, 10_000));
+    let mut m = ReadMachine::new(k(3), ids(&[0, 1, 2]), ring(), 2, true, true).reply_to(reply_to(9, 10_000));
     let mut out = Vec::new();
     m.on_reply(0, read_reply(Some(new.clone())), &mut out);
     m.on_reply(1, read_reply(Some(old)), &mut out);
@@ -215,7 +223,7 @@ fn a_quorum_read_repairs_stale_replicas_before_it_answers() {
     // The level is reached, but the stale replica is repaired first: a write in
     // repair slot 3 (the read slots' count plus its place among the stale ones).
     assert!(!m.settled() && m.repairing());
-    let want = Outgoing { slot: 3, to: NodeId(1), msg: PeerRequest::Write { key: 3, version: new.clone() }, route: Route::Direct };
+    let want = Outgoing { slot: 3, to: NodeId(1), msg: PeerRequest::Write { key: k(3), version: new.clone() }, route: Route::Direct };
     assert_eq!(sends(&out), vec![want]);
     assert!(answers(&out).is_empty());
     out.clear();
@@ -232,7 +240,7 @@ fn a_quorum_read_repairs_stale_replicas_before_it_answers() {
 fn a_failed_blocking_repair_fails_the_read_with_a_timeout() {
     let old = Version::value(ts(1), "old");
     let new = Version::value(ts(2), "new");
-    let mut m = ReadMachine::new(5, ids(&[0, 1, 2]), ring(), 2, true, true);
+    let mut m = ReadMachine::new(k(5), ids(&[0, 1, 2]), ring(), 2, true, true);
     let mut out = Vec::new();
     m.on_reply(0, read_reply(Some(old)), &mut out);
     m.on_reply(1, read_reply(Some(new)), &mut out);
@@ -251,7 +259,7 @@ fn a_failed_blocking_repair_fails_the_read_with_a_timeout() {
 fn a_read_answered_at_its_deadline_leaves_stale_replicas_to_the_background() {
     let old = Version::value(ts(1), "old");
     let new = Version::value(ts(2), "new");
-    let mut m = ReadMachine::new(6, ids(&[0, 1, 2]), ring(), 2, true, true);
+    let mut m = ReadMachine::new(k(6), ids(&[0, 1, 2]), ring(), 2, true, true);
     let mut out = Vec::new();
     m.on_reply(0, read_reply(Some(old)), &mut out);
     // The waiting coordinator's deadline passed at one reply of two: it answered with a timeout.
@@ -260,13 +268,13 @@ fn a_read_answered_at_its_deadline_leaves_stale_replicas_to_the_background() {
     m.on_reply(1, read_reply(Some(new.clone())), &mut out);
     m.on_reply(2, read_reply(Some(new.clone())), &mut out);
     assert!(sends(&out).is_empty(), "no blocking repair after the answer: {out:?}");
-    assert_eq!(out, vec![Command::Repair { target: NodeId(0), key: 6, version: new }]);
+    assert_eq!(out, vec![Command::Repair { target: NodeId(0), key: k(6), version: new }]);
     assert!(m.complete());
 }
 
 #[test]
 fn read_without_repair_never_commands() {
-    let mut m = ReadMachine::new(3, ids(&[0, 1, 2]), ring(), 1, false, true);
+    let mut m = ReadMachine::new(k(3), ids(&[0, 1, 2]), ring(), 1, false, true);
     let mut out = Vec::new();
     m.on_reply(0, read_reply(Some(Version::value(ts(2), "a"))), &mut out);
     m.on_reply(1, read_reply(None), &mut out);
@@ -277,7 +285,7 @@ fn read_without_repair_never_commands() {
 
 #[test]
 fn tombstone_is_newest_when_newer() {
-    let mut m = ReadMachine::new(3, ids(&[0, 1, 2]), ring(), 2, true, false);
+    let mut m = ReadMachine::new(k(3), ids(&[0, 1, 2]), ring(), 2, true, false);
     let mut out = Vec::new();
     m.on_reply(0, read_reply(Some(Version::value(ts(1), "a"))), &mut out);
     m.on_reply(1, read_reply(Some(Version::tombstone(ts(2)))), &mut out);
@@ -307,7 +315,7 @@ fn background_calls_are_charged_to_the_budget_until_complete() {
     let budget = Arc::new(Budget::new(10_000));
     let v = Version::value(ts(1), "x".repeat(4000));
     let write = |deadline| {
-        let m = WriteMachine::new(1, v.clone(), ids(&[0, 1, 2]), ring(), 1, false);
+        let m = WriteMachine::new(k(1), v.clone(), ids(&[0, 1, 2]), ring(), 1, false);
         Call::new(m, Arc::new(NoExec::default()), budget.clone(), deadline)
     };
     let call = write(Instant::now());
@@ -338,7 +346,7 @@ fn background_calls_are_charged_to_the_budget_until_complete() {
 #[test]
 fn a_background_read_is_charged_for_the_replies_to_come() {
     let budget = Arc::new(Budget::new(1 << 20));
-    let m = ReadMachine::new(1, ids(&[0, 1, 2]), ring(), 1, true, false);
+    let m = ReadMachine::new(k(1), ids(&[0, 1, 2]), ring(), 1, true, false);
     let call = Call::new(m, Arc::new(NoExec::default()), budget.clone(), Instant::now());
     call.deliver(0, read_reply(Some(Version::value(ts(1), "x".repeat(4000)))));
     call.finish();

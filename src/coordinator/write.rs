@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cluster::consistency::Decision;
+use crate::cluster::key::Key;
 use crate::cluster::ring::{NodeId, Ring};
 use crate::coordinator::call::Machine;
 use crate::coordinator::command::{Command, Outgoing, ReplyTo, Route};
@@ -17,7 +18,7 @@ use crate::storage::hlc::Timestamp;
 /// replica that fails or times out gets a hint (when hinted handoff is on),
 /// even if the failure arrives after the client was answered.
 pub struct WriteMachine {
-    key: u8,
+    key: Key,
     version: Version,
     answered: SlotSet,
     tally: Tally,
@@ -27,7 +28,7 @@ pub struct WriteMachine {
 
 impl WriteMachine {
     /// A write of `version` to `targets` needing `required` acks; `hint` keeps hints for failed replicas.
-    pub fn new(key: u8, version: Version, targets: impl Into<Arc<[NodeId]>>, ring: Arc<Ring>, required: usize, hint: bool) -> Self {
+    pub fn new(key: Key, version: Version, targets: impl Into<Arc<[NodeId]>>, ring: Arc<Ring>, required: usize, hint: bool) -> Self {
         let tally = Tally::new(targets, ring, required);
         WriteMachine { key, version, answered: SlotSet::new(tally.targets().len()), tally, hint, reply_to: None }
     }
@@ -46,7 +47,7 @@ impl WriteMachine {
     /// The write's outcome for the client: its timestamp and acks once the level
     /// is reached; otherwise a failure, or a timeout if `timed_out` or still pending.
     pub fn result(&self, timed_out: bool) -> Result<(Timestamp, usize)> {
-        let (acks, need, key) = (self.tally.acks(), self.tally.required(), self.key);
+        let (acks, need, key) = (self.tally.acks(), self.tally.required(), &self.key);
         match self.tally.decision() {
             Decision::Reached => Ok((self.version.ts, acks)),
             Decision::Impossible if !timed_out => Err(Error::Failure(format!(
@@ -61,7 +62,7 @@ impl WriteMachine {
 impl Machine for WriteMachine {
     fn start(&mut self) -> Vec<Outgoing> {
         let write = |(slot, &to)| {
-            let msg = PeerRequest::Write { key: self.key, version: self.version.clone() };
+            let msg = PeerRequest::Write { key: self.key.clone(), version: self.version.clone() };
             Outgoing { slot, to, msg, route: Route::Direct }
         };
         self.tally.targets().iter().enumerate().map(write).collect()
@@ -81,7 +82,7 @@ impl Machine for WriteMachine {
             Some(err) => {
                 self.tally.fail(slot, &err);
                 if self.hint {
-                    out.push(Command::Hint { target: self.tally.target(slot), key: self.key, version: self.version.clone() });
+                    out.push(Command::Hint { target: self.tally.target(slot), key: self.key.clone(), version: self.version.clone() });
                 }
             }
         }
@@ -105,6 +106,6 @@ impl Machine for WriteMachine {
     }
 
     fn held_bytes(&self) -> usize {
-        self.version.value.as_ref().map_or(0, String::len)
+        self.version.value.as_ref().map_or(0, |v| v.len())
     }
 }

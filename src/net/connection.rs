@@ -205,11 +205,11 @@ impl Connection<'_, '_> {
     fn handle(&mut self, req: proto::Request, lone: bool) -> Step {
         let node = self.srv.node;
         let id = req.id;
-        let max_value = node.cfg.max_value_bytes;
+        let limits = node.limits();
         match (req.body, self.role) {
             (None, _) => Step::Reply(Queued::error(id, Error::InvalidRequest("empty request".into()))),
             (Some(request::Body::Hello(h)), Role::Unknown) => self.hello(id, h),
-            (Some(body), Role::Peer(_)) => Step::Reply(match PeerRequest::parse(body, max_value) {
+            (Some(body), Role::Peer(_)) => Step::Reply(match PeerRequest::parse(body, &limits) {
                 Err(e) => Queued::error(id, e),
                 Ok(req) => {
                     let (result, commit) = node.serve_peer(req);
@@ -232,7 +232,7 @@ impl Connection<'_, '_> {
                         return Step::Close(Ok(()));
                     }
                 }
-                let req = match ClientRequest::parse(body, max_value) {
+                let req = match ClientRequest::parse(body, &limits) {
                     Ok(r) => r,
                     Err(e) => return Step::Reply(Queued::error(id, e)),
                 };

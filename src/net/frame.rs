@@ -270,8 +270,10 @@ mod tests {
 
     #[test]
     fn encode_then_read_round_trips() {
-        let req =
-            proto::Request { id: 42, body: Some(proto::request::Body::Put(proto::Put { key: 7, value: "x".repeat(300), consistency: 2 })) };
+        let req = proto::Request {
+            id: 42,
+            body: Some(proto::request::Body::Put(proto::Put { key: b"7".to_vec(), value: "x".repeat(300).into(), consistency: 2 })),
+        };
         let mut buf = Vec::new();
         encode_frame(&req, &mut buf);
         assert_eq!(BigEndian::read_u32(&buf) as usize, buf.len() - 4);

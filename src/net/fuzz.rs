@@ -2,8 +2,9 @@
 //! the way a replica reads them, decoded, and parsed as both a client's and a
 //! peer's request ([`crate::message`]).
 
+use crate::cluster::key::Partitioner;
 use crate::error::Error;
-use crate::message::{validate_peer_request, validate_request};
+use crate::message::{Limits, validate_peer_request, validate_request};
 use crate::proto;
 
 /// What [`fuzz_frames`] saw, for tests that want to know it did something.
@@ -48,9 +49,13 @@ pub fn fuzz_frames(data: &[u8], max_frame: usize, max_value_bytes: usize) -> Fuz
         stats.frames += 1;
         let Ok(req) = proto::Request::decode(frame) else { continue };
         stats.decoded += 1;
-        let client = validate_request(&req, max_value_bytes);
-        let peer = validate_peer_request(&req, max_value_bytes);
-        for e in [&client, &peer].into_iter().filter_map(|r| r.as_ref().err()) {
+        // Both partitioners' rules: a byte-ordered and a murmur3 replica.
+        let bytes = Limits::byte_ordered(max_value_bytes);
+        let murmur = Limits { partitioner: Partitioner::Murmur3, max_key_bytes: 64, max_value_bytes };
+        let client = validate_request(&req, &bytes);
+        let peer = validate_peer_request(&req, &bytes);
+        let others = [validate_request(&req, &murmur), validate_peer_request(&req, &murmur)];
+        for e in [&client, &peer].into_iter().chain(&others).filter_map(|r| r.as_ref().err()) {
             assert!(matches!(e, Error::InvalidRequest(m) if !m.is_empty()), "validation must refuse with a message: {e:?}");
         }
         stats.valid_client += client.is_ok() as usize;
@@ -91,19 +96,23 @@ mod tests {
         let v = Some(proto::Version { micros: 5, node: 1, tombstone: false, value: "héllo".into() });
         let bodies = vec![
             B::Ping(proto::Ping {}),
-            B::Get(proto::Get { key: 70, consistency: 2 }),
-            B::Put(proto::Put { key: 7, value: "value".into(), consistency: 3 }),
-            B::Put(proto::Put { key: 7, value: "v".repeat(MAX_VALUE + 1), consistency: 1 }),
-            B::Delete(proto::Delete { key: 255, consistency: 1 }),
+            B::Get(proto::Get { key: b"70".to_vec(), consistency: 2 }),
+            B::Get(proto::Get { key: b"user:42".to_vec(), consistency: 2 }),
+            B::Put(proto::Put { key: b"7".to_vec(), value: "value".into(), consistency: 3 }),
+            B::Put(proto::Put { key: vec![0xff, 0, 0x80], value: vec![0xc3, 0x28], consistency: 3 }),
+            B::Put(proto::Put { key: b"7".to_vec(), value: "v".repeat(MAX_VALUE + 1).into(), consistency: 1 }),
+            B::Put(proto::Put { key: vec![b'k'; 65], value: "v".into(), consistency: 1 }),
+            B::Delete(proto::Delete { key: b"255".to_vec(), consistency: 1 }),
+            B::Delete(proto::Delete { key: Vec::new(), consistency: 1 }),
             B::Status(proto::StatusRequest {}),
-            B::Inspect(proto::InspectRequest { key: 256 }),
-            B::Display(proto::DisplayRequest { max_value_len: 10 }),
+            B::Inspect(proto::InspectRequest { key: b"256".to_vec() }),
+            B::Display(proto::DisplayRequest { max_value_len: 10, max_keys: 3 }),
             B::Hello(proto::PeerHello { name: "r1".into(), ring_fingerprint: 99, ring_description: "ring".into(), epoch: 1 }),
-            B::ReplicaRead(proto::ReplicaRead { key: 3 }),
-            B::ReplicaWrite(proto::ReplicaWrite { key: 3, version: v }),
+            B::ReplicaRead(proto::ReplicaRead { key: b"3".to_vec() }),
+            B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v }),
             B::Heartbeat(proto::Heartbeat { from: "r2".into() }),
-            B::ReplicaDump(proto::ReplicaDump { max_value_len: 4 }),
-            B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..40).collect() }),
+            B::ReplicaDump(proto::ReplicaDump { max_value_len: 4, slots: vec![1, 300], max_keys: 5 }),
+            B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..40).map(|i: u32| i.to_string().into_bytes()).collect() }),
         ];
         bodies.into_iter().map(|b| proto::Request { id: 77, body: Some(b) }.encode_to_vec()).collect()
     }
@@ -172,7 +181,7 @@ mod tests {
     fn fuzz_body_reads_every_frame_of_a_stream() {
         let mut stream = Vec::new();
         let mut buf = Vec::new();
-        for body in [B::Ping(proto::Ping {}), B::Get(proto::Get { key: 300, consistency: 1 })] {
+        for body in [B::Ping(proto::Ping {}), B::Get(proto::Get { key: b"300".to_vec(), consistency: 1 })] {
             encode_frame(&proto::Request { id: 1, body: Some(body) }, &mut buf);
             stream.extend_from_slice(&buf);
         }

@@ -1,25 +1,54 @@
 //! `status`, `inspect` and `display`: what a coordinator knows and what each replica holds.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
+use crate::cluster::token::murmur3_x64_128;
 use crate::coordinator::call::Call;
 use crate::coordinator::gather::GatherMachine;
-use crate::message::{PeerRequest, PeerResponse, PeerResult};
+use crate::message::{MAX_DUMP_CELLS, PeerRequest, PeerResponse, PeerResult};
 use crate::node::Node;
 use crate::proto;
+use crate::storage::cell::Version;
 
-/// Cuts `s` to at most `max` bytes on a character boundary; says whether it cut.
-fn truncate(s: &mut String, max: usize) -> bool {
-    if s.len() <= max {
+/// Cuts `v` to at most `max` bytes; says whether it cut. (Values are bytes:
+/// the console escapes whatever is not UTF-8, a cut character included.)
+fn truncate(v: &mut Vec<u8>, max: usize) -> bool {
+    if v.len() <= max {
         return false;
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
+    v.truncate(max);
     true
+}
+
+/// One replica's cells in the slots `display` looked into: key → (version, value cut).
+type Listing = BTreeMap<Vec<u8>, (Version, bool)>;
+
+/// A cell's contribution to its group's digest: a hash of its key, timestamp and tombstone flag.
+fn cell_hash(key: &[u8], v: &Version) -> u64 {
+    let seed = v.ts.micros.rotate_left(17) ^ u64::from(v.ts.node) ^ u64::from(v.is_tombstone());
+    murmur3_x64_128(key, seed).0
+}
+
+/// A version as an entry of `inspect` or `display`, its value cut to `max_value_len`.
+fn entry(name: String, v: Option<&Version>, max_value_len: usize) -> proto::InspectEntry {
+    let mut version = v.map(|v| v.to_proto());
+    let truncated = version.as_mut().is_some_and(|pv| truncate(&mut pv.value, max_value_len));
+    proto::InspectEntry { name, reachable: true, version, error: String::new(), truncated }
+}
+
+fn unreachable(name: String, why: String) -> proto::InspectEntry {
+    proto::InspectEntry { name, error: why, ..Default::default() }
+}
+
+fn why(r: Option<PeerResult>) -> String {
+    match r {
+        Some(Ok(other)) => format!("unexpected reply {other:?}"),
+        Some(Err(e)) => e.message().to_string(),
+        None => "no reply in time".into(),
+    }
 }
 
 impl Node {
@@ -31,71 +60,159 @@ impl Node {
     }
 
     /// Each replica of `key`: its version, or why it could not be asked.
-    pub fn inspect(self: &Arc<Self>, key: u8) -> proto::InspectResult {
-        let targets = self.ring.replicas(key).to_vec();
-        let results = self.gather(targets.clone(), PeerRequest::Read { key });
+    pub fn inspect(self: &Arc<Self>, key: &Key) -> proto::InspectResult {
+        let targets = self.ring.replicas(key.as_bytes()).to_vec();
+        let results = self.gather(targets.clone(), PeerRequest::Read { key: key.clone() });
         let replicas = targets
             .iter()
             .zip(results)
-            .map(|(&t, r)| {
-                let name = self.ring.name(t);
-                match r {
-                    Some(Ok(PeerResponse::Read(v))) => {
-                        proto::InspectEntry { name, reachable: true, version: v.map(|v| v.into_proto()), error: String::new() }
-                    }
-                    Some(Ok(other)) => proto::InspectEntry { name, error: format!("unexpected reply {other:?}"), ..Default::default() },
-                    Some(Err(e)) => proto::InspectEntry { name, error: e.message().to_string(), ..Default::default() },
-                    None => proto::InspectEntry { name, error: "no reply in time".into(), ..Default::default() },
-                }
+            .map(|(&t, r)| match r {
+                Some(Ok(PeerResponse::Read(v))) => entry(self.ring.name(t), v.as_ref(), usize::MAX),
+                other => unreachable(self.ring.name(t), why(other)),
             })
             .collect();
-        proto::InspectResult { key: key as u32, replicas }
+        proto::InspectResult { key: key.to_vec(), replicas }
     }
 
-    /// What every node holds.
-    pub fn display(self: &Arc<Self>, max_value_len: u32) -> proto::DisplayResult {
+    /// What every node holds, summed up, and the keys whose replicas disagree
+    /// (at most `max_keys`, values cut to `max_value_len` bytes).
+    ///
+    /// Two rounds: every node sends its totals and a digest of each group of
+    /// cells sharing a slot and a replica set; the replicas of a group whose
+    /// digests differ are then asked for those slots' cells, and the cells are
+    /// compared key by key. Work and replies grow with the differences, not
+    /// with the keys held.
+    pub fn display(self: &Arc<Self>, max_value_len: u32, max_keys: u32) -> proto::DisplayResult {
         let targets: Vec<NodeId> = self.ring.ids().collect();
-        let results = self.gather(targets.clone(), PeerRequest::Dump { max_value_len });
-        let replicas = targets
-            .iter()
-            .enumerate()
-            .zip(results)
-            .map(|((i, &t), r)| {
-                let (range_start, range_end) = self.ring.range(i);
-                let mut e = proto::ReplicaDumpEntry {
-                    name: self.ring.name(t),
-                    range_start: range_start as u32,
-                    range_end: range_end as u32,
-                    ..Default::default()
-                };
-                match r {
-                    Some(Ok(PeerResponse::Dump(d))) => {
-                        e.reachable = true;
-                        e.cells = d.cells;
-                    }
-                    Some(Ok(other)) => e.error = format!("unexpected reply {other:?}"),
-                    Some(Err(err)) => e.error = err.message().to_string(),
-                    None => e.error = "no reply in time".into(),
+        let results = self.gather(targets.clone(), PeerRequest::Dump { max_value_len, slots: Vec::new(), max_keys: 0 });
+        let mut digests: Vec<Option<HashMap<(u32, u32), u64>>> = Vec::with_capacity(targets.len());
+        let mut replicas = Vec::with_capacity(targets.len());
+        for ((i, &t), r) in targets.iter().enumerate().zip(results) {
+            let (range_start, range_end) = self.ring.range(i).unwrap_or((0, 0));
+            let mut e = proto::ReplicaDumpEntry {
+                name: self.ring.name(t),
+                range_start: range_start as u32,
+                range_end: range_end as u32,
+                tokens: self.ring.tokens_of(i).len() as u32,
+                share: self.ring.share(i),
+                ..Default::default()
+            };
+            match r {
+                Some(Ok(PeerResponse::Dump(d))) => {
+                    (e.reachable, e.keys, e.bytes) = (true, d.keys, d.bytes);
+                    digests.push(Some(d.digests.iter().map(|g| ((g.slot, g.range), g.digest)).collect()));
                 }
-                e
-            })
-            .collect();
-        proto::DisplayResult { replicas, rf: self.ring.rf() as u32 }
+                other => {
+                    e.error = why(other);
+                    digests.push(None);
+                }
+            }
+            replicas.push(e);
+        }
+        // Groups whose reachable replicas disagree; a replica without the group holds none of it.
+        let groups: BTreeSet<(u32, u32)> = digests.iter().flatten().flat_map(|d| d.keys().copied()).collect();
+        let mut differing: BTreeSet<u8> = BTreeSet::new();
+        let mut asked: BTreeSet<usize> = BTreeSet::new();
+        for &(slot, range) in &groups {
+            let Ok(slot8) = u8::try_from(slot) else { continue };
+            let holders: Vec<usize> = self
+                .ring
+                .group_replicas(slot8, range)
+                .iter()
+                .filter_map(|&id| self.ring.position(id))
+                .filter(|&i| digests[i].is_some())
+                .collect();
+            let of = |i: usize| digests[i].as_ref().and_then(|d| d.get(&(slot, range)).copied()).unwrap_or(0);
+            if holders.iter().any(|&i| of(i) != of(holders[0])) {
+                differing.insert(slot8);
+                asked.extend(holders);
+            }
+        }
+        let mut out = proto::DisplayResult {
+            replicas,
+            rf: self.ring.rf() as u32,
+            partitioner: self.ring.partitioner().name().to_string(),
+            differing_slots: differing.len() as u32,
+            differences: Vec::new(),
+            more: false,
+        };
+        if differing.is_empty() {
+            return out;
+        }
+        let asked: Vec<usize> = asked.into_iter().collect();
+        let slots: Vec<u8> = differing.into_iter().collect();
+        let msg = PeerRequest::Dump { max_value_len, slots: slots.clone(), max_keys: MAX_DUMP_CELLS };
+        let results = self.gather(asked.iter().map(|&i| targets[i]).collect(), msg);
+        // Every asked replica's cells, by key; None where it did not answer this time.
+        let mut cells: Vec<Option<Listing>> = vec![None; targets.len()];
+        for (&i, r) in asked.iter().zip(results) {
+            if let Some(Ok(PeerResponse::Dump(d))) = r {
+                out.more |= d.more;
+                cells[i] =
+                    Some(d.cells.into_iter().filter_map(|c| c.version.map(|v| (c.key, (Version::from_proto(v), c.truncated)))).collect());
+            }
+        }
+        let keys: BTreeSet<&Vec<u8>> = cells.iter().flatten().flat_map(|m| m.keys()).collect();
+        for key in keys {
+            let holders: Vec<usize> =
+                self.ring.replicas(key).iter().filter_map(|&id| self.ring.position(id)).filter(|&i| cells[i].is_some()).collect();
+            let of = |i: usize| cells[i].as_ref().and_then(|m| m.get(key)).map(|(v, _)| (v.ts, v.is_tombstone()));
+            if holders.iter().all(|&i| of(i) == of(holders[0])) {
+                continue;
+            }
+            if out.differences.len() >= max_keys as usize {
+                out.more = true;
+                break;
+            }
+            let replicas = holders
+                .iter()
+                .map(|&i| {
+                    let found = cells[i].as_ref().and_then(|m| m.get(key));
+                    let mut e = entry(self.ring.name(targets[i]), found.map(|(v, _)| v), max_value_len as usize);
+                    e.truncated |= found.is_some_and(|(_, cut)| *cut);
+                    e
+                })
+                .collect();
+            out.differences.push(proto::KeyDifference { key: key.clone(), replicas });
+        }
+        out
     }
 
-    /// This replica's cells, values cut to `max_value_len` bytes.
-    pub fn dump(&self, max_value_len: u32) -> proto::DumpResult {
-        let cells = self
-            .store
-            .snapshot()
-            .into_iter()
-            .map(|(key, v)| {
+    /// This replica's side of `display`: with no `slots`, its totals and the
+    /// digest of every group of its cells; otherwise the cells of `slots`
+    /// (at most `max_keys`), values cut to `max_value_len` bytes.
+    pub fn dump(&self, max_value_len: u32, slots: &[u8], max_keys: u32) -> proto::DumpResult {
+        let totals = self.store.totals();
+        let mut d = proto::DumpResult { keys: totals.keys, bytes: totals.bytes, ..Default::default() };
+        if slots.is_empty() {
+            for slot in 0..=255u8 {
+                let mut groups: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+                self.store.for_each_in_slot(slot, |k, v| {
+                    let g = groups.entry(self.ring.range_index(k.as_bytes())).or_default();
+                    g.0 += 1;
+                    g.1 ^= cell_hash(k.as_bytes(), v);
+                });
+                d.digests.extend(groups.into_iter().map(|(range, (keys, digest))| proto::SlotDigest {
+                    slot: slot as u32,
+                    range,
+                    keys,
+                    digest,
+                }));
+            }
+            return d;
+        }
+        'slots: for &slot in slots {
+            for (key, v) in self.store.slot_cells(slot) {
+                if d.cells.len() >= max_keys as usize {
+                    d.more = true;
+                    break 'slots;
+                }
                 let mut pv = v.into_proto();
                 let truncated = truncate(&mut pv.value, max_value_len as usize);
-                proto::KeyVersion { key: key as u32, version: Some(pv), truncated }
-            })
-            .collect();
-        proto::DumpResult { cells }
+                d.cells.push(proto::KeyVersion { key: key.to_vec(), version: Some(pv), truncated });
+            }
+        }
+        d
     }
 
     /// The coordinator's view of the cluster.
@@ -106,7 +223,7 @@ impl Node {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let (s, e) = self.ring.range(i);
+                let (s, e) = self.ring.range(i).unwrap_or((0, 0));
                 let is_self = n.id == self.me;
                 let storage = if is_self { Some(self.storage_stats()) } else { self.peers.storage(n.id) };
                 proto::ReplicaStatus {
@@ -118,6 +235,8 @@ impl Node {
                     range_end: e as u32,
                     hints: self.hints.count(n.id) as u64,
                     is_self,
+                    tokens: self.ring.tokens_of(i),
+                    share: self.ring.share(i),
                 }
             })
             .collect();
@@ -127,6 +246,7 @@ impl Node {
             epoch: self.ring.epoch(),
             mode: self.cfg.mode.to_string(),
             replicas,
+            partitioner: self.ring.partitioner().name().to_string(),
         }
     }
 }

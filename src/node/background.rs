@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use log::{debug, info};
 
+use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::coordinator::call::Call;
 use crate::coordinator::command::{Executor, Outgoing, Route};
@@ -24,7 +25,7 @@ pub enum RepairJob {
         /// The replica to repair.
         target: NodeId,
         /// The key.
-        key: u8,
+        key: Key,
         /// The version to send.
         version: Version,
     },
@@ -44,7 +45,7 @@ pub enum RepairJob {
 
 /// Logs a repair that failed (the next read of the key tries again).
 struct RepairOutcome {
-    key: u8,
+    key: Key,
     target: String,
 }
 
@@ -63,7 +64,7 @@ impl Node {
             RepairJob::Repair { target, key, version } => {
                 let name = self.ring.name(target);
                 debug!("read repair: key {key} to {name}");
-                let sink = Arc::new(RepairOutcome { key, target: name });
+                let sink = Arc::new(RepairOutcome { key: key.clone(), target: name });
                 let msg = PeerRequest::Write { key, version };
                 self.send(sink, vec![Outgoing { slot: 0, to: target, msg, route: Route::Direct }], self.deadline());
             }
@@ -116,13 +117,13 @@ impl Node {
                 return;
             }
             let ts = version.ts;
-            let machine = GatherMachine::new(vec![target], PeerRequest::Write { key, version });
+            let machine = GatherMachine::new(vec![target], PeerRequest::Write { key: key.clone(), version });
             let call = Call::new(machine, self.clone(), self.budget.clone(), self.deadline());
             call.start();
             let result = call.wait().take().pop().flatten();
             match result {
                 Some(Ok(PeerResponse::WriteAck { .. })) => {
-                    self.hints.delivered(target, key, ts);
+                    self.hints.delivered(target, key.as_bytes(), ts);
                     delivered += 1;
                 }
                 other => {

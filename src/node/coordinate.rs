@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use crate::cluster::consistency::Consistency;
+use crate::cluster::key::Key;
 use crate::coordinator::call::{Call, Machine};
 use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
 use crate::coordinator::peers::ReplySink;
@@ -59,15 +60,16 @@ impl Node {
     /// settles, and this returns [`Answered::Later`].
     pub fn write(
         self: &Arc<Self>,
-        key: u8,
-        value: Option<String>,
+        key: Key,
+        value: Option<Vec<u8>>,
         level: Consistency,
         later: Later<'_>,
     ) -> Result<Answered<(Timestamp, usize)>> {
-        let (_, need) = self.check_available(key, level)?;
-        let version = Version { ts: self.clock.now(), value };
+        let (_, need) = self.check_available(&key, level)?;
+        let version = Version { ts: self.clock.now(), value: value.map(Vec::into_boxed_slice) };
         let hint = self.cfg.mode.hinted_handoff();
-        let machine = WriteMachine::new(key, version, self.ring.replica_set(key), self.ring.clone(), need, hint);
+        let targets = self.ring.replica_set(key.as_bytes());
+        let machine = WriteMachine::new(key, version, targets, self.ring.clone(), need, hint);
         let call = match self.start(machine, later, self.deadline(), WriteMachine::reply_to) {
             Started::Deferred(u) => return Ok(Answered::Later(u)),
             Started::Waiting(call) => call,
@@ -82,21 +84,26 @@ impl Node {
     /// replicas are asked afterwards: the returned [`Deferred`] must be run once
     /// the reply is sent. With `later` (a client connection and the request's
     /// token), other reads are answered by the call when it settles ([`Answered::Later`]).
-    pub fn read(self: &Arc<Self>, key: u8, level: Consistency, later: Later<'_>) -> Result<Answered<(Option<Version>, Option<Deferred>)>> {
-        let (replicas, need) = self.check_available(key, level)?;
+    pub fn read(self: &Arc<Self>, key: Key, level: Consistency, later: Later<'_>) -> Result<Answered<(Option<Version>, Option<Deferred>)>> {
+        let (replicas, need) = self.check_available(&key, level)?;
         let repair = self.cfg.mode.read_repair();
         let blocking = level != Consistency::One;
-        let machine = ReadMachine::new(key, self.ring.replica_set(key), self.ring.clone(), need, repair, blocking);
         let local_slot = replicas.iter().position(|&t| t == self.me);
         let deadline = self.deadline();
-        if let (Consistency::One, Some(slot)) = (level, local_slot) {
-            let version = self.store.get(key);
+        if let (Consistency::One, Some(_), false) = (level, local_slot, repair) {
+            // Without read repair the other replicas' versions would change nothing.
+            let version = self.store.get(key.as_bytes());
             if let Some(v) = &version {
                 let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
             }
-            if !repair {
-                // Without read repair the other replicas' versions would change nothing.
-                return Ok(Answered::Now((version, None)));
+            return Ok(Answered::Now((version, None)));
+        }
+        let targets = self.ring.replica_set(key.as_bytes());
+        let machine = ReadMachine::new(key, targets, self.ring.clone(), need, repair, blocking);
+        if let (Consistency::One, Some(slot)) = (level, local_slot) {
+            let version = self.store.get(machine.key().as_bytes());
+            if let Some(v) = &version {
+                let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
             }
             let call = Call::new(machine.route(ReadRoute::AllBatched), self.executor(), self.budget.clone(), deadline);
             call.deliver(slot, Ok(PeerResponse::Read(version.clone())));
@@ -144,7 +151,7 @@ impl Executor for Node {
                     debug!("not hinting key {key} for {}: down for {down_for:?}, past the hint window", self.ring.name(target));
                     return;
                 }
-                if self.hints.add(target, key, version) == crate::storage::hints::Added::Stored {
+                if self.hints.add(target, &key, version) == crate::storage::hints::Added::Stored {
                     // Hints are rare; write each one out at once so a crash right after keeps it.
                     if let Some(wal) = &self.wal {
                         wal.flush();
@@ -187,7 +194,8 @@ impl Executor for Node {
         let local = sends.iter().position(|s| s.to == self.me).map(|i| sends.remove(i)).map(|s| match s.msg {
             PeerRequest::Write { key, version } => {
                 let ts = version.ts;
-                (s.slot, Ok((key, ts, self.store.apply(key, version))))
+                let applied = self.store.apply(&key, version);
+                (s.slot, Ok((key, ts, applied)))
             }
             msg => (s.slot, Err(msg)),
         });
@@ -201,7 +209,7 @@ impl Executor for Node {
         }
         match local {
             Some((slot, Ok((key, ts, applied)))) => {
-                let result = self.commit_local(key, ts, applied).map(|applied| PeerResponse::WriteAck { applied });
+                let result = self.commit_local(&key, ts, applied).map(|applied| PeerResponse::WriteAck { applied });
                 sink.deliver(slot, result);
             }
             // Not a write (matched above): served as a peer would, nothing to commit.

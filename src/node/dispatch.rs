@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::error::{Error, Result};
 use crate::message::{ClientRequest, Reply};
@@ -35,8 +36,8 @@ impl Node {
             ClientRequest::Put { key, value, level } => return self.write_request(key, Some(value), level, later),
             ClientRequest::Delete { key, level } => return self.write_request(key, None, level, later),
             ClientRequest::Status => Reply::Status(self.status()),
-            ClientRequest::Inspect { key } => Reply::Inspect(self.inspect(key)),
-            ClientRequest::Display { max_value_len } => Reply::Display(self.display(max_value_len)),
+            ClientRequest::Inspect { key } => Reply::Inspect(self.inspect(&key)),
+            ClientRequest::Display { max_value_len, max_keys } => Reply::Display(self.display(max_value_len, max_keys)),
             ClientRequest::Fault(_) => return Err(Error::Internal("fault requests are served by the network layer".into())),
         };
         Ok(Answered::Now(Handled::of(reply)))
@@ -44,8 +45,8 @@ impl Node {
 
     fn write_request(
         self: &Arc<Self>,
-        key: u8,
-        value: Option<String>,
+        key: Key,
+        value: Option<Vec<u8>>,
         level: crate::cluster::consistency::Consistency,
         later: Later<'_>,
     ) -> Result<Answered<Handled>> {
@@ -58,12 +59,11 @@ impl Node {
     /// Checks a peer's handshake: same ring, a known name that is not ours; returns the peer's id.
     pub fn check_hello(&self, h: &proto::PeerHello) -> Result<NodeId> {
         if h.ring_fingerprint != self.ring.fingerprint() || h.epoch != self.ring.epoch() {
+            let mine = self.ring.describe();
+            let tokens = if h.ring_description == mine { " (the same nodes, but their tokens differ)" } else { "" };
             return Err(Error::RingMismatch(format!(
-                "{} has ring [{}] but {} has [{}]",
-                h.name,
-                h.ring_description,
-                self.cfg.name,
-                self.ring.describe()
+                "{} has ring [{}] but {} has [{mine}]{tokens}",
+                h.name, h.ring_description, self.cfg.name
             )));
         }
         match self.ring.id_of(&h.name) {

@@ -57,12 +57,14 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use crate::cluster::consistency::Consistency;
+use crate::cluster::key::Key;
 use crate::cluster::ring::{NodeId, Ring};
 use crate::config::NodeConfig;
 use crate::coordinator::call::{Budget, Finish};
 use crate::coordinator::peers::Peers;
 use crate::coordinator::readbatch::ReadBatcher;
 use crate::error::{Error, Result};
+use crate::message::Limits;
 use crate::message::Reply;
 use crate::storage::hints::HintStore;
 use crate::storage::hlc::{Hlc, SystemClock, WallClock};
@@ -214,7 +216,7 @@ impl Node {
             read_batcher: ReadBatcher::new(ring.ids().filter(|&id| id != me)),
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
             clock: Hlc::with_clock(me.0, wall),
-            store: Store::new(wal.clone()),
+            store: Store::new(wal.clone(), ring.partitioner()),
             hints: HintStore::new(others, cfg.hint_window, cfg.max_hint_bytes, wal.clone()),
             wal,
             ack_log,
@@ -249,6 +251,11 @@ impl Node {
         id == self.me || self.peers.is_up(id)
     }
 
+    /// What this replica accepts from the wire: its cluster's keys and its size limits.
+    pub fn limits(&self) -> Limits {
+        Limits { partitioner: self.ring.partitioner(), max_key_bytes: self.cfg.max_key_bytes, max_value_bytes: self.cfg.max_value_bytes }
+    }
+
     /// A deadline for a request started now.
     pub fn deadline(&self) -> Instant {
         Instant::now() + self.cfg.request_timeout
@@ -256,8 +263,8 @@ impl Node {
 
     /// The replicas of `key` and the replies `level` needs, or `Unavailable`
     /// if fewer of them are alive (decided before anything is sent).
-    fn check_available(&self, key: u8, level: Consistency) -> Result<(&[NodeId], usize)> {
-        let replicas = self.ring.replicas(key);
+    fn check_available(&self, key: &Key, level: Consistency) -> Result<(&[NodeId], usize)> {
+        let replicas = self.ring.replicas(key.as_bytes());
         let need = level.required(replicas.len());
         let alive = replicas.iter().filter(|&&r| self.alive(r)).count();
         if alive < need {

@@ -8,6 +8,7 @@
 
 use std::io::Write as _;
 
+use crate::cluster::key::Key;
 use crate::error::{Error, Result};
 use crate::message::{PeerRequest, PeerResponse, PeerResult};
 use crate::node::Node;
@@ -17,12 +18,12 @@ use crate::storage::hlc::Timestamp;
 use crate::storage::store::Applied;
 
 /// A peer write applied to the store but not yet durable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PendingAck {
     /// Log position to commit.
     pub pos: u64,
     /// The key written.
-    pub key: u8,
+    pub key: Key,
     /// The version's timestamp.
     pub ts: Timestamp,
 }
@@ -32,7 +33,7 @@ impl Node {
     /// [`PendingAck`] is durable ([`commit_acks`](Self::commit_acks)).
     pub fn serve_peer(&self, req: PeerRequest) -> (PeerResult, Option<PendingAck>) {
         let result = match req {
-            PeerRequest::Read { key } => Ok(PeerResponse::Read(self.store.get(key))),
+            PeerRequest::Read { key } => Ok(PeerResponse::Read(self.store.get(key.as_bytes()))),
             PeerRequest::Write { key, version } => {
                 if let Err(ahead) = self.clock.observe(version.ts, self.cfg.max_clock_offset) {
                     return (
@@ -46,7 +47,7 @@ impl Node {
                     );
                 }
                 let ts = version.ts;
-                return match self.store.apply(key, version) {
+                return match self.store.apply(&key, version) {
                     Ok(applied) => {
                         (Ok(PeerResponse::WriteAck { applied: applied.changed }), Some(PendingAck { pos: applied.pos, key, ts }))
                     }
@@ -56,8 +57,8 @@ impl Node {
             PeerRequest::Heartbeat { .. } => {
                 Ok(PeerResponse::Heartbeat { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
             }
-            PeerRequest::Dump { max_value_len } => Ok(PeerResponse::Dump(self.dump(max_value_len))),
-            PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.into_iter().map(|k| self.store.get(k)).collect())),
+            PeerRequest::Dump { max_value_len, slots, max_keys } => Ok(PeerResponse::Dump(self.dump(max_value_len, &slots, max_keys))),
+            PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.iter().map(|k| self.store.get(k.as_bytes())).collect())),
             PeerRequest::Ping => Ok(PeerResponse::Pong(self.cfg.name.clone())),
         };
         (result, None)
@@ -69,13 +70,13 @@ impl Node {
         let Some(pos) = acks.clone().map(|a| a.pos).max() else { return Ok(()) };
         self.store.commit(pos)?;
         for a in acks {
-            self.note_ack(a.key, a.ts);
+            self.note_ack(&a.key, a.ts);
         }
         Ok(())
     }
 
     /// Applies a write to the local store and waits until it is durable.
-    pub fn apply_local(&self, key: u8, version: Version) -> Result<bool> {
+    pub fn apply_local(&self, key: &Key, version: Version) -> Result<bool> {
         let ts = version.ts;
         self.commit_local(key, ts, self.store.apply(key, version))
     }
@@ -84,7 +85,7 @@ impl Node {
     /// already applied (the fan-out loop applies its own replica's write before
     /// the remote sends and commits it after): waits until it is durable, then
     /// records the ack. Returns whether the cell changed.
-    pub fn commit_local(&self, key: u8, ts: Timestamp, applied: Result<Applied>) -> Result<bool> {
+    pub fn commit_local(&self, key: &Key, ts: Timestamp, applied: Result<Applied>) -> Result<bool> {
         let a = applied?;
         self.store.commit(a.pos)?;
         self.note_ack(key, ts);
@@ -92,7 +93,7 @@ impl Node {
     }
 
     /// Test hook: records that this replica acknowledged `ts` for `key` (after it was durable).
-    pub fn note_ack(&self, key: u8, ts: Timestamp) {
+    pub fn note_ack(&self, key: &Key, ts: Timestamp) {
         if let Some(log) = &self.ack_log {
             let _ = writeln!(log.lock(), "{key} {} {}", ts.micros, ts.node);
         }
@@ -100,9 +101,11 @@ impl Node {
 
     /// This replica's storage, as `status` shows it.
     pub fn storage_stats(&self) -> proto::StorageStats {
-        match &self.wal {
+        let totals = self.store.totals();
+        let stats = match &self.wal {
             Some(wal) => wal.stats(),
             None => proto::StorageStats { in_memory: true, ..Default::default() },
-        }
+        };
+        proto::StorageStats { keys: totals.keys, bytes: totals.bytes, ..stats }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use log::{debug, info};
 
+use crate::cluster::key::Key;
 use crate::error::Result;
 use crate::node::Node;
 use crate::proto;
@@ -12,13 +13,23 @@ use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
 use crate::storage::wal::{Recovered, wall_micros};
 
+/// A logged record's key: its bytes, or for a record of a version 1 log (the
+/// seed's integer keys, `key` empty) the integer in decimal. A legacy integer
+/// out of range is skipped.
+fn logged_key(key: Vec<u8>, legacy: u32) -> Option<Key> {
+    if !key.is_empty() {
+        return Some(Key::trusted(key));
+    }
+    u8::try_from(legacy).ok().map(Key::byte)
+}
+
 impl Node {
     pub(crate) fn recover(&self, rec: Recovered) {
         use proto::log_record::Kind;
         let mut cells = 0;
         let mut newest = Timestamp::default();
         let mut load_cell = |c: proto::CellWrite| {
-            if let (Ok(key), Some(v)) = (u8::try_from(c.key), c.version) {
+            if let (Some(key), Some(v)) = (logged_key(c.key, c.legacy_key), c.version) {
                 let v = Version::from_proto(v);
                 newest = newest.max(v.ts);
                 self.store.load(key, v);
@@ -27,7 +38,7 @@ impl Node {
         };
         let mut hints = 0;
         let mut load_hint = |h: proto::HintAdd| {
-            if let (Ok(key), Some(v)) = (u8::try_from(h.key), h.version) {
+            if let (Some(key), Some(v)) = (logged_key(h.key, h.legacy_key), h.version) {
                 self.hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
                 hints += 1;
             }
@@ -45,8 +56,8 @@ impl Node {
                 Some(Kind::Cell(c)) => load_cell(c),
                 Some(Kind::HintAdd(h)) => load_hint(h),
                 Some(Kind::HintDone(d)) => {
-                    if let Ok(key) = u8::try_from(d.key) {
-                        self.hints.load_delivered(&d.target, key, Timestamp { micros: d.micros, node: d.node });
+                    if let Some(key) = logged_key(d.key, d.legacy_key) {
+                        self.hints.load_delivered(&d.target, key.as_bytes(), Timestamp { micros: d.micros, node: d.node });
                     }
                 }
                 None => {}
@@ -61,8 +72,12 @@ impl Node {
     pub fn snapshot(&self) -> Result<u64> {
         let Some(wal) = &self.wal else { return Ok(0) };
         let next_log_seq = wal.rotate()?;
-        let cells =
-            self.store.snapshot().into_iter().map(|(k, v)| proto::CellWrite { key: k as u32, version: Some(v.to_proto()) }).collect();
+        let cells = self
+            .store
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| proto::CellWrite { legacy_key: 0, key: k.to_vec(), version: Some(v.into_proto()) })
+            .collect();
         let snap = proto::Snapshot { next_log_seq, cells, hints: self.hints.export(), taken_micros: wall_micros() };
         let bytes = wal.install_snapshot(&snap)?;
         debug!(
@@ -134,9 +149,9 @@ mod tests {
                 std::thread::spawn(move || {
                     barrier.wait();
                     for i in 0..300u64 {
-                        let key = t * 64 + (i % 64) as u8;
+                        let key = Key::byte(t * 64 + (i % 64) as u8);
                         let v = Version::value(Timestamp { micros: i + 1, node: t as u32 }, format!("{t}-{i}"));
-                        n.apply_local(key, v.clone()).unwrap();
+                        n.apply_local(&key, v.clone()).unwrap();
                         if i % 10 == 0 {
                             n.execute(Command::Hint { target: NodeId(1 + (t as u32 % 2)), key, version: v });
                         }

@@ -333,7 +333,12 @@ impl Cluster {
 
     /// Where node `i` stands in `key`'s replica list, if it is a replica.
     pub fn replicas(&self, key: u8) -> Vec<usize> {
-        self.nodes[0].ring.replicas(key).iter().map(|id| self.nodes.iter().position(|n| n.me == *id).unwrap()).collect()
+        self.nodes[0]
+            .ring
+            .replicas(crate::cluster::key::Key::byte(key).as_bytes())
+            .iter()
+            .map(|id| self.nodes.iter().position(|n| n.me == *id).unwrap())
+            .collect()
     }
 
     /// Sends `req` to node `i` to coordinate; returns its token (see [`Client::reply`]).

@@ -3,27 +3,36 @@
 
 use super::*;
 use crate::cluster::consistency::Consistency::{All, One, Quorum};
+use crate::cluster::key::Key;
 use crate::storage::cell::Version;
 
 const SEEDS: u64 = 24;
 /// Replicas n1, n2, n3 of a 4-node ring at RF 3; n0 coordinates without holding it.
 const KEY: u8 = 70;
 
+fn key() -> Key {
+    Key::byte(KEY)
+}
+
+fn text(v: Box<[u8]>) -> String {
+    String::from_utf8(v.into()).expect("the tests write text")
+}
+
 fn put(c: &Cluster, via: usize, value: &str, level: crate::cluster::consistency::Consistency) -> u64 {
-    c.request(via, ClientRequest::Put { key: KEY, value: value.into(), level })
+    c.request(via, ClientRequest::Put { key: key(), value: value.into(), level })
 }
 
 fn get(c: &Cluster, via: usize, level: crate::cluster::consistency::Consistency) -> u64 {
-    c.request(via, ClientRequest::Get { key: KEY, level })
+    c.request(via, ClientRequest::Get { key: key(), level })
 }
 
 fn value_at(c: &Cluster, i: usize) -> Option<String> {
-    c.nodes[i].store.get(KEY).and_then(|v: Version| v.value)
+    c.nodes[i].store.get(key().as_bytes()).and_then(|v: Version| v.value).map(text)
 }
 
 fn read_value(reply: Option<Reply>) -> Option<String> {
     match reply {
-        Some(Reply::Read(v)) => v.and_then(|v| v.value),
+        Some(Reply::Read(v)) => v.and_then(|v| v.value).map(text),
         other => panic!("expected a read answer, got {other:?}"),
     }
 }
@@ -146,9 +155,9 @@ fn a_seed_replays_exactly() {
         let c = Cluster::new(5, 3, seed);
         let mut pending = Vec::new();
         for i in 0..20u8 {
-            let key = i.wrapping_mul(53);
-            c.request(i as usize % 5, ClientRequest::Put { key, value: format!("a{i}"), level: One });
-            c.request((i as usize + 1) % 5, ClientRequest::Put { key, value: format!("b{i}"), level: One });
+            let key = Key::byte(i.wrapping_mul(53));
+            c.request(i as usize % 5, ClientRequest::Put { key: key.clone(), value: format!("a{i}").into(), level: One });
+            c.request((i as usize + 1) % 5, ClientRequest::Put { key, value: format!("b{i}").into(), level: One });
             // Deliver a few events at a time, so requests overlap.
             for _ in 0..3 {
                 c.net.step_matching(&|_| true);
@@ -157,7 +166,7 @@ fn a_seed_replays_exactly() {
         }
         c.net.run(&c);
         let cells: Vec<Vec<Option<String>>> =
-            c.nodes.iter().map(|n| n.store.snapshot().into_iter().map(|(_, v)| v.value).collect()).collect();
+            c.nodes.iter().map(|n| n.store.snapshot().into_iter().map(|(_, v)| v.value.map(text)).collect()).collect();
         (c.net.trace(), pending, cells)
     };
     for seed in 0..8 {
@@ -184,7 +193,7 @@ fn a_repair_send_past_its_deadline_is_timed_out_not_sent() {
     let version = Version::value(crate::storage::hlc::Timestamp { micros: 1, node: 1 }, "x");
     let send = |deadline: Instant| {
         let heard = Arc::new(Heard::default());
-        let msg = PeerRequest::Write { key: KEY, version: version.clone() };
+        let msg = PeerRequest::Write { key: key(), version: version.clone() };
         let sends = vec![Outgoing { slot: 3, to: c.id(2), msg, route: Route::Direct }];
         c.nodes[1].send_repair(RepairJob::Send { sink: heard.clone(), sends, deadline });
         heard

@@ -32,13 +32,13 @@ pub struct Version {
     /// When the write happened (and which coordinator stamped it).
     pub ts: Timestamp,
     /// The value; `None` is a tombstone.
-    pub value: Option<String>,
+    pub value: Option<Box<[u8]>>,
 }
 
 impl Version {
     /// A live value.
-    pub fn value(ts: Timestamp, value: impl Into<String>) -> Self {
-        Version { ts, value: Some(value.into()) }
+    pub fn value(ts: Timestamp, value: impl Into<Vec<u8>>) -> Self {
+        Version { ts, value: Some(value.into().into_boxed_slice()) }
     }
 
     /// A tombstone.
@@ -57,14 +57,14 @@ impl Version {
             micros: self.ts.micros,
             node: self.ts.node,
             tombstone: self.value.is_none(),
-            value: self.value.clone().unwrap_or_default(),
+            value: self.value.as_deref().map(<[u8]>::to_vec).unwrap_or_default(),
         }
     }
 
     /// The wire form, without copying the value.
     pub fn into_proto(self) -> proto::Version {
         let tombstone = self.value.is_none();
-        proto::Version { micros: self.ts.micros, node: self.ts.node, tombstone, value: self.value.unwrap_or_default() }
+        proto::Version { micros: self.ts.micros, node: self.ts.node, tombstone, value: self.value.map(Vec::from).unwrap_or_default() }
     }
 
     /// From the wire form (a tombstone's value is ignored).

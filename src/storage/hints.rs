@@ -11,7 +11,7 @@
 //! of times and in any order with the same result. That lets the store keep at
 //! most **one hint per (target, key)**: a newer missed write to the same key
 //! replaces the older hint, which the target would discard anyway. Memory is
-//! bounded by 256 hints per target and by a byte cap on their values
+//! bounded by a byte cap per target on their keys and values
 //! (`max_hint_bytes`); past the cap new hints are refused with a log line and
 //! read repair is left to heal the key.
 //!
@@ -31,7 +31,7 @@ use std::time::Duration;
 use log::{info, warn};
 use parking_lot::Mutex;
 
-use crate::cluster::ring::NodeId;
+use crate::cluster::ring::{Key, NodeId};
 use crate::proto;
 use crate::storage::cell::{Version, supersedes};
 use crate::storage::hlc::Timestamp;
@@ -47,7 +47,7 @@ struct Hint {
 
 #[derive(Default)]
 struct TargetHints {
-    by_key: BTreeMap<u8, Hint>,
+    by_key: BTreeMap<Key, Hint>,
     bytes: usize,
     refused: u64,
 }
@@ -74,8 +74,8 @@ pub enum Added {
     Refused,
 }
 
-fn cost(v: &Version) -> usize {
-    v.value.as_ref().map_or(0, String::len) + 32
+fn cost(key: &[u8], v: &Version) -> usize {
+    key.len() + v.value.as_ref().map_or(0, |v| v.len()) + 32
 }
 
 impl HintStore {
@@ -97,15 +97,15 @@ impl HintStore {
     }
 
     /// Keeps `version` of `key` for `target`.
-    pub fn add(&self, id: NodeId, key: u8, version: Version) -> Added {
+    pub fn add(&self, id: NodeId, key: &Key, version: Version) -> Added {
         let Some(target) = self.index(id) else { return Added::Refused };
         let mut t = self.targets[target].lock();
-        let old_cost = match t.by_key.get(&key) {
+        let old_cost = match t.by_key.get(key) {
             Some(h) if !supersedes(&version, Some(&h.version)) => return Added::AlreadyNewer,
-            Some(h) => cost(&h.version),
+            Some(h) => cost(key.as_bytes(), &h.version),
             None => 0,
         };
-        let new_cost = cost(&version);
+        let new_cost = cost(key.as_bytes(), &version);
         if t.bytes - old_cost + new_cost > self.max_bytes {
             t.refused += 1;
             if t.refused.is_power_of_two() {
@@ -119,7 +119,8 @@ impl HintStore {
         let created = wall_micros();
         let record = proto::HintAdd {
             target: self.names[target].clone(),
-            key: key as u32,
+            legacy_key: 0,
+            key: key.to_vec(),
             version: Some(version.to_proto()),
             created_micros: created,
         };
@@ -131,25 +132,25 @@ impl HintStore {
             return Added::Refused;
         }
         t.bytes = t.bytes - old_cost + new_cost;
-        t.by_key.insert(key, Hint { version, created });
+        t.by_key.insert(key.clone(), Hint { version, created });
         Added::Stored
     }
 
     /// Restores a hint found in the log or a snapshot (not logged again).
-    pub fn load(&self, target: &str, key: u8, version: Version, created: u64) {
+    pub fn load(&self, target: &str, key: Key, version: Version, created: u64) {
         let Some(i) = self.names.iter().position(|n| n == target) else { return };
         let mut t = self.targets[i].lock();
         let old_cost = match t.by_key.get(&key) {
             Some(h) if !supersedes(&version, Some(&h.version)) => return,
-            Some(h) => cost(&h.version),
+            Some(h) => cost(key.as_bytes(), &h.version),
             None => 0,
         };
-        t.bytes = t.bytes - old_cost + cost(&version);
+        t.bytes = t.bytes - old_cost + cost(key.as_bytes(), &version);
         t.by_key.insert(key, Hint { version, created });
     }
 
     /// Replays a delivery found in the log.
-    pub fn load_delivered(&self, target: &str, key: u8, ts: Timestamp) {
+    pub fn load_delivered(&self, target: &str, key: &[u8], ts: Timestamp) {
         if let Some(i) = self.names.iter().position(|n| n == target) {
             self.remove_if(i, key, ts);
         }
@@ -162,7 +163,8 @@ impl HintStore {
             for (key, h) in &t.lock().by_key {
                 out.push(proto::HintAdd {
                     target: self.names[i].clone(),
-                    key: *key as u32,
+                    legacy_key: 0,
+                    key: key.to_vec(),
                     version: Some(h.version.to_proto()),
                     created_micros: h.created,
                 });
@@ -182,27 +184,28 @@ impl HintStore {
     }
 
     /// The hints to replay to `target`, oldest key first, after dropping expired ones.
-    pub fn pending(&self, id: NodeId) -> Vec<(u8, Version)> {
+    pub fn pending(&self, id: NodeId) -> Vec<(Key, Version)> {
         let Some(target) = self.index(id) else { return Vec::new() };
         self.expire(id, wall_micros());
-        self.targets[target].lock().by_key.iter().map(|(k, h)| (*k, h.version.clone())).collect()
+        self.targets[target].lock().by_key.iter().map(|(k, h)| (k.clone(), h.version.clone())).collect()
     }
 
     /// Removes the hint for `key` if it still carries timestamp `ts` (a newer one stays), and logs that.
-    pub fn delivered(&self, id: NodeId, key: u8, ts: Timestamp) {
+    pub fn delivered(&self, id: NodeId, key: &[u8], ts: Timestamp) {
         let Some(target) = self.index(id) else { return };
         if self.remove_if(target, key, ts) {
-            let record = proto::HintDone { target: self.names[target].clone(), key: key as u32, micros: ts.micros, node: ts.node };
+            let record =
+                proto::HintDone { target: self.names[target].clone(), legacy_key: 0, key: key.to_vec(), micros: ts.micros, node: ts.node };
             // If this cannot be logged the hint is replayed again after a restart: harmless.
             let _ = self.log(proto::log_record::Kind::HintDone(record));
         }
     }
 
-    fn remove_if(&self, target: usize, key: u8, ts: Timestamp) -> bool {
+    fn remove_if(&self, target: usize, key: &[u8], ts: Timestamp) -> bool {
         let mut t = self.targets[target].lock();
-        if t.by_key.get(&key).is_some_and(|h| h.version.ts == ts) {
-            let h = t.by_key.remove(&key).expect("checked above");
-            t.bytes -= cost(&h.version);
+        if t.by_key.get(key).is_some_and(|h| h.version.ts == ts) {
+            let h = t.by_key.remove(key).expect("checked above");
+            t.bytes -= cost(key, &h.version);
             true
         } else {
             false
@@ -216,10 +219,10 @@ impl HintStore {
         let window = self.window;
         let before = t.by_key.len();
         let mut freed = 0;
-        t.by_key.retain(|_, h| {
+        t.by_key.retain(|k, h| {
             let keep = now.saturating_sub(h.created) <= window.as_micros() as u64;
             if !keep {
-                freed += cost(&h.version);
+                freed += cost(k.as_bytes(), &h.version);
             }
             keep
         });
@@ -241,6 +244,10 @@ impl HintStore {
 mod tests {
     use super::*;
 
+    fn k(i: u8) -> Key {
+        Key::byte(i)
+    }
+
     fn v(micros: u64, s: &str) -> Version {
         Version::value(Timestamp { micros, node: 1 }, s)
     }
@@ -252,41 +259,41 @@ mod tests {
     #[test]
     fn one_hint_per_key_newest_kept() {
         let h = store(Duration::from_secs(60), 1 << 20);
-        assert_eq!(h.add(NodeId(1), 5, v(10, "x")), Added::Stored);
-        assert_eq!(h.add(NodeId(1), 5, v(9, "older")), Added::AlreadyNewer);
-        assert_eq!(h.add(NodeId(1), 5, v(11, "y")), Added::Stored);
-        assert_eq!(h.add(NodeId(1), 6, v(3, "z")), Added::Stored);
+        assert_eq!(h.add(NodeId(1), &k(5), v(10, "x")), Added::Stored);
+        assert_eq!(h.add(NodeId(1), &k(5), v(9, "older")), Added::AlreadyNewer);
+        assert_eq!(h.add(NodeId(1), &k(5), v(11, "y")), Added::Stored);
+        assert_eq!(h.add(NodeId(1), &k(6), v(3, "z")), Added::Stored);
         assert_eq!(h.count(NodeId(1)), 2);
         assert_eq!(h.count(NodeId(0)), 0);
         let p = h.pending(NodeId(1));
-        assert_eq!(p, vec![(5, v(11, "y")), (6, v(3, "z"))]);
+        assert_eq!(p, vec![(k(5), v(11, "y")), (k(6), v(3, "z"))]);
     }
 
     #[test]
     fn delivered_removes_only_the_same_version() {
         let h = store(Duration::from_secs(60), 1 << 20);
-        h.add(NodeId(0), 1, v(10, "x"));
-        h.add(NodeId(0), 1, v(12, "newer")); // arrives while 10 is being replayed
-        h.delivered(NodeId(0), 1, Timestamp { micros: 10, node: 1 });
+        h.add(NodeId(0), &k(1), v(10, "x"));
+        h.add(NodeId(0), &k(1), v(12, "newer")); // arrives while 10 is being replayed
+        h.delivered(NodeId(0), k(1).as_bytes(), Timestamp { micros: 10, node: 1 });
         assert_eq!(h.count(NodeId(0)), 1, "the newer hint must survive delivery of the older");
-        h.delivered(NodeId(0), 1, Timestamp { micros: 12, node: 1 });
+        h.delivered(NodeId(0), k(1).as_bytes(), Timestamp { micros: 12, node: 1 });
         assert_eq!(h.count(NodeId(0)), 0);
         assert_eq!(h.targets[0].lock().bytes, 0);
     }
 
     #[test]
     fn byte_cap_refuses() {
-        let h = store(Duration::from_secs(60), 100);
-        assert_eq!(h.add(NodeId(0), 1, v(1, &"x".repeat(60))), Added::Stored);
-        assert_eq!(h.add(NodeId(0), 2, v(1, &"x".repeat(60))), Added::Refused);
-        assert_eq!(h.add(NodeId(0), 1, v(2, "short")), Added::Stored, "replacing within the cap is fine");
-        assert_eq!(h.add(NodeId(0), 2, v(1, "short")), Added::Stored);
+        let h = store(Duration::from_secs(60), 101);
+        assert_eq!(h.add(NodeId(0), &k(1), v(1, &"x".repeat(60))), Added::Stored);
+        assert_eq!(h.add(NodeId(0), &k(2), v(1, &"x".repeat(60))), Added::Refused);
+        assert_eq!(h.add(NodeId(0), &k(1), v(2, "short")), Added::Stored, "replacing within the cap is fine");
+        assert_eq!(h.add(NodeId(0), &k(2), v(1, "short")), Added::Stored);
     }
 
     #[test]
     fn old_hints_expire() {
         let h = store(Duration::from_millis(50), 1 << 20);
-        h.add(NodeId(0), 1, v(1, "x"));
+        h.add(NodeId(0), &k(1), v(1, "x"));
         assert_eq!(h.expire(NodeId(0), wall_micros()), 0);
         assert_eq!(h.expire(NodeId(0), wall_micros() + 1_000_000), 1);
         assert_eq!(h.count(NodeId(0)), 0);

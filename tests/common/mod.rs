@@ -282,7 +282,7 @@ impl Cluster {
     pub fn held(&self, via: usize, key: u32, name: &str) -> Option<String> {
         let i = self.client(via).inspect(key).ok()?;
         let e = i.replicas.into_iter().find(|e| e.name == name)?;
-        e.version.filter(|v| !v.tombstone).map(|v| v.value)
+        e.version.filter(|v| !v.tombstone).map(|v| String::from_utf8_lossy(&v.value).into_owned())
     }
 
     /// Kills replica `i` with SIGKILL and waits for it to exit.

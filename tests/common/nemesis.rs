@@ -490,7 +490,7 @@ fn client_loop(id: usize, seed: u64, ports: &[u16], keys: &[u32], t0: Instant, s
         let start = t0.elapsed();
         let outcome = match &kind {
             OpKind::Get => {
-                let r = client.get(key, level);
+                let r = client.get_text(key, level);
                 outcome_of(&r).unwrap_or_else(|| Outcome::Ok(r.unwrap()))
             }
             OpKind::Put(v) => {
@@ -553,6 +553,9 @@ fn exited(c: &mut Cluster, when: &str) -> Vec<String> {
     out
 }
 
+/// A version as `inspect` shows it: micros, node, tombstone, value.
+type Stamp = (u64, u32, bool, Vec<u8>);
+
 /// The version each replica of each key holds, as `inspect` reports it; the keys whose replicas differ
 /// (or are unreachable) go to `differing`.
 fn replica_versions(c: &Cluster, keys: &[u32], differing: &mut Vec<String>) -> BTreeMap<u32, Option<quorumkv::proto::Version>> {
@@ -563,7 +566,7 @@ fn replica_versions(c: &Cluster, keys: &[u32], differing: &mut Vec<String>) -> B
             differing.push(format!("key {key}: inspect failed"));
             continue;
         };
-        let versions: HashSet<Option<(u64, u32, bool, String)>> =
+        let versions: HashSet<Option<Stamp>> =
             i.replicas.iter().map(|e| e.version.as_ref().map(|v| (v.micros, v.node, v.tombstone, v.value.clone()))).collect();
         if versions.len() != 1 || i.replicas.iter().any(|e| !e.reachable) {
             differing.push(format!("key {key}: {:?}", i.replicas));
@@ -680,7 +683,7 @@ pub fn run(cfg: Config) -> Report {
         let mut last = None;
         let ok = wait_for(slack(Duration::from_secs(10)), || match c.client(via).get_versioned(key, Consistency::Quorum) {
             Ok(r) => {
-                final_reads.insert(key, (r.value, t0.elapsed()));
+                final_reads.insert(key, (r.value.map(|v| String::from_utf8_lossy(&v).into_owned()), t0.elapsed()));
                 final_versions.insert(key, r.version);
                 true
             }
@@ -711,7 +714,7 @@ pub fn run(cfg: Config) -> Report {
             (Some(v), Some(r)) if (v.micros, v.node) < (r.micros, r.node) => {
                 verdict.violations.push(format!("key {key}: the replicas agree on {v:?}, older than the final QUORUM read's {r:?}"))
             }
-            (Some(v), _) if !v.tombstone && !written.contains(v.value.as_str()) => {
+            (Some(v), _) if !v.tombstone && !written.contains(String::from_utf8_lossy(&v.value).as_ref()) => {
                 verdict.violations.push(format!("invented value: key {key}'s replicas agree on {:?}, which no client wrote", v.value))
             }
             (None, Some(r)) => verdict.violations.push(format!("key {key}: the replicas hold nothing, but the final read found {r:?}")),

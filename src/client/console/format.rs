@@ -1,9 +1,9 @@
 //! Output formats: how the replies to `status`, `inspect` and `display` are
 //! shown, and the timestamp, size and age notation they (and `put`/`del`) use.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use crate::cluster::key::escaped;
 use crate::proto;
 
 fn fmt_bytes(b: u64) -> String {
@@ -32,24 +32,39 @@ pub(super) fn fmt_ts(micros: u64, node: u32) -> String {
     format!("{micros}.{node:08x}")
 }
 
-fn fmt_version(v: &proto::Version) -> String {
+/// A value in quotes, UTF-8 as text and other bytes escaped; `…` if it was cut.
+fn fmt_value(value: &[u8], cut: bool) -> String {
+    format!("\"{}\"{}", escaped(value), if cut { "…" } else { "" })
+}
+
+fn fmt_version(v: &proto::Version, cut: bool) -> String {
     if v.tombstone {
         format!("deleted  ts={}", fmt_ts(v.micros, v.node))
     } else {
-        format!("{:?}  ts={}", v.value, fmt_ts(v.micros, v.node))
+        format!("{}  ts={}", fmt_value(&v.value, cut), fmt_ts(v.micros, v.node))
     }
+}
+
+/// What a node owns: its byte-ordered range, or its token count and share of the data.
+fn fmt_owns(murmur3: bool, range: (u32, u32), tokens: usize, share: f64) -> String {
+    if murmur3 { format!("{tokens} tokens, {:.1}% of the data", share * 100.0) } else { format!("{}-{}", range.0, range.1) }
 }
 
 /// `status` output.
 pub fn format_status(s: &proto::StatusResult) -> String {
-    let mut o = format!("coordinator {} (RF {}, mode {}, ring epoch {})\n", s.coordinator, s.rf, s.mode, s.epoch);
+    let murmur3 = s.partitioner == "murmur3";
+    let partitioner = if s.partitioner.is_empty() { "byte-ordered" } else { &s.partitioner };
+    let mut o = format!("coordinator {} (RF {}, {partitioner}, mode {}, ring epoch {})\n", s.coordinator, s.rf, s.mode, s.epoch);
+    let owns = if murmur3 { "TOKENS / SHARE" } else { "KEYS" };
+    let width = if murmur3 { 16 } else { 9 };
     let _ = writeln!(
         o,
-        "{:<12} {:<22} {:<5} {:<9} {:>6}  {:<15} {:>10}  {:<14}",
-        "NAME", "ADDRESS", "STATE", "KEYS", "HINTS", "FSYNC", "LOG", "LAST SNAPSHOT"
+        "{:<12} {:<22} {:<5} {owns:<width$} {:>6}  {:<15} {:>10}  {:<14}",
+        "NAME", "ADDRESS", "STATE", "HINTS", "FSYNC", "LOG", "LAST SNAPSHOT"
     );
     for r in &s.replicas {
-        let keys = format!("{}-{}", r.range_start, r.range_end);
+        let keys =
+            if murmur3 { format!("{} / {:.1}%", r.tokens.len(), r.share * 100.0) } else { format!("{}-{}", r.range_start, r.range_end) };
         let state = if r.up { "up" } else { "down" };
         let me = if r.is_self { "  (this coordinator)" } else { "" };
         let (fsync, log, snap) = match &r.storage {
@@ -57,8 +72,11 @@ pub fn format_status(s: &proto::StatusResult) -> String {
             Some(st) if st.in_memory => ("in memory".to_string(), "-".to_string(), "-".to_string()),
             Some(st) => (st.fsync.clone(), fmt_bytes(st.log_bytes), fmt_age(st.snapshot_micros)),
         };
-        let _ =
-            writeln!(o, "{:<12} {:<22} {:<5} {:<9} {:>6}  {fsync:<15} {log:>10}  {snap:<14}{me}", r.name, r.address, state, keys, r.hints);
+        let _ = writeln!(
+            o,
+            "{:<12} {:<22} {:<5} {keys:<width$} {:>6}  {fsync:<15} {log:>10}  {snap:<14}{me}",
+            r.name, r.address, state, r.hints
+        );
         if let Some(st) = r.storage.as_ref().filter(|st| !st.error.is_empty()) {
             let _ = writeln!(o, "{:<12} storage error: {}", "", st.error);
         }
@@ -76,7 +94,7 @@ pub fn format_inspect(i: &proto::InspectResult) -> String {
         .map(|r| {
             let what = match (&r.version, r.reachable) {
                 (_, false) => format!("unreachable ({})", r.error),
-                (Some(v), true) => fmt_version(v),
+                (Some(v), true) => fmt_version(v, r.truncated),
                 (None, true) => "none".to_string(),
             };
             format!("{:<width$}  {what}", r.name)
@@ -85,60 +103,36 @@ pub fn format_inspect(i: &proto::InspectResult) -> String {
     lines.join("\n")
 }
 
-/// The replicas (indexes into `d.replicas`) of `key`, from the ranges and RF in a display result.
-fn replicas_of(d: &proto::DisplayResult, key: u32) -> Vec<usize> {
-    let n = d.replicas.len();
-    let Some(owner) = d.replicas.iter().position(|r| (r.range_start..=r.range_end).contains(&key)) else { return Vec::new() };
-    (0..(d.rf as usize).min(n)).map(|j| (owner + j) % n).collect()
-}
-
-/// `display` output: each replica's cells, then the keys whose replicas disagree.
+/// `display` output: each replica's keys and bytes, then the keys whose replicas disagree.
 pub fn format_display(d: &proto::DisplayResult) -> String {
+    let murmur3 = d.partitioner == "murmur3";
     let mut o = String::new();
-    let mut cells: Vec<std::collections::BTreeMap<u32, &proto::Version>> = Vec::new();
     for r in &d.replicas {
-        let map: std::collections::BTreeMap<u32, &proto::Version> =
-            r.cells.iter().filter_map(|c| c.version.as_ref().map(|v| (c.key, v))).collect();
-        if !r.reachable {
-            let _ = writeln!(o, "{} (owns {}-{}): unreachable ({})", r.name, r.range_start, r.range_end, r.error);
+        let owns = fmt_owns(murmur3, (r.range_start, r.range_end), r.tokens as usize, r.share);
+        if r.reachable {
+            let _ = writeln!(o, "{} (owns {owns}): {} key(s), {}", r.name, r.keys, fmt_bytes(r.bytes));
         } else {
-            let _ = writeln!(o, "{} (owns {}-{}): {} key(s)", r.name, r.range_start, r.range_end, map.len());
-            for c in &r.cells {
-                if let Some(v) = &c.version {
-                    let cut = if c.truncated { "…" } else { "" };
-                    let shown = if v.tombstone { "deleted".to_string() } else { format!("{:?}{cut}", v.value) };
-                    let _ = writeln!(o, "  {:>3}  {shown}  ts={}", c.key, fmt_ts(v.micros, v.node));
-                }
-            }
-        }
-        cells.push(map);
-    }
-    let keys: BTreeSet<u32> = cells.iter().flat_map(|m| m.keys().copied()).collect();
-    let mut diffs = Vec::new();
-    for key in keys {
-        let reps = replicas_of(d, key);
-        let reachable: Vec<usize> = reps.iter().copied().filter(|&i| d.replicas[i].reachable).collect();
-        let stamp = |i: usize| cells[i].get(&key).map(|v| (v.micros, v.node, v.tombstone));
-        let first = reachable.first().map(|&i| stamp(i));
-        if reachable.iter().any(|&i| Some(stamp(i)) != first) {
-            let parts: Vec<String> = reachable
-                .iter()
-                .map(|&i| {
-                    let name = &d.replicas[i].name;
-                    match cells[i].get(&key) {
-                        Some(v) if v.tombstone => format!("{name} deleted@{}", v.micros),
-                        Some(v) => format!("{name} {:?}@{}", v.value, v.micros),
-                        None => format!("{name} none"),
-                    }
-                })
-                .collect();
-            diffs.push(format!("  key {key}: {}", parts.join(", ")));
+            let _ = writeln!(o, "{} (owns {owns}): unreachable ({})", r.name, r.error);
         }
     }
-    if diffs.is_empty() {
+    if d.differing_slots == 0 {
         o.push_str("All reachable replicas agree on every key.");
-    } else {
-        let _ = write!(o, "Keys that differ between replicas ({}):\n{}", diffs.len(), diffs.join("\n"));
+        return o;
+    }
+    let listed = d.differences.len();
+    let more = if d.more { format!(", the first {listed} listed") } else { String::new() };
+    let _ = write!(o, "Keys that differ between replicas ({listed}{more}; in {} slot(s)):", d.differing_slots);
+    for k in &d.differences {
+        let parts: Vec<String> = k
+            .replicas
+            .iter()
+            .map(|e| match &e.version {
+                Some(v) if v.tombstone => format!("{} deleted@{}", e.name, v.micros),
+                Some(v) => format!("{} {}@{}", e.name, fmt_value(&v.value, e.truncated), v.micros),
+                None => format!("{} none", e.name),
+            })
+            .collect();
+        let _ = write!(o, "\n  key {}: {}", escaped(&k.key), parts.join(", "));
     }
     o
 }
@@ -148,28 +142,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn display_flags_differing_keys() {
-        let v = |micros, value: &str| proto::Version { micros, node: 1, tombstone: false, value: value.into() };
-        let cell = |key, ver| proto::KeyVersion { key, version: Some(ver), truncated: false };
-        let entry = |name: &str, s, e, cells| proto::ReplicaDumpEntry {
+    fn display_lists_differing_keys_with_escaped_values() {
+        let v = |micros, value: &[u8]| proto::Version { micros, node: 1, tombstone: false, value: value.to_vec() };
+        let at = |name: &str, version| proto::InspectEntry { name: name.into(), reachable: true, version, ..Default::default() };
+        let entry = |name: &str, keys| proto::ReplicaDumpEntry {
             name: name.into(),
             reachable: true,
-            error: String::new(),
-            cells,
-            range_start: s,
-            range_end: e,
+            keys,
+            bytes: keys * 10,
+            tokens: 16,
+            share: 0.75,
+            ..Default::default()
         };
         let d = proto::DisplayResult {
             rf: 3,
-            replicas: vec![
-                entry("r0", 0, 63, vec![cell(5, v(2, "new")), cell(200, v(1, "x"))]),
-                entry("r1", 64, 127, vec![cell(5, v(1, "old")), cell(200, v(1, "x"))]),
-                entry("r2", 128, 191, vec![cell(5, v(2, "new"))]),
-                entry("r3", 192, 255, vec![cell(200, v(1, "x"))]),
-            ],
+            partitioner: "murmur3".into(),
+            replicas: vec![entry("r0", 2), entry("r1", 1)],
+            differing_slots: 1,
+            differences: vec![proto::KeyDifference {
+                key: b"user:\xff".to_vec(),
+                replicas: vec![at("r0", Some(v(2, b"new\n"))), at("r1", None)],
+            }],
+            more: true,
         };
         let out = format_display(&d);
-        assert!(out.contains("key 5: r0 \"new\"@2, r1 \"old\"@1, r2 \"new\"@2"), "{out}");
-        assert!(!out.contains("key 200"), "200 is on r3, r0, r1 which agree: {out}");
+        assert!(out.contains("r0 (owns 16 tokens, 75.0% of the data): 2 key(s), 20 B"), "{out}");
+        assert!(out.contains("(1, the first 1 listed; in 1 slot(s))"), "{out}");
+        assert!(out.contains("key user:\\xff: r0 \"new\\n\"@2, r1 none"), "{out}");
     }
 }

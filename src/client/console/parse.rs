@@ -6,15 +6,18 @@
 //! wrong. Nothing here touches the network or panics on any input. [`HELP`]
 //! describes the same grammar for people.
 
+use std::path::PathBuf;
+
 use crate::cluster::consistency::Consistency;
-use crate::cluster::ring::KEYS;
 use crate::proto;
 
 /// The console's help text.
 pub const HELP: &str = "\
 Commands (keywords are case-insensitive; CL is ONE, QUORUM or ALL):
-  get KEY [CL]            read KEY (0-255)
+  get KEY [CL]            read KEY (0-255 in a byte-ordered cluster, any text in a murmur3 one)
+  get KEY @FILE [CL]      write KEY's value, byte for byte, to FILE
   put KEY VALUE [CL]      write VALUE; quote a value with spaces: put 5 \"hello world\" quorum
+  put KEY @FILE [CL]      write the bytes of FILE (@@text stores the text @text)
   del KEY [CL]            delete KEY (writes a tombstone)
   consistency [CL]        show or set the session's default level (starts at ONE)
   status                  each replica: address, up/down as the coordinator sees it, key range, hints held for it
@@ -37,23 +40,25 @@ pub enum Command {
     /// Read a key.
     Get {
         /// The key.
-        key: u32,
+        key: String,
+        /// Write the value to this file instead of printing it.
+        to_file: Option<PathBuf>,
         /// Level; `None` uses the session default.
         level: Option<Consistency>,
     },
     /// Write a key.
     Put {
         /// The key.
-        key: u32,
+        key: String,
         /// The value.
-        value: String,
+        value: Value,
         /// Level; `None` uses the session default.
         level: Option<Consistency>,
     },
     /// Delete a key.
     Del {
         /// The key.
-        key: u32,
+        key: String,
         /// Level; `None` uses the session default.
         level: Option<Consistency>,
     },
@@ -62,13 +67,34 @@ pub enum Command {
     /// Cluster status.
     Status,
     /// Each replica's version of a key.
-    Inspect(u32),
+    Inspect(String),
     /// Everything every replica holds.
     Display,
     /// A fault-injection request to the connected replica.
     Fault(proto::FaultRequest),
     /// Leave.
     Quit,
+}
+
+/// A value to write: text as typed, or a file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// The text's UTF-8 bytes.
+    Text(String),
+    /// The bytes of this file, read when the command runs.
+    File(PathBuf),
+}
+
+impl Value {
+    /// `@FILE` names a file, `@@text` is the text `@text`, anything else is itself.
+    fn parse(word: &str) -> Result<Value, String> {
+        match word.strip_prefix('@') {
+            Some(rest) if rest.starts_with('@') => Ok(Value::Text(rest.to_string())),
+            Some("") => Err("@ must be followed by a file name (or write @@ for a value starting with @)".into()),
+            Some(path) => Ok(Value::File(PathBuf::from(path))),
+            None => Ok(Value::Text(word.to_string())),
+        }
+    }
 }
 
 /// Splits a line into words: whitespace separates, `"…"` and `'…'` group, and
@@ -117,11 +143,12 @@ pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
     }
 }
 
-fn parse_key(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(k) if (k as usize) < KEYS => Ok(k),
-        _ => Err(format!("key must be an integer from 0 to {}, got {s:?}", KEYS - 1)),
+/// A key as typed: the replica checks it against its cluster's partitioner.
+fn parse_key(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the key is empty".into());
     }
+    Ok(s.to_string())
 }
 
 fn parse_level(s: &str, hint: &str) -> Result<Consistency, String> {
@@ -140,8 +167,17 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
         "help" | "?" => Ok(Command::Help),
         "quit" | "exit" => Ok(Command::Quit),
         "get" => {
-            arity(1, 2, "get KEY [CL]")?;
-            Ok(Command::Get { key: parse_key(&args[0])?, level: opt_level(1)? })
+            arity(1, 3, "get KEY [@FILE] [CL]")?;
+            let to_file = match args.get(1).and_then(|a| a.strip_prefix('@')) {
+                Some("") => return Err("@ must be followed by a file name".into()),
+                Some(path) => Some(PathBuf::from(path)),
+                None => None,
+            };
+            let level_at = if to_file.is_some() { 2 } else { 1 };
+            if args.len() > level_at + 1 {
+                return Err("usage: get KEY [@FILE] [CL]".into());
+            }
+            Ok(Command::Get { key: parse_key(&args[0])?, to_file, level: opt_level(level_at)? })
         }
         "put" => {
             if args.len() > 3 {
@@ -157,7 +193,7 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
                 .get(2)
                 .map(|s| parse_level(s, &format!("; quote a value with spaces: put {} \"{} {s}\"", args[0], args[1])))
                 .transpose()?;
-            Ok(Command::Put { key: parse_key(&args[0])?, value: args[1].clone(), level })
+            Ok(Command::Put { key: parse_key(&args[0])?, value: Value::parse(&args[1])?, level })
         }
         "del" | "delete" => {
             arity(1, 2, "del KEY [CL]")?;
@@ -241,16 +277,23 @@ mod tests {
     #[test]
     fn parse_commands() {
         let p = |s: &str| parse(&words(s));
-        assert_eq!(p("GET 5").unwrap(), Command::Get { key: 5, level: None });
-        assert_eq!(p("get 255 quorum").unwrap(), Command::Get { key: 255, level: Some(Consistency::Quorum) });
+        let key = |k: &str| k.to_string();
+        assert_eq!(p("GET 5").unwrap(), Command::Get { key: key("5"), to_file: None, level: None });
+        assert_eq!(p("get 255 quorum").unwrap(), Command::Get { key: key("255"), to_file: None, level: Some(Consistency::Quorum) });
+        assert_eq!(
+            p("get user:1 @out.bin all").unwrap(),
+            Command::Get { key: key("user:1"), to_file: Some("out.bin".into()), level: Some(Consistency::All) }
+        );
         assert_eq!(
             p("put 5 \"hello world\" ALL").unwrap(),
-            Command::Put { key: 5, value: "hello world".into(), level: Some(Consistency::All) }
+            Command::Put { key: key("5"), value: Value::Text("hello world".into()), level: Some(Consistency::All) }
         );
-        assert_eq!(p("Del 0 one").unwrap(), Command::Del { key: 0, level: Some(Consistency::One) });
+        assert_eq!(p("put k @v.bin").unwrap(), Command::Put { key: key("k"), value: Value::File("v.bin".into()), level: None });
+        assert_eq!(p("put k @@home").unwrap(), Command::Put { key: key("k"), value: Value::Text("@home".into()), level: None });
+        assert_eq!(p("Del 0 one").unwrap(), Command::Del { key: key("0"), level: Some(Consistency::One) });
         assert_eq!(p("consistency").unwrap(), Command::Consistency(None));
         assert_eq!(p("CONSISTENCY quorum").unwrap(), Command::Consistency(Some(Consistency::Quorum)));
-        assert_eq!(p("inspect 70").unwrap(), Command::Inspect(70));
+        assert_eq!(p("inspect 70").unwrap(), Command::Inspect("70".into()));
         assert_eq!(p("status").unwrap(), Command::Status);
         assert_eq!(p("display").unwrap(), Command::Display);
         assert_eq!(p("quit").unwrap(), Command::Quit);
@@ -268,11 +311,12 @@ mod tests {
     #[test]
     fn parse_errors_say_what_is_wrong() {
         let p = |s: &str| parse(&words(s)).unwrap_err();
-        assert!(p("get 256").contains("0 to 255"));
-        assert!(p("get -1").contains("0 to 255"));
-        assert!(p("get x").contains("0 to 255"));
-        assert!(p("get 99999999999999999999").contains("0 to 255"));
+        // Keys are checked by the replica, which knows its partitioner.
+        assert!(p("get \"\"").contains("the key is empty"));
         assert!(p("get").contains("usage: get"));
+        assert!(p("get k @").contains("file name"));
+        assert!(p("get k @f one two").contains("usage: get"));
+        assert!(p("put k @").contains("file name"));
         assert!(p("put 5 hello world").contains("quote a value with spaces"));
         assert!(p("put 5 hello world quorum").contains("quote a value with spaces"));
         assert!(p("get 5 twice").contains("unknown consistency level"));

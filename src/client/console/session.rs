@@ -6,9 +6,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::format::{fmt_ts, format_display, format_inspect, format_status};
-use super::parse::{Command, HELP};
+use super::parse::{Command, HELP, Value};
 use crate::client::Client;
 use crate::cluster::consistency::Consistency;
+use crate::cluster::key::escaped;
 use crate::error::Error;
 
 /// How a command ended; decides the one-shot exit status.
@@ -123,15 +124,29 @@ impl Session {
                 self.default_level = l;
                 w(out, &format!("Consistency level set to {l}."));
             }
-            Command::Get { key, level } => {
+            Command::Get { key, to_file, level } => {
                 let level = level.unwrap_or(self.default_level);
-                match self.call(|c| c.get(key, level))? {
-                    Some(v) => w(out, &v),
+                match self.call(|c| c.get(&key, level))? {
+                    Some(v) => match to_file {
+                        Some(path) => {
+                            if let Err(e) = std::fs::write(&path, &v) {
+                                w(err, &format!("error: cannot write {}: {e}", path.display()));
+                                return Ok(Outcome::BadInput);
+                            }
+                            w(out, &format!("{} bytes written to {}", v.len(), path.display()));
+                        }
+                        // The console shows text; a one-shot get writes the bytes as they are (and a newline, as redis-cli does).
+                        None if self.console => w(out, &escaped(&v)),
+                        None => {
+                            let _ = out.write_all(&v);
+                            let _ = out.write_all(b"\n");
+                        }
+                    },
                     None => {
                         if self.console {
                             w(out, "(not found)");
                         } else {
-                            w(err, &format!("key {key} not found"));
+                            w(err, &format!("key {} not found", escaped(key.as_bytes())));
                         }
                         return Ok(Outcome::NotFound);
                     }
@@ -139,12 +154,22 @@ impl Session {
             }
             Command::Put { key, value, level } => {
                 let level = level.unwrap_or(self.default_level);
-                let r = self.call(|c| c.put(key, &value, level))?;
+                let bytes = match value {
+                    Value::Text(t) => t.into_bytes(),
+                    Value::File(path) => match std::fs::read(&path) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            w(err, &format!("error: cannot read {}: {e}", path.display()));
+                            return Ok(Outcome::BadInput);
+                        }
+                    },
+                };
+                let r = self.call(|c| c.put(&key, &bytes, level))?;
                 w(out, &format!("OK ({} acks at {level}, ts {})", r.acks, fmt_ts(r.micros, r.node)));
             }
             Command::Del { key, level } => {
                 let level = level.unwrap_or(self.default_level);
-                let r = self.call(|c| c.delete(key, level))?;
+                let r = self.call(|c| c.delete(&key, level))?;
                 w(out, &format!("OK ({} acks at {level}, ts {})", r.acks, fmt_ts(r.micros, r.node)));
             }
             Command::Status => {
@@ -152,11 +177,11 @@ impl Session {
                 w(out, &format_status(&s));
             }
             Command::Inspect(key) => {
-                let i = self.call(|c| c.inspect(key))?;
+                let i = self.call(|c| c.inspect(&key))?;
                 w(out, &format_inspect(&i));
             }
             Command::Display => {
-                let d = self.call(|c| c.display(40))?;
+                let d = self.call(|c| c.display(40, 0))?;
                 w(out, &format_display(&d));
             }
             Command::Fault(req) => {

@@ -16,7 +16,7 @@
 //!
 //! # Record format
 //!
-//! Each log starts with the magic `QKVLOG01`, then records:
+//! Each log starts with the magic `QKVLOG02` (`QKVLOG01`, the seed's integer keys, is still read), then records:
 //!
 //! ```text
 //! +----------------+----------------+---------------------------+
@@ -28,7 +28,7 @@
 //! [`LogRecord`](crate::proto::LogRecord) (a cell write, a hint kept, a hint
 //! delivered). A length of zero or of more than 64 MiB is impossible and
 //! marks the record as damaged. The snapshot file is framed the same way
-//! behind the magic `QKVSNAP1`: one length, one checksum, one protobuf
+//! behind the magic `QKVSNAP2` (or the older `QKVSNAP1`): one length, one checksum, one protobuf
 //! [`Snapshot`](crate::proto::Snapshot) holding every cell and hint and the
 //! sequence number of the first log it does *not* cover (`next_log_seq`).
 //!
@@ -269,6 +269,8 @@ impl Wal {
             snapshot_micros: st.snapshot_micros,
             snapshot_bytes: st.snapshot_bytes,
             error: st.failed.clone().unwrap_or_default(),
+            keys: 0,
+            bytes: 0,
         }
     }
 }
@@ -301,7 +303,8 @@ mod test_util {
     pub(super) fn cell(key: u32, micros: u64, value: &str) -> proto::LogRecord {
         proto::LogRecord {
             kind: Some(proto::log_record::Kind::Cell(proto::CellWrite {
-                key,
+                legacy_key: 0,
+                key: key.to_string().into_bytes(),
                 version: Some(proto::Version { micros, node: 1, tombstone: false, value: value.into() }),
             })),
         }
@@ -311,7 +314,7 @@ mod test_util {
         r.records
             .iter()
             .map(|r| match &r.kind {
-                Some(proto::log_record::Kind::Cell(c)) => c.key,
+                Some(proto::log_record::Kind::Cell(c)) => String::from_utf8_lossy(&c.key).parse().unwrap_or(998),
                 _ => 999,
             })
             .collect()

@@ -8,9 +8,16 @@ use prost::Message;
 use crate::proto;
 
 /// The first bytes of every log file; the digits are the format version.
-pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG01";
-/// The first bytes of the snapshot file; the digit is the format version.
-pub(super) const SNAP_MAGIC: &[u8; 8] = b"QKVSNAP1";
+/// Version 2 keys are bytes; a version 1 log (the seed's integer keys, in the
+/// records' `legacy_key`) is still read, never written.
+pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG02";
+/// The magic of a version 1 log, read on recovery.
+pub(super) const LOG_MAGIC_V1: &[u8; 8] = b"QKVLOG01";
+/// The first bytes of the snapshot file; the digit is the format version
+/// (version 1, with integer keys, is still read).
+pub(super) const SNAP_MAGIC: &[u8; 8] = b"QKVSNAP2";
+/// The magic of a version 1 snapshot, read on recovery.
+pub(super) const SNAP_MAGIC_V1: &[u8; 8] = b"QKVSNAP1";
 /// A record's header: a little-endian `u32` body length, then a little-endian
 /// `u32` CRC-32C of the body.
 pub(super) const RECORD_HEADER: usize = 8;

@@ -9,7 +9,7 @@ use log::{info, warn};
 use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
-use super::record::{LOG_MAGIC, RECORD_HEADER, check_record, find_valid_record};
+use super::record::{LOG_MAGIC, LOG_MAGIC_V1, RECORD_HEADER, check_record, find_valid_record};
 use super::snapshot::{SNAPSHOT_FILE, read_snapshot};
 use super::{FsyncMode, State, Wal, create_log, io_err, list_logs, log_path};
 use crate::error::{Error, Result};
@@ -40,7 +40,7 @@ impl Wal {
                 break;
             }
             let head = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
-            if !LOG_MAGIC.starts_with(&head) {
+            if !LOG_MAGIC.starts_with(&head) && !LOG_MAGIC_V1.starts_with(&head) {
                 break;
             }
             fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
@@ -100,14 +100,14 @@ fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Re
     let mut data = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err("cannot read", path, e))?;
     if data.len() < LOG_MAGIC.len() {
-        if LOG_MAGIC.starts_with(&data) {
+        if LOG_MAGIC.starts_with(&data) || LOG_MAGIC_V1.starts_with(&data) {
             // The process died while creating this log: it never held a record.
             warn!("{}: the log's header is torn ({} bytes); removing the empty log", path.display(), data.len());
             return fs::remove_file(path).map_err(|e| io_err("cannot remove", path, e));
         }
         return Err(Error::Storage(format!("{}: too short to be a log ({} bytes) and not a torn header", path.display(), data.len())));
     }
-    if &data[..LOG_MAGIC.len()] != LOG_MAGIC {
+    if &data[..LOG_MAGIC.len()] != LOG_MAGIC && &data[..LOG_MAGIC.len()] != LOG_MAGIC_V1 {
         return Err(Error::Storage(format!("{}: not a quorumkv log of this version (bad magic)", path.display())));
     }
     let mut pos = LOG_MAGIC.len();

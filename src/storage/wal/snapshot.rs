@@ -10,7 +10,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use log::{info, warn};
 use prost::Message;
 
-use super::record::{LOG_MAGIC, RECORD_HEADER, SNAP_MAGIC, crc32c};
+use super::record::{LOG_MAGIC, RECORD_HEADER, SNAP_MAGIC, SNAP_MAGIC_V1, crc32c};
 use super::{Wal, create_log, io_err, list_logs, log_path, sync_dir};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -85,7 +85,9 @@ pub(super) fn read_snapshot(path: &Path) -> Result<Option<proto::Snapshot>> {
         Err(e) => return Err(io_err("cannot open", path, e)),
     };
     let bad = |why: &str| Error::Storage(format!("{}: {why}; refusing to start (the logs it covered are gone)", path.display()));
-    if data.len() < SNAP_MAGIC.len() + RECORD_HEADER || &data[..SNAP_MAGIC.len()] != SNAP_MAGIC {
+    if data.len() < SNAP_MAGIC.len() + RECORD_HEADER
+        || (&data[..SNAP_MAGIC.len()] != SNAP_MAGIC && &data[..SNAP_MAGIC.len()] != SNAP_MAGIC_V1)
+    {
         return Err(bad("not a quorumkv snapshot of this version"));
     }
     let h = SNAP_MAGIC.len();
@@ -140,7 +142,7 @@ mod tests {
         wal.commit(pos).unwrap();
         let snap = proto::Snapshot {
             next_log_seq: next,
-            cells: (0..10).map(|k| proto::CellWrite { key: k, version: None }).collect(),
+            cells: (0..10).map(|k| proto::CellWrite { legacy_key: 0, key: vec![k], version: None }).collect(),
             hints: vec![],
             taken_micros: 7,
         };
