@@ -299,3 +299,33 @@ fn too_few_acks_in_time_is_a_timeout() {
     c.resume(2);
     c.resume(3);
 }
+
+/// A murmur3 cluster: text and binary keys and values, written and read through
+/// every coordinator at every level, land on the replicas the token ring names.
+#[test]
+fn murmur3_cluster_serves_string_and_binary_keys_everywhere() {
+    let c = Cluster::start_murmur3(4, &[]);
+    let keys: Vec<Vec<u8>> = vec![b"user:42".to_vec(), "kremówki".as_bytes().to_vec(), vec![0xff, 0x00, 0x80, b'k'], vec![b'x'; 1024]];
+    for (n, key) in keys.iter().enumerate() {
+        for (via, level) in [(0, One), (1, Quorum), (2, All), (3, Quorum)] {
+            let value: Vec<u8> = [key.as_slice(), &[0xfe, n as u8, via as u8]].concat();
+            c.client(via).put(key, &value, level).unwrap();
+            for reader in 0..4 {
+                assert_eq!(c.client(reader).get(key, All).unwrap().as_deref(), Some(value.as_slice()), "key {n} via r{reader}");
+            }
+        }
+        // Exactly RF replicas hold it, and they agree.
+        let i = c.client(0).inspect(key).unwrap();
+        assert_eq!(i.replicas.len(), 3);
+        assert!(i.replicas.iter().all(|e| e.reachable && e.version.is_some()), "{i:?}");
+    }
+    // Too long, empty: refused with a reason, nothing written.
+    let err = c.client(0).put(vec![b'y'; 1025], "v", Quorum).unwrap_err().to_string();
+    assert!(err.contains("key of 1025 bytes exceeds the limit of 1024 bytes"), "{err}");
+    let err = c.client(0).put("", "v", Quorum).unwrap_err().to_string();
+    assert!(err.contains("the key is empty"), "{err}");
+    // A byte-ordered cluster refuses string keys and says how to get them.
+    let b = Cluster::start(3, &[]);
+    let err = b.client(0).put("user:42", "v", Quorum).unwrap_err().to_string();
+    assert!(err.contains("byte-ordered") && err.contains("partitioner murmur3"), "{err}");
+}

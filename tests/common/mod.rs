@@ -81,6 +81,9 @@ impl Drop for TempDir {
     }
 }
 
+/// The settings line of a murmur3 cluster file.
+pub const MURMUR3: &str = "partitioner murmur3\n";
+
 /// `n` distinct free ports on 127.0.0.1, below the ephemeral range so outgoing
 /// connections do not take them between our probe and the replica's bind.
 /// A port is handed out at most once per test process, so two tests starting
@@ -158,8 +161,18 @@ impl Cluster {
     /// Another process may bind a port between our probe and the replica's
     /// bind; then the whole cluster starts again on fresh ports (at most three times).
     pub fn start(n: usize, args: &[&str]) -> Cluster {
+        Cluster::start_with(n, "", args)
+    }
+
+    /// Starts `n` replicas of a murmur3 cluster (string keys; `vnodes` 16, RF from `args` or 3).
+    pub fn start_murmur3(n: usize, args: &[&str]) -> Cluster {
+        Cluster::start_with(n, MURMUR3, args)
+    }
+
+    /// [`start`](Self::start) with `settings` (cluster-file lines such as `partitioner murmur3\n`) before the nodes.
+    pub fn start_with(n: usize, settings: &str, args: &[&str]) -> Cluster {
         for _ in 0..3 {
-            let mut c = Cluster::start_no_wait(n, args);
+            let mut c = Cluster::start_no_wait_with(n, settings, args);
             if !c.lost_a_port() {
                 c.wait_all_up();
                 return c;
@@ -189,11 +202,16 @@ impl Cluster {
 
     /// Starts `n` replicas without waiting for them to see each other.
     pub fn start_no_wait(n: usize, args: &[&str]) -> Cluster {
+        Cluster::start_no_wait_with(n, "", args)
+    }
+
+    /// [`start_no_wait`](Self::start_no_wait) with `settings` lines before the nodes in the cluster file.
+    pub fn start_no_wait_with(n: usize, settings: &str, args: &[&str]) -> Cluster {
         let dir = TempDir::new("cluster");
         let ports = free_ports(n);
         let file = dir.path().join("replicas.txt");
-        let text: String = ports.iter().enumerate().map(|(i, p)| format!("r{i} 127.0.0.1 {p}\n")).collect();
-        fs::write(&file, text).unwrap();
+        let nodes: String = ports.iter().enumerate().map(|(i, p)| format!("r{i} 127.0.0.1 {p}\n")).collect();
+        fs::write(&file, format!("{settings}{nodes}")).unwrap();
         let replicas = ports
             .iter()
             .enumerate()
