@@ -89,7 +89,7 @@ pub(super) fn snapshotter(node: &Node) {
             if wal.sync().is_ok() {
                 continue;
             }
-        } else if wal.log_bytes() < node.cfg.snapshot_bytes {
+        } else if wal.log_bytes() < node.cfg.snapshot_bytes && !node.fold.swap(false, Ordering::AcqRel) {
             continue;
         }
         match node.snapshot() {

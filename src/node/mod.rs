@@ -159,6 +159,10 @@ pub struct Node {
     pub peers: Arc<dyn Peers>,
     /// Set when the node stops.
     pub shutdown: AtomicBool,
+    /// Set when recovery replayed log records: the snapshot thread folds them
+    /// into a snapshot soon after the start (so the logs of earlier runs go away
+    /// instead of piling up and being replayed start after start).
+    pub fold: AtomicBool,
     /// Bytes held by calls finishing in the background.
     pub budget: Arc<Budget>,
     /// Reads queued per peer.
@@ -195,13 +199,18 @@ impl Node {
         let (urgent_tx, urgent) = unbounded();
         let (peer_up_tx, peer_up) = unbounded();
         let others: Vec<(NodeId, String)> = ring.nodes().iter().map(|n| (n.id, n.name.clone())).collect();
-        let (wal, recovered) = match &cfg.data_dir {
+        let mut store = Store::new(None, ring.partitioner());
+        let mut hints = HintStore::new(others, cfg.hint_window, cfg.max_hint_bytes, None);
+        let (wal, loaded) = match &cfg.data_dir {
             Some(dir) => {
-                let (wal, rec) = Wal::open(dir, cfg.fsync)?;
-                (Some(Arc::new(wal)), Some(rec))
+                let (wal, loaded) = startup::recover(dir, cfg.fsync, &store, &hints)?;
+                (Some(Arc::new(wal)), Some(loaded))
             }
             None => (None, None),
         };
+        let replayed = loaded.is_some_and(|l| l.records > 0);
+        store.set_wal(wal.clone());
+        hints.set_wal(wal.clone());
         let ack_log = match &cfg.ack_log {
             Some(p) => Some(parking_lot::Mutex::new(
                 std::fs::OpenOptions::new()
@@ -216,8 +225,9 @@ impl Node {
             read_batcher: ReadBatcher::new(ring.ids().filter(|&id| id != me)),
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
             clock: Hlc::with_clock(me.0, wall),
-            store: Store::new(wal.clone(), ring.partitioner()),
-            hints: HintStore::new(others, cfg.hint_window, cfg.max_hint_bytes, wal.clone()),
+            store,
+            hints,
+            fold: AtomicBool::new(replayed),
             wal,
             ack_log,
             peers,
@@ -229,14 +239,8 @@ impl Node {
             urgent_tx,
             peer_up_tx,
         };
-        if let Some(rec) = recovered {
-            let replayed = !rec.records.is_empty();
-            node.recover(rec);
-            // Fold what was replayed into a snapshot, so the logs of earlier runs go away
-            // instead of piling up (and being replayed) start after start.
-            if replayed {
-                node.snapshot()?;
-            }
+        if let Some(loaded) = loaded {
+            node.recovered(loaded);
         }
         Ok((Arc::new(node), Workers { repairs, urgent, peer_up }))
     }

@@ -1,6 +1,7 @@
 //! Start-up: what the data folder holds, back into the store and the hints;
 //! and snapshots, which fold the log into one file.
 
+use std::path::Path;
 use std::time::Duration;
 
 use log::{debug, info};
@@ -10,8 +11,10 @@ use crate::error::Result;
 use crate::node::Node;
 use crate::proto;
 use crate::storage::cell::Version;
+use crate::storage::hints::HintStore;
 use crate::storage::hlc::Timestamp;
-use crate::storage::wal::{Recovered, wall_micros};
+use crate::storage::store::Store;
+use crate::storage::wal::{FsyncMode, Replayed, Wal, wall_micros};
 
 /// A logged record's key: its bytes, or for a record of a version 1 log (the
 /// seed's integer keys, `key` empty) the integer in decimal. A legacy integer
@@ -23,47 +26,114 @@ fn logged_key(key: Vec<u8>, legacy: u32) -> Option<Key> {
     u8::try_from(legacy).ok().map(Key::byte)
 }
 
-impl Node {
-    pub(crate) fn recover(&self, rec: Recovered) {
-        use proto::log_record::Kind;
-        let mut cells = 0;
-        let mut newest = Timestamp::default();
-        let mut load_cell = |c: proto::CellWrite| {
-            if let (Some(key), Some(v)) = (logged_key(c.key, c.legacy_key), c.version) {
-                let v = Version::from_proto(v);
-                newest = newest.max(v.ts);
-                self.store.load(key, v);
-                cells += 1;
-            }
-        };
-        let mut hints = 0;
-        let mut load_hint = |h: proto::HintAdd| {
-            if let (Some(key), Some(v)) = (logged_key(h.key, h.legacy_key), h.version) {
-                self.hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
-                hints += 1;
-            }
-        };
-        if let Some(snap) = rec.snapshot {
-            for c in snap.cells {
-                load_cell(c);
-            }
-            for h in snap.hints {
-                load_hint(h);
-            }
+/// What recovery loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Loaded {
+    /// Cell writes loaded.
+    pub cells: usize,
+    /// Hint records loaded.
+    pub hints: usize,
+    /// The newest timestamp seen: writes after the restart must be stamped after it.
+    pub newest: Timestamp,
+    /// Log records replayed after the snapshot.
+    pub records: usize,
+}
+
+/// Cells travel to the loader threads in batches of this many.
+const LOAD_BATCH: usize = 4096;
+
+/// Loads cells into `store`, counting them.
+fn load_cells(store: &Store, cells: Vec<proto::CellWrite>, loaded: &mut Loaded) {
+    for c in cells {
+        if let (Some(key), Some(v)) = (logged_key(c.key, c.legacy_key), c.version) {
+            let v = Version::from_proto(v);
+            loaded.newest = loaded.newest.max(v.ts);
+            store.load(key, v);
+            loaded.cells += 1;
         }
-        for r in rec.records {
-            match r.kind {
-                Some(Kind::Cell(c)) => load_cell(c),
-                Some(Kind::HintAdd(h)) => load_hint(h),
-                Some(Kind::HintDone(d)) => {
-                    if let Some(key) = logged_key(d.key, d.legacy_key) {
-                        self.hints.load_delivered(&d.target, key.as_bytes(), Timestamp { micros: d.micros, node: d.node });
+    }
+}
+
+/// Opens the log in `dir` and loads what it holds into `store` and `hints`.
+///
+/// Cells are merged by last-write-wins, so the order in which they are loaded
+/// does not matter: the thread reading (and checking, and decoding) the files
+/// hands them in batches to loader threads, which fill the store's slots in
+/// parallel. Hints are loaded in log order by the reading thread (a delivery
+/// must follow the hint it removes).
+pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintStore) -> Result<(Wal, Loaded)> {
+    let loaders = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    std::thread::scope(|scope| {
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<proto::CellWrite>>(4 * loaders);
+        let workers: Vec<_> = (0..loaders)
+            .map(|_| {
+                let rx = rx.clone();
+                scope.spawn(move || {
+                    let mut loaded = Loaded::default();
+                    for batch in rx {
+                        load_cells(store, batch, &mut loaded);
+                    }
+                    loaded
+                })
+            })
+            .collect();
+        drop(rx);
+        let mut batch = Vec::with_capacity(LOAD_BATCH);
+        let mut loaded = Loaded::default();
+        let opened = Wal::open_with(dir, fsync, &mut |r| {
+            use proto::log_record::Kind;
+            match r {
+                Replayed::Cells(cells) => {
+                    let _ = tx.send(cells);
+                }
+                Replayed::Hints(hs) => {
+                    for h in hs {
+                        load_hint(hints, h, &mut loaded);
                     }
                 }
-                None => {}
+                Replayed::Record(r) => match r.kind {
+                    Some(Kind::Cell(c)) => {
+                        batch.push(c);
+                        if batch.len() == LOAD_BATCH {
+                            let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH)));
+                        }
+                    }
+                    Some(Kind::HintAdd(h)) => load_hint(hints, h, &mut loaded),
+                    Some(Kind::HintDone(d)) => {
+                        if let Some(key) = logged_key(d.key, d.legacy_key) {
+                            hints.load_delivered(&d.target, key.as_bytes(), Timestamp { micros: d.micros, node: d.node });
+                        }
+                    }
+                    None => {}
+                },
             }
+        });
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
         }
-        // Writes after a restart must be stamped after what this node wrote before it.
+        drop(tx);
+        for w in workers {
+            let part = w.join().expect("a loader thread panicked");
+            loaded.cells += part.cells;
+            loaded.newest = loaded.newest.max(part.newest);
+        }
+        let (wal, replay) = opened?;
+        loaded.records = replay.records;
+        Ok((wal, loaded))
+    })
+}
+
+fn load_hint(hints: &HintStore, h: proto::HintAdd, loaded: &mut Loaded) {
+    if let (Some(key), Some(v)) = (logged_key(h.key, h.legacy_key), h.version) {
+        hints.load(&h.target, key, Version::from_proto(v), h.created_micros);
+        loaded.hints += 1;
+    }
+}
+
+impl Node {
+    /// After recovery: the clock moves past everything recovered, and a line says what was.
+    pub(crate) fn recovered(&self, loaded: Loaded) {
+        let Loaded { cells, hints, newest, .. } = loaded;
         let _ = self.clock.observe(newest, Duration::MAX);
         info!("{}: recovered {cells} cell write(s) and {hints} hint record(s); {} hint(s) held", self.cfg.name, self.hints.total());
     }
@@ -72,19 +142,24 @@ impl Node {
     pub fn snapshot(&self) -> Result<u64> {
         let Some(wal) = &self.wal else { return Ok(0) };
         let next_log_seq = wal.rotate()?;
-        let cells = self
-            .store
-            .snapshot()
-            .into_iter()
-            .map(|(k, v)| proto::CellWrite { legacy_key: 0, key: k.to_vec(), version: Some(v.into_proto()) })
-            .collect();
-        let snap = proto::Snapshot { next_log_seq, cells, hints: self.hints.export(), taken_micros: wall_micros() };
-        let bytes = wal.install_snapshot(&snap)?;
-        debug!(
-            "snapshot of {} cell(s) and {} hint(s), {bytes} bytes; logs before {next_log_seq} removed",
-            snap.cells.len(),
-            snap.hints.len()
-        );
+        let hints = self.hints.export();
+        let hint_count = hints.len();
+        let mut cells = 0;
+        // Slot by slot: one slot's read lock at a time, one slot's copy in memory.
+        let bytes = wal.install_snapshot_with(next_log_seq, wall_micros(), hints, |w| {
+            for slot in 0..=255u8 {
+                let chunk: Vec<proto::CellWrite> = self
+                    .store
+                    .slot_cells(slot)
+                    .into_iter()
+                    .map(|(k, v)| proto::CellWrite { legacy_key: 0, key: k.to_vec(), version: Some(v.into_proto()) })
+                    .collect();
+                cells += chunk.len();
+                w.cells(chunk)?;
+            }
+            Ok(())
+        })?;
+        debug!("snapshot of {cells} cell(s) and {hint_count} hint(s), {bytes} bytes; logs before {next_log_seq} removed");
         Ok(bytes)
     }
 }

@@ -85,6 +85,11 @@ impl HintStore {
         HintStore { targets: ids.iter().map(|_| Mutex::new(TargetHints::default())).collect(), ids, names, window, max_bytes, wal }
     }
 
+    /// Logs every hint kept and delivered to `wal` from now on (after recovery has loaded the hints).
+    pub fn set_wal(&mut self, wal: Option<Arc<Wal>>) {
+        self.wal = wal;
+    }
+
     fn index(&self, id: NodeId) -> Option<usize> {
         self.ids.iter().position(|&i| i == id)
     }

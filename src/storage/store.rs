@@ -20,11 +20,17 @@
 //! durability — after releasing the lock, so concurrent writers share one
 //! fsync. A change the log refuses (disk full) is not applied.
 //!
-//! Memory: a cell is its [`Version`] (timestamp and boxed value) and the log
-//! position that made it durable; the key is one boxed byte string. At 10-byte
-//! keys and 100-byte values that is about 220 bytes a key with the maps' nodes.
+//! Memory: a cell is one [`Entry`] in its slot's `BTreeSet` — 32 bytes
+//! holding the timestamp, the key's length and a pointer to one allocation
+//! with the key's bytes followed by the value's. At 10-byte keys and 100-byte
+//! values that is about 180 bytes a key with the B-tree's nodes (see
+//! `docs/PERFORMANCE.md`). A slot remembers the log position of its last
+//! logged change instead of each cell's: an older write that loses to a newer
+//! one waits for that position, which is at or after the newer one's record.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -32,7 +38,8 @@ use parking_lot::RwLock;
 use crate::cluster::key::{KEYS, Key, Partitioner};
 use crate::error::Result;
 use crate::proto;
-use crate::storage::cell::{Version, supersedes};
+use crate::storage::cell::Version;
+use crate::storage::hlc::Timestamp;
 use crate::storage::wal::Wal;
 
 /// The outcome of [`Store::apply`].
@@ -42,38 +49,116 @@ pub struct Applied {
     pub changed: bool,
     /// The log position the caller must [`commit`](Store::commit) before
     /// acknowledging: the record of this change, or, when the version was not
-    /// newer, the record of the version that superseded it (which may not be
-    /// durable yet). 0 when nothing needs waiting for.
+    /// newer, a position at or after the record of the version that superseded
+    /// it (which may not be durable yet). 0 when nothing needs waiting for.
     pub pos: u64,
 }
 
-#[derive(Debug, Clone)]
-struct Cell {
-    version: Version,
-    /// The log position of the record that wrote it (0: loaded or unlogged).
-    pos: u64,
+/// The top bit of [`Entry::meta`]: the cell is a tombstone.
+const TOMBSTONE: u32 = 1 << 31;
+
+/// One cell, compactly: ordered (and found) by its key alone.
+struct Entry {
+    /// The key's bytes, then the value's (none for a tombstone).
+    data: Box<[u8]>,
+    micros: u64,
+    node: u32,
+    /// The key's length, and [`TOMBSTONE`].
+    meta: u32,
 }
 
-/// One slot's cells, and the bytes of their keys and values.
+impl Entry {
+    fn new(key: &[u8], v: &Version) -> Entry {
+        let value = v.value.as_deref().unwrap_or(&[]);
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        let tomb = if v.is_tombstone() { TOMBSTONE } else { 0 };
+        Entry { data: data.into_boxed_slice(), micros: v.ts.micros, node: v.ts.node, meta: key.len() as u32 | tomb }
+    }
+
+    fn key_len(&self) -> usize {
+        (self.meta & !TOMBSTONE) as usize
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len()]
+    }
+
+    fn ts(&self) -> Timestamp {
+        Timestamp { micros: self.micros, node: self.node }
+    }
+
+    fn is_tombstone(&self) -> bool {
+        self.meta & TOMBSTONE != 0
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        (!self.is_tombstone()).then(|| &self.data[self.key_len()..])
+    }
+
+    fn version(&self) -> Version {
+        Version { ts: self.ts(), value: self.value().map(Box::from) }
+    }
+
+    /// Bytes of key and value.
+    fn footprint(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// How this cell's version compares with `v`, in the order of [`Version`]
+    /// (timestamp, then tombstone, then value), without a copy.
+    fn cmp_version(&self, v: &Version) -> Ordering {
+        self.ts().cmp(&v.ts).then_with(|| self.is_tombstone().cmp(&v.is_tombstone())).then_with(|| self.value().cmp(&v.value.as_deref()))
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(other.key())
+    }
+}
+
+impl Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+/// One slot's cells, the bytes of their keys and values, and the log
+/// position of its last logged change.
 #[derive(Default)]
 struct Slot {
-    cells: BTreeMap<Key, Cell>,
+    cells: BTreeSet<Entry>,
     bytes: u64,
+    last_pos: u64,
 }
 
 impl Slot {
-    fn put(&mut self, key: &Key, cell: Cell) {
-        let added = footprint(key.as_bytes(), &cell.version);
-        match self.cells.get_mut(key.as_bytes()) {
-            Some(old) => {
-                self.bytes -= footprint(key.as_bytes(), &old.version);
-                *old = cell;
-            }
-            None => {
-                self.cells.insert(key.clone(), cell);
-            }
+    /// Whether `v` would replace `key`'s cell.
+    fn newer(&self, key: &[u8], v: &Version) -> bool {
+        self.cells.get(key).is_none_or(|e| e.cmp_version(v) == Ordering::Less)
+    }
+
+    fn put(&mut self, entry: Entry) {
+        self.bytes += entry.footprint();
+        if let Some(old) = self.cells.replace(entry) {
+            self.bytes -= old.footprint();
         }
-        self.bytes += added;
     }
 }
 
@@ -99,14 +184,15 @@ impl Default for Store {
     }
 }
 
-fn footprint(key: &[u8], v: &Version) -> u64 {
-    (key.len() + v.value.as_ref().map_or(0, |v| v.len())) as u64
-}
-
 impl Store {
     /// An empty store for keys of `partitioner`, logging to `wal` if given.
     pub fn new(wal: Option<Arc<Wal>>, partitioner: Partitioner) -> Self {
         Store { slots: (0..KEYS).map(|_| RwLock::new(Slot::default())).collect(), partitioner, wal }
+    }
+
+    /// Logs every change to `wal` from now on (after recovery has loaded the store).
+    pub fn set_wal(&mut self, wal: Option<Arc<Wal>>) {
+        self.wal = wal;
     }
 
     fn slot(&self, key: &[u8]) -> &RwLock<Slot> {
@@ -115,16 +201,15 @@ impl Store {
 
     /// The cell of `key`, if any (a tombstone included).
     pub fn get(&self, key: &[u8]) -> Option<Version> {
-        self.slot(key).read().cells.get(key).map(|c| c.version.clone())
+        self.slot(key).read().cells.get(key).map(Entry::version)
     }
 
     /// Merges `version` into `key`'s cell and, if it changed, appends the change
     /// to the log (not yet durable: see [`Applied::pos`]).
     pub fn apply(&self, key: &Key, version: Version) -> Result<Applied> {
         let mut slot = self.slot(key.as_bytes()).write();
-        let current = slot.cells.get(key.as_bytes());
-        if !supersedes(&version, current.map(|c| &c.version)) {
-            return Ok(Applied { changed: false, pos: current.map_or(0, |c| c.pos) });
+        if !slot.newer(key.as_bytes(), &version) {
+            return Ok(Applied { changed: false, pos: slot.last_pos });
         }
         let pos = match &self.wal {
             Some(wal) => {
@@ -139,7 +224,8 @@ impl Store {
             }
             None => 0,
         };
-        slot.put(key, Cell { version, pos });
+        slot.put(Entry::new(key.as_bytes(), &version));
+        slot.last_pos = slot.last_pos.max(pos);
         Ok(Applied { changed: true, pos })
     }
 
@@ -161,15 +247,15 @@ impl Store {
     /// Restores a version found in the log or a snapshot (not logged again).
     pub fn load(&self, key: Key, version: Version) {
         let mut slot = self.slot(key.as_bytes()).write();
-        if supersedes(&version, slot.cells.get(key.as_bytes()).map(|c| &c.version)) {
-            slot.put(&key, Cell { version, pos: 0 });
+        if slot.newer(key.as_bytes(), &version) {
+            slot.put(Entry::new(key.as_bytes(), &version));
         }
     }
 
     /// A copy of slot `slot`'s cells in key order (one slot locked at a time,
     /// so writers to other slots never wait).
     pub fn slot_cells(&self, slot: u8) -> Vec<(Key, Version)> {
-        self.slots[slot as usize].read().cells.iter().map(|(k, c)| (k.clone(), c.version.clone())).collect()
+        self.slots[slot as usize].read().cells.iter().map(|e| (Key::trusted(e.key()), e.version())).collect()
     }
 
     /// Up to `count` cells of slot `slot` after key `after` (from its start if
@@ -178,7 +264,7 @@ impl Store {
         use std::ops::Bound;
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         let map = self.slots[slot as usize].read();
-        map.cells.range::<[u8], _>((lower, Bound::Unbounded)).take(count).map(|(k, c)| (k.clone(), c.version.clone())).collect()
+        map.cells.range::<[u8], _>((lower, Bound::Unbounded)).take(count).map(|e| (Key::trusted(e.key()), e.version())).collect()
     }
 
     /// Every cell, slot by slot (for tests and small stores).
@@ -205,8 +291,8 @@ impl Store {
     /// Calls `f` with every cell of slot `slot` in key order, under its read lock
     /// (`f` must be quick: writers to this slot wait).
     pub fn for_each_in_slot(&self, slot: u8, mut f: impl FnMut(&Key, &Version)) {
-        for (k, c) in &self.slots[slot as usize].read().cells {
-            f(k, &c.version);
+        for e in &self.slots[slot as usize].read().cells {
+            f(&Key::trusted(e.key()), &e.version());
         }
     }
 }

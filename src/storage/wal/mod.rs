@@ -155,8 +155,8 @@ mod snapshot;
 
 pub use commit::FsyncMode;
 pub use record::crc32c;
-pub use recovery::Recovered;
-pub use snapshot::write_snapshot;
+pub use recovery::{Recovered, Replay, Replayed};
+pub use snapshot::{SnapshotWriter, write_snapshot};
 
 use record::LOG_MAGIC;
 

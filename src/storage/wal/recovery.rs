@@ -15,20 +15,74 @@ use super::{FsyncMode, State, Wal, create_log, io_err, list_logs, log_path};
 use crate::error::{Error, Result};
 use crate::proto;
 
-/// What [`Wal::open`] found on disk.
+/// What [`Wal::open`] found on disk, collected.
 pub struct Recovered {
-    /// The snapshot, if any.
+    /// The snapshot, if any (its chunks joined).
     pub snapshot: Option<proto::Snapshot>,
     /// Log records after it, in order.
     pub records: Vec<proto::LogRecord>,
 }
 
+/// What [`Wal::open_with`] hands its caller, in order: the snapshot's hints
+/// and cells chunk by chunk, then every log record after it.
+pub enum Replayed {
+    /// Hints of the snapshot.
+    Hints(Vec<proto::HintAdd>),
+    /// A chunk of the snapshot's cells.
+    Cells(Vec<proto::CellWrite>),
+    /// A log record the snapshot does not cover.
+    Record(proto::LogRecord),
+}
+
+/// How much [`Wal::open_with`] replayed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// A snapshot was loaded.
+    pub snapshot: bool,
+    /// Log records replayed after it.
+    pub records: usize,
+    /// The snapshot's first log not covered (0 without a snapshot).
+    pub next_log_seq: u64,
+    /// When the snapshot was taken (0 without a snapshot).
+    pub taken_micros: u64,
+}
+
 impl Wal {
-    /// Opens (creating if needed) the log in `dir` and recovers what it holds.
+    /// Opens (creating if needed) the log in `dir` and collects what it holds
+    /// (for tests and small stores; a replica streams with [`open_with`](Self::open_with)).
     pub fn open(dir: &Path, mode: FsyncMode) -> Result<(Wal, Recovered)> {
+        let mut snapshot: Option<proto::Snapshot> = None;
+        let mut records = Vec::new();
+        let (wal, replay) = Wal::open_with(dir, mode, &mut |r| match r {
+            Replayed::Hints(h) => snapshot.get_or_insert_with(Default::default).hints.extend(h),
+            Replayed::Cells(c) => snapshot.get_or_insert_with(Default::default).cells.extend(c),
+            Replayed::Record(r) => records.push(r),
+        })?;
+        if replay.snapshot {
+            let s = snapshot.get_or_insert_with(Default::default);
+            (s.next_log_seq, s.taken_micros) = (replay.next_log_seq, replay.taken_micros);
+        }
+        Ok((wal, Recovered { snapshot, records }))
+    }
+
+    /// Opens (creating if needed) the log in `dir` and hands `sink` what it
+    /// holds, in order, without collecting it: the snapshot chunk by chunk,
+    /// then the log records after it.
+    pub fn open_with(dir: &Path, mode: FsyncMode, sink: &mut dyn FnMut(Replayed)) -> Result<(Wal, Replay)> {
         fs::create_dir_all(dir).map_err(|e| io_err("cannot create data folder", dir, e))?;
-        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
-        let covered = snapshot.as_ref().map_or(0, |s| s.next_log_seq);
+        let (mut covered, mut taken_micros) = (0, 0);
+        let mut first = true;
+        let had_snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE), &mut |chunk| {
+            if first {
+                (covered, taken_micros, first) = (chunk.next_log_seq, chunk.taken_micros, false);
+            }
+            if !chunk.hints.is_empty() {
+                sink(Replayed::Hints(chunk.hints));
+            }
+            if !chunk.cells.is_empty() {
+                sink(Replayed::Cells(chunk.cells));
+            }
+        })?;
         let mut seqs = list_logs(dir)?;
         seqs.sort_unstable();
         // Logs that never got a record (a start that died early, a failed rotation) are
@@ -46,7 +100,7 @@ impl Wal {
             fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
             seqs.pop();
         }
-        let mut records = Vec::new();
+        let mut records = 0;
         let mut last_seq = covered;
         for (i, &seq) in seqs.iter().enumerate() {
             let path = log_path(dir, seq);
@@ -56,7 +110,7 @@ impl Wal {
                 continue;
             }
             let is_last = i + 1 == seqs.len();
-            replay_log(&path, is_last, &mut records)?;
+            records += replay_log(&path, is_last, sink)?;
             // What was replayed may still be only in the page cache (the previous run
             // died before syncing): make it durable before writing after it.
             File::open(&path).and_then(|f| f.sync_all()).map_err(|e| io_err("cannot sync", &path, e))?;
@@ -64,16 +118,15 @@ impl Wal {
         }
         let seq = last_seq.max(covered);
         let file = create_log(dir, seq)?;
-        let (snapshot_micros, snapshot_bytes) = match &snapshot {
-            Some(s) => (s.taken_micros, fs::metadata(dir.join(SNAPSHOT_FILE)).map(|m| m.len()).unwrap_or(0)),
-            None => (0, 0),
+        let (snapshot_micros, snapshot_bytes) = match had_snapshot {
+            true => (taken_micros, fs::metadata(dir.join(SNAPSHOT_FILE)).map(|m| m.len()).unwrap_or(0)),
+            false => (0, 0),
         };
         info!(
-            "recovered {} from {}: {} log record(s) after {}",
+            "recovered {} from {}: {records} log record(s) after {}",
             dir.display(),
-            if snapshot.is_some() { "a snapshot" } else { "no snapshot" },
-            records.len(),
-            if snapshot.is_some() { "the snapshot" } else { "the start" }
+            if had_snapshot { "a snapshot" } else { "no snapshot" },
+            if had_snapshot { "the snapshot" } else { "the start" }
         );
         let state = State {
             buf: Vec::with_capacity(64 * 1024),
@@ -91,19 +144,21 @@ impl Wal {
             snapshot_bytes,
         };
         let wal = Wal { dir: dir.to_path_buf(), mode, state: Mutex::new(state), cond: Condvar::new() };
-        Ok((wal, Recovered { snapshot, records }))
+        Ok((wal, Replay { snapshot: had_snapshot, records, next_log_seq: covered, taken_micros }))
     }
 }
 
-/// Replays one log into `out`. A torn tail of the last log is cut; any other damage is an error.
-fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Result<()> {
+/// Replays one log into `sink`; returns how many records it held. A torn tail
+/// of the last log is cut; any other damage is an error.
+fn replay_log(path: &Path, is_last: bool, sink: &mut dyn FnMut(Replayed)) -> Result<usize> {
+    let mut replayed = 0;
     let mut data = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err("cannot read", path, e))?;
     if data.len() < LOG_MAGIC.len() {
         if LOG_MAGIC.starts_with(&data) || LOG_MAGIC_V1.starts_with(&data) {
             // The process died while creating this log: it never held a record.
             warn!("{}: the log's header is torn ({} bytes); removing the empty log", path.display(), data.len());
-            return fs::remove_file(path).map_err(|e| io_err("cannot remove", path, e));
+            return fs::remove_file(path).map(|_| 0).map_err(|e| io_err("cannot remove", path, e));
         }
         return Err(Error::Storage(format!("{}: too short to be a log ({} bytes) and not a torn header", path.display(), data.len())));
     }
@@ -123,7 +178,8 @@ fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Re
                         path.display()
                     )));
                 }
-                out.push(record);
+                sink(Replayed::Record(record));
+                replayed += 1;
                 pos = end;
                 continue;
             }
@@ -144,7 +200,7 @@ fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Re
                 bad.why,
                 rest.len()
             );
-            return truncate(path, pos as u64);
+            return truncate(path, pos as u64).map(|_| replayed);
         }
         return Err(Error::Storage(format!(
             "{}: corrupt record at offset {pos} ({}) with {} byte(s) after it; refusing to start rather than lose \
@@ -154,7 +210,7 @@ fn replay_log(path: &Path, is_last: bool, out: &mut Vec<proto::LogRecord>) -> Re
             rest.len()
         )));
     }
-    Ok(())
+    Ok(replayed)
 }
 
 /// Cuts the file at `path` to `len` bytes and syncs it.

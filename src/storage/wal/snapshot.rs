@@ -3,8 +3,8 @@
 //! was waiting for it), and reading it back.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::path::Path;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian};
 use log::{info, warn};
@@ -55,14 +55,29 @@ impl Wal {
 
     /// Writes `snapshot` atomically, then deletes the logs it covers.
     pub fn install_snapshot(&self, snapshot: &proto::Snapshot) -> Result<u64> {
-        let bytes = write_snapshot(&self.dir, snapshot)?;
+        self.install_snapshot_with(snapshot.next_log_seq, snapshot.taken_micros, snapshot.hints.clone(), |w| {
+            w.cells(snapshot.cells.clone())
+        })
+    }
+
+    /// Writes a snapshot atomically — its header (`next_log_seq`, `taken_micros`,
+    /// `hints`), then the cells `fill` hands the [`SnapshotWriter`] chunk by
+    /// chunk, then the end marker — and deletes the logs it covers. Returns its size.
+    pub fn install_snapshot_with(
+        &self,
+        next_log_seq: u64,
+        taken_micros: u64,
+        hints: Vec<proto::HintAdd>,
+        fill: impl FnOnce(&mut SnapshotWriter) -> Result<()>,
+    ) -> Result<u64> {
+        let bytes = SnapshotWriter::write(&self.dir, proto::Snapshot { next_log_seq, hints, taken_micros, ..Default::default() }, fill)?;
         for seq in list_logs(&self.dir)? {
-            if seq < snapshot.next_log_seq {
+            if seq < next_log_seq {
                 let _ = fs::remove_file(log_path(&self.dir, seq));
             }
         }
         let mut st = self.state.lock();
-        st.snapshot_micros = snapshot.taken_micros;
+        st.snapshot_micros = taken_micros;
         st.snapshot_bytes = bytes;
         if let Some(pos) = st.awaiting_snapshot.take() {
             st.written = st.written.max(pos);
@@ -76,48 +91,119 @@ impl Wal {
     }
 }
 
-/// Reads the snapshot at `path`: `None` if there is none, an error if it is damaged.
-pub(super) fn read_snapshot(path: &Path) -> Result<Option<proto::Snapshot>> {
-    let mut data = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => f.read_to_end(&mut data).map_err(|e| io_err("cannot read", path, e))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+/// Writes a snapshot file chunk by chunk (see the `Snapshot` message), so a
+/// snapshot of millions of cells never sits in memory whole.
+pub struct SnapshotWriter {
+    out: BufWriter<File>,
+    tmp: PathBuf,
+    bytes: u64,
+    frame: Vec<u8>,
+}
+
+/// Cells per chunk of a snapshot file.
+const CHUNK_CELLS: usize = 4096;
+
+impl SnapshotWriter {
+    fn write(dir: &Path, header: proto::Snapshot, fill: impl FnOnce(&mut SnapshotWriter) -> Result<()>) -> Result<u64> {
+        let tmp = dir.join("snapshot.tmp");
+        let fin = dir.join(SNAPSHOT_FILE);
+        let file = File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
+        let w = SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), tmp: tmp.clone(), bytes: 0, frame: Vec::new() };
+        let bytes = match w.fill(header, fill) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        fs::rename(&tmp, &fin).map_err(|e| io_err("cannot rename", &tmp, e))?;
+        sync_dir(dir)?;
+        Ok(bytes)
+    }
+
+    /// The magic, the header chunk, the cells, the end marker; then an fsync.
+    fn fill(mut self, header: proto::Snapshot, fill: impl FnOnce(&mut SnapshotWriter) -> Result<()>) -> Result<u64> {
+        self.raw(SNAP_MAGIC)?;
+        self.chunk(&header)?;
+        fill(&mut self)?;
+        self.chunk(&proto::Snapshot { end: true, ..Default::default() })?;
+        let file = self.out.into_inner().map_err(|e| io_err("cannot write", &self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| io_err("cannot sync", &self.tmp, e))?;
+        Ok(self.bytes)
+    }
+
+    fn raw(&mut self, data: &[u8]) -> Result<()> {
+        self.out.write_all(data).map_err(|e| io_err("cannot write", &self.tmp, e))?;
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    fn chunk(&mut self, chunk: &proto::Snapshot) -> Result<()> {
+        self.frame.clear();
+        self.frame.extend_from_slice(&[0; RECORD_HEADER]);
+        chunk.encode(&mut self.frame).expect("a Vec grows as needed");
+        let len = self.frame.len() - RECORD_HEADER;
+        let crc = crc32c(&self.frame[RECORD_HEADER..]);
+        LittleEndian::write_u32(&mut self.frame[..4], len as u32);
+        LittleEndian::write_u32(&mut self.frame[4..8], crc);
+        let frame = std::mem::take(&mut self.frame);
+        let r = self.raw(&frame);
+        self.frame = frame;
+        r
+    }
+
+    /// Adds `cells` (in chunks of a few thousand).
+    pub fn cells(&mut self, mut cells: Vec<proto::CellWrite>) -> Result<()> {
+        while !cells.is_empty() {
+            let rest = cells.split_off(cells.len().min(CHUNK_CELLS));
+            self.chunk(&proto::Snapshot { cells, ..Default::default() })?;
+            cells = rest;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the snapshot at `path` chunk by chunk, handing each to `each`:
+/// false if there is none, an error if it is damaged or cut short.
+pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) -> Result<bool> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io_err("cannot open", path, e)),
     };
     let bad = |why: &str| Error::Storage(format!("{}: {why}; refusing to start (the logs it covered are gone)", path.display()));
-    if data.len() < SNAP_MAGIC.len() + RECORD_HEADER
-        || (&data[..SNAP_MAGIC.len()] != SNAP_MAGIC && &data[..SNAP_MAGIC.len()] != SNAP_MAGIC_V1)
-    {
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    if r.read_exact(&mut magic).is_err() || (&magic != SNAP_MAGIC && &magic != SNAP_MAGIC_V1) {
         return Err(bad("not a quorumkv snapshot of this version"));
     }
-    let h = SNAP_MAGIC.len();
-    let len = LittleEndian::read_u32(&data[h..]) as usize;
-    let crc = LittleEndian::read_u32(&data[h + 4..]);
-    let body = data.get(h + RECORD_HEADER..h + RECORD_HEADER + len).ok_or_else(|| bad("truncated snapshot"))?;
-    if crc32c(body) != crc {
-        return Err(bad("snapshot checksum mismatch"));
+    let v1 = &magic == SNAP_MAGIC_V1;
+    let mut body = Vec::new();
+    loop {
+        let mut header = [0u8; RECORD_HEADER];
+        if r.read_exact(&mut header).is_err() {
+            return Err(bad("truncated snapshot (no end marker)"));
+        }
+        let len = LittleEndian::read_u32(&header) as usize;
+        let crc = LittleEndian::read_u32(&header[4..]);
+        body.resize(len, 0);
+        r.read_exact(&mut body).map_err(|_| bad("truncated snapshot"))?;
+        if crc32c(&body) != crc {
+            return Err(bad("snapshot checksum mismatch"));
+        }
+        let chunk = proto::Snapshot::decode(body.as_slice()).map_err(|e| bad(&format!("snapshot does not decode: {e}")))?;
+        let end = chunk.end;
+        each(chunk);
+        if end || v1 {
+            return Ok(true);
+        }
     }
-    proto::Snapshot::decode(body).map(Some).map_err(|e| bad(&format!("snapshot does not decode: {e}")))
 }
 
-/// Writes `snapshot` to `dir` atomically; returns its size.
+/// Writes `snapshot` (everything in one value: for tests and small stores) to `dir` atomically; returns its size.
 pub fn write_snapshot(dir: &Path, snapshot: &proto::Snapshot) -> Result<u64> {
-    let body = snapshot.encode_to_vec();
-    let mut data = Vec::with_capacity(SNAP_MAGIC.len() + RECORD_HEADER + body.len());
-    data.extend_from_slice(SNAP_MAGIC);
-    data.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    data.extend_from_slice(&crc32c(&body).to_le_bytes());
-    data.extend_from_slice(&body);
-    let tmp = dir.join("snapshot.tmp");
-    let fin = dir.join(SNAPSHOT_FILE);
-    let mut f = File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
-    f.write_all(&data).and_then(|_| f.sync_all()).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err("cannot write", &tmp, e)
-    })?;
-    fs::rename(&tmp, &fin).map_err(|e| io_err("cannot rename", &tmp, e))?;
-    sync_dir(dir)?;
-    Ok(data.len() as u64)
+    let header = proto::Snapshot { cells: Vec::new(), ..snapshot.clone() };
+    SnapshotWriter::write(dir, header, |w| w.cells(snapshot.cells.clone()))
 }
 
 #[cfg(test)]
@@ -145,6 +231,7 @@ mod tests {
             cells: (0..10).map(|k| proto::CellWrite { legacy_key: 0, key: vec![k], version: None }).collect(),
             hints: vec![],
             taken_micros: 7,
+            end: false,
         };
         wal.install_snapshot(&snap).unwrap();
         assert!(list_logs(&d.0).unwrap().iter().all(|&s| s >= next));
@@ -165,5 +252,60 @@ mod tests {
         data[last] ^= 1;
         fs::write(&p, data).unwrap();
         assert!(Wal::open(&d.0, FsyncMode::Always).err().unwrap().to_string().contains("snapshot"));
+    }
+
+    fn cells(n: u32) -> Vec<proto::CellWrite> {
+        (0..n)
+            .map(|k| proto::CellWrite {
+                legacy_key: 0,
+                key: format!("key{k}").into_bytes(),
+                version: Some(proto::Version { micros: 1, node: 1, tombstone: false, value: vec![7; 20] }),
+            })
+            .collect()
+    }
+
+    /// A snapshot of more cells than one chunk holds is written and read back
+    /// chunk by chunk, every cell once; cut before its end marker it is refused.
+    #[test]
+    fn chunked_snapshots_round_trip_and_a_cut_one_is_refused() {
+        let d = Dir::new("chunked");
+        fs::create_dir_all(&d.0).unwrap();
+        let n = 3 * CHUNK_CELLS as u32 + 5;
+        let snap = proto::Snapshot { next_log_seq: 4, cells: cells(n), taken_micros: 9, ..Default::default() };
+        write_snapshot(&d.0, &snap).unwrap();
+        let mut chunks = 0;
+        let mut got = Vec::new();
+        assert!(
+            read_snapshot(&d.0.join(SNAPSHOT_FILE), &mut |c| {
+                chunks += 1;
+                got.extend(c.cells);
+            })
+            .unwrap()
+        );
+        assert_eq!(chunks, 1 + 4 + 1, "header, four chunks of cells, end");
+        assert_eq!(got, snap.cells);
+        // Cut after the last cell chunk (the end marker is an 8-byte header and a 2-byte body).
+        let p = d.0.join(SNAPSHOT_FILE);
+        let data = fs::read(&p).unwrap();
+        fs::write(&p, &data[..data.len() - 10]).unwrap();
+        let err = read_snapshot(&p, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("truncated snapshot"), "{err}");
+    }
+
+    /// A version 1 snapshot (one chunk, magic QKVSNAP1) is still read.
+    #[test]
+    fn version_1_snapshots_are_read() {
+        let d = Dir::new("snapv1");
+        fs::create_dir_all(&d.0).unwrap();
+        let snap = proto::Snapshot { next_log_seq: 3, cells: cells(10), ..Default::default() };
+        let body = snap.encode_to_vec();
+        let mut data = SNAP_MAGIC_V1.to_vec();
+        data.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        data.extend_from_slice(&crc32c(&body).to_le_bytes());
+        data.extend_from_slice(&body);
+        fs::write(d.0.join(SNAPSHOT_FILE), data).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        let got = rec.snapshot.unwrap();
+        assert_eq!((got.next_log_seq, got.cells.len()), (3, 10));
     }
 }
