@@ -305,11 +305,20 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes with replication factor `rf`, choices following `seed`.
     pub fn new(n: usize, rf: usize, seed: u64) -> Cluster {
+        Cluster::build(n, seed, |infos| Ring::new(infos, rf, 1).unwrap())
+    }
+
+    /// `n` nodes on a murmur3 ring (string keys; `vnodes` balanced tokens each) with replication factor `rf`.
+    pub fn murmur3(n: usize, rf: usize, vnodes: usize, seed: u64) -> Cluster {
+        Cluster::build(n, seed, |infos| Ring::murmur3(infos, &[], vnodes, rf, 1).unwrap())
+    }
+
+    fn build(n: usize, seed: u64, ring: impl FnOnce(Vec<NodeInfo>) -> Ring) -> Cluster {
         let net = SimNet::new(seed);
         let infos: Vec<NodeInfo> = (0..n)
             .map(|i| NodeInfo { name: format!("n{i}"), host: "127.0.0.1".into(), port: 1 + i as u16, id: NodeId(100 + i as u32) })
             .collect();
-        let ring = Ring::new(infos.clone(), rf, 1).unwrap();
+        let ring = ring(infos.clone());
         let mut nodes = Vec::new();
         let mut workers = Vec::new();
         let clock = Arc::new(SimClock(std::sync::atomic::AtomicU64::new(1_800_000_000_000_000)));
@@ -331,14 +340,14 @@ impl Cluster {
         self.nodes[i].me
     }
 
-    /// Where node `i` stands in `key`'s replica list, if it is a replica.
+    /// The nodes (indexes) holding byte-ordered key `key`, owner first.
     pub fn replicas(&self, key: u8) -> Vec<usize> {
-        self.nodes[0]
-            .ring
-            .replicas(crate::cluster::key::Key::byte(key).as_bytes())
-            .iter()
-            .map(|id| self.nodes.iter().position(|n| n.me == *id).unwrap())
-            .collect()
+        self.replicas_of(crate::cluster::key::Key::byte(key).as_bytes())
+    }
+
+    /// The nodes (indexes) holding `key`, owner first.
+    pub fn replicas_of(&self, key: &[u8]) -> Vec<usize> {
+        self.nodes[0].ring.replicas(key).iter().map(|id| self.nodes.iter().position(|n| n.me == *id).unwrap()).collect()
     }
 
     /// Sends `req` to node `i` to coordinate; returns its token (see [`Client::reply`]).
