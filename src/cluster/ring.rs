@@ -428,4 +428,52 @@ mod tests {
         moved[1].port = 9999;
         assert_ne!(a.fingerprint(), Ring::new(moved, 3, 1).unwrap().fingerprint());
     }
+
+    /// Seed 002's rule through the cluster file: explicit tokens, RF 2, a key
+    /// on the node owning its hash range and on the next node.
+    #[test]
+    fn murmur3_rings_place_keys_by_token_from_the_file() {
+        let text = "partitioner murmur3\nrf 2\na 127.0.0.1 1 tokens=-4611686018427387904\nb 127.0.0.1 2 tokens=0\nc 127.0.0.1 3 tokens=4611686018427387904\n";
+        let spec = crate::cluster::file::parse_cluster_spec(text, "f").unwrap();
+        let r = Ring::from_spec(&spec, 3, 1).unwrap();
+        assert_eq!((r.partitioner(), r.rf()), (Partitioner::Murmur3, 2), "the file's rf wins");
+        let names = |key: &[u8]| r.replicas(key).iter().map(|&id| r.name(id)).collect::<Vec<_>>();
+        // "123" hashes to -7468325962851647638: a's range (wrapping, up to -2^62).
+        assert_eq!(names(b"123"), ["a", "b"]);
+        // "test" is -6017608668500074083, also a's; "kremówki" is 4354931215268080151: c's.
+        assert_eq!(names(b"test"), ["a", "b"]);
+        assert_eq!(names("kremówki".as_bytes()), ["c", "a"]);
+        for i in 0..500 {
+            let key = format!("k{i}");
+            let t = token::token(key.as_bytes());
+            let owner = if t <= -4611686018427387904 || t > 4611686018427387904 {
+                "a"
+            } else if t <= 0 {
+                "b"
+            } else {
+                "c"
+            };
+            assert_eq!(names(key.as_bytes())[0], owner, "{key} with token {t}");
+            assert_eq!(r.slot(key.as_bytes()), token::slot(t));
+        }
+        // a's range wraps (half the ring); b's and c's are a quarter each. At RF 2 a node
+        // holds its own range and its predecessor's.
+        let shares: Vec<f64> = (0..3).map(|i| r.share(i)).collect();
+        for (got, want) in shares.iter().zip([0.75, 0.75, 0.5]) {
+            assert!((got - want).abs() < 1e-9, "shares {shares:?}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_cover_partitioner_and_tokens() {
+        let nodes = parse_cluster_file(SHIPPED, "f").unwrap();
+        let bytes = Ring::new(nodes.clone(), 3, 1).unwrap();
+        let m16 = Ring::murmur3(nodes.clone(), &[], 16, 3, 1).unwrap();
+        let m8 = Ring::murmur3(nodes.clone(), &[], 8, 3, 1).unwrap();
+        assert_ne!(bytes.fingerprint(), m16.fingerprint());
+        assert_ne!(m16.fingerprint(), m8.fingerprint(), "same nodes, other tokens");
+        assert_eq!(m16.fingerprint(), Ring::murmur3(nodes, &[], 16, 3, 1).unwrap().fingerprint());
+        assert_eq!(m16.tokens_of(0).len(), 16);
+        assert!(bytes.tokens_of(0).is_empty() && m16.range(0).is_none());
+    }
 }
