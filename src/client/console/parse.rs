@@ -392,6 +392,9 @@ mod tests {
         assert!(e("scan 0 count").contains("whole number"), "count without a number reads as the count");
         assert!(e("scan 0 1 2 3").contains("usage: scan"));
         assert!(e("scan 0 twice 5").contains("usage: scan"));
+        for usage in ["token KEY", "ring [tokens]", "scan [CURSOR] [COUNT]"] {
+            assert!(HELP.contains(&format!("\n  {usage} ")), "help lacks {usage}");
+        }
     }
 
     #[test]
