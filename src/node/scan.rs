@@ -104,8 +104,10 @@ impl Node {
             for (&t, r) in targets.iter().zip(results) {
                 match r {
                     Some(Ok(PeerResponse::Scan { mut entries, more })) => {
-                        // Only keys of this slot count (a reply is checked, not trusted).
-                        entries.retain(|(k, _)| !k.is_empty() && self.ring.slot(k.as_bytes()) == slot);
+                        // Only keys of this cluster in their canonical form and of this slot
+                        // count: a reply is checked, not trusted (its keys go into the cursor).
+                        let limits = self.limits();
+                        entries.retain(|(k, _)| limits.key(k.to_vec()).is_ok_and(|c| &c == k) && self.ring.slot(k.as_bytes()) == slot);
                         listings.push(Listing { entries, more });
                         answered.push(t);
                     }
