@@ -21,17 +21,21 @@
 //! |---------|---------|
 //! | `Get`, `Delete` | the key ([`Partitioner::key`]: `0..=255` byte-ordered, 1 to `--max-key-bytes` bytes murmur3), consistency ONE/QUORUM/ALL (or unset) |
 //! | `Put` | the same, and the value's size against `--max-value-bytes` |
-//! | `Inspect` | key |
+//! | `Inspect`, `Token` | key |
+//! | `Scan` | the cursor ([`ScanCursor::parse`]: format, key, the key's slot), the count (0: 10; at most [`MAX_SCAN_COUNT`]) |
 //! | `Ping`, `Status`, `Display` | nothing to check (`Display` values are cut to [`MAX_DISPLAY_VALUE`]) |
 //! | `Fault` | nothing here: fault injection refuses it unless enabled, then checks its fields against the ring |
 //! | replica requests, `PeerHello` on a client connection | refused |
 //! | `ReplicaRead` | key |
 //! | `ReplicaWrite` | key, a version present, its value's size unless it is a tombstone |
 //! | `ReplicaReadBatch` | at most [`MAX_BATCH`] keys, each a key of the cluster |
+//! | `ReplicaScan` | the slot (0 to 255), the key after which to start (if any), the count (1 to [`MAX_SCAN_COUNT`]) |
 //! | a second `PeerHello`, client requests (and `Fault`) on a replica link | refused |
 //!
 //! Strings (names) are valid UTF-8 by construction: the decoder refuses
 //! anything else. Keys and values are bytes.
+
+pub mod scan;
 
 use crate::cluster::consistency::Consistency;
 use crate::cluster::key::{DEFAULT_MAX_KEY_BYTES, KEYS, Key, Partitioner};
@@ -39,6 +43,8 @@ use crate::error::{Error, Result};
 use crate::proto::{self, request, response};
 use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
+
+pub use scan::{DEFAULT_SCAN_COUNT, MAX_SCAN_COUNT, ScanCursor, Stamp};
 
 /// The most keys in one `ReplicaReadBatch` (a replica refuses more).
 pub const MAX_BATCH: usize = 1024;
@@ -138,6 +144,18 @@ pub enum ClientRequest {
     },
     /// Fault injection (checked by the network layer, which owns the faults).
     Fault(proto::FaultRequest),
+    /// Where a key lives: its token, slot and replicas (answered from the ring).
+    Token {
+        /// The key.
+        key: Key,
+    },
+    /// One page of a walk over every key.
+    Scan {
+        /// Where the page starts.
+        cursor: ScanCursor,
+        /// The most keys the page looks at (1 to [`MAX_SCAN_COUNT`]).
+        count: u32,
+    },
 }
 
 /// A request a peer sent on its replica link.
@@ -176,6 +194,15 @@ pub enum PeerRequest {
         /// At most this many cells (at most [`MAX_DUMP_CELLS`]).
         max_keys: u32,
     },
+    /// The local keys of one store slot, in key order, with their stamps.
+    Scan {
+        /// The store slot.
+        slot: u8,
+        /// Start after this key (from the slot's start if `None`).
+        after: Option<Key>,
+        /// At most this many keys (1 to [`MAX_SCAN_COUNT`]).
+        count: u32,
+    },
 }
 
 /// A replica's answer to a [`PeerRequest`].
@@ -201,6 +228,13 @@ pub enum PeerResponse {
     },
     /// To [`PeerRequest::Dump`].
     Dump(proto::DumpResult),
+    /// To [`PeerRequest::Scan`]: keys in key order with their versions' stamps.
+    Scan {
+        /// The keys.
+        entries: Vec<(Key, Stamp)>,
+        /// The replica holds more keys of the slot after the last one.
+        more: bool,
+    },
 }
 
 /// A peer's reply, or why there is none.
@@ -228,6 +262,10 @@ pub enum Reply {
     Display(proto::DisplayResult),
     /// To `Fault`.
     Fault(proto::FaultResult),
+    /// To `Token`.
+    Token(proto::TokenResult),
+    /// To `Scan`.
+    Scan(proto::ScanResult),
     /// The request failed.
     Error(Error),
 }
@@ -259,10 +297,18 @@ impl ClientRequest {
             }
             B::Delete(d) => ClientRequest::Delete { key: limits.key(d.key)?, level: Consistency::from_proto(d.consistency)? },
             B::Inspect(i) => ClientRequest::Inspect { key: limits.key(i.key)? },
+            B::Token(t) => ClientRequest::Token { key: limits.key(t.key)? },
+            B::Scan(s) => ClientRequest::Scan { cursor: ScanCursor::parse(s.cursor, limits)?, count: scan::scan_count(s.count)? },
             // Fault injection checks its own fields (peer names need the ring), after
             // refusing everything when the replica runs without --enable-fault-injection.
             B::Fault(f) => ClientRequest::Fault(f),
-            B::Hello(_) | B::ReplicaRead(_) | B::ReplicaWrite(_) | B::Heartbeat(_) | B::ReplicaDump(_) | B::ReplicaReadBatch(_) => {
+            B::Hello(_)
+            | B::ReplicaRead(_)
+            | B::ReplicaWrite(_)
+            | B::Heartbeat(_)
+            | B::ReplicaDump(_)
+            | B::ReplicaReadBatch(_)
+            | B::ReplicaScan(_) => {
                 return Err(Error::InvalidRequest(REPLICA_ON_CLIENT.into()));
             }
         })
@@ -304,8 +350,22 @@ impl PeerRequest {
                 }
                 PeerRequest::ReadBatch { keys: b.keys.into_iter().map(|k| limits.key(k)).collect::<Result<_>>()? }
             }
+            B::ReplicaScan(r) => {
+                let slot = u8::try_from(r.slot)
+                    .map_err(|_| Error::InvalidRequest(format!("replica scan of slot {}; slots are 0 to 255", r.slot)))?;
+                let after = if r.after.is_empty() { None } else { Some(limits.key(r.after)?) };
+                PeerRequest::Scan { slot, after, count: scan::replica_scan_count(r.count)? }
+            }
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
-            B::Get(_) | B::Put(_) | B::Delete(_) | B::Status(_) | B::Inspect(_) | B::Display(_) | B::Fault(_) => {
+            B::Get(_)
+            | B::Put(_)
+            | B::Delete(_)
+            | B::Status(_)
+            | B::Inspect(_)
+            | B::Display(_)
+            | B::Fault(_)
+            | B::Token(_)
+            | B::Scan(_) => {
                 return Err(Error::InvalidRequest(CLIENT_ON_REPLICA.into()));
             }
         })
@@ -326,6 +386,9 @@ impl PeerRequest {
             PeerRequest::Heartbeat { from } => B::Heartbeat(proto::Heartbeat { from }),
             PeerRequest::Dump { max_value_len, slots, max_keys } => {
                 B::ReplicaDump(proto::ReplicaDump { max_value_len, slots: slots.into_iter().map(u32::from).collect(), max_keys })
+            }
+            PeerRequest::Scan { slot, after, count } => {
+                B::ReplicaScan(proto::ReplicaScan { slot: slot.into(), after: after.map(|k| k.to_vec()).unwrap_or_default(), count })
             }
         }
     }
@@ -348,6 +411,9 @@ impl PeerResponse {
             }
             PeerResponse::Heartbeat { name, storage } => B::Heartbeat(proto::HeartbeatAck { name, storage }),
             PeerResponse::Dump(d) => B::ReplicaDump(d),
+            PeerResponse::Scan { entries, more } => {
+                B::ReplicaScan(proto::ReplicaScanResult { entries: entries.into_iter().map(scan::entry_to_proto).collect(), more })
+            }
         }
     }
 
@@ -366,6 +432,9 @@ impl PeerResponse {
             }
             Some(B::Heartbeat(h)) => PeerResponse::Heartbeat { name: h.name, storage: h.storage },
             Some(B::ReplicaDump(d)) => PeerResponse::Dump(d),
+            Some(B::ReplicaScan(r)) => {
+                PeerResponse::Scan { entries: r.entries.into_iter().map(scan::entry_from_proto).collect(), more: r.more }
+            }
             Some(other) => return Err(Error::Protocol(format!("{from} sent a reply no replica request has: {other:?}"))),
         })
     }
@@ -392,6 +461,8 @@ impl Reply {
             Reply::Inspect(i) => B::Inspect(i),
             Reply::Display(d) => B::Display(d),
             Reply::Fault(f) => B::Fault(f),
+            Reply::Token(t) => B::Token(t),
+            Reply::Scan(s) => B::Scan(s),
             Reply::Error(e) => B::Error(e.to_proto()),
         }
     }
@@ -466,6 +537,7 @@ mod tests {
             B::Heartbeat(proto::Heartbeat::default()),
             B::ReplicaDump(proto::ReplicaDump::default()),
             B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("1")] }),
+            B::ReplicaScan(proto::ReplicaScan { slot: 1, after: Vec::new(), count: 1 }),
         ] {
             refused(client(replica_only), "replica-to-replica request on a client connection");
         }
@@ -499,5 +571,37 @@ mod tests {
         refused(peer(B::Hello(proto::PeerHello::default())), "second PeerHello");
         refused(peer(B::Get(proto::Get::default())), "client request on a replica link");
         assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into() })).is_ok());
+    }
+
+    #[test]
+    fn token_and_scan_requests_are_checked_field_by_field() {
+        let token = |key: Vec<u8>| B::Token(proto::TokenRequest { key });
+        let scan = |cursor: Vec<u8>, count| B::Scan(proto::ScanRequest { cursor, count });
+        assert_eq!(ClientRequest::parse(token(k("070")), &BYTES).unwrap(), ClientRequest::Token { key: Key::byte(70) });
+        refused(client(token(k("256"))), "key 256 is out of range");
+        refused(ClientRequest::parse(token(Vec::new()), &MURMUR).map(drop), "the key is empty");
+        let start = ClientRequest::Scan { cursor: ScanCursor::START, count: DEFAULT_SCAN_COUNT };
+        assert_eq!(ClientRequest::parse(scan(Vec::new(), 0), &MURMUR).unwrap(), start);
+        let at = ScanCursor { slot: 9, after: None };
+        assert_eq!(ClientRequest::parse(scan(at.encode(), 500), &MURMUR).unwrap(), ClientRequest::Scan { cursor: at, count: 500 });
+        refused(client(scan(Vec::new(), MAX_SCAN_COUNT + 1)), "scan count 10001 exceeds the limit of 10000");
+        refused(client(scan(vec![2, 0], 1)), "scan cursor has format 2");
+        refused(client(scan(vec![1, 5, b'6'], 1)), "key 6 of slot 6 as a key of slot 5");
+        refused(peer(token(k("1"))), "client request on a replica link");
+        refused(peer(scan(Vec::new(), 1)), "client request on a replica link");
+
+        let replica_scan = |slot, after: &str, count| B::ReplicaScan(proto::ReplicaScan { slot, after: k(after), count });
+        let asked = PeerRequest::parse(replica_scan(255, "user", MAX_SCAN_COUNT), &MURMUR).unwrap();
+        assert_eq!(asked, PeerRequest::Scan { slot: 255, after: Some(Key::trusted(*b"user")), count: MAX_SCAN_COUNT });
+        assert_eq!(PeerRequest::parse(asked.clone().into_proto(), &MURMUR).unwrap(), asked, "the wire form reads back");
+        assert_eq!(PeerRequest::parse(replica_scan(0, "", 1), &BYTES).unwrap(), PeerRequest::Scan { slot: 0, after: None, count: 1 });
+        refused(peer(replica_scan(256, "", 1)), "replica scan of slot 256; slots are 0 to 255");
+        refused(peer(replica_scan(0, "", 0)), "a replica scan of 0 keys");
+        refused(peer(replica_scan(0, "", MAX_SCAN_COUNT + 1)), "exceeds the limit of 10000");
+        refused(peer(replica_scan(0, "300", 1)), "key 300 is out of range");
+
+        let stamp = Stamp { ts: Timestamp { micros: 9, node: 2 }, tombstone: true };
+        let answer = PeerResponse::Scan { entries: vec![(Key::trusted(*b"a"), stamp)], more: true };
+        assert_eq!(PeerResponse::from_proto(Some(answer.clone().into_proto()), "r1").unwrap(), answer);
     }
 }

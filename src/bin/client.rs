@@ -3,7 +3,10 @@
 //! Without a command it reads commands line by line: with a prompt on a
 //! terminal, silently from a pipe. With a command it runs that one command and
 //! exits with its status: 0 success, 1 key not found, 2 bad usage or input,
-//! 3 the store refused (unavailable, timeout), 4 cannot connect.
+//! 3 the store refused (unavailable, timeout), 4 cannot connect. One-shot,
+//! `token KEY` prints the token alone on its first line (then the slot, then
+//! each replica), and `scan` walks every page and prints each key's bytes, one
+//! key a line (see [`quorumkv::client::console`]).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;

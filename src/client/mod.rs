@@ -156,6 +156,26 @@ impl Client {
 }
 
 impl Client {
+    /// Where `key` lives: its token, its slot and its replicas (owner first),
+    /// as the coordinator's ring places it.
+    pub fn token(&mut self, key: impl ToKey) -> Result<proto::TokenResult> {
+        match self.request(request::Body::Token(proto::TokenRequest { key: key.to_key() }))? {
+            response::Body::Token(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of a walk over every key: from `cursor` (empty: the start), at
+    /// most `count` keys looked at (0: the coordinator's default of 10; at most
+    /// 10,000). Pass the reply's `cursor` to the next call until it says `done`;
+    /// a key that exists for the whole walk comes back exactly once.
+    pub fn scan(&mut self, cursor: &[u8], count: u32) -> Result<proto::ScanResult> {
+        match self.request(request::Body::Scan(proto::ScanRequest { cursor: cursor.to_vec(), count }))? {
+            response::Body::Scan(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A fault-injection request to the replica this client is connected to (refused unless it
     /// runs with `--enable-fault-injection`); answers with the faults now active there.
     pub fn fault(&mut self, req: proto::FaultRequest) -> Result<proto::FaultResult> {

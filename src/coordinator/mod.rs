@@ -18,7 +18,9 @@
 //!   replicas before answering at QUORUM and ALL, and in the background once
 //!   every replica has replied or timed out.
 //! * [`gather::GatherMachine`] — one question to several replicas, every
-//!   answer kept (inspect, display, hint replay).
+//!   answer kept (inspect, display, hint replay, scan).
+//! * [`scan`] — the pure half of `scan`: merging the replicas' listings of a
+//!   slot into a page, and the token ranges a slot spans.
 //!
 //! [`call::Call`] wraps a machine with a mutex and a condvar: replies reach it
 //! from whichever thread received them (a link's reader, the timeout sweep,
@@ -40,6 +42,7 @@ pub mod gather;
 pub mod peers;
 pub mod read;
 pub mod readbatch;
+pub mod scan;
 pub mod tally;
 pub mod write;
 

@@ -113,6 +113,12 @@ mod tests {
             B::Heartbeat(proto::Heartbeat { from: "r2".into() }),
             B::ReplicaDump(proto::ReplicaDump { max_value_len: 4, slots: vec![1, 300], max_keys: 5 }),
             B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..40).map(|i: u32| i.to_string().into_bytes()).collect() }),
+            B::Token(proto::TokenRequest { key: b"123".to_vec() }),
+            B::Scan(proto::ScanRequest { cursor: Vec::new(), count: 0 }),
+            B::Scan(proto::ScanRequest { cursor: vec![1, 70, b'7', b'0'], count: 10_000 }),
+            B::Scan(proto::ScanRequest { cursor: vec![1, 24, b'1', b'2', b'3'], count: 10_001 }),
+            B::ReplicaScan(proto::ReplicaScan { slot: 70, after: b"70".to_vec(), count: 10 }),
+            B::ReplicaScan(proto::ReplicaScan { slot: 256, after: Vec::new(), count: 0 }),
         ];
         bodies.into_iter().map(|b| proto::Request { id: 77, body: Some(b) }.encode_to_vec()).collect()
     }

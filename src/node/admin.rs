@@ -43,7 +43,8 @@ fn unreachable(name: String, why: String) -> proto::InspectEntry {
     proto::InspectEntry { name, error: why, ..Default::default() }
 }
 
-fn why(r: Option<PeerResult>) -> String {
+/// Why a gathered reply is not the one asked for.
+pub(crate) fn why(r: Option<PeerResult>) -> String {
     match r {
         Some(Ok(other)) => format!("unexpected reply {other:?}"),
         Some(Err(e)) => e.message().to_string(),

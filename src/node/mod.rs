@@ -14,6 +14,7 @@
 //! * [`peer`] — a peer's request: local work only, never waiting on another
 //!   replica, so two coordinators fanning out to each other cannot deadlock.
 //! * [`admin`] — `status`, `inspect` and `display`.
+//! * [`scan`] — `token` (where a key lives) and `scan` (a walk over every key, in pages).
 //! * [`background`] — read repairs and hint replay, for the server's long-lived threads.
 //! * [`startup`] — recovery from the log and snapshots.
 //!
@@ -48,6 +49,7 @@ pub mod background;
 pub mod coordinate;
 pub mod dispatch;
 pub mod peer;
+pub mod scan;
 pub mod startup;
 
 use std::sync::Arc;

@@ -59,6 +59,7 @@ impl Node {
             }
             PeerRequest::Dump { max_value_len, slots, max_keys } => Ok(PeerResponse::Dump(self.dump(max_value_len, &slots, max_keys))),
             PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.iter().map(|k| self.store.get(k.as_bytes())).collect())),
+            PeerRequest::Scan { slot, after, count } => Ok(self.replica_scan(slot, after, count)),
             PeerRequest::Ping => Ok(PeerResponse::Pong(self.cfg.name.clone())),
         };
         (result, None)

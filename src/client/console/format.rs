@@ -1,5 +1,6 @@
-//! Output formats: how the replies to `status`, `inspect` and `display` are
-//! shown, and the timestamp, size and age notation they (and `put`/`del`) use.
+//! Output formats: how the replies to `status`, `ring`, `inspect`, `display`,
+//! `token` and `scan` are shown, and the timestamp, size and age notation they
+//! (and `put`/`del`) use.
 
 use std::fmt::Write as _;
 
@@ -83,6 +84,72 @@ pub fn format_status(s: &proto::StatusResult) -> String {
     }
     o.pop();
     o
+}
+
+/// Tokens `ring` shows of each node before `…` (`ring tokens` lists them all).
+const RING_TOKENS_SHOWN: usize = 3;
+
+/// `ring` output (a view of `status`): each node's state, its share of the
+/// data at the RF, the keys and bytes it last reported holding, and its
+/// tokens (the first few; murmur3) or its key range (byte-ordered). With
+/// `all_tokens`, every token in ring order with its node, like `nodetool ring`.
+pub fn format_ring(s: &proto::StatusResult, all_tokens: bool) -> String {
+    let murmur3 = s.partitioner == "murmur3";
+    let partitioner = if s.partitioner.is_empty() { "byte-ordered" } else { &s.partitioner };
+    let mut o =
+        format!("ring of {} nodes ({partitioner}, RF {}, epoch {}) as {} sees it\n", s.replicas.len(), s.rf, s.epoch, s.coordinator);
+    let w = s.replicas.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
+    if all_tokens {
+        if !murmur3 {
+            o.push_str("byte-ordered: each key (0-255) is its own token; each node owns a range of them\n");
+            let _ = writeln!(o, "{:<9} NODE", "RANGE");
+            for r in &s.replicas {
+                let _ = writeln!(o, "{:<9} {}", format!("{}-{}", r.range_start, r.range_end), r.name);
+            }
+        } else {
+            let mut all: Vec<(i64, &str)> = s.replicas.iter().flat_map(|r| r.tokens.iter().map(|&t| (t, r.name.as_str()))).collect();
+            all.sort_unstable();
+            let _ = writeln!(o, "{:<21} NODE", "TOKEN");
+            for (t, name) in all {
+                let _ = writeln!(o, "{t:<21} {name}");
+            }
+        }
+        o.pop();
+        return o;
+    }
+    let owns = if murmur3 { "TOKENS" } else { "RANGE" };
+    let _ = writeln!(o, "{:<w$}  {:<5} {:>6}  {:>10}  {:>9}  {owns}", "NAME", "STATE", "SHARE", "KEYS", "BYTES");
+    for r in &s.replicas {
+        let (keys, bytes) = match &r.storage {
+            Some(st) => (st.keys.to_string(), fmt_bytes(st.bytes)),
+            None => ("?".into(), "?".into()),
+        };
+        let owned = if murmur3 {
+            let shown: Vec<String> = r.tokens.iter().take(RING_TOKENS_SHOWN).map(i64::to_string).collect();
+            let more = if r.tokens.len() > RING_TOKENS_SHOWN { " …" } else { "" };
+            format!("{}: {}{more}", r.tokens.len(), shown.join(" "))
+        } else {
+            format!("{}-{}", r.range_start, r.range_end)
+        };
+        let state = if r.up { "up" } else { "down" };
+        let share = format!("{:.1}%", r.share * 100.0);
+        let _ = writeln!(o, "{:<w$}  {state:<5} {share:>6}  {keys:>10}  {bytes:>9}  {owned}", r.name);
+    }
+    if murmur3 && s.replicas.iter().any(|r| r.tokens.len() > RING_TOKENS_SHOWN) {
+        o.push_str("(ring tokens lists every token)\n");
+    }
+    o.pop();
+    o
+}
+
+/// `token` output in the console: the token, the slot, the replicas (owner first), labelled.
+pub fn format_token(t: &proto::TokenResult) -> String {
+    format!("token    {}\nslot     {}\nreplicas {} (owner first)", t.token, t.slot, t.replicas.join(", "))
+}
+
+/// A scan cursor as the console shows it and `scan` reads it back: hex digits.
+pub fn fmt_cursor(cursor: &[u8]) -> String {
+    cursor.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `inspect` output: one line per replica, starting with its name.
@@ -169,5 +236,53 @@ mod tests {
         assert!(out.contains("r0 (owns 16 tokens, 75.0% of the data): 2 key(s), 20 B"), "{out}");
         assert!(out.contains("(1, the first 1 listed; in 1 slot(s))"), "{out}");
         assert!(out.contains("key user:\\xff: r0 \"new\\n\"@2, r1 none"), "{out}");
+    }
+
+    fn status(partitioner: &str) -> proto::StatusResult {
+        let replica = |i: i64, keys| proto::ReplicaStatus {
+            name: format!("r{i}"),
+            up: i != 1,
+            range_start: 128 * i as u32,
+            range_end: 128 * i as u32 + 127,
+            storage: (i == 0).then(|| proto::StorageStats { keys, bytes: keys * 100, ..Default::default() }),
+            tokens: if partitioner == "murmur3" { (0..5).map(|t| t * 10 - i).collect() } else { Vec::new() },
+            share: 0.5,
+            ..Default::default()
+        };
+        proto::StatusResult {
+            coordinator: "r0".into(),
+            rf: 1,
+            epoch: 1,
+            partitioner: partitioner.into(),
+            replicas: vec![replica(0, 1234), replica(1, 0)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ring_shows_shares_keys_and_tokens() {
+        let out = format_ring(&status("murmur3"), false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "ring of 2 nodes (murmur3, RF 1, epoch 1) as r0 sees it");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["r0", "up", "50.0%", "1234", "120", "KiB", "5:", "0", "10", "20", "…"]
+        );
+        assert_eq!(lines[3].split_whitespace().take(5).collect::<Vec<_>>(), ["r1", "down", "50.0%", "?", "?"], "{out}");
+        assert_eq!(lines[4], "(ring tokens lists every token)");
+        let all = format_ring(&status("murmur3"), true);
+        let tokens: Vec<Vec<&str>> = all.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(tokens.len(), 10);
+        assert_eq!((tokens[0].clone(), tokens[1].clone()), (vec!["-1", "r1"], vec!["0", "r0"]), "ring order, with the node");
+        let bytes = format_ring(&status("byte-ordered"), false);
+        assert!(bytes.lines().nth(2).unwrap().ends_with("0-127") && bytes.lines().nth(3).unwrap().ends_with("128-255"), "{bytes}");
+        assert!(format_ring(&status("byte-ordered"), true).contains("128-255   r1"));
+    }
+
+    #[test]
+    fn token_and_cursor_notation() {
+        let t = proto::TokenResult { token: -7, slot: 3, replicas: vec!["a".into(), "b".into()], ..Default::default() };
+        assert_eq!(format_token(&t), "token    -7\nslot     3\nreplicas a, b (owner first)");
+        assert_eq!(fmt_cursor(&[1, 0x2a, 0xff]), "012aff");
     }
 }

@@ -32,16 +32,25 @@
 //! [`HELP`] lists them, and is also the `--help` epilogue of the binary:
 //! `get`, `put`, `del` (each with an optional level), `consistency` (show or
 //! set the session's default level, ONE until changed by `-c` or by this
-//! command), `status`, `inspect`, `display`, `fault` (fault injection on the
-//! replica connected to), `help` and `quit`. Keywords are case-insensitive;
-//! keys are 0 to 255.
+//! command), `status`, `inspect`, `display`, `token` (a key's token, slot and
+//! replicas), `ring` (each node's tokens, share of the data and keys held; a
+//! view of `status`), `scan` (a page of every key, from a cursor), `fault`
+//! (fault injection on the replica connected to), `help` and `quit`.
+//! Keywords are case-insensitive; keys are 0 to 255 in a byte-ordered
+//! cluster, any text in a murmur3 one.
+//!
+//! Two commands print differently one-shot, for scripts: `token` prints the
+//! token alone on its first line, then the slot, then each replica on a line
+//! of its own; `scan` walks every page from the cursor given (the start if
+//! none) and prints each key's bytes as they are, one key a line.
 //!
 //! Results go to `out` (stdout), errors to `err` (stderr) prefixed `error:`.
 //! The session keeps one connection; after a connection error
 //! ([`Error::Io`](crate::error::Error::Io) or
 //! [`Error::Protocol`](crate::error::Error::Protocol)) it drops it, and the
-//! next command reconnects. [`format_status`], [`format_inspect`] and
-//! [`format_display`] render the replies of the three inspection commands.
+//! next command reconnects. [`format_status`], [`format_ring`],
+//! [`format_inspect`], [`format_display`] and [`format_token`] render the
+//! replies of the inspection commands, [`fmt_cursor`] a scan's cursor.
 //!
 //! # Exit statuses
 //!
@@ -56,8 +65,9 @@
 //! # Layout
 //!
 //! - `parse.rs`: [`HELP`], [`Command`], [`tokenize`] and [`parse()`].
-//! - `format.rs`: the output of `status`, `inspect` and `display`, and the
-//!   timestamp notation `put` and `del` print.
+//! - `format.rs`: the output of `status`, `ring`, `inspect`, `display` and
+//!   `token`, the scan cursor's notation, and the timestamp notation `put`
+//!   and `del` print.
 //! - `session.rs`: [`Session`] (connection, default level, running a command)
 //!   and [`Outcome`].
 //!
@@ -68,6 +78,6 @@ mod format;
 mod parse;
 mod session;
 
-pub use format::{format_display, format_inspect, format_status};
+pub use format::{fmt_cursor, format_display, format_inspect, format_ring, format_status, format_token};
 pub use parse::{Command, HELP, parse, tokenize};
 pub use session::{Outcome, Session};

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::cluster::consistency::Consistency;
+use crate::message::MAX_SCAN_COUNT;
 use crate::proto;
 
 /// The console's help text.
@@ -23,6 +24,11 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM or ALL):
   status                  each replica: address, up/down as the coordinator sees it, key range, hints held for it
   inspect KEY             what each replica of KEY holds, one line per replica
   display                 what every replica holds, and which keys differ between replicas
+  token KEY               KEY's token, its slot and its replicas (owner first), one a line
+  ring [tokens]           each node: its tokens (murmur3; the first few) or key range, its share of the data, keys and bytes held;
+                          `ring tokens` lists every token in ring order with its node
+  scan [CURSOR] [COUNT]   a page of every key in the cluster: up to COUNT (default 10, at most 10000) keys from CURSOR
+                          (0 or none: the start), then the cursor of the next page; one-shot, it walks every page
 Fault injection (only on replicas started with --enable-fault-injection; acts on the replica connected to):
   fault                   show the faults active on this replica
   fault drop PEERS [DIR]  drop messages exchanged with PEERS (names, comma-separated, or all); DIR is to, from or both (default)
@@ -72,6 +78,20 @@ pub enum Command {
     Display,
     /// A fault-injection request to the connected replica.
     Fault(proto::FaultRequest),
+    /// Where a key lives.
+    Token(String),
+    /// Each node's tokens, share and keys; every token with `tokens`.
+    Ring {
+        /// List every token in ring order.
+        tokens: bool,
+    },
+    /// A page of every key (one-shot: every page).
+    Scan {
+        /// Where to start: the bytes of a cursor a scan printed (empty: the start).
+        cursor: Vec<u8>,
+        /// Keys a page looks at; `None` uses the default.
+        count: Option<u32>,
+    },
     /// Leave.
     Quit,
 }
@@ -210,8 +230,47 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
         }
         "display" => arity(0, 0, "display").map(|_| Command::Display),
         "fault" => parse_fault(args).map(Command::Fault),
+        "token" => {
+            arity(1, 1, "token KEY")?;
+            Ok(Command::Token(parse_key(&args[0])?))
+        }
+        "ring" => match args {
+            [] => Ok(Command::Ring { tokens: false }),
+            [t] if t.eq_ignore_ascii_case("tokens") => Ok(Command::Ring { tokens: true }),
+            _ => Err("usage: ring [tokens]".into()),
+        },
+        "scan" => parse_scan(args),
         other => Err(format!("unknown command {other:?}; type help")),
     }
+}
+
+/// `scan [CURSOR] [COUNT]`, or Redis's `scan CURSOR count N`.
+fn parse_scan(args: &[String]) -> Result<Command, String> {
+    const USAGE: &str = "usage: scan [CURSOR] [COUNT] (CURSOR 0 starts)";
+    let count = |s: &str| match s.parse::<u32>() {
+        Ok(n) if (1..=MAX_SCAN_COUNT).contains(&n) => Ok(Some(n)),
+        _ => Err(format!("the count is a whole number from 1 to {MAX_SCAN_COUNT}, got {s:?}")),
+    };
+    let (cursor, count) = match args {
+        [] => return Ok(Command::Scan { cursor: Vec::new(), count: None }),
+        [c] => (c, None),
+        [c, n] => (c, count(n)?),
+        [c, kw, n] if kw.eq_ignore_ascii_case("count") => (c, count(n)?),
+        _ => return Err(USAGE.into()),
+    };
+    Ok(Command::Scan { cursor: parse_cursor(cursor)?, count })
+}
+
+/// A cursor as `scan` prints it: `0` for the start, otherwise hex digits.
+fn parse_cursor(s: &str) -> Result<Vec<u8>, String> {
+    if s == "0" {
+        return Ok(Vec::new());
+    }
+    let bad = || format!("a scan cursor is 0 (the start) or the hex digits a scan printed, got {s:?}");
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad())).collect()
 }
 
 fn parse_fault(args: &[String]) -> Result<proto::FaultRequest, String> {
@@ -306,6 +365,36 @@ mod tests {
         );
         assert_eq!(p("FAULT delay all 250").unwrap(), Command::Fault(F { action: A::Delay as i32, delay_ms: 250, ..F::default() }));
         assert_eq!(p("fault pause 1500").unwrap(), Command::Fault(F { action: A::Pause as i32, pause_ms: 1500, ..F::default() }));
+    }
+
+    #[test]
+    fn parse_token_ring_and_scan() {
+        let p = |s: &str| parse(&words(s));
+        let scan = |cursor: &[u8], count| Command::Scan { cursor: cursor.to_vec(), count };
+        assert_eq!(p("TOKEN user:1").unwrap(), Command::Token("user:1".into()));
+        assert_eq!(p("ring").unwrap(), Command::Ring { tokens: false });
+        assert_eq!(p("ring TOKENS").unwrap(), Command::Ring { tokens: true });
+        assert_eq!(p("scan").unwrap(), scan(b"", None));
+        assert_eq!(p("scan 0").unwrap(), scan(b"", None));
+        assert_eq!(p("scan 0 100").unwrap(), scan(b"", Some(100)));
+        assert_eq!(p("scan 012aFF 10000").unwrap(), scan(&[1, 0x2a, 0xff], Some(10_000)));
+        assert_eq!(p("Scan 0118 COUNT 5").unwrap(), scan(&[1, 0x18], Some(5)));
+        let e = |s: &str| p(s).unwrap_err();
+        assert!(e("token").contains("usage: token KEY"));
+        assert!(e("token a b").contains("usage: token KEY"));
+        assert!(e("token \"\"").contains("the key is empty"));
+        assert!(e("ring all").contains("usage: ring [tokens]"));
+        assert!(e("scan 0 0").contains("from 1 to 10000, got \"0\""));
+        assert!(e("scan 0 10001").contains("from 1 to 10000"));
+        assert!(e("scan 0 ten").contains("whole number"));
+        assert!(e("scan 012").contains("hex digits a scan printed, got \"012\""));
+        assert!(e("scan 01zz").contains("hex digits"));
+        assert!(e("scan 0 count").contains("whole number"), "count without a number reads as the count");
+        assert!(e("scan 0 1 2 3").contains("usage: scan"));
+        assert!(e("scan 0 twice 5").contains("usage: scan"));
+        for usage in ["token KEY", "ring [tokens]", "scan [CURSOR] [COUNT]"] {
+            assert!(HELP.contains(&format!("\n  {usage} ")), "help lacks {usage}");
+        }
     }
 
     #[test]

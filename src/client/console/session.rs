@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::format::{fmt_ts, format_display, format_inspect, format_status};
+use super::format::{fmt_cursor, fmt_ts, format_display, format_inspect, format_ring, format_status, format_token};
 use super::parse::{Command, HELP, Value};
 use crate::client::Client;
 use crate::cluster::consistency::Consistency;
@@ -69,6 +69,9 @@ pub struct Session {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keys a page looks at when a one-shot `scan` walks every page and names no count.
+const WALK_COUNT: u32 = 1000;
 
 impl Session {
     /// Connects to the coordinator at `host:port`.
@@ -183,6 +186,62 @@ impl Session {
             Command::Display => {
                 let d = self.call(|c| c.display(40, 0))?;
                 w(out, &format_display(&d));
+            }
+            Command::Token(key) => {
+                let t = self.call(|c| c.token(&key))?;
+                if self.console {
+                    w(out, &format_token(&t));
+                } else {
+                    // The token alone on the first line, for scripts; then the slot, then each replica.
+                    w(out, &format!("{}\n{}", t.token, t.slot));
+                    for r in &t.replicas {
+                        w(out, r);
+                    }
+                }
+            }
+            Command::Ring { tokens } => {
+                let s = self.call(|c| c.status())?;
+                w(out, &format_ring(&s, tokens));
+            }
+            Command::Scan { cursor, count } if self.console => {
+                let page = self.call(|c| c.scan(&cursor, count.unwrap_or(0)))?;
+                for k in &page.keys {
+                    w(out, &escaped(k));
+                }
+                if !page.unanswered.is_empty() {
+                    w(err, &format!("warning: {} did not answer; keys written only to them may be missing", page.unanswered.join(", ")));
+                }
+                if page.done {
+                    w(out, "(scan complete)");
+                } else {
+                    w(out, &format!("next cursor: {}", fmt_cursor(&page.cursor)));
+                }
+            }
+            Command::Scan { mut cursor, count } => {
+                // One-shot: every page, each key's bytes as they are and a newline.
+                let mut silent: Vec<String> = Vec::new();
+                loop {
+                    let page = self.call(|c| c.scan(&cursor, count.unwrap_or(WALK_COUNT)))?;
+                    for k in &page.keys {
+                        let _ = out.write_all(k);
+                        let _ = out.write_all(b"\n");
+                    }
+                    for name in page.unanswered {
+                        if !silent.contains(&name) {
+                            silent.push(name);
+                        }
+                    }
+                    if page.done {
+                        break;
+                    }
+                    if page.cursor.is_empty() {
+                        return Err(Error::Protocol("a scan page that is not the last came without a cursor".into()));
+                    }
+                    cursor = page.cursor;
+                }
+                if !silent.is_empty() {
+                    w(err, &format!("warning: {} did not answer some pages; keys written only to them may be missing", silent.join(", ")));
+                }
             }
             Command::Fault(req) => {
                 let f = self.call(|c| c.fault(req))?;
