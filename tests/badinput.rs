@@ -548,7 +548,10 @@ fn served_kind(req: &B, resp: &R) -> bool {
         | (B::ReplicaRead(_), R::ReplicaRead(_))
         | (B::ReplicaWrite(_), R::ReplicaWrite(_))
         | (B::Heartbeat(_), R::Heartbeat(_))
-        | (B::ReplicaDump(_), R::ReplicaDump(_)) => true,
+        | (B::ReplicaDump(_), R::ReplicaDump(_))
+        | (B::Token(_), R::Token(_))
+        | (B::Scan(_), R::Scan(_))
+        | (B::ReplicaScan(_), R::ReplicaScan(_)) => true,
         (B::ReplicaReadBatch(b), R::ReplicaReadBatch(r)) => b.keys.len() == r.results.len(),
         _ => false,
     }
