@@ -267,6 +267,26 @@ impl Store {
         map.cells.range::<[u8], _>((lower, Bound::Unbounded)).take(count).map(|e| (Key::trusted(e.key()), e.version())).collect()
     }
 
+    /// Up to `count` keys of slot `slot` after key `after` (from its start if
+    /// `None`), in key order, with their timestamps and tombstone flags
+    /// (nothing copied but the keys), stopping early once the keys listed
+    /// reach `max_key_bytes`; and whether the slot holds keys past the last one listed.
+    pub fn scan_stamps(&self, slot: u8, after: Option<&[u8]>, count: usize, max_key_bytes: usize) -> (Vec<(Key, Timestamp, bool)>, bool) {
+        use std::ops::Bound;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let map = self.slots[slot as usize].read();
+        let mut cells = map.cells.range::<[u8], _>((lower, Bound::Unbounded));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < count && bytes < max_key_bytes {
+            let Some(e) = cells.next() else { return (out, false) };
+            bytes += e.key_len();
+            out.push((Key::trusted(e.key()), e.ts(), e.is_tombstone()));
+        }
+        let more = cells.next().is_some();
+        (out, more)
+    }
+
     /// Every cell, slot by slot (for tests and small stores).
     pub fn snapshot(&self) -> Vec<(Key, Version)> {
         (0..KEYS).flat_map(|s| self.slot_cells(s as u8)).collect()
@@ -399,5 +419,37 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 2000);
+    }
+
+    /// A listing of keys and stamps stops at the count or the key bytes, and says whether more follow.
+    #[test]
+    fn stamps_are_listed_in_key_order_within_bounds() {
+        let s = Store::new(None, Partitioner::ByteOrdered);
+        // Byte-ordered: key "7" is alone in slot 7.
+        s.apply_durably(&k(7), v(3, "x")).unwrap();
+        s.apply_durably(&k(7), Version::tombstone(Timestamp { micros: 4, node: 0 })).unwrap();
+        assert_eq!(s.scan_stamps(7, None, 10, 100), (vec![(k(7), Timestamp { micros: 4, node: 0 }, true)], false));
+        assert_eq!(s.scan_stamps(7, Some(b"7"), 10, 100), (vec![], false));
+        let m = Store::new(None, Partitioner::Murmur3);
+        let slot = Partitioner::Murmur3.slot(b"a0");
+        let keys: Vec<Key> = (0..20_000)
+            .map(|i| Key::trusted(format!("a{i}").into_bytes()))
+            .filter(|k| Partitioner::Murmur3.slot(k.as_bytes()) == slot)
+            .collect();
+        assert!(keys.len() > 40);
+        for key in &keys {
+            m.apply_durably(key, v(1, "value")).unwrap();
+        }
+        let (page, more) = m.scan_stamps(slot, None, 5, 1000);
+        assert_eq!((page.len(), more), (5, true));
+        assert!(page.windows(2).all(|w| w[0].0 < w[1].0));
+        let (all, more) = m.scan_stamps(slot, None, 10_000, 1 << 20);
+        assert_eq!((all.len(), more), (keys.len(), false));
+        // 12 bytes of keys: stops after the key that reaches it.
+        let (capped, more) = m.scan_stamps(slot, None, 10_000, 12);
+        let bytes: usize = capped.iter().map(|(k, _, _)| k.len()).sum();
+        assert!(more && bytes >= 12 && bytes - capped.last().unwrap().0.len() < 12, "{capped:?}");
+        let (rest, _) = m.scan_stamps(slot, Some(page[4].0.as_bytes()), 10_000, 1 << 20);
+        assert_eq!(rest.len(), keys.len() - 5, "resumes after the last key listed");
     }
 }
