@@ -42,9 +42,10 @@ struct Args {
     /// Hints replayed per second to a recovered replica.
     #[arg(long, default_value_t = 2000)]
     hint_rate: u32,
-    /// Largest value accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_value_bytes: usize,
+    /// Largest value accepted, in bytes (at most 32 MiB: a log record must stay
+    /// well within what recovery accepts).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(0..=32 << 20))]
+    max_value_bytes: u64,
     /// Largest key accepted in a murmur3 cluster, in bytes (1 to 65536).
     #[arg(long, default_value_t = DEFAULT_MAX_KEY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_key_bytes: u64,
@@ -128,7 +129,7 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.hint_window = args.hint_window;
     cfg.max_hint_bytes = args.max_hint_bytes;
     cfg.hint_rate = args.hint_rate;
-    cfg.max_value_bytes = args.max_value_bytes;
+    cfg.max_value_bytes = args.max_value_bytes as usize;
     cfg.max_key_bytes = args.max_key_bytes as usize;
     cfg.max_connections = args.max_connections;
     cfg.heartbeat_interval = args.heartbeat;

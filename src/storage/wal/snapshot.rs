@@ -100,8 +100,12 @@ pub struct SnapshotWriter {
     frame: Vec<u8>,
 }
 
-/// Cells per chunk of a snapshot file.
+/// Cells per chunk of a snapshot file, at most.
 const CHUNK_CELLS: usize = 4096;
+
+/// Bytes of values per chunk, at most (a cell larger than this goes alone):
+/// a chunk stays far below what a record may be.
+const CHUNK_BYTES: usize = 4 << 20;
 
 impl SnapshotWriter {
     fn write(dir: &Path, header: proto::Snapshot, fill: impl FnOnce(&mut SnapshotWriter) -> Result<()>) -> Result<u64> {
@@ -152,12 +156,21 @@ impl SnapshotWriter {
         r
     }
 
-    /// Adds `cells` (in chunks of a few thousand).
-    pub fn cells(&mut self, mut cells: Vec<proto::CellWrite>) -> Result<()> {
-        while !cells.is_empty() {
-            let rest = cells.split_off(cells.len().min(CHUNK_CELLS));
-            self.chunk(&proto::Snapshot { cells, ..Default::default() })?;
-            cells = rest;
+    /// Adds `cells` (in chunks of at most a few thousand cells and a few MiB).
+    pub fn cells(&mut self, cells: Vec<proto::CellWrite>) -> Result<()> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for c in cells {
+            let size = c.key.len() + c.version.as_ref().map_or(0, |v| v.value.len());
+            if !chunk.is_empty() && (chunk.len() == CHUNK_CELLS || bytes + size > CHUNK_BYTES) {
+                self.chunk(&proto::Snapshot { cells: std::mem::take(&mut chunk), ..Default::default() })?;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(c);
+        }
+        if !chunk.is_empty() {
+            self.chunk(&proto::Snapshot { cells: chunk, ..Default::default() })?;
         }
         Ok(())
     }
@@ -186,6 +199,9 @@ pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) 
         }
         let len = LittleEndian::read_u32(&header) as usize;
         let crc = LittleEndian::read_u32(&header[4..]);
+        if !v1 && len > 2 * CHUNK_BYTES + (64 << 20) {
+            return Err(bad(&format!("impossible chunk length {len}")));
+        }
         body.resize(len, 0);
         r.read_exact(&mut body).map_err(|_| bad("truncated snapshot"))?;
         if crc32c(&body) != crc {
@@ -290,6 +306,23 @@ mod tests {
         fs::write(&p, &data[..data.len() - 10]).unwrap();
         let err = read_snapshot(&p, &mut |_| {}).unwrap_err().to_string();
         assert!(err.contains("truncated snapshot"), "{err}");
+    }
+
+    /// Large values make small chunks: a chunk stays within a few MiB.
+    #[test]
+    fn chunks_are_bounded_by_bytes_too() {
+        let d = Dir::new("bigchunks");
+        fs::create_dir_all(&d.0).unwrap();
+        let big = |k: u8| proto::CellWrite {
+            legacy_key: 0,
+            key: vec![k],
+            version: Some(proto::Version { micros: 1, node: 1, tombstone: false, value: vec![k; 3 << 20] }),
+        };
+        let snap = proto::Snapshot { next_log_seq: 1, cells: (0..3).map(big).collect(), ..Default::default() };
+        write_snapshot(&d.0, &snap).unwrap();
+        let mut sizes = Vec::new();
+        read_snapshot(&d.0.join(SNAPSHOT_FILE), &mut |c| sizes.push(c.cells.len())).unwrap();
+        assert_eq!(sizes, [0, 1, 1, 1, 0], "header, one 3 MiB cell a chunk, end");
     }
 
     /// A version 1 snapshot (one chunk, magic QKVSNAP1) is still read.
