@@ -87,6 +87,9 @@ fn one_shot_exit_statuses() {
     let o = run_client_at(closed, &["get", "5"], "");
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).starts_with("error:"), "{}", stderr(&o));
+    // A bad command is bad input whether or not the coordinator can be reached.
+    let o = run_client_at(closed, &["dance"], "");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
     let status = c.run_client(0, &["status"], "");
     let text = stdout(&status);

@@ -37,6 +37,18 @@ fn parse_level(s: &str) -> Result<Consistency, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // A one-shot command is checked before connecting: a typo is bad input (2) whether or not the coordinator is up.
+    let one_shot = if args.command.is_empty() {
+        None
+    } else {
+        match parse(&args.command) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(Outcome::BadInput.exit_code());
+            }
+        }
+    };
     let mut session = match Session::connect(&args.host, args.port) {
         Ok(s) => s,
         Err(e) => {
@@ -49,15 +61,8 @@ fn main() -> ExitCode {
     }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    if !args.command.is_empty() {
+    if let Some(cmd) = one_shot {
         session.console = false;
-        let cmd = match parse(&args.command) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(Outcome::BadInput.exit_code());
-            }
-        };
         let outcome = session.execute(cmd, &mut stdout.lock(), &mut stderr.lock());
         return ExitCode::from(outcome.exit_code());
     }
