@@ -30,7 +30,7 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM or ALL):
   scan [CURSOR] [COUNT]   a page of every key in the cluster: up to COUNT (default 10, at most 10000) keys from CURSOR
                           (0 or none: the start), then the cursor of the next page; one-shot, it walks every page
 Fault injection (only on replicas started with --enable-fault-injection; acts on the replica connected to):
-  fault                   show the faults active on this replica
+  fault [show]            show the faults active on this replica
   fault drop PEERS [DIR]  drop messages exchanged with PEERS (names, comma-separated, or all); DIR is to, from or both (default)
   fault delay PEERS MS [DIR]  delay them by MS milliseconds
   fault pause MS          answer nothing, to clients or peers, for MS milliseconds
