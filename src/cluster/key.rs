@@ -86,14 +86,25 @@ fn byte_key(bytes: &[u8]) -> Option<u8> {
     std::str::from_utf8(bytes).ok()?.parse::<u32>().ok().and_then(|k| u8::try_from(k).ok())
 }
 
+/// An error quotes at most this many bytes of a refused key.
+const SHOWN: usize = 40;
+
+/// A refused key as an error shows it: escaped, and cut (saying how long it was) past [`SHOWN`] bytes.
+fn shown(bytes: &[u8]) -> String {
+    if bytes.len() <= SHOWN {
+        return escaped(bytes);
+    }
+    format!("{}… ({} bytes)", escaped(&bytes[..SHOWN]), bytes.len())
+}
+
 fn byte_ordered_refusal(bytes: &[u8]) -> String {
-    let shown = Key(bytes.into());
     if !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit) {
-        return format!("key {shown} is out of range; keys are 0 to {}", KEYS - 1);
+        return format!("key {} is out of range; keys are 0 to {}", shown(bytes), KEYS - 1);
     }
     format!(
-        "key {shown:?} is not an integer 0 to {}: this cluster is byte-ordered (the seed's ring); \
+        "key \"{}\" is not an integer 0 to {}: this cluster is byte-ordered (the seed's ring); \
          for string keys start a murmur3 cluster (`partitioner murmur3` in the cluster file, as in cluster-murmur3.txt)",
+        shown(bytes),
         KEYS - 1
     )
 }
@@ -213,6 +224,11 @@ mod tests {
         refused(p.key(b"user:42".to_vec(), 10), "partitioner murmur3");
         refused(p.key(b"-1".to_vec(), 10), "byte-ordered");
         refused(p.key(Vec::new(), 10), "byte-ordered");
+        // A long refused key is quoted in part, never whole.
+        let long = p.key(vec![b'x'; 100_000], 10).unwrap_err().to_string();
+        assert!(long.contains("… (100000 bytes)") && long.len() < 400, "{long}");
+        let digits = p.key(vec![b'9'; 5000], 10).unwrap_err().to_string();
+        assert!(digits.contains("out of range") && digits.len() < 200, "{digits}");
     }
 
     #[test]
