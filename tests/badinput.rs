@@ -1412,3 +1412,45 @@ fn flood(partitioner: Partitioner) {
     }
     // The harness checks on drop that no replica panicked or raced.
 }
+
+/// A cluster file whose partitioner line is garbage is refused at start, with the
+/// line and the reason, before the replica listens or touches its data folder.
+#[test]
+fn a_cluster_file_with_an_unknown_partitioner_is_refused_at_start() {
+    let dir = common::TempDir::new("partitioner");
+    let ports = common::free_ports(3);
+    let port = ports[0];
+    let nodes: String = ports.iter().enumerate().map(|(i, p)| format!("r{i} 127.0.0.1 {p}\n")).collect();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"partitioner random\n".to_vec(), "line 1: unknown partitioner \"random\"; use byte-ordered or murmur3"),
+        (b"# Cassandra's name\npartitioner org.apache.cassandra.dht.Murmur3Partitioner\n".to_vec(), "line 2: unknown partitioner"),
+        (b"partitioner MURMUR3\n".to_vec(), "line 1: unknown partitioner \"MURMUR3\""),
+        ("partitioner murmur3\u{202e}\n".as_bytes().to_vec(), "line 1: unknown partitioner"),
+        (b"partitioner\n".to_vec(), "line 1: expected `partitioner VALUE`, found 1 field(s)"),
+        (b"partitioner murmur3 byte-ordered\n".to_vec(), "line 1: expected `partitioner VALUE`, found 3 field(s)"),
+        (b"partitioner murmur3\npartitioner murmur3\n".to_vec(), "line 2: `partitioner` is set twice"),
+        (b"partitioner murmur\xff3\n".to_vec(), "stream did not contain valid UTF-8"),
+        ([b"partitioner ".to_vec(), vec![b'x'; 100_000], b"\n".to_vec()].concat(), "line 1: unknown partitioner \"xxxx"),
+    ];
+    for (n, (settings, want)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case{n}.txt"));
+        std::fs::write(&file, [settings.as_slice(), nodes.as_bytes()].concat()).unwrap();
+        let (data, log) = (dir.path().join(format!("data{n}")), dir.path().join(format!("case{n}.log")));
+        let mut child = std::process::Command::new(common::bin("replica"))
+            .args(["r0", &port.to_string(), file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // One that took the file would run until killed.
+        if !wait_for(slack(Duration::from_secs(10)), || child.try_wait().unwrap().is_some()) {
+            let _ = std::process::Command::new("kill").arg("-9").arg(child.id().to_string()).status();
+        }
+        let status = child.wait().unwrap();
+        let err = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(2), "case {n}: {}", short(&err));
+        assert!(err.contains(want), "case {n}: want {want:?} in {}", short(&err));
+        assert!(!err.contains("listening on") && !data.exists(), "case {n}: the replica got as far as its data: {}", short(&err));
+    }
+}

@@ -258,18 +258,26 @@ fn equivalent_cluster_files_agree() {
 // ---------------------------------------------------------------------------
 // Refused at start.
 
-fn start_replica(args: &[&str]) -> std::process::Output {
-    let mut child =
-        Command::new(bin("replica")).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+/// Runs a replica that should refuse to start; returns its exit code and what it wrote
+/// (a file, not a pipe: a long message must not stall it).
+fn start_replica(dir: &TempDir, args: &[&str]) -> (Option<i32>, String) {
+    let log = dir.path().join("start.log");
+    let mut child = Command::new(bin("replica"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     // A replica that accepts its file would run until killed: give it a deadline.
-    let pid = child.id();
     let done = wait_for(slack(Duration::from_secs(10)), || child.try_wait().unwrap().is_some());
     if !done {
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        let _ = Command::new("kill").arg("-9").arg(child.id().to_string()).status();
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(done, "replica {args:?} did not exit; stderr:\n{}", common::stderr(&out));
-    out
+    let code = child.wait().unwrap().code();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(done, "replica {args:?} did not exit; it wrote:\n{err}");
+    (code, err)
 }
 
 /// Every mistake in a cluster file's settings is refused at start with its line
@@ -298,9 +306,9 @@ fn bad_settings_and_contradicting_arguments_are_refused_at_start() {
         std::fs::write(&file, format!("{settings}{nodes}")).unwrap();
         let mut argv = vec!["a", "1", file.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()];
         argv.extend_from_slice(args);
-        let out = start_replica(&argv);
-        assert!(!out.status.success(), "case {n} {settings:?} {args:?} should be refused");
-        assert!(common::stderr(&out).contains(want), "case {n} {settings:?} {args:?}: want {want:?} in\n{}", common::stderr(&out));
+        let (code, err) = start_replica(&dir, &argv);
+        assert_eq!(code, Some(2), "case {n} {settings:?} {args:?} should be refused:\n{err}");
+        assert!(err.contains(want), "case {n} {settings:?} {args:?}: want {want:?} in\n{err}");
     }
     // Token lines: the line of the offending token, even when it is a node line.
     let tokens = [
@@ -312,8 +320,8 @@ fn bad_settings_and_contradicting_arguments_are_refused_at_start() {
     for (n, (text, want)) in tokens.iter().enumerate() {
         let file = dir.path().join(format!("tokens{n}.txt"));
         std::fs::write(&file, text).unwrap();
-        let out = start_replica(&["a", "1", file.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()]);
-        assert!(!out.status.success() && common::stderr(&out).contains(want), "{text:?}: want {want:?} in\n{}", common::stderr(&out));
+        let (code, err) = start_replica(&dir, &["a", "1", file.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()]);
+        assert!(code == Some(2) && err.contains(want), "{text:?}: want {want:?} in\n{err}");
     }
     // The same RF twice is no contradiction.
     let c = Cluster::start_with(2, "partitioner murmur3\nrf 2\n", &["--rf", "2"]);
