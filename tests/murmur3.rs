@@ -327,3 +327,55 @@ fn bad_settings_and_contradicting_arguments_are_refused_at_start() {
     let c = Cluster::start_with(2, "partitioner murmur3\nrf 2\n", &["--rf", "2"]);
     c.client(0).put("both", "agree", All).unwrap();
 }
+
+/// `display` on a murmur3 cluster whose replicas differ in many long keys: a replica
+/// missed 36,000 writes of 1,000-byte keys with 1,100-byte values (default limits),
+/// so every slot differs. The listing is capped (`max_keys`), yet each replica is
+/// asked for every cell of the differing slots, values cut to 1 KiB: about 74 MB
+/// from each replica that holds them, more than a replica link takes in one frame
+/// (64 MiB). The answer must still come from every replica, and no link may break.
+#[test]
+fn display_of_many_differing_long_keys_keeps_every_link_up() {
+    let mut c = Cluster::start_murmur3(3, &["READ-REPAIR"]);
+    c.kill(2);
+    c.wait_seen(0, 2, false);
+    c.wait_seen(1, 2, false);
+    const KEYS: usize = 36_000;
+    let key = |i: usize| format!("{i:06}{}", "k".repeat(994)).into_bytes();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (c, next) = (&c, &next);
+            s.spawn(move || {
+                let mut cl = c.client(t % 2);
+                let value = vec![b'v'; 1100];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= KEYS {
+                        return;
+                    }
+                    cl.put(key(i), &value, Quorum).unwrap_or_else(|e| panic!("put {i}: {e}"));
+                }
+            });
+        }
+    });
+    c.restart(2);
+    c.wait_all_up();
+    let lines_before: Vec<usize> = (0..3).map(|i| c.log(i).lines().count()).collect();
+    let d = c.client(2).display(1024, 10).unwrap();
+    for e in &d.replicas {
+        assert!(e.reachable, "{} unreachable: {}; logs:\n{}", e.name, e.error, c.logs());
+    }
+    assert_eq!(d.differing_slots, 256);
+    // Ten keys listed (r2 lacks each), and more to come.
+    assert_eq!((d.differences.len(), d.more), (10, true), "{} differences listed; logs:\n{}", d.differences.len(), c.logs());
+    for diff in &d.differences {
+        let r2 = diff.replicas.iter().find(|e| e.name == "r2").expect("r2 is a replica of every key");
+        assert!(r2.reachable && r2.version.is_none(), "{diff:?}");
+    }
+    for (i, &before) in lines_before.iter().enumerate() {
+        let log = c.log(i);
+        let down: Vec<&str> = log.lines().skip(before).filter(|l| l.contains(" is down: ")).collect();
+        assert!(down.is_empty(), "r{i} saw a link go down during the display: {down:?}");
+    }
+}
