@@ -1,10 +1,11 @@
 //! Murmur3 clusters end to end: hinted handoff and read repair of string and
 //! binary keys, replicas whose cluster files differ refusing each other at the
-//! handshake, and cluster files or arguments refused at start.
+//! handshake, cluster files or arguments refused at start, and `display` of
+//! replicas that differ in many keys.
 //!
-//! The murmur3 clusters here have four replicas `r0..r3`, 16 tokens each and
-//! RF 3: a key lives on three of the four, as its token says, so the tests
-//! ask `inspect` which ones rather than assume.
+//! The hinted-handoff and read-repair clusters have four replicas `r0..r3`, 16
+//! tokens each and RF 3: a key lives on three of the four, as its token says,
+//! so the tests ask `inspect` which ones rather than assume.
 
 mod common;
 

@@ -340,7 +340,6 @@ impl Cluster {
         self.replicas.iter().map(|r| format!("{} 127.0.0.1 {}", r.name, r.port)).collect()
     }
 
-
     /// Kills replica `i` with SIGKILL and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.replicas[i].child.take() {
