@@ -16,6 +16,15 @@
 //! garbage handshakes) goes on short-lived connections that must end with the
 //! replica closing them, never hanging.
 //!
+//! The flood runs against a byte-ordered cluster (keys "0" to "255") and a
+//! murmur3 one (keys of 1 to `--max-key-bytes` bytes, here 300), with the same
+//! frames: text, binary and non-UTF-8 keys, empty keys, keys just over the
+//! limit and up to the frame cap, integers past 255, the seed's integer key
+//! field, malformed `ReplicaDump` slot lists; the oracle takes each cluster's
+//! rules (`Limits`). Since the oracle is the library's own validation, the
+//! outcomes the issue fixes are also pinned case by case
+//! (`the_new_fields_get_the_outcomes_the_issue_gives`).
+//!
 //! The mutations are drawn from a seeded generator: `QUORUMKV_BADINPUT_SEED`
 //! (decimal or 0x-hex) replays a run; the seed is in every failure message.
 
@@ -30,6 +39,7 @@ use std::time::{Duration, Instant};
 use common::{Cluster, slack, under_tsan, wait_for};
 use prost::Message;
 use quorumkv::cluster::consistency::Consistency::Quorum;
+use quorumkv::cluster::key::Partitioner;
 use quorumkv::coordinator::readbatch::MAX_BATCH;
 use quorumkv::message::{Limits, validate_peer_request, validate_request};
 use quorumkv::net::frame::{FrameError, FrameReader};
@@ -37,6 +47,8 @@ use quorumkv::proto::{self, request::Body as B, response::Body as R};
 
 /// The replicas run with a small value limit, so oversize values are cheap to send.
 const MAX_VALUE: usize = 8192;
+/// The replicas' `--max-key-bytes` (murmur3 keys; small, so oversize keys are cheap to send).
+const MAX_KEY: usize = 300;
 const REPLICAS: usize = 3;
 const WORKERS: usize = 4;
 /// Frames each replica must receive. ThreadSanitizer makes every frame 10–20
@@ -56,6 +68,7 @@ const DEFAULT_SEED: u64 = 0xBAD_1A9E_5EED;
 fn max_frame() -> usize {
     let mut cfg = quorumkv::config::NodeConfig::new("x", "127.0.0.1".parse().unwrap(), 1);
     cfg.max_value_bytes = MAX_VALUE;
+    cfg.max_key_bytes = MAX_KEY;
     cfg.max_frame_bytes()
 }
 
@@ -74,17 +87,24 @@ fn seed() -> u64 {
 }
 
 /// splitmix64: small, deterministic, no dependency.
-struct Rng(u64);
+struct Rng {
+    state: u64,
+    /// A `display` that a mutation leaves valid goes through one time in this many
+    /// (else it becomes a `status`): against a murmur3 cluster, whose replicas come
+    /// to hold and differ in thousands of keys, each one costs every replica a pass
+    /// over its store and a dump of the differing slots.
+    display_one_in: usize,
+}
 
 impl Rng {
     fn new(seed: u64, stream: u64) -> Rng {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut r = Rng { state: seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03), display_one_in: 1 };
         r.next();
         r
     }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -160,9 +180,50 @@ fn invalid_utf8(rng: &mut Rng) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // Requests to mutate.
 
+/// A value: text, now and then with bytes that are not UTF-8 (values are bytes).
 fn value(rng: &mut Rng) -> Vec<u8> {
-    let parts = ["a", "bc", "é", "€", "😀", "z", "0"];
-    (0..rng.below(24)).map(|_| rng.pick(&parts)).collect::<String>().into_bytes()
+    let parts: [&[u8]; 9] = [b"a", b"bc", "é".as_bytes(), "€".as_bytes(), "😀".as_bytes(), b"z", b"0", b"\xff", b"\x00"];
+    (0..rng.below(24)).flat_map(|_| rng.pick(&parts).iter().copied()).collect()
+}
+
+/// A key the replicas may well hold: mostly an integer 0–255 in decimal (a key of
+/// either cluster), otherwise one of a few hundred strings, some not UTF-8 (keys of
+/// a murmur3 cluster only). Few distinct keys, so the stores stay small however
+/// many writes are served.
+fn base_key(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(10) {
+        0..=6 => rng.below(256).to_string().into_bytes(),
+        7 => format!("user:{}", rng.below(100)).into_bytes(),
+        8 => format!("ключ-{}", rng.below(100)).into_bytes(),
+        _ => vec![0xff, rng.below(100) as u8, 0x00],
+    }
+}
+
+/// Any key: those of [`base_key`], and those one cluster or both refuse — integers
+/// past 255, empty keys, keys over `--max-key-bytes` (mostly just over, now and then
+/// up to the frame cap) — and keys of exactly the limit.
+fn any_key(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(100) {
+        0..=49 => base_key(rng),
+        50..=59 => {
+            let any = 256 + rng.below(1 << 20) as u32;
+            rng.pick(&[256, 257, 1000, 65_536, 1 << 31, u32::MAX - 1, u32::MAX, any]).to_string().into_bytes()
+        }
+        60..=64 => invalid_utf8(rng),
+        65..=74 => Vec::new(),
+        75..=89 => {
+            let mut k = rng.bytes(MAX_KEY + 1, MAX_KEY + 64);
+            k[0] = b'K';
+            k
+        }
+        90..=95 => {
+            let mut k = vec![b'M'; MAX_KEY];
+            k[MAX_KEY - 1] = b'0' + rng.below(8) as u8;
+            k
+        }
+        96..=98 => vec![b'H'; MAX_KEY + 1 + rng.below(4 * MAX_KEY)],
+        _ => vec![b'H'; MAX_KEY + 1 + rng.below(max_frame() - MAX_KEY - 1024)],
+    }
 }
 
 fn version(rng: &mut Rng) -> proto::Version {
@@ -174,9 +235,10 @@ fn consistency(rng: &mut Rng) -> i32 {
     rng.below(4) as i32
 }
 
-/// A well-formed client request (a valid key, level and value).
+/// A well-formed client request (a valid level and value; a key of a murmur3
+/// cluster, and mostly of a byte-ordered one too).
 fn client_base(rng: &mut Rng) -> proto::Request {
-    let key = rng.below(256).to_string().into_bytes();
+    let key = base_key(rng);
     // Weighted towards the kinds that are cheap when a mutation leaves them valid:
     // the ones that ask other replicas (inspect, display above all) cost the most.
     let body = match rng.below(20) {
@@ -186,7 +248,10 @@ fn client_base(rng: &mut Rng) -> proto::Request {
         11..=12 => B::Delete(proto::Delete { key, consistency: consistency(rng) }),
         13..=14 => B::Status(proto::StatusRequest {}),
         15 => B::Inspect(proto::InspectRequest { key }),
-        16 => B::Display(proto::DisplayRequest { max_value_len: rng.below(2000) as u32, max_keys: rng.below(2000) as u32 }),
+        16 if rng.chance(rng.display_one_in) => {
+            B::Display(proto::DisplayRequest { max_value_len: rng.below(2000) as u32, max_keys: rng.below(2000) as u32 })
+        }
+        16 => B::Status(proto::StatusRequest {}),
         _ => B::Fault(proto::FaultRequest {
             action: rng.below(5) as i32,
             peers: vec!["r1".into()],
@@ -200,7 +265,7 @@ fn client_base(rng: &mut Rng) -> proto::Request {
 
 /// A well-formed replica-to-replica request.
 fn peer_base(rng: &mut Rng) -> proto::Request {
-    let key = rng.below(256).to_string().into_bytes();
+    let key = base_key(rng);
     let body = match rng.below(8) {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
@@ -211,9 +276,7 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
             slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
             max_keys: rng.below(100) as u32,
         }),
-        _ => B::ReplicaReadBatch(proto::ReplicaReadBatch {
-            keys: (0..1 + rng.below(20)).map(|_| rng.below(256).to_string().into_bytes()).collect(),
-        }),
+        _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| base_key(rng)).collect() }),
     };
     proto::Request { id: rng.next() >> rng.below(64), body: Some(body) }
 }
@@ -282,10 +345,11 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
             mutate_bytes(rng, &mut body);
             body
         }
-        // Keys out of range.
+        // Keys one cluster or both refuse: integers past 255 (a murmur3 cluster takes them),
+        // strings and bytes that are not UTF-8 (a byte-ordered cluster refuses them), empty
+        // keys, keys over --max-key-bytes up to the frame cap.
         50..=56 => {
-            let any = 256 + rng.below(1 << 20) as u32;
-            let key = rng.pick(&[256, 257, 1000, 65_536, 1 << 31, u32::MAX - 1, u32::MAX, any]).to_string().into_bytes();
+            let key = any_key(rng);
             let body = match rng.below(4) {
                 0 => B::Get(proto::Get { key, consistency: consistency(rng) }),
                 1 => B::Put(proto::Put { key, value: value(rng), consistency: consistency(rng) }),
@@ -316,34 +380,53 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
             };
             proto::Request { id, body: Some(B::Put(put)) }.encode_to_vec()
         }
-        // Invalid UTF-8 in every string field a request has.
+        // Bytes that are not UTF-8: refused in every string field a request has (names),
+        // taken in values (by either cluster) and keys (by a murmur3 cluster).
         69..=74 => {
             let bad = invalid_utf8(rng);
             let mut m = Vec::new();
-            match rng.below(6) {
+            match rng.below(9) {
                 0 => {
+                    put_bytes(&mut m, 4, &base_key(rng));
+                    put_bytes(&mut m, 2, &bad);
+                    put_uint(&mut m, 3, 2);
+                    request_with(id, 4, &m) // Put.value: a write like any other
+                }
+                1 => {
+                    put_bytes(&mut m, 4, &bad);
+                    put_bytes(&mut m, 2, b"v");
+                    put_uint(&mut m, 3, 1);
+                    request_with(id, 4, &m) // Put.key
+                }
+                2 => {
+                    put_bytes(&mut m, 3, &bad);
+                    put_uint(&mut m, 2, 2);
+                    request_with(id, 3, &m) // Get.key
+                }
+                3 => {
+                    // The seed's Put: the key an integer in field 1, now reserved (so no key at all).
                     put_uint(&mut m, 1, rng.below(256) as u64);
                     put_bytes(&mut m, 2, &bad);
                     put_uint(&mut m, 3, 2);
-                    request_with(id, 4, &m) // Put.value
+                    request_with(id, 4, &m)
                 }
-                1 => {
+                4 => {
                     put_bytes(&mut m, 1, &bad);
                     request_with(id, 23, &m) // Heartbeat.from
                 }
-                2 => {
+                5 => {
                     put_bytes(&mut m, rng.pick(&[1, 3]), &bad);
                     request_with(id, 20, &m) // PeerHello.name / ring_description
                 }
-                3 => {
+                6 => {
                     let mut v = Vec::new();
                     put_uint(&mut v, 1, 5);
                     put_bytes(&mut v, 4, &bad);
-                    put_uint(&mut m, 1, 3);
+                    put_bytes(&mut m, 3, &bad);
                     put_bytes(&mut m, 2, &v);
-                    request_with(id, 22, &m) // ReplicaWrite.version.value
+                    request_with(id, 22, &m) // ReplicaWrite.key and .version.value (a replica request on a client connection)
                 }
-                4 => {
+                7 => {
                     put_bytes(&mut m, 2, &bad);
                     request_with(id, 9, &m) // FaultRequest.peers
                 }
@@ -431,23 +514,22 @@ fn response(rng: &mut Rng) -> proto::Response {
 /// Body of one request that arrives on a replica link.
 fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
     let id = rng.next() >> rng.below(64);
-    let key = rng.below(256).to_string().into_bytes();
+    let key = base_key(rng);
     let body = match rng.below(100) {
-        0..=44 => {
+        0..=41 => {
             let mut body = peer_base(rng).encode_to_vec();
             flip_bits(rng, &mut body);
             return body;
         }
-        45..=54 => {
+        42..=51 => {
             let mut body = peer_base(rng).encode_to_vec();
             mutate_bytes(rng, &mut body);
             return body;
         }
-        55..=59 | 77..=79 => B::ReplicaRead(proto::ReplicaRead { key: (256 + rng.below(1 << 30)).to_string().into_bytes() }),
-        60..=64 => {
-            B::ReplicaWrite(proto::ReplicaWrite { key: rng.pick(&[256, u32::MAX]).to_string().into_bytes(), version: Some(version(rng)) })
-        }
-        65..=67 => B::ReplicaWrite(proto::ReplicaWrite { key, version: None }),
+        52..=56 | 77..=79 => B::ReplicaRead(proto::ReplicaRead { key: any_key(rng) }),
+        57..=61 => B::ReplicaWrite(proto::ReplicaWrite { key: any_key(rng), version: Some(version(rng)) }),
+        62..=63 => B::ReplicaWrite(proto::ReplicaWrite { key, version: None }),
+        64..=67 => return dump_with_bad_slots(rng, id),
         68..=71 => {
             let mut v = version(rng);
             v.tombstone = false;
@@ -468,7 +550,7 @@ fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
             B::ReplicaReadBatch(proto::ReplicaReadBatch { keys })
         }
         80..=81 => B::ReplicaReadBatch(proto::ReplicaReadBatch {
-            keys: vec![b"1".to_vec(), b"2".to_vec(), rng.pick(&[256, u32::MAX]).to_string().into_bytes()],
+            keys: vec![b"1".to_vec(), base_key(rng), any_key(rng), rng.pick(&[256, u32::MAX]).to_string().into_bytes()],
         }),
         82..=85 => return client_base(rng).encode_to_vec(),
         86..=87 => B::Hello(hello(ring, "r1")),
@@ -482,6 +564,60 @@ fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
         _ => return rng.bytes(1, 200),
     };
     proto::Request { id, body: Some(body) }.encode_to_vec()
+}
+
+/// A `ReplicaDump` whose slots list is malformed or merely odd: slots past 255,
+/// more slots than there are (up to 20,000), every slot (and some twice), the list
+/// unpacked (one field per slot, which protobuf allows), a packed list cut in the
+/// middle of a number, the list with the wrong wire type.
+fn dump_with_bad_slots(rng: &mut Rng, id: u64) -> Vec<u8> {
+    let (max_value_len, max_keys) = (rng.below(70) as u32, rng.pick(&[0, 1, 100, u32::MAX]));
+    let dump = |slots: Vec<u32>| proto::Request { id, body: Some(B::ReplicaDump(proto::ReplicaDump { max_value_len, slots, max_keys })) };
+    match rng.below(8) {
+        0 => {
+            let mut slots: Vec<u32> = (0..rng.below(5)).map(|_| rng.below(256) as u32).collect();
+            let any = 256 + rng.below(1 << 24) as u32;
+            slots.insert(rng.below(slots.len() + 1), rng.pick(&[256, 300, 65_535, u32::MAX, any]));
+            dump(slots).encode_to_vec()
+        }
+        1 => dump((0..257 + rng.below(2000)).map(|i| i as u32 % 256).collect()).encode_to_vec(),
+        2 => dump(vec![7; 20_000]).encode_to_vec(),
+        3 => dump((0..256).chain(0..rng.below(4) as u32).collect()).encode_to_vec(),
+        4 => {
+            let mut m = Vec::new();
+            for _ in 0..1 + rng.below(6) {
+                put_uint(&mut m, 2, rng.pick(&[0, 5, 255, 256, 1 << 32, u64::MAX]));
+            }
+            put_uint(&mut m, 3, 10);
+            request_with(id, 24, &m)
+        }
+        5 => {
+            let mut packed = Vec::new();
+            for _ in 0..rng.below(4) {
+                put_varint(&mut packed, rng.below(256) as u64);
+            }
+            packed.push(0x80 | rng.below(128) as u8); // a varint that never ends
+            let mut m = Vec::new();
+            put_bytes(&mut m, 2, &packed);
+            request_with(id, 24, &m)
+        }
+        6 => {
+            let mut m = Vec::new();
+            put_tag(&mut m, 2, rng.pick(&[1, 5]));
+            m.extend(rng.bytes(8, 8));
+            request_with(id, 24, &m)
+        }
+        _ => {
+            // A packed list of numbers past u32 (protobuf truncates them to 32 bits).
+            let mut packed = Vec::new();
+            for _ in 0..1 + rng.below(4) {
+                put_varint(&mut packed, rng.pick(&[1 << 32, (1 << 32) + 5, u64::MAX]));
+            }
+            let mut m = Vec::new();
+            put_bytes(&mut m, 2, &packed);
+            request_with(id, 24, &m)
+        }
+    }
 }
 
 fn framed(body: &[u8]) -> Vec<u8> {
@@ -517,13 +653,13 @@ struct Expect {
     frame: Vec<u8>,
 }
 
-fn expect(role: Role, body: &[u8]) -> Expect {
+fn expect(role: Role, body: &[u8], limits: &Limits) -> Expect {
     let (id, want) = match proto::Request::decode(body) {
         Err(e) => (0, Want::Refused(format!("malformed request: {e}"))),
         Ok(req) => {
             let checked = match role {
-                Role::Client => validate_request(&req, &Limits::byte_ordered(MAX_VALUE)),
-                Role::Peer => validate_peer_request(&req, &Limits::byte_ordered(MAX_VALUE)),
+                Role::Client => validate_request(&req, limits),
+                Role::Peer => validate_peer_request(&req, limits),
             };
             let want = match (checked, req.body) {
                 (Err(e), _) => Want::Refused(e.message().to_string()),
@@ -595,6 +731,8 @@ struct Ctx {
     seed: u64,
     ports: Vec<u16>,
     ring: quorumkv::cluster::ring::Ring,
+    /// What the replicas accept (the oracle's rules).
+    limits: Limits,
     /// Set on the first failure: everyone stops.
     failed: AtomicBool,
     half: Phase,
@@ -672,6 +810,9 @@ fn peer_connection(ctx: &Ctx, i: usize) -> Result<TcpStream, String> {
 /// reply), with short-lived connections for framing damage in between.
 fn worker(ctx: &Ctx, replica: usize, w: usize, quota: u64) -> Result<Stats, String> {
     let mut rng = Rng::new(ctx.seed, (replica * WORKERS + w) as u64);
+    if ctx.limits.partitioner == Partitioner::Murmur3 {
+        rng.display_one_in = 10;
+    }
     let role = if w == WORKERS - 1 { Role::Peer } else { Role::Client };
     let port = ctx.ports[replica];
     let mut stream = match role {
@@ -743,7 +884,7 @@ fn worker(ctx: &Ctx, replica: usize, w: usize, quota: u64) -> Result<Stats, Stri
                 Role::Peer => peer_frame(&mut rng, &ctx.ring),
             };
             buf.extend_from_slice(&framed(&body));
-            expects.push(expect(role, &body));
+            expects.push(expect(role, &body, &ctx.limits));
         }
         stats.frames += n as u64;
         sent_pipelined += n as u64;
@@ -821,7 +962,7 @@ fn short_lived(ctx: &Ctx, rng: &mut Rng, port: u16) -> Result<Stats, String> {
         for _ in 0..rng.below(3) {
             let body: &[u8] = rng.pick(&[&b""[..], b"\xff\xff", b"\x08\x01", b"\x0a"]);
             out.extend(framed(body));
-            expects.push(expect(Role::Client, body));
+            expects.push(expect(Role::Client, body, &ctx.limits));
             stats.frames += 1;
         }
         let mut h = hello(&ctx.ring, "r1");
@@ -853,7 +994,7 @@ fn short_lived(ctx: &Ctx, rng: &mut Rng, port: u16) -> Result<Stats, String> {
                 _ => {}
             }
             out.extend(framed(&body));
-            expects.push(expect(Role::Client, &body));
+            expects.push(expect(Role::Client, &body, &ctx.limits));
             stats.frames += 1;
         }
         let body = client_base(rng).encode_to_vec();
@@ -951,6 +1092,156 @@ fn short_lived(ctx: &Ctx, rng: &mut Rng, port: u16) -> Result<Stats, String> {
 
 // ---------------------------------------------------------------------------
 
+/// A request whose outcome the issue fixes: `Ok` served, `Err` refused with a
+/// message containing the text.
+struct Pinned {
+    what: &'static str,
+    role: Role,
+    frame: Vec<u8>,
+    want: Result<(), String>,
+}
+
+/// Requests whose outcome the issue fixes, each sent to a replica and put to the
+/// oracle: both must give the outcome written here, so neither can drift unnoticed.
+fn pinned_cases(ctx: &Ctx) {
+    let murmur = ctx.limits.partitioner == Partitioner::Murmur3;
+    let not_int = "is not an integer 0 to 255: this cluster is byte-ordered";
+    // What a murmur3 cluster does with a key; a byte-ordered one refuses every key but an integer.
+    let key = |murmur3: Result<(), &str>| if murmur { murmur3.map_err(String::from) } else { Err(not_int.to_string()) };
+    let case = |what, role, frame, want| Pinned { what, role, frame, want };
+    let request = |body| proto::Request { id: 1, body: Some(body) }.encode_to_vec();
+    let put = |key: &[u8], value: &[u8]| request(B::Put(proto::Put { key: key.to_vec(), value: value.to_vec(), consistency: 2 }));
+    let get = |key: Vec<u8>| request(B::Get(proto::Get { key, consistency: 1 }));
+    let dump = |slots: Vec<u32>| request(B::ReplicaDump(proto::ReplicaDump { max_value_len: 8, slots, max_keys: 4 }));
+    let legacy_put = {
+        let mut m = Vec::new();
+        put_uint(&mut m, 1, 70);
+        put_bytes(&mut m, 2, b"seed-era");
+        put_uint(&mut m, 3, 2);
+        request_with(1, 4, &m)
+    };
+    let cut_slots = {
+        let mut m = Vec::new();
+        put_bytes(&mut m, 2, &[3, 0x80]);
+        request_with(1, 24, &m)
+    };
+    let binary_write = {
+        let v = proto::Version { micros: 1, node: 0, tombstone: false, value: vec![0xff] };
+        request(B::ReplicaWrite(proto::ReplicaWrite { key: vec![0xfe, 0], version: Some(v) }))
+    };
+    let huge = max_frame() - 100;
+    let over = format!("key of {} bytes exceeds the limit of {MAX_KEY} bytes (--max-key-bytes)", MAX_KEY + 1);
+    let huge_over = format!("key of {huge} bytes exceeds the limit of {MAX_KEY} bytes");
+    let cases = [
+        case("a value that is not UTF-8", Role::Client, put(b"5", b"\xff\xfe\x00 not UTF-8"), Ok(())),
+        case("an empty value", Role::Client, put(b"6", b""), Ok(())),
+        case("a key that is not UTF-8", Role::Client, put(b"\xff\x00k", b"v"), key(Ok(()))),
+        case("a text key", Role::Client, get(b"user:42".to_vec()), key(Ok(()))),
+        case("an empty key", Role::Client, put(b"", b"v"), key(Err("the key is empty"))),
+        case("a key of --max-key-bytes", Role::Client, get(vec![b'M'; MAX_KEY]), key(Ok(()))),
+        case("a key one byte over", Role::Client, get(vec![b'K'; MAX_KEY + 1]), key(Err(&over))),
+        case("a key up to the frame cap", Role::Client, get(vec![b'H'; huge]), key(Err(&huge_over))),
+        case(
+            "key 256",
+            Role::Client,
+            get(b"256".to_vec()),
+            if murmur { Ok(()) } else { Err("key 256 is out of range; keys are 0 to 255".into()) },
+        ),
+        case("the seed's Put (its integer key in field 1)", Role::Client, legacy_put, key(Err("the key is empty"))),
+        case("a replica write of a binary key", Role::Peer, binary_write, key(Ok(()))),
+        case(
+            "a read batch with an empty key",
+            Role::Peer,
+            request(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![b"1".to_vec(), Vec::new()] })),
+            key(Err("the key is empty")),
+        ),
+        case("a dump of every slot", Role::Peer, dump((0..256).collect()), Ok(())),
+        case("a dump of slot 256", Role::Peer, dump(vec![3, 256]), Err("slot 256 is out of range; slots are 0 to 255".into())),
+        case(
+            "a dump of 257 slots",
+            Role::Peer,
+            dump((0..257).map(|i| i % 256).collect()),
+            Err("a dump of 257 slots; there are 256".into()),
+        ),
+        case("a dump whose slots end mid-number", Role::Peer, cut_slots, Err("malformed request: ".into())),
+    ];
+    let mut client = connect(ctx.ports[0]).unwrap();
+    let mut peer = peer_connection(ctx, 0).unwrap();
+    for Pinned { what, role, frame, want } in cases {
+        // The oracle agrees…
+        let e = expect(role, &frame, &ctx.limits);
+        let oracle_ok = match (&e.want, &want) {
+            (Want::Served(_), Ok(())) => true,
+            (Want::Refused(m), Err(needle)) => m.contains(needle.as_str()),
+            _ => false,
+        };
+        assert!(oracle_ok, "{what}: the oracle says {}, the issue {want:?}", short(&format!("{:?}", e.want)));
+        // …and so does the replica.
+        let s = if role == Role::Client { &mut client } else { &mut peer };
+        s.write_all(&framed(&frame)).unwrap();
+        let mut r = FrameReader::new(s.try_clone().unwrap(), 64 << 20);
+        let resp = proto::Response::decode(r.read_frame().unwrap().expect("a reply")).unwrap();
+        check(&e, &resp).unwrap_or_else(|m| panic!("{what}: {m}"));
+        if let (Err(needle), Some(R::Error(err))) = (&want, &resp.body) {
+            assert!(err.message.contains(needle.as_str()), "{what}: {}", short(&err.message));
+        }
+    }
+}
+
+/// A small cluster of each kind for the checks below, and the context they need.
+fn small_cluster(partitioner: Partitioner) -> (Cluster, Ctx) {
+    let settings = format!("partitioner {}\n", partitioner.name());
+    let c =
+        Cluster::start_with(REPLICAS, &settings, &["--max-value-bytes", &MAX_VALUE.to_string(), "--max-key-bytes", &MAX_KEY.to_string()]);
+    let spec = quorumkv::cluster::ring::load_cluster_spec(c.file.to_str().unwrap()).unwrap();
+    let ctx = Ctx {
+        seed: 0,
+        ports: c.replicas.iter().map(|r| r.port).collect(),
+        ring: quorumkv::cluster::ring::Ring::from_spec(&spec, 3, 1).unwrap(),
+        limits: Limits { partitioner, max_key_bytes: MAX_KEY, max_value_bytes: MAX_VALUE },
+        failed: AtomicBool::new(false),
+        half: Phase { arrived: AtomicUsize::new(0), go: AtomicBool::new(false) },
+    };
+    (c, ctx)
+}
+
+/// The new fields, case by case, against both kinds of cluster: values and murmur3
+/// keys are bytes, empty and oversize keys are refused, the seed's integer key field
+/// is no key, malformed `ReplicaDump` slot lists are refused.
+#[test]
+fn the_new_fields_get_the_outcomes_the_issue_gives() {
+    for p in [Partitioner::ByteOrdered, Partitioner::Murmur3] {
+        let (_c, ctx) = small_cluster(p);
+        pinned_cases(&ctx);
+    }
+}
+
+/// A refused key is not sent back whole: a key up to the frame cap (here about
+/// 380 KB; 2 MB with the default limits), every byte of it escaped as `\xNN`, would
+/// make the refusal four times the request.
+#[test]
+fn a_refused_key_is_not_echoed_back_whole() {
+    for p in [Partitioner::ByteOrdered, Partitioner::Murmur3] {
+        let (_c, ctx) = small_cluster(p);
+        let mut s = connect(ctx.ports[0]).unwrap();
+        let mut r = FrameReader::new(s.try_clone().unwrap(), 64 << 20);
+        for key in [vec![0xff; max_frame() - 100], vec![b'9'; max_frame() - 100], vec![b'k'; max_frame() - 100]] {
+            let get = proto::Request { id: 9, body: Some(B::Get(proto::Get { key, consistency: 1 })) };
+            s.write_all(&framed(&get.encode_to_vec())).unwrap();
+            let resp = proto::Response::decode(r.read_frame().unwrap().expect("a reply")).unwrap();
+            let Some(R::Error(err)) = resp.body else { panic!("{p:?}: a {} byte key was not refused", max_frame() - 100) };
+            assert_eq!(err.kind, proto::ErrorKind::InvalidRequest as i32);
+            assert!(
+                err.message.len() < 4096,
+                "{p:?}: the refusal of a {}-byte key is {} bytes: {}",
+                max_frame() - 100,
+                err.message.len(),
+                short(&err.message)
+            );
+        }
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
@@ -959,17 +1250,32 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn every_replica_survives_a_flood_of_mutated_frames() {
+    flood(Partitioner::ByteOrdered);
+}
+
+/// The same flood against a murmur3 cluster, where keys are any 1 to `--max-key-bytes`
+/// bytes: string and binary keys are served, empty and oversize ones refused.
+#[test]
+fn every_murmur3_replica_survives_a_flood_of_mutated_frames() {
+    flood(Partitioner::Murmur3);
+}
+
+fn flood(partitioner: Partitioner) {
     let seed = seed();
-    eprintln!("badinput seed {seed:#x} (replay with QUORUMKV_BADINPUT_SEED={seed:#x})");
-    let mut c = Cluster::start(REPLICAS, &["--max-value-bytes", &MAX_VALUE.to_string()]);
-    let nodes = quorumkv::cluster::ring::load_cluster_file(c.file.to_str().unwrap()).unwrap();
+    eprintln!("badinput seed {seed:#x} against a {} cluster (replay with QUORUMKV_BADINPUT_SEED={seed:#x})", partitioner.name());
+    let settings = format!("partitioner {}\n", partitioner.name());
+    let args = ["--max-value-bytes", &MAX_VALUE.to_string(), "--max-key-bytes", &MAX_KEY.to_string()];
+    let mut c = Cluster::start_with(REPLICAS, &settings, &args);
+    let spec = quorumkv::cluster::ring::load_cluster_spec(c.file.to_str().unwrap()).unwrap();
     let ctx = Arc::new(Ctx {
         seed,
         ports: c.replicas.iter().map(|r| r.port).collect(),
-        ring: quorumkv::cluster::ring::Ring::new(nodes, 3, 1).unwrap(),
+        ring: quorumkv::cluster::ring::Ring::from_spec(&spec, 3, 1).unwrap(),
+        limits: Limits { partitioner, max_key_bytes: MAX_KEY, max_value_bytes: MAX_VALUE },
         failed: AtomicBool::new(false),
         half: Phase { arrived: AtomicUsize::new(0), go: AtomicBool::new(false) },
     });
+    assert_eq!(partitioner, ctx.ring.partitioner());
     let pids: Vec<u32> = c.replicas.iter().map(|r| r.pid().unwrap()).collect();
     let log_lines_before: Vec<usize> = (0..REPLICAS).map(|i| c.log(i).lines().count()).collect();
     let rss_before: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
@@ -1048,21 +1354,29 @@ fn every_replica_survives_a_flood_of_mutated_frames() {
     c.wait_all_up();
     for i in 0..REPLICAS {
         assert!(c.replicas[i].running(), "r{i} died; logs:\n{}", c.logs());
-        let key = 200 + i as u32;
-        let v = format!("after the flood via r{i} ({seed:#x})");
-        c.client(i).put(key, &v, Quorum).unwrap_or_else(|e| panic!("put through r{i}: {e}\n{}", c.logs()));
-        let j = (i + 1) % REPLICAS;
-        assert_eq!(c.client(j).get_text(key, Quorum).unwrap().as_deref(), Some(v.as_str()), "read through r{j}");
+        let mut keys = vec![(200 + i).to_string().into_bytes()];
+        if partitioner == Partitioner::Murmur3 {
+            keys.extend([format!("after the flood {i}").into_bytes(), vec![0xff, i as u8, 0], vec![b'M'; MAX_KEY]]);
+        }
+        for key in keys {
+            let v = format!("after the flood via r{i} ({seed:#x})");
+            c.client(i).put(&key, &v, Quorum).unwrap_or_else(|e| panic!("put through r{i}: {e}\n{}", c.logs()));
+            let j = (i + 1) % REPLICAS;
+            assert_eq!(c.client(j).get_text(&key, Quorum).unwrap().as_deref(), Some(v.as_str()), "read through r{j}");
+        }
     }
 
     // (b) Memory. What a replica may legitimately hold for this flood: per connection a
-    // frame buffer up to the frame cap (72 KiB here) and up to 256 KiB of batched replies,
-    // for about a dozen connections at once (~4 MiB); the store, at most 256 values of
-    // 8 KiB (2 MiB); worker stacks of 256 KiB; the 32 MiB background budget of calls
-    // answered early; and allocator slack. That stays well under 64 MiB, while a leak of
-    // even ~670 bytes per bad frame would pass it over 100,000 frames. The second half of
-    // the flood repeats the first, so it must not grow memory by more than noise (16 MiB
-    // catches a leak of ~340 bytes per frame over the second 50,000).
+    // frame buffer up to the frame cap (380 KiB here, for a read batch of 1,025 keys of
+    // 300 bytes) and up to 256 KiB of batched replies, for about a dozen connections at
+    // once (~8 MiB); the store: byte-ordered, at most 256 values of 8 KiB (2 MiB); murmur3,
+    // the few hundred keys the generator picks plus those that mutations make up, small
+    // cells, some tens of thousands at most (a few MiB; about 5 MiB seen); worker stacks of
+    // 256 KiB; the 32 MiB background budget of calls answered early; and allocator slack.
+    // That stays well under 64 MiB, while a leak of even ~670 bytes per bad frame would
+    // pass it over 100,000 frames. The second half of the flood repeats the first, so it
+    // must not grow memory by more than noise and the keys it adds (16 MiB catches a leak
+    // of ~340 bytes per frame over the second 50,000).
     // Under ThreadSanitizer resident memory includes shadow memory for everything touched,
     // so the bounds only mean something in a normal build.
     if !under_tsan() {
@@ -1100,4 +1414,46 @@ fn every_replica_survives_a_flood_of_mutated_frames() {
         assert!(links.len() as u64 <= secs + 1, "r{i}: {} refused-link lines in {secs} s:\n{sample}", links.len());
     }
     // The harness checks on drop that no replica panicked or raced.
+}
+
+/// A cluster file whose partitioner line is garbage is refused at start, with the
+/// line and the reason, before the replica listens or touches its data folder.
+#[test]
+fn a_cluster_file_with_an_unknown_partitioner_is_refused_at_start() {
+    let dir = common::TempDir::new("partitioner");
+    let ports = common::free_ports(3);
+    let port = ports[0];
+    let nodes: String = ports.iter().enumerate().map(|(i, p)| format!("r{i} 127.0.0.1 {p}\n")).collect();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"partitioner random\n".to_vec(), "line 1: unknown partitioner \"random\"; use byte-ordered or murmur3"),
+        (b"# Cassandra's name\npartitioner org.apache.cassandra.dht.Murmur3Partitioner\n".to_vec(), "line 2: unknown partitioner"),
+        (b"partitioner MURMUR3\n".to_vec(), "line 1: unknown partitioner \"MURMUR3\""),
+        ("partitioner murmur3\u{202e}\n".as_bytes().to_vec(), "line 1: unknown partitioner"),
+        (b"partitioner\n".to_vec(), "line 1: expected `partitioner VALUE`, found 1 field(s)"),
+        (b"partitioner murmur3 byte-ordered\n".to_vec(), "line 1: expected `partitioner VALUE`, found 3 field(s)"),
+        (b"partitioner murmur3\npartitioner murmur3\n".to_vec(), "line 2: `partitioner` is set twice"),
+        (b"partitioner murmur\xff3\n".to_vec(), "stream did not contain valid UTF-8"),
+        ([b"partitioner ".to_vec(), vec![b'x'; 100_000], b"\n".to_vec()].concat(), "line 1: unknown partitioner \"xxxx"),
+    ];
+    for (n, (settings, want)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case{n}.txt"));
+        std::fs::write(&file, [settings.as_slice(), nodes.as_bytes()].concat()).unwrap();
+        let (data, log) = (dir.path().join(format!("data{n}")), dir.path().join(format!("case{n}.log")));
+        let mut child = std::process::Command::new(common::bin("replica"))
+            .args(["r0", &port.to_string(), file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // One that took the file would run until killed.
+        if !wait_for(slack(Duration::from_secs(10)), || child.try_wait().unwrap().is_some()) {
+            let _ = std::process::Command::new("kill").arg("-9").arg(child.id().to_string()).status();
+        }
+        let status = child.wait().unwrap();
+        let err = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(2), "case {n}: {}", short(&err));
+        assert!(err.contains(want), "case {n}: want {want:?} in {}", short(&err));
+        assert!(!err.contains("listening on") && !data.exists(), "case {n}: the replica got as far as its data: {}", short(&err));
+    }
 }

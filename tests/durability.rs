@@ -314,3 +314,112 @@ fn status_shows_storage_of_every_replica() {
     assert!(text.contains("FSYNC") && text.contains("LOG") && text.contains("LAST SNAPSHOT"), "{text}");
     assert!(text.contains("never"), "{text}");
 }
+
+/// One framed record (`u32` LE length, `u32` LE CRC-32C, body) as the log and the snapshot write them.
+fn framed_record(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&quorumkv::storage::wal::crc32c(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A data folder of the previous format — a `QKVSNAP1` snapshot and a `QKVLOG01`
+/// log after it, every record keyed by `legacy_key` (an integer) with `key` empty —
+/// is recovered by a byte-ordered replica: the integers become the decimal keys
+/// (key 0 too, which protobuf leaves out of the record), later records win, a
+/// tombstone stays a tombstone, a key past 255 is skipped, and the hints (for
+/// keys given the same way) are still held and delivered.
+#[test]
+fn a_version_1_data_folder_with_integer_keys_is_recovered() {
+    use prost::Message;
+    use quorumkv::proto::{self, log_record::Kind};
+    let version = |micros: u64, value: Option<&str>| proto::Version {
+        micros,
+        node: 7,
+        tombstone: value.is_none(),
+        value: value.unwrap_or("").as_bytes().to_vec(),
+    };
+    let cell = |key: u32, micros: u64, value: Option<&str>| proto::CellWrite {
+        legacy_key: key,
+        key: Vec::new(),
+        version: Some(version(micros, value)),
+    };
+    let hint = |key: u32, value: &str| proto::HintAdd {
+        target: "r3".into(),
+        legacy_key: key,
+        key: Vec::new(),
+        version: Some(version(100, Some(value))),
+        created_micros: quorumkv::storage::wal::wall_micros(),
+    };
+    let mut c = Cluster::start(4, &["HINTED-HANDOFF"]);
+    c.kill(0);
+    let dir = c.data_dir(0);
+    fs::remove_dir_all(&dir).unwrap();
+    fs::create_dir_all(&dir).unwrap();
+    // The snapshot covers logs before 3.
+    let snap = proto::Snapshot {
+        next_log_seq: 3,
+        cells: vec![cell(10, 90, Some("from-the-snapshot")), cell(5, 50, Some("five-old"))],
+        hints: vec![hint(130, "hinted-130")],
+        taken_micros: 1,
+    };
+    let mut data = b"QKVSNAP1".to_vec();
+    data.extend(framed_record(&snap.encode_to_vec()));
+    fs::write(dir.join("snapshot"), data).unwrap();
+    let records = [
+        Kind::Cell(cell(5, 100, Some("five"))),
+        Kind::Cell(cell(0, 100, Some("zero"))),
+        Kind::Cell(cell(255, 100, Some("top"))),
+        Kind::Cell(cell(200, 100, Some("old"))),
+        Kind::Cell(cell(200, 200, Some("new"))),
+        Kind::Cell(cell(6, 100, Some("gone"))),
+        Kind::Cell(cell(6, 150, None)),
+        Kind::Cell(cell(300, 100, Some("out of range"))),
+        Kind::HintAdd(hint(70, "hinted-70")),
+        Kind::HintAdd(hint(80, "hinted-80")),
+        Kind::HintDone(proto::HintDone { target: "r3".into(), legacy_key: 80, key: Vec::new(), micros: 100, node: 7 }),
+    ];
+    let mut log = b"QKVLOG01".to_vec();
+    for r in records {
+        log.extend(framed_record(&proto::LogRecord { kind: Some(r) }.encode_to_vec()));
+    }
+    fs::write(dir.join("wal-0000000000000003.log"), log).unwrap();
+
+    // r0 alone: what it serves comes from these files.
+    for i in 1..4 {
+        c.kill(i);
+    }
+    c.restart(0);
+    assert!(c.log(0).contains("recovered 9 cell write(s) and 3 hint record(s); 2 hint(s) held"), "{}", c.log(0));
+    let mut r0 = c.client(0);
+    for (key, want) in
+        [(5u32, Some("five")), (0, Some("zero")), (255, Some("top")), (200, Some("new")), (10, Some("from-the-snapshot")), (6, None)]
+    {
+        assert_eq!(r0.get_text(key, One).unwrap().as_deref(), want, "key {key}");
+    }
+    let i = r0.inspect(6).unwrap();
+    let v = i.replicas.iter().find(|e| e.name == "r0").and_then(|e| e.version.clone()).expect("r0 holds key 6's tombstone");
+    assert!(v.tombstone && v.micros == 150 && v.node == 7, "{v:?}");
+    assert_eq!(r0.status().unwrap().replicas[3].hints, 2, "the hints of keys 130 and 70 (80's was delivered)");
+    // The start folded the old files into a snapshot of the current format and a fresh log.
+    let mut files: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0] == "snapshot" && files[1].starts_with("wal-") && files[1].as_str() > "wal-0000000000000003.log", "{files:?}");
+    assert_eq!(&fs::read(dir.join("snapshot")).unwrap()[..8], b"QKVSNAP2");
+    r0.put(7, "written-after", One).unwrap();
+    assert!(wait_for(slack(Duration::from_secs(5)), || fs::read(dir.join(&files[1])).unwrap().len() > 8));
+    assert_eq!(&fs::read(dir.join(&files[1])).unwrap()[..8], b"QKVLOG02");
+    // And that recovers too.
+    c.restart(0);
+    let mut r0 = c.client(0);
+    assert_eq!(r0.get_text(5, One).unwrap().as_deref(), Some("five"));
+    assert_eq!(r0.get_text(7, One).unwrap().as_deref(), Some("written-after"));
+    // r3 comes back: the hints are delivered under the decimal keys.
+    c.restart(3);
+    let ok = wait_for(slack(Duration::from_secs(10)), || {
+        c.held(0, 70, "r3").as_deref() == Some("hinted-70") && c.held(0, 130, "r3").as_deref() == Some("hinted-130")
+    });
+    assert!(ok, "r3 did not get the hints of the old log; logs:\n{}", c.logs());
+    assert_eq!(c.held(0, 80, "r3"), None, "the delivered hint is not sent again");
+}

@@ -3,8 +3,11 @@
 //! checked for lost writes, invented values, read-your-writes and convergence
 //! (see `tests/common/nemesis.rs`).
 //!
-//! `make test` runs it for about 60 s with a fresh seed (printed);
-//! `make soak DURATION=600` runs it longer. Replay a failure with
+//! `make test` runs it for about 60 s with a fresh seed (printed): 40 s on the
+//! byte-ordered ring (32 keys) and 20 s on a murmur3 cluster (3,000 string
+//! keys, "0" to "2999"), its checks unchanged. `make soak DURATION=600` runs
+//! the first longer (`QUORUMKV_NEMESIS_SECS=600 cargo test --release --test
+//! nemesis nemesis_murmur3` the second). Replay a failure with
 //! `QUORUMKV_NEMESIS_SEED=<seed> cargo test --test nemesis -- --nocapture`.
 //! Seeds that once failed are kept in `regression_seeds`.
 
@@ -18,14 +21,23 @@ use common::nemesis::{self, Config, Op, OpKind, Outcome};
 use common::under_tsan;
 use quorumkv::cluster::consistency::Consistency::{One, Quorum};
 
-/// The two runs take turns: two 5-replica clusters at once on two CPUs would mostly measure the machine.
+/// The runs take turns: two 5-replica clusters at once on two CPUs would mostly measure the machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
 fn nemesis() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // ThreadSanitizer slows replicas several times; a shorter run keeps `make tsan` bounded.
-    nemesis::run_and_check(Config::from_env(if under_tsan() { 30 } else { 60 }));
+    nemesis::run_and_check(Config::from_env(if under_tsan() { 20 } else { 40 }));
+}
+
+/// The same on a murmur3 cluster with thousands of string keys (fewer under
+/// ThreadSanitizer, where the final checks of every key would take too long).
+#[test]
+fn nemesis_murmur3() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let keys = if under_tsan() { 500 } else { 3000 };
+    nemesis::run_and_check(Config::from_env(if under_tsan() { 10 } else { 20 }).murmur3(keys));
 }
 
 /// Seeds kept as regression cases, replayed briefly on every run (the schedule

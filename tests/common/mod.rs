@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use quorumkv::client::Client;
+use quorumkv::client::{Client, ToKey};
 
 pub mod nemesis;
 
@@ -153,6 +153,8 @@ pub struct Cluster {
     args: Vec<String>,
     /// A shell prefix per replica (e.g. `ulimit -f 256;`), applied at its next start.
     wrappers: Vec<Option<String>>,
+    /// A cluster file of a replica's own instead of `file` (see `start_no_wait_each`).
+    files: Vec<Option<PathBuf>>,
 }
 
 impl Cluster {
@@ -207,17 +209,36 @@ impl Cluster {
 
     /// [`start_no_wait`](Self::start_no_wait) with `settings` lines before the nodes in the cluster file.
     pub fn start_no_wait_with(n: usize, settings: &str, args: &[&str]) -> Cluster {
+        Cluster::start_no_wait_each(n, args, |_, nodes| format!("{settings}{}\n", nodes.join("\n")))
+    }
+
+    /// Starts `n` replicas without waiting, replica `i` with the cluster file
+    /// `file_for(i, node_lines)` (`node_lines` as [`node_lines`](Self::node_lines)
+    /// gives them): for replicas that disagree about the cluster from their first start.
+    pub fn start_no_wait_each(n: usize, args: &[&str], file_for: impl Fn(usize, &[String]) -> String) -> Cluster {
         let dir = TempDir::new("cluster");
         let ports = free_ports(n);
         let file = dir.path().join("replicas.txt");
-        let nodes: String = ports.iter().enumerate().map(|(i, p)| format!("r{i} 127.0.0.1 {p}\n")).collect();
-        fs::write(&file, format!("{settings}{nodes}")).unwrap();
+        let nodes: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("r{i} 127.0.0.1 {p}")).collect();
+        let texts: Vec<String> = (0..n).map(|i| file_for(i, &nodes)).collect();
+        fs::write(&file, &texts[0]).unwrap();
+        let files = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                (text != &texts[0]).then(|| {
+                    let path = dir.path().join(format!("r{i}-cluster.txt"));
+                    fs::write(&path, text).unwrap();
+                    path
+                })
+            })
+            .collect();
         let replicas = ports
             .iter()
             .enumerate()
             .map(|(i, &port)| Replica { name: format!("r{i}"), port, child: None, log: dir.path().join(format!("r{i}.log")), starts: 0 })
             .collect();
-        let mut c = Cluster { dir, file, replicas, args: args.iter().map(|s| s.to_string()).collect(), wrappers: vec![None; n] };
+        let mut c = Cluster { dir, file, replicas, args: args.iter().map(|s| s.to_string()).collect(), wrappers: vec![None; n], files };
         for i in 0..n {
             c.spawn(i, &[]);
         }
@@ -244,7 +265,8 @@ impl Cluster {
         // `{name}` and `{dir}` in arguments stand for the replica's name and the cluster's folder.
         let dir = self.dir.path().to_string_lossy().into_owned();
         let expand = |a: &str| a.replace("{name}", &r.name).replace("{dir}", &dir);
-        let mut argv: Vec<String> = vec![r.name.clone(), r.port.to_string(), self.file.to_string_lossy().into_owned()];
+        let file = self.files[i].as_ref().unwrap_or(&self.file);
+        let mut argv: Vec<String> = vec![r.name.clone(), r.port.to_string(), file.to_string_lossy().into_owned()];
         argv.extend(self.args.iter().map(|a| expand(a)));
         argv.extend(extra.iter().map(|a| expand(a)));
         argv.extend(data);
@@ -297,10 +319,25 @@ impl Cluster {
 
     /// What replica `name` holds for `key` (a value; `None` for nothing, a tombstone, or no answer),
     /// as `inspect` through coordinator `via` reports it.
-    pub fn held(&self, via: usize, key: u32, name: &str) -> Option<String> {
+    pub fn held(&self, via: usize, key: impl ToKey, name: &str) -> Option<String> {
+        self.held_bytes(via, key, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// [`held`](Self::held), as bytes.
+    pub fn held_bytes(&self, via: usize, key: impl ToKey, name: &str) -> Option<Vec<u8>> {
         let i = self.client(via).inspect(key).ok()?;
         let e = i.replicas.into_iter().find(|e| e.name == name)?;
-        e.version.filter(|v| !v.tombstone).map(|v| String::from_utf8_lossy(&v.value).into_owned())
+        e.version.filter(|v| !v.tombstone).map(|v| v.value)
+    }
+
+    /// The names of `key`'s replicas, owner first, as `inspect` through coordinator `via` lists them.
+    pub fn replicas_of(&self, via: usize, key: impl ToKey) -> Vec<String> {
+        self.client(via).inspect(key).expect("inspect").replicas.into_iter().map(|e| e.name).collect()
+    }
+
+    /// The node lines of the cluster file, `rI 127.0.0.1 PORT`, one per replica, in ring order.
+    pub fn node_lines(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| format!("{} 127.0.0.1 {}", r.name, r.port)).collect()
     }
 
     /// Kills replica `i` with SIGKILL and waits for it to exit.

@@ -306,8 +306,11 @@ pub struct Config {
     pub clients: usize,
     /// Replicas (RF 3).
     pub replicas: usize,
-    /// Keys the clients use (few, so that keys are written often).
+    /// Keys the clients use, sent as decimal text (few, so that keys are written often;
+    /// thousands on a murmur3 cluster, where any text is a key).
     pub keys: Vec<u32>,
+    /// Settings lines of the cluster file (empty: the byte-ordered ring, keys 0-255).
+    pub settings: &'static str,
 }
 
 impl Config {
@@ -324,7 +327,13 @@ impl Config {
     /// The standard run for `seed`.
     pub fn new(seed: u64, duration: Duration) -> Config {
         // 32 keys spread over the whole ring, so every replica owns some.
-        Config { seed, duration, clients: 6, replicas: 5, keys: (0..32).map(|i| i * 8 + 3).collect() }
+        Config { seed, duration, clients: 6, replicas: 5, keys: (0..32).map(|i| i * 8 + 3).collect(), settings: "" }
+    }
+
+    /// The same run on a murmur3 cluster (16 tokens a replica) with `keys` keys,
+    /// "0" to the last in decimal: most of them are no key of a byte-ordered ring.
+    pub fn murmur3(self, keys: u32) -> Config {
+        Config { keys: (0..keys).collect(), settings: super::MURMUR3, ..self }
     }
 }
 
@@ -381,12 +390,13 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "nemesis: seed {} ({} s, {} clients, {} replicas, {} keys)",
+            "nemesis: seed {} ({} s, {} clients, {} replicas, {} keys, {})",
             self.config.seed,
             self.config.duration.as_secs(),
             self.config.clients,
             self.config.replicas,
-            self.config.keys.len()
+            self.config.keys.len(),
+            if self.config.settings.is_empty() { "byte-ordered" } else { "murmur3" }
         );
         let mut ops: BTreeMap<String, usize> = BTreeMap::new();
         for op in &self.history {
@@ -556,13 +566,57 @@ fn exited(c: &mut Cluster, when: &str) -> Vec<String> {
 /// A version as `inspect` shows it: micros, node, tombstone, value.
 type Stamp = (u64, u32, bool, Vec<u8>);
 
+/// Connections to every replica, made when first needed and dropped after an error.
+struct Conns<'a> {
+    c: &'a Cluster,
+    clients: Vec<Option<Client>>,
+}
+
+impl Conns<'_> {
+    /// Runs `f` on a connection to replica `i`.
+    fn with<T>(&mut self, i: usize, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
+        if self.clients[i].is_none() {
+            let mut cl = Client::connect("127.0.0.1", self.c.replicas[i].port, Duration::from_secs(2))?;
+            cl.set_timeout(Some(slack(Duration::from_secs(15))))?;
+            self.clients[i] = Some(cl);
+        }
+        let r = f(self.clients[i].as_mut().expect("connected above"));
+        if r.is_err() {
+            self.clients[i] = None; // a late reply must not be taken for the next request's
+        }
+        r
+    }
+}
+
+/// `f(connections, n, key)` for the `n`th of `keys`, on a few threads at once (thousands
+/// of keys one at a time would take longer than the run); the results in key order.
+fn per_key<T: Send>(c: &Cluster, keys: &[u32], f: impl Fn(&mut Conns, usize, u32) -> T + Sync) -> Vec<T> {
+    const THREADS: usize = 6;
+    let chunk = keys.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .enumerate()
+            .map(|(t, part)| {
+                s.spawn(move || {
+                    let mut conns = Conns { c, clients: (0..c.replicas.len()).map(|_| None).collect() };
+                    part.iter().enumerate().map(|(j, &key)| f(&mut conns, t * chunk + j, key)).collect::<Vec<T>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a checker thread panicked")).collect()
+    })
+}
+
 /// The version each replica of each key holds, as `inspect` reports it; the keys whose replicas differ
 /// (or are unreachable) go to `differing`.
 fn replica_versions(c: &Cluster, keys: &[u32], differing: &mut Vec<String>) -> BTreeMap<u32, Option<quorumkv::proto::Version>> {
     differing.clear();
     let mut agreed = BTreeMap::new();
-    for (n, &key) in keys.iter().enumerate() {
-        let Ok(i) = c.client(n % c.replicas.len()).inspect(key) else {
+    let inspected = per_key(c, keys, |conns, n, key| conns.with(n % c.replicas.len(), |cl| cl.inspect(key)));
+    for (&key, i) in keys.iter().zip(inspected) {
+        let Ok(i) = i else {
             differing.push(format!("key {key}: inspect failed"));
             continue;
         };
@@ -580,7 +634,7 @@ fn replica_versions(c: &Cluster, keys: &[u32], differing: &mut Vec<String>) -> B
 /// Runs the whole scenario for `cfg` and returns what it found (it does not panic on violations).
 pub fn run(cfg: Config) -> Report {
     eprintln!("nemesis: seed {} for {} s (replay with QUORUMKV_NEMESIS_SEED={})", cfg.seed, cfg.duration.as_secs(), cfg.seed);
-    let mut c = Cluster::start(cfg.replicas, &["--enable-fault-injection"]);
+    let mut c = Cluster::start_with(cfg.replicas, cfg.settings, &["--enable-fault-injection"]);
     let ports: Vec<u16> = c.replicas.iter().map(|r| r.port).collect();
     let names: Vec<String> = c.replicas.iter().map(|r| r.name.clone()).collect();
     let stop = AtomicBool::new(false);
@@ -678,13 +732,13 @@ pub fn run(cfg: Config) -> Report {
     // Final QUORUM reads (these repair what they find stale).
     let mut final_reads = BTreeMap::new();
     let mut final_versions = BTreeMap::new();
-    for (n, &key) in cfg.keys.iter().enumerate() {
+    let reads = per_key(&c, &cfg.keys, |conns, n, key| {
         let via = n % cfg.replicas;
         let mut last = None;
-        let ok = wait_for(slack(Duration::from_secs(10)), || match c.client(via).get_versioned(key, Consistency::Quorum) {
+        let mut got = None;
+        wait_for(slack(Duration::from_secs(10)), || match conns.with(via, |cl| cl.get_versioned(key, Consistency::Quorum)) {
             Ok(r) => {
-                final_reads.insert(key, (r.value.map(|v| String::from_utf8_lossy(&v).into_owned()), t0.elapsed()));
-                final_versions.insert(key, r.version);
+                got = Some((r, t0.elapsed()));
                 true
             }
             Err(e) => {
@@ -692,7 +746,12 @@ pub fn run(cfg: Config) -> Report {
                 false
             }
         });
-        assert!(ok, "final QUORUM read of key {key} via r{via} kept failing: {last:?}; logs:\n{}", c.logs());
+        got.ok_or_else(|| format!("final QUORUM read of key {key} via r{via} kept failing: {last:?}"))
+    });
+    for (&key, read) in cfg.keys.iter().zip(reads) {
+        let (r, end) = read.unwrap_or_else(|e| panic!("{e}; logs:\n{}", c.logs()));
+        final_reads.insert(key, (r.value.map(|v| String::from_utf8_lossy(&v).into_owned()), end));
+        final_versions.insert(key, r.version);
     }
     let mut verdict = check(&history, &final_reads);
 
