@@ -193,6 +193,8 @@ pub enum PeerRequest {
         slots: Vec<u8>,
         /// At most this many cells (at most [`MAX_DUMP_CELLS`]).
         max_keys: u32,
+        /// Start after this key (in the first slot).
+        after: Option<Key>,
     },
     /// The local keys of one store slot, in key order, with their stamps.
     Scan {
@@ -333,7 +335,13 @@ impl PeerRequest {
                     .into_iter()
                     .map(|s| u8::try_from(s).map_err(|_| Error::InvalidRequest(format!("slot {s} is out of range; slots are 0 to 255"))))
                     .collect::<Result<_>>()?;
-                PeerRequest::Dump { max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE), slots, max_keys: d.max_keys.min(MAX_DUMP_CELLS) }
+                let after = if d.after.is_empty() { None } else { Some(limits.key(d.after)?) };
+                PeerRequest::Dump {
+                    max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE),
+                    slots,
+                    max_keys: d.max_keys.min(MAX_DUMP_CELLS),
+                    after,
+                }
             }
             B::ReplicaRead(r) => PeerRequest::Read { key: limits.key(r.key)? },
             B::ReplicaWrite(w) => {
@@ -384,9 +392,12 @@ impl PeerRequest {
                 B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.iter().map(Key::to_vec).collect() })
             }
             PeerRequest::Heartbeat { from } => B::Heartbeat(proto::Heartbeat { from }),
-            PeerRequest::Dump { max_value_len, slots, max_keys } => {
-                B::ReplicaDump(proto::ReplicaDump { max_value_len, slots: slots.into_iter().map(u32::from).collect(), max_keys })
-            }
+            PeerRequest::Dump { max_value_len, slots, max_keys, after } => B::ReplicaDump(proto::ReplicaDump {
+                max_value_len,
+                slots: slots.into_iter().map(u32::from).collect(),
+                max_keys,
+                after: after.map(|k| k.to_vec()).unwrap_or_default(),
+            }),
             PeerRequest::Scan { slot, after, count } => {
                 B::ReplicaScan(proto::ReplicaScan { slot: slot.into(), after: after.map(|k| k.to_vec()).unwrap_or_default(), count })
             }

@@ -362,6 +362,7 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
         cells: vec![cell(10, 90, Some("from-the-snapshot")), cell(5, 50, Some("five-old"))],
         hints: vec![hint(130, "hinted-130")],
         taken_micros: 1,
+        end: false,
     };
     let mut data = b"QKVSNAP1".to_vec();
     data.extend(framed_record(&snap.encode_to_vec()));

@@ -111,7 +111,7 @@ mod tests {
             B::ReplicaRead(proto::ReplicaRead { key: b"3".to_vec() }),
             B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v }),
             B::Heartbeat(proto::Heartbeat { from: "r2".into() }),
-            B::ReplicaDump(proto::ReplicaDump { max_value_len: 4, slots: vec![1, 300], max_keys: 5 }),
+            B::ReplicaDump(proto::ReplicaDump { max_value_len: 4, slots: vec![1, 300], max_keys: 5, after: b"user:1".to_vec() }),
             B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..40).map(|i: u32| i.to_string().into_bytes()).collect() }),
             B::Token(proto::TokenRequest { key: b"123".to_vec() }),
             B::Scan(proto::ScanRequest { cursor: Vec::new(), count: 0 }),

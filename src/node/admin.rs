@@ -12,6 +12,7 @@ use crate::message::{MAX_DUMP_CELLS, PeerRequest, PeerResponse, PeerResult};
 use crate::node::Node;
 use crate::proto;
 use crate::storage::cell::Version;
+use crate::storage::hlc::Timestamp;
 
 /// Cuts `v` to at most `max` bytes; says whether it cut. (Values are bytes:
 /// the console escapes whatever is not UTF-8, a cut character included.)
@@ -27,10 +28,14 @@ fn truncate(v: &mut Vec<u8>, max: usize) -> bool {
 type Listing = BTreeMap<Vec<u8>, (Version, bool)>;
 
 /// A cell's contribution to its group's digest: a hash of its key, timestamp and tombstone flag.
-fn cell_hash(key: &[u8], v: &Version) -> u64 {
-    let seed = v.ts.micros.rotate_left(17) ^ u64::from(v.ts.node) ^ u64::from(v.is_tombstone());
+fn cell_hash(key: &[u8], ts: Timestamp, tombstone: bool) -> u64 {
+    let seed = ts.micros.rotate_left(17) ^ u64::from(ts.node) ^ u64::from(tombstone);
     murmur3_x64_128(key, seed).0
 }
+
+/// A replica's page of cells for `display` stops at about this many bytes of
+/// keys and values (and says so), far below a link's frame limit.
+pub const DUMP_PAGE_BYTES: usize = 1 << 20;
 
 /// A version as an entry of `inspect` or `display`, its value cut to `max_value_len`.
 fn entry(name: String, v: Option<&Version>, max_value_len: usize) -> proto::InspectEntry {
@@ -85,7 +90,7 @@ impl Node {
     /// with the keys held.
     pub fn display(self: &Arc<Self>, max_value_len: u32, max_keys: u32) -> proto::DisplayResult {
         let targets: Vec<NodeId> = self.ring.ids().collect();
-        let results = self.gather(targets.clone(), PeerRequest::Dump { max_value_len, slots: Vec::new(), max_keys: 0 });
+        let results = self.gather(targets.clone(), PeerRequest::Dump { max_value_len, slots: Vec::new(), max_keys: 0, after: None });
         let mut digests: Vec<Option<HashMap<(u32, u32), u64>>> = Vec::with_capacity(targets.len());
         let mut replicas = Vec::with_capacity(targets.len());
         for ((i, &t), r) in targets.iter().enumerate().zip(results) {
@@ -113,7 +118,8 @@ impl Node {
         // Groups whose reachable replicas disagree; a replica without the group holds none of it.
         let groups: BTreeSet<(u32, u32)> = digests.iter().flatten().flat_map(|d| d.keys().copied()).collect();
         let mut differing: BTreeSet<u8> = BTreeSet::new();
-        let mut asked: BTreeSet<usize> = BTreeSet::new();
+        // The replicas (ring positions) to compare in each slot.
+        let mut asked: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); 256];
         for &(slot, range) in &groups {
             let Ok(slot8) = u8::try_from(slot) else { continue };
             let holders: Vec<usize> = self
@@ -126,7 +132,7 @@ impl Node {
             let of = |i: usize| digests[i].as_ref().and_then(|d| d.get(&(slot, range)).copied()).unwrap_or(0);
             if holders.iter().any(|&i| of(i) != of(holders[0])) {
                 differing.insert(slot8);
-                asked.extend(holders);
+                asked[slot as usize].extend(holders);
             }
         }
         let mut out = proto::DisplayResult {
@@ -140,58 +146,98 @@ impl Node {
         if differing.is_empty() {
             return out;
         }
-        let asked: Vec<usize> = asked.into_iter().collect();
-        let slots: Vec<u8> = differing.into_iter().collect();
-        let msg = PeerRequest::Dump { max_value_len, slots: slots.clone(), max_keys: MAX_DUMP_CELLS };
-        let results = self.gather(asked.iter().map(|&i| targets[i]).collect(), msg);
-        // Every asked replica's cells, by key; None where it did not answer this time.
-        let mut cells: Vec<Option<Listing>> = vec![None; targets.len()];
-        for (&i, r) in asked.iter().zip(results) {
-            if let Some(Ok(PeerResponse::Dump(d))) = r {
-                out.more |= d.more;
-                cells[i] =
-                    Some(d.cells.into_iter().filter_map(|c| c.version.map(|v| (c.key, (Version::from_proto(v), c.truncated)))).collect());
-            }
-        }
-        let keys: BTreeSet<&Vec<u8>> = cells.iter().flatten().flat_map(|m| m.keys()).collect();
-        for key in keys {
-            let holders: Vec<usize> =
-                self.ring.replicas(key).iter().filter_map(|&id| self.ring.position(id)).filter(|&i| cells[i].is_some()).collect();
-            let of = |i: usize| cells[i].as_ref().and_then(|m| m.get(key)).map(|(v, _)| (v.ts, v.is_tombstone()));
-            if holders.iter().all(|&i| of(i) == of(holders[0])) {
-                continue;
-            }
-            if out.differences.len() >= max_keys as usize {
+        for slot in differing {
+            if !self.differences_in(slot, &asked[slot as usize], max_value_len, max_keys, &mut out) {
                 out.more = true;
                 break;
             }
-            let replicas = holders
-                .iter()
-                .map(|&i| {
-                    let found = cells[i].as_ref().and_then(|m| m.get(key));
-                    let mut e = entry(self.ring.name(targets[i]), found.map(|(v, _)| v), max_value_len as usize);
-                    e.truncated |= found.is_some_and(|(_, cut)| *cut);
-                    e
-                })
-                .collect();
-            out.differences.push(proto::KeyDifference { key: key.clone(), replicas });
         }
         out
     }
 
+    /// Compares slot `slot`'s cells on `holders` (ring positions), page by
+    /// page, adding the keys that differ to `out`; false once `max_keys` are
+    /// listed and more differ.
+    ///
+    /// Each replica answers a page of at most about 1 MiB (a page stops early
+    /// and says so); only keys up to the smallest last key of the pages that
+    /// stopped early can be compared (past it, a replica's silence is not yet
+    /// an absence), and the next page starts after that key.
+    fn differences_in(
+        self: &Arc<Self>,
+        slot: u8,
+        holders: &BTreeSet<usize>,
+        max_value_len: u32,
+        max_keys: u32,
+        out: &mut proto::DisplayResult,
+    ) -> bool {
+        let targets: Vec<NodeId> = self.ring.ids().collect();
+        let asked: Vec<usize> = holders.iter().copied().collect();
+        let mut after: Option<Key> = None;
+        loop {
+            let msg = PeerRequest::Dump { max_value_len, slots: vec![slot], max_keys: MAX_DUMP_CELLS, after: after.clone() };
+            let results = self.gather(asked.iter().map(|&i| targets[i]).collect(), msg);
+            // Every asked replica's cells, by key; None where it did not answer this time.
+            let mut cells: Vec<Option<Listing>> = vec![None; targets.len()];
+            let mut bound: Option<Vec<u8>> = None;
+            for (&i, r) in asked.iter().zip(results) {
+                if let Some(Ok(PeerResponse::Dump(d))) = r {
+                    if d.more
+                        && let Some(last) = d.cells.last()
+                        && bound.as_ref().is_none_or(|b| &last.key < b)
+                    {
+                        bound = Some(last.key.clone());
+                    }
+                    cells[i] = Some(
+                        d.cells.into_iter().filter_map(|c| c.version.map(|v| (c.key, (Version::from_proto(v), c.truncated)))).collect(),
+                    );
+                }
+            }
+            let keys: BTreeSet<&Vec<u8>> =
+                cells.iter().flatten().flat_map(|m| m.keys()).filter(|k| bound.as_ref().is_none_or(|b| *k <= b)).collect();
+            for key in keys {
+                let holders: Vec<usize> =
+                    self.ring.replicas(key).iter().filter_map(|&id| self.ring.position(id)).filter(|&i| cells[i].is_some()).collect();
+                let of = |i: usize| cells[i].as_ref().and_then(|m| m.get(key)).map(|(v, _)| (v.ts, v.is_tombstone()));
+                if holders.iter().all(|&i| of(i) == of(holders[0])) {
+                    continue;
+                }
+                if out.differences.len() >= max_keys as usize {
+                    return false;
+                }
+                let replicas = holders
+                    .iter()
+                    .map(|&i| {
+                        let found = cells[i].as_ref().and_then(|m| m.get(key));
+                        let mut e = entry(self.ring.name(targets[i]), found.map(|(v, _)| v), max_value_len as usize);
+                        e.truncated |= found.is_some_and(|(_, cut)| *cut);
+                        e
+                    })
+                    .collect();
+                out.differences.push(proto::KeyDifference { key: key.clone(), replicas });
+            }
+            match bound {
+                Some(b) => after = Some(Key::trusted(b)),
+                None => return true,
+            }
+        }
+    }
+
     /// This replica's side of `display`: with no `slots`, its totals and the
     /// digest of every group of its cells; otherwise the cells of `slots`
-    /// (at most `max_keys`), values cut to `max_value_len` bytes.
-    pub fn dump(&self, max_value_len: u32, slots: &[u8], max_keys: u32) -> proto::DumpResult {
+    /// after `after` (in the first slot), in order, values cut to
+    /// `max_value_len` bytes, at most `max_keys` of them and about
+    /// [`DUMP_PAGE_BYTES`], with `more` set if it stopped early.
+    pub fn dump(&self, max_value_len: u32, slots: &[u8], max_keys: u32, after: Option<&Key>) -> proto::DumpResult {
         let totals = self.store.totals();
         let mut d = proto::DumpResult { keys: totals.keys, bytes: totals.bytes, ..Default::default() };
         if slots.is_empty() {
             for slot in 0..=255u8 {
                 let mut groups: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-                self.store.for_each_in_slot(slot, |k, v| {
-                    let g = groups.entry(self.ring.range_index(k.as_bytes())).or_default();
+                self.store.for_each_stamp(slot, |k, ts, tombstone| {
+                    let g = groups.entry(self.ring.range_index(k)).or_default();
                     g.0 += 1;
-                    g.1 ^= cell_hash(k.as_bytes(), v);
+                    g.1 ^= cell_hash(k, ts, tombstone);
                 });
                 d.digests.extend(groups.into_iter().map(|(range, (keys, digest))| proto::SlotDigest {
                     slot: slot as u32,
@@ -202,15 +248,24 @@ impl Node {
             }
             return d;
         }
-        'slots: for &slot in slots {
-            for (key, v) in self.store.slot_cells(slot) {
-                if d.cells.len() >= max_keys as usize {
-                    d.more = true;
-                    break 'slots;
-                }
-                let mut pv = v.into_proto();
-                let truncated = truncate(&mut pv.value, max_value_len as usize);
-                d.cells.push(proto::KeyVersion { key: key.to_vec(), version: Some(pv), truncated });
+        let mut bytes = 0;
+        for (n, &slot) in slots.iter().enumerate() {
+            let start = if n == 0 { after.map(Key::as_bytes) } else { None };
+            let room = (max_keys as usize).saturating_sub(d.cells.len());
+            let (cells, more) = self.store.list_cut(slot, start, room, max_value_len as usize, DUMP_PAGE_BYTES.saturating_sub(bytes));
+            for c in cells {
+                bytes += c.key.len() + c.value.as_ref().map_or(0, Vec::len);
+                let version = proto::Version {
+                    micros: c.ts.micros,
+                    node: c.ts.node,
+                    tombstone: c.value.is_none(),
+                    value: c.value.unwrap_or_default(),
+                };
+                d.cells.push(proto::KeyVersion { key: c.key.to_vec(), version: Some(version), truncated: c.cut });
+            }
+            if more || (d.cells.len() >= max_keys as usize || bytes >= DUMP_PAGE_BYTES) && n + 1 < slots.len() {
+                d.more = true;
+                break;
             }
         }
         d

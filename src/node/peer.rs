@@ -57,7 +57,9 @@ impl Node {
             PeerRequest::Heartbeat { .. } => {
                 Ok(PeerResponse::Heartbeat { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
             }
-            PeerRequest::Dump { max_value_len, slots, max_keys } => Ok(PeerResponse::Dump(self.dump(max_value_len, &slots, max_keys))),
+            PeerRequest::Dump { max_value_len, slots, max_keys, after } => {
+                Ok(PeerResponse::Dump(self.dump(max_value_len, &slots, max_keys, after.as_ref())))
+            }
             PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.iter().map(|k| self.store.get(k.as_bytes())).collect())),
             PeerRequest::Scan { slot, after, count } => Ok(self.replica_scan(slot, after, count)),
             PeerRequest::Ping => Ok(PeerResponse::Pong(self.cfg.name.clone())),

@@ -162,6 +162,19 @@ impl Slot {
     }
 }
 
+/// A cell as [`Store::list_cut`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The key.
+    pub key: Key,
+    /// The version's timestamp.
+    pub ts: Timestamp,
+    /// The value, cut to the length asked for; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The value was cut.
+    pub cut: bool,
+}
+
 /// Per-slot counts, for `status`, `ring` and `display`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SlotStats {
@@ -287,6 +300,37 @@ impl Store {
         (out, more)
     }
 
+    /// Up to `count` cells of slot `slot` after key `after`, in key order, each
+    /// value cut to `max_value` bytes (nothing longer is copied), stopping
+    /// once the keys and values listed reach `max_bytes`; and whether the slot
+    /// holds cells past the last one listed.
+    pub fn list_cut(&self, slot: u8, after: Option<&[u8]>, count: usize, max_value: usize, max_bytes: usize) -> (Vec<Listed>, bool) {
+        use std::ops::Bound;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let map = self.slots[slot as usize].read();
+        let mut cells = map.cells.range::<[u8], _>((lower, Bound::Unbounded));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < count && bytes < max_bytes {
+            let Some(e) = cells.next() else { return (out, false) };
+            let value = e.value().map(|v| v[..v.len().min(max_value)].to_vec());
+            let cut = e.value().is_some_and(|v| v.len() > max_value);
+            bytes += e.key_len() + value.as_ref().map_or(0, Vec::len);
+            out.push(Listed { key: Key::trusted(e.key()), ts: e.ts(), value, cut });
+        }
+        let more = cells.next().is_some();
+        (out, more)
+    }
+
+    /// Calls `f` with the key, timestamp and tombstone flag of every cell of
+    /// slot `slot`, in key order, under its read lock (nothing copied; `f`
+    /// must be quick: writers to this slot wait).
+    pub fn for_each_stamp(&self, slot: u8, mut f: impl FnMut(&[u8], Timestamp, bool)) {
+        for e in &self.slots[slot as usize].read().cells {
+            f(e.key(), e.ts(), e.is_tombstone());
+        }
+    }
+
     /// Every cell, slot by slot (for tests and small stores).
     pub fn snapshot(&self) -> Vec<(Key, Version)> {
         (0..KEYS).flat_map(|s| self.slot_cells(s as u8)).collect()
@@ -306,14 +350,6 @@ impl Store {
     /// Keys and bytes held in all.
     pub fn totals(&self) -> SlotStats {
         self.stats().into_iter().fold(SlotStats::default(), |a, b| SlotStats { keys: a.keys + b.keys, bytes: a.bytes + b.bytes })
-    }
-
-    /// Calls `f` with every cell of slot `slot` in key order, under its read lock
-    /// (`f` must be quick: writers to this slot wait).
-    pub fn for_each_in_slot(&self, slot: u8, mut f: impl FnMut(&Key, &Version)) {
-        for e in &self.slots[slot as usize].read().cells {
-            f(&Key::trusted(e.key()), &e.version());
-        }
     }
 }
 
