@@ -1,21 +1,24 @@
 //! A million string keys on a murmur3 cluster survive `kill -9`.
 //!
-//! Two replicas with `rf 2`, so every key lives on both and a QUORUM write is
-//! acknowledged only once both have it in their logs. 1,000,000 keys (20,000
-//! under ThreadSanitizer; `QUORUMKV_MILLION_KEYS` sets another count) are
-//! written at QUORUM by six client threads that pipeline 128 requests each.
-//! Then r1 is killed with SIGKILL, r0 too, and r1 restarts alone: its own
-//! `status` must count every key, and spot checks through `inspect` must find
-//! the value each was sent — all from its own disk, since no other replica is
-//! up and nothing was read.
+//! Two replicas with `rf 2`, so every key lives on both. 1,000,000 keys
+//! (20,000 under ThreadSanitizer; `QUORUMKV_MILLION_KEYS` sets another count)
+//! are written at ONE by six client threads that pipeline 128 requests each,
+//! through both replicas. Once r1's `status` counts them all, one write at ALL
+//! makes sure r1 has written out its log up to there (its log is written in
+//! order, and it acknowledges that write only once the log holds it). Then r1
+//! is killed with SIGKILL, r0 too, and r1 restarts alone: its own `status` must
+//! count every key, and spot checks through `inspect` must find the value each
+//! was sent — all from its own disk, since no other replica is up and nothing
+//! was read.
 //!
-//! The size of the run is bound by the machine. Through debug binaries a
-//! replica spends about 27 µs of CPU on each write it stores (coordinating or
-//! not), so on two idle CPUs the two replicas take about 30,000 QUORUM writes a
-//! second: the million keys take about 35 s to write and 8 s to recover; on a
-//! machine busy with other work, several times that. (A third replica would
-//! cost half as much again per write.) The test has a file of its own, so
-//! cargo runs nothing beside it.
+//! The size of the run is bound by the machine. Through debug binaries the two
+//! replicas spend 35 to 65 µs of CPU between them on a write at ONE (the more
+//! keys they hold, the more), about 65 CPU seconds for the million. On two idle
+//! CPUs that is about 35 s of writing, and r1's restart (replaying a million
+//! records, then folding them into a snapshot) about 10 s more. At QUORUM they
+//! spend about three times as much per write, since a coordinator then answers
+//! pipelined requests one by one as the acks come in rather than in batches;
+//! hence ONE. The test has a file of its own, so cargo runs nothing beside it.
 
 mod common;
 
@@ -25,9 +28,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, slack, under_tsan};
+use common::{Cluster, slack, under_tsan, wait_for};
 use prost::Message;
-use quorumkv::cluster::consistency::Consistency::Quorum;
+use quorumkv::cluster::consistency::Consistency::{All, One};
 use quorumkv::net::frame::{FrameReader, append_frame};
 use quorumkv::proto::{self, request::Body as B, response::Body as R};
 
@@ -57,7 +60,7 @@ fn value(i: u64) -> Vec<u8> {
     format!("v{i}-{:x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40).into_bytes()
 }
 
-/// Takes the next `WINDOW` keys until all are taken, pipelines their writes at QUORUM
+/// Takes the next `WINDOW` keys until all are taken, pipelines their writes at ONE
 /// to the replica at `port` and checks the replies; the keys whose write was not
 /// acknowledged go to `failed` (to be retried).
 fn write_keys(port: u16, next: &AtomicU64, total: u64, failed: &Mutex<Vec<u64>>) {
@@ -74,7 +77,7 @@ fn write_keys(port: u16, next: &AtomicU64, total: u64, failed: &Mutex<Vec<u64>>)
         let end = (start + WINDOW).min(total);
         buf.clear();
         for i in start..end {
-            let put = proto::Put { key: key(i), value: value(i), consistency: Quorum.to_proto() as i32 };
+            let put = proto::Put { key: key(i), value: value(i), consistency: One.to_proto() as i32 };
             append_frame(&proto::Request { id: i, body: Some(B::Put(put)) }, &mut buf);
         }
         stream.write_all(&buf).expect("send a window of puts");
@@ -83,7 +86,7 @@ fn write_keys(port: u16, next: &AtomicU64, total: u64, failed: &Mutex<Vec<u64>>)
             let r = proto::Response::decode(frame).expect("decode a reply");
             assert_eq!(r.id, i, "replies come in order");
             match r.body {
-                Some(R::Write(w)) => assert_eq!(w.acks, 2, "a QUORUM of two is both"),
+                Some(R::Write(w)) => assert!(w.acks >= 1),
                 _ => failed.lock().unwrap().push(i),
             }
         }
@@ -115,27 +118,34 @@ fn a_million_string_keys_survive_kill_9() {
     let retried = failed.into_inner().unwrap();
     let mut client = c.client(0);
     for &i in &retried {
-        client.put(key(i), value(i), Quorum).unwrap_or_else(|e| panic!("retry of key {i}: {e}"));
+        client.put(key(i), value(i), One).unwrap_or_else(|e| panic!("retry of key {i}: {e}"));
     }
     let written = t0.elapsed();
     let cpu: f64 = c.replicas.iter().map(|r| cpu_seconds(r.pid().unwrap())).sum();
     eprintln!(
-        "{total} keys written at QUORUM in {written:.1?} ({:.0} a second; {} retried); the replicas used {cpu:.1} CPU s ({:.0} µs a key)",
+        "{total} keys written at ONE in {written:.1?} ({:.0} a second; {} retried); the replicas used {cpu:.1} CPU s ({:.0} µs a key)",
         total as f64 / written.as_secs_f64(),
         retried.len(),
         cpu * 1e6 / total as f64,
     );
 
-    // r1 acknowledged every write: it must keep them all through SIGKILL.
-    c.kill(1);
-    c.kill(0);
-    let t1 = Instant::now();
-    c.restart(1);
+    // r1 gets every write (those it missed by hints), then acknowledges one more at ALL:
+    // its log holds everything before that one, in order.
     let keys = |c: &Cluster| {
         let s = c.client(1).status().unwrap();
         let me = s.replicas.iter().find(|r| r.is_self).expect("r1 lists itself");
         me.storage.as_ref().map_or(0, |st| st.keys)
     };
+    let all_there = wait_for(slack(Duration::from_secs(60)), || keys(&c) == total);
+    assert!(all_there, "r1 holds {} of {total} keys; logs:\n{}", keys(&c), c.logs());
+    c.client(0).put("the last one", "at ALL", All).unwrap();
+    let total = total + 1;
+
+    // It must keep them all through SIGKILL.
+    c.kill(1);
+    c.kill(0);
+    let t1 = Instant::now();
+    c.restart(1);
     let held = keys(&c);
     eprintln!("r1 restarted in {:.1?} holding {held} keys", t1.elapsed());
     assert_eq!(held, total, "r1 lost keys in the kill; logs:\n{}", c.logs());
@@ -144,7 +154,7 @@ fn a_million_string_keys_survive_kill_9() {
     // Spot checks: every 997th key (text and binary alike) holds the value it was sent.
     let mut inspect = c.client(1);
     let mut checked = 0;
-    for i in (0..total).step_by(997).chain([total - 1]) {
+    for i in (0..total - 1).step_by(997).chain([total - 2]) {
         let r = inspect.inspect(key(i)).unwrap();
         let mine = r.replicas.iter().find(|e| e.name == "r1").expect("r1 is a replica of every key");
         let v = mine.version.as_ref().unwrap_or_else(|| panic!("r1 lost key {i}"));
@@ -152,6 +162,7 @@ fn a_million_string_keys_survive_kill_9() {
         assert!(!v.tombstone);
         checked += 1;
     }
+    assert_eq!(c.held(1, "the last one", "r1").as_deref(), Some("at ALL"));
     // Nothing was read, and r0 is down: r1 still holds exactly what it recovered.
     assert_eq!(keys(&c), total);
     eprintln!("{checked} keys spot-checked; {:.1?} in all", t0.elapsed());

@@ -2,7 +2,8 @@
 //! a checker over the recorded history (in the manner of Jepsen and etcd's
 //! robustness tests).
 //!
-//! [`run`] starts a durable cluster (5 replicas, RF 3, fault injection on),
+//! [`run`] starts a durable cluster (5 replicas, RF 3, fault injection on;
+//! byte-ordered, or murmur3 with thousands of keys: [`Config::murmur3`]),
 //! runs client threads doing random `get`/`put`/`del` at ONE and QUORUM
 //! through every coordinator, each written value unique, and records every
 //! operation's start, end and outcome. Meanwhile the nemesis, on a schedule
