@@ -195,6 +195,8 @@ pub enum PeerRequest {
         max_keys: u32,
         /// Start after this key (in the first slot).
         after: Option<Key>,
+        /// With no `slots`: digest only these slots (empty: every slot).
+        digest_slots: Vec<u8>,
     },
     /// The local keys of one store slot, in key order, with their stamps.
     Scan {
@@ -336,11 +338,20 @@ impl PeerRequest {
                     .map(|s| u8::try_from(s).map_err(|_| Error::InvalidRequest(format!("slot {s} is out of range; slots are 0 to 255"))))
                     .collect::<Result<_>>()?;
                 let after = if d.after.is_empty() { None } else { Some(limits.key(d.after)?) };
+                if d.digest_slots.len() > KEYS {
+                    return Err(Error::InvalidRequest(format!("digests of {} slots; there are {KEYS}", d.digest_slots.len())));
+                }
+                let digest_slots = d
+                    .digest_slots
+                    .into_iter()
+                    .map(|s| u8::try_from(s).map_err(|_| Error::InvalidRequest(format!("slot {s} is out of range; slots are 0 to 255"))))
+                    .collect::<Result<_>>()?;
                 PeerRequest::Dump {
                     max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE),
                     slots,
                     max_keys: d.max_keys.min(MAX_DUMP_CELLS),
                     after,
+                    digest_slots,
                 }
             }
             B::ReplicaRead(r) => PeerRequest::Read { key: limits.key(r.key)? },
@@ -392,11 +403,12 @@ impl PeerRequest {
                 B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.iter().map(Key::to_vec).collect() })
             }
             PeerRequest::Heartbeat { from } => B::Heartbeat(proto::Heartbeat { from }),
-            PeerRequest::Dump { max_value_len, slots, max_keys, after } => B::ReplicaDump(proto::ReplicaDump {
+            PeerRequest::Dump { max_value_len, slots, max_keys, after, digest_slots } => B::ReplicaDump(proto::ReplicaDump {
                 max_value_len,
                 slots: slots.into_iter().map(u32::from).collect(),
                 max_keys,
                 after: after.map(|k| k.to_vec()).unwrap_or_default(),
+                digest_slots: digest_slots.into_iter().map(u32::from).collect(),
             }),
             PeerRequest::Scan { slot, after, count } => {
                 B::ReplicaScan(proto::ReplicaScan { slot: slot.into(), after: after.map(|k| k.to_vec()).unwrap_or_default(), count })

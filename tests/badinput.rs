@@ -276,6 +276,7 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
             slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
             max_keys: rng.below(100) as u32,
             after: if rng.chance(3) { base_key(rng) } else { Vec::new() },
+            digest_slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
         }),
         _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| base_key(rng)).collect() }),
     };
@@ -482,7 +483,13 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
                 1 => B::ReplicaRead(proto::ReplicaRead { key: rng.below(300).to_string().into_bytes() }),
                 2 => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: batch_keys(rng, 300) }),
                 3 => B::Heartbeat(proto::Heartbeat { from: "r1".into() }),
-                4 => B::ReplicaDump(proto::ReplicaDump { max_value_len: u32::MAX, slots: vec![], max_keys: u32::MAX, after: Vec::new() }),
+                4 => B::ReplicaDump(proto::ReplicaDump {
+                    max_value_len: u32::MAX,
+                    slots: vec![],
+                    max_keys: u32::MAX,
+                    after: Vec::new(),
+                    digest_slots: Vec::new(),
+                }),
                 _ => B::Hello(hello(ring, rng.pick(&["r0", "r1", "r2", "r9"]))),
             };
             proto::Request { id, body: Some(body) }.encode_to_vec()
@@ -575,7 +582,7 @@ fn dump_with_bad_slots(rng: &mut Rng, id: u64) -> Vec<u8> {
     let (max_value_len, max_keys) = (rng.below(70) as u32, rng.pick(&[0, 1, 100, u32::MAX]));
     let dump = |slots: Vec<u32>| proto::Request {
         id,
-        body: Some(B::ReplicaDump(proto::ReplicaDump { max_value_len, slots, max_keys, after: Vec::new() })),
+        body: Some(B::ReplicaDump(proto::ReplicaDump { max_value_len, slots, max_keys, after: Vec::new(), digest_slots: Vec::new() })),
     };
     match rng.below(8) {
         0 => {
@@ -1116,7 +1123,9 @@ fn pinned_cases(ctx: &Ctx) {
     let request = |body| proto::Request { id: 1, body: Some(body) }.encode_to_vec();
     let put = |key: &[u8], value: &[u8]| request(B::Put(proto::Put { key: key.to_vec(), value: value.to_vec(), consistency: 2 }));
     let get = |key: Vec<u8>| request(B::Get(proto::Get { key, consistency: 1 }));
-    let dump = |slots: Vec<u32>| request(B::ReplicaDump(proto::ReplicaDump { max_value_len: 8, slots, max_keys: 4, after: Vec::new() }));
+    let dump = |slots: Vec<u32>| {
+        request(B::ReplicaDump(proto::ReplicaDump { max_value_len: 8, slots, max_keys: 4, after: Vec::new(), digest_slots: Vec::new() }))
+    };
     let legacy_put = {
         let mut m = Vec::new();
         put_uint(&mut m, 1, 70);

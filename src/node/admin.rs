@@ -33,6 +33,9 @@ fn cell_hash(key: &[u8], ts: Timestamp, tombstone: bool) -> u64 {
     murmur3_x64_128(key, seed).0
 }
 
+/// `display` asks for the digests of this many slots at a time.
+const DIGEST_SLOTS: usize = 16;
+
 /// A replica's page of cells for `display` stops at about this many bytes of
 /// keys and values (and says so), far below a link's frame limit.
 pub const DUMP_PAGE_BYTES: usize = 1 << 20;
@@ -90,7 +93,25 @@ impl Node {
     /// with the keys held.
     pub fn display(self: &Arc<Self>, max_value_len: u32, max_keys: u32) -> proto::DisplayResult {
         let targets: Vec<NodeId> = self.ring.ids().collect();
-        let results = self.gather(targets.clone(), PeerRequest::Dump { max_value_len, slots: Vec::new(), max_keys: 0, after: None });
+        // Digests a few slots at a time: a replica's answer walks a sixteenth of its
+        // cells, so the other requests on its link (heartbeats among them) wait little.
+        let mut results: Vec<Option<PeerResult>> = Vec::new();
+        for first in (0..=255u8).step_by(DIGEST_SLOTS) {
+            let digest_slots = (first..=first.saturating_add(DIGEST_SLOTS as u8 - 1)).collect();
+            let msg = PeerRequest::Dump { max_value_len, slots: Vec::new(), max_keys: 0, after: None, digest_slots };
+            let page = self.gather(targets.clone(), msg);
+            if results.is_empty() {
+                results = page;
+                continue;
+            }
+            for (r, p) in results.iter_mut().zip(page) {
+                match (r, p) {
+                    (Some(Ok(PeerResponse::Dump(d))), Some(Ok(PeerResponse::Dump(more)))) => d.digests.extend(more.digests),
+                    (r @ Some(Ok(_)), other) => *r = other,
+                    _ => {}
+                }
+            }
+        }
         let mut digests: Vec<Option<HashMap<(u32, u32), u64>>> = Vec::with_capacity(targets.len());
         let mut replicas = Vec::with_capacity(targets.len());
         for ((i, &t), r) in targets.iter().enumerate().zip(results) {
@@ -155,6 +176,16 @@ impl Node {
         out
     }
 
+    /// Marks replica `i` unreachable in `out`: it did not answer for `slot`,
+    /// so keys it alone differs in may not be listed.
+    fn lost(out: &mut proto::DisplayResult, i: usize, slot: u8, r: Option<PeerResult>) {
+        let e = &mut out.replicas[i];
+        if e.reachable {
+            e.reachable = false;
+            e.error = format!("did not list slot {slot}: {}; its differences may be missing", why(r));
+        }
+    }
+
     /// Compares slot `slot`'s cells on `holders` (ring positions), page by
     /// page, adding the keys that differ to `out`; false once `max_keys` are
     /// listed and more differ.
@@ -175,12 +206,22 @@ impl Node {
         let asked: Vec<usize> = holders.iter().copied().collect();
         let mut after: Option<Key> = None;
         loop {
-            let msg = PeerRequest::Dump { max_value_len, slots: vec![slot], max_keys: MAX_DUMP_CELLS, after: after.clone() };
+            let msg = PeerRequest::Dump {
+                max_value_len,
+                slots: vec![slot],
+                max_keys: MAX_DUMP_CELLS,
+                after: after.clone(),
+                digest_slots: Vec::new(),
+            };
             let results = self.gather(asked.iter().map(|&i| targets[i]).collect(), msg);
             // Every asked replica's cells, by key; None where it did not answer this time.
             let mut cells: Vec<Option<Listing>> = vec![None; targets.len()];
             let mut bound: Option<Vec<u8>> = None;
             for (&i, r) in asked.iter().zip(results) {
+                if !matches!(r, Some(Ok(PeerResponse::Dump(_)))) {
+                    Node::lost(out, i, slot, r);
+                    continue;
+                }
                 if let Some(Ok(PeerResponse::Dump(d))) = r {
                     if d.more
                         && let Some(last) = d.cells.last()
@@ -228,11 +269,12 @@ impl Node {
     /// after `after` (in the first slot), in order, values cut to
     /// `max_value_len` bytes, at most `max_keys` of them and about
     /// [`DUMP_PAGE_BYTES`], with `more` set if it stopped early.
-    pub fn dump(&self, max_value_len: u32, slots: &[u8], max_keys: u32, after: Option<&Key>) -> proto::DumpResult {
+    pub fn dump(&self, max_value_len: u32, slots: &[u8], max_keys: u32, after: Option<&Key>, digest_slots: &[u8]) -> proto::DumpResult {
         let totals = self.store.totals();
         let mut d = proto::DumpResult { keys: totals.keys, bytes: totals.bytes, ..Default::default() };
         if slots.is_empty() {
-            for slot in 0..=255u8 {
+            let every: Vec<u8> = (0..=255).collect();
+            for &slot in if digest_slots.is_empty() { &every[..] } else { digest_slots } {
                 let mut groups: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
                 self.store.for_each_stamp(slot, |k, ts, tombstone| {
                     let g = groups.entry(self.ring.range_index(k)).or_default();

@@ -57,8 +57,8 @@ impl Node {
             PeerRequest::Heartbeat { .. } => {
                 Ok(PeerResponse::Heartbeat { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
             }
-            PeerRequest::Dump { max_value_len, slots, max_keys, after } => {
-                Ok(PeerResponse::Dump(self.dump(max_value_len, &slots, max_keys, after.as_ref())))
+            PeerRequest::Dump { max_value_len, slots, max_keys, after, digest_slots } => {
+                Ok(PeerResponse::Dump(self.dump(max_value_len, &slots, max_keys, after.as_ref(), &digest_slots)))
             }
             PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.iter().map(|k| self.store.get(k.as_bytes())).collect())),
             PeerRequest::Scan { slot, after, count } => Ok(self.replica_scan(slot, after, count)),
