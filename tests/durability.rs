@@ -402,10 +402,14 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
     let v = i.replicas.iter().find(|e| e.name == "r0").and_then(|e| e.version.clone()).expect("r0 holds key 6's tombstone");
     assert!(v.tombstone && v.micros == 150 && v.node == 7, "{v:?}");
     assert_eq!(r0.status().unwrap().replicas[3].hints, 2, "the hints of keys 130 and 70 (80's was delivered)");
-    // The start folded the old files into a snapshot of the current format and a fresh log.
-    let mut files: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    files.sort();
-    assert_eq!(files.len(), 2, "{files:?}");
+    // Soon after the start, the old files are folded into a snapshot of the current format and a fresh log.
+    let files_now = || {
+        let mut files: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        files
+    };
+    assert!(wait_for(slack(Duration::from_secs(5)), || files_now().len() == 2), "{:?}", files_now());
+    let files = files_now();
     assert!(files[0] == "snapshot" && files[1].starts_with("wal-") && files[1].as_str() > "wal-0000000000000003.log", "{files:?}");
     assert_eq!(&fs::read(dir.join("snapshot")).unwrap()[..8], b"QKVSNAP2");
     r0.put(7, "written-after", One).unwrap();
