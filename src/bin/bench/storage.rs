@@ -1,0 +1,528 @@
+//! `bench memory`, `bench snapshot` and `bench storage` (both): how the storage
+//! engine holds many keys, measured side by side within one run.
+//!
+//! * **memory and restart** — redis-server and a one-replica quorumkv cluster
+//!   (`partitioner murmur3`, `rf 1`: one process holding every key, as one
+//!   redis-server does) are given the same N keys (`k000000000` …, 10 bytes)
+//!   with the same pseudo-random values, written in the same shuffled order:
+//!   redis through pipelined `SET`s on one connection, quorumkv by
+//!   `--load-clients` client threads at ONE. Each process's resident memory
+//!   (`VmRSS`) is read before and after (quorumkv's after any snapshot it was
+//!   taking has finished). Then each is killed with SIGKILL and started again:
+//!   redis after a `SAVE`, timed until `DBSIZE` answers N (it answers
+//!   `-LOADING` while it reads the RDB file); quorumkv with its data folder
+//!   (`--fsync batch`: an acknowledged write has reached the OS, so SIGKILL
+//!   loses none), timed until its `status` reply shows N keys held — it
+//!   recovers before it serves, so the first reply already shows everything.
+//!   A sample of the keys is read back afterwards.
+//! * **snapshots** — three replicas at RF 3 (murmur3) hold N keys; a `put
+//!   QUORUM` load runs once with snapshots out of reach (`--snapshot-bytes`
+//!   1 TiB) and once with `--snapshot-bytes` small (default 1 MiB), so that
+//!   the replicas snapshot back to back throughout the window. The replicas
+//!   are restarted with the new setting (and before the first window too, so
+//!   both windows run on just-recovered processes). A watcher samples the data
+//!   folders every 10 ms: a snapshot is in progress while a folder holds more
+//!   than one log (the snapshot rotated the log and has not yet deleted the
+//!   old one) or a `snapshot.tmp`; the log's sequence number counts snapshots.
+//!
+//! The closing table judges quorumkv's RSS against redis' (at most 1.25x), its
+//! restart against redis' RDB load (at most 2x), and the p99 during snapshots
+//! against the p99 without (at most 2x).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use quorumkv::client::Client;
+use quorumkv::cluster::consistency::Consistency;
+use quorumkv::proto;
+
+use crate::Args;
+use crate::cluster::{Cluster, ClusterOpts, dir_bytes, proc_kib};
+use crate::load::{KeySpace, Load, Op, put_keys, run, shuffled, string_key, value_of};
+use crate::matrix::count_label;
+use crate::redis::{self, INSTALL_HINT, Redis};
+use crate::report::{Report, verdict};
+
+/// `bench memory`: the memory and restart comparisons.
+pub(crate) fn memory(args: &Args) -> Result<(), String> {
+    let n = key_count(args)?;
+    let mut table = Vec::new();
+    memory_part(args, n, &mut table)?;
+    print_table(&table);
+    Ok(())
+}
+
+/// `bench snapshot`: put QUORUM p99 with and without snapshots.
+pub(crate) fn snapshot(args: &Args) -> Result<(), String> {
+    let n = key_count(args)?;
+    let mut table = Vec::new();
+    snapshot_part(args, n, &mut table)?;
+    print_table(&table);
+    Ok(())
+}
+
+/// `bench storage`: [`memory`] then [`snapshot`], one table.
+pub(crate) fn storage(args: &Args) -> Result<(), String> {
+    let n = key_count(args)?;
+    let mut table = Vec::new();
+    memory_part(args, n, &mut table)?;
+    println!();
+    snapshot_part(args, n, &mut table)?;
+    print_table(&table);
+    Ok(())
+}
+
+fn key_count(args: &Args) -> Result<u32, String> {
+    match args.keys {
+        None => Ok(1_000_000),
+        Some(KeySpace::Strings(n)) => Ok(n),
+        Some(KeySpace::Range(..)) => Err("memory, snapshot and storage take a count of string keys, such as --keys 1000000".into()),
+    }
+}
+
+fn print_table(table: &[String]) {
+    println!("\n== targets");
+    for row in table {
+        println!("{row}");
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Bytes a key: `kib` (KiB) over `n` keys.
+fn per_key(kib: u64, n: u32) -> f64 {
+    kib as f64 * 1024.0 / f64::from(n)
+}
+
+/// A JSON number, `null` if not measured.
+fn num(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.3}"),
+        _ => "null".into(),
+    }
+}
+
+/// What redis-server did with the keys.
+struct RedisFigures {
+    idle_kib: u64,
+    rss_kib: u64,
+    used_memory: u64,
+    load: Duration,
+    rdb_bytes: u64,
+    restart: Duration,
+    restarted_kib: u64,
+}
+
+/// What the quorumkv replica did with them.
+struct QuorumkvFigures {
+    idle_kib: u64,
+    rss_kib: u64,
+    payload_bytes: u64,
+    load: Duration,
+    data_bytes: u64,
+    snapshot_bytes: u64,
+    restart: Duration,
+    restarted_kib: u64,
+    restarted_peak_kib: u64,
+}
+
+fn memory_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), String> {
+    let order = shuffled(n);
+    let pin = if args.pin_replicas.is_empty() { "not pinned".into() } else { format!("servers pinned to CPU {}", args.pin_replicas) };
+    println!(
+        "== memory and restart: {n} keys of 10 bytes with {}-byte values (pseudo-random, the same in both stores), \
+         written in one shuffled order; {pin}",
+        args.value_size
+    );
+    let redis = match redis::find(&args.redis_server) {
+        None => {
+            println!("redis-server not found ({:?}): {INSTALL_HINT}; the redis comparisons are skipped", args.redis_server);
+            None
+        }
+        Some(exe) => Some(redis_side(&exe, args, n, &order)?),
+    };
+    let q = quorumkv_side(args, n, &order)?;
+    let (rss_ratio, key_ratio, restart_ratio) = match &redis {
+        Some(r) => (
+            Some(q.rss_kib as f64 / r.rss_kib.max(1) as f64),
+            Some(per_key(q.rss_kib.saturating_sub(q.idle_kib), n) / per_key(r.rss_kib.saturating_sub(r.idle_kib).max(1), n)),
+            Some(q.restart.as_secs_f64() / r.restart.as_secs_f64().max(1e-6)),
+        ),
+        None => (None, None, None),
+    };
+    let keys = count_label(u64::from(n));
+    match (&redis, rss_ratio, key_ratio, restart_ratio) {
+        (Some(r), Some(rss), Some(per), Some(restart)) => {
+            table.push(verdict(
+                &format!("replica resident memory / redis-server's, {keys} keys"),
+                rss,
+                "<=",
+                1.25,
+                &format!(
+                    "({} vs {}; a key over the idle process: {:.0} vs {:.0} bytes, {per:.2}x)",
+                    mib(q.rss_kib),
+                    mib(r.rss_kib),
+                    per_key(q.rss_kib.saturating_sub(q.idle_kib), n),
+                    per_key(r.rss_kib.saturating_sub(r.idle_kib), n)
+                ),
+            ));
+            table.push(verdict(
+                &format!("restart until {keys} keys served / redis RDB load"),
+                restart,
+                "<=",
+                2.0,
+                &format!("({:.2} vs {:.2} s)", q.restart.as_secs_f64(), r.restart.as_secs_f64()),
+            ));
+        }
+        _ => {
+            for what in ["replica resident memory / redis-server's", "restart / redis RDB load"] {
+                table.push(format!("{what:<52} not measured: redis-server is not installed ({INSTALL_HINT})"));
+            }
+        }
+    }
+    if args.json {
+        let r = redis.as_ref();
+        let f = |v: Option<u64>| v.map_or("null".to_string(), |x| x.to_string());
+        println!(
+            "{{\"label\":\"memory\",\"keys\":{n},\"value_size\":{},\"redis_idle_kib\":{},\"redis_rss_kib\":{},\"redis_bytes_per_key\":{},\
+             \"redis_raw_bytes_per_key\":{},\"redis_used_memory_bytes\":{},\"redis_load_seconds\":{},\"quorumkv_idle_kib\":{},\
+             \"quorumkv_rss_kib\":{},\"quorumkv_bytes_per_key\":{},\"quorumkv_raw_bytes_per_key\":{},\"quorumkv_payload_bytes_per_key\":{},\
+             \"quorumkv_load_seconds\":{},\"rss_ratio\":{},\"per_key_ratio\":{}}}",
+            args.value_size,
+            f(r.map(|r| r.idle_kib)),
+            f(r.map(|r| r.rss_kib)),
+            num(r.map(|r| per_key(r.rss_kib.saturating_sub(r.idle_kib), n))),
+            num(r.map(|r| per_key(r.rss_kib, n))),
+            f(r.map(|r| r.used_memory)),
+            num(r.map(|r| r.load.as_secs_f64())),
+            q.idle_kib,
+            q.rss_kib,
+            num(Some(per_key(q.rss_kib.saturating_sub(q.idle_kib), n))),
+            num(Some(per_key(q.rss_kib, n))),
+            num(Some(q.payload_bytes as f64 / f64::from(n))),
+            num(Some(q.load.as_secs_f64())),
+            num(rss_ratio),
+            num(key_ratio),
+        );
+        println!(
+            "{{\"label\":\"restart\",\"keys\":{n},\"redis_rdb_bytes\":{},\"redis_restart_seconds\":{},\"redis_restarted_rss_kib\":{},\
+             \"quorumkv_data_bytes\":{},\"quorumkv_snapshot_bytes\":{},\"quorumkv_restart_seconds\":{},\"quorumkv_restarted_rss_kib\":{},\
+             \"quorumkv_restarted_peak_kib\":{},\"restart_ratio\":{}}}",
+            f(r.map(|r| r.rdb_bytes)),
+            num(r.map(|r| r.restart.as_secs_f64())),
+            f(r.map(|r| r.restarted_kib)),
+            q.data_bytes,
+            q.snapshot_bytes,
+            num(Some(q.restart.as_secs_f64())),
+            q.restarted_kib,
+            q.restarted_peak_kib,
+            num(restart_ratio),
+        );
+    }
+    Ok(())
+}
+
+fn redis_side(exe: &Path, args: &Args, n: u32, order: &[u32]) -> Result<RedisFigures, String> {
+    let version = redis::version(exe);
+    let mut r = Redis::start(exe, &args.pin_replicas, "redis")?;
+    let idle_kib = r.rss_kib();
+    let started = Instant::now();
+    {
+        let mut c = r.connect()?;
+        let mut value = Vec::with_capacity(args.value_size);
+        for chunk in order.chunks(1000) {
+            for &i in chunk {
+                value_of(i, args.value_size, &mut value);
+                c.queue(&[b"SET", &string_key(i), &value]);
+            }
+            c.send_queued(chunk.len()).map_err(|e| format!("redis SET: {e}"))?;
+        }
+    }
+    let load = started.elapsed();
+    let held = r.dbsize()?;
+    if held != u64::from(n) {
+        return Err(format!("redis holds {held} keys after {n} SETs"));
+    }
+    let rss_kib = r.rss_kib();
+    let used_memory = r.info_number("used_memory").unwrap_or(0);
+    println!("{version}");
+    println!(
+        "redis: {n} keys written in {:.1} s (pipelined SET, 1000 a batch); resident memory {} idle, {} holding them: \
+         {:.0} bytes a key over the idle process ({:.0} raw; used_memory says {:.0})",
+        load.as_secs_f64(),
+        mib(idle_kib),
+        mib(rss_kib),
+        per_key(rss_kib.saturating_sub(idle_kib), n),
+        per_key(rss_kib, n),
+        used_memory as f64 / f64::from(n)
+    );
+    let rdb_bytes = r.save()?;
+    let restart = r.restart_timed(u64::from(n))?;
+    let restarted_kib = r.rss_kib();
+    println!(
+        "redis: SAVE wrote a {} RDB file; killed (SIGKILL) and started again, it served all {n} keys after {:.3} s (resident {})",
+        mib(rdb_bytes / 1024),
+        restart.as_secs_f64(),
+        mib(restarted_kib)
+    );
+    Ok(RedisFigures { idle_kib, rss_kib, used_memory, load, rdb_bytes, restart, restarted_kib })
+}
+
+/// The storage figures replica `i` reports for itself.
+fn storage_of(cluster: &Cluster, i: usize) -> Result<proto::StorageStats, String> {
+    let mut c = Client::connect("127.0.0.1", cluster.port(i), Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let s = c.status().map_err(|e| e.to_string())?;
+    s.replicas.into_iter().find(|r| r.is_self).and_then(|r| r.storage).ok_or_else(|| "status without storage figures".into())
+}
+
+/// The snapshot state of a data folder: (whether one is in progress, the newest log's sequence number).
+fn snapshot_state(dir: &Path) -> (bool, u64) {
+    let (mut logs, mut tmp, mut newest) = (0, false, 0);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == "snapshot.tmp" {
+            tmp = true;
+        } else if let Some(seq) = name.strip_prefix("wal-").and_then(|r| r.strip_suffix(".log")).and_then(|s| s.parse::<u64>().ok()) {
+            logs += 1;
+            newest = newest.max(seq);
+        }
+    }
+    (tmp || logs > 1, newest)
+}
+
+/// Waits until no snapshot is in progress in `dir`.
+fn wait_snapshot_done(dir: &Path, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while snapshot_state(dir).0 {
+        if Instant::now() > deadline {
+            return Err(format!("a snapshot in {} did not finish within {timeout:?}", dir.display()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Reads `samples` keys spread over `0..n` back from replica `i` at ONE and checks their values.
+fn check_sample(cluster: &Cluster, i: usize, n: u32, value_size: usize, samples: u32) -> Result<(), String> {
+    let mut c = Client::connect("127.0.0.1", cluster.port(i), Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let mut want = Vec::new();
+    for s in 0..samples.min(n) {
+        let k = (u64::from(s) * u64::from(n) / u64::from(samples.min(n))) as u32;
+        value_of(k, value_size, &mut want);
+        let got = c.get(string_key(k), Consistency::One).map_err(|e| format!("reading back key {k}: {e}"))?;
+        if got.as_deref() != Some(&want[..]) {
+            return Err(format!("key {} read back wrong after the restart: {got:?}", String::from_utf8_lossy(&string_key(k))));
+        }
+    }
+    Ok(())
+}
+
+fn quorumkv_side(args: &Args, n: u32, order: &[u32]) -> Result<QuorumkvFigures, String> {
+    let mut cluster = Cluster::start(ClusterOpts::new(args, 1, None, "partitioner murmur3\nrf 1\n", "memory"))?;
+    let idle_kib = cluster.rss_kib(0);
+    let load = put_keys(&cluster.targets(), order, args.value_size, Consistency::One, args.load_clients)?;
+    wait_snapshot_done(&cluster.data_dir(0), Duration::from_secs(300))?;
+    let rss_kib = cluster.rss_kib(0);
+    let st = storage_of(&cluster, 0)?;
+    if st.keys != u64::from(n) {
+        return Err(format!("the replica holds {} keys after {n} writes", st.keys));
+    }
+    println!(
+        "quorumkv (one replica, rf 1, murmur3): {n} keys written at ONE by {} clients in {:.1} s; resident memory {} idle, \
+         {} holding them: {:.0} bytes a key over the idle process ({:.0} raw; keys and values are {:.0})",
+        args.load_clients,
+        load.as_secs_f64(),
+        mib(idle_kib),
+        mib(rss_kib),
+        per_key(rss_kib.saturating_sub(idle_kib), n),
+        per_key(rss_kib, n),
+        st.bytes as f64 / f64::from(n)
+    );
+    let data_bytes = dir_bytes(&cluster.data_dir(0));
+    let started = cluster.restart(0)?;
+    let restart = cluster.wait_keys(0, u64::from(n), started, Duration::from_secs(600))?;
+    let restarted_kib = cluster.rss_kib(0);
+    let restarted_peak_kib = cluster.pid(0).map_or(0, |p| proc_kib(p, "VmHWM"));
+    check_sample(&cluster, 0, n, args.value_size, 1000)?;
+    println!(
+        "quorumkv: data folder {} (snapshot {}, log {}); killed (SIGKILL) and started again, it served all {n} keys after {:.3} s \
+         (resident {}, peak {}; 1000 keys read back)",
+        mib(data_bytes / 1024),
+        mib(st.snapshot_bytes / 1024),
+        mib(st.log_bytes / 1024),
+        restart.as_secs_f64(),
+        mib(restarted_kib),
+        mib(restarted_peak_kib)
+    );
+    Ok(QuorumkvFigures {
+        idle_kib,
+        rss_kib,
+        payload_bytes: st.bytes,
+        load,
+        data_bytes,
+        snapshot_bytes: st.snapshot_bytes,
+        restart,
+        restarted_kib,
+        restarted_peak_kib,
+    })
+}
+
+/// What the watcher saw during a window.
+#[derive(Default)]
+struct Watch {
+    samples: u64,
+    /// Samples with a snapshot in progress on some replica.
+    busy: u64,
+    /// Snapshots started (log rotations), all replicas.
+    snapshots: u64,
+    /// Each replica's largest resident memory, KiB.
+    max_rss_kib: Vec<u64>,
+}
+
+impl Watch {
+    fn coverage(&self) -> f64 {
+        self.busy as f64 / self.samples.max(1) as f64
+    }
+}
+
+/// Runs `load` while sampling the replicas' data folders and memory every 10 ms.
+fn watched(cluster: &Cluster, load: &Load) -> (Report, Watch) {
+    let n = cluster.targets().len();
+    let dirs: Vec<_> = (0..n).map(|i| cluster.data_dir(i)).collect();
+    let pids: Vec<_> = (0..n).map(|i| cluster.pid(i)).collect();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let first: Vec<u64> = dirs.iter().map(|d| snapshot_state(d).1).collect();
+            let mut w = Watch { max_rss_kib: vec![0; n], ..Default::default() };
+            let mut last = first.clone();
+            while !stop.load(Ordering::Relaxed) {
+                let states: Vec<(bool, u64)> = dirs.iter().map(|d| snapshot_state(d)).collect();
+                w.samples += 1;
+                w.busy += u64::from(states.iter().any(|s| s.0));
+                for (i, (_, seq)) in states.iter().enumerate() {
+                    last[i] = last[i].max(*seq);
+                    w.max_rss_kib[i] = w.max_rss_kib[i].max(pids[i].map_or(0, |p| proc_kib(p, "VmRSS")));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            w.snapshots = last.iter().zip(&first).map(|(l, f)| l - f).sum();
+            w
+        });
+        let report = run(load);
+        stop.store(true, Ordering::Relaxed);
+        (report, watcher.join().expect("watcher"))
+    })
+}
+
+/// Kills every replica, starts them all again with `--snapshot-bytes bytes`, and
+/// waits until each holds `n` keys and sees the others up; returns how long that took.
+fn restart_all(cluster: &mut Cluster, n: u32, bytes: u64) -> Result<Duration, String> {
+    let replicas = cluster.targets().len();
+    cluster.set_extra(vec!["--snapshot-bytes".into(), bytes.to_string()]);
+    let started = Instant::now();
+    for i in 0..replicas {
+        cluster.kill(i);
+    }
+    for i in 0..replicas {
+        cluster.restart(i)?;
+    }
+    for i in 0..replicas {
+        cluster.wait_keys(i, u64::from(n), started, Duration::from_secs(600))?;
+    }
+    cluster.wait_up(Duration::from_secs(30))?;
+    Ok(started.elapsed())
+}
+
+fn snapshot_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), String> {
+    const NEVER: u64 = 1 << 40;
+    let opts = ClusterOpts::new(args, 3, None, "partitioner murmur3\nrf 3\n", "snapshot");
+    let mut cluster = Cluster::start_with(opts, vec!["--snapshot-bytes".into(), NEVER.to_string()])?;
+    let took = put_keys(&cluster.targets(), &shuffled(n), args.value_size, Consistency::All, args.load_clients)?;
+    let d = args.duration.unwrap_or(Duration::from_secs(5));
+    println!(
+        "== snapshots: 3 replicas, RF 3, murmur3, {n} keys of 10 bytes with {}-byte values (written at ALL by {} clients in {:.1} s); \
+         put QUORUM by {} clients for {:?} after a {:?} warm-up, on just-restarted replicas",
+        args.value_size,
+        args.load_clients,
+        took.as_secs_f64(),
+        args.clients,
+        d,
+        args.warmup
+    );
+    let load = Load {
+        op: Op::Mixed,
+        targets: cluster.targets(),
+        clients: args.clients.max(1),
+        duration: Some(d),
+        ops: None,
+        warmup: args.warmup,
+        read_ratio: 0.0,
+        level: Consistency::Quorum,
+        value_size: args.value_size,
+        keys: KeySpace::Strings(n),
+        zipf: None,
+    };
+    let restarted = restart_all(&mut cluster, n, NEVER)?;
+    println!("(restarted in {:.1} s with --snapshot-bytes {NEVER})", restarted.as_secs_f64());
+    let (quiet, qw) = watched(&cluster, &load);
+    let quiet_label = "put QUORUM c=32 without snapshots";
+    println!("{}", quiet.line(quiet_label));
+    println!(
+        "  {} snapshot(s) started; replica resident memory up to {}",
+        qw.snapshots,
+        qw.max_rss_kib.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(", ")
+    );
+    let restarted = restart_all(&mut cluster, n, args.snapshot_bytes)?;
+    println!("(restarted in {:.1} s with --snapshot-bytes {})", restarted.as_secs_f64(), args.snapshot_bytes);
+    let (busy, bw) = watched(&cluster, &load);
+    let busy_label = "put QUORUM c=32 while snapshots run";
+    println!("{}", busy.line(busy_label));
+    println!(
+        "  {} snapshot(s) started across the replicas, one in progress in {:.0} % of the samples; replica resident memory up to {}",
+        bw.snapshots,
+        bw.coverage() * 100.0,
+        bw.max_rss_kib.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(", ")
+    );
+    let (q99, b99) = (quiet.hist.percentile(0.99), busy.hist.percentile(0.99));
+    let ratio = b99 as f64 / q99.max(1) as f64;
+    let name = "put QUORUM p99 while snapshots run / without";
+    if bw.snapshots == 0 || qw.snapshots > 0 {
+        let why =
+            if bw.snapshots == 0 { "no snapshot ran in the window: lower --snapshot-bytes" } else { "a snapshot ran in the quiet window" };
+        table.push(verdict(name, f64::NAN, "<=", 2.0, &format!("(not measured: {why}; p99 {b99} vs {q99} µs)")));
+    } else {
+        table.push(verdict(
+            name,
+            ratio,
+            "<=",
+            2.0,
+            &format!("({b99} vs {q99} µs; {} snapshots, one in progress {:.0} % of the time)", bw.snapshots, bw.coverage() * 100.0),
+        ));
+    }
+    if args.json {
+        println!("{}", quiet.json(quiet_label));
+        println!("{}", busy.json(busy_label));
+        let errors = |r: &Report| r.errors.values().sum::<u64>();
+        println!(
+            "{{\"label\":\"snapshot\",\"keys\":{n},\"quiet_ops_per_sec\":{:.1},\"quiet_p50_us\":{},\"quiet_p99_us\":{q99},\"quiet_errors\":{},\
+             \"quiet_snapshots\":{},\"busy_ops_per_sec\":{:.1},\"busy_p50_us\":{},\"busy_p99_us\":{b99},\"busy_errors\":{},\
+             \"busy_snapshots\":{},\"busy_coverage\":{:.3},\"busy_max_rss_kib\":{},\"p99_ratio\":{ratio:.3}}}",
+            quiet.ops_per_sec(),
+            quiet.hist.percentile(0.5),
+            errors(&quiet),
+            qw.snapshots,
+            busy.ops_per_sec(),
+            busy.hist.percentile(0.5),
+            errors(&busy),
+            bw.snapshots,
+            bw.coverage(),
+            bw.max_rss_kib.iter().max().copied().unwrap_or(0),
+        );
+    }
+    Ok(())
+}
