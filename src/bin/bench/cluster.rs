@@ -98,7 +98,7 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     file: PathBuf,
     opts: ClusterOpts,
-    /// Flags for the next starts, after `opts.flags` (e.g. `--snapshot-bytes N`).
+    /// Flags for every start, after `opts.flags` (e.g. `--snapshot-bytes N`).
     extra: Vec<String>,
 }
 
@@ -231,11 +231,6 @@ impl Cluster {
     pub(crate) fn restart(&mut self, i: usize) -> Result<Instant, String> {
         self.kill(i);
         self.spawn(i)
-    }
-
-    /// Sets the flags the next starts add (replacing the previous ones).
-    pub(crate) fn set_extra(&mut self, extra: Vec<String>) {
-        self.extra = extra;
     }
 
     /// Waits until replica `i` answers `status` holding at least `keys` keys;

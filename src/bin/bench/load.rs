@@ -10,7 +10,7 @@
 //! threads, to preload a cluster or fill it for the memory bench.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,13 @@ pub(crate) struct Load {
     pub(crate) value_size: usize,
     pub(crate) keys: KeySpace,
     pub(crate) zipf: Option<Arc<Vec<f64>>>,
+    /// If set, each measured operation also goes into [`Report::phases`]`[p]`, `p`
+    /// the larger of this phase's value (below [`PHASES`]) when it started and when it ended.
+    pub(crate) phase: Option<Arc<AtomicU8>>,
 }
+
+/// How many phases [`Load::phase`] tells apart.
+pub(crate) const PHASES: usize = 3;
 
 /// The keys a load picks from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +271,8 @@ pub(crate) fn run(load: &Load) -> Report {
             let value = value.clone();
             std::thread::spawn(move || {
                 let mut hist = Histogram::new();
+                let mut phases: [Histogram; PHASES] = Default::default();
+                let phase_now = || load.phase.as_ref().map_or(0, |p| usize::from(p.load(Ordering::Relaxed)).min(PHASES - 1));
                 let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678_9ABC));
                 let connect = || {
@@ -284,6 +292,7 @@ pub(crate) fn run(load: &Load) -> Report {
                         client = connect().ok();
                         continue;
                     };
+                    let phase_at_start = phase_now();
                     let start = Instant::now();
                     let result = match load.op {
                         Op::Ping => c.ping().map(|_| ()),
@@ -295,6 +304,9 @@ pub(crate) fn run(load: &Load) -> Report {
                     match result {
                         Ok(()) if counted => {
                             hist.record(us);
+                            if load.phase.is_some() {
+                                phases[phase_at_start.max(phase_now())].record(us);
+                            }
                             if let Some(limit) = load.ops
                                 && done_ops.fetch_add(1, Ordering::Relaxed) + 1 >= limit
                             {
@@ -312,7 +324,7 @@ pub(crate) fn run(load: &Load) -> Report {
                         }
                     }
                 }
-                (hist, errors)
+                (hist, phases, errors)
             })
         })
         .collect();
@@ -334,8 +346,11 @@ pub(crate) fn run(load: &Load) -> Report {
     let seconds = started.elapsed().as_secs_f64();
     let mut report = Report { seconds, ..Default::default() };
     for t in threads {
-        let (h, e) = t.join().expect("client thread");
+        let (h, phases, e) = t.join().expect("client thread");
         report.hist.merge(&h);
+        for (all, mine) in report.phases.iter_mut().zip(&phases) {
+            all.merge(mine);
+        }
         for (k, n) in e {
             *report.errors.entry(k).or_default() += n;
         }

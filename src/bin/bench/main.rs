@@ -13,7 +13,7 @@
 //!   them all again after a kill (redis from its RDB file, quorumkv from its
 //!   data folder).
 //! * `bench snapshot --keys N`: `put QUORUM` p99 on a 3-replica cluster holding
-//!   N keys, without snapshots and while snapshots run.
+//!   N keys, while no snapshot runs and while one does (within one load).
 //! * `bench storage --keys N`: `memory` then `snapshot`, one targets table.
 //!
 //! Latencies go into a log-linear histogram per client thread (no per-sample
@@ -43,7 +43,7 @@ use quorumkv::cluster::consistency::Consistency;
 use quorumkv::cluster::ring::load_cluster_file;
 use quorumkv::config::parse_duration;
 
-use load::{KeySpace, Load, MAX_STRING_KEYS, Op, put_keys, run, zipf_cdf};
+use load::{KeySpace, Load, MAX_STRING_KEYS, Op, put_keys, run, shuffled, zipf_cdf};
 use matrix::matrix;
 
 /// Load generator for quorumkv.
@@ -65,7 +65,7 @@ struct Args {
     /// Concurrent clients, one connection each.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// How long to measure (after the warm-up); default 10 s, matrix 3 s a run, snapshot 5 s a window.
+    /// How long to measure (after the warm-up); default 10 s, matrix 3 s a run, snapshot 20 s.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Stop after this many measured operations instead.
@@ -88,7 +88,7 @@ struct Args {
     /// (a murmur3 cluster; memory, snapshot and storage default to 1M).
     #[arg(long, value_parser = parse_keys)]
     keys: Option<KeySpace>,
-    /// Write every key once (at ALL) before the load.
+    /// Write every key once (at ALL, in a shuffled order) before the load.
     #[arg(long)]
     preload: bool,
     /// How keys are chosen.
@@ -120,9 +120,9 @@ struct Args {
     /// memory, snapshot, --preload: client threads that write the keys.
     #[arg(long, default_value_t = 32)]
     load_clients: usize,
-    /// snapshot: the replicas' --snapshot-bytes while snapshots are measured (small, so
-    /// that they run back to back).
-    #[arg(long, default_value_t = 1 << 20)]
+    /// snapshot: the replicas' --snapshot-bytes: a replica snapshots each time its log grows
+    /// past it (at 1M keys and 16 MiB, about a third of the time under put QUORUM load).
+    #[arg(long, default_value_t = 16 << 20)]
     snapshot_bytes: u64,
     /// memory: the redis-server to compare with (a path, or a name looked up on PATH).
     #[arg(long, default_value = "redis-server")]
@@ -202,6 +202,7 @@ fn load_of(args: &Args, op: Op, targets: Vec<(String, u16)>) -> Load {
         value_size: args.value_size,
         keys,
         zipf: (args.distribution == Distribution::Zipf).then(|| Arc::new(zipf_cdf(n, args.zipf_s))),
+        phase: None,
     }
 }
 
@@ -228,10 +229,7 @@ fn single(args: &Args, op: Op) -> Result<(), String> {
         }
         if args.preload {
             let took = match load.keys {
-                KeySpace::Strings(n) => {
-                    let order: Vec<u32> = (0..n).collect();
-                    put_keys(&load.targets, &order, load.value_size, Consistency::All, args.load_clients)?
-                }
+                KeySpace::Strings(n) => put_keys(&load.targets, &shuffled(n), load.value_size, Consistency::All, args.load_clients)?,
                 KeySpace::Range(lo, hi) => {
                     let started = std::time::Instant::now();
                     let (host, port) = &load.targets[0];

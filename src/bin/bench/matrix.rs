@@ -96,6 +96,7 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             value_size: args.value_size,
             keys: KeySpace::Range(lo, hi),
             zipf: None,
+            phase: None,
         };
         use Consistency::{One, Quorum};
         let own = (0, 63); // keys the first coordinator holds

@@ -14,6 +14,9 @@ pub(crate) struct Report {
     pub(crate) seconds: f64,
     pub(crate) hist: Histogram,
     pub(crate) errors: BTreeMap<&'static str, u64>,
+    /// With a phase flag ([`Load::phase`](crate::load::Load::phase)): the latencies of
+    /// the operations in each phase.
+    pub(crate) phases: [Histogram; crate::load::PHASES],
 }
 
 impl Report {

@@ -15,31 +15,37 @@
 //!   loses none), timed until its `status` reply shows N keys held — it
 //!   recovers before it serves, so the first reply already shows everything.
 //!   A sample of the keys is read back afterwards.
-//! * **snapshots** — three replicas at RF 3 (murmur3) hold N keys; a `put
-//!   QUORUM` load runs once with snapshots out of reach (`--snapshot-bytes`
-//!   1 TiB) and once with `--snapshot-bytes` small (default 1 MiB), so that
-//!   the replicas snapshot back to back throughout the window. The replicas
-//!   are restarted with the new setting (and before the first window too, so
-//!   both windows run on just-recovered processes). A watcher samples the data
-//!   folders every 10 ms: a snapshot is in progress while a folder holds more
-//!   than one log (the snapshot rotated the log and has not yet deleted the
-//!   old one) or a `snapshot.tmp`; the log's sequence number counts snapshots.
+//! * **snapshots** — three replicas at RF 3 (murmur3, `--snapshot-bytes`
+//!   16 MiB by default) hold N keys; one `put QUORUM` load runs for
+//!   `--duration` (20 s) while the replicas' logs cross the threshold again and
+//!   again, and a watcher samples the data folders every 2 ms: a snapshot is in
+//!   progress while a folder holds more than one log (the snapshot rotated the
+//!   log and has not yet deleted the old one) or a `snapshot.tmp`. Each
+//!   operation's latency goes to "a snapshot running" if one was in progress on
+//!   any replica when it started or ended, else to "no snapshot running": both
+//!   p99s come from the same minutes, interleaved, so a drift in the host's
+//!   speed does not skew their ratio. The snapshot's operations are split once
+//!   more: before `snapshot.tmp` appears it copies and encodes the cells (in
+//!   memory), then it writes and syncs that file. The log's sequence numbers
+//!   count the snapshots.
 //!
 //! The closing table judges quorumkv's RSS against redis' (at most 1.25x), its
 //! restart against redis' RDB load (at most 2x), and the p99 during snapshots
 //! against the p99 without (at most 2x).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use quorumkv::client::Client;
+use quorumkv::client::histogram::Histogram;
 use quorumkv::cluster::consistency::Consistency;
 use quorumkv::proto;
 
 use crate::Args;
 use crate::cluster::{Cluster, ClusterOpts, dir_bytes, proc_kib};
-use crate::load::{KeySpace, Load, Op, put_keys, run, shuffled, string_key, value_of};
+use crate::load::{KeySpace, Load, Op, PHASES, put_keys, run, shuffled, string_key, value_of};
 use crate::matrix::count_label;
 use crate::redis::{self, INSTALL_HINT, Redis};
 use crate::report::{Report, verdict};
@@ -127,6 +133,9 @@ struct QuorumkvFigures {
     restart: Duration,
     restarted_kib: u64,
     restarted_peak_kib: u64,
+    /// A second kill and restart, the data folder then a snapshot alone.
+    restart_again: Duration,
+    restarted_again_kib: u64,
 }
 
 fn memory_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), String> {
@@ -210,7 +219,8 @@ fn memory_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), Strin
         println!(
             "{{\"label\":\"restart\",\"keys\":{n},\"redis_rdb_bytes\":{},\"redis_restart_seconds\":{},\"redis_restarted_rss_kib\":{},\
              \"quorumkv_data_bytes\":{},\"quorumkv_snapshot_bytes\":{},\"quorumkv_restart_seconds\":{},\"quorumkv_restarted_rss_kib\":{},\
-             \"quorumkv_restarted_peak_kib\":{},\"restart_ratio\":{}}}",
+             \"quorumkv_restarted_peak_kib\":{},\"quorumkv_snapshot_only_restart_seconds\":{},\"quorumkv_snapshot_only_rss_kib\":{},\
+             \"restart_ratio\":{}}}",
             f(r.map(|r| r.rdb_bytes)),
             num(r.map(|r| r.restart.as_secs_f64())),
             f(r.map(|r| r.restarted_kib)),
@@ -219,6 +229,8 @@ fn memory_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), Strin
             num(Some(q.restart.as_secs_f64())),
             q.restarted_kib,
             q.restarted_peak_kib,
+            num(Some(q.restart_again.as_secs_f64())),
+            q.restarted_again_kib,
             num(restart_ratio),
         );
     }
@@ -278,8 +290,16 @@ fn storage_of(cluster: &Cluster, i: usize) -> Result<proto::StorageStats, String
     s.replicas.into_iter().find(|r| r.is_self).and_then(|r| r.storage).ok_or_else(|| "status without storage figures".into())
 }
 
-/// The snapshot state of a data folder: (whether one is in progress, the newest log's sequence number).
-fn snapshot_state(dir: &Path) -> (bool, u64) {
+/// No snapshot in progress, one copying and encoding the cells (in memory), one writing its file.
+const NO_SNAPSHOT: u8 = 0;
+const SNAPSHOT_IN_MEMORY: u8 = 1;
+const SNAPSHOT_FILE: u8 = 2;
+
+/// The snapshot phase of a data folder and the newest log's sequence number. A
+/// snapshot rotates the log first, so from then on the folder holds two logs
+/// until the snapshot is installed and the old one deleted; it writes
+/// `snapshot.tmp` once the cells are captured and encoded.
+fn snapshot_state(dir: &Path) -> (u8, u64) {
     let (mut logs, mut tmp, mut newest) = (0, false, 0);
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name();
@@ -291,13 +311,35 @@ fn snapshot_state(dir: &Path) -> (bool, u64) {
             newest = newest.max(seq);
         }
     }
-    (tmp || logs > 1, newest)
+    let phase = match (tmp, logs > 1) {
+        (true, _) => SNAPSHOT_FILE,
+        (false, true) => SNAPSHOT_IN_MEMORY,
+        (false, false) => NO_SNAPSHOT,
+    };
+    (phase, newest)
+}
+
+/// The bytes of a data folder's snapshot and of its logs, and how many logs.
+fn folder_files(dir: &Path) -> (u64, u64, usize) {
+    let (mut snapshot, mut logs, mut count) = (0, 0, 0);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let len = e.metadata().map_or(0, |m| m.len());
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == "snapshot" {
+            snapshot = len;
+        } else if name.starts_with("wal-") && name.ends_with(".log") {
+            logs += len;
+            count += 1;
+        }
+    }
+    (snapshot, logs, count)
 }
 
 /// Waits until no snapshot is in progress in `dir`.
 fn wait_snapshot_done(dir: &Path, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    while snapshot_state(dir).0 {
+    while snapshot_state(dir).0 != NO_SNAPSHOT {
         if Instant::now() > deadline {
             return Err(format!("a snapshot in {} did not finish within {timeout:?}", dir.display()));
         }
@@ -343,20 +385,31 @@ fn quorumkv_side(args: &Args, n: u32, order: &[u32]) -> Result<QuorumkvFigures, 
         st.bytes as f64 / f64::from(n)
     );
     let data_bytes = dir_bytes(&cluster.data_dir(0));
+    let (snapshot_bytes, log_bytes, logs) = folder_files(&cluster.data_dir(0));
     let started = cluster.restart(0)?;
     let restart = cluster.wait_keys(0, u64::from(n), started, Duration::from_secs(600))?;
     let restarted_kib = cluster.rss_kib(0);
     let restarted_peak_kib = cluster.pid(0).map_or(0, |p| proc_kib(p, "VmHWM"));
     check_sample(&cluster, 0, n, args.value_size, 1000)?;
+    // The first start folded the log into a snapshot and nothing was written since.
+    let started = cluster.restart(0)?;
+    let restart_again = cluster.wait_keys(0, u64::from(n), started, Duration::from_secs(600))?;
+    let restarted_again_kib = cluster.rss_kib(0);
     println!(
-        "quorumkv: data folder {} (snapshot {}, log {}); killed (SIGKILL) and started again, it served all {n} keys after {:.3} s \
-         (resident {}, peak {}; 1000 keys read back)",
+        "quorumkv: data folder {} (snapshot {}, {logs} log(s) {}); killed (SIGKILL) and started again, it served all {n} keys \
+         after {:.3} s (resident {}, peak {}; 1000 keys read back)",
         mib(data_bytes / 1024),
-        mib(st.snapshot_bytes / 1024),
-        mib(st.log_bytes / 1024),
+        mib(snapshot_bytes / 1024),
+        mib(log_bytes / 1024),
         restart.as_secs_f64(),
         mib(restarted_kib),
         mib(restarted_peak_kib)
+    );
+    println!(
+        "quorumkv: killed and started again with a snapshot alone in its folder (no log to replay), it served all {n} keys \
+         after {:.3} s (resident {})",
+        restart_again.as_secs_f64(),
+        mib(restarted_again_kib)
     );
     Ok(QuorumkvFigures {
         idle_kib,
@@ -364,19 +417,20 @@ fn quorumkv_side(args: &Args, n: u32, order: &[u32]) -> Result<QuorumkvFigures, 
         payload_bytes: st.bytes,
         load,
         data_bytes,
-        snapshot_bytes: st.snapshot_bytes,
+        snapshot_bytes,
         restart,
         restarted_kib,
         restarted_peak_kib,
+        restart_again,
+        restarted_again_kib,
     })
 }
 
-/// What the watcher saw during a window.
+/// What the watcher saw during a load.
 #[derive(Default)]
 struct Watch {
-    samples: u64,
-    /// Samples with a snapshot in progress on some replica.
-    busy: u64,
+    /// Time in each snapshot phase (the furthest along of any replica).
+    time: [Duration; PHASES],
     /// Snapshots started (log rotations), all replicas.
     snapshots: u64,
     /// Each replica's largest resident memory, KiB.
@@ -384,13 +438,22 @@ struct Watch {
 }
 
 impl Watch {
+    /// The share of the time in `phase`.
+    fn share(&self, phase: u8) -> f64 {
+        let total: Duration = self.time.iter().sum();
+        self.time[usize::from(phase)].as_secs_f64() / total.as_secs_f64().max(1e-9)
+    }
+
+    /// The share of the time with a snapshot in progress.
     fn coverage(&self) -> f64 {
-        self.busy as f64 / self.samples.max(1) as f64
+        1.0 - self.share(NO_SNAPSHOT)
     }
 }
 
-/// Runs `load` while sampling the replicas' data folders and memory every 10 ms.
-fn watched(cluster: &Cluster, load: &Load) -> (Report, Watch) {
+/// Runs `load` while a watcher samples the replicas' data folders every 2 ms
+/// and sets `phase` to the furthest snapshot phase of any of them (the load
+/// sorts its latencies by it), and samples their memory every 50 ms.
+fn watched(cluster: &Cluster, load: &Load, phase: &AtomicU8) -> (Report, Watch) {
     let n = cluster.targets().len();
     let dirs: Vec<_> = (0..n).map(|i| cluster.data_dir(i)).collect();
     let pids: Vec<_> = (0..n).map(|i| cluster.pid(i)).collect();
@@ -400,15 +463,27 @@ fn watched(cluster: &Cluster, load: &Load) -> (Report, Watch) {
             let first: Vec<u64> = dirs.iter().map(|d| snapshot_state(d).1).collect();
             let mut w = Watch { max_rss_kib: vec![0; n], ..Default::default() };
             let mut last = first.clone();
-            while !stop.load(Ordering::Relaxed) {
-                let states: Vec<(bool, u64)> = dirs.iter().map(|d| snapshot_state(d)).collect();
-                w.samples += 1;
-                w.busy += u64::from(states.iter().any(|s| s.0));
-                for (i, (_, seq)) in states.iter().enumerate() {
-                    last[i] = last[i].max(*seq);
-                    w.max_rss_kib[i] = w.max_rss_kib[i].max(pids[i].map_or(0, |p| proc_kib(p, "VmRSS")));
+            let mut at = Instant::now();
+            let mut seen = NO_SNAPSHOT;
+            for round in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                // The interval since the last sample counts as the phase seen then.
+                let now = Instant::now();
+                w.time[usize::from(seen)] += now - at;
+                at = now;
+                seen = NO_SNAPSHOT;
+                for (i, d) in dirs.iter().enumerate() {
+                    let (p, seq) = snapshot_state(d);
+                    seen = seen.max(p);
+                    last[i] = last[i].max(seq);
+                    if round % 25 == 0 {
+                        w.max_rss_kib[i] = w.max_rss_kib[i].max(pids[i].map_or(0, |p| proc_kib(p, "VmRSS")));
+                    }
+                }
+                phase.store(seen, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
             }
             w.snapshots = last.iter().zip(&first).map(|(l, f)| l - f).sum();
             w
@@ -419,34 +494,22 @@ fn watched(cluster: &Cluster, load: &Load) -> (Report, Watch) {
     })
 }
 
-/// Kills every replica, starts them all again with `--snapshot-bytes bytes`, and
-/// waits until each holds `n` keys and sees the others up; returns how long that took.
-fn restart_all(cluster: &mut Cluster, n: u32, bytes: u64) -> Result<Duration, String> {
-    let replicas = cluster.targets().len();
-    cluster.set_extra(vec!["--snapshot-bytes".into(), bytes.to_string()]);
-    let started = Instant::now();
-    for i in 0..replicas {
-        cluster.kill(i);
-    }
-    for i in 0..replicas {
-        cluster.restart(i)?;
-    }
-    for i in 0..replicas {
-        cluster.wait_keys(i, u64::from(n), started, Duration::from_secs(600))?;
-    }
-    cluster.wait_up(Duration::from_secs(30))?;
-    Ok(started.elapsed())
-}
+/// Fewest operations a class needs for its p99 to count.
+const MIN_CLASS_OPS: u64 = 1000;
 
 fn snapshot_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), String> {
-    const NEVER: u64 = 1 << 40;
     let opts = ClusterOpts::new(args, 3, None, "partitioner murmur3\nrf 3\n", "snapshot");
-    let mut cluster = Cluster::start_with(opts, vec!["--snapshot-bytes".into(), NEVER.to_string()])?;
+    let cluster = Cluster::start_with(opts, vec!["--snapshot-bytes".into(), args.snapshot_bytes.to_string()])?;
     let took = put_keys(&cluster.targets(), &shuffled(n), args.value_size, Consistency::All, args.load_clients)?;
-    let d = args.duration.unwrap_or(Duration::from_secs(5));
+    for i in 0..3 {
+        wait_snapshot_done(&cluster.data_dir(i), Duration::from_secs(300))?;
+    }
+    let d = args.duration.unwrap_or(Duration::from_secs(20));
     println!(
-        "== snapshots: 3 replicas, RF 3, murmur3, {n} keys of 10 bytes with {}-byte values (written at ALL by {} clients in {:.1} s); \
-         put QUORUM by {} clients for {:?} after a {:?} warm-up, on just-restarted replicas",
+        "== snapshots: 3 replicas, RF 3, murmur3, --snapshot-bytes {}, {n} keys of 10 bytes with {}-byte values (written at ALL \
+         by {} clients in {:.1} s); put QUORUM by {} clients for {:?} after a {:?} warm-up; each operation is counted as \
+         \"a snapshot running\" if one was in progress on any replica when it started or ended (the data folders sampled every 2 ms)",
+        args.snapshot_bytes,
         args.value_size,
         args.load_clients,
         took.as_secs_f64(),
@@ -454,6 +517,7 @@ fn snapshot_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), Str
         d,
         args.warmup
     );
+    let phase = Arc::new(AtomicU8::new(NO_SNAPSHOT));
     let load = Load {
         op: Op::Mixed,
         targets: cluster.targets(),
@@ -466,62 +530,68 @@ fn snapshot_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), Str
         value_size: args.value_size,
         keys: KeySpace::Strings(n),
         zipf: None,
+        phase: Some(phase.clone()),
     };
-    let restarted = restart_all(&mut cluster, n, NEVER)?;
-    println!("(restarted in {:.1} s with --snapshot-bytes {NEVER})", restarted.as_secs_f64());
-    let (quiet, qw) = watched(&cluster, &load);
-    let quiet_label = "put QUORUM c=32 without snapshots";
+    let (report, w) = watched(&cluster, &load, &phase);
+    let coverage = w.coverage();
+    let [quiet, in_memory, file] = report.phases.clone();
+    let mut busy = in_memory.clone();
+    busy.merge(&file);
+    let class = |hist: Histogram, share: f64| Report { ops: hist.count(), seconds: report.seconds * share, hist, ..Default::default() };
+    let (quiet, busy) = (class(quiet, 1.0 - coverage), class(busy, coverage));
+    let (in_memory, file) = (class(in_memory, w.share(SNAPSHOT_IN_MEMORY)), class(file, w.share(SNAPSHOT_FILE)));
+    let (quiet_label, busy_label) = ("put QUORUM c=32, no snapshot running", "put QUORUM c=32, a snapshot running");
     println!("{}", quiet.line(quiet_label));
-    println!(
-        "  {} snapshot(s) started; replica resident memory up to {}",
-        qw.snapshots,
-        qw.max_rss_kib.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(", ")
-    );
-    let restarted = restart_all(&mut cluster, n, args.snapshot_bytes)?;
-    println!("(restarted in {:.1} s with --snapshot-bytes {})", restarted.as_secs_f64(), args.snapshot_bytes);
-    let (busy, bw) = watched(&cluster, &load);
-    let busy_label = "put QUORUM c=32 while snapshots run";
     println!("{}", busy.line(busy_label));
+    println!("{}", in_memory.line("  copying and encoding the cells"));
+    println!("{}", file.line("  writing the snapshot file"));
+    let errors: u64 = report.errors.values().sum();
     println!(
-        "  {} snapshot(s) started across the replicas, one in progress in {:.0} % of the samples; replica resident memory up to {}",
-        bw.snapshots,
-        bw.coverage() * 100.0,
-        bw.max_rss_kib.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(", ")
+        "  {} snapshot(s) started across the replicas, one in progress {:.0} % of the time; replica resident memory up to {}{}",
+        w.snapshots,
+        coverage * 100.0,
+        w.max_rss_kib.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(", "),
+        if errors > 0 { format!("; {errors} operation(s) failed") } else { String::new() }
     );
     let (q99, b99) = (quiet.hist.percentile(0.99), busy.hist.percentile(0.99));
-    let ratio = b99 as f64 / q99.max(1) as f64;
-    let name = "put QUORUM p99 while snapshots run / without";
-    if bw.snapshots == 0 || qw.snapshots > 0 {
-        let why =
-            if bw.snapshots == 0 { "no snapshot ran in the window: lower --snapshot-bytes" } else { "a snapshot ran in the quiet window" };
-        table.push(verdict(name, f64::NAN, "<=", 2.0, &format!("(not measured: {why}; p99 {b99} vs {q99} µs)")));
+    let name = "put QUORUM p99 while a snapshot runs / without";
+    let ratio = if quiet.ops >= MIN_CLASS_OPS && busy.ops >= MIN_CLASS_OPS {
+        let r = b99 as f64 / q99.max(1) as f64;
+        let detail = format!("({b99} vs {q99} µs; {} snapshots, in progress {:.0} % of the time)", w.snapshots, coverage * 100.0);
+        table.push(verdict(name, r, "<=", 2.0, &detail));
+        Some(r)
     } else {
-        table.push(verdict(
-            name,
-            ratio,
-            "<=",
-            2.0,
-            &format!("({b99} vs {q99} µs; {} snapshots, one in progress {:.0} % of the time)", bw.snapshots, bw.coverage() * 100.0),
-        ));
-    }
+        let why = if busy.ops < MIN_CLASS_OPS {
+            "too few operations while a snapshot ran: lower --snapshot-bytes or lengthen --duration"
+        } else {
+            "too few operations without a snapshot: raise --snapshot-bytes or lengthen --duration"
+        };
+        table.push(verdict(name, f64::NAN, "<=", 2.0, &format!("(not measured: {why}; {} and {} operations)", busy.ops, quiet.ops)));
+        None
+    };
     if args.json {
         println!("{}", quiet.json(quiet_label));
         println!("{}", busy.json(busy_label));
-        let errors = |r: &Report| r.errors.values().sum::<u64>();
         println!(
-            "{{\"label\":\"snapshot\",\"keys\":{n},\"quiet_ops_per_sec\":{:.1},\"quiet_p50_us\":{},\"quiet_p99_us\":{q99},\"quiet_errors\":{},\
-             \"quiet_snapshots\":{},\"busy_ops_per_sec\":{:.1},\"busy_p50_us\":{},\"busy_p99_us\":{b99},\"busy_errors\":{},\
-             \"busy_snapshots\":{},\"busy_coverage\":{:.3},\"busy_max_rss_kib\":{},\"p99_ratio\":{ratio:.3}}}",
-            quiet.ops_per_sec(),
+            "{{\"label\":\"snapshot\",\"keys\":{n},\"snapshot_bytes\":{},\"ops_per_sec\":{:.1},\"errors\":{errors},\"quiet_ops\":{},\
+             \"quiet_p50_us\":{},\"quiet_p99_us\":{q99},\"busy_ops\":{},\"busy_p50_us\":{},\"busy_p99_us\":{b99},\"snapshots\":{},\
+             \"coverage\":{coverage:.3},\"in_memory_ops\":{},\"in_memory_p99_us\":{},\"in_memory_share\":{:.3},\"file_ops\":{},\
+             \"file_p99_us\":{},\"file_share\":{:.3},\"max_rss_kib\":{},\"p99_ratio\":{}}}",
+            args.snapshot_bytes,
+            report.ops_per_sec(),
+            quiet.ops,
             quiet.hist.percentile(0.5),
-            errors(&quiet),
-            qw.snapshots,
-            busy.ops_per_sec(),
+            busy.ops,
             busy.hist.percentile(0.5),
-            errors(&busy),
-            bw.snapshots,
-            bw.coverage(),
-            bw.max_rss_kib.iter().max().copied().unwrap_or(0),
+            w.snapshots,
+            in_memory.ops,
+            in_memory.hist.percentile(0.99),
+            w.share(SNAPSHOT_IN_MEMORY),
+            file.ops,
+            file.hist.percentile(0.99),
+            w.share(SNAPSHOT_FILE),
+            w.max_rss_kib.iter().max().copied().unwrap_or(0),
+            num(ratio),
         );
     }
     Ok(())
