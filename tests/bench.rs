@@ -96,12 +96,14 @@ fn memory_and_restart_against_redis() {
     assert_eq!(field(mem, "quorumkv_payload_bytes_per_key"), 110.0, "{mem}");
     assert!(field(restart, "quorumkv_restart_seconds") > 0.0 && field(restart, "quorumkv_data_bytes") > 2000.0 * 110.0, "{restart}");
     assert!(field(restart, "quorumkv_snapshot_only_restart_seconds") > 0.0, "{restart}");
+    assert_eq!(field(restart, "rounds"), 3.0, "{restart}");
+    assert_eq!(out.matches("restart round ").count(), 3, "{out}");
     assert!(out.contains("1000 keys read back"), "{out}");
     if redis_installed() {
         assert!(field(mem, "redis_rss_kib") > field(mem, "redis_idle_kib"), "{mem}");
         assert!(field(mem, "rss_ratio") > 0.0 && field(mem, "per_key_ratio") > 0.0, "{mem}");
         assert!(field(restart, "redis_restart_seconds") > 0.0 && field(restart, "redis_rdb_bytes") > 2000.0 * 100.0, "{restart}");
-        assert!(field(restart, "restart_ratio") > 0.0, "{restart}");
+        assert!(field(restart, "restart_ratio") > 0.0 && field(restart, "snapshot_only_restart_ratio") > 0.0, "{restart}");
         assert!(out.contains("replica resident memory / redis-server's, 2k keys"), "{out}");
     } else {
         eprintln!("redis-server is not installed: only the quorumkv half was checked");

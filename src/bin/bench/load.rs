@@ -127,26 +127,38 @@ pub(crate) fn shuffled(n: u32) -> Vec<u32> {
     order
 }
 
+/// `"; N write(s) retried …"` for [`put_keys`]' retry count, empty for none.
+pub(crate) fn retried_note(retried: u64) -> String {
+    if retried == 0 { String::new() } else { format!("; {retried} write(s) retried: a replica was briefly unavailable") }
+}
+
+/// How long [`put_keys`] retries one key: longer than a replica that missed a few
+/// heartbeats on a saturated CPU takes to be seen up again.
+const PATIENCE: Duration = Duration::from_secs(30);
+
 /// Writes string key `i` with [`value_of`]`(i)` once for each `i` of `order`, at
 /// `level`, from `clients` threads (one connection each, spread over `targets`;
-/// each thread takes the next chunk of `order`). A write that fails is retried a
-/// few times on a new connection; returns how long it took, or the first error
-/// that outlived its retries.
+/// each thread takes the next chunk of `order`). A write that fails is retried
+/// (on a new connection if the old one broke) for up to [`PATIENCE`]; returns how
+/// long it took and how many writes failed at least once (e.g. `Unavailable` while
+/// a replica starved of CPU was believed down), or the first error that outlived
+/// its retries.
 pub(crate) fn put_keys(
     targets: &[(String, u16)],
     order: &[u32],
     value_size: usize,
     level: Consistency,
     clients: usize,
-) -> Result<Duration, String> {
+) -> Result<(Duration, u64), String> {
     const CHUNK: usize = 64;
     let started = Instant::now();
     let next = AtomicUsize::new(0);
+    let retried = AtomicU64::new(0);
     let failed: Mutex<Option<String>> = Mutex::new(None);
     std::thread::scope(|s| {
         for t in 0..clients.max(1) {
             let (host, port) = targets[t % targets.len()].clone();
-            let (next, failed) = (&next, &failed);
+            let (next, failed, retried) = (&next, &failed, &retried);
             s.spawn(move || {
                 let connect = || {
                     Client::connect(&host, port, Duration::from_secs(2)).and_then(|mut c| {
@@ -164,9 +176,16 @@ pub(crate) fn put_keys(
                     for &i in &order[at..(at + CHUNK).min(order.len())] {
                         value_of(i, value_size, &mut value);
                         let mut error = None;
-                        for attempt in 0..6 {
+                        let give_up = Instant::now() + PATIENCE;
+                        for attempt in 0u32.. {
                             if attempt > 0 {
-                                std::thread::sleep(Duration::from_millis(10 * attempt));
+                                if attempt == 1 {
+                                    retried.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if Instant::now() > give_up {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_millis(10 << attempt.min(4)));
                             }
                             if client.is_none() {
                                 match connect() {
@@ -202,7 +221,7 @@ pub(crate) fn put_keys(
     });
     match failed.into_inner().unwrap() {
         Some(e) => Err(e),
-        None => Ok(started.elapsed()),
+        None => Ok((started.elapsed(), retried.into_inner())),
     }
 }
 

@@ -65,7 +65,7 @@ struct Args {
     /// Concurrent clients, one connection each.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// How long to measure (after the warm-up); default 10 s, matrix 3 s a run, snapshot 20 s.
+    /// How long to measure (after the warm-up); default 10 s, matrix 3 s a run, snapshot 60 s.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Stop after this many measured operations instead.
@@ -105,6 +105,7 @@ struct Args {
     pin_replicas: String,
     /// matrix: runs per row; the run with the median throughput is reported (loopback
     /// latency on small VMs is bimodal, a single run can land on either mode).
+    /// memory: restart rounds (redis, then quorumkv), judged on the median ratio.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// matrix: how many times a row behind a target ratio runs, each time right
@@ -120,9 +121,9 @@ struct Args {
     /// memory, snapshot, --preload: client threads that write the keys.
     #[arg(long, default_value_t = 32)]
     load_clients: usize,
-    /// snapshot: the replicas' --snapshot-bytes: a replica snapshots each time its log grows
-    /// past it (at 1M keys and 16 MiB, about a third of the time under put QUORUM load).
-    #[arg(long, default_value_t = 16 << 20)]
+    /// snapshot: the replicas' --snapshot-bytes (their default): a replica snapshots each time
+    /// its log grows past it (at 1M keys under put QUORUM load: every 35-45 s, for about 20 s).
+    #[arg(long, default_value_t = 64 << 20)]
     snapshot_bytes: u64,
     /// memory: the redis-server to compare with (a path, or a name looked up on PATH).
     #[arg(long, default_value = "redis-server")]
@@ -228,7 +229,7 @@ fn single(args: &Args, op: Op) -> Result<(), String> {
             check_murmur3(&load.targets[0])?;
         }
         if args.preload {
-            let took = match load.keys {
+            let (took, retried) = match load.keys {
                 KeySpace::Strings(n) => put_keys(&load.targets, &shuffled(n), load.value_size, Consistency::All, args.load_clients)?,
                 KeySpace::Range(lo, hi) => {
                     let started = std::time::Instant::now();
@@ -238,10 +239,10 @@ fn single(args: &Args, op: Op) -> Result<(), String> {
                     for k in lo..=hi {
                         c.put(k, &v, Consistency::All).map_err(|e| format!("preload of key {k}: {e}"))?;
                     }
-                    started.elapsed()
+                    (started.elapsed(), 0)
                 }
             };
-            eprintln!("preloaded {} keys in {:.1} s", load.keys.len(), took.as_secs_f64());
+            eprintln!("preloaded {} keys in {:.1} s{}", load.keys.len(), took.as_secs_f64(), load::retried_note(retried));
         }
     }
     let report = run(&load);

@@ -16,7 +16,7 @@ use quorumkv::cluster::consistency::Consistency;
 
 use crate::Args;
 use crate::cluster::{Cluster, ClusterOpts};
-use crate::load::{KeySpace, Load, Op, put_keys, run};
+use crate::load::{KeySpace, Load, Op, put_keys, retried_note, run};
 use crate::report::{MURMUR3_TARGETS, Pair, Report, TARGETS, print_targets};
 
 /// The median run by throughput.
@@ -180,11 +180,13 @@ fn murmur3_rows(
     let n = args.murmur3_keys;
     let cluster = Cluster::start(ClusterOpts::new(args, 4, None, "partitioner murmur3\n", "matrix-murmur3"))?;
     let order: Vec<u32> = (0..n).collect();
-    let took = put_keys(&cluster.targets(), &order, args.value_size, Consistency::All, 32).map_err(|e| format!("preload: {e}"))?;
+    let (took, retried) =
+        put_keys(&cluster.targets(), &order, args.value_size, Consistency::All, 32).map_err(|e| format!("preload: {e}"))?;
     println!(
-        "\n== murmur3: 4 replicas, RF 3, 16 tokens each, {n} string keys of 10 bytes (preloaded at ALL in {:.1} s); \
+        "\n== murmur3: 4 replicas, RF 3, 16 tokens each, {n} string keys of 10 bytes (preloaded at ALL in {:.1} s{}); \
          each row runs {} times, each right after the same row on the byte-ordered cluster (\"byte-ordered alongside\")",
         took.as_secs_f64(),
+        retried_note(retried),
         args.pairs.max(1)
     );
     for (row, reference) in byte_ordered {
