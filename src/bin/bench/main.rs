@@ -65,7 +65,7 @@ struct Args {
     /// Concurrent clients, one connection each.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// How long to measure (after the warm-up); default 10 s, matrix 3 s a run, snapshot 60 s.
+    /// How long to measure (after the warm-up); default 10 s, matrix 3 s a run, snapshot 120 s.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Stop after this many measured operations instead.

@@ -17,8 +17,9 @@
 //!   A sample of the keys is read back afterwards.
 //! * **snapshots** — three replicas at RF 3 (murmur3, `--snapshot-bytes`
 //!   64 MiB by default, the replica's own default) hold N keys; one `put
-//!   QUORUM` load runs for `--duration` (60 s) while the replicas' logs cross
-//!   the threshold, and a watcher samples the data folders every 2 ms: a snapshot is in
+//!   QUORUM` load runs for `--duration` (120 s: two or three snapshot cycles
+//!   at 1M keys) while the replicas' logs cross the threshold again and again,
+//!   and a watcher samples the data folders every 2 ms: a snapshot is in
 //!   progress while a folder holds more than one log (the snapshot rotated the
 //!   log and has not yet deleted the old one) or a `snapshot.tmp`. Each
 //!   operation's latency goes to "a snapshot running" if one was in progress on
@@ -582,7 +583,7 @@ fn snapshot_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), Str
     for i in 0..3 {
         wait_snapshot_done(&cluster.data_dir(i), Duration::from_secs(300))?;
     }
-    let d = args.duration.unwrap_or(Duration::from_secs(60));
+    let d = args.duration.unwrap_or(Duration::from_secs(120));
     println!(
         "== snapshots: 3 replicas, RF 3, murmur3, --snapshot-bytes {}, {n} keys of 10 bytes with {}-byte values (written at ALL \
          by {} clients in {:.1} s{}); put QUORUM by {} clients for {:?} after a {:?} warm-up; each operation is counted as \
