@@ -11,7 +11,7 @@
 #                         (with the murmur3 rows: 100,000 string keys, against the byte-ordered rows)
 #   make bench-memory     resident memory and restart time of a replica holding BENCH_KEYS (1M) keys, against redis-server
 #   make bench-snapshot   put QUORUM p99 on a 3-replica cluster holding BENCH_KEYS keys, without and while snapshots run
-#   make bench-storage    both, one table (about 6 minutes at 1M keys)
+#   make bench-storage    both, one table (about 5 minutes at 1M keys)
 
 CARGO      ?= cargo
 REPLICAS   ?= replicas.txt
