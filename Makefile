@@ -8,6 +8,10 @@
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make soak             the nemesis test for DURATION seconds (default 600), release build; SEED=… replays one
 #   make bench            release build, a cluster on free loopback ports, the standard matrix, one table
+#                         (with the murmur3 rows: 100,000 string keys, against the byte-ordered rows)
+#   make bench-memory     resident memory and restart time of a replica holding BENCH_KEYS (1M) keys, against redis-server
+#   make bench-snapshot   put QUORUM p99 on a 3-replica cluster holding BENCH_KEYS keys, without and while snapshots run
+#   make bench-storage    both, one table (about 5 minutes at 1M keys)
 
 CARGO      ?= cargo
 REPLICAS   ?= replicas.txt
@@ -21,6 +25,8 @@ SEED       ?=
 
 BENCH_DURATION ?= 2s
 BENCH_FLAGS ?=
+BENCH_KEYS ?= 1000000
+BENCH_BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/bench
 
 .PHONY: all build run-replicas stop-replicas test tsan lint fmt clean bench soak
 
@@ -77,15 +83,28 @@ tsan:
 	  TSAN_OPTIONS='halt_on_error=0 second_deadlock_stack=1' QUORUMKV_TSAN=1 \
 	  $(CARGO) +nightly test -Zbuild-std --target $(TSAN_TARGET) --lib --tests
 
-# Replicas are pinned to CPU 0 and the load generator to CPU 1 when taskset exists:
-# loopback round trips are bimodal on this machine, pinning makes runs comparable.
-bench: build
-	@if command -v taskset >/dev/null 2>&1 && [ "$$(nproc)" -ge 2 ]; then \
-	  taskset -c 1 ./target/release/bench matrix --duration $(BENCH_DURATION) --warmup 500ms --pin-replicas 0 $(BENCH_FLAGS); \
+# Replicas (and redis-server) are pinned to CPU 0 and the load generator to CPU 1 when taskset
+# exists: loopback round trips are bimodal on this machine, pinning makes runs comparable.
+bench_pinned = if command -v taskset >/dev/null 2>&1 && [ "$$(nproc)" -ge 2 ]; then \
+	  taskset -c 1 $(BENCH_BIN) $(1) --pin-replicas 0 $(BENCH_FLAGS); \
 	else \
 	  echo "(taskset not available or one CPU: running unpinned)"; \
-	  ./target/release/bench matrix --duration $(BENCH_DURATION) --warmup 500ms $(BENCH_FLAGS); \
+	  $(BENCH_BIN) $(1) $(BENCH_FLAGS); \
 	fi
+
+.PHONY: bench-memory bench-snapshot bench-storage
+
+bench: build
+	@$(call bench_pinned,matrix --duration $(BENCH_DURATION) --warmup 500ms)
+
+bench-memory: build
+	@$(call bench_pinned,memory --keys $(BENCH_KEYS))
+
+bench-snapshot: build
+	@$(call bench_pinned,snapshot --keys $(BENCH_KEYS))
+
+bench-storage: build
+	@$(call bench_pinned,storage --keys $(BENCH_KEYS))
 
 lint:
 	$(CARGO) fmt --check

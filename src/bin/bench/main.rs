@@ -1,22 +1,38 @@
 //! `bench`: a load generator for quorumkv, in the spirit of cassandra-stress and redis-benchmark.
 //!
-//! * `bench --replicas replicas.txt [flags]` (or `--host H --port P`): get/put load.
+//! * `bench --replicas replicas.txt [flags]` (or `--host H --port P`): get/put load;
+//!   `--keys 0-255` (integer keys, a byte-ordered cluster) or `--keys N` (N string
+//!   keys of 10 bytes, a murmur3 cluster), `--preload` to write every key first.
 //! * `bench ping [flags]`: round trips of `Ping`, which a replica answers without
 //!   touching the store — the transport floor every other figure is judged against.
 //! * `bench matrix`: starts a cluster of release replicas on free loopback ports,
-//!   runs the standard matrix, prints one table with the targets, stops the cluster.
+//!   runs the standard matrix (and the murmur3 rows on a second cluster), prints
+//!   one table with the targets, stops the clusters.
+//! * `bench memory --keys N`: redis-server and a one-replica quorumkv cluster
+//!   hold the same N keys: resident memory, then the time each takes to serve
+//!   them all again after a kill (redis from its RDB file, quorumkv from its
+//!   data folder).
+//! * `bench snapshot --keys N`: `put QUORUM` p99 on a 3-replica cluster holding
+//!   N keys, while no snapshot runs and while one does (within one load).
+//! * `bench storage --keys N`: `memory` then `snapshot`, one targets table.
 //!
 //! Latencies go into a log-linear histogram per client thread (no per-sample
 //! storage); a warm-up period is not counted.
 //!
 //! The parts: `load` runs one load (client threads, the get/put/ping loop, a
-//! histogram per thread merged at the end); `matrix` starts the cluster and runs the
-//! standard rows, the target rows in pairs with their ping; `report` renders a run
-//! and judges the targets.
+//! histogram per thread merged at the end) and writes key sets; `cluster` starts
+//! replicas the bench owns; `matrix` runs the standard rows, the target rows in
+//! pairs with their ping; `storage` runs the memory, restart and snapshot
+//! comparisons, against a redis-server (`redis`, spoken to through `resp`);
+//! `report` renders a run and judges the targets.
 
+mod cluster;
 mod load;
 mod matrix;
+mod redis;
 mod report;
+mod resp;
+mod storage;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,14 +43,15 @@ use quorumkv::cluster::consistency::Consistency;
 use quorumkv::cluster::ring::load_cluster_file;
 use quorumkv::config::parse_duration;
 
-use load::{Load, Op, run, zipf_cdf};
+use load::{KeySpace, Load, MAX_STRING_KEYS, Op, put_keys, run, shuffled, zipf_cdf};
 use matrix::matrix;
 
 /// Load generator for quorumkv.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 struct Args {
-    /// `ping` (transport floor), `matrix` (start a cluster and run the standard matrix), or omit for get/put load.
+    /// `ping` (transport floor), `matrix` (start a cluster and run the standard matrix),
+    /// `memory`, `snapshot` or `storage` (memory, restart and snapshot comparisons), or omit for get/put load.
     mode: Option<String>,
     /// Cluster file; clients are spread round-robin over its replicas.
     #[arg(long)]
@@ -48,7 +65,7 @@ struct Args {
     /// Concurrent clients, one connection each.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// How long to measure (after the warm-up).
+    /// How long to measure (after the warm-up); default 10 s, matrix 3 s a run, snapshot 120 s.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Stop after this many measured operations instead.
@@ -66,9 +83,14 @@ struct Args {
     /// Bytes per value written.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Key range, e.g. 0-255 or 0-63.
-    #[arg(long, default_value = "0-255", value_parser = parse_keys)]
-    keys: (u32, u32),
+    /// Keys: a range of integer keys such as 0-255 or 0-63 (a byte-ordered cluster; the
+    /// default), or a count N (100000, 100k, 1M): N string keys of 10 bytes, k000000000 …
+    /// (a murmur3 cluster; memory, snapshot and storage default to 1M).
+    #[arg(long, value_parser = parse_keys)]
+    keys: Option<KeySpace>,
+    /// Write every key once (at ALL, in a shuffled order) before the load.
+    #[arg(long)]
+    preload: bool,
     /// How keys are chosen.
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
     distribution: Distribution,
@@ -83,6 +105,7 @@ struct Args {
     pin_replicas: String,
     /// matrix: runs per row; the run with the median throughput is reported (loopback
     /// latency on small VMs is bimodal, a single run can land on either mode).
+    /// memory: restart rounds (redis, then quorumkv), judged on the median ratio.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// matrix: how many times a row behind a target ratio runs, each time right
@@ -92,6 +115,19 @@ struct Args {
     /// matrix: extra flags for every replica (e.g. "--fsync never").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     replica_flags: String,
+    /// matrix: string keys of the murmur3 rows (preloaded); 0 skips them.
+    #[arg(long, default_value_t = 100_000)]
+    murmur3_keys: u32,
+    /// memory, snapshot, --preload: client threads that write the keys.
+    #[arg(long, default_value_t = 32)]
+    load_clients: usize,
+    /// snapshot: the replicas' --snapshot-bytes (their default): a replica snapshots each time
+    /// its log grows past it (at 1M keys under put QUORUM load: every 35-45 s, for about 20 s).
+    #[arg(long, default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
+    /// memory: the redis-server to compare with (a path, or a name looked up on PATH).
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -104,11 +140,24 @@ fn parse_level(s: &str) -> Result<Consistency, String> {
     Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use one, quorum or all"))
 }
 
-fn parse_keys(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?} is not a key range like 0-255");
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let (a, b): (u32, u32) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
-    if a > b || b > 255 { Err(bad()) } else { Ok((a, b)) }
+/// `A-B` (integer keys, at most 255) or a count `N`, `Nk`, `NM` (string keys).
+fn parse_keys(s: &str) -> Result<KeySpace, String> {
+    if let Some((a, b)) = s.split_once('-') {
+        let bad = || format!("{s:?} is not a key range like 0-255");
+        let (a, b): (u32, u32) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        return if a > b || b > 255 { Err(bad()) } else { Ok(KeySpace::Range(a, b)) };
+    }
+    let bad = || format!("{s:?} is neither a key range like 0-255 nor a key count like 100000, 100k or 1M");
+    let (digits, scale) = match s.trim() {
+        t if t.ends_with(['k', 'K']) => (&t[..t.len() - 1], 1_000),
+        t if t.ends_with('M') => (&t[..t.len() - 1], 1_000_000),
+        t => (t, 1),
+    };
+    let n = digits.parse::<u64>().map_err(|_| bad())?.saturating_mul(scale);
+    match u32::try_from(n) {
+        Ok(n) if (1..=MAX_STRING_KEYS).contains(&n) => Ok(KeySpace::Strings(n)),
+        _ => Err(format!("{s:?}: the count of string keys must be from 1 to {MAX_STRING_KEYS}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -116,8 +165,11 @@ fn main() -> ExitCode {
     let result = match args.mode.as_deref() {
         Some("matrix") => matrix(&args),
         Some("ping") => single(&args, Op::Ping),
+        Some("memory") => storage::memory(&args),
+        Some("snapshot") => storage::snapshot(&args),
+        Some("storage") => storage::storage(&args),
         None => single(&args, Op::Mixed),
-        Some(other) => Err(format!("unknown mode {other:?}: use ping, matrix, or nothing for get/put load")),
+        Some(other) => Err(format!("unknown mode {other:?}: use ping, matrix, memory, snapshot, storage, or nothing for get/put load")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +189,8 @@ fn targets_of(args: &Args) -> Result<Vec<(String, u16)>, String> {
 }
 
 fn load_of(args: &Args, op: Op, targets: Vec<(String, u16)>) -> Load {
-    let n = (args.keys.1 - args.keys.0 + 1) as usize;
+    let keys = args.keys.unwrap_or(KeySpace::Range(0, 255));
+    let n = keys.len();
     Load {
         op,
         targets,
@@ -148,13 +201,50 @@ fn load_of(args: &Args, op: Op, targets: Vec<(String, u16)>) -> Load {
         read_ratio: args.read_ratio,
         level: args.consistency,
         value_size: args.value_size,
-        keys: args.keys,
+        keys,
         zipf: (args.distribution == Distribution::Zipf).then(|| Arc::new(zipf_cdf(n, args.zipf_s))),
+        phase: None,
+    }
+}
+
+/// An error unless the cluster at `target` places string keys (murmur3).
+fn check_murmur3(target: &(String, u16)) -> Result<(), String> {
+    let mut c = quorumkv::client::Client::connect(&target.0, target.1, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let partitioner = c.status().map_err(|e| format!("status of {}:{}: {e}", target.0, target.1))?.partitioner;
+    if partitioner == "murmur3" {
+        Ok(())
+    } else {
+        Err(format!(
+            "--keys N (string keys) needs a murmur3 cluster (`partitioner murmur3` in its cluster file), and {}:{} is {partitioner}; \
+             use a range such as --keys 0-255",
+            target.0, target.1
+        ))
     }
 }
 
 fn single(args: &Args, op: Op) -> Result<(), String> {
     let load = load_of(args, op, targets_of(args)?);
+    if op == Op::Mixed {
+        if let KeySpace::Strings(_) = load.keys {
+            check_murmur3(&load.targets[0])?;
+        }
+        if args.preload {
+            let (took, retried) = match load.keys {
+                KeySpace::Strings(n) => put_keys(&load.targets, &shuffled(n), load.value_size, Consistency::All, args.load_clients)?,
+                KeySpace::Range(lo, hi) => {
+                    let started = std::time::Instant::now();
+                    let (host, port) = &load.targets[0];
+                    let mut c = quorumkv::client::Client::connect(host, *port, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                    let v = "v".repeat(load.value_size);
+                    for k in lo..=hi {
+                        c.put(k, &v, Consistency::All).map_err(|e| format!("preload of key {k}: {e}"))?;
+                    }
+                    (started.elapsed(), 0)
+                }
+            };
+            eprintln!("preloaded {} keys in {:.1} s{}", load.keys.len(), took.as_secs_f64(), load::retried_note(retried));
+        }
+    }
     let report = run(&load);
     let label = match op {
         Op::Ping => format!("ping c={}", load.clients),
@@ -166,4 +256,22 @@ fn single(args: &Args, op: Op) -> Result<(), String> {
         println!("{}", report.line(&label));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_a_range_or_a_count() {
+        assert_eq!(parse_keys("0-255"), Ok(KeySpace::Range(0, 255)));
+        assert_eq!(parse_keys("64-127"), Ok(KeySpace::Range(64, 127)));
+        assert_eq!(parse_keys("100000"), Ok(KeySpace::Strings(100_000)));
+        assert_eq!(parse_keys("100k"), Ok(KeySpace::Strings(100_000)));
+        assert_eq!(parse_keys("1M"), Ok(KeySpace::Strings(1_000_000)));
+        assert_eq!(parse_keys("1000M"), Ok(KeySpace::Strings(MAX_STRING_KEYS)));
+        for bad in ["0-256", "9-3", "a-b", "", "0", "1001M", "99999999999999999999", "18446744073709551615M", "1G", "-5"] {
+            assert!(parse_keys(bad).is_err(), "{bad:?}");
+        }
+    }
 }

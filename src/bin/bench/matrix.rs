@@ -1,115 +1,36 @@
 //! `bench matrix`: starts a cluster of release replicas on free loopback ports (pinned
 //! with taskset if asked), once per mode, preloads every key and runs the standard
 //! rows; in the default mode it also measures idle memory and 1000 idle connections,
-//! and runs each row behind a target ratio in pairs with its ping reference. Then it
+//! and runs each row behind a target ratio in pairs with its ping reference. While
+//! the default mode's byte-ordered cluster still runs, a murmur3 cluster with
+//! `--murmur3-keys` string keys (preloaded) runs `get ONE` and `put QUORUM` at 32
+//! clients, each run right after the same row on the byte-ordered cluster. Then it
 //! prints the targets table.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quorumkv::client::Client;
 use quorumkv::cluster::consistency::Consistency;
 
 use crate::Args;
-use crate::load::{Load, Op, run};
-use crate::report::{Pair, Report, TARGETS, print_targets};
+use crate::cluster::{Cluster, ClusterOpts};
+use crate::load::{KeySpace, Load, Op, put_keys, retried_note, run};
+use crate::report::{MURMUR3_TARGETS, Pair, Report, TARGETS, print_targets};
 
-/// A cluster of release replicas on free loopback ports, stopped on drop.
-struct Cluster {
-    children: Vec<Child>,
-    ports: Vec<u16>,
-    dir: PathBuf,
+/// The median run by throughput.
+fn median(mut runs: Vec<Report>) -> Report {
+    runs.sort_by(|a, b| a.ops_per_sec().total_cmp(&b.ops_per_sec()));
+    runs.swap_remove(runs.len() / 2)
 }
 
-impl Cluster {
-    fn start(n: usize, mode: Option<&str>, args: &Args) -> Result<Cluster, String> {
-        let dir = std::env::temp_dir().join(format!("quorumkv-bench-{}-{}", std::process::id(), mode.unwrap_or("default")));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut held = Vec::new();
-        let mut ports = Vec::new();
-        let mut candidate = 20000 + (std::process::id() % 10000) as u16;
-        while ports.len() < n {
-            candidate = if candidate >= 32000 { 20000 } else { candidate + 1 };
-            if let Ok(l) = TcpListener::bind(("127.0.0.1", candidate)) {
-                ports.push(candidate);
-                held.push(l);
-            }
-        }
-        drop(held);
-        let file = dir.join("replicas.txt");
-        let text: String = ports.iter().enumerate().map(|(i, p)| format!("b{i} 127.0.0.1 {p}\n")).collect();
-        std::fs::write(&file, text).map_err(|e| e.to_string())?;
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let replica = exe.with_file_name("replica");
-        let mut children = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
-            let mut cmd = if args.pin_replicas.is_empty() {
-                Command::new(&replica)
-            } else {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(&args.pin_replicas).arg(&replica);
-                c
-            };
-            cmd.arg(format!("b{i}")).arg(port.to_string()).arg(&file);
-            if let Some(m) = mode {
-                cmd.arg(m);
-            }
-            cmd.arg("--data-dir").arg(dir.join(format!("b{i}")));
-            cmd.args(args.replica_flags.split_whitespace());
-            let log = std::fs::File::create(dir.join(format!("b{i}.log"))).map_err(|e| e.to_string())?;
-            children.push(
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .map_err(|e| format!("cannot start {}: {e}", replica.display()))?,
-            );
-        }
-        let c = Cluster { children, ports, dir };
-        // Wait until every replica sees every other up.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let all_up = c.ports.iter().all(|&p| {
-                Client::connect("127.0.0.1", p, Duration::from_millis(300))
-                    .and_then(|mut cl| cl.status())
-                    .is_ok_and(|s| s.replicas.iter().all(|r| r.up))
-            });
-            if all_up {
-                return Ok(c);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("the bench cluster did not come up; logs in {}", c.dir.display()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn targets(&self) -> Vec<(String, u16)> {
-        self.ports.iter().map(|&p| ("127.0.0.1".to_string(), p)).collect()
-    }
-
-    fn rss_kib(&self, i: usize) -> u64 {
-        let pid = self.children[i].id();
-        // Under taskset the child is taskset until it execs the replica: same pid.
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// `n` as the tables show it: `100k`, `1M`, or the number.
+pub(crate) fn count_label(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000 && n.is_multiple_of(1_000_000) => format!("{}M", n / 1_000_000),
+        n if n >= 1000 && n.is_multiple_of(1000) => format!("{}k", n / 1000),
+        n => n.to_string(),
     }
 }
 
@@ -135,7 +56,8 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
     // Per target row: each run's figures with those of the ping run just before it.
     let mut pairs: BTreeMap<String, Vec<Pair>> = BTreeMap::new();
     for mode in [None, Some("HINTED-HANDOFF")] {
-        let cluster = Cluster::start(4, mode, args)?;
+        let tag = format!("matrix-{}", mode.unwrap_or("default"));
+        let cluster = Cluster::start(ClusterOpts::new(args, 4, mode, "", &tag))?;
         println!("\n== mode {}", mode.unwrap_or("READ-REPAIR+HINTED-HANDOFF (default)"));
         if mode.is_none() {
             let idle: Vec<u64> = (0..4).map(|i| cluster.rss_kib(i)).collect();
@@ -155,14 +77,14 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             }
         }
         // Every key holds a value before reads are measured.
-        let mut pre = Client::connect("127.0.0.1", cluster.ports[0], Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let mut pre = Client::connect("127.0.0.1", cluster.port(0), Duration::from_secs(2)).map_err(|e| e.to_string())?;
         let v = "v".repeat(args.value_size);
         for k in 0..=255 {
             pre.put(k, &v, Consistency::All).map_err(|e| format!("preload: {e}"))?;
         }
         let all = cluster.targets();
         let first = vec![all[0].clone()];
-        let base = |op, targets: Vec<(String, u16)>, clients, read_ratio, level, keys| Load {
+        let base = |op, targets: Vec<(String, u16)>, clients, read_ratio, level, (lo, hi): (u32, u32)| Load {
             op,
             targets,
             clients,
@@ -172,8 +94,9 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             read_ratio,
             level,
             value_size: args.value_size,
-            keys,
+            keys: KeySpace::Range(lo, hi),
             zipf: None,
+            phase: None,
         };
         use Consistency::{One, Quorum};
         let own = (0, 63); // keys the first coordinator holds
@@ -199,10 +122,6 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             Some(t) if mode.is_none() && t.clients == 1 => Some(base(Op::Ping, first.clone(), 1, 0.0, One, own)),
             Some(_) if mode.is_none() => Some(base(Op::Ping, all.clone(), 32, 0.0, One, everything)),
             _ => None,
-        };
-        let median = |mut runs: Vec<Report>| {
-            runs.sort_by(|a, b| a.ops_per_sec().total_cmp(&b.ops_per_sec()));
-            runs.swap_remove(runs.len() / 2)
         };
         for (label, load) in rows {
             let reference = reference(&label);
@@ -236,15 +155,68 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             }
             let _ = std::io::stdout().flush();
         }
+        if mode.is_none() && args.murmur3_keys > 0 {
+            let byte_ordered = [
+                ("get ONE c=32", base(Op::Mixed, all.clone(), 32, 1.0, One, everything)),
+                ("put QUORUM c=32", base(Op::Mixed, all.clone(), 32, 0.0, Quorum, everything)),
+            ];
+            murmur3_rows(args, &byte_ordered, &mut results, &mut pairs)?;
+        }
     }
-    print_targets(&results, &pairs);
+    print_targets(&results, &pairs, args.murmur3_keys > 0);
+    Ok(())
+}
+
+/// The murmur3 rows: a 4-replica murmur3 cluster (RF 3, 16 tokens a node) with
+/// `--murmur3-keys` string keys, preloaded at ALL; each row runs `--pairs` times,
+/// each time right after `byte_ordered`'s load of the same row (on the
+/// byte-ordered cluster, which still runs), and is judged on the pairs' ratios.
+fn murmur3_rows(
+    args: &Args,
+    byte_ordered: &[(&str, Load)],
+    results: &mut BTreeMap<String, (f64, u64, u64)>,
+    pairs: &mut BTreeMap<String, Vec<Pair>>,
+) -> Result<(), String> {
+    let n = args.murmur3_keys;
+    let cluster = Cluster::start(ClusterOpts::new(args, 4, None, "partitioner murmur3\n", "matrix-murmur3"))?;
+    let order: Vec<u32> = (0..n).collect();
+    let (took, retried) =
+        put_keys(&cluster.targets(), &order, args.value_size, Consistency::All, 32).map_err(|e| format!("preload: {e}"))?;
+    println!(
+        "\n== murmur3: 4 replicas, RF 3, 16 tokens each, {n} string keys of 10 bytes (preloaded at ALL in {:.1} s{}); \
+         each row runs {} times, each right after the same row on the byte-ordered cluster (\"byte-ordered alongside\")",
+        took.as_secs_f64(),
+        retried_note(retried),
+        args.pairs.max(1)
+    );
+    for (row, reference) in byte_ordered {
+        let label = format!("{row} murmur3");
+        debug_assert!(MURMUR3_TARGETS.iter().any(|t| t.row == label));
+        let load = Load { targets: cluster.targets(), keys: KeySpace::Strings(n), ..reference.clone() };
+        let (mut runs, mut refs) = (Vec::new(), Vec::new());
+        for _ in 0..args.pairs.max(1) {
+            refs.push(run(reference));
+            runs.push(run(&load));
+        }
+        let each = runs.iter().zip(&refs).map(|(r, p)| Pair { row: r.figures(), ping: p.figures() });
+        pairs.insert(label.clone(), each.collect());
+        let (r, b) = (median(runs), median(refs));
+        println!("{}", r.line(&label));
+        if args.json {
+            println!("{}", r.json(&label));
+        }
+        println!("{}", b.line("  byte-ordered alongside"));
+        results.insert(label.clone(), r.figures());
+        results.insert(format!("byte-ordered alongside {label}"), b.figures());
+        let _ = std::io::stdout().flush();
+    }
     Ok(())
 }
 
 /// Opens `n` client connections to the first replica, each sending a ping, then a
 /// ping on every one of them; returns the replica's resident memory meanwhile.
 fn idle_connections(cluster: &Cluster, n: usize) -> Result<u64, String> {
-    let port = cluster.ports[0];
+    let port = cluster.port(0);
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         let mut c = Client::connect("127.0.0.1", port, Duration::from_secs(2)).map_err(|e| format!("connection {i}: {e}"))?;

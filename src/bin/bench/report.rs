@@ -1,6 +1,7 @@
 //! What a run measured and how it is shown: a table line or one JSON object per run,
 //! and the targets table that closes the matrix — each target ratio judged on the
-//! median of its row's pairs with their ping, plus the tail and memory targets.
+//! median of its row's pairs with their ping (the murmur3 rows: with the same row
+//! on the byte-ordered cluster), plus the tail and memory targets.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,9 @@ pub(crate) struct Report {
     pub(crate) seconds: f64,
     pub(crate) hist: Histogram,
     pub(crate) errors: BTreeMap<&'static str, u64>,
+    /// With a phase flag ([`Load::phase`](crate::load::Load::phase)): the latencies of
+    /// the operations in each phase.
+    pub(crate) phases: [Histogram; crate::load::PHASES],
 }
 
 impl Report {
@@ -85,6 +89,32 @@ pub(crate) const TARGETS: [Target; 4] = [
     Target { name: "32 clients put QUORUM ops/s / ping ops/s", row: "put QUORUM c=32", clients: 32, latency: false, target: 0.25 },
 ];
 
+/// The murmur3 rows (100,000 string keys by default), each judged against the same
+/// load on the byte-ordered cluster run just before it.
+pub(crate) const MURMUR3_TARGETS: [Target; 2] = [
+    Target {
+        name: "murmur3 32 clients get ONE ops/s / byte-ordered",
+        row: "get ONE c=32 murmur3",
+        clients: 32,
+        latency: false,
+        target: 0.9,
+    },
+    Target {
+        name: "murmur3 32 clients put QUORUM ops/s / byte-ordered",
+        row: "put QUORUM c=32 murmur3",
+        clients: 32,
+        latency: false,
+        target: 0.9,
+    },
+];
+
+/// One line of a targets table: `value` against `target` (`cmp` is `<=` or `>=`);
+/// NaN (not measured) is never met.
+pub(crate) fn verdict(name: &str, value: f64, cmp: &str, target: f64, detail: &str) -> String {
+    let ok = if cmp == "<=" { value <= target } else { value >= target };
+    format!("{:<52} {:>7.2}x  target {cmp} {target}x  {}  {detail}", name, value, if ok { "met" } else { "NOT MET" })
+}
+
 /// A target row's run and the ping run just before it: (ops/s, p50 µs, p99 µs) each.
 pub(crate) struct Pair {
     pub(crate) row: (f64, u64, u64),
@@ -108,14 +138,15 @@ fn median_of(values: &mut [f64]) -> f64 {
     }
 }
 
-pub(crate) fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTreeMap<String, Vec<Pair>>) {
+/// Prints the targets table; the murmur3 targets if `murmur3` (the rows ran, or should have).
+pub(crate) fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTreeMap<String, Vec<Pair>>, murmur3: bool) {
     let get = |k: &str| r.get(k).copied().unwrap_or_default();
     let mut rows = Vec::new();
     let mut ratio_row = |name: &str, value: f64, cmp: &str, target: f64, detail: String| {
-        let ok = if cmp == "<=" { value <= target } else { value >= target };
-        rows.push(format!("{:<52} {:>7.2}x  target {cmp} {target}x  {}  {detail}", name, value, if ok { "met" } else { "NOT MET" }));
+        rows.push(verdict(name, value, cmp, target, &detail));
     };
-    for t in &TARGETS {
+    let murmur3_targets = if murmur3 { &MURMUR3_TARGETS[..] } else { &[] };
+    for t in TARGETS.iter().chain(murmur3_targets) {
         // Every target row runs in pairs with its ping (at least one).
         let mut ratios: Vec<f64> = pairs.get(t.row).map_or(&[][..], Vec::as_slice).iter().map(|p| t.ratio(p.row, p.ping)).collect();
         let value = median_of(&mut ratios);
