@@ -146,8 +146,11 @@ impl Node {
         let hint_count = hints.len();
         let mut cells = 0;
         // Slot by slot: one slot's read lock at a time, one slot's copy in memory.
+        // Paced: after each slot the thread rests as long as the slot took, so a
+        // snapshot uses at most half a CPU and request threads keep theirs.
         let bytes = wal.install_snapshot_with(next_log_seq, wall_micros(), hints, |w| {
             for slot in 0..=255u8 {
+                let started = std::time::Instant::now();
                 let chunk: Vec<proto::CellWrite> = self
                     .store
                     .slot_cells(slot)
@@ -156,6 +159,9 @@ impl Node {
                     .collect();
                 cells += chunk.len();
                 w.cells(chunk)?;
+                if !self.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(started.elapsed().min(Duration::from_millis(50)));
+                }
             }
             Ok(())
         })?;

@@ -97,8 +97,13 @@ pub struct SnapshotWriter {
     out: BufWriter<File>,
     tmp: PathBuf,
     bytes: u64,
+    /// `bytes` when the file was last synced.
+    synced: u64,
     frame: Vec<u8>,
 }
+
+/// The snapshot file is synced every this many bytes as it is written.
+const SYNC_EVERY: u64 = 8 << 20;
 
 /// Cells per chunk of a snapshot file, at most.
 const CHUNK_CELLS: usize = 4096;
@@ -112,7 +117,7 @@ impl SnapshotWriter {
         let tmp = dir.join("snapshot.tmp");
         let fin = dir.join(SNAPSHOT_FILE);
         let file = File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
-        let w = SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), tmp: tmp.clone(), bytes: 0, frame: Vec::new() };
+        let w = SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), tmp: tmp.clone(), bytes: 0, synced: 0, frame: Vec::new() };
         let bytes = match w.fill(header, fill) {
             Ok(b) => b,
             Err(e) => {
@@ -139,6 +144,12 @@ impl SnapshotWriter {
     fn raw(&mut self, data: &[u8]) -> Result<()> {
         self.out.write_all(data).map_err(|e| io_err("cannot write", &self.tmp, e))?;
         self.bytes += data.len() as u64;
+        // Written out and synced a few MiB at a time: dirty pages never pile up
+        // into one long flush that the log's own fsyncs would queue behind.
+        if self.bytes - self.synced >= SYNC_EVERY {
+            self.synced = self.bytes;
+            self.out.flush().and_then(|_| self.out.get_ref().sync_data()).map_err(|e| io_err("cannot sync", &self.tmp, e))?;
+        }
         Ok(())
     }
 
