@@ -20,10 +20,11 @@
 //! durability — after releasing the lock, so concurrent writers share one
 //! fsync. A change the log refuses (disk full) is not applied.
 //!
-//! Memory: a cell is one [`Entry`] in its slot's `BTreeSet` — 32 bytes
-//! holding the timestamp, the key's length and a pointer to one allocation
-//! with the key's bytes followed by the value's. At 10-byte keys and 100-byte
-//! values that is about 180 bytes a key with the B-tree's nodes (see
+//! Memory: a cell is one [`Entry`] in its slot's `BTreeSet` — 40 bytes
+//! holding the timestamp, the key's length and first eight bytes, and a
+//! pointer to one allocation with the key's bytes followed by the value's. At
+//! 10-byte keys and 100-byte values that is about 190 bytes a key with the
+//! B-tree's nodes (see
 //! `docs/PERFORMANCE.md`). A slot remembers the log position of its last
 //! logged change instead of each cell's: an older write that loses to a newer
 //! one waits for that position, which is at or after the newer one's record.
@@ -54,27 +55,34 @@ pub struct Applied {
     pub pos: u64,
 }
 
-/// The top bit of [`Entry::meta`]: the cell is a tombstone.
+/// The top bit of [`Head::meta`]: the cell is a tombstone.
 const TOMBSTONE: u32 = 1 << 31;
 
-/// One cell, compactly: ordered (and found) by its key alone.
-struct Entry {
+/// What orders a cell in its slot: its key, with the key's first eight bytes
+/// also kept inline (big-endian, zero-padded) so a search compares integers
+/// in the B-tree's own nodes and reads a key's bytes only on a tie.
+struct Head {
+    /// The key's first eight bytes as a big-endian integer (zero-padded).
+    prefix: u64,
     /// The key's bytes, then the value's (none for a tombstone).
     data: Box<[u8]>,
-    micros: u64,
-    node: u32,
     /// The key's length, and [`TOMBSTONE`].
     meta: u32,
+    /// The node half of the cell's timestamp (here, where it packs without padding).
+    node: u32,
 }
 
-impl Entry {
-    fn new(key: &[u8], v: &Version) -> Entry {
-        let value = v.value.as_deref().unwrap_or(&[]);
-        let mut data = Vec::with_capacity(key.len() + value.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(value);
-        let tomb = if v.is_tombstone() { TOMBSTONE } else { 0 };
-        Entry { data: data.into_boxed_slice(), micros: v.ts.micros, node: v.ts.node, meta: key.len() as u32 | tomb }
+fn prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+impl Head {
+    /// A head to search for `key` with.
+    fn probe(key: &[u8]) -> Head {
+        Head { prefix: prefix(key), data: key.into(), meta: key.len() as u32, node: 0 }
     }
 
     fn key_len(&self) -> usize {
@@ -84,17 +92,65 @@ impl Entry {
     fn key(&self) -> &[u8] {
         &self.data[..self.key_len()]
     }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Head {}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head {
+    /// The keys' order: a differing zero-padded prefix decides as the bytes
+    /// would (a shorter key that is a prefix of the other sorts first either way).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.prefix.cmp(&other.prefix).then_with(|| self.key().cmp(other.key()))
+    }
+}
+
+/// One cell, compactly (40 bytes): ordered and found by its [`Head`].
+struct Entry {
+    head: Head,
+    micros: u64,
+}
+
+impl Entry {
+    fn new(key: &[u8], v: &Version) -> Entry {
+        let value = v.value.as_deref().unwrap_or(&[]);
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        let tomb = if v.is_tombstone() { TOMBSTONE } else { 0 };
+        let head = Head { prefix: prefix(key), data: data.into_boxed_slice(), meta: key.len() as u32 | tomb, node: v.ts.node };
+        Entry { head, micros: v.ts.micros }
+    }
+
+    fn key_len(&self) -> usize {
+        self.head.key_len()
+    }
+
+    fn key(&self) -> &[u8] {
+        self.head.key()
+    }
 
     fn ts(&self) -> Timestamp {
-        Timestamp { micros: self.micros, node: self.node }
+        Timestamp { micros: self.micros, node: self.head.node }
     }
 
     fn is_tombstone(&self) -> bool {
-        self.meta & TOMBSTONE != 0
+        self.head.meta & TOMBSTONE != 0
     }
 
     fn value(&self) -> Option<&[u8]> {
-        (!self.is_tombstone()).then(|| &self.data[self.key_len()..])
+        (!self.is_tombstone()).then(|| &self.head.data[self.key_len()..])
     }
 
     fn version(&self) -> Version {
@@ -103,7 +159,7 @@ impl Entry {
 
     /// Bytes of key and value.
     fn footprint(&self) -> u64 {
-        self.data.len() as u64
+        self.head.data.len() as u64
     }
 
     /// How this cell's version compares with `v`, in the order of [`Version`]
@@ -115,7 +171,7 @@ impl Entry {
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
+        self.head == other.head
     }
 }
 
@@ -129,13 +185,13 @@ impl PartialOrd for Entry {
 
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(other.key())
+        self.head.cmp(&other.head)
     }
 }
 
-impl Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.key()
+impl Borrow<Head> for Entry {
+    fn borrow(&self) -> &Head {
+        &self.head
     }
 }
 
@@ -151,7 +207,7 @@ struct Slot {
 impl Slot {
     /// Whether `v` would replace `key`'s cell.
     fn newer(&self, key: &[u8], v: &Version) -> bool {
-        self.cells.get(key).is_none_or(|e| e.cmp_version(v) == Ordering::Less)
+        self.cells.get(&Head::probe(key)).is_none_or(|e| e.cmp_version(v) == Ordering::Less)
     }
 
     fn put(&mut self, entry: Entry) {
@@ -214,7 +270,8 @@ impl Store {
 
     /// The cell of `key`, if any (a tombstone included).
     pub fn get(&self, key: &[u8]) -> Option<Version> {
-        self.slot(key).read().cells.get(key).map(Entry::version)
+        let probe = Head::probe(key);
+        self.slot(key).read().cells.get(&probe).map(Entry::version)
     }
 
     /// Merges `version` into `key`'s cell and, if it changed, appends the change
@@ -275,9 +332,10 @@ impl Store {
     /// `None`), in key order.
     pub fn scan_slot(&self, slot: u8, after: Option<&[u8]>, count: usize) -> Vec<(Key, Version)> {
         use std::ops::Bound;
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let probe = after.map(Head::probe);
+        let lower = probe.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
         let map = self.slots[slot as usize].read();
-        map.cells.range::<[u8], _>((lower, Bound::Unbounded)).take(count).map(|e| (Key::trusted(e.key()), e.version())).collect()
+        map.cells.range::<Head, _>((lower, Bound::Unbounded)).take(count).map(|e| (Key::trusted(e.key()), e.version())).collect()
     }
 
     /// Up to `count` keys of slot `slot` after key `after` (from its start if
@@ -286,9 +344,10 @@ impl Store {
     /// reach `max_key_bytes`; and whether the slot holds keys past the last one listed.
     pub fn scan_stamps(&self, slot: u8, after: Option<&[u8]>, count: usize, max_key_bytes: usize) -> (Vec<(Key, Timestamp, bool)>, bool) {
         use std::ops::Bound;
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let probe = after.map(Head::probe);
+        let lower = probe.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
         let map = self.slots[slot as usize].read();
-        let mut cells = map.cells.range::<[u8], _>((lower, Bound::Unbounded));
+        let mut cells = map.cells.range::<Head, _>((lower, Bound::Unbounded));
         let mut out = Vec::new();
         let mut bytes = 0;
         while out.len() < count && bytes < max_key_bytes {
@@ -306,9 +365,10 @@ impl Store {
     /// holds cells past the last one listed.
     pub fn list_cut(&self, slot: u8, after: Option<&[u8]>, count: usize, max_value: usize, max_bytes: usize) -> (Vec<Listed>, bool) {
         use std::ops::Bound;
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let probe = after.map(Head::probe);
+        let lower = probe.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
         let map = self.slots[slot as usize].read();
-        let mut cells = map.cells.range::<[u8], _>((lower, Bound::Unbounded));
+        let mut cells = map.cells.range::<Head, _>((lower, Bound::Unbounded));
         let mut out = Vec::new();
         let mut bytes = 0;
         while out.len() < count && bytes < max_bytes {
@@ -487,5 +547,42 @@ mod tests {
         assert!(more && bytes >= 12 && bytes - capped.last().unwrap().0.len() < 12, "{capped:?}");
         let (rest, _) = m.scan_stamps(slot, Some(page[4].0.as_bytes()), 10_000, 1 << 20);
         assert_eq!(rest.len(), keys.len() - 5, "resumes after the last key listed");
+    }
+
+    /// Ordering by the inline prefix, then the bytes, is exactly the keys' byte order.
+    #[test]
+    fn heads_order_as_the_keys_do() {
+        let mut keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            b"ab".to_vec(),
+            b"ab\0".to_vec(),
+            b"ab\0\0\0\0\0\0\0".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\0".to_vec(),
+            b"abcdefghi".to_vec(),
+            b"abcdefgi".to_vec(),
+            vec![0xff; 9],
+            vec![0xff; 8],
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 12) as usize;
+            keys.push((0..len).map(|i| [0u8, 1, b'a', b'b', 0xff][((x >> (i * 3)) % 5) as usize]).collect());
+        }
+        let mut by_head: Vec<&Vec<u8>> = keys.iter().collect();
+        by_head.sort_by(|a, b| Head::probe(a).cmp(&Head::probe(b)));
+        let mut by_bytes: Vec<&Vec<u8>> = keys.iter().collect();
+        by_bytes.sort();
+        assert_eq!(by_head, by_bytes);
+        for a in &keys {
+            for b in keys.iter().take(50) {
+                assert_eq!(Head::probe(a) == Head::probe(b), a == b);
+            }
+        }
     }
 }
