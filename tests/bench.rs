@@ -138,7 +138,7 @@ fn snapshot_sorts_latencies_by_whether_a_snapshot_runs() {
         "--warmup",
         "100ms",
         "--snapshot-bytes",
-        "65536",
+        "524288",
         "--json",
     ]);
     let s = json_line(&out, "snapshot");

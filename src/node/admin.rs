@@ -234,8 +234,12 @@ impl Node {
                     );
                 }
             }
-            let keys: BTreeSet<&Vec<u8>> =
-                cells.iter().flatten().flat_map(|m| m.keys()).filter(|k| bound.as_ref().is_none_or(|b| *k <= b)).collect();
+            let keys: BTreeSet<&Vec<u8>> = cells
+                .iter()
+                .flatten()
+                .flat_map(|m| m.keys())
+                .filter(|k| bound.as_ref().is_none_or(|b| *k <= b) && after.as_ref().is_none_or(|a| k.as_slice() > a.as_bytes()))
+                .collect();
             for key in keys {
                 let holders: Vec<usize> =
                     self.ring.replicas(key).iter().filter_map(|&id| self.ring.position(id)).filter(|&i| cells[i].is_some()).collect();
@@ -258,8 +262,10 @@ impl Node {
                 out.differences.push(proto::KeyDifference { key: key.clone(), replicas });
             }
             match bound {
-                Some(b) => after = Some(Key::trusted(b)),
-                None => return true,
+                // Pages must move on: a reply that would start the next page at or
+                // before this one's start (a broken peer) ends the slot here.
+                Some(b) if after.as_ref().is_none_or(|a| b.as_slice() > a.as_bytes()) => after = Some(Key::trusted(b)),
+                _ => return true,
             }
         }
     }

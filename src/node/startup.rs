@@ -113,7 +113,9 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
         }
         drop(tx);
         for w in workers {
-            let part = w.join().expect("a loader thread panicked");
+            let Ok(part) = w.join() else {
+                return Err(crate::error::Error::Internal("a loader thread failed while recovering the store".into()));
+            };
             loaded.cells += part.cells;
             loaded.newest = loaded.newest.max(part.newest);
         }
@@ -159,7 +161,8 @@ impl Node {
                     .collect();
                 cells += chunk.len();
                 w.cells(chunk)?;
-                if !self.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+                // No rest while writers wait for this snapshot (a failed log) or the node stops.
+                if !self.shutdown.load(std::sync::atomic::Ordering::Acquire) && wal.failure().is_none() {
                     std::thread::sleep(started.elapsed().min(Duration::from_millis(50)));
                 }
             }

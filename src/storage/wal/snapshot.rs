@@ -70,7 +70,11 @@ impl Wal {
         hints: Vec<proto::HintAdd>,
         fill: impl FnOnce(&mut SnapshotWriter) -> Result<()>,
     ) -> Result<u64> {
-        let bytes = SnapshotWriter::write(&self.dir, proto::Snapshot { next_log_seq, hints, taken_micros, ..Default::default() }, fill)?;
+        let header = proto::Snapshot { next_log_seq, taken_micros, ..Default::default() };
+        let bytes = SnapshotWriter::write(&self.dir, header, |w| {
+            w.hints(hints)?;
+            fill(w)
+        })?;
         for seq in list_logs(&self.dir)? {
             if seq < next_log_seq {
                 let _ = fs::remove_file(log_path(&self.dir, seq));
@@ -101,6 +105,10 @@ pub struct SnapshotWriter {
     synced: u64,
     frame: Vec<u8>,
 }
+
+/// The largest chunk a snapshot file may hold (one cell of the largest value
+/// and key, and room): the writer refuses to write more, the reader to read it.
+const MAX_CHUNK: usize = 2 * CHUNK_BYTES + (64 << 20);
 
 /// The snapshot file is synced every this many bytes as it is written.
 const SYNC_EVERY: u64 = 8 << 20;
@@ -158,6 +166,10 @@ impl SnapshotWriter {
         self.frame.extend_from_slice(&[0; RECORD_HEADER]);
         chunk.encode(&mut self.frame).expect("a Vec grows as needed");
         let len = self.frame.len() - RECORD_HEADER;
+        if len > MAX_CHUNK {
+            // Never install a snapshot that could not be read back.
+            return Err(Error::Storage(format!("a snapshot chunk of {len} bytes exceeds {MAX_CHUNK}")));
+        }
         let crc = crc32c(&self.frame[RECORD_HEADER..]);
         LittleEndian::write_u32(&mut self.frame[..4], len as u32);
         LittleEndian::write_u32(&mut self.frame[4..8], crc);
@@ -165,6 +177,25 @@ impl SnapshotWriter {
         let r = self.raw(&frame);
         self.frame = frame;
         r
+    }
+
+    /// Adds `hints` (in chunks of at most a few thousand hints and a few MiB).
+    pub fn hints(&mut self, hints: Vec<proto::HintAdd>) -> Result<()> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for h in hints {
+            let size = h.key.len() + h.target.len() + h.version.as_ref().map_or(0, |v| v.value.len());
+            if !chunk.is_empty() && (chunk.len() == CHUNK_CELLS || bytes + size > CHUNK_BYTES) {
+                self.chunk(&proto::Snapshot { hints: std::mem::take(&mut chunk), ..Default::default() })?;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(h);
+        }
+        if !chunk.is_empty() {
+            self.chunk(&proto::Snapshot { hints: chunk, ..Default::default() })?;
+        }
+        Ok(())
     }
 
     /// Adds `cells` (in chunks of at most a few thousand cells and a few MiB).
@@ -210,7 +241,7 @@ pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) 
         }
         let len = LittleEndian::read_u32(&header) as usize;
         let crc = LittleEndian::read_u32(&header[4..]);
-        if !v1 && len > 2 * CHUNK_BYTES + (64 << 20) {
+        if !v1 && len > MAX_CHUNK {
             return Err(bad(&format!("impossible chunk length {len}")));
         }
         body.resize(len, 0);
@@ -229,8 +260,11 @@ pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) 
 
 /// Writes `snapshot` (everything in one value: for tests and small stores) to `dir` atomically; returns its size.
 pub fn write_snapshot(dir: &Path, snapshot: &proto::Snapshot) -> Result<u64> {
-    let header = proto::Snapshot { cells: Vec::new(), ..snapshot.clone() };
-    SnapshotWriter::write(dir, header, |w| w.cells(snapshot.cells.clone()))
+    let header = proto::Snapshot { cells: Vec::new(), hints: Vec::new(), ..snapshot.clone() };
+    SnapshotWriter::write(dir, header, |w| {
+        w.hints(snapshot.hints.clone())?;
+        w.cells(snapshot.cells.clone())
+    })
 }
 
 #[cfg(test)]
@@ -334,6 +368,30 @@ mod tests {
         let mut sizes = Vec::new();
         read_snapshot(&d.0.join(SNAPSHOT_FILE), &mut |c| sizes.push(c.cells.len())).unwrap();
         assert_eq!(sizes, [0, 1, 1, 1, 0], "header, one 3 MiB cell a chunk, end");
+    }
+
+    /// Hints are chunked like cells: however many a replica holds, no chunk
+    /// outgrows what the reader accepts, and every hint is read back.
+    #[test]
+    fn hints_are_chunked_too() {
+        let d = Dir::new("hintchunks");
+        fs::create_dir_all(&d.0).unwrap();
+        let hint = |k: u32| proto::HintAdd {
+            target: "r1".into(),
+            legacy_key: 0,
+            key: k.to_string().into_bytes(),
+            version: Some(proto::Version { micros: 1, node: 1, tombstone: false, value: vec![1; 2000] }),
+            created_micros: 5,
+        };
+        let n = 2 * CHUNK_CELLS as u32 + 3;
+        let snap = proto::Snapshot { next_log_seq: 2, hints: (0..n).map(hint).collect(), ..Default::default() };
+        write_snapshot(&d.0, &snap).unwrap();
+        let mut chunks = Vec::new();
+        read_snapshot(&d.0.join(SNAPSHOT_FILE), &mut |c| chunks.push(c.hints.len())).unwrap();
+        assert!(chunks.len() > 3 && chunks.iter().all(|&c| c <= CHUNK_CELLS), "{chunks:?}");
+        assert_eq!(chunks.iter().sum::<usize>(), n as usize);
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(rec.snapshot.unwrap().hints, snap.hints);
     }
 
     /// A version 1 snapshot (one chunk, magic QKVSNAP1) is still read.
