@@ -280,6 +280,17 @@ impl From<Error> for Reply {
     }
 }
 
+/// Checks a list of slots from the wire: at most 256, each below 256.
+fn slot_list(slots: Vec<u32>, what: &str) -> Result<Vec<u8>> {
+    if slots.len() > KEYS {
+        return Err(Error::InvalidRequest(format!("{what} of {} slots; there are {KEYS}", slots.len())));
+    }
+    slots
+        .into_iter()
+        .map(|s| u8::try_from(s).map_err(|_| Error::InvalidRequest(format!("slot {s} is out of range; slots are 0 to 255"))))
+        .collect()
+}
+
 impl ClientRequest {
     /// Parses and checks a request a client sent (after the connection's first
     /// frame, which may instead be a peer's `PeerHello`).
@@ -329,23 +340,9 @@ impl PeerRequest {
             B::Ping(_) => PeerRequest::Ping,
             B::Heartbeat(h) => PeerRequest::Heartbeat { from: h.from },
             B::ReplicaDump(d) => {
-                if d.slots.len() > KEYS {
-                    return Err(Error::InvalidRequest(format!("a dump of {} slots; there are {KEYS}", d.slots.len())));
-                }
-                let slots = d
-                    .slots
-                    .into_iter()
-                    .map(|s| u8::try_from(s).map_err(|_| Error::InvalidRequest(format!("slot {s} is out of range; slots are 0 to 255"))))
-                    .collect::<Result<_>>()?;
+                let slots = slot_list(d.slots, "a dump")?;
                 let after = if d.after.is_empty() { None } else { Some(limits.key(d.after)?) };
-                if d.digest_slots.len() > KEYS {
-                    return Err(Error::InvalidRequest(format!("digests of {} slots; there are {KEYS}", d.digest_slots.len())));
-                }
-                let digest_slots = d
-                    .digest_slots
-                    .into_iter()
-                    .map(|s| u8::try_from(s).map_err(|_| Error::InvalidRequest(format!("slot {s} is out of range; slots are 0 to 255"))))
-                    .collect::<Result<_>>()?;
+                let digest_slots = slot_list(d.digest_slots, "digests")?;
                 PeerRequest::Dump {
                     max_value_len: d.max_value_len.min(MAX_DISPLAY_VALUE),
                     slots,

@@ -181,38 +181,32 @@ impl SnapshotWriter {
 
     /// Adds `hints` (in chunks of at most a few thousand hints and a few MiB).
     pub fn hints(&mut self, hints: Vec<proto::HintAdd>) -> Result<()> {
-        let mut chunk = Vec::new();
-        let mut bytes = 0;
-        for h in hints {
-            let size = h.key.len() + h.target.len() + h.version.as_ref().map_or(0, |v| v.value.len());
-            if !chunk.is_empty() && (chunk.len() == CHUNK_CELLS || bytes + size > CHUNK_BYTES) {
-                self.chunk(&proto::Snapshot { hints: std::mem::take(&mut chunk), ..Default::default() })?;
-                bytes = 0;
-            }
-            bytes += size;
-            chunk.push(h);
-        }
-        if !chunk.is_empty() {
-            self.chunk(&proto::Snapshot { hints: chunk, ..Default::default() })?;
-        }
-        Ok(())
+        let size = |h: &proto::HintAdd| h.key.len() + h.target.len() + h.version.as_ref().map_or(0, |v| v.value.len());
+        self.chunked(hints, size, |hints| proto::Snapshot { hints, ..Default::default() })
     }
 
     /// Adds `cells` (in chunks of at most a few thousand cells and a few MiB).
     pub fn cells(&mut self, cells: Vec<proto::CellWrite>) -> Result<()> {
+        let size = |c: &proto::CellWrite| c.key.len() + c.version.as_ref().map_or(0, |v| v.value.len());
+        self.chunked(cells, size, |cells| proto::Snapshot { cells, ..Default::default() })
+    }
+
+    /// Writes `items` in chunks of at most [`CHUNK_CELLS`] items and about
+    /// [`CHUNK_BYTES`] (an item larger than that goes alone).
+    fn chunked<T>(&mut self, items: Vec<T>, size: impl Fn(&T) -> usize, wrap: impl Fn(Vec<T>) -> proto::Snapshot) -> Result<()> {
         let mut chunk = Vec::new();
         let mut bytes = 0;
-        for c in cells {
-            let size = c.key.len() + c.version.as_ref().map_or(0, |v| v.value.len());
-            if !chunk.is_empty() && (chunk.len() == CHUNK_CELLS || bytes + size > CHUNK_BYTES) {
-                self.chunk(&proto::Snapshot { cells: std::mem::take(&mut chunk), ..Default::default() })?;
+        for item in items {
+            let n = size(&item);
+            if !chunk.is_empty() && (chunk.len() == CHUNK_CELLS || bytes + n > CHUNK_BYTES) {
+                self.chunk(&wrap(std::mem::take(&mut chunk)))?;
                 bytes = 0;
             }
-            bytes += size;
-            chunk.push(c);
+            bytes += n;
+            chunk.push(item);
         }
         if !chunk.is_empty() {
-            self.chunk(&proto::Snapshot { cells: chunk, ..Default::default() })?;
+            self.chunk(&wrap(chunk))?;
         }
         Ok(())
     }
