@@ -214,10 +214,14 @@ fn snapshot_cycles_under_load_lose_nothing() {
     for t in threads {
         last.extend(t.join().unwrap());
     }
-    let snapshots = (0..4).filter(|&i| c.data_dir(i).join("snapshot").exists()).count();
-    assert_eq!(snapshots, 4, "every replica took snapshots");
-    let logs = fs::read_dir(c.data_dir(0)).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log")).count();
-    assert!(logs <= 3, "old logs are removed after each snapshot ({logs} left)");
+    // Snapshots run in the background, paced; the last one may still be writing when the
+    // writers stop (slow under ThreadSanitizer), so wait for each replica's to appear.
+    let snapshots = || (0..4).filter(|&i| c.data_dir(i).join("snapshot").exists()).count();
+    common::wait_for(Duration::from_secs(60), || snapshots() == 4);
+    assert_eq!(snapshots(), 4, "every replica took snapshots");
+    let logs = || fs::read_dir(c.data_dir(0)).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log")).count();
+    common::wait_for(Duration::from_secs(60), || logs() <= 3);
+    assert!(logs() <= 3, "old logs are removed after each snapshot ({} left)", logs());
     for i in 0..4 {
         c.kill(i);
     }
