@@ -219,7 +219,8 @@ fn snapshot_cycles_under_load_lose_nothing() {
     let snapshots = || (0..4).filter(|&i| c.data_dir(i).join("snapshot").exists()).count();
     common::wait_for(Duration::from_secs(60), || snapshots() == 4);
     assert_eq!(snapshots(), 4, "every replica took snapshots");
-    let logs = || fs::read_dir(c.data_dir(0)).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log")).count();
+    let logs =
+        || fs::read_dir(c.data_dir(0)).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log")).count();
     common::wait_for(Duration::from_secs(60), || logs() <= 3);
     assert!(logs() <= 3, "old logs are removed after each snapshot ({} left)", logs());
     for i in 0..4 {

@@ -4,7 +4,7 @@
 //! A key's slot is given by the cluster's [`Partitioner`]: the key itself in a
 //! byte-ordered cluster (one key a slot, the seed's array), the top byte of its
 //! Murmur3 token in a murmur3 cluster (so a slot holds one 256th of the ring,
-//! in token order). Each slot is a `BTreeMap` from key bytes to cell, so a slot
+//! in token order). Each slot is a `BTreeSet` of cells in key order, so a slot
 //! can be walked in key order (`scan`) and copied on its own (snapshots), and a
 //! writer locks one slot, never the store.
 //!
@@ -38,7 +38,6 @@ use parking_lot::RwLock;
 
 use crate::cluster::key::{KEYS, Key, Partitioner};
 use crate::error::Result;
-use crate::proto;
 use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
 use crate::storage::wal::Wal;
@@ -205,15 +204,41 @@ struct Slot {
 }
 
 impl Slot {
-    /// Whether `v` would replace `key`'s cell.
-    fn newer(&self, key: &[u8], v: &Version) -> bool {
-        self.cells.get(&Head::probe(key)).is_none_or(|e| e.cmp_version(v) == Ordering::Less)
+    /// Puts `entry` (holding version `v`) in if `v` is newer than its key's
+    /// cell: `Some` with the cell it replaced (if any), or `None` when the
+    /// cell stays as it was.
+    ///
+    /// One search of the B-tree in the usual case, where the version is
+    /// newer: the entry is swapped in, and the old cell swapped back only if
+    /// it was not older after all (a repeated or late write, which pays a
+    /// second search).
+    fn swap_in(&mut self, entry: Entry, v: &Version) -> Option<Option<Entry>> {
+        let added = entry.footprint();
+        let old = self.cells.replace(entry);
+        if let Some(o) = &old
+            && o.cmp_version(v) != Ordering::Less
+        {
+            self.cells.replace(old.expect("checked"));
+            return None;
+        }
+        self.bytes += added;
+        if let Some(o) = &old {
+            self.bytes -= o.footprint();
+        }
+        Some(old)
     }
 
-    fn put(&mut self, entry: Entry) {
-        self.bytes += entry.footprint();
-        if let Some(old) = self.cells.replace(entry) {
-            self.bytes -= old.footprint();
+    /// Undoes [`swap_in`](Self::swap_in) of `key`'s cell, whose old cell was `old`.
+    fn undo(&mut self, key: &[u8], old: Option<Entry>) {
+        let new = match old {
+            Some(o) => {
+                self.bytes += o.footprint();
+                self.cells.replace(o)
+            }
+            None => self.cells.take(&Head::probe(key)),
+        };
+        if let Some(n) = new {
+            self.bytes -= n.footprint();
         }
     }
 }
@@ -277,25 +302,27 @@ impl Store {
     /// Merges `version` into `key`'s cell and, if it changed, appends the change
     /// to the log (not yet durable: see [`Applied::pos`]).
     pub fn apply(&self, key: &Key, version: Version) -> Result<Applied> {
-        let mut slot = self.slot(key.as_bytes()).write();
-        if !slot.newer(key.as_bytes(), &version) {
+        let key = key.as_bytes();
+        // Built before the lock is taken; wasted only when the version is not newer.
+        let entry = Entry::new(key, &version);
+        let mut slot = self.slot(key).write();
+        let Some(old) = slot.swap_in(entry, &version) else {
             return Ok(Applied { changed: false, pos: slot.last_pos });
-        }
+        };
         let pos = match &self.wal {
-            Some(wal) => {
-                let record = proto::LogRecord {
-                    kind: Some(proto::log_record::Kind::Cell(proto::CellWrite {
-                        legacy_key: 0,
-                        key: key.to_vec(),
-                        version: Some(version.to_proto()),
-                    })),
-                };
-                wal.append(&record)?
-            }
+            Some(wal) => match wal.append_cell(key, &version) {
+                Ok(pos) => pos,
+                Err(e) => {
+                    // Not logged, so not applied: readers never saw it (the lock is held).
+                    slot.undo(key, old);
+                    return Err(e);
+                }
+            },
             None => 0,
         };
-        slot.put(Entry::new(key.as_bytes(), &version));
         slot.last_pos = slot.last_pos.max(pos);
+        drop(slot);
+        drop(old); // freed after the lock is released
         Ok(Applied { changed: true, pos })
     }
 
@@ -316,10 +343,9 @@ impl Store {
 
     /// Restores a version found in the log or a snapshot (not logged again).
     pub fn load(&self, key: Key, version: Version) {
-        let mut slot = self.slot(key.as_bytes()).write();
-        if slot.newer(key.as_bytes(), &version) {
-            slot.put(Entry::new(key.as_bytes(), &version));
-        }
+        let entry = Entry::new(key.as_bytes(), &version);
+        let old = self.slot(key.as_bytes()).write().swap_in(entry, &version);
+        drop(old); // freed after the lock is released
     }
 
     /// A copy of slot `slot`'s cells in key order (one slot locked at a time,
@@ -435,6 +461,28 @@ mod tests {
         assert!(!s.apply_durably(&k(3), v(5, "old")).unwrap());
         assert_eq!(s.get(b"3").unwrap().value.as_deref(), Some(&b"new"[..]));
         assert!(s.get(b"4").is_none());
+    }
+
+    /// A change the log refuses is not applied: a new key stays absent, an
+    /// existing cell keeps its version, and the byte counts do not move.
+    #[test]
+    fn a_change_the_log_refuses_is_not_applied() {
+        let dir = std::env::temp_dir().join(format!("qkv-store-refused-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (wal, _) = Wal::open(&dir, crate::storage::wal::FsyncMode::Never).unwrap();
+        let wal = Arc::new(wal);
+        let s = Store::new(Some(wal.clone()), Partitioner::ByteOrdered);
+        s.apply_durably(&k(3), v(10, "kept")).unwrap();
+        let before = s.totals();
+        wal.fail_for_test("disk full");
+        assert!(s.apply(&k(3), v(20, "refused, longer")).is_err());
+        assert!(s.apply(&k(4), v(20, "refused")).is_err());
+        assert_eq!(s.get(b"3").unwrap().value.as_deref(), Some(&b"kept"[..]));
+        assert!(s.get(b"4").is_none());
+        assert_eq!(s.totals(), before);
+        // A write that loses is answered without the log.
+        assert!(!s.apply(&k(3), v(5, "older")).unwrap().changed);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A write that loses to the current cell is acknowledged only once the

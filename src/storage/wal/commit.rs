@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use log::warn;
 
-use super::record::encode_record;
+use super::record::{encode_cell_record, encode_record};
 use super::{State, Wal, log_path};
 use crate::error::{Error, Result};
 use crate::proto;
+use crate::storage::cell::Version;
 
 /// When a write counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +50,23 @@ impl Wal {
     /// Appends `record` to the buffer; returns its position for [`commit`](Self::commit).
     /// Refused while the log is failed, so nothing is applied that cannot be logged.
     pub fn append(&self, record: &proto::LogRecord) -> Result<u64> {
+        self.push(|buf| encode_record(buf, record))
+    }
+
+    /// [`append`](Self::append) of the cell write `key` ← `v`, encoded
+    /// without copying the key and value into a message first.
+    pub fn append_cell(&self, key: &[u8], v: &Version) -> Result<u64> {
+        self.push(|buf| encode_cell_record(buf, key, v))
+    }
+
+    /// Adds one framed record (`encode` appends it and returns its length) to the
+    /// buffer the next group commit writes; its end position in the log.
+    fn push(&self, encode: impl FnOnce(&mut Vec<u8>) -> usize) -> Result<u64> {
         let mut st = self.state.lock();
         if let Some(e) = &st.failed {
             return Err(Error::Storage(format!("the log cannot be written: {e}")));
         }
-        let framed = encode_record(&mut st.buf, record);
+        let framed = encode(&mut st.buf);
         st.appended += framed as u64;
         Ok(st.appended)
     }

@@ -259,6 +259,12 @@ impl Wal {
         self.state.lock().failed.clone()
     }
 
+    /// Makes the log refuse appends as a failed disk would (for tests).
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self, why: &str) {
+        self.state.lock().failed = Some(why.to_string());
+    }
+
     /// What `status` shows.
     pub fn stats(&self) -> proto::StorageStats {
         let st = self.state.lock();
