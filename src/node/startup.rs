@@ -183,30 +183,11 @@ mod tests {
     use crate::cluster::ring::{NodeId, NodeInfo, Ring};
     use crate::config::NodeConfig;
     use crate::coordinator::command::{Command, Executor};
-    use crate::coordinator::peers::{Peers, ReplySink};
-    use crate::message::PeerRequest;
+    use crate::node::test_util::NoPeers;
     use crate::storage::wal::FsyncMode;
     use std::sync::Arc;
     use std::sync::Barrier;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Instant;
-
-    /// Peers that are all down.
-    struct NoPeers;
-    impl Peers for NoPeers {
-        fn send(&self, to: NodeId, _msg: PeerRequest, sink: Arc<dyn ReplySink>, slot: usize, _deadline: Instant) {
-            sink.deliver(slot, Err(crate::Error::Failure(format!("{to} is down"))));
-        }
-        fn is_up(&self, _to: NodeId) -> bool {
-            false
-        }
-        fn down_for(&self, _to: NodeId) -> Duration {
-            Duration::ZERO
-        }
-        fn storage(&self, _to: NodeId) -> Option<proto::StorageStats> {
-            None
-        }
-    }
 
     fn ring() -> Ring {
         let nodes = (0..3)
