@@ -62,6 +62,14 @@ pub const MAX_DISPLAY_KEYS: u32 = 1024;
 /// The most cells one replica sends `display` in one reply.
 pub const MAX_DUMP_CELLS: u32 = 65_536;
 
+/// A page of keys stops once what it holds passes about this many bytes, and
+/// says there is more: a replica's page of cells for `display` (keys and
+/// values cut to [`MAX_DISPLAY_VALUE`]), a replica's listing for `scan` and
+/// the coordinator's `scan` page (keys). So a page stays far below any frame
+/// limit whatever its count and however long the keys (`--max-key-bytes` is
+/// up to 64 KiB); it passes the budget by at most its last key.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+
 /// What a replica accepts: its cluster's keys, and its size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -407,9 +407,16 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
     let v = i.replicas.iter().find(|e| e.name == "r0").and_then(|e| e.version.clone()).expect("r0 holds key 6's tombstone");
     assert!(v.tombstone && v.micros == 150 && v.node == 7, "{v:?}");
     assert_eq!(r0.status().unwrap().replicas[3].hints, 2, "the hints of keys 130 and 70 (80's was delivered)");
+    // The folder now records the partitioner its version 1 files imply.
+    let record = fs::read_to_string(dir.join("partitioner")).unwrap();
+    assert!(record.lines().any(|l| l == "partitioner byte-ordered"), "{record}");
     // Soon after the start, the old files are folded into a snapshot of the current format and a fresh log.
     let files_now = || {
-        let mut files: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut files: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f != "partitioner")
+            .collect();
         files.sort();
         files
     };
@@ -432,4 +439,55 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
     });
     assert!(ok, "r3 did not get the hints of the old log; logs:\n{}", c.logs());
     assert_eq!(c.held(0, 80, "r3"), None, "the delivered hint is not sent again");
+}
+
+/// Every file in `dir` with its contents, by name.
+fn folder_contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A data folder remembers its cluster's partitioner (as Cassandra's system
+/// keyspace does): a replica written to under a byte-ordered cluster file
+/// refuses to start on the same folder once the file says `partitioner
+/// murmur3` — its keys would land in the wrong slots — naming the folder, both
+/// partitioners and what to do, and leaves the folder untouched; with its old
+/// file it starts again and serves its data.
+#[test]
+fn a_data_folder_refuses_a_cluster_file_of_another_partitioner() {
+    let mut c = Cluster::start_with(1, "rf 1\n", &[]);
+    c.client(0).put(5, "written-byte-ordered", One).unwrap();
+    c.kill(0);
+    let dir = c.data_dir(0);
+    let record = fs::read_to_string(dir.join("partitioner")).unwrap();
+    assert!(record.lines().any(|l| l == "partitioner byte-ordered"), "{record}");
+    let before = folder_contents(&dir);
+    let murmur3 = c.dir().join("murmur3.txt");
+    fs::write(&murmur3, format!("partitioner murmur3\nrf 1\n{}\n", c.node_lines().join("\n"))).unwrap();
+    let port = c.replicas[0].port.to_string();
+    let mut argv = vec!["r0".to_string(), port, murmur3.to_string_lossy().into_owned()];
+    argv.extend(c.replica_args(0));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (code, err) = common::start_refused(c.dir(), &argv);
+    assert_eq!(code, Some(2), "{err}");
+    for want in [
+        format!("data folder {}", dir.display()),
+        "holds the data of a byte-ordered cluster".into(),
+        format!("recorded in {}", dir.join("partitioner").display()),
+        "the cluster file says `partitioner murmur3`".into(),
+        "refusing to start".into(),
+        "point --data-dir at an empty folder".into(),
+        "restore the old cluster file (`partitioner byte-ordered`)".into(),
+    ] {
+        assert!(err.contains(&want), "want {want:?} in\n{err}");
+    }
+    assert_eq!(folder_contents(&dir), before, "the refused start changed the data folder");
+    // With the cluster file it was written under, it starts and has its data.
+    c.restart(0);
+    assert_eq!(c.client(0).get_text(5, One).unwrap().as_deref(), Some("written-byte-ordered"));
 }

@@ -10,10 +10,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, MURMUR3, TempDir, bin, slack, wait_for};
+use common::{Cluster, MURMUR3, TempDir, slack, start_refused, wait_for};
 use quorumkv::cluster::consistency::Consistency::{All, Quorum};
 
 /// Keys of every shape a murmur3 cluster takes: text, UTF-8 beyond ASCII, binary
@@ -259,28 +258,6 @@ fn equivalent_cluster_files_agree() {
 // ---------------------------------------------------------------------------
 // Refused at start.
 
-/// Runs a replica that should refuse to start; returns its exit code and what it wrote
-/// (a file, not a pipe: a long message must not stall it).
-fn start_replica(dir: &TempDir, args: &[&str]) -> (Option<i32>, String) {
-    let log = dir.path().join("start.log");
-    let mut child = Command::new(bin("replica"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // A replica that accepts its file would run until killed: give it a deadline.
-    let done = wait_for(slack(Duration::from_secs(10)), || child.try_wait().unwrap().is_some());
-    if !done {
-        let _ = Command::new("kill").arg("-9").arg(child.id().to_string()).status();
-    }
-    let code = child.wait().unwrap().code();
-    let err = std::fs::read_to_string(&log).unwrap();
-    assert!(done, "replica {args:?} did not exit; it wrote:\n{err}");
-    (code, err)
-}
-
 /// Every mistake in a cluster file's settings is refused at start with its line
 /// number and what is wrong, and so is an `--rf` that contradicts the file.
 #[test]
@@ -307,7 +284,7 @@ fn bad_settings_and_contradicting_arguments_are_refused_at_start() {
         std::fs::write(&file, format!("{settings}{nodes}")).unwrap();
         let mut argv = vec!["a", "1", file.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()];
         argv.extend_from_slice(args);
-        let (code, err) = start_replica(&dir, &argv);
+        let (code, err) = start_refused(dir.path(), &argv);
         assert_eq!(code, Some(2), "case {n} {settings:?} {args:?} should be refused:\n{err}");
         assert!(err.contains(want), "case {n} {settings:?} {args:?}: want {want:?} in\n{err}");
     }
@@ -321,7 +298,7 @@ fn bad_settings_and_contradicting_arguments_are_refused_at_start() {
     for (n, (text, want)) in tokens.iter().enumerate() {
         let file = dir.path().join(format!("tokens{n}.txt"));
         std::fs::write(&file, text).unwrap();
-        let (code, err) = start_replica(&dir, &["a", "1", file.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()]);
+        let (code, err) = start_refused(dir.path(), &["a", "1", file.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()]);
         assert!(code == Some(2) && err.contains(want), "{text:?}: want {want:?} in\n{err}");
     }
     // The same RF twice is no contradiction.

@@ -75,10 +75,9 @@ pub fn parse_cluster_spec(text: &str, origin: &str) -> Result<ClusterSpec> {
                 }
                 match setting {
                     "partitioner" => {
-                        spec.partitioner = match value {
-                            "byte-ordered" => Partitioner::ByteOrdered,
-                            "murmur3" => Partitioner::Murmur3,
-                            _ => return Err(bad(format!("unknown partitioner {value:?}; use byte-ordered or murmur3"))),
+                        spec.partitioner = match Partitioner::from_name(value) {
+                            Some(p) => p,
+                            None => return Err(bad(format!("unknown partitioner {value:?}; use byte-ordered or murmur3"))),
                         };
                         partitioner_line = Some(lineno);
                     }

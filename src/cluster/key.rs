@@ -46,6 +46,11 @@ impl Partitioner {
         }
     }
 
+    /// The partitioner named `name` (`byte-ordered` or `murmur3`, as in the cluster file), if any.
+    pub fn from_name(name: &str) -> Option<Partitioner> {
+        [Partitioner::ByteOrdered, Partitioner::Murmur3].into_iter().find(|p| p.name() == name)
+    }
+
     /// Checks `bytes` as a key of this cluster and returns it in its one
     /// canonical form, or says what is wrong.
     pub fn key(self, bytes: Vec<u8>, max_key_bytes: usize) -> Result<Key> {

@@ -308,6 +308,14 @@ impl Ring {
         }
     }
 
+    /// Every token of the ring, sorted (murmur3 rings; empty for byte-ordered ones).
+    pub fn sorted_tokens(&self) -> &[Token] {
+        match &self.placement {
+            Placement::Bytes { .. } => &[],
+            Placement::Tokens { tokens, .. } => tokens,
+        }
+    }
+
     /// The tokens of the node at ring position `i`, sorted (murmur3 rings).
     pub fn tokens_of(&self, i: usize) -> Vec<Token> {
         match &self.placement {
@@ -475,5 +483,8 @@ mod tests {
         assert_eq!(m16.fingerprint(), Ring::murmur3(nodes, &[], 16, 3, 1).unwrap().fingerprint());
         assert_eq!(m16.tokens_of(0).len(), 16);
         assert!(bytes.tokens_of(0).is_empty() && m16.range(0).is_none());
+        let mut every: Vec<Token> = (0..m16.len()).flat_map(|i| m16.tokens_of(i)).collect();
+        every.sort_unstable();
+        assert_eq!((m16.sorted_tokens(), bytes.sorted_tokens()), (&every[..], &[][..]), "every node's tokens, sorted");
     }
 }

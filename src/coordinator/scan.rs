@@ -12,7 +12,9 @@
 //! * Among them the page takes the first `count` in key order, each with the
 //!   newest stamp any replica sent (last write wins); a key whose newest
 //!   version is a tombstone is looked at — the cursor moves past it — but
-//!   not returned.
+//!   not returned. It stops early once the live keys it took pass its byte
+//!   budget (so it passes the budget by at most its last key), and the
+//!   cursor goes on right after the last key it looked at.
 //! * The slot is done when no replica holds more and the page took every key.
 //!
 //! The page always moves on: the listing that sets the bound has at least one
@@ -43,14 +45,17 @@ pub struct Merged {
     pub examined: usize,
     /// The live keys among them, in key order.
     pub live: Vec<Key>,
+    /// The bytes of the live keys.
+    pub bytes: usize,
     /// The last key looked at: where the next page starts in this slot.
     pub last: Option<Key>,
     /// No answering replica holds a key of the slot after `last` (or after the cursor, if none was looked at).
     pub exhausted: bool,
 }
 
-/// Merges the listings of one slot after `after` into at most `count` keys (see the module docs).
-pub fn merge(listings: Vec<Listing>, after: Option<&Key>, count: usize) -> Merged {
+/// Merges the listings of one slot after `after` into at most `count` keys,
+/// stopping once the live ones pass `max_bytes` (see the module docs).
+pub fn merge(listings: Vec<Listing>, after: Option<&Key>, count: usize, max_bytes: usize) -> Merged {
     let past_cursor = |k: &Key| after.is_none_or(|a| k > a);
     let mut bound: Option<Key> = None;
     let mut newest: BTreeMap<Key, Stamp> = BTreeMap::new();
@@ -73,15 +78,20 @@ pub fn merge(listings: Vec<Listing>, after: Option<&Key>, count: usize) -> Merge
         let e = newest.entry(k).or_insert(s);
         *e = (*e).max(s);
     }
-    let exhausted = bound.is_none() && newest.len() <= count;
-    let mut out = Merged { exhausted, ..Merged::default() };
-    for (k, s) in newest.into_iter().take(count) {
+    let decided = newest.len();
+    let mut out = Merged::default();
+    for (k, s) in newest {
+        if out.examined == count || out.bytes >= max_bytes {
+            break;
+        }
         out.examined += 1;
         if !s.tombstone {
+            out.bytes += k.len();
             out.live.push(k.clone());
         }
         out.last = Some(k);
     }
+    out.exhausted = bound.is_none() && out.examined == decided;
     out
 }
 
@@ -128,7 +138,7 @@ mod tests {
 
     #[test]
     fn union_in_key_order_each_key_once() {
-        let m = merge(vec![listing(&["a", "c", "e"], false), listing(&["b", "c"], false), listing(&[], false)], None, 10);
+        let m = merge(vec![listing(&["a", "c", "e"], false), listing(&["b", "c"], false), listing(&[], false)], None, 10, usize::MAX);
         assert_eq!(live(&m), ["a", "b", "c", "e"]);
         assert_eq!((m.examined, m.last, m.exhausted), (4, Some(key("e")), true));
     }
@@ -137,31 +147,47 @@ mod tests {
     fn a_truncated_listing_bounds_the_page() {
         // r0 stopped at "c" (it holds more); r1 listed everything up to "z". A key r0 holds
         // between "c" and "z" (say "d") is unknown, so the page must stop at "c".
-        let m = merge(vec![listing(&["a", "c"], true), listing(&["b", "x", "z"], false)], None, 10);
+        let m = merge(vec![listing(&["a", "c"], true), listing(&["b", "x", "z"], false)], None, 10, usize::MAX);
         assert_eq!(live(&m), ["a", "b", "c"]);
         assert_eq!((m.last.clone(), m.exhausted), (Some(key("c")), false));
         // The next page starts after "c" and sees r0's "d" and r1's "x", "z".
-        let m = merge(vec![listing(&["d"], false), listing(&["x", "z"], false)], m.last.as_ref(), 10);
+        let m = merge(vec![listing(&["d"], false), listing(&["x", "z"], false)], m.last.as_ref(), 10, usize::MAX);
         assert_eq!(live(&m), ["d", "x", "z"]);
         assert!(m.exhausted);
     }
 
     #[test]
     fn the_count_caps_the_page_and_the_slot_goes_on() {
-        let m = merge(vec![listing(&["a", "b"], false), listing(&["c", "d"], false)], None, 3);
+        let m = merge(vec![listing(&["a", "b"], false), listing(&["c", "d"], false)], None, 3, usize::MAX);
         assert_eq!(live(&m), ["a", "b", "c"]);
         assert_eq!((m.last, m.exhausted), (Some(key("c")), false));
-        let exact = merge(vec![listing(&["a", "b"], false), listing(&["b", "c"], false)], None, 3);
+        let exact = merge(vec![listing(&["a", "b"], false), listing(&["b", "c"], false)], None, 3, usize::MAX);
         assert!(exact.exhausted, "three keys, three asked, nobody holds more");
+    }
+
+    #[test]
+    fn the_byte_budget_cuts_the_page_after_the_key_that_passes_it() {
+        // Two-byte keys, a budget of 3: "aa" leaves the page under it, "bb" passes it.
+        let m = merge(vec![listing(&["aa", "bb", "cc"], false), listing(&["dd"], false)], None, 10, 3);
+        assert_eq!(live(&m), ["aa", "bb"]);
+        assert_eq!((m.bytes, m.examined, m.last.clone(), m.exhausted), (4, 2, Some(key("bb")), false));
+        // The next page starts right after "bb": nothing skipped, nothing twice.
+        let m = merge(vec![listing(&["cc"], false), listing(&["dd"], false)], m.last.as_ref(), 10, 3);
+        assert_eq!((live(&m), m.exhausted), (vec!["cc", "dd"], true), "the budget passed with the slot's last key");
+        // A tombstone is looked at but holds no bytes of the page.
+        let dead =
+            Listing { entries: vec![(key("aa"), stamp(1, true)), (key("bb"), stamp(1, false)), (key("cc"), stamp(1, false))], more: false };
+        let m = merge(vec![dead], None, 10, 2);
+        assert_eq!((live(&m), m.bytes, m.examined, m.last.clone()), (vec!["bb"], 2, 2, Some(key("bb"))));
     }
 
     #[test]
     fn the_newest_version_decides_and_tombstones_are_passed_over() {
         let newer_delete = Listing { entries: vec![(key("a"), stamp(5, true)), (key("b"), stamp(1, true))], more: false };
         let older_values = Listing { entries: vec![(key("a"), stamp(4, false)), (key("b"), stamp(2, false))], more: false };
-        let m = merge(vec![newer_delete, older_values], None, 10);
+        let m = merge(vec![newer_delete, older_values], None, 10, usize::MAX);
         assert_eq!(live(&m), ["b"], "a was deleted after its write; b was written again after its delete");
-        let only_deleted = merge(vec![Listing { entries: vec![(key("a"), stamp(5, true))], more: true }], None, 1);
+        let only_deleted = merge(vec![Listing { entries: vec![(key("a"), stamp(5, true))], more: true }], None, 1, usize::MAX);
         assert_eq!((only_deleted.examined, only_deleted.live.len()), (1, 0));
         assert_eq!((only_deleted.last, only_deleted.exhausted), (Some(key("a")), false), "the cursor moves past a tombstone");
     }
@@ -169,21 +195,21 @@ mod tests {
     #[test]
     fn broken_answers_cannot_stall_or_rewind_the_scan() {
         // Keys at or before the cursor are dropped; an unsorted listing is sorted.
-        let m = merge(vec![listing(&["m", "b", "z", "k"], false)], Some(&key("k")), 10);
+        let m = merge(vec![listing(&["m", "b", "z", "k"], false)], Some(&key("k")), 10, usize::MAX);
         assert_eq!(live(&m), ["m", "z"]);
         // "More" with nothing past the cursor would never move on: it counts as finished.
-        let m = merge(vec![listing(&["a"], true), listing(&["q"], false)], Some(&key("k")), 10);
+        let m = merge(vec![listing(&["a"], true), listing(&["q"], false)], Some(&key("k")), 10, usize::MAX);
         assert_eq!((live(&m), m.exhausted), (vec!["q"], true));
-        let none = merge(Vec::new(), None, 10);
+        let none = merge(Vec::new(), None, 10, usize::MAX);
         assert_eq!((none.examined, none.last, none.exhausted), (0, None, true));
     }
 
     #[test]
     fn paging_through_random_listings_returns_every_key_once() {
         // Three replicas, each holding a different subset of 300 keys, served in
-        // pages of every size from 1 to 40, each replica sending between 1 and
-        // `count` keys (as a byte budget cuts answers short): the union comes back
-        // exactly once, in order.
+        // pages of every size from 1 to 40 and byte budgets of every size, each
+        // replica sending between 1 and `count` keys (as a byte budget cuts
+        // answers short): the union comes back exactly once, in order.
         let all: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
         let held: Vec<Vec<&String>> =
             (0..3).map(|r| all.iter().enumerate().filter(|(i, _)| (i + r) % 3 != 0).map(|(_, k)| k).collect()).collect();
@@ -202,8 +228,11 @@ mod tests {
                         listing(&sent, past.len() > cut)
                     })
                     .collect();
-                let m = merge(listings, after.as_ref(), count);
+                // A byte budget of one to fifty keys (every key is 4 bytes) cuts pages short too.
+                let budget = 1 + (rng >> 40) as usize % 200;
+                let m = merge(listings, after.as_ref(), count, budget);
                 assert!(m.examined <= count);
+                assert!(m.bytes < budget + 4, "{} bytes for a budget of {budget}: past it by more than its last key", m.bytes);
                 seen.extend(m.live.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()));
                 if m.exhausted {
                     break;

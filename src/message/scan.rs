@@ -27,7 +27,8 @@ use crate::storage::hlc::Timestamp;
 /// The keys a page looks at when the client asks for none (as Redis's `COUNT`).
 pub const DEFAULT_SCAN_COUNT: u32 = 10;
 
-/// The most keys one page (and one replica's answer) may hold.
+/// The most keys one page (and one replica's answer) may hold; fewer once
+/// their bytes pass [`MAX_PAGE_BYTES`](crate::message::MAX_PAGE_BYTES).
 pub const MAX_SCAN_COUNT: u32 = 10_000;
 
 /// The first byte of every cursor this version writes.

@@ -8,7 +8,7 @@ use crate::cluster::ring::NodeId;
 use crate::cluster::token::murmur3_x64_128;
 use crate::coordinator::call::Call;
 use crate::coordinator::gather::GatherMachine;
-use crate::message::{MAX_DUMP_CELLS, PeerRequest, PeerResponse, PeerResult};
+use crate::message::{MAX_DUMP_CELLS, MAX_PAGE_BYTES, PeerRequest, PeerResponse, PeerResult};
 use crate::node::Node;
 use crate::proto;
 use crate::storage::cell::Version;
@@ -35,10 +35,6 @@ fn cell_hash(key: &[u8], ts: Timestamp, tombstone: bool) -> u64 {
 
 /// `display` asks for the digests of this many slots at a time.
 const DIGEST_SLOTS: usize = 16;
-
-/// A replica's page of cells for `display` stops at about this many bytes of
-/// keys and values (and says so), far below a link's frame limit.
-pub const DUMP_PAGE_BYTES: usize = 1 << 20;
 
 /// A version as an entry of `inspect` or `display`, its value cut to `max_value_len`.
 fn entry(name: String, v: Option<&Version>, max_value_len: usize) -> proto::InspectEntry {
@@ -274,7 +270,7 @@ impl Node {
     /// digest of every group of its cells; otherwise the cells of `slots`
     /// after `after` (in the first slot), in order, values cut to
     /// `max_value_len` bytes, at most `max_keys` of them and about
-    /// [`DUMP_PAGE_BYTES`], with `more` set if it stopped early.
+    /// [`MAX_PAGE_BYTES`], with `more` set if it stopped early.
     pub fn dump(&self, max_value_len: u32, slots: &[u8], max_keys: u32, after: Option<&Key>, digest_slots: &[u8]) -> proto::DumpResult {
         let totals = self.store.totals();
         let mut d = proto::DumpResult { keys: totals.keys, bytes: totals.bytes, ..Default::default() };
@@ -300,7 +296,7 @@ impl Node {
         for (n, &slot) in slots.iter().enumerate() {
             let start = if n == 0 { after.map(Key::as_bytes) } else { None };
             let room = (max_keys as usize).saturating_sub(d.cells.len());
-            let (cells, more) = self.store.list_cut(slot, start, room, max_value_len as usize, DUMP_PAGE_BYTES.saturating_sub(bytes));
+            let (cells, more) = self.store.list_cut(slot, start, room, max_value_len as usize, MAX_PAGE_BYTES.saturating_sub(bytes));
             for c in cells {
                 bytes += c.key.len() + c.value.as_ref().map_or(0, Vec::len);
                 let version = proto::Version {
@@ -311,7 +307,7 @@ impl Node {
                 };
                 d.cells.push(proto::KeyVersion { key: c.key.to_vec(), version: Some(version), truncated: c.cut });
             }
-            if more || (d.cells.len() >= max_keys as usize || bytes >= DUMP_PAGE_BYTES) && n + 1 < slots.len() {
+            if more || (d.cells.len() >= max_keys as usize || bytes >= MAX_PAGE_BYTES) && n + 1 < slots.len() {
                 d.more = true;
                 break;
             }

@@ -51,6 +51,8 @@ pub mod dispatch;
 pub mod peer;
 pub mod scan;
 pub mod startup;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -10,6 +10,12 @@
 //! [`MAX_SLOTS_PER_PAGE`] slots (so a page of a sparse cluster stays quick; it
 //! may then hold fewer keys, or none, as Redis's SCAN pages may).
 //!
+//! Pages are bounded by bytes too, whatever the count and however long the
+//! keys: a replica's listing and the coordinator's page each stop once the
+//! keys they hold pass [`MAX_PAGE_BYTES`] (by at most their last key). A page
+//! cut short ends at the last key it looked at, and its cursor goes on right
+//! after it, so nothing is skipped or returned twice.
+//!
 //! # Replicas that do not answer
 //!
 //! Like a range read at ONE in Cassandra, a page needs one replica of every
@@ -28,21 +34,16 @@ use std::sync::Arc;
 
 use crate::cluster::key::{Key, Partitioner};
 use crate::cluster::ring::NodeId;
-use crate::cluster::token::{self, Token};
+use crate::cluster::token;
 use crate::coordinator::scan::{Listing, merge, slot_ranges};
 use crate::error::{Error, Result};
-use crate::message::{PeerRequest, PeerResponse, ScanCursor, Stamp};
+use crate::message::{MAX_PAGE_BYTES, PeerRequest, PeerResponse, ScanCursor, Stamp};
 use crate::node::Node;
 use crate::node::admin::why;
 use crate::proto;
 
 /// The most slots one page visits.
 pub const MAX_SLOTS_PER_PAGE: usize = 64;
-
-/// A replica stops listing a slot once the keys it listed pass this many
-/// bytes (and says it holds more), so one answer stays small whatever the keys.
-/// (Values are never read: a listing carries keys and timestamps.)
-pub const REPLICA_SCAN_BYTES: usize = 4 << 20;
 
 impl Node {
     /// Where `key` lives: its token, its slot and its replicas, from the ring.
@@ -67,26 +68,29 @@ impl Node {
         }
     }
 
-    /// The replica sets of the token ranges holding keys of `slot`; `tokens` are the ring's sorted tokens.
-    fn slot_groups(&self, tokens: &[Token], slot: u8) -> Vec<&[NodeId]> {
+    /// The replica sets of the token ranges holding keys of `slot`.
+    fn slot_groups(&self, slot: u8) -> Vec<&[NodeId]> {
         match self.ring.partitioner() {
             Partitioner::ByteOrdered => vec![self.ring.group_replicas(slot, 0)],
-            Partitioner::Murmur3 => slot_ranges(tokens, slot).into_iter().map(|r| self.ring.group_replicas(slot, r)).collect(),
+            Partitioner::Murmur3 => {
+                slot_ranges(self.ring.sorted_tokens(), slot).into_iter().map(|r| self.ring.group_replicas(slot, r)).collect()
+            }
         }
     }
 
-    /// One page of a scan from `cursor`: at most `count` keys looked at (see the module docs).
+    /// One page of a scan from `cursor`: at most `count` keys looked at, and
+    /// live keys up to about [`MAX_PAGE_BYTES`] (see the module docs).
     pub fn scan(self: &Arc<Self>, cursor: ScanCursor, count: u32) -> Result<proto::ScanResult> {
-        let mut tokens: Vec<Token> = (0..self.ring.len()).flat_map(|i| self.ring.tokens_of(i)).collect();
-        tokens.sort_unstable();
         let mut out = proto::ScanResult::default();
         // Replicas that did not answer during this page, and why.
         let mut silent: BTreeMap<NodeId, String> = BTreeMap::new();
         let ScanCursor { mut slot, mut after } = cursor;
         let mut left = count.max(1) as usize;
+        // Bytes of keys the page may still take.
+        let mut room = MAX_PAGE_BYTES;
         let mut visited = 0;
         let next = loop {
-            let groups = self.slot_groups(&tokens, slot);
+            let groups = self.slot_groups(slot);
             let mut targets: Vec<NodeId> = Vec::new();
             for &id in groups.iter().flat_map(|g| g.iter()) {
                 if targets.contains(&id) || silent.contains_key(&id) {
@@ -120,9 +124,10 @@ impl Node {
             if let Some(group) = groups.iter().find(|g| !g.iter().any(|id| answered.contains(id))) {
                 return Err(self.uncovered(slot, group, &silent));
             }
-            let page = merge(listings, after.as_ref(), left);
+            let page = merge(listings, after.as_ref(), left, room);
             out.keys.extend(page.live.iter().map(Key::to_vec));
             left -= page.examined;
+            room = room.saturating_sub(page.bytes);
             visited += 1;
             if !page.exhausted {
                 break Some(ScanCursor { slot, after: page.last.or(after) });
@@ -131,7 +136,7 @@ impl Node {
                 break None;
             }
             (slot, after) = (slot + 1, None);
-            if left == 0 || visited >= MAX_SLOTS_PER_PAGE {
+            if left == 0 || room == 0 || visited >= MAX_SLOTS_PER_PAGE {
                 break Some(ScanCursor { slot, after: None });
             }
         };
@@ -155,10 +160,11 @@ impl Node {
     }
 
     /// This replica's side of `scan`: up to `count` of its keys of `slot` after
-    /// `after`, in key order, with their stamps; fewer if their keys pass
-    /// [`REPLICA_SCAN_BYTES`]. `more` says whether it holds keys past the last one.
+    /// `after`, in key order, with their stamps; fewer once their keys pass
+    /// [`MAX_PAGE_BYTES`] (values are never read: a listing carries keys and
+    /// timestamps). `more` says whether it holds keys past the last one.
     pub fn replica_scan(&self, slot: u8, after: Option<Key>, count: u32) -> PeerResponse {
-        let (listed, more) = self.store.scan_stamps(slot, after.as_ref().map(Key::as_bytes), count as usize, REPLICA_SCAN_BYTES);
+        let (listed, more) = self.store.scan_stamps(slot, after.as_ref().map(Key::as_bytes), count as usize, MAX_PAGE_BYTES);
         let entries = listed.into_iter().map(|(key, ts, tombstone)| (key, Stamp { ts, tombstone })).collect();
         PeerResponse::Scan { entries, more }
     }
@@ -166,34 +172,16 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use super::*;
     use crate::cluster::ring::{NodeInfo, Ring};
     use crate::config::NodeConfig;
-    use crate::coordinator::peers::{Peers, ReplySink};
     use crate::message::MAX_SCAN_COUNT;
+    use crate::node::test_util::NoPeers;
     use crate::sim;
     use crate::storage::cell::Version;
     use crate::storage::hlc::Timestamp;
 
-    /// Peers that are all down: a one-node murmur3 replica on its own.
-    struct NoPeers;
-    impl Peers for NoPeers {
-        fn send(&self, to: NodeId, _msg: PeerRequest, sink: Arc<dyn ReplySink>, slot: usize, _deadline: Instant) {
-            sink.deliver(slot, Err(Error::Failure(format!("{to} is down"))));
-        }
-        fn is_up(&self, _to: NodeId) -> bool {
-            false
-        }
-        fn down_for(&self, _to: NodeId) -> Duration {
-            Duration::ZERO
-        }
-        fn storage(&self, _to: NodeId) -> Option<proto::StorageStats> {
-            None
-        }
-    }
-
+    /// m0 of a three-node murmur3 ring (RF 2) whose peers are all down.
     fn murmur3_node() -> Arc<Node> {
         let nodes =
             (0..3).map(|i| NodeInfo { name: format!("m{i}"), host: "127.0.0.1".into(), port: 1 + i, id: NodeId(i.into()) }).collect();
@@ -267,6 +255,60 @@ mod tests {
             PeerResponse::Scan { entries, more } => assert_eq!((entries.len(), more), (8, false)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A page of long keys stops at the byte budget, however many keys were
+    /// asked for, and its cursor goes on right after its last key: walked page
+    /// by page, every live key comes back once, in the walk's order.
+    #[test]
+    fn a_page_stops_at_the_byte_budget_and_its_cursor_goes_on_after_its_last_key() {
+        // A one-node ring (RF 1): this replica holds every range, and takes keys of up to 64 KiB.
+        let nodes = vec![NodeInfo { name: "m0".into(), host: "127.0.0.1".into(), port: 1, id: NodeId(0) }];
+        let mut cfg = NodeConfig::new("m0", "127.0.0.1".parse().unwrap(), 1);
+        cfg.max_key_bytes = 65536;
+        let n = Node::new(cfg, Ring::murmur3(nodes, &[vec![]], 16, 1, 1).unwrap(), Arc::new(NoPeers)).unwrap().0;
+        // 600 keys of 20,000 bytes (12 MB, about two keys a slot); every tenth deleted.
+        const LONG: usize = 20_000;
+        let mut want: Vec<(u8, Vec<u8>)> = Vec::new();
+        for i in 0..600u32 {
+            let mut k = format!("{i:04}:").into_bytes();
+            k.resize(LONG, b'k');
+            let live = i % 10 != 0;
+            n.store.apply_durably(&Key::trusted(k.clone()), v(1, live.then_some(&b"x"[..]))).unwrap();
+            if live {
+                want.push((n.ring.slot(&k), k));
+            }
+        }
+        want.sort();
+        let (mut got, mut cursor, mut pages, mut cut_in_a_slot) = (Vec::new(), ScanCursor::START, 0, 0);
+        loop {
+            let page = n.scan(cursor, MAX_SCAN_COUNT).unwrap();
+            pages += 1;
+            assert!(pages < 1000, "the scan does not end");
+            let bytes: usize = page.keys.iter().map(Vec::len).sum();
+            // Under the budget until its last key, which may pass it.
+            assert!(bytes.saturating_sub(LONG) < MAX_PAGE_BYTES, "page {pages}: {bytes} bytes of keys");
+            if page.done {
+                got.extend(page.keys);
+                break;
+            }
+            let next = ScanCursor::parse(page.cursor, &n.limits()).unwrap();
+            assert!(bytes >= MAX_PAGE_BYTES, "page {pages} of {} keys ({bytes} bytes) stopped before the budget", page.keys.len());
+            // Cut inside a slot, the cursor names the page's last key; cut at a slot's end, the next slot.
+            let last = page.keys.last().unwrap();
+            match &next.after {
+                Some(after) => {
+                    assert_eq!(after.as_bytes(), &last[..], "page {pages}: the cursor is the page's last key");
+                    cut_in_a_slot += 1;
+                }
+                None => assert_eq!(next.slot, n.ring.slot(last) + 1, "page {pages}"),
+            }
+            got.extend(page.keys);
+            cursor = next;
+        }
+        let want: Vec<Vec<u8>> = want.into_iter().map(|(_, k)| k).collect();
+        assert!(got == want, "{} keys back of {}: a gap, a duplicate or another order", got.len(), want.len());
+        assert!(pages > 10 && cut_in_a_slot > 0, "{pages} pages, {cut_in_a_slot} cut inside a slot");
     }
 
     /// One page through node `via`, stepping the simulated network until it is served.

@@ -14,7 +14,7 @@ use crate::storage::cell::Version;
 use crate::storage::hints::HintStore;
 use crate::storage::hlc::Timestamp;
 use crate::storage::store::Store;
-use crate::storage::wal::{FsyncMode, Replayed, Wal, wall_micros};
+use crate::storage::wal::{FsyncMode, Replayed, Wal, check_partitioner, wall_micros};
 
 /// A logged record's key: its bytes, or for a record of a version 1 log (the
 /// seed's integer keys, `key` empty) the integer in decimal. A legacy integer
@@ -54,7 +54,10 @@ fn load_cells(store: &Store, cells: Vec<proto::CellWrite>, loaded: &mut Loaded) 
     }
 }
 
-/// Opens the log in `dir` and loads what it holds into `store` and `hints`.
+/// Opens the log in `dir` and loads what it holds into `store` and `hints`,
+/// after checking that the folder's data was written under the store's
+/// partitioner ([`check_partitioner`]: a folder of another one is refused
+/// before anything in it is read or changed).
 ///
 /// Cells are merged by last-write-wins, so the order in which they are loaded
 /// does not matter: the thread reading (and checking, and decoding) the files
@@ -62,6 +65,7 @@ fn load_cells(store: &Store, cells: Vec<proto::CellWrite>, loaded: &mut Loaded) 
 /// parallel. Hints are loaded in log order by the reading thread (a delivery
 /// must follow the hint it removes).
 pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintStore) -> Result<(Wal, Loaded)> {
+    check_partitioner(dir, store.partitioner())?;
     let loaders = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     std::thread::scope(|scope| {
         let (tx, rx) = crossbeam_channel::bounded::<Vec<proto::CellWrite>>(4 * loaders);
@@ -179,30 +183,11 @@ mod tests {
     use crate::cluster::ring::{NodeId, NodeInfo, Ring};
     use crate::config::NodeConfig;
     use crate::coordinator::command::{Command, Executor};
-    use crate::coordinator::peers::{Peers, ReplySink};
-    use crate::message::PeerRequest;
+    use crate::node::test_util::NoPeers;
     use crate::storage::wal::FsyncMode;
     use std::sync::Arc;
     use std::sync::Barrier;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Instant;
-
-    /// Peers that are all down.
-    struct NoPeers;
-    impl Peers for NoPeers {
-        fn send(&self, to: NodeId, _msg: PeerRequest, sink: Arc<dyn ReplySink>, slot: usize, _deadline: Instant) {
-            sink.deliver(slot, Err(crate::Error::Failure(format!("{to} is down"))));
-        }
-        fn is_up(&self, _to: NodeId) -> bool {
-            false
-        }
-        fn down_for(&self, _to: NodeId) -> Duration {
-            Duration::ZERO
-        }
-        fn storage(&self, _to: NodeId) -> Option<proto::StorageStats> {
-            None
-        }
-    }
 
     fn ring() -> Ring {
         let nodes = (0..3)

@@ -284,6 +284,11 @@ impl Store {
         Store { slots: (0..KEYS).map(|_| RwLock::new(Slot::default())).collect(), partitioner, wal }
     }
 
+    /// The partitioner that gives each key its slot.
+    pub fn partitioner(&self) -> Partitioner {
+        self.partitioner
+    }
+
     /// Logs every change to `wal` from now on (after recovery has loaded the store).
     pub fn set_wal(&mut self, wal: Option<Arc<Wal>>) {
         self.wal = wal;

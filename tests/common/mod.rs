@@ -438,6 +438,30 @@ impl Drop for Cluster {
     }
 }
 
+/// Runs a replica with `args` that should refuse to start; returns its exit
+/// code and what it wrote to stderr (into a file in `log_dir`, not a pipe: a
+/// long message must not stall it). A replica still running after a deadline
+/// is killed and fails the test.
+pub fn start_refused(log_dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let log = log_dir.join("start.log");
+    let mut child = Command::new(bin("replica"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // A replica that accepts its start would run until killed: give it a deadline.
+    let done = wait_for(slack(Duration::from_secs(10)), || child.try_wait().unwrap().is_some());
+    if !done {
+        let _ = child.kill();
+    }
+    let code = child.wait().unwrap().code();
+    let err = fs::read_to_string(&log).unwrap();
+    assert!(done, "replica {args:?} did not exit; it wrote:\n{err}");
+    (code, err)
+}
+
 /// Runs the `client` binary against `127.0.0.1:port`.
 pub fn run_client_at(port: u16, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;

@@ -28,7 +28,8 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM or ALL):
   ring [tokens]           each node: its tokens (murmur3; the first few) or key range, its share of the data, keys and bytes held;
                           `ring tokens` lists every token in ring order with its node
   scan [CURSOR] [COUNT]   a page of every key in the cluster: up to COUNT (default 10, at most 10000) keys from CURSOR
-                          (0 or none: the start), then the cursor of the next page; one-shot, it walks every page
+                          (0 or none: the start; fewer once their bytes pass 1 MiB), then the cursor of the next page;
+                          one-shot, it walks every page
 Fault injection (only on replicas started with --enable-fault-injection; acts on the replica connected to):
   fault [show]            show the faults active on this replica
   fault drop PEERS [DIR]  drop messages exchanged with PEERS (names, comma-separated, or all); DIR is to, from or both (default)

@@ -12,7 +12,9 @@
 //! zero-padded, 16-digit sequence number that only grows) and at most one
 //! `snapshot`. Only the newest log is written to; older ones wait for a
 //! snapshot to cover them and are then deleted. A `snapshot.tmp` may exist
-//! briefly while a snapshot is written.
+//! briefly while a snapshot is written. A small text file, `partitioner`,
+//! records the partitioner of the cluster the folder's keys belong to
+//! ([`check_partitioner`]: a start under another partitioner is refused).
 //!
 //! # Record format
 //!
@@ -138,6 +140,8 @@
 //!   [`write_snapshot`] and reading the snapshot back.
 //! - `recovery.rs`: [`Wal::open`], log replay, the torn-tail cut and the
 //!   refusal of any other damage.
+//! - `partitioner.rs`: the folder's partitioner record, checked before
+//!   recovery ([`check_partitioner`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -149,11 +153,13 @@ use crate::error::{Error, Result};
 use crate::proto;
 
 mod commit;
+mod partitioner;
 mod record;
 mod recovery;
 mod snapshot;
 
 pub use commit::FsyncMode;
+pub use partitioner::{PARTITIONER_FILE, check_partitioner};
 pub use record::crc32c;
 pub use recovery::{Recovered, Replay, Replayed};
 pub use snapshot::{SnapshotWriter, write_snapshot};
@@ -175,6 +181,32 @@ fn now_micros() -> u64 {
 /// Fsyncs a folder so a file created or renamed in it survives a machine crash.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("cannot sync folder", dir, e))
+}
+
+/// The temporary file a new `dir/name` is written to before it is renamed over `name`.
+fn tmp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.tmp"))
+}
+
+/// Renames `tmp` (written and fsynced) over `dir/name` and fsyncs the folder:
+/// after a crash the folder holds the whole new file or the whole old one.
+fn install_file(dir: &Path, tmp: &Path, name: &str) -> Result<()> {
+    fs::rename(tmp, dir.join(name)).map_err(|e| io_err("cannot rename", tmp, e))?;
+    sync_dir(dir)
+}
+
+/// Writes `data` to `dir/name` atomically: to a temporary file, fsynced, then
+/// renamed over `name`, and the folder fsynced (as the snapshot is written).
+fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let tmp = tmp_path(dir, name);
+    let written = File::create(&tmp)
+        .and_then(|mut f| f.write_all(data).and_then(|_| f.sync_all()))
+        .map_err(|e| io_err("cannot write", &tmp, e))
+        .and_then(|_| install_file(dir, &tmp, name));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Creates log `seq` (replacing any file of that name), writes its magic and

@@ -11,7 +11,7 @@ use log::{info, warn};
 use prost::Message;
 
 use super::record::{LOG_MAGIC, RECORD_HEADER, SNAP_MAGIC, SNAP_MAGIC_V1, crc32c};
-use super::{Wal, create_log, io_err, list_logs, log_path, sync_dir};
+use super::{Wal, create_log, install_file, io_err, list_logs, log_path, tmp_path};
 use crate::error::{Error, Result};
 use crate::proto;
 
@@ -122,8 +122,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 
 impl SnapshotWriter {
     fn write(dir: &Path, header: proto::Snapshot, fill: impl FnOnce(&mut SnapshotWriter) -> Result<()>) -> Result<u64> {
-        let tmp = dir.join("snapshot.tmp");
-        let fin = dir.join(SNAPSHOT_FILE);
+        let tmp = tmp_path(dir, SNAPSHOT_FILE);
         let file = File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
         let w = SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), tmp: tmp.clone(), bytes: 0, synced: 0, frame: Vec::new() };
         let bytes = match w.fill(header, fill) {
@@ -133,8 +132,7 @@ impl SnapshotWriter {
                 return Err(e);
             }
         };
-        fs::rename(&tmp, &fin).map_err(|e| io_err("cannot rename", &tmp, e))?;
-        sync_dir(dir)?;
+        install_file(dir, &tmp, SNAPSHOT_FILE)?;
         Ok(bytes)
     }
 
