@@ -18,9 +18,10 @@
 //! order, and a snapshot taken after a log rotation holds every change logged
 //! before it), and the caller [`commit`](Store::commit)s — waits for
 //! durability — after releasing the lock, so concurrent writers share one
-//! fsync. A change the log refuses (disk full) is not applied.
+//! fsync. A change the log refuses (disk full) is not applied: the cell that
+//! was swapped in is swapped back out before the lock is released.
 //!
-//! Memory: a cell is one [`Entry`] in its slot's `BTreeSet` — 40 bytes
+//! Memory: a cell is one `Entry` in its slot's `BTreeSet` — 40 bytes
 //! holding the timestamp, the key's length and first eight bytes, and a
 //! pointer to one allocation with the key's bytes followed by the value's. At
 //! 10-byte keys and 100-byte values that is about 190 bytes a key with the
