@@ -1,7 +1,9 @@
 //! quorumkv: a distributed key-value store in the Dynamo/Cassandra family.
 //!
-//! Keys are the integers `0..=255`, values UTF-8 strings. A byte-ordered ring
-//! ([`cluster`]) places each key on `RF` replicas; any replica coordinates a
+//! Keys and values are bytes. A ring ([`cluster`]) places each key on `RF`
+//! replicas: byte-ordered (the seed's keys, the integers `0..=255`) or by
+//! each key's Murmur3 token among the nodes' tokens (any key of up to
+//! `--max-key-bytes`), as the cluster file says; any replica coordinates a
 //! request ([`node`]) at the consistency level the client picks; the request
 //! machines of [`coordinator`] turn replies into answers, read repairs and
 //! hints; [`storage`] keeps cells, hints and the write-ahead log; [`net`] owns
