@@ -228,6 +228,9 @@ pub enum PeerResponse {
     WriteAck {
         /// The version was newer than the cell's.
         applied: bool,
+        /// When it was not: the timestamp of the version the replica holds
+        /// instead (the same as the write's for a repeated write, newer otherwise).
+        held: Option<Timestamp>,
     },
     /// To [`PeerRequest::ReadBatch`]: one version per key, in order.
     ReadBatch(Vec<Option<Version>>),
@@ -433,7 +436,11 @@ impl PeerResponse {
         match self {
             PeerResponse::Pong(name) => B::Pong(proto::Pong { name }),
             PeerResponse::Read(v) => B::ReplicaRead(read_result(v)),
-            PeerResponse::WriteAck { applied } => B::ReplicaWrite(proto::WriteAck { applied }),
+            PeerResponse::WriteAck { applied, held } => B::ReplicaWrite(proto::WriteAck {
+                applied,
+                held_micros: held.map_or(0, |t| t.micros),
+                held_node: held.map_or(0, |t| t.node),
+            }),
             PeerResponse::ReadBatch(vs) => {
                 B::ReplicaReadBatch(proto::ReadBatchResult { results: vs.into_iter().map(read_result).collect() })
             }
@@ -454,7 +461,11 @@ impl PeerResponse {
             None => return Err(Error::Protocol(format!("{from} sent an empty reply"))),
             Some(B::Pong(p)) => PeerResponse::Pong(p.name),
             Some(B::ReplicaRead(r)) => PeerResponse::Read(r.version.map(Version::from_proto)),
-            Some(B::ReplicaWrite(w)) => PeerResponse::WriteAck { applied: w.applied },
+            Some(B::ReplicaWrite(w)) => {
+                // An older replica sends no timestamp: nothing to compare, as before.
+                let held = (!w.applied && w.held_micros != 0).then_some(Timestamp { micros: w.held_micros, node: w.held_node });
+                PeerResponse::WriteAck { applied: w.applied, held }
+            }
             Some(B::ReplicaReadBatch(b)) => {
                 PeerResponse::ReadBatch(b.results.into_iter().map(|r| r.version.map(Version::from_proto)).collect())
             }

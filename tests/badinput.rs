@@ -253,11 +253,12 @@ fn client_base(rng: &mut Rng) -> proto::Request {
         }
         16 => B::Status(proto::StatusRequest {}),
         _ => B::Fault(proto::FaultRequest {
-            action: rng.below(5) as i32,
+            action: rng.below(7) as i32,
             peers: vec!["r1".into()],
             direction: rng.below(3) as i32,
             delay_ms: 10,
             pause_ms: 10,
+            clock_offset_ms: rng.next() as i64,
         }),
     };
     proto::Request { id: rng.next() >> rng.below(64), body: Some(body) }
@@ -511,7 +512,7 @@ fn response(rng: &mut Rng) -> proto::Response {
         3 => R::Write(proto::WriteResult { micros: rng.next(), node: 1, acks: 2 }),
         4 => R::Hello(proto::HelloAck { name: "r1".into() }),
         5 => R::ReplicaRead(proto::ReadResult { version: Some(version(rng)) }),
-        6 => R::ReplicaWrite(proto::WriteAck { applied: true }),
+        6 => R::ReplicaWrite(proto::WriteAck { applied: rng.below(2) == 0, held_micros: rng.next(), held_node: rng.next() as u32 }),
         7 => R::ReplicaReadBatch(proto::ReadBatchResult { results: vec![proto::ReadResult { version: Some(version(rng)) }; 3] }),
         8 => R::Heartbeat(proto::HeartbeatAck { name: "r2".into(), storage: Some(proto::StorageStats::default()) }),
         _ => R::Inspect(proto::InspectResult { key: b"3".to_vec(), replicas: vec![proto::InspectEntry::default()] }),

@@ -43,7 +43,7 @@ fn read_reply(v: Option<Version>) -> PeerResult {
 }
 
 fn write_ack() -> PeerResult {
-    Ok(PeerResponse::WriteAck { applied: true })
+    Ok(PeerResponse::WriteAck { applied: true, held: None })
 }
 
 /// A responder that records what it was told.
@@ -378,4 +378,74 @@ fn call_wait_returns_when_settled_by_another_thread() {
     assert_eq!(m.take().len(), 2);
     drop(m);
     t.join().unwrap();
+}
+
+fn held_ack(applied: bool, held: Option<Timestamp>) -> PeerResult {
+    Ok(PeerResponse::WriteAck { applied, held })
+}
+
+/// A restamp that observes and ticks like a node's clock (a counter here).
+fn restamper(calls: Arc<Mutex<Vec<Timestamp>>>) -> crate::coordinator::write::Restamp {
+    Arc::new(move |newer: Timestamp| {
+        calls.lock().push(newer);
+        Some(Timestamp { micros: newer.micros + 1, node: 1 })
+    })
+}
+
+/// A write stamped below a version a counted ack reports is re-stamped above
+/// it and sent again to every replica; the client hears of the second round only.
+#[test]
+fn a_write_behind_a_newer_version_is_restamped_and_sent_again() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let v = Version::value(ts(10), "late");
+    let mut m =
+        WriteMachine::new(k(4), v, ids(&[1, 2, 3]), ring(), 2, true).restamp_with(restamper(calls.clone())).reply_to(reply_to(7, 10_000));
+    m.start();
+    let mut out = Vec::new();
+    m.on_reply(0, held_ack(false, Some(ts(50))), &mut out);
+    m.on_reply(1, held_ack(false, Some(ts(40))), &mut out);
+    // The level is reached, but behind ts 50: no answer, a second round above it.
+    assert!(answers(&out).is_empty());
+    assert_eq!(*calls.lock(), vec![ts(50)]);
+    let second = sends(&out);
+    assert_eq!(second.iter().map(|s| (s.slot, s.to)).collect::<Vec<_>>(), vec![(3, NodeId(1)), (4, NodeId(2)), (5, NodeId(3))]);
+    for s in &second {
+        assert!(
+            matches!(&s.msg, PeerRequest::Write { version, .. } if version.ts == ts(51) && version.value.as_deref() == Some(&b"late"[..]))
+        );
+    }
+    assert!(m.restamped() && !m.settled());
+    out.clear();
+    // The first round's last reply, late, changes nothing.
+    m.on_reply(2, held_ack(false, Some(ts(60))), &mut out);
+    assert!(out.is_empty() && !m.settled());
+    m.on_reply(3, held_ack(true, None), &mut out);
+    m.on_reply(5, held_ack(true, None), &mut out);
+    assert_eq!(answers(&out), vec![(7, Reply::Write { ts: ts(51), acks: 2 })]);
+    assert_eq!(*calls.lock(), vec![ts(50)], "one re-stamp at most");
+    assert_eq!(m.result(false).unwrap(), (ts(51), 2));
+}
+
+/// Nothing newer among the counted acks (a repeated write holds its own
+/// timestamp; a newer version reported after the level was reached is
+/// concurrent): answered after one round, no re-stamp.
+#[test]
+fn a_write_is_not_restamped_for_its_own_version_or_a_late_ack() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let v = Version::value(ts(10), "x");
+    let mut m =
+        WriteMachine::new(k(4), v, ids(&[1, 2, 3]), ring(), 2, true).restamp_with(restamper(calls.clone())).reply_to(reply_to(8, 10_000));
+    let mut out = Vec::new();
+    m.on_reply(0, held_ack(false, Some(ts(10))), &mut out);
+    m.on_reply(1, held_ack(true, None), &mut out);
+    assert_eq!(answers(&out), vec![(8, Reply::Write { ts: ts(10), acks: 2 })]);
+    out.clear();
+    m.on_reply(2, held_ack(false, Some(ts(99))), &mut out);
+    assert!(sends(&out).is_empty() && calls.lock().is_empty() && !m.restamped());
+    // A refused re-stamp (the clock will not jump that far ahead) answers as before.
+    let refuse: crate::coordinator::write::Restamp = Arc::new(|_| None);
+    let mut m = WriteMachine::new(k(4), Version::value(ts(10), "x"), ids(&[1, 2, 3]), ring(), 2, true).restamp_with(refuse);
+    m.on_reply(0, held_ack(false, Some(ts(u64::MAX))), &mut out);
+    m.on_reply(1, held_ack(true, None), &mut out);
+    assert!(m.settled() && !m.restamped());
 }

@@ -1,4 +1,20 @@
 //! The write machine: a version sent to every replica of a key.
+//!
+//! **Order that survives clock skew.** Last-write-wins orders writes by their
+//! coordinators' clocks, so a coordinator whose clock lags would stamp a write
+//! *below* one acknowledged before it started, and the newer write would be
+//! silently lost. A replica's ack therefore says when the write did not
+//! become its current version and what it holds instead. If an ack counted
+//! toward the level shows a newer version, the machine does not answer: it
+//! re-stamps the write above the newest timestamp it saw (the node's clock
+//! observes it, then ticks) and sends it again to every replica, answering
+//! when that second round reaches the level. One re-stamp suffices: a write
+//! acknowledged before this one started is on a quorum, which meets this
+//! write's quorum in some replica, so the first round's counted acks show it
+//! (or something newer); anything newer the second round meets was not
+//! acknowledged before this write started, so it is concurrent and either
+//! order is right. At ONE no quorums meet, and the guarantee is only as good
+//! as the replica that answered. Clocks that agree never cause a second round.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,13 +40,73 @@ pub struct WriteMachine {
     tally: Tally,
     hint: bool,
     reply_to: Option<ReplyTo>,
+    restamp: Option<Restamp>,
+    /// The newest timestamp above the write's that an ack of the first round reported.
+    newer_held: Option<Timestamp>,
+    /// The first slot of the current round: 0, then the replica count once re-stamped
+    /// (replies to the first round, arriving later, are then ignored).
+    round_base: usize,
 }
+
+/// Gives a write a new timestamp above the one given (the node's clock
+/// observes it, then ticks); `None` if the clock refuses it (too far ahead).
+pub type Restamp = Arc<dyn Fn(Timestamp) -> Option<Timestamp> + Send + Sync>;
 
 impl WriteMachine {
     /// A write of `version` to `targets` needing `required` acks; `hint` keeps hints for failed replicas.
     pub fn new(key: Key, version: Version, targets: impl Into<Arc<[NodeId]>>, ring: Arc<Ring>, required: usize, hint: bool) -> Self {
         let tally = Tally::new(targets, ring, required);
-        WriteMachine { key, version, answered: SlotSet::new(tally.targets().len()), tally, hint, reply_to: None }
+        WriteMachine {
+            key,
+            version,
+            answered: SlotSet::new(tally.targets().len()),
+            tally,
+            hint,
+            reply_to: None,
+            restamp: None,
+            newer_held: None,
+            round_base: 0,
+        }
+    }
+
+    /// Re-stamp the write with `restamp` and send it again when an ack shows a
+    /// newer version (see the module docs).
+    pub fn restamp_with(mut self, restamp: Restamp) -> Self {
+        self.restamp = Some(restamp);
+        self
+    }
+
+    /// The version being written (its timestamp changes if the write is re-stamped).
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// Whether the write was re-stamped and sent again.
+    pub fn restamped(&self) -> bool {
+        self.round_base > 0
+    }
+
+    /// The messages of the current round, one for each replica whose slot has no outcome yet.
+    fn sends(&self) -> Vec<Outgoing> {
+        let write = |(i, &to)| {
+            let msg = PeerRequest::Write { key: self.key.clone(), version: self.version.clone() };
+            Outgoing { slot: self.round_base + i, to, msg, route: Route::Direct }
+        };
+        self.tally.targets().iter().enumerate().map(write).collect()
+    }
+
+    /// After the first round reached its level: starts the second round if an
+    /// ack showed a newer version and the clock gives a timestamp above it.
+    fn second_round(&mut self, out: &mut Vec<Command>) -> bool {
+        let (Some(newer), Some(restamp), 0) = (self.newer_held, &self.restamp, self.round_base) else { return false };
+        let Some(ts) = restamp(newer) else { return false };
+        self.version.ts = ts;
+        let n = self.tally.targets().len();
+        self.round_base = n;
+        self.answered = SlotSet::new(n);
+        self.tally = Tally::new(self.tally.targets().to_vec(), self.tally.ring().clone(), self.tally.required());
+        out.extend(self.sends().into_iter().map(Command::Send));
+        true
     }
 
     /// Acks and failures so far.
@@ -61,19 +137,21 @@ impl WriteMachine {
 
 impl Machine for WriteMachine {
     fn start(&mut self) -> Vec<Outgoing> {
-        let write = |(slot, &to)| {
-            let msg = PeerRequest::Write { key: self.key.clone(), version: self.version.clone() };
-            Outgoing { slot, to, msg, route: Route::Direct }
-        };
-        self.tally.targets().iter().enumerate().map(write).collect()
+        self.sends()
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
-        if !self.answered.insert(slot) {
+        let Some(slot) = slot.checked_sub(self.round_base) else { return };
+        if slot >= self.tally.targets().len() || !self.answered.insert(slot) {
             return;
         }
         let err = match result {
-            Ok(PeerResponse::WriteAck { .. }) => None,
+            Ok(PeerResponse::WriteAck { held, .. }) => {
+                if let Some(h) = held.filter(|&h| h > self.version.ts && self.round_base == 0 && !self.tally.settled()) {
+                    self.newer_held = self.newer_held.max(Some(h));
+                }
+                None
+            }
             Ok(other) => Some(Error::Protocol(format!("unexpected reply to a write: {other:?}"))),
             Err(e) => Some(e),
         };
@@ -85,6 +163,9 @@ impl Machine for WriteMachine {
                     out.push(Command::Hint { target: self.tally.target(slot), key: self.key.clone(), version: self.version.clone() });
                 }
             }
+        }
+        if self.tally.settled() && self.tally.decision() == Decision::Reached && self.second_round(out) {
+            return;
         }
         if self.tally.settled()
             && let Some(to) = self.reply_to.take()

@@ -16,7 +16,8 @@
 //! | `drop` *from* | requests and replies it receives from the peer are discarded unread; the peer's new links are closed at the handshake |
 //! | `delay` *to* / *from* | those messages leave (or are handled) `delay_ms` later; their order is kept while the delay stays the same |
 //! | `pause` | nothing it receives, from clients or peers, is handled for `pause_ms`; its failure detector stops too (as a `SIGSTOP` would) |
-//! | `heal` | every drop and delay rule is removed (a pause ends on its own) |
+//! | `clock` | its wall clock reads `clock_offset_ms` ahead (or behind, if negative) of the system's, so its coordinator stamps writes from a skewed clock ([`ShiftedClock`]; at most a day either way) |
+//! | `heal` | every drop and delay rule is removed and the clock put back (a pause ends on its own) |
 //!
 //! Dropping both ways on one replica is a full partition between it and the
 //! peer: the peer's requests go unanswered, so the peer's failure detector
@@ -34,6 +35,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::cluster::ring::{NodeId, Ring};
 use crate::error::{Error, Result};
 use crate::proto::{self, FaultAction, FaultDirection};
+use crate::storage::hlc::{SystemClock, WallClock};
 
 /// The longest delay a request may set.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -114,9 +117,34 @@ struct State {
     seq: u64,
 }
 
+/// The largest clock shift a fault request may ask for.
+pub const MAX_CLOCK_SHIFT: Duration = Duration::from_secs(24 * 3600);
+
+/// The system clock shifted by an offset that a clock fault sets: the wall
+/// clock of a replica's hybrid logical clock, so a test can make one replica's
+/// clock run ahead or behind the others'.
+#[derive(Default)]
+pub struct ShiftedClock {
+    offset_micros: std::sync::atomic::AtomicI64,
+}
+
+impl ShiftedClock {
+    /// The current shift in milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_micros.load(Ordering::Relaxed) / 1000
+    }
+}
+
+impl WallClock for ShiftedClock {
+    fn now_micros(&self) -> u64 {
+        SystemClock.now_micros().saturating_add_signed(self.offset_micros.load(Ordering::Relaxed))
+    }
+}
+
 /// One replica's faults (see the module docs).
 pub struct Faults {
     enabled: bool,
+    clock: Arc<ShiftedClock>,
     /// Set while any rule or pause is in force: the only thing the hot paths read.
     active: AtomicBool,
     state: Mutex<State>,
@@ -129,6 +157,7 @@ impl Faults {
         let rules = ids.into_iter().map(|id| (id, Rule::NONE)).collect();
         Faults {
             enabled,
+            clock: Arc::default(),
             active: AtomicBool::new(false),
             state: Mutex::new(State { rules, paused_until: None, queue: BinaryHeap::new(), seq: 0 }),
             cond: Condvar::new(),
@@ -247,6 +276,11 @@ impl Faults {
         self.cond.notify_all();
     }
 
+    /// The wall clock a clock fault shifts: the node's clock must read it.
+    pub fn clock(&self) -> Arc<ShiftedClock> {
+        self.clock.clone()
+    }
+
     /// Carries out a fault request received by node `me` of `ring`.
     pub fn handle(&self, req: proto::FaultRequest, ring: &Ring, me: NodeId) -> Result<proto::FaultResult> {
         let name = ring.name(me);
@@ -315,6 +349,17 @@ impl Faults {
             }
             FaultAction::Heal => {
                 st.rules.iter_mut().for_each(|(_, r)| *r = Rule::NONE);
+                self.clock.offset_micros.store(0, Ordering::Relaxed);
+            }
+            FaultAction::Clock => {
+                if req.clock_offset_ms.unsigned_abs() > MAX_CLOCK_SHIFT.as_millis() as u64 {
+                    return Err(Error::InvalidRequest(format!(
+                        "a clock shift of {} ms exceeds the limit of {} ms either way",
+                        req.clock_offset_ms,
+                        MAX_CLOCK_SHIFT.as_millis()
+                    )));
+                }
+                self.clock.offset_micros.store(req.clock_offset_ms * 1000, Ordering::Relaxed);
             }
         }
         self.expire(&mut st);
@@ -322,7 +367,12 @@ impl Faults {
             log::warn!("fault injection: {:?} {:?} {:?}; now: {:?}", action, direction, req.peers, describe(&st, ring));
         }
         self.cond.notify_all();
-        Ok(proto::FaultResult { replica: name, active: describe(&st, ring) })
+        let mut active = describe(&st, ring);
+        match self.clock.offset_ms() {
+            0 => {}
+            ms => active.push(format!("clock shifted {ms:+} ms")),
+        }
+        Ok(proto::FaultResult { replica: name, active })
     }
 }
 
@@ -373,6 +423,7 @@ mod tests {
             direction: direction as i32,
             delay_ms: 0,
             pause_ms: 0,
+            clock_offset_ms: 0,
         }
     }
 
@@ -416,12 +467,32 @@ mod tests {
             (proto::FaultRequest { direction: 7, ..req(FaultAction::Drop, &[], FaultDirection::Both) }, "unknown fault direction"),
             (proto::FaultRequest { delay_ms: 60_001, ..req(FaultAction::Delay, &[], FaultDirection::Both) }, "exceeds the limit"),
             (req(FaultAction::Pause, &[], FaultDirection::Both), "a pause must last"),
+            (
+                proto::FaultRequest { clock_offset_ms: -86_400_001, ..req(FaultAction::Clock, &[], FaultDirection::Both) },
+                "exceeds the limit",
+            ),
+            (proto::FaultRequest { clock_offset_ms: i64::MIN, ..req(FaultAction::Clock, &[], FaultDirection::Both) }, "exceeds the limit"),
         ];
         for (q, want) in cases {
             let e = f.handle(q.clone(), &r, NodeId(0)).unwrap_err();
             assert!(e.to_string().contains(want), "{q:?}: {e}");
         }
         assert!(!f.active.load(Ordering::Relaxed), "refused requests change nothing");
+        assert_eq!(f.clock().offset_ms(), 0, "refused requests change nothing");
+    }
+
+    /// A clock fault shifts the clock the node reads, shows, and is put back by `heal`.
+    #[test]
+    fn a_clock_shift_moves_the_wall_clock_until_healed() {
+        let (f, r) = (Faults::new(ids(), true), ring());
+        let clock = f.clock();
+        let shift = proto::FaultRequest { clock_offset_ms: -2000, ..req(FaultAction::Clock, &[], FaultDirection::Both) };
+        let shown = f.handle(shift, &r, NodeId(0)).unwrap();
+        assert_eq!(shown.active, vec!["clock shifted -2000 ms".to_string()]);
+        let behind = SystemClock.now_micros() - clock.now_micros();
+        assert!((1_990_000..=2_010_000).contains(&behind), "{behind} µs behind");
+        assert!(f.handle(req(FaultAction::Heal, &[], FaultDirection::Both), &r, NodeId(0)).unwrap().active.is_empty());
+        assert!(SystemClock.now_micros().abs_diff(clock.now_micros()) < 10_000);
     }
 
     #[test]

@@ -69,8 +69,9 @@ pub fn run(cfg: NodeConfig, ring: Ring) -> Result<()> {
     let listener = bind(&cfg)?;
     let me = Node::locate(&cfg, &ring)?;
     let faults = Arc::new(Faults::new(ring.ids(), cfg.enable_fault_injection));
+    let clock = faults.clock();
     let links = Arc::new(Links::new(&ring, me, faults)?);
-    let (node, workers) = Node::new(cfg, ring, links.clone())?;
+    let (node, workers) = Node::with_clock(cfg, ring, links.clone(), clock)?;
     info!(
         "{} listening on {} (ring {}; mode {}; timeout {:?})",
         node.name(),

@@ -69,7 +69,13 @@ impl Node {
         let version = Version { ts: self.clock.now(), value: value.map(Vec::into_boxed_slice) };
         let hint = self.cfg.mode.hinted_handoff();
         let targets = self.ring.replica_set(key.as_bytes());
-        let machine = WriteMachine::new(key, version, targets, self.ring.clone(), need, hint);
+        let node = Arc::downgrade(self);
+        let restamp = move |newer| {
+            let node = node.upgrade()?;
+            node.clock.observe(newer, node.cfg.max_clock_offset).ok()?;
+            Some(node.clock.now())
+        };
+        let machine = WriteMachine::new(key, version, targets, self.ring.clone(), need, hint).restamp_with(Arc::new(restamp));
         let call = match self.start(machine, later, self.deadline(), WriteMachine::reply_to) {
             Started::Deferred(u) => return Ok(Answered::Later(u)),
             Started::Waiting(call) => call,
@@ -209,7 +215,7 @@ impl Executor for Node {
         }
         match local {
             Some((slot, Ok((key, ts, applied)))) => {
-                let result = self.commit_local(&key, ts, applied).map(|applied| PeerResponse::WriteAck { applied });
+                let result = self.commit_local(&key, ts, applied).map(|a| PeerResponse::WriteAck { applied: a.changed, held: a.held });
                 sink.deliver(slot, result);
             }
             // Not a write (matched above): served as a peer would, nothing to commit.

@@ -48,9 +48,10 @@ impl Node {
                 }
                 let ts = version.ts;
                 return match self.store.apply(&key, version) {
-                    Ok(applied) => {
-                        (Ok(PeerResponse::WriteAck { applied: applied.changed }), Some(PendingAck { pos: applied.pos, key, ts }))
-                    }
+                    Ok(applied) => (
+                        Ok(PeerResponse::WriteAck { applied: applied.changed, held: applied.held }),
+                        Some(PendingAck { pos: applied.pos, key, ts }),
+                    ),
                     Err(e) => (Err(e), None),
                 };
             }
@@ -81,18 +82,18 @@ impl Node {
     /// Applies a write to the local store and waits until it is durable.
     pub fn apply_local(&self, key: &Key, version: Version) -> Result<bool> {
         let ts = version.ts;
-        self.commit_local(key, ts, self.store.apply(key, version))
+        self.commit_local(key, ts, self.store.apply(key, version)).map(|a| a.changed)
     }
 
     /// The second half of [`apply_local`](Self::apply_local), for a write
     /// already applied (the fan-out loop applies its own replica's write before
     /// the remote sends and commits it after): waits until it is durable, then
     /// records the ack. Returns whether the cell changed.
-    pub fn commit_local(&self, key: &Key, ts: Timestamp, applied: Result<Applied>) -> Result<bool> {
+    pub fn commit_local(&self, key: &Key, ts: Timestamp, applied: Result<Applied>) -> Result<Applied> {
         let a = applied?;
         self.store.commit(a.pos)?;
         self.note_ack(key, ts);
-        Ok(a.changed)
+        Ok(a)
     }
 
     /// Test hook: records that this replica acknowledged `ts` for `key` (after it was durable).

@@ -48,6 +48,9 @@ use crate::storage::wal::Wal;
 pub struct Applied {
     /// The version was newer and replaced the cell.
     pub changed: bool,
+    /// When it was not: the timestamp of the version the cell holds (as new
+    /// or newer), which the coordinator compares with the write's.
+    pub held: Option<Timestamp>,
     /// The log position the caller must [`commit`](Store::commit) before
     /// acknowledging: the record of this change, or, when the version was not
     /// newer, a position at or after the record of the version that superseded
@@ -206,27 +209,28 @@ struct Slot {
 
 impl Slot {
     /// Puts `entry` (holding version `v`) in if `v` is newer than its key's
-    /// cell: `Some` with the cell it replaced (if any), or `None` when the
-    /// cell stays as it was.
+    /// cell: `Ok` with the cell it replaced (if any), or `Err` with the
+    /// timestamp of the cell, which stays as it was.
     ///
     /// One search of the B-tree in the usual case, where the version is
     /// newer: the entry is swapped in, and the old cell swapped back only if
     /// it was not older after all (a repeated or late write, which pays a
     /// second search).
-    fn swap_in(&mut self, entry: Entry, v: &Version) -> Option<Option<Entry>> {
+    fn swap_in(&mut self, entry: Entry, v: &Version) -> std::result::Result<Option<Entry>, Timestamp> {
         let added = entry.footprint();
         let old = self.cells.replace(entry);
         if let Some(o) = &old
             && o.cmp_version(v) != Ordering::Less
         {
+            let held = o.ts();
             self.cells.replace(old.expect("checked"));
-            return None;
+            return Err(held);
         }
         self.bytes += added;
         if let Some(o) = &old {
             self.bytes -= o.footprint();
         }
-        Some(old)
+        Ok(old)
     }
 
     /// Undoes [`swap_in`](Self::swap_in) of `key`'s cell, whose old cell was `old`.
@@ -312,8 +316,9 @@ impl Store {
         // Built before the lock is taken; wasted only when the version is not newer.
         let entry = Entry::new(key, &version);
         let mut slot = self.slot(key).write();
-        let Some(old) = slot.swap_in(entry, &version) else {
-            return Ok(Applied { changed: false, pos: slot.last_pos });
+        let old = match slot.swap_in(entry, &version) {
+            Ok(old) => old,
+            Err(held) => return Ok(Applied { changed: false, held: Some(held), pos: slot.last_pos }),
         };
         let pos = match &self.wal {
             Some(wal) => match wal.append_cell(key, &version) {
@@ -329,7 +334,7 @@ impl Store {
         slot.last_pos = slot.last_pos.max(pos);
         drop(slot);
         drop(old); // freed after the lock is released
-        Ok(Applied { changed: true, pos })
+        Ok(Applied { changed: true, held: None, pos })
     }
 
     /// Waits until the log holds everything up to `pos` durably (per the fsync mode).
@@ -351,7 +356,7 @@ impl Store {
     pub fn load(&self, key: Key, version: Version) {
         let entry = Entry::new(key.as_bytes(), &version);
         let old = self.slot(key.as_bytes()).write().swap_in(entry, &version);
-        drop(old); // freed after the lock is released
+        drop(old); // freed after the lock is released (a losing entry too)
     }
 
     /// A copy of slot `slot`'s cells in key order (one slot locked at a time,

@@ -523,7 +523,7 @@ fn client_loop(id: usize, seed: u64, ports: &[u16], keys: &[u32], t0: Instant, s
 }
 
 fn fault_request(action: FaultAction, peers: Vec<String>, delay_ms: u32) -> FaultRequest {
-    FaultRequest { action: action as i32, peers, direction: FaultDirection::Both as i32, delay_ms, pause_ms: 0 }
+    FaultRequest { action: action as i32, peers, direction: FaultDirection::Both as i32, delay_ms, pause_ms: 0, clock_offset_ms: 0 }
 }
 
 /// Sends a fault request to replica `i`, retrying while it is briefly unreachable.

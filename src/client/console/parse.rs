@@ -35,7 +35,8 @@ Fault injection (only on replicas started with --enable-fault-injection; acts on
   fault drop PEERS [DIR]  drop messages exchanged with PEERS (names, comma-separated, or all); DIR is to, from or both (default)
   fault delay PEERS MS [DIR]  delay them by MS milliseconds
   fault pause MS          answer nothing, to clients or peers, for MS milliseconds
-  fault heal              remove every drop and delay
+  fault clock +MS|-MS     shift this replica's wall clock ahead or behind by MS milliseconds (0: put it back)
+  fault heal              remove every drop and delay, and put the clock back
   help                    this text
   quit                    leave (also: exit, Ctrl-D)";
 
@@ -276,7 +277,7 @@ fn parse_cursor(s: &str) -> Result<Vec<u8>, String> {
 
 fn parse_fault(args: &[String]) -> Result<proto::FaultRequest, String> {
     use proto::{FaultAction as A, FaultDirection as D};
-    const USAGE: &str = "usage: fault [drop PEERS [to|from|both] | delay PEERS MS [to|from|both] | pause MS | heal]";
+    const USAGE: &str = "usage: fault [drop PEERS [to|from|both] | delay PEERS MS [to|from|both] | pause MS | clock +MS|-MS | heal]";
     let mut req = proto::FaultRequest::default();
     let peers = |s: &str| -> Vec<String> {
         if s.eq_ignore_ascii_case("all") { Vec::new() } else { s.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect() }
@@ -309,6 +310,12 @@ fn parse_fault(args: &[String]) -> Result<proto::FaultRequest, String> {
         "pause" if rest.len() == 1 => {
             req.action = A::Pause as i32;
             req.pause_ms = millis(&rest[0])?;
+        }
+        "clock" if rest.len() == 1 => {
+            req.action = A::Clock as i32;
+            req.clock_offset_ms = rest[0]
+                .parse::<i64>()
+                .map_err(|_| format!("a clock offset is a whole number of milliseconds such as +2000 or -2000, got {:?}", rest[0]))?;
         }
         _ => return Err(USAGE.into()),
     }
@@ -366,6 +373,8 @@ mod tests {
         );
         assert_eq!(p("FAULT delay all 250").unwrap(), Command::Fault(F { action: A::Delay as i32, delay_ms: 250, ..F::default() }));
         assert_eq!(p("fault pause 1500").unwrap(), Command::Fault(F { action: A::Pause as i32, pause_ms: 1500, ..F::default() }));
+        assert_eq!(p("fault clock -2000").unwrap(), Command::Fault(F { action: A::Clock as i32, clock_offset_ms: -2000, ..F::default() }));
+        assert_eq!(p("fault clock +250").unwrap(), Command::Fault(F { action: A::Clock as i32, clock_offset_ms: 250, ..F::default() }));
     }
 
     #[test]
@@ -417,6 +426,7 @@ mod tests {
         assert!(p("fault delay r1 soon").contains("whole number"));
         assert!(p("fault drop r1 sideways").contains("unknown direction"));
         assert!(p("fault pause -5").contains("whole number"));
+        assert!(p("fault clock soon").contains("+2000 or -2000"));
         assert!(p("fault explode").contains("usage: fault"));
     }
 }
