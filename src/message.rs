@@ -192,6 +192,8 @@ pub enum PeerRequest {
     Heartbeat {
         /// The sender's name.
         from: String,
+        /// The sender's clock (HLC microseconds; 0: not sent), for the receiver's clock to observe.
+        micros: u64,
     },
     /// Every local cell.
     Dump {
@@ -349,7 +351,7 @@ impl PeerRequest {
         use request::Body as B;
         Ok(match body {
             B::Ping(_) => PeerRequest::Ping,
-            B::Heartbeat(h) => PeerRequest::Heartbeat { from: h.from },
+            B::Heartbeat(h) => PeerRequest::Heartbeat { from: h.from, micros: h.micros },
             B::ReplicaDump(d) => {
                 let slots = slot_list(d.slots, "a dump")?;
                 let after = if d.after.is_empty() { None } else { Some(limits.key(d.after)?) };
@@ -410,7 +412,7 @@ impl PeerRequest {
             PeerRequest::ReadBatch { keys } => {
                 B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.iter().map(Key::to_vec).collect() })
             }
-            PeerRequest::Heartbeat { from } => B::Heartbeat(proto::Heartbeat { from }),
+            PeerRequest::Heartbeat { from, micros } => B::Heartbeat(proto::Heartbeat { from, micros }),
             PeerRequest::Dump { max_value_len, slots, max_keys, after, digest_slots } => B::ReplicaDump(proto::ReplicaDump {
                 max_value_len,
                 slots: slots.into_iter().map(u32::from).collect(),
@@ -609,7 +611,7 @@ mod tests {
         refused(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("0"), k("256")] })), "out of range");
         refused(peer(B::Hello(proto::PeerHello::default())), "second PeerHello");
         refused(peer(B::Get(proto::Get::default())), "client request on a replica link");
-        assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into() })).is_ok());
+        assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: 7 })).is_ok());
     }
 
     #[test]

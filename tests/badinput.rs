@@ -271,7 +271,7 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
         3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)) }),
-        5 => B::Heartbeat(proto::Heartbeat { from: "r1".into() }),
+        5 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64) }),
         6 => B::ReplicaDump(proto::ReplicaDump {
             max_value_len: rng.below(64) as u32,
             slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
@@ -483,7 +483,7 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
                 0 => B::ReplicaWrite(proto::ReplicaWrite { key: rng.below(256).to_string().into_bytes(), version: Some(version(rng)) }),
                 1 => B::ReplicaRead(proto::ReplicaRead { key: rng.below(300).to_string().into_bytes() }),
                 2 => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: batch_keys(rng, 300) }),
-                3 => B::Heartbeat(proto::Heartbeat { from: "r1".into() }),
+                3 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64) }),
                 4 => B::ReplicaDump(proto::ReplicaDump {
                     max_value_len: u32::MAX,
                     slots: vec![],

@@ -110,7 +110,7 @@ mod tests {
             B::Hello(proto::PeerHello { name: "r1".into(), ring_fingerprint: 99, ring_description: "ring".into(), epoch: 1 }),
             B::ReplicaRead(proto::ReplicaRead { key: b"3".to_vec() }),
             B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v }),
-            B::Heartbeat(proto::Heartbeat { from: "r2".into() }),
+            B::Heartbeat(proto::Heartbeat { from: "r2".into(), micros: u64::MAX }),
             B::ReplicaDump(proto::ReplicaDump {
                 max_value_len: 4,
                 slots: vec![1, 300],

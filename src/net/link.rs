@@ -227,10 +227,10 @@ impl PeerLink {
         }
     }
 
-    /// Sends a heartbeat; any reply counts as a sign of life.
-    pub fn heartbeat(&self, from: &str, deadline: Instant) {
+    /// Sends a heartbeat carrying the sender's clock (`micros`); any reply counts as a sign of life.
+    pub fn heartbeat(&self, from: &str, micros: u64, deadline: Instant) {
         if self.is_up() {
-            let body = request::Body::Heartbeat(proto::Heartbeat { from: from.to_string() });
+            let body = request::Body::Heartbeat(proto::Heartbeat { from: from.to_string(), micros });
             self.send(body, self.heartbeats.clone(), 0, deadline);
         }
     }

@@ -33,7 +33,7 @@ pub(super) fn maintenance(node: &Node, links: &Links) {
             link.sweep(now);
             link.check_liveness(node.cfg.down_after);
             if beat {
-                link.heartbeat(node.name(), now + node.cfg.down_after);
+                link.heartbeat(node.name(), node.clock.now().micros, now + node.cfg.down_after);
             }
         }
     }

@@ -55,7 +55,12 @@ impl Node {
                     Err(e) => (Err(e), None),
                 };
             }
-            PeerRequest::Heartbeat { .. } => {
+            PeerRequest::Heartbeat { micros, .. } => {
+                // Keep up with the fastest live clock (a wild one, past
+                // --max-clock-offset, is not followed; its writes are refused).
+                if micros != 0 {
+                    let _ = self.clock.observe(Timestamp { micros, node: 0 }, self.cfg.max_clock_offset);
+                }
                 Ok(PeerResponse::Heartbeat { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
             }
             PeerRequest::Dump { max_value_len, slots, max_keys, after, digest_slots } => {
@@ -111,5 +116,32 @@ impl Node {
             None => proto::StorageStats { in_memory: true, ..Default::default() },
         };
         proto::StorageStats { keys: totals.keys, bytes: totals.bytes, ..stats }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::cluster::ring::{NodeId, NodeInfo, Ring};
+    use crate::config::NodeConfig;
+    use crate::message::PeerRequest;
+    use crate::node::Node;
+    use crate::node::test_util::NoPeers;
+    use crate::storage::hlc::{SystemClock, WallClock};
+
+    /// A heartbeat from a clock ahead pulls this node's clock up to it; one
+    /// past --max-clock-offset (or a hostile u64::MAX) is not followed.
+    #[test]
+    fn a_heartbeat_moves_the_clock_up_to_a_sane_peer_clock() {
+        let nodes = (0..2).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1 + i, id: NodeId(i.into()) });
+        let ring = Ring::new(nodes.collect(), 2, 1).unwrap();
+        let node = Node::new(NodeConfig::new("r0", "127.0.0.1".parse().unwrap(), 1), ring, Arc::new(NoPeers)).unwrap().0;
+        let beat = |micros| node.serve_peer(PeerRequest::Heartbeat { from: "r1".into(), micros }).0.unwrap();
+        beat(u64::MAX);
+        let ahead = SystemClock.now_micros() + 2_000_000;
+        assert!(node.clock.now().micros < ahead, "a wild clock is not followed");
+        beat(ahead);
+        assert!(node.clock.now().micros > ahead, "a clock 2 s ahead is");
     }
 }
