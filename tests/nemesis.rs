@@ -1,5 +1,5 @@
 //! The nemesis test: five durable replicas, concurrent clients, and a seeded
-//! schedule of kills, pauses, partitions and slow links; then the history is
+//! schedule of kills, pauses, partitions, slow links and clock skews; then the history is
 //! checked for lost writes, invented values, read-your-writes and convergence
 //! (see `tests/common/nemesis.rs`).
 //!

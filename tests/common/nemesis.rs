@@ -31,9 +31,10 @@
 //! 5. no replica exited unless the nemesis killed it (and none logged a panic,
 //!    which the cluster's drop checks).
 //!
-//! "Older" is real time: a write that ended before another began has the
-//! smaller timestamp (the coordinators' hybrid logical clocks run on one
-//! machine's clock), so last-write-wins must keep the later one. Writes that
+//! "Older" is real time: a write that ended before another began must end up
+//! with the smaller timestamp, so last-write-wins keeps the later one — even
+//! while the nemesis shifts a replica's clock by seconds (a coordinator whose
+//! counted acks show a newer version re-stamps its write above it). Writes that
 //! were refused as `Unavailable` were never sent and count as not written; any
 //! other failure (timeout, lost connection) may or may not have been applied.
 //!
@@ -312,23 +313,41 @@ pub struct Config {
     pub keys: Vec<u32>,
     /// Settings lines of the cluster file (empty: the byte-ordered ring, keys 0-255).
     pub settings: &'static str,
+    /// The kinds of fault drawn from.
+    pub faults: Vec<Fault>,
 }
 
 impl Config {
     /// From the environment: `QUORUMKV_NEMESIS_SEED` (default: from the time),
-    /// `QUORUMKV_NEMESIS_SECS` (default `default_secs`).
+    /// `QUORUMKV_NEMESIS_SECS` (default `default_secs`), `QUORUMKV_NEMESIS_FAULTS`
+    /// (kinds to draw from, comma-separated as the summary names them, e.g.
+    /// `ClockSkew,Kill`; default all).
     pub fn from_env(default_secs: u64) -> Config {
         let seed = std::env::var("QUORUMKV_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 ^ std::process::id() as u64
         });
         let secs = std::env::var("QUORUMKV_NEMESIS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_secs);
-        Config::new(seed, Duration::from_secs(secs))
+        let mut cfg = Config::new(seed, Duration::from_secs(secs));
+        if let Ok(names) = std::env::var("QUORUMKV_NEMESIS_FAULTS") {
+            cfg.faults =
+                FAULTS.iter().copied().filter(|f| names.split(',').any(|n| n.trim().eq_ignore_ascii_case(&format!("{f:?}")))).collect();
+            assert!(!cfg.faults.is_empty(), "QUORUMKV_NEMESIS_FAULTS={names:?} names no fault of {FAULTS:?}");
+        }
+        cfg
     }
 
     /// The standard run for `seed`.
     pub fn new(seed: u64, duration: Duration) -> Config {
         // 32 keys spread over the whole ring, so every replica owns some.
-        Config { seed, duration, clients: 6, replicas: 5, keys: (0..32).map(|i| i * 8 + 3).collect(), settings: "" }
+        Config {
+            seed,
+            duration,
+            clients: 6,
+            replicas: 5,
+            keys: (0..32).map(|i| i * 8 + 3).collect(),
+            settings: "",
+            faults: FAULTS.to_vec(),
+        }
     }
 
     /// The same run on a murmur3 cluster (16 tokens a replica) with `keys` keys,
@@ -351,9 +370,12 @@ pub enum Fault {
     PartitionFromOne,
     /// Delays everything to and from every peer.
     SlowLinks,
+    /// Shifts its wall clock ahead or behind (0.5 to 3 s), so the writes it
+    /// coordinates are stamped from a skewed clock.
+    ClockSkew,
 }
 
-const FAULTS: [Fault; 5] = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::PartitionFromOne, Fault::SlowLinks];
+const FAULTS: [Fault; 6] = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::PartitionFromOne, Fault::SlowLinks, Fault::ClockSkew];
 
 /// What a run did and found.
 pub struct Report {
@@ -658,7 +680,7 @@ pub fn run(cfg: Config) -> Report {
                 break;
             }
             let victim = rng.below(cfg.replicas as u64) as usize;
-            let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+            let fault = cfg.faults[rng.below(cfg.faults.len() as u64) as usize];
             let hold = rng.between(Duration::from_millis(500), Duration::from_millis(3000));
             // No replica may have exited on its own (checked before a kill could hide it).
             crashed = exited(&mut c, &format!("before fault {}", faults.len() + 1));
@@ -679,6 +701,13 @@ pub fn run(cfg: Config) -> Report {
                     std::thread::sleep(hold);
                     signal(pid, "-CONT");
                     format!("stopped {} ms", hold.as_millis())
+                }
+                Fault::ClockSkew => {
+                    let ms = (500 + rng.below(2500)) as i64 * if rng.chance(0.5) { 1 } else { -1 };
+                    admin(&c, victim, FaultRequest { clock_offset_ms: ms, ..fault_request(FaultAction::Clock, vec![], 0) });
+                    std::thread::sleep(hold);
+                    admin(&c, victim, fault_request(FaultAction::Heal, vec![], 0));
+                    format!("clock {ms:+} ms, {} ms", hold.as_millis())
                 }
                 Fault::Isolate | Fault::PartitionFromOne | Fault::SlowLinks => {
                     let (req, detail) = match fault {
