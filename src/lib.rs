@@ -20,6 +20,7 @@ pub mod error;
 pub mod message;
 pub mod net;
 pub mod node;
+pub mod paxos;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;

@@ -1,0 +1,208 @@
+//! The acceptor: per-key Paxos state on a replica, and its handlers.
+//!
+//! Handlers change the in-memory state and return the record that makes the
+//! change durable together with the reply; the caller persists (group commit,
+//! in order) before sending the reply. [`Acceptor::restore`] rebuilds the
+//! state from the persisted records after a restart.
+//!
+//! # Bounded memory (later)
+//!
+//! A key's state may be dropped once a commit at ballot `c` has reached every
+//! replica of the key, nothing newer is promised (`promised <= c`) and nothing
+//! newer is accepted: the prepare rule also refuses ballots at or below the
+//! cell the store holds, so a forgotten state is rebuilt, safely, as
+//! "promised = committed = the cell's timestamp". Until then (a commit that
+//! reached only some replicas, or a promise above the last commit) the state
+//! must be kept, because it is what makes a later quorum see in-flight
+//! proposals. The log's records of a dropped key can go at the next snapshot.
+
+use std::collections::HashMap;
+
+use crate::cluster::key::Key;
+use crate::paxos::{Ballot, Proposal, Request, Response};
+use crate::storage::cell::Version;
+
+/// What an acceptor holds for one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyState {
+    /// The highest ballot promised (an accept also promises its ballot).
+    pub promised: Ballot,
+    /// The newest accepted proposal not yet superseded by a commit here.
+    pub accepted: Option<Proposal>,
+    /// The ballot of the newest commit applied here.
+    pub committed: Ballot,
+}
+
+/// A state change to make durable before the reply that goes with it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistRecord {
+    /// `ballot` was promised for `key`.
+    Promise {
+        /// The key.
+        key: Key,
+        /// The promised ballot.
+        ballot: Ballot,
+    },
+    /// `proposal` was accepted for `key`.
+    Accept {
+        /// The key.
+        key: Key,
+        /// The accepted proposal.
+        proposal: Proposal,
+    },
+    /// `proposal` was committed for `key` (its cell is written too; the two
+    /// can share one log record).
+    Commit {
+        /// The key.
+        key: Key,
+        /// The committed proposal.
+        proposal: Proposal,
+    },
+}
+
+/// A handled request: persist `record` (if any), apply `apply` to the store
+/// (if any), and only then send `reply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The state change to persist first.
+    pub record: Option<PersistRecord>,
+    /// The cell to write to the store (a commit).
+    pub apply: Option<Version>,
+    /// The answer to the proposer.
+    pub reply: Response,
+}
+
+/// The Paxos acceptor of one replica: the state of every key it has seen.
+#[derive(Debug, Clone, Default)]
+pub struct Acceptor {
+    keys: HashMap<Key, KeyState>,
+}
+
+impl Acceptor {
+    /// An acceptor that has promised nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The acceptor rebuilt from the records it persisted, in log order.
+    pub fn restore<'a>(records: impl IntoIterator<Item = &'a PersistRecord>) -> Self {
+        let mut a = Acceptor::new();
+        for r in records {
+            a.replay(r);
+        }
+        a
+    }
+
+    /// Applies one persisted record (idempotent; order-insensitive for safety:
+    /// every field only moves forward).
+    pub fn replay(&mut self, record: &PersistRecord) {
+        match record {
+            PersistRecord::Promise { key, ballot } => {
+                let s = self.keys.entry(key.clone()).or_default();
+                s.promised = s.promised.max(*ballot);
+            }
+            PersistRecord::Accept { key, proposal } => {
+                let s = self.keys.entry(key.clone()).or_default();
+                s.promised = s.promised.max(proposal.ballot);
+                if proposal.ballot > s.committed && s.accepted.as_ref().is_none_or(|a| proposal.ballot > a.ballot) {
+                    s.accepted = Some(proposal.clone());
+                }
+            }
+            PersistRecord::Commit { key, proposal } => {
+                let s = self.keys.entry(key.clone()).or_default();
+                s.committed = s.committed.max(proposal.ballot);
+                if s.accepted.as_ref().is_some_and(|a| a.ballot <= s.committed) {
+                    s.accepted = None;
+                }
+            }
+        }
+    }
+
+    /// The state held for `key`, if any.
+    pub fn state(&self, key: &Key) -> Option<&KeyState> {
+        self.keys.get(key)
+    }
+
+    /// Keys with state (for memory accounting).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key has state.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Handles any request; `current` is the store's cell for the request's key.
+    pub fn handle(&mut self, request: Request, current: Option<&Version>) -> Handled {
+        match request {
+            Request::Prepare { key, ballot } => {
+                let (record, reply) = self.on_prepare(&key, ballot, current);
+                Handled { record, apply: None, reply }
+            }
+            Request::Propose { key, proposal } => {
+                let (record, reply) = self.on_propose(&key, proposal);
+                Handled { record, apply: None, reply }
+            }
+            Request::Commit { key, proposal } => {
+                let (record, apply, reply) = self.on_commit(&key, proposal);
+                Handled { record, apply, reply }
+            }
+        }
+    }
+
+    /// Phase 1. Promises `ballot` if it is above everything promised,
+    /// committed, or held in the store (`current`, the key's cell); a repeat
+    /// of the promised ballot is promised again (no new record). The promise
+    /// carries `current` and any accepted proposal newer than the last commit.
+    pub fn on_prepare(&mut self, key: &Key, ballot: Ballot, current: Option<&Version>) -> (Option<PersistRecord>, Response) {
+        let s = self.keys.get(key).cloned().unwrap_or_default();
+        let cell = current.map_or(Ballot::ZERO, |v| Ballot(v.ts));
+        let floor = s.promised.max(s.committed).max(cell);
+        let above_commits = ballot > s.committed.max(cell);
+        let record = if ballot > floor {
+            let r = PersistRecord::Promise { key: key.clone(), ballot };
+            self.replay(&r);
+            Some(r)
+        } else if ballot == s.promised && above_commits {
+            None
+        } else {
+            return (None, Response::Rejected { key: key.clone(), ballot, promised: floor });
+        };
+        let s = &self.keys[key];
+        let accepted = s.accepted.clone().filter(|a| a.ballot > s.committed.max(cell));
+        (record, Response::Promise { key: key.clone(), ballot, accepted, committed: current.cloned() })
+    }
+
+    /// Phase 2. Accepts `proposal` unless a higher ballot was promised or a
+    /// newer commit applied; a repeat of the accepted proposal is accepted
+    /// again (no new record).
+    pub fn on_propose(&mut self, key: &Key, proposal: Proposal) -> (Option<PersistRecord>, Response) {
+        let s = self.keys.get(key).cloned().unwrap_or_default();
+        let ballot = proposal.ballot;
+        if ballot < s.promised || ballot <= s.committed {
+            return (None, Response::Rejected { key: key.clone(), ballot, promised: s.promised.max(s.committed) });
+        }
+        if s.accepted.as_ref().is_some_and(|a| a.ballot == ballot) {
+            return (None, Response::Accepted { key: key.clone(), ballot });
+        }
+        let r = PersistRecord::Accept { key: key.clone(), proposal };
+        self.replay(&r);
+        (Some(r), Response::Accepted { key: key.clone(), ballot })
+    }
+
+    /// Commit: always applied (a commit is only sent for a chosen value, so
+    /// it needs no promise). Returns the cell to write; a commit at or below
+    /// the last one here writes nothing and is acknowledged.
+    pub fn on_commit(&mut self, key: &Key, proposal: Proposal) -> (Option<PersistRecord>, Option<Version>, Response) {
+        let ballot = proposal.ballot;
+        let reply = Response::Committed { key: key.clone(), ballot };
+        if self.keys.get(key).is_some_and(|s| s.committed >= ballot) {
+            return (None, None, reply);
+        }
+        let cell = proposal.version();
+        let r = PersistRecord::Commit { key: key.clone(), proposal };
+        self.replay(&r);
+        (Some(r), Some(cell), reply)
+    }
+}
