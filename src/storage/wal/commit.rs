@@ -105,11 +105,13 @@ impl Wal {
             if r.is_ok() && sync {
                 r = file.sync_data().map_err(|e| (e, true));
             }
-            if r.is_err() {
+            if let Err((e, during_sync)) = r {
                 // Cut a partial record so the file ends on a record boundary, and
-                // write the retry there.
-                let _ = file.set_len(before);
-                let _ = file.seek(SeekFrom::Start(before));
+                // write the retry there. If the cut fails too, a torn record may be
+                // left in the file, and nothing may ever be written after it: as
+                // after a failed fsync, only a snapshot (and a fresh log) goes on.
+                let cut = file.set_len(before).and_then(|_| file.seek(SeekFrom::Start(before)));
+                r = Err((e, during_sync || cut.is_err()));
             }
             (r, file, buf)
         });
@@ -215,7 +217,7 @@ impl Wal {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
+    use std::fs::{self, OpenOptions};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -238,6 +240,25 @@ mod tests {
             let (_wal, rec) = Wal::open(&d.0, mode).unwrap();
             assert_eq!(keys(&rec), (0..50).collect::<Vec<_>>(), "{mode}");
         }
+    }
+
+    /// A write that fails and whose partial record cannot be cut off (here the
+    /// log is swapped for /dev/full, where writes fail and `set_len` is refused)
+    /// leaves the log refusing writes until a snapshot, even once the disk works
+    /// again: a retry written after a torn record would be unreadable.
+    #[test]
+    fn a_failed_write_that_cannot_be_cut_waits_for_a_snapshot() {
+        let d = Dir::new("uncut");
+        let (wal, _) = Wal::open(&d.0, FsyncMode::Never).unwrap();
+        let Ok(full) = OpenOptions::new().write(true).open("/dev/full") else { return };
+        let real = wal.state.lock().file.replace(full).unwrap();
+        let pos = wal.append(&cell(1, 1, "lost")).unwrap();
+        assert!(wal.commit(pos).is_err());
+        // The disk works again.
+        drop(wal.state.lock().file.replace(real));
+        let e = wal.sync().unwrap_err().to_string();
+        assert!(e.contains("snapshot"), "{e}");
+        assert!(wal.append(&cell(2, 1, "later")).is_err());
     }
 
     /// Many threads committing at once share fsyncs and all their records are there afterwards.
