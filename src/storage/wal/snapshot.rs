@@ -56,13 +56,15 @@ impl Wal {
     /// Writes `snapshot` atomically, then deletes the logs it covers.
     pub fn install_snapshot(&self, snapshot: &proto::Snapshot) -> Result<u64> {
         self.install_snapshot_with(snapshot.next_log_seq, snapshot.taken_micros, snapshot.hints.clone(), |w| {
+            w.paxos(snapshot.paxos.clone())?;
             w.cells(snapshot.cells.clone())
         })
     }
 
     /// Writes a snapshot atomically — its header (`next_log_seq`, `taken_micros`,
-    /// `hints`), then the cells `fill` hands the [`SnapshotWriter`] chunk by
-    /// chunk, then the end marker — and deletes the logs it covers. Returns its size.
+    /// `hints`), then what `fill` hands the [`SnapshotWriter`] chunk by chunk
+    /// (Paxos states, then cells), then the end marker — and deletes the logs
+    /// it covers. Returns its size.
     pub fn install_snapshot_with(
         &self,
         next_log_seq: u64,
@@ -183,6 +185,14 @@ impl SnapshotWriter {
         self.chunked(hints, size, |hints| proto::Snapshot { hints, ..Default::default() })
     }
 
+    /// Adds the Paxos acceptor's key states (in chunks of at most a few
+    /// thousand states and a few MiB).
+    pub fn paxos(&mut self, states: Vec<proto::PaxosKeyState>) -> Result<()> {
+        let size =
+            |s: &proto::PaxosKeyState| s.key.len() + s.accepted.as_ref().and_then(|a| a.version.as_ref()).map_or(0, |v| v.value.len());
+        self.chunked(states, size, |paxos| proto::Snapshot { paxos, ..Default::default() })
+    }
+
     /// Adds `cells` (in chunks of at most a few thousand cells and a few MiB).
     pub fn cells(&mut self, cells: Vec<proto::CellWrite>) -> Result<()> {
         let size = |c: &proto::CellWrite| c.key.len() + c.version.as_ref().map_or(0, |v| v.value.len());
@@ -252,9 +262,10 @@ pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) 
 
 /// Writes `snapshot` (everything in one value: for tests and small stores) to `dir` atomically; returns its size.
 pub fn write_snapshot(dir: &Path, snapshot: &proto::Snapshot) -> Result<u64> {
-    let header = proto::Snapshot { cells: Vec::new(), hints: Vec::new(), ..snapshot.clone() };
+    let header = proto::Snapshot { cells: Vec::new(), hints: Vec::new(), paxos: Vec::new(), ..snapshot.clone() };
     SnapshotWriter::write(dir, header, |w| {
         w.hints(snapshot.hints.clone())?;
+        w.paxos(snapshot.paxos.clone())?;
         w.cells(snapshot.cells.clone())
     })
 }
@@ -285,6 +296,7 @@ mod tests {
             hints: vec![],
             taken_micros: 7,
             end: false,
+            paxos: Vec::new(),
         };
         wal.install_snapshot(&snap).unwrap();
         assert!(list_logs(&d.0).unwrap().iter().all(|&s| s >= next));
