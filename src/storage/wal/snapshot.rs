@@ -398,6 +398,37 @@ mod tests {
         assert_eq!(rec.snapshot.unwrap().hints, snap.hints);
     }
 
+    /// Paxos key states are chunked like cells, between the hints and the
+    /// cells, and read back whole; a snapshot without them reads as none.
+    #[test]
+    fn paxos_states_are_chunked_and_read_back() {
+        let d = Dir::new("paxoschunks");
+        fs::create_dir_all(&d.0).unwrap();
+        let ballot = |micros| Some(proto::Ballot { micros, node: 1 });
+        let state = |k: u32| proto::PaxosKeyState {
+            key: format!("key{k}").into_bytes(),
+            promised: ballot(9),
+            accepted: Some(proto::PaxosProposal {
+                version: Some(proto::Version { micros: 8, node: 1, tombstone: false, value: vec![3; 1000] }),
+                origin: ballot(7),
+            }),
+            committed: ballot(6),
+        };
+        let n = CHUNK_CELLS as u32 + 2;
+        let snap = proto::Snapshot { next_log_seq: 2, paxos: (0..n).map(state).collect(), cells: cells(3), ..Default::default() };
+        write_snapshot(&d.0, &snap).unwrap();
+        let mut chunks = Vec::new();
+        read_snapshot(&d.0.join(SNAPSHOT_FILE), &mut |c| chunks.push((c.paxos.len(), c.cells.len()))).unwrap();
+        assert_eq!(chunks, [(0, 0), (CHUNK_CELLS, 0), (2, 0), (0, 3), (0, 0)], "header, two chunks of states, the cells, end");
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(rec.snapshot.unwrap().paxos, snap.paxos);
+        let d2 = Dir::new("nopaxos");
+        fs::create_dir_all(&d2.0).unwrap();
+        write_snapshot(&d2.0, &proto::Snapshot { next_log_seq: 2, cells: cells(3), ..Default::default() }).unwrap();
+        let (_wal, rec) = Wal::open(&d2.0, FsyncMode::Always).unwrap();
+        assert!(rec.snapshot.unwrap().paxos.is_empty());
+    }
+
     /// A version 1 snapshot (one chunk, magic QKVSNAP1) is still read.
     #[test]
     fn version_1_snapshots_are_read() {
