@@ -30,11 +30,14 @@
 //! | `ReplicaWrite` | key, a version present, its value's size unless it is a tombstone |
 //! | `ReplicaReadBatch` | at most [`MAX_BATCH`] keys, each a key of the cluster |
 //! | `ReplicaScan` | the slot (0 to 255), the key after which to start (if any), the count (1 to [`MAX_SCAN_COUNT`]) |
+//! | `PaxosPrepare` | key, a ballot present and not 0 |
+//! | `PaxosPropose`, `PaxosCommit` | key, a proposal present: its version (ballot not 0; its value's size unless a delete) and its origin (not 0, not above the ballot) ([`paxos`]) |
 //! | a second `PeerHello`, client requests (and `Fault`) on a replica link | refused |
 //!
 //! Strings (names) are valid UTF-8 by construction: the decoder refuses
 //! anything else. Keys and values are bytes.
 
+pub mod paxos;
 pub mod scan;
 
 use crate::cluster::consistency::Consistency;
@@ -217,6 +220,8 @@ pub enum PeerRequest {
         /// At most this many keys (1 to [`MAX_SCAN_COUNT`]).
         count: u32,
     },
+    /// A Paxos proposer's request to this replica's acceptor.
+    Paxos(crate::paxos::Request),
 }
 
 /// A replica's answer to a [`PeerRequest`].
@@ -252,6 +257,8 @@ pub enum PeerResponse {
         /// The replica holds more keys of the slot after the last one.
         more: bool,
     },
+    /// To [`PeerRequest::Paxos`]: the acceptor's answer.
+    Paxos(crate::paxos::Response),
 }
 
 /// A peer's reply, or why there is none.
@@ -336,7 +343,10 @@ impl ClientRequest {
             | B::Heartbeat(_)
             | B::ReplicaDump(_)
             | B::ReplicaReadBatch(_)
-            | B::ReplicaScan(_) => {
+            | B::ReplicaScan(_)
+            | B::PaxosPrepare(_)
+            | B::PaxosPropose(_)
+            | B::PaxosCommit(_) => {
                 return Err(Error::InvalidRequest(REPLICA_ON_CLIENT.into()));
             }
         })
@@ -385,6 +395,9 @@ impl PeerRequest {
                 let after = if r.after.is_empty() { None } else { Some(limits.key(r.after)?) };
                 PeerRequest::Scan { slot, after, count: scan::replica_scan_count(r.count)? }
             }
+            B::PaxosPrepare(m) => PeerRequest::Paxos(paxos::parse_prepare(m, limits)?),
+            B::PaxosPropose(m) => PeerRequest::Paxos(paxos::parse_propose(m, limits)?),
+            B::PaxosCommit(m) => PeerRequest::Paxos(paxos::parse_commit(m, limits)?),
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_)
             | B::Put(_)
@@ -423,6 +436,7 @@ impl PeerRequest {
             PeerRequest::Scan { slot, after, count } => {
                 B::ReplicaScan(proto::ReplicaScan { slot: slot.into(), after: after.map(|k| k.to_vec()).unwrap_or_default(), count })
             }
+            PeerRequest::Paxos(r) => paxos::request_to_proto(r),
         }
     }
 }
@@ -451,6 +465,7 @@ impl PeerResponse {
             PeerResponse::Scan { entries, more } => {
                 B::ReplicaScan(proto::ReplicaScanResult { entries: entries.into_iter().map(scan::entry_to_proto).collect(), more })
             }
+            PeerResponse::Paxos(r) => paxos::response_to_proto(r),
         }
     }
 
@@ -475,6 +490,9 @@ impl PeerResponse {
             Some(B::ReplicaDump(d)) => PeerResponse::Dump(d),
             Some(B::ReplicaScan(r)) => {
                 PeerResponse::Scan { entries: r.entries.into_iter().map(scan::entry_from_proto).collect(), more: r.more }
+            }
+            Some(p @ (B::PaxosPromise(_) | B::PaxosRejected(_) | B::PaxosAccepted(_) | B::PaxosCommitted(_))) => {
+                PeerResponse::Paxos(paxos::response_from_proto(p, from)?)
             }
             Some(other) => return Err(Error::Protocol(format!("{from} sent a reply no replica request has: {other:?}"))),
         })
@@ -579,6 +597,12 @@ mod tests {
             B::ReplicaDump(proto::ReplicaDump::default()),
             B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("1")] }),
             B::ReplicaScan(proto::ReplicaScan { slot: 1, after: Vec::new(), count: 1 }),
+            paxos::request_to_proto(crate::paxos::Request::Prepare {
+                key: Key::byte(1),
+                ballot: crate::paxos::Ballot(Timestamp { micros: 1, node: 0 }),
+            }),
+            B::PaxosPropose(proto::PaxosPropose::default()),
+            B::PaxosCommit(proto::PaxosCommit::default()),
         ] {
             refused(client(replica_only), "replica-to-replica request on a client connection");
         }
@@ -612,6 +636,15 @@ mod tests {
         refused(peer(B::Hello(proto::PeerHello::default())), "second PeerHello");
         refused(peer(B::Get(proto::Get::default())), "client request on a replica link");
         assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: 7 })).is_ok());
+
+        // Paxos requests are parsed by `paxos` (tested there); on a link they are typed and read back.
+        let ballot = crate::paxos::Ballot(Timestamp { micros: 5, node: 1 });
+        let prepare = PeerRequest::Paxos(crate::paxos::Request::Prepare { key: Key::byte(3), ballot });
+        assert_eq!(PeerRequest::parse(prepare.clone().into_proto(), &BYTES).unwrap(), prepare);
+        refused(peer(B::PaxosPrepare(proto::PaxosPrepare { key: k("256"), ballot: None })), "out of range");
+        refused(peer(B::PaxosPropose(proto::PaxosPropose { key: k("3"), proposal: None })), "without a proposal");
+        let answer = PeerResponse::Paxos(crate::paxos::Response::Accepted { key: Key::byte(3), ballot });
+        assert_eq!(PeerResponse::from_proto(Some(answer.clone().into_proto()), "r1").unwrap(), answer);
     }
 
     #[test]

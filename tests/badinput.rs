@@ -279,9 +279,38 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
             after: if rng.chance(3) { base_key(rng) } else { Vec::new() },
             digest_slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
         }),
+        7 if rng.chance(2) => paxos_request(rng, key),
         _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| base_key(rng)).collect() }),
     };
     proto::Request { id: rng.next() >> rng.below(64), body: Some(body) }
+}
+
+/// A ballot: small (so a mutated promise never blocks later ones for long), now and then 0 or none.
+fn ballot(rng: &mut Rng) -> Option<proto::Ballot> {
+    match rng.below(20) {
+        0 => None,
+        1 => Some(proto::Ballot { micros: 0, node: 1 }),
+        _ => Some(proto::Ballot { micros: 1 + rng.below(1000) as u64, node: rng.below(4) as u32 }),
+    }
+}
+
+/// A Paxos proposal: a version and an origin, now and then missing one, or the origin above the ballot.
+fn paxos_proposal(rng: &mut Rng) -> Option<proto::PaxosProposal> {
+    let version = if rng.chance(15) { None } else { Some(version(rng)) };
+    let origin = match rng.below(6) {
+        0 => ballot(rng),
+        _ => version.as_ref().map(|v| proto::Ballot { micros: v.micros, node: v.node }),
+    };
+    if rng.chance(20) { None } else { Some(proto::PaxosProposal { version, origin }) }
+}
+
+/// A Paxos request (prepare, propose or commit) for `key`.
+fn paxos_request(rng: &mut Rng, key: Vec<u8>) -> B {
+    match rng.below(3) {
+        0 => B::PaxosPrepare(proto::PaxosPrepare { key, ballot: ballot(rng) }),
+        1 => B::PaxosPropose(proto::PaxosPropose { key, proposal: paxos_proposal(rng) }),
+        _ => B::PaxosCommit(proto::PaxosCommit { key, proposal: paxos_proposal(rng) }),
+    }
 }
 
 /// The keys of a huge read batch: mostly just over the limit, now and then up to
@@ -479,7 +508,11 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
         }
         // Valid requests of the wrong kind: replica-to-replica requests and a second PeerHello on a client connection.
         81..=88 => {
-            let body = match rng.below(7) {
+            let body = match rng.below(8) {
+                6 => {
+                    let key = rng.below(256).to_string().into_bytes();
+                    paxos_request(rng, key)
+                }
                 0 => B::ReplicaWrite(proto::ReplicaWrite { key: rng.below(256).to_string().into_bytes(), version: Some(version(rng)) }),
                 1 => B::ReplicaRead(proto::ReplicaRead { key: rng.below(300).to_string().into_bytes() }),
                 2 => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: batch_keys(rng, 300) }),
@@ -535,7 +568,28 @@ fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
             mutate_bytes(rng, &mut body);
             return body;
         }
-        52..=56 | 77..=79 => B::ReplicaRead(proto::ReplicaRead { key: any_key(rng) }),
+        52..=56 => B::ReplicaRead(proto::ReplicaRead { key: any_key(rng) }),
+        77..=79 => {
+            // Paxos: any key, a value past the limit, or a ballot far ahead of the replica's clock.
+            let key = any_key(rng);
+            let mut body = paxos_request(rng, key);
+            if let B::PaxosPropose(proto::PaxosPropose { proposal: Some(p), .. })
+            | B::PaxosCommit(proto::PaxosCommit { proposal: Some(p), .. }) = &mut body
+                && let Some(v) = &mut p.version
+            {
+                match rng.below(3) {
+                    0 => (v.tombstone, v.value) = (false, vec![b'w'; MAX_VALUE + 1 + rng.below(3000)]),
+                    1 => v.micros = rng.pick(&[u64::MAX, 1 << 62]),
+                    _ => {}
+                }
+            }
+            if let B::PaxosPrepare(proto::PaxosPrepare { ballot: Some(b), .. }) = &mut body
+                && rng.chance(2)
+            {
+                b.micros = rng.pick(&[u64::MAX, 1 << 62]);
+            }
+            body
+        }
         57..=61 => B::ReplicaWrite(proto::ReplicaWrite { key: any_key(rng), version: Some(version(rng)) }),
         62..=63 => B::ReplicaWrite(proto::ReplicaWrite { key, version: None }),
         64..=67 => return dump_with_bad_slots(rng, id),
@@ -699,7 +753,10 @@ fn served_kind(req: &B, resp: &R) -> bool {
         | (B::ReplicaDump(_), R::ReplicaDump(_))
         | (B::Token(_), R::Token(_))
         | (B::Scan(_), R::Scan(_))
-        | (B::ReplicaScan(_), R::ReplicaScan(_)) => true,
+        | (B::ReplicaScan(_), R::ReplicaScan(_))
+        | (B::PaxosPrepare(_), R::PaxosPromise(_) | R::PaxosRejected(_))
+        | (B::PaxosPropose(_), R::PaxosAccepted(_) | R::PaxosRejected(_))
+        | (B::PaxosCommit(_), R::PaxosCommitted(_)) => true,
         (B::ReplicaReadBatch(b), R::ReplicaReadBatch(r)) => b.keys.len() == r.results.len(),
         _ => false,
     }
@@ -711,7 +768,11 @@ fn check(e: &Expect, resp: &proto::Response) -> Result<(), String> {
         && match (&e.want, &resp.body) {
             (Want::Refused(m), Some(R::Error(err))) => err.kind == invalid && &err.message == m,
             (Want::RefusedAny, Some(R::Error(err))) => err.kind == invalid && err.message.len() > 10,
-            (Want::Served(B::ReplicaWrite(_)), Some(R::Error(err))) if err.kind == invalid => err.message.contains("ahead of"),
+            (Want::Served(B::ReplicaWrite(_) | B::PaxosPrepare(_) | B::PaxosPropose(_) | B::PaxosCommit(_)), Some(R::Error(err)))
+                if err.kind == invalid =>
+            {
+                err.message.contains("ahead of")
+            }
             (Want::Served(_), Some(R::Error(err))) => err.kind != invalid && !err.message.is_empty(),
             (Want::Served(req), Some(r)) => served_kind(req, r),
             _ => false,

@@ -368,6 +368,7 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
         hints: vec![hint(130, "hinted-130")],
         taken_micros: 1,
         end: false,
+        paxos: Vec::new(),
     };
     let mut data = b"QKVSNAP1".to_vec();
     data.extend(framed_record(&snap.encode_to_vec()));

@@ -109,7 +109,7 @@ mod tests {
             B::Display(proto::DisplayRequest { max_value_len: 10, max_keys: 3 }),
             B::Hello(proto::PeerHello { name: "r1".into(), ring_fingerprint: 99, ring_description: "ring".into(), epoch: 1 }),
             B::ReplicaRead(proto::ReplicaRead { key: b"3".to_vec() }),
-            B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v }),
+            B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v.clone() }),
             B::Heartbeat(proto::Heartbeat { from: "r2".into(), micros: u64::MAX }),
             B::ReplicaDump(proto::ReplicaDump {
                 max_value_len: 4,
@@ -125,6 +125,17 @@ mod tests {
             B::Scan(proto::ScanRequest { cursor: vec![1, 24, b'1', b'2', b'3'], count: 10_001 }),
             B::ReplicaScan(proto::ReplicaScan { slot: 70, after: b"70".to_vec(), count: 10 }),
             B::ReplicaScan(proto::ReplicaScan { slot: 256, after: Vec::new(), count: 0 }),
+            B::PaxosPrepare(proto::PaxosPrepare { key: b"7".to_vec(), ballot: Some(proto::Ballot { micros: 5, node: 1 }) }),
+            B::PaxosPrepare(proto::PaxosPrepare { key: b"7".to_vec(), ballot: None }),
+            B::PaxosPropose(proto::PaxosPropose {
+                key: b"7".to_vec(),
+                proposal: Some(proto::PaxosProposal { version: v.clone(), origin: Some(proto::Ballot { micros: 4, node: 2 }) }),
+            }),
+            B::PaxosPropose(proto::PaxosPropose {
+                key: b"7".to_vec(),
+                proposal: Some(proto::PaxosProposal { version: v.clone(), origin: Some(proto::Ballot { micros: 9, node: 2 }) }),
+            }),
+            B::PaxosCommit(proto::PaxosCommit { key: b"7".to_vec(), proposal: Some(proto::PaxosProposal { version: v, origin: None }) }),
         ];
         bodies.into_iter().map(|b| proto::Request { id: 77, body: Some(b) }.encode_to_vec()).collect()
     }

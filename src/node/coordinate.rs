@@ -218,8 +218,9 @@ impl Executor for Node {
                 let result = self.commit_local(&key, ts, applied).map(|a| PeerResponse::WriteAck { applied: a.changed, held: a.held });
                 sink.deliver(slot, result);
             }
-            // Not a write (matched above): served as a peer would, nothing to commit.
-            Some((slot, Err(msg))) => sink.deliver(slot, self.serve_peer(msg).0),
+            // Not a write (matched above): served as a peer would, and
+            // answered once durable (a Paxos request's record).
+            Some((slot, Err(msg))) => sink.deliver(slot, self.serve_peer_durably(msg)),
             None => {}
         }
     }

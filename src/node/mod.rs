@@ -13,6 +13,8 @@
 //!   call's commands (fan-out to peers or the local store, hints, repairs, answers).
 //! * [`peer`] — a peer's request: local work only, never waiting on another
 //!   replica, so two coordinators fanning out to each other cannot deadlock.
+//! * [`paxos`] — a Paxos proposer's request to this replica's acceptor:
+//!   handled, logged and applied in order, answered once durable.
 //! * [`admin`] — `status`, `inspect` and `display`.
 //! * [`scan`] — `token` (where a key lives) and `scan` (a walk over every key, in pages).
 //! * [`background`] — read repairs and hint replay, for the server's long-lived threads.
@@ -48,6 +50,7 @@ pub mod admin;
 pub mod background;
 pub mod coordinate;
 pub mod dispatch;
+pub mod paxos;
 pub mod peer;
 pub mod scan;
 pub mod startup;
@@ -77,6 +80,7 @@ use crate::storage::wal::Wal;
 
 pub use crate::message::MAX_DISPLAY_VALUE;
 pub use background::RepairJob;
+pub use paxos::AcceptorState;
 pub use peer::PendingAck;
 
 /// A request's answer: now, or later from the call itself (see [`crate::net::conn`]).
@@ -173,6 +177,10 @@ pub struct Node {
     pub read_batcher: ReadBatcher,
     /// The write-ahead log (`None` in memory).
     pub wal: Option<Arc<Wal>>,
+    /// The Paxos acceptor (every key's promise, accepted proposal and last
+    /// commit). Held only while a request is handled and its record appended
+    /// (never across a commit or fsync), and by a snapshot while it copies it.
+    pub paxos: parking_lot::Mutex<AcceptorState>,
     ack_log: Option<parking_lot::Mutex<std::fs::File>>,
     repair_tx: Sender<RepairJob>,
     urgent_tx: Sender<RepairJob>,
@@ -205,12 +213,12 @@ impl Node {
         let others: Vec<(NodeId, String)> = ring.nodes().iter().map(|n| (n.id, n.name.clone())).collect();
         let mut store = Store::new(None, ring.partitioner());
         let mut hints = HintStore::new(others, cfg.hint_window, cfg.max_hint_bytes, None);
-        let (wal, loaded) = match &cfg.data_dir {
+        let (wal, loaded, acceptor) = match &cfg.data_dir {
             Some(dir) => {
-                let (wal, loaded) = startup::recover(dir, cfg.fsync, &store, &hints)?;
-                (Some(Arc::new(wal)), Some(loaded))
+                let (wal, loaded, acceptor) = startup::recover(dir, cfg.fsync, &store, &hints)?;
+                (Some(Arc::new(wal)), Some(loaded), acceptor)
             }
-            None => (None, None),
+            None => (None, None, crate::paxos::acceptor::Acceptor::new()),
         };
         let replayed = loaded.is_some_and(|l| l.records > 0);
         store.set_wal(wal.clone());
@@ -233,6 +241,7 @@ impl Node {
             hints,
             fold: AtomicBool::new(replayed),
             wal,
+            paxos: parking_lot::Mutex::new(AcceptorState::new(acceptor)),
             ack_log,
             peers,
             me,

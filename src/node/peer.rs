@@ -17,15 +17,15 @@ use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
 use crate::storage::store::Applied;
 
-/// A peer write applied to the store but not yet durable.
+/// A peer write (or Paxos request) served but not yet durable.
 #[derive(Debug, Clone)]
 pub struct PendingAck {
     /// Log position to commit.
     pub pos: u64,
     /// The key written.
     pub key: Key,
-    /// The version's timestamp.
-    pub ts: Timestamp,
+    /// A write's timestamp, for the ack log (`None`: a Paxos request, not noted).
+    pub ts: Option<Timestamp>,
 }
 
 impl Node {
@@ -50,7 +50,7 @@ impl Node {
                 return match self.store.apply(&key, version) {
                     Ok(applied) => (
                         Ok(PeerResponse::WriteAck { applied: applied.changed, held: applied.held }),
-                        Some(PendingAck { pos: applied.pos, key, ts }),
+                        Some(PendingAck { pos: applied.pos, key, ts: Some(ts) }),
                     ),
                     Err(e) => (Err(e), None),
                 };
@@ -69,8 +69,19 @@ impl Node {
             PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.iter().map(|k| self.store.get(k.as_bytes())).collect())),
             PeerRequest::Scan { slot, after, count } => Ok(self.replica_scan(slot, after, count)),
             PeerRequest::Ping => Ok(PeerResponse::Pong(self.cfg.name.clone())),
+            PeerRequest::Paxos(req) => return self.serve_paxos(req),
         };
         (result, None)
+    }
+
+    /// [`serve_peer`](Self::serve_peer), then waits until what it did is
+    /// durable before returning the reply (for the node's own requests, and
+    /// the simulated network).
+    pub fn serve_peer_durably(&self, req: PeerRequest) -> PeerResult {
+        match self.serve_peer(req) {
+            (Ok(r), Some(ack)) => self.commit_acks([ack].iter()).map(|()| r),
+            (result, _) => result,
+        }
     }
 
     /// Makes a batch of peer writes durable (one commit for all), then records their acks.
@@ -79,7 +90,9 @@ impl Node {
         let Some(pos) = acks.clone().map(|a| a.pos).max() else { return Ok(()) };
         self.store.commit(pos)?;
         for a in acks {
-            self.note_ack(&a.key, a.ts);
+            if let Some(ts) = a.ts {
+                self.note_ack(&a.key, ts);
+            }
         }
         Ok(())
     }

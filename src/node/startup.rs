@@ -7,8 +7,10 @@ use std::time::Duration;
 use log::{debug, info};
 
 use crate::cluster::key::Key;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::message::paxos as paxos_wire;
 use crate::node::Node;
+use crate::paxos::acceptor::{Acceptor, PersistRecord};
 use crate::proto;
 use crate::storage::cell::Version;
 use crate::storage::hints::HintStore;
@@ -37,6 +39,8 @@ pub(crate) struct Loaded {
     pub newest: Timestamp,
     /// Log records replayed after the snapshot.
     pub records: usize,
+    /// Keys with Paxos acceptor state.
+    pub paxos_keys: usize,
 }
 
 /// Cells travel to the loader threads in batches of this many.
@@ -55,6 +59,8 @@ fn load_cells(store: &Store, cells: Vec<proto::CellWrite>, loaded: &mut Loaded) 
 }
 
 /// Opens the log in `dir` and loads what it holds into `store` and `hints`,
+/// and returns the Paxos acceptor its snapshot and records rebuild (a
+/// commit's record also gives its cell to the store),
 /// after checking that the folder's data was written under the store's
 /// partitioner ([`check_partitioner`]: a folder of another one is refused
 /// before anything in it is read or changed).
@@ -64,7 +70,7 @@ fn load_cells(store: &Store, cells: Vec<proto::CellWrite>, loaded: &mut Loaded) 
 /// hands them in batches to loader threads, which fill the store's slots in
 /// parallel. Hints are loaded in log order by the reading thread (a delivery
 /// must follow the hint it removes).
-pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintStore) -> Result<(Wal, Loaded)> {
+pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintStore) -> Result<(Wal, Loaded, Acceptor)> {
     check_partitioner(dir, store.partitioner())?;
     let loaders = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     std::thread::scope(|scope| {
@@ -84,6 +90,22 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
         drop(rx);
         let mut batch = Vec::with_capacity(LOAD_BATCH);
         let mut loaded = Loaded::default();
+        let mut acceptor = Acceptor::new();
+        // The first damaged Paxos record or state (the sink cannot fail; checked after).
+        let mut damaged: Option<Error> = None;
+        let mut paxos = |r: Result<PersistRecord>, acceptor: &mut Acceptor, loaded: &mut Loaded| match r {
+            Ok(r) => {
+                let ballot = match &r {
+                    PersistRecord::Promise { ballot, .. } => *ballot,
+                    PersistRecord::Accept { proposal, .. } | PersistRecord::Commit { proposal, .. } => proposal.ballot,
+                };
+                loaded.newest = loaded.newest.max(ballot.0);
+                acceptor.replay(&r);
+            }
+            Err(e) => {
+                damaged.get_or_insert(e);
+            }
+        };
         let opened = Wal::open_with(dir, fsync, &mut |r| {
             use proto::log_record::Kind;
             match r {
@@ -95,6 +117,17 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
                         load_hint(hints, h, &mut loaded);
                     }
                 }
+                Replayed::Paxos(states) => {
+                    for s in states {
+                        match paxos_wire::state_from_proto(s) {
+                            Ok((key, state)) => {
+                                loaded.newest = loaded.newest.max(state.promised.0).max(state.committed.0);
+                                acceptor.load(key, state);
+                            }
+                            Err(e) => paxos(Err(e), &mut acceptor, &mut loaded),
+                        }
+                    }
+                }
                 Replayed::Record(r) => match r.kind {
                     Some(Kind::Cell(c)) => {
                         batch.push(c);
@@ -103,6 +136,20 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
                         }
                     }
                     Some(Kind::HintAdd(h)) => load_hint(hints, h, &mut loaded),
+                    Some(Kind::PaxosPromised(m)) => paxos(paxos_wire::promised_from_proto(m), &mut acceptor, &mut loaded),
+                    Some(Kind::PaxosAccepted(m)) => paxos(paxos_wire::accepted_from_proto(m), &mut acceptor, &mut loaded),
+                    Some(Kind::PaxosCommit(m)) => {
+                        let r = paxos_wire::commit_from_proto(m);
+                        if let Ok(PersistRecord::Commit { key, proposal }) = &r {
+                            // The commit's cell, loaded like any other.
+                            let version = Some(proposal.version().into_proto());
+                            batch.push(proto::CellWrite { legacy_key: 0, key: key.to_vec(), version });
+                            if batch.len() == LOAD_BATCH {
+                                let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH)));
+                            }
+                        }
+                        paxos(r, &mut acceptor, &mut loaded);
+                    }
                     Some(Kind::HintDone(d)) => {
                         if let Some(key) = logged_key(d.key, d.legacy_key) {
                             hints.load_delivered(&d.target, key.as_bytes(), Timestamp { micros: d.micros, node: d.node });
@@ -118,14 +165,18 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
         drop(tx);
         for w in workers {
             let Ok(part) = w.join() else {
-                return Err(crate::error::Error::Internal("a loader thread failed while recovering the store".into()));
+                return Err(Error::Internal("a loader thread failed while recovering the store".into()));
             };
             loaded.cells += part.cells;
             loaded.newest = loaded.newest.max(part.newest);
         }
         let (wal, replay) = opened?;
+        if let Some(e) = damaged {
+            return Err(Error::Storage(format!("{}: {e}; refusing to start", dir.display())));
+        }
         loaded.records = replay.records;
-        Ok((wal, loaded))
+        loaded.paxos_keys = acceptor.len();
+        Ok((wal, loaded, acceptor))
     })
 }
 
@@ -139,12 +190,17 @@ fn load_hint(hints: &HintStore, h: proto::HintAdd, loaded: &mut Loaded) {
 impl Node {
     /// After recovery: the clock moves past everything recovered, and a line says what was.
     pub(crate) fn recovered(&self, loaded: Loaded) {
-        let Loaded { cells, hints, newest, .. } = loaded;
+        let Loaded { cells, hints, newest, paxos_keys, .. } = loaded;
         let _ = self.clock.observe(newest, Duration::MAX);
-        info!("{}: recovered {cells} cell write(s) and {hints} hint record(s); {} hint(s) held", self.cfg.name, self.hints.total());
+        info!(
+            "{}: recovered {cells} cell write(s) and {hints} hint record(s); {} hint(s) held; paxos state of {paxos_keys} key(s)",
+            self.cfg.name,
+            self.hints.total()
+        );
     }
 
-    /// Takes a snapshot: rotates the log, writes every cell and hint, drops the old logs.
+    /// Takes a snapshot: rotates the log, writes every hint, the Paxos
+    /// acceptor's state and every cell, drops the old logs.
     pub fn snapshot(&self) -> Result<u64> {
         let Some(wal) = &self.wal else { return Ok(0) };
         let next_log_seq = wal.rotate()?;
@@ -154,7 +210,14 @@ impl Node {
         // Slot by slot: one slot's read lock at a time, one slot's copy in memory.
         // Paced: after each slot the thread rests as long as the slot took, so a
         // snapshot uses at most half a CPU and request threads keep theirs.
+        let mut paxos_keys = 0;
         let bytes = wal.install_snapshot_with(next_log_seq, wall_micros(), hints, |w| {
+            // Copied under the acceptor's lock, taken after the rotation: every
+            // change whose record is in a log this snapshot deletes is in it.
+            let states: Vec<proto::PaxosKeyState> =
+                self.paxos.lock().acceptor.states().map(|(k, s)| paxos_wire::state_to_proto(k, s)).collect();
+            paxos_keys = states.len();
+            w.paxos(states)?;
             for slot in 0..=255u8 {
                 let started = std::time::Instant::now();
                 let chunk: Vec<proto::CellWrite> = self
@@ -172,7 +235,9 @@ impl Node {
             }
             Ok(())
         })?;
-        debug!("snapshot of {cells} cell(s) and {hint_count} hint(s), {bytes} bytes; logs before {next_log_seq} removed");
+        debug!(
+            "snapshot of {cells} cell(s), {hint_count} hint(s) and the paxos state of {paxos_keys} key(s), {bytes} bytes; logs before {next_log_seq} removed"
+        );
         Ok(bytes)
     }
 }

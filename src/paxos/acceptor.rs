@@ -123,6 +123,40 @@ impl Acceptor {
         self.keys.get(key)
     }
 
+    /// Every key's state, in no particular order (for a snapshot).
+    pub fn states(&self) -> impl Iterator<Item = (&Key, &KeyState)> {
+        self.keys.iter()
+    }
+
+    /// Merges a key's state read back from a snapshot (idempotent; every
+    /// field only moves forward, as in [`replay`](Self::replay)).
+    pub fn load(&mut self, key: Key, state: KeyState) {
+        let s = self.keys.entry(key).or_default();
+        s.promised = s.promised.max(state.promised);
+        s.committed = s.committed.max(state.committed);
+        if let Some(a) = state.accepted
+            && s.accepted.as_ref().is_none_or(|held| a.ballot > held.ballot)
+        {
+            s.accepted = Some(a);
+        }
+        if s.accepted.as_ref().is_some_and(|a| a.ballot <= s.committed) {
+            s.accepted = None;
+        }
+    }
+
+    /// Puts `key`'s state back as it was (`None`: no state), undoing a
+    /// handled request whose record could not be logged.
+    pub fn reset(&mut self, key: &Key, state: Option<KeyState>) {
+        match state {
+            Some(s) => {
+                self.keys.insert(key.clone(), s);
+            }
+            None => {
+                self.keys.remove(key);
+            }
+        }
+    }
+
     /// Keys with state (for memory accounting).
     pub fn len(&self) -> usize {
         self.keys.len()

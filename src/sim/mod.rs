@@ -194,13 +194,7 @@ impl SimNet {
         match event.kind {
             Kind::Request(req) => {
                 let result = match self.node(event.to) {
-                    Some(node) => {
-                        let (result, commit) = node.serve_peer(req);
-                        match (result, commit) {
-                            (Ok(r), Some(ack)) => node.commit_acks([ack].iter()).map(|()| r),
-                            (result, _) => result,
-                        }
-                    }
+                    Some(node) => node.serve_peer_durably(req),
                     None => Err(Error::Failure(format!("{} is gone", event.to))),
                 };
                 self.enqueue(event.to, event.from, Kind::Reply(result), event.sink, event.slot);

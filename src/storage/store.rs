@@ -312,6 +312,15 @@ impl Store {
     /// Merges `version` into `key`'s cell and, if it changed, appends the change
     /// to the log (not yet durable: see [`Applied::pos`]).
     pub fn apply(&self, key: &Key, version: Version) -> Result<Applied> {
+        self.apply_with(key, version, |wal, key, v| wal.append_cell(key, v))
+    }
+
+    /// [`apply`](Self::apply) with the change logged by `log` instead of as a
+    /// cell write (a Paxos commit's record, which carries the cell): `log`
+    /// appends the record and returns its position; it is called under the
+    /// slot's lock, only if the version is newer and there is a log. If it
+    /// fails, the cell is put back and its error returned.
+    pub fn apply_with(&self, key: &Key, version: Version, log: impl FnOnce(&Wal, &[u8], &Version) -> Result<u64>) -> Result<Applied> {
         let key = key.as_bytes();
         // Built before the lock is taken; wasted only when the version is not newer.
         let entry = Entry::new(key, &version);
@@ -321,7 +330,7 @@ impl Store {
             Err(held) => return Ok(Applied { changed: false, held: Some(held), pos: slot.last_pos }),
         };
         let pos = match &self.wal {
-            Some(wal) => match wal.append_cell(key, &version) {
+            Some(wal) => match log(wal, key, &version) {
                 Ok(pos) => pos,
                 Err(e) => {
                     // Not logged, so not applied: readers never saw it (the lock is held).

@@ -28,10 +28,10 @@
 //!
 //! The CRC-32C ([`crc32c`]) covers the body only. The body is one protobuf
 //! [`LogRecord`](crate::proto::LogRecord) (a cell write, a hint kept, a hint
-//! delivered). A length of zero or of more than 64 MiB is impossible and
+//! delivered, a Paxos promise, accept or commit — the commit carrying its cell). A length of zero or of more than 64 MiB is impossible and
 //! marks the record as damaged. The snapshot file is framed the same way
 //! behind the magic `QKVSNAP2` (or the older `QKVSNAP1`): one length, one checksum, one protobuf
-//! [`Snapshot`](crate::proto::Snapshot) holding every cell and hint and the
+//! [`Snapshot`](crate::proto::Snapshot) holding every cell, hint and Paxos key state and the
 //! sequence number of the first log it does *not* cover (`next_log_seq`).
 //!
 //! The digits in the magics are the format version: a file with another

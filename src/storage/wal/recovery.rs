@@ -23,13 +23,15 @@ pub struct Recovered {
     pub records: Vec<proto::LogRecord>,
 }
 
-/// What [`Wal::open_with`] hands its caller, in order: the snapshot's hints
-/// and cells chunk by chunk, then every log record after it.
+/// What [`Wal::open_with`] hands its caller, in order: the snapshot's hints,
+/// Paxos states and cells chunk by chunk, then every log record after it.
 pub enum Replayed {
     /// Hints of the snapshot.
     Hints(Vec<proto::HintAdd>),
     /// A chunk of the snapshot's cells.
     Cells(Vec<proto::CellWrite>),
+    /// A chunk of the snapshot's Paxos acceptor states.
+    Paxos(Vec<proto::PaxosKeyState>),
     /// A log record the snapshot does not cover.
     Record(proto::LogRecord),
 }
@@ -56,6 +58,7 @@ impl Wal {
         let (wal, replay) = Wal::open_with(dir, mode, &mut |r| match r {
             Replayed::Hints(h) => snapshot.get_or_insert_with(Default::default).hints.extend(h),
             Replayed::Cells(c) => snapshot.get_or_insert_with(Default::default).cells.extend(c),
+            Replayed::Paxos(p) => snapshot.get_or_insert_with(Default::default).paxos.extend(p),
             Replayed::Record(r) => records.push(r),
         })?;
         if replay.snapshot {
@@ -78,6 +81,9 @@ impl Wal {
             }
             if !chunk.hints.is_empty() {
                 sink(Replayed::Hints(chunk.hints));
+            }
+            if !chunk.paxos.is_empty() {
+                sink(Replayed::Paxos(chunk.paxos));
             }
             if !chunk.cells.is_empty() {
                 sink(Replayed::Cells(chunk.cells));

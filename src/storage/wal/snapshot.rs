@@ -56,13 +56,15 @@ impl Wal {
     /// Writes `snapshot` atomically, then deletes the logs it covers.
     pub fn install_snapshot(&self, snapshot: &proto::Snapshot) -> Result<u64> {
         self.install_snapshot_with(snapshot.next_log_seq, snapshot.taken_micros, snapshot.hints.clone(), |w| {
+            w.paxos(snapshot.paxos.clone())?;
             w.cells(snapshot.cells.clone())
         })
     }
 
     /// Writes a snapshot atomically — its header (`next_log_seq`, `taken_micros`,
-    /// `hints`), then the cells `fill` hands the [`SnapshotWriter`] chunk by
-    /// chunk, then the end marker — and deletes the logs it covers. Returns its size.
+    /// `hints`), then what `fill` hands the [`SnapshotWriter`] chunk by chunk
+    /// (Paxos states, then cells), then the end marker — and deletes the logs
+    /// it covers. Returns its size.
     pub fn install_snapshot_with(
         &self,
         next_log_seq: u64,
@@ -183,6 +185,14 @@ impl SnapshotWriter {
         self.chunked(hints, size, |hints| proto::Snapshot { hints, ..Default::default() })
     }
 
+    /// Adds the Paxos acceptor's key states (in chunks of at most a few
+    /// thousand states and a few MiB).
+    pub fn paxos(&mut self, states: Vec<proto::PaxosKeyState>) -> Result<()> {
+        let size =
+            |s: &proto::PaxosKeyState| s.key.len() + s.accepted.as_ref().and_then(|a| a.version.as_ref()).map_or(0, |v| v.value.len());
+        self.chunked(states, size, |paxos| proto::Snapshot { paxos, ..Default::default() })
+    }
+
     /// Adds `cells` (in chunks of at most a few thousand cells and a few MiB).
     pub fn cells(&mut self, cells: Vec<proto::CellWrite>) -> Result<()> {
         let size = |c: &proto::CellWrite| c.key.len() + c.version.as_ref().map_or(0, |v| v.value.len());
@@ -252,9 +262,10 @@ pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) 
 
 /// Writes `snapshot` (everything in one value: for tests and small stores) to `dir` atomically; returns its size.
 pub fn write_snapshot(dir: &Path, snapshot: &proto::Snapshot) -> Result<u64> {
-    let header = proto::Snapshot { cells: Vec::new(), hints: Vec::new(), ..snapshot.clone() };
+    let header = proto::Snapshot { cells: Vec::new(), hints: Vec::new(), paxos: Vec::new(), ..snapshot.clone() };
     SnapshotWriter::write(dir, header, |w| {
         w.hints(snapshot.hints.clone())?;
+        w.paxos(snapshot.paxos.clone())?;
         w.cells(snapshot.cells.clone())
     })
 }
@@ -285,6 +296,7 @@ mod tests {
             hints: vec![],
             taken_micros: 7,
             end: false,
+            paxos: Vec::new(),
         };
         wal.install_snapshot(&snap).unwrap();
         assert!(list_logs(&d.0).unwrap().iter().all(|&s| s >= next));
@@ -384,6 +396,37 @@ mod tests {
         assert_eq!(chunks.iter().sum::<usize>(), n as usize);
         let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
         assert_eq!(rec.snapshot.unwrap().hints, snap.hints);
+    }
+
+    /// Paxos key states are chunked like cells, between the hints and the
+    /// cells, and read back whole; a snapshot without them reads as none.
+    #[test]
+    fn paxos_states_are_chunked_and_read_back() {
+        let d = Dir::new("paxoschunks");
+        fs::create_dir_all(&d.0).unwrap();
+        let ballot = |micros| Some(proto::Ballot { micros, node: 1 });
+        let state = |k: u32| proto::PaxosKeyState {
+            key: format!("key{k}").into_bytes(),
+            promised: ballot(9),
+            accepted: Some(proto::PaxosProposal {
+                version: Some(proto::Version { micros: 8, node: 1, tombstone: false, value: vec![3; 1000] }),
+                origin: ballot(7),
+            }),
+            committed: ballot(6),
+        };
+        let n = CHUNK_CELLS as u32 + 2;
+        let snap = proto::Snapshot { next_log_seq: 2, paxos: (0..n).map(state).collect(), cells: cells(3), ..Default::default() };
+        write_snapshot(&d.0, &snap).unwrap();
+        let mut chunks = Vec::new();
+        read_snapshot(&d.0.join(SNAPSHOT_FILE), &mut |c| chunks.push((c.paxos.len(), c.cells.len()))).unwrap();
+        assert_eq!(chunks, [(0, 0), (CHUNK_CELLS, 0), (2, 0), (0, 3), (0, 0)], "header, two chunks of states, the cells, end");
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(rec.snapshot.unwrap().paxos, snap.paxos);
+        let d2 = Dir::new("nopaxos");
+        fs::create_dir_all(&d2.0).unwrap();
+        write_snapshot(&d2.0, &proto::Snapshot { next_log_seq: 2, cells: cells(3), ..Default::default() }).unwrap();
+        let (_wal, rec) = Wal::open(&d2.0, FsyncMode::Always).unwrap();
+        assert!(rec.snapshot.unwrap().paxos.is_empty());
     }
 
     /// A version 1 snapshot (one chunk, magic QKVSNAP1) is still read.

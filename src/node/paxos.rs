@@ -1,0 +1,314 @@
+//! Serving a Paxos proposer: this replica's acceptor ([`crate::paxos`]).
+//!
+//! A request is handled under the acceptor's lock, in one step: the store's
+//! current cell for the key is read, [`Acceptor::handle`] changes the state
+//! and returns the record to persist, the record is appended to the log (a
+//! commit's record carries its cell and is appended under the cell's slot
+//! lock as the cell is written, like [`Store::apply`](crate::storage::store::Store::apply)),
+//! and the lock is released. The reply goes back with a [`PendingAck`] whose
+//! log position covers the record *and every paxos record appended before
+//! it* (a request that needs no record, such as a repeated promise, waits
+//! for the last one), so the server's group commit makes it durable before
+//! the reply is written: persist, then apply, then reply. The lock is never
+//! held across a commit or fsync.
+//!
+//! If the log refuses the record (a failed disk), the key's state (and the
+//! cell) are put back and the reply is the storage error: nothing unlogged is
+//! promised or acknowledged. A replica without a log (in memory) just applies
+//! and answers.
+//!
+//! A ballot stamped more than `--max-clock-offset` ahead of this replica's
+//! clock is refused (as a peer write is): a hostile or broken proposer's
+//! `u64::MAX` ballot would otherwise make every later ballot for the key lose.
+//! A sane one moves the clock up, so this node's own ballots come after it.
+
+use crate::error::{Error, Result};
+use crate::message::paxos::record_to_proto;
+use crate::message::{PeerResponse, PeerResult};
+use crate::node::{Node, PendingAck};
+use crate::paxos::acceptor::{Acceptor, PersistRecord};
+use crate::paxos::{Ballot, Request};
+
+/// The node's acceptor and the log position of its last record.
+#[derive(Debug, Default)]
+pub struct AcceptorState {
+    /// Every key's Paxos state.
+    pub acceptor: Acceptor,
+    /// The end of the last record appended for the acceptor (0: none this
+    /// run): a reply that needs no record of its own still waits for it.
+    last_pos: u64,
+}
+
+impl AcceptorState {
+    /// The state around an acceptor (recovered, or new).
+    pub fn new(acceptor: Acceptor) -> Self {
+        AcceptorState { acceptor, last_pos: 0 }
+    }
+}
+
+impl Node {
+    /// Serves a Paxos request. The reply must not be sent before its
+    /// [`PendingAck`] is durable ([`commit_acks`](Self::commit_acks)).
+    pub fn serve_paxos(&self, req: Request) -> (PeerResult, Option<PendingAck>) {
+        let ballot = match &req {
+            Request::Prepare { ballot, .. } => *ballot,
+            Request::Propose { proposal, .. } | Request::Commit { proposal, .. } => proposal.ballot,
+        };
+        if let Err(e) = self.check_ballot(&req, ballot) {
+            return (Err(e), None);
+        }
+        let key = req.key().clone();
+        let mut st = self.paxos.lock();
+        let current = self.store.get(key.as_bytes());
+        let before = st.acceptor.state(&key).cloned();
+        let handled = st.acceptor.handle(req, current.as_ref());
+        let pos = match self.persist(handled.record, handled.apply) {
+            Ok(pos) => pos,
+            Err(e) => {
+                // Not logged, so not done: the next request sees the state as it was.
+                st.acceptor.reset(&key, before);
+                return (Err(e), None);
+            }
+        };
+        st.last_pos = st.last_pos.max(pos);
+        let pos = st.last_pos;
+        drop(st);
+        (Ok(PeerResponse::Paxos(handled.reply)), Some(PendingAck { pos, key, ts: None }))
+    }
+
+    /// Refuses a ballot too far ahead of this replica's clock; moves the clock up to a sane one.
+    fn check_ballot(&self, req: &Request, ballot: Ballot) -> Result<()> {
+        self.clock.observe(ballot.0, self.cfg.max_clock_offset).map_err(|ahead| {
+            let what = match req {
+                Request::Prepare { .. } => "prepare",
+                Request::Propose { .. } => "propose",
+                Request::Commit { .. } => "commit",
+            };
+            Error::InvalidRequest(format!(
+                "paxos {what} for key {} has ballot {ballot}, {} ms ahead of {}'s clock (the limit is {} ms); check the clocks",
+                req.key(),
+                ahead.as_millis(),
+                self.cfg.name,
+                self.cfg.max_clock_offset.as_millis()
+            ))
+        })
+    }
+
+    /// Appends `record` (if any) and writes `apply`'s cell (a commit's)
+    /// to the store; the record's log position (0: nothing logged).
+    fn persist(&self, record: Option<PersistRecord>, apply: Option<crate::storage::cell::Version>) -> Result<u64> {
+        let Some(record) = record else { return Ok(0) };
+        let Some(wal) = &self.wal else {
+            // In memory: nothing to log; a commit's cell is written as is.
+            if let (PersistRecord::Commit { key, .. }, Some(cell)) = (&record, apply) {
+                self.store.apply(key, cell)?;
+            }
+            return Ok(0);
+        };
+        match (&record, apply) {
+            (PersistRecord::Commit { key, .. }, Some(cell)) => {
+                let key = key.clone();
+                let rec = record_to_proto(record);
+                // The cell and its record go in together under the slot's lock,
+                // so a snapshot never holds the commit without its cell.
+                let applied = self.store.apply_with(&key, cell, |wal, _, _| wal.append(&rec))?;
+                if applied.changed {
+                    return Ok(applied.pos);
+                }
+                // The store holds this cell or a newer one already: the record
+                // still makes the commit durable for the acceptor.
+                Ok(wal.append(&rec)?.max(applied.pos))
+            }
+            _ => wal.append(&record_to_proto(record)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cluster::key::Key;
+    use crate::cluster::ring::{NodeId, NodeInfo, Ring};
+    use crate::config::NodeConfig;
+    use crate::message::PeerRequest;
+    use crate::node::test_util::NoPeers;
+    use crate::paxos::{Proposal, Response};
+    use crate::storage::cell::Version;
+    use crate::storage::hlc::Timestamp;
+    use crate::storage::wal::FsyncMode;
+
+    fn ring() -> Ring {
+        let nodes = (0..3)
+            .map(|i| NodeInfo { name: format!("n{i}"), host: "127.0.0.1".into(), port: 1 + i as u16, id: NodeId(i as u32) })
+            .collect();
+        Ring::new(nodes, 3, 1).unwrap()
+    }
+
+    fn node(dir: Option<&Path>) -> Arc<Node> {
+        let mut cfg = NodeConfig::new("n0", "127.0.0.1".parse().unwrap(), 1);
+        cfg.data_dir = dir.map(Path::to_path_buf);
+        cfg.fsync = FsyncMode::Never;
+        Node::new(cfg, ring(), Arc::new(NoPeers)).unwrap().0
+    }
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("qkv-paxos-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A ballot just after the clock's now (a real proposer's would be): not refused as ahead.
+    fn ballot(n: &Node, after: u64) -> Ballot {
+        Ballot(Timestamp { micros: n.clock.now().micros + after, node: 1 })
+    }
+
+    fn key() -> Key {
+        Key::byte(7)
+    }
+
+    /// Serves `req` as the server does: the reply, after its log position is committed.
+    fn serve(n: &Node, req: Request) -> Response {
+        match n.serve_peer_durably(PeerRequest::Paxos(req)) {
+            Ok(PeerResponse::Paxos(r)) => r,
+            other => panic!("not a paxos answer: {other:?}"),
+        }
+    }
+
+    fn prepare(n: &Node, b: Ballot) -> Response {
+        serve(n, Request::Prepare { key: key(), ballot: b })
+    }
+
+    fn proposal(b: Ballot, value: &str) -> Proposal {
+        Proposal { ballot: b, origin: b, value: Some(value.as_bytes().into()) }
+    }
+
+    /// Prepare → a promise carrying the store's cell; a lower prepare → rejected;
+    /// propose → accepted (and reported by the next promise); commit → the
+    /// cell is in the store, and a promise carries it.
+    #[test]
+    fn an_in_memory_node_serves_prepare_propose_and_commit() {
+        let n = node(None);
+        let old = Version::value(Timestamp { micros: 5, node: 2 }, "old");
+        n.store.apply(&key(), old.clone()).unwrap();
+        let (low, b1, b2) = (ballot(&n, 10), ballot(&n, 20), ballot(&n, 30));
+        assert_eq!(prepare(&n, b1), Response::Promise { key: key(), ballot: b1, accepted: None, committed: Some(old.clone()) });
+        assert_eq!(prepare(&n, low), Response::Rejected { key: key(), ballot: low, promised: b1 });
+        let p = proposal(b1, "new");
+        assert_eq!(serve(&n, Request::Propose { key: key(), proposal: p.clone() }), Response::Accepted { key: key(), ballot: b1 });
+        assert_eq!(prepare(&n, b2), Response::Promise { key: key(), ballot: b2, accepted: Some(p.clone()), committed: Some(old) });
+        assert_eq!(serve(&n, Request::Commit { key: key(), proposal: p.clone() }), Response::Committed { key: key(), ballot: b1 });
+        assert_eq!(n.store.get(key().as_bytes()), Some(p.version()), "the commit's cell is in the store");
+        let b3 = ballot(&n, 40);
+        assert_eq!(prepare(&n, b3), Response::Promise { key: key(), ballot: b3, accepted: None, committed: Some(p.version()) });
+    }
+
+    /// A ballot far ahead of the clock is refused and promises nothing.
+    #[test]
+    fn a_ballot_far_ahead_of_the_clock_is_refused() {
+        let n = node(None);
+        let wild = Ballot(Timestamp { micros: u64::MAX, node: 1 });
+        let (result, ack) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: wild }));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("paxos prepare for key 7") && err.contains("ahead of n0's clock"), "{err}");
+        assert!(ack.is_none());
+        assert!(n.paxos.lock().acceptor.state(&key()).is_none());
+    }
+
+    /// A repeated promise needs no record but must not overtake the first
+    /// one: its reply waits for the last paxos record's position.
+    #[test]
+    fn a_reply_without_a_record_waits_for_the_records_before_it() {
+        let d = Dir::new("order");
+        let n = node(Some(&d.0));
+        let b = ballot(&n, 10);
+        let (r, first) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }));
+        assert!(matches!(r, Ok(PeerResponse::Paxos(Response::Promise { .. }))));
+        let first = first.unwrap();
+        assert!(first.pos > 0, "the promise's record is in the log");
+        let (r, again) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }));
+        assert!(matches!(r, Ok(PeerResponse::Paxos(Response::Promise { .. }))), "a repeat is promised again");
+        assert_eq!(again.unwrap().pos, first.pos, "the repeat waits for the first promise's record");
+    }
+
+    /// A record the log refuses is not promised: the error goes back and the state is as before.
+    #[test]
+    fn a_record_the_log_refuses_changes_nothing() {
+        let d = Dir::new("refused");
+        let n = node(Some(&d.0));
+        let b = ballot(&n, 10);
+        n.wal.as_ref().unwrap().fail_for_test("disk full");
+        let (r, ack) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }));
+        assert!(r.unwrap_err().to_string().contains("disk full"));
+        assert!(ack.is_none());
+        assert!(n.paxos.lock().acceptor.state(&key()).is_none(), "nothing promised");
+        let (r, _) = n.serve_peer(PeerRequest::Paxos(Request::Commit { key: key(), proposal: proposal(b, "v") }));
+        assert!(r.is_err());
+        assert_eq!(n.store.get(key().as_bytes()), None, "the commit's cell was put back");
+        assert!(n.paxos.lock().acceptor.state(&key()).is_none());
+    }
+
+    /// Promises, accepts and commits survive a restart from the log alone
+    /// (no snapshot): a lower ballot is refused after it, the accepted
+    /// proposal is still reported, and a commit's cell and state are back.
+    #[test]
+    fn promises_accepts_and_commits_are_recovered_from_the_log() {
+        let d = Dir::new("log");
+        let other = Key::byte(9);
+        let (low, b1, b2, c) = {
+            let n = node(Some(&d.0));
+            let (low, b1, b2, c) = (ballot(&n, 10), ballot(&n, 20), ballot(&n, 30), ballot(&n, 40));
+            assert!(matches!(prepare(&n, b1), Response::Promise { .. }));
+            assert!(matches!(serve(&n, Request::Propose { key: key(), proposal: proposal(b1, "v1") }), Response::Accepted { .. }));
+            assert!(matches!(prepare(&n, b2), Response::Promise { .. }));
+            let committed = Request::Commit { key: other.clone(), proposal: proposal(c, "done") };
+            assert!(matches!(serve(&n, committed), Response::Committed { .. }));
+            (low, b1, b2, c)
+        };
+        let n = node(Some(&d.0));
+        assert_eq!(prepare(&n, low), Response::Rejected { key: key(), ballot: low, promised: b2 }, "the promise of b2 survived");
+        assert_eq!(prepare(&n, b1), Response::Rejected { key: key(), ballot: b1, promised: b2 });
+        let b3 = ballot(&n, 50).max(Ballot(Timestamp { micros: b2.0.micros + 1, node: 1 }));
+        let promise = prepare(&n, b3);
+        assert_eq!(promise, Response::Promise { key: key(), ballot: b3, accepted: Some(proposal(b1, "v1")), committed: None });
+        assert_eq!(n.store.get(other.as_bytes()), Some(proposal(c, "done").version()), "the commit's cell came back from its record");
+        assert_eq!(n.paxos.lock().acceptor.state(&other).map(|s| s.committed), Some(c));
+        assert!(n.clock.now() > c.0, "the clock moved past what was recovered");
+    }
+
+    /// A snapshot deletes the logs that held the records; the acceptor's
+    /// state is in the snapshot and comes back from it.
+    #[test]
+    fn the_acceptor_state_survives_a_snapshot_and_the_log_truncation() {
+        let d = Dir::new("snap");
+        let other = Key::byte(9);
+        let (b1, b2, c, state) = {
+            let n = node(Some(&d.0));
+            let (b1, b2, c) = (ballot(&n, 20), ballot(&n, 30), ballot(&n, 40));
+            prepare(&n, b1);
+            serve(&n, Request::Propose { key: key(), proposal: proposal(b1, "v1") });
+            prepare(&n, b2);
+            serve(&n, Request::Commit { key: other.clone(), proposal: proposal(c, "done") });
+            n.snapshot().unwrap();
+            let state = n.paxos.lock().acceptor.state(&key()).cloned().unwrap();
+            (b1, b2, c, state)
+        };
+        let n = node(Some(&d.0));
+        assert!(!n.fold.load(std::sync::atomic::Ordering::Relaxed), "no log records were left to replay: the snapshot holds it all");
+        assert_eq!(n.paxos.lock().acceptor.state(&key()), Some(&state));
+        assert_eq!(state.promised, b2);
+        assert_eq!(prepare(&n, b1), Response::Rejected { key: key(), ballot: b1, promised: b2 });
+        assert_eq!(n.store.get(other.as_bytes()), Some(proposal(c, "done").version()));
+        assert_eq!(n.paxos.lock().acceptor.state(&other).map(|s| s.committed), Some(c));
+    }
+}
