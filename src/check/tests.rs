@@ -262,6 +262,9 @@ fn unknown_write_assumed_not_applied() {
     op(&mut h, 1, write("a"), 0, 1, Ret::Written);
     lost(&mut h, 2, write("b"), 2);
     lost(&mut h, 2, cas(Some("a"), "c"), 3);
+    // A write of unknown outcome could always take effect after the last known
+    // operation; this CAS never could: it must not have taken effect at all.
+    lost(&mut h, 2, cas(Some("never written"), "c"), 4);
     op(&mut h, 3, Call::Read, 10, 11, read("a"));
     op(&mut h, 3, Call::Read, 12, 13, read("a"));
     assert!(linearizable(&h));
@@ -272,7 +275,7 @@ fn unknown_write_assumed_not_applied() {
     op(&mut h, 3, Call::Read, 20, 21, read("d"));
     assert!(linearizable(&h));
     let report = h.check(BUDGET);
-    assert_eq!((report.keys[0].operations, report.keys[0].unknown_outcomes, report.keys[0].dropped_reads), (7, 3, 1));
+    assert_eq!((report.keys[0].operations, report.keys[0].unknown_outcomes, report.keys[0].dropped_reads), (8, 4, 1));
     assert_eq!(h.operations()[id.index()].outcome, Outcome::Pending);
 }
 
