@@ -12,6 +12,7 @@
 //! request.
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod config;
