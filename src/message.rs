@@ -19,8 +19,9 @@
 //!
 //! | request | checked |
 //! |---------|---------|
-//! | `Get`, `Delete` | the key ([`Partitioner::key`]: `0..=255` byte-ordered, 1 to `--max-key-bytes` bytes murmur3), consistency ONE/QUORUM/ALL (or unset) |
-//! | `Put` | the same, and the value's size against `--max-value-bytes` |
+//! | `Get` | the key ([`Partitioner::key`]: `0..=255` byte-ordered, 1 to `--max-key-bytes` bytes murmur3), consistency ONE/QUORUM/ALL/SERIAL (or unset) |
+//! | `Put` | the same, the value's size against `--max-value-bytes`; a condition: `if_value`'s size as a value's, `if_absent` true, the level SERIAL or unset (which then means SERIAL) |
+//! | `Delete` | the key, the level; a condition (`if_value`) as for `Put` |
 //! | `Inspect`, `Token` | key |
 //! | `Scan` | the cursor ([`ScanCursor::parse`]: format, key, the key's slot), the count (0: 10; at most [`MAX_SCAN_COUNT`]) |
 //! | `Ping`, `Status`, `Display` | nothing to check (`Display` values are cut to [`MAX_DISPLAY_VALUE`]) |
@@ -43,6 +44,7 @@ pub mod scan;
 use crate::cluster::consistency::Consistency;
 use crate::cluster::key::{DEFAULT_MAX_KEY_BYTES, KEYS, Key, Partitioner};
 use crate::error::{Error, Result};
+use crate::paxos::Expect;
 use crate::proto::{self, request, response};
 use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
@@ -129,15 +131,19 @@ pub enum ClientRequest {
         key: Key,
         /// The value (within the limit).
         value: Vec<u8>,
-        /// Acks needed.
+        /// Acks needed (SERIAL: Paxos).
         level: Consistency,
+        /// Apply only if the current value meets it (then `level` is SERIAL).
+        condition: Option<Expect>,
     },
     /// Delete a key (write a tombstone).
     Delete {
         /// The key.
         key: Key,
-        /// Acks needed.
+        /// Acks needed (SERIAL: Paxos).
         level: Consistency,
+        /// Delete only if the current value meets it (then `level` is SERIAL).
+        condition: Option<Expect>,
     },
     /// The coordinator's view of the cluster.
     Status,
@@ -271,13 +277,21 @@ pub enum Reply {
     Pong(String),
     /// To `Get`: the newest version found (a tombstone reads as not found).
     Read(Option<Version>),
-    /// To `Put`/`Delete`: the write's timestamp and the acks it got.
+    /// To `Put`/`Delete`: the write's timestamp and the acks it got (a
+    /// SERIAL write: its ballot and the accepts of its proposal).
     Write {
         /// The write's timestamp.
         ts: Timestamp,
         /// Acks received when the client was answered.
         acks: usize,
     },
+    /// To a conditional `Put`/`Delete` whose condition did not hold.
+    NotApplied {
+        /// The value the condition was checked against (`None`: no live value).
+        current: Option<Box<[u8]>>,
+    },
+    /// To a SERIAL `Get`: the value (`None`: no live value).
+    SerialRead(Option<Box<[u8]>>),
     /// To `Status`.
     Status(proto::StatusResult),
     /// To `Inspect`.
@@ -311,6 +325,27 @@ fn slot_list(slots: Vec<u32>, what: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
+/// The expected value of a conditional put or delete, checked like a value.
+fn if_value(old: Vec<u8>, limits: &Limits, what: &str) -> Result<Expect> {
+    limits.value(&old).map_err(|e| Error::InvalidRequest(format!("the expected value of a conditional {what}: {}", e.message())))?;
+    Ok(Expect::Equals(old.into_boxed_slice()))
+}
+
+/// The level of a put or delete: a conditional one is SERIAL (unset implies
+/// it); naming another level with a condition is refused.
+fn level_of(raw: i32, conditional: bool, what: &str) -> Result<Consistency> {
+    let level = Consistency::from_proto(raw)?;
+    if !conditional || level == Consistency::Serial {
+        return Ok(level);
+    }
+    if raw == proto::Consistency::Unspecified as i32 {
+        return Ok(Consistency::Serial);
+    }
+    Err(Error::InvalidRequest(format!(
+        "a conditional {what} is decided by Paxos and runs at SERIAL; it was sent at {level} (send SERIAL or no level)"
+    )))
+}
+
 impl ClientRequest {
     /// Parses and checks a request a client sent (after the connection's first
     /// frame, which may instead be a peer's `PeerHello`).
@@ -326,11 +361,29 @@ impl ClientRequest {
             B::Get(g) => ClientRequest::Get { key: limits.key(g.key)?, level: Consistency::from_proto(g.consistency)? },
             B::Put(p) => {
                 let key = limits.key(p.key)?;
-                let level = Consistency::from_proto(p.consistency)?;
                 limits.value(&p.value)?;
-                ClientRequest::Put { key, value: p.value, level }
+                let condition = match p.condition {
+                    None => None,
+                    Some(proto::put::Condition::IfValue(old)) => Some(if_value(old, limits, "put")?),
+                    Some(proto::put::Condition::IfAbsent(true)) => Some(Expect::Absent),
+                    Some(proto::put::Condition::IfAbsent(false)) => {
+                        return Err(Error::InvalidRequest(
+                            "a put with if_absent false: the condition is `if absent` (true); send no condition for an ordinary put".into(),
+                        ));
+                    }
+                };
+                let level = level_of(p.consistency, condition.is_some(), "put")?;
+                ClientRequest::Put { key, value: p.value, level, condition }
             }
-            B::Delete(d) => ClientRequest::Delete { key: limits.key(d.key)?, level: Consistency::from_proto(d.consistency)? },
+            B::Delete(d) => {
+                let key = limits.key(d.key)?;
+                let condition = match d.condition {
+                    None => None,
+                    Some(proto::delete::Condition::IfValue(old)) => Some(if_value(old, limits, "delete")?),
+                };
+                let level = level_of(d.consistency, condition.is_some(), "delete")?;
+                ClientRequest::Delete { key, level, condition }
+            }
             B::Inspect(i) => ClientRequest::Inspect { key: limits.key(i.key)? },
             B::Token(t) => ClientRequest::Token { key: limits.key(t.key)? },
             B::Scan(s) => ClientRequest::Scan { cursor: ScanCursor::parse(s.cursor, limits)?, count: scan::scan_count(s.count)? },
@@ -515,7 +568,13 @@ impl Reply {
                     }),
                 }
             }
-            Reply::Write { ts, acks } => B::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32 }),
+            Reply::Write { ts, acks } => {
+                B::Write(proto::WriteResult { micros: ts.micros, node: ts.node, acks: acks as u32, applied: Some(true), current: None })
+            }
+            Reply::NotApplied { current } => {
+                B::Write(proto::WriteResult { applied: Some(false), current: current.map(Vec::from), ..Default::default() })
+            }
+            Reply::SerialRead(value) => B::Get(proto::GetResult { value: value.map(Vec::from), version: None }),
             Reply::Status(s) => B::Status(s),
             Reply::Inspect(i) => B::Inspect(i),
             Reply::Display(d) => B::Display(d),
@@ -550,6 +609,7 @@ pub fn validate_peer_request(req: &proto::Request, limits: &Limits) -> Result<()
 mod tests {
     use super::*;
     use crate::proto::request::Body as B;
+    use crate::proto::response::Body as B2;
 
     const MAX_VALUE: usize = 100;
     const BYTES: Limits = Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: 8, max_value_bytes: MAX_VALUE };
@@ -580,12 +640,15 @@ mod tests {
         refused(client(B::Get(proto::Get { key: k("256"), consistency: 2 })), "key 256 is out of range");
         refused(client(B::Get(proto::Get { key: k("4294967295"), consistency: 0 })), "out of range");
         refused(client(B::Get(proto::Get { key: k("user:1"), consistency: 0 })), "partitioner murmur3");
-        refused(client(B::Get(proto::Get { key: k("1"), consistency: 4 })), "unknown consistency level 4");
-        refused(client(B::Delete(proto::Delete { key: k("1"), consistency: -1 })), "unknown consistency level -1");
-        refused(client(B::Delete(proto::Delete { key: k("300"), consistency: 1 })), "out of range");
-        assert!(client(B::Put(proto::Put { key: k("0"), value: vec![b'v'; MAX_VALUE], consistency: 3 })).is_ok());
-        refused(client(B::Put(proto::Put { key: k("0"), value: vec![b'v'; MAX_VALUE + 1], consistency: 3 })), "exceeds the limit of 100");
-        refused(client(B::Put(proto::Put { key: k("0"), value: Vec::new(), consistency: 9 })), "consistency");
+        refused(client(B::Get(proto::Get { key: k("1"), consistency: 5 })), "unknown consistency level 5");
+        refused(client(B::Delete(proto::Delete { key: k("1"), consistency: -1, condition: None })), "unknown consistency level -1");
+        refused(client(B::Delete(proto::Delete { key: k("300"), consistency: 1, condition: None })), "out of range");
+        assert!(client(B::Put(proto::Put { key: k("0"), value: vec![b'v'; MAX_VALUE], consistency: 3, condition: None })).is_ok());
+        refused(
+            client(B::Put(proto::Put { key: k("0"), value: vec![b'v'; MAX_VALUE + 1], consistency: 3, condition: None })),
+            "exceeds the limit of 100",
+        );
+        refused(client(B::Put(proto::Put { key: k("0"), value: Vec::new(), consistency: 9, condition: None })), "consistency");
         refused(client(B::Inspect(proto::InspectRequest { key: k("1000") })), "out of range");
         assert!(client(B::Display(proto::DisplayRequest { max_value_len: u32::MAX, max_keys: u32::MAX })).is_ok());
         refused(validate_request(&proto::Request { id: 3, body: None }, &BYTES), "empty request");
@@ -608,11 +671,59 @@ mod tests {
         }
     }
 
+    /// A condition makes a put or delete SERIAL (unset implies it); another
+    /// level is refused, and the expected value is checked like a value.
+    #[test]
+    fn conditional_writes_are_serial_and_checked() {
+        use proto::{delete, put};
+        let parse = |body| ClientRequest::parse(body, &BYTES);
+        let put = |consistency, condition| B::Put(proto::Put { key: k("5"), value: k("new"), consistency, condition });
+        let serial = proto::Consistency::Serial as i32;
+        let if_old = |v: &str| Some(put::Condition::IfValue(k(v)));
+        let want = |level, condition| ClientRequest::Put { key: Key::byte(5), value: k("new"), level, condition };
+        let old = Some(Expect::Equals(k("old").into_boxed_slice()));
+        assert_eq!(parse(put(serial, if_old("old"))).unwrap(), want(Consistency::Serial, old.clone()));
+        assert_eq!(parse(put(0, if_old("old"))).unwrap(), want(Consistency::Serial, old.clone()), "unset implies SERIAL");
+        let absent = Some(put::Condition::IfAbsent(true));
+        assert_eq!(parse(put(0, absent)).unwrap(), want(Consistency::Serial, Some(Expect::Absent)));
+        assert_eq!(parse(put(serial, None)).unwrap(), want(Consistency::Serial, None), "a plain SERIAL put");
+        assert_eq!(parse(put(1, None)).unwrap(), want(Consistency::One, None));
+        refused(parse(put(2, if_old("old"))).map(drop), "a conditional put is decided by Paxos and runs at SERIAL; it was sent at QUORUM");
+        refused(parse(put(1, if_old("old"))).map(drop), "sent at ONE");
+        refused(parse(put(0, Some(put::Condition::IfAbsent(false)))).map(drop), "if_absent false");
+        refused(parse(put(0, if_old(&"x".repeat(MAX_VALUE + 1)))).map(drop), "expected value of a conditional put");
+        assert!(parse(put(0, if_old(""))).is_ok(), "an empty expected value is a value");
+        let del = |consistency, old: &str| {
+            B::Delete(proto::Delete { key: k("5"), consistency, condition: Some(delete::Condition::IfValue(k(old))) })
+        };
+        assert_eq!(parse(del(0, "old")).unwrap(), ClientRequest::Delete { key: Key::byte(5), level: Consistency::Serial, condition: old });
+        refused(parse(del(3, "old")).map(drop), "a conditional delete is decided by Paxos and runs at SERIAL; it was sent at ALL");
+        refused(parse(del(0, &"x".repeat(MAX_VALUE + 1))).map(drop), "expected value of a conditional delete");
+        let get = parse(B::Get(proto::Get { key: k("5"), consistency: serial })).unwrap();
+        assert_eq!(get, ClientRequest::Get { key: Key::byte(5), level: Consistency::Serial });
+        // The replies: an ordinary write says applied; a failed condition carries the current value.
+        let ts = Timestamp { micros: 3, node: 1 };
+        let B2::Write(w) = (Reply::Write { ts, acks: 2 }).into_proto() else { panic!("a write result") };
+        assert_eq!((w.applied, w.current), (Some(true), None));
+        let B2::Write(w) = (Reply::NotApplied { current: Some(k("v1").into()) }).into_proto() else { panic!("a write result") };
+        assert_eq!((w.applied, w.current), (Some(false), Some(k("v1"))));
+        let B2::Write(w) = (Reply::NotApplied { current: None }).into_proto() else { panic!("a write result") };
+        assert_eq!((w.applied, w.current), (Some(false), None));
+    }
+
     #[test]
     fn murmur3_keys_are_bytes_within_the_limit() {
         let parse = |body| ClientRequest::parse(body, &MURMUR);
-        let got = parse(B::Put(proto::Put { key: vec![0xff, 0, b'k'], value: vec![0x80, 0], consistency: 2 })).unwrap();
-        assert_eq!(got, ClientRequest::Put { key: Key::trusted(vec![0xff, 0, b'k']), value: vec![0x80, 0], level: Consistency::Quorum });
+        let got = parse(B::Put(proto::Put { key: vec![0xff, 0, b'k'], value: vec![0x80, 0], consistency: 2, condition: None })).unwrap();
+        assert_eq!(
+            got,
+            ClientRequest::Put {
+                key: Key::trusted(vec![0xff, 0, b'k']),
+                value: vec![0x80, 0],
+                level: Consistency::Quorum,
+                condition: None
+            }
+        );
         let refuse = |body, needle: &str| refused(parse(body).map(drop), needle);
         refuse(B::Get(proto::Get { key: Vec::new(), consistency: 1 }), "the key is empty");
         refuse(B::Get(proto::Get { key: vec![b'x'; 9], consistency: 1 }), "key of 9 bytes exceeds the limit of 8 bytes");

@@ -244,8 +244,8 @@ fn client_base(rng: &mut Rng) -> proto::Request {
     let body = match rng.below(20) {
         0..=2 => B::Ping(proto::Ping {}),
         3..=6 => B::Get(proto::Get { key, consistency: consistency(rng) }),
-        7..=10 => B::Put(proto::Put { key, value: value(rng), consistency: consistency(rng) }),
-        11..=12 => B::Delete(proto::Delete { key, consistency: consistency(rng) }),
+        7..=10 => B::Put(proto::Put { key, value: value(rng), consistency: consistency(rng), condition: None }),
+        11..=12 => B::Delete(proto::Delete { key, consistency: consistency(rng), condition: None }),
         13..=14 => B::Status(proto::StatusRequest {}),
         15 => B::Inspect(proto::InspectRequest { key }),
         16 if rng.chance(rng.display_one_in) => {
@@ -384,8 +384,8 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
             let key = any_key(rng);
             let body = match rng.below(4) {
                 0 => B::Get(proto::Get { key, consistency: consistency(rng) }),
-                1 => B::Put(proto::Put { key, value: value(rng), consistency: consistency(rng) }),
-                2 => B::Delete(proto::Delete { key, consistency: consistency(rng) }),
+                1 => B::Put(proto::Put { key, value: value(rng), consistency: consistency(rng), condition: None }),
+                2 => B::Delete(proto::Delete { key, consistency: consistency(rng), condition: None }),
                 _ => B::Inspect(proto::InspectRequest { key }),
             };
             proto::Request { id, body: Some(body) }.encode_to_vec()
@@ -397,8 +397,8 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
             let key = rng.below(256).to_string().into_bytes();
             let body = match rng.below(3) {
                 0 => B::Get(proto::Get { key, consistency: c }),
-                1 => B::Put(proto::Put { key, value: value(rng), consistency: c }),
-                _ => B::Delete(proto::Delete { key, consistency: c }),
+                1 => B::Put(proto::Put { key, value: value(rng), consistency: c, condition: None }),
+                _ => B::Delete(proto::Delete { key, consistency: c, condition: None }),
             };
             proto::Request { id, body: Some(body) }.encode_to_vec()
         }
@@ -409,6 +409,7 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
                 key: rng.below(256).to_string().into_bytes(),
                 value: vec![b'v'; MAX_VALUE + 1 + extra],
                 consistency: consistency(rng),
+                condition: None,
             };
             proto::Request { id, body: Some(B::Put(put)) }.encode_to_vec()
         }
@@ -542,7 +543,7 @@ fn response(rng: &mut Rng) -> proto::Response {
         0 => R::Error(proto::Error { kind: rng.below(9) as i32, message: "boom".into() }),
         1 => R::Pong(proto::Pong { name: "r0".into() }),
         2 => R::Get(proto::GetResult { value: Some(value(rng)), version: Some(version(rng)) }),
-        3 => R::Write(proto::WriteResult { micros: rng.next(), node: 1, acks: 2 }),
+        3 => R::Write(proto::WriteResult { micros: rng.next(), node: 1, acks: 2, ..Default::default() }),
         4 => R::Hello(proto::HelloAck { name: "r1".into() }),
         5 => R::ReplicaRead(proto::ReadResult { version: Some(version(rng)) }),
         6 => R::ReplicaWrite(proto::WriteAck { applied: rng.below(2) == 0, held_micros: rng.next(), held_node: rng.next() as u32 }),
@@ -1187,7 +1188,9 @@ fn pinned_cases(ctx: &Ctx) {
     let key = |murmur3: Result<(), &str>| if murmur { murmur3.map_err(String::from) } else { Err(not_int.to_string()) };
     let case = |what, role, frame, want| Pinned { what, role, frame, want };
     let request = |body| proto::Request { id: 1, body: Some(body) }.encode_to_vec();
-    let put = |key: &[u8], value: &[u8]| request(B::Put(proto::Put { key: key.to_vec(), value: value.to_vec(), consistency: 2 }));
+    let put = |key: &[u8], value: &[u8]| {
+        request(B::Put(proto::Put { key: key.to_vec(), value: value.to_vec(), consistency: 2, condition: None }))
+    };
     let get = |key: Vec<u8>| request(B::Get(proto::Get { key, consistency: 1 }));
     let dump = |slots: Vec<u32>| {
         request(B::ReplicaDump(proto::ReplicaDump { max_value_len: 8, slots, max_keys: 4, after: Vec::new(), digest_slots: Vec::new() }))

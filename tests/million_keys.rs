@@ -77,7 +77,7 @@ fn write_keys(port: u16, next: &AtomicU64, total: u64, failed: &Mutex<Vec<u64>>)
         let end = (start + WINDOW).min(total);
         buf.clear();
         for i in start..end {
-            let put = proto::Put { key: key(i), value: value(i), consistency: One.to_proto() as i32 };
+            let put = proto::Put { key: key(i), value: value(i), consistency: One.to_proto() as i32, condition: None };
             append_frame(&proto::Request { id: i, body: Some(B::Put(put)) }, &mut buf);
         }
         stream.write_all(&buf).expect("send a window of puts");

@@ -243,7 +243,7 @@ fn deferred_replies_arrive_whole_to_slow_and_half_closed_clients() {
     let one = proto::Consistency::One as i32;
     // Keys 70 and 72 live on r1, r2, r3: r0 holds no copy.
     let get = |key: u32| proto::request::Body::Get(proto::Get { key: key.to_string().into_bytes(), consistency: one });
-    let put = proto::request::Body::Put(proto::Put { key: b"71".to_vec(), value: "w".into(), consistency: 2 });
+    let put = proto::request::Body::Put(proto::Put { key: b"71".to_vec(), value: "w".into(), consistency: 2, condition: None });
     let mut cases = vec![(get(70), "far"), (put, "")];
     // Under ThreadSanitizer, replicas move 8 MiB so slowly that the peer links'
     // write timeouts fire; the stash path is exercised in normal builds only.

@@ -3,7 +3,9 @@
 //! Without a command it reads commands line by line: with a prompt on a
 //! terminal, silently from a pipe. With a command it runs that one command and
 //! exits with its status: 0 success, 1 key not found, 2 bad usage or input,
-//! 3 the store refused (unavailable, timeout), 4 cannot connect. One-shot,
+//! 3 the store refused (unavailable, timeout), 4 cannot connect, 5 a
+//! conditional `put`/`del` (`if OLD`, `if absent`) was not applied (the
+//! current value is printed on stdout). One-shot,
 //! `token KEY` prints the token alone on its first line (then the slot, then
 //! each replica), and `scan` walks every page and prints each key's bytes, one
 //! key a line (see [`quorumkv::client::console`]).
@@ -23,7 +25,7 @@ struct Args {
     host: String,
     /// Coordinator port.
     port: u16,
-    /// Default consistency level: ONE, QUORUM or ALL.
+    /// Default consistency level: ONE, QUORUM, ALL or SERIAL.
     #[arg(short = 'c', long = "consistency", value_parser = parse_level)]
     level: Option<Consistency>,
     /// A command to run once (e.g. `get 5`), instead of the console.
@@ -32,7 +34,7 @@ struct Args {
 }
 
 fn parse_level(s: &str) -> Result<Consistency, String> {
-    Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use ONE, QUORUM or ALL"))
+    Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use ONE, QUORUM, ALL or SERIAL"))
 }
 
 fn main() -> ExitCode {

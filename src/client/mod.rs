@@ -18,6 +18,7 @@ use prost::Message;
 use crate::cluster::consistency::Consistency;
 use crate::error::{Error, Result};
 use crate::net::frame::{FrameReader, encode_frame};
+pub use crate::paxos::Expect;
 use crate::proto::{self, request, response};
 
 /// Largest reply a client accepts (a `display` of a full cluster stays far below).
@@ -93,7 +94,8 @@ impl Client {
         }
     }
 
-    /// Reads `key`; `None` if no replica that answered holds it.
+    /// Reads `key`; `None` if no replica that answered holds it (at SERIAL:
+    /// the linearizable value, or `None` if the key has no live value).
     pub fn get(&mut self, key: impl ToKey, level: Consistency) -> Result<Option<Vec<u8>>> {
         Ok(self.get_versioned(key, level)?.value)
     }
@@ -111,10 +113,14 @@ impl Client {
         }
     }
 
-    /// Writes `value` to `key`.
+    /// Writes `value` to `key` (at SERIAL: through Paxos, always applied).
     pub fn put(&mut self, key: impl ToKey, value: impl AsRef<[u8]>, level: Consistency) -> Result<proto::WriteResult> {
-        let body =
-            request::Body::Put(proto::Put { key: key.to_key(), value: value.as_ref().to_vec(), consistency: level.to_proto() as i32 });
+        let body = request::Body::Put(proto::Put {
+            key: key.to_key(),
+            value: value.as_ref().to_vec(),
+            consistency: level.to_proto() as i32,
+            condition: None,
+        });
         match self.request(body)? {
             response::Body::Write(w) => Ok(w),
             other => Err(unexpected(other)),
@@ -123,10 +129,41 @@ impl Client {
 
     /// Deletes `key` (writes a tombstone).
     pub fn delete(&mut self, key: impl ToKey, level: Consistency) -> Result<proto::WriteResult> {
-        match self.request(request::Body::Delete(proto::Delete { key: key.to_key(), consistency: level.to_proto() as i32 }))? {
+        match self.request(request::Body::Delete(proto::Delete {
+            key: key.to_key(),
+            consistency: level.to_proto() as i32,
+            condition: None,
+        }))? {
             response::Body::Write(w) => Ok(w),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Writes `value` to `key` only if its current value meets `expect`
+    /// (`Expect::Equals(old)`: `if OLD`; `Expect::Absent`: `if absent`),
+    /// decided by Paxos at SERIAL (a compare-and-set).
+    pub fn put_if(&mut self, key: impl ToKey, value: impl AsRef<[u8]>, expect: Expect) -> Result<Cas> {
+        let condition = Some(match expect {
+            Expect::Equals(old) => proto::put::Condition::IfValue(old.into_vec()),
+            Expect::Absent => proto::put::Condition::IfAbsent(true),
+        });
+        let body = request::Body::Put(proto::Put {
+            key: key.to_key(),
+            value: value.as_ref().to_vec(),
+            consistency: Consistency::Serial.to_proto() as i32,
+            condition,
+        });
+        cas(self.request(body)?)
+    }
+
+    /// Deletes `key` only if it holds exactly `old` (SERIAL, a compare-and-set).
+    pub fn delete_if(&mut self, key: impl ToKey, old: impl AsRef<[u8]>) -> Result<Cas> {
+        let body = request::Body::Delete(proto::Delete {
+            key: key.to_key(),
+            consistency: Consistency::Serial.to_proto() as i32,
+            condition: Some(proto::delete::Condition::IfValue(old.as_ref().to_vec())),
+        });
+        cas(self.request(body)?)
     }
 
     /// The coordinator's view of the cluster.
@@ -237,6 +274,33 @@ impl ToKey for Vec<u8> {
 impl<T: ToKey + ?Sized> ToKey for &T {
     fn to_key(&self) -> Vec<u8> {
         (**self).to_key()
+    }
+}
+
+/// The outcome of a conditional put or delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cas {
+    /// The condition held and the write was applied (chosen by a quorum).
+    Applied(proto::WriteResult),
+    /// The condition did not hold; nothing was written.
+    NotApplied {
+        /// The value the condition was checked against (`None`: no live value).
+        current: Option<Vec<u8>>,
+    },
+}
+
+impl Cas {
+    /// Whether the write was applied.
+    pub fn applied(&self) -> bool {
+        matches!(self, Cas::Applied(_))
+    }
+}
+
+fn cas(body: response::Body) -> Result<Cas> {
+    match body {
+        response::Body::Write(w) if w.applied == Some(false) => Ok(Cas::NotApplied { current: w.current }),
+        response::Body::Write(w) => Ok(Cas::Applied(w)),
+        other => Err(unexpected(other)),
     }
 }
 

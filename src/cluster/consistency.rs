@@ -8,10 +8,16 @@
 //! | ONE    | 1              | 1         |
 //! | QUORUM | RF / 2 + 1     | 2         |
 //! | ALL    | RF             | 3         |
+//! | SERIAL | RF / 2 + 1     | 2         |
 //!
 //! Reads and writes at QUORUM overlap in at least one replica (`2 * (RF/2+1) >
 //! RF`), which with blocking read repair gives read-your-writes and monotonic
 //! reads. ONE trades that for latency and availability.
+//!
+//! SERIAL is not counted by a tracker: the operation runs Paxos among the
+//! key's replicas ([`crate::paxos`], [`crate::node::serial`]), which needs
+//! promises and accepts from a quorum. It is linearizable per key, and the
+//! only level of a conditional put or delete (compare-and-set).
 //!
 //! [`QuorumTracker`] counts acks and failures for one request and says when the
 //! outcome is known, independent of any transport — the coordinator feeds it
@@ -32,6 +38,8 @@ pub enum Consistency {
     Quorum,
     /// Every replica of the key.
     All,
+    /// Paxos among the key's replicas: a quorum of promises (and accepts).
+    Serial,
 }
 
 impl Consistency {
@@ -41,15 +49,17 @@ impl Consistency {
             Consistency::One => 1.min(rf),
             Consistency::Quorum => rf / 2 + 1,
             Consistency::All => rf,
+            Consistency::Serial => rf / 2 + 1,
         }
     }
 
-    /// Parses `one`, `quorum` or `all`, in any case.
+    /// Parses `one`, `quorum`, `all` or `serial`, in any case.
     pub fn parse(s: &str) -> Option<Consistency> {
         match s.to_ascii_lowercase().as_str() {
             "one" => Some(Consistency::One),
             "quorum" => Some(Consistency::Quorum),
             "all" => Some(Consistency::All),
+            "serial" => Some(Consistency::Serial),
             _ => None,
         }
     }
@@ -60,6 +70,7 @@ impl Consistency {
             Consistency::One => proto::Consistency::One,
             Consistency::Quorum => proto::Consistency::Quorum,
             Consistency::All => proto::Consistency::All,
+            Consistency::Serial => proto::Consistency::Serial,
         }
     }
 
@@ -69,7 +80,8 @@ impl Consistency {
             Ok(proto::Consistency::Unspecified | proto::Consistency::One) => Ok(Consistency::One),
             Ok(proto::Consistency::Quorum) => Ok(Consistency::Quorum),
             Ok(proto::Consistency::All) => Ok(Consistency::All),
-            Err(_) => Err(Error::InvalidRequest(format!("unknown consistency level {raw}; use ONE, QUORUM or ALL"))),
+            Ok(proto::Consistency::Serial) => Ok(Consistency::Serial),
+            Err(_) => Err(Error::InvalidRequest(format!("unknown consistency level {raw}; use ONE, QUORUM, ALL or SERIAL"))),
         }
     }
 }
@@ -80,6 +92,7 @@ impl fmt::Display for Consistency {
             Consistency::One => "ONE",
             Consistency::Quorum => "QUORUM",
             Consistency::All => "ALL",
+            Consistency::Serial => "SERIAL",
         })
     }
 }
@@ -207,7 +220,9 @@ mod tests {
     fn parse_and_wire() {
         assert_eq!(Consistency::parse("QuOrUm"), Some(Quorum));
         assert_eq!(Consistency::parse("two"), None);
-        for c in [One, Quorum, All] {
+        assert_eq!(Consistency::parse("Serial"), Some(Serial));
+        assert_eq!(Serial.required(5), 3);
+        for c in [One, Quorum, All, Serial] {
             assert_eq!(Consistency::from_proto(c.to_proto() as i32).unwrap(), c);
         }
         assert_eq!(Consistency::from_proto(0).unwrap(), One);

@@ -272,7 +272,12 @@ mod tests {
     fn encode_then_read_round_trips() {
         let req = proto::Request {
             id: 42,
-            body: Some(proto::request::Body::Put(proto::Put { key: b"7".to_vec(), value: "x".repeat(300).into(), consistency: 2 })),
+            body: Some(proto::request::Body::Put(proto::Put {
+                key: b"7".to_vec(),
+                value: "x".repeat(300).into(),
+                consistency: 2,
+                condition: None,
+            })),
         };
         let mut buf = Vec::new();
         encode_frame(&req, &mut buf);

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use crate::cluster::consistency::Consistency;
 use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::error::{Error, Result};
 use crate::message::{ClientRequest, Reply};
 use crate::node::coordinate::Later;
 use crate::node::{Answered, Handled, Node};
+use crate::paxos::{Expect, Op, Outcome};
 use crate::proto;
 
 impl Node {
@@ -27,14 +29,27 @@ impl Node {
     fn client_request(self: &Arc<Self>, req: ClientRequest, later: Later<'_>) -> Result<Answered<Handled>> {
         let reply = match req {
             ClientRequest::Ping => Reply::Pong(self.cfg.name.clone()),
+            ClientRequest::Get { key, level: Consistency::Serial } => {
+                return Ok(Answered::Now(Handled::of(match self.serial(key, Op::Read)?.outcome {
+                    Outcome::Read(value) => Reply::SerialRead(value),
+                    other => return Err(Error::Internal(format!("a SERIAL read answered {other:?}"))),
+                })));
+            }
+            ClientRequest::Put { key, value, level: Consistency::Serial, condition } => {
+                return self.serial_write(key, Some(value.into_boxed_slice()), condition);
+            }
+            ClientRequest::Delete { key, level: Consistency::Serial, condition } => return self.serial_write(key, None, condition),
+            ClientRequest::Put { condition: Some(_), .. } | ClientRequest::Delete { condition: Some(_), .. } => {
+                return Err(Error::Internal("a conditional write below SERIAL passed parsing".into()));
+            }
             ClientRequest::Get { key, level } => {
                 return Ok(match self.read(key, level, later)? {
                     Answered::Now((found, after)) => Answered::Now(Handled { reply: Reply::Read(found), after }),
                     Answered::Later(u) => Answered::Later(u),
                 });
             }
-            ClientRequest::Put { key, value, level } => return self.write_request(key, Some(value), level, later),
-            ClientRequest::Delete { key, level } => return self.write_request(key, None, level, later),
+            ClientRequest::Put { key, value, level, condition: None } => return self.write_request(key, Some(value), level, later),
+            ClientRequest::Delete { key, level, condition: None } => return self.write_request(key, None, level, later),
             ClientRequest::Status => Reply::Status(self.status()),
             ClientRequest::Inspect { key } => Reply::Inspect(self.inspect(&key)),
             ClientRequest::Display { max_value_len, max_keys } => Reply::Display(self.display(max_value_len, max_keys)),
@@ -45,11 +60,26 @@ impl Node {
         Ok(Answered::Now(Handled::of(reply)))
     }
 
+    /// A SERIAL put (`Some`) or delete (`None`), conditional or not.
+    fn serial_write(self: &Arc<Self>, key: Key, value: Option<Box<[u8]>>, condition: Option<Expect>) -> Result<Answered<Handled>> {
+        let op = match condition {
+            None => Op::Write(value),
+            Some(expect) => Op::CompareAndSet { expect, new: value },
+        };
+        let done = self.serial(key, op)?;
+        let reply = match (done.outcome, done.ballot) {
+            (Outcome::Applied, Some(b)) => Reply::Write { ts: b.ts(), acks: done.quorum },
+            (Outcome::NotApplied { current }, _) => Reply::NotApplied { current },
+            (other, _) => return Err(Error::Internal(format!("a SERIAL write answered {other:?}"))),
+        };
+        Ok(Answered::Now(Handled::of(reply)))
+    }
+
     fn write_request(
         self: &Arc<Self>,
         key: Key,
         value: Option<Vec<u8>>,
-        level: crate::cluster::consistency::Consistency,
+        level: Consistency,
         later: Later<'_>,
     ) -> Result<Answered<Handled>> {
         Ok(match self.write(key, value, level, later)? {

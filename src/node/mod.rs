@@ -15,6 +15,9 @@
 //!   replica, so two coordinators fanning out to each other cannot deadlock.
 //! * [`paxos`] — a Paxos proposer's request to this replica's acceptor:
 //!   handled, logged and applied in order, answered once durable.
+//! * [`serial`] — a SERIAL `get`/`put`/`del` or a conditional write: this
+//!   node proposes, driving a [`Proposer`](crate::paxos::proposer::Proposer)
+//!   over the peer links on the client's worker thread.
 //! * [`admin`] — `status`, `inspect` and `display`.
 //! * [`scan`] — `token` (where a key lives) and `scan` (a walk over every key, in pages).
 //! * [`background`] — read repairs and hint replay, for the server's long-lived threads.
@@ -53,6 +56,7 @@ pub mod dispatch;
 pub mod paxos;
 pub mod peer;
 pub mod scan;
+pub mod serial;
 pub mod startup;
 #[cfg(test)]
 pub(crate) mod test_util;

@@ -19,7 +19,7 @@ fn text(v: Box<[u8]>) -> String {
 }
 
 fn put(c: &Cluster, via: usize, value: &str, level: crate::cluster::consistency::Consistency) -> u64 {
-    c.request(via, ClientRequest::Put { key: key(), value: value.into(), level })
+    c.request(via, ClientRequest::Put { key: key(), value: value.into(), level, condition: None })
 }
 
 fn get(c: &Cluster, via: usize, level: crate::cluster::consistency::Consistency) -> u64 {
@@ -156,8 +156,8 @@ fn a_seed_replays_exactly() {
         let mut pending = Vec::new();
         for i in 0..20u8 {
             let key = Key::byte(i.wrapping_mul(53));
-            c.request(i as usize % 5, ClientRequest::Put { key: key.clone(), value: format!("a{i}").into(), level: One });
-            c.request((i as usize + 1) % 5, ClientRequest::Put { key, value: format!("b{i}").into(), level: One });
+            c.request(i as usize % 5, ClientRequest::Put { key: key.clone(), value: format!("a{i}").into(), level: One, condition: None });
+            c.request((i as usize + 1) % 5, ClientRequest::Put { key, value: format!("b{i}").into(), level: One, condition: None });
             // Deliver a few events at a time, so requests overlap.
             for _ in 0..3 {
                 c.net.step_matching(&|_| true);
@@ -219,7 +219,7 @@ fn murmur3_keys_are_hinted_and_replayed_to_the_replica_that_missed_them() {
         c.net.cut(c.id(0), c.id(4));
         let mut missed = 0;
         for (i, key) in keys.iter().enumerate() {
-            let t = c.request(0, ClientRequest::Put { key: key.clone(), value: format!("v{i}").into(), level: Quorum });
+            let t = c.request(0, ClientRequest::Put { key: key.clone(), value: format!("v{i}").into(), level: Quorum, condition: None });
             c.net.run(&c);
             assert!(matches!(c.client.reply(t), Some(Reply::Write { .. })), "seed {seed} key {key}");
             missed += usize::from(c.replicas_of(key.as_bytes()).contains(&4));

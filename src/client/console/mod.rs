@@ -61,6 +61,12 @@
 //! | 2 | `BadInput` | bad usage or input: the command did not parse, or the replica refused the request as invalid |
 //! | 3 | `Refused` | the store refused: unavailable, timeout, failure, overloaded |
 //! | 4 | `Unreachable` | no connection to the coordinator, or it broke |
+//! | 5 | `NotApplied` | a conditional `put`/`del` (`if OLD`, `if absent`) found the condition false; one-shot, stdout has the current value (nothing if none) |
+//!
+//! A conditional write prints `applied`, or `not applied (current: "VALUE")`
+//! (`(current: none)` when the key has no value), like CQL's `[applied]`. A
+//! SERIAL operation that timed out after proposing is an error (status 3)
+//! saying it may or may not have been applied.
 //!
 //! # Layout
 //!
@@ -79,5 +85,5 @@ mod parse;
 mod session;
 
 pub use format::{fmt_cursor, format_display, format_inspect, format_ring, format_status, format_token};
-pub use parse::{Command, HELP, parse, tokenize};
+pub use parse::{Command, Condition, HELP, Value, parse, tokenize};
 pub use session::{Outcome, Session};

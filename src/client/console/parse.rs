@@ -14,13 +14,18 @@ use crate::proto;
 
 /// The console's help text.
 pub const HELP: &str = "\
-Commands (keywords are case-insensitive; CL is ONE, QUORUM or ALL):
+Commands (keywords are case-insensitive; CL is ONE, QUORUM, ALL or SERIAL):
   get KEY [CL]            read KEY (0-255 in a byte-ordered cluster, any text in a murmur3 one)
   get KEY @FILE [CL]      write KEY's value, byte for byte, to FILE
   put KEY VALUE [CL]      write VALUE; quote a value with spaces: put 5 \"hello world\" quorum
   put KEY @FILE [CL]      write the bytes of FILE (@@text stores the text @text)
+  put KEY VALUE if OLD    write VALUE only if KEY holds OLD (SERIAL compare-and-set; OLD may be @FILE);
+                          prints applied, or not applied (current: VALUE or none); one-shot, not applied exits 5
+  put KEY VALUE if absent write VALUE only if KEY has no value
   del KEY [CL]            delete KEY (writes a tombstone)
-  consistency [CL]        show or set the session's default level (starts at ONE)
+  del KEY if OLD          delete KEY only if it holds OLD (SERIAL compare-and-set)
+  consistency [CL]        show or set the session's default level (starts at ONE); SERIAL runs Paxos per key:
+                          linearizable, about 2 round trips a write and 1 a read
   status                  each replica: address, up/down as the coordinator sees it, key range, hints held for it
   inspect KEY             what each replica of KEY holds, one line per replica
   display                 what every replica holds, and which keys differ between replicas
@@ -62,6 +67,8 @@ pub enum Command {
         value: Value,
         /// Level; `None` uses the session default.
         level: Option<Consistency>,
+        /// `if OLD` / `if absent`: a compare-and-set (always SERIAL).
+        condition: Option<Condition>,
     },
     /// Delete a key.
     Del {
@@ -69,6 +76,8 @@ pub enum Command {
         key: String,
         /// Level; `None` uses the session default.
         level: Option<Consistency>,
+        /// `if OLD`: delete only if the key holds this value (SERIAL).
+        if_value: Option<Value>,
     },
     /// Show (`None`) or set the session default level.
     Consistency(Option<Consistency>),
@@ -98,6 +107,15 @@ pub enum Command {
     Quit,
 }
 
+/// The condition of a conditional `put`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `if OLD`: the key holds exactly this value.
+    Equals(Value),
+    /// `if absent`: the key has no live value.
+    Absent,
+}
+
 /// A value to write: text as typed, or a file's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -109,7 +127,7 @@ pub enum Value {
 
 impl Value {
     /// `@FILE` names a file, `@@text` is the text `@text`, anything else is itself.
-    fn parse(word: &str) -> Result<Value, String> {
+    pub(super) fn parse(word: &str) -> Result<Value, String> {
         match word.strip_prefix('@') {
             Some(rest) if rest.starts_with('@') => Ok(Value::Text(rest.to_string())),
             Some("") => Err("@ must be followed by a file name (or write @@ for a value starting with @)".into()),
@@ -174,7 +192,7 @@ fn parse_key(s: &str) -> Result<String, String> {
 }
 
 fn parse_level(s: &str, hint: &str) -> Result<Consistency, String> {
-    Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use ONE, QUORUM or ALL{hint}"))
+    Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use ONE, QUORUM, ALL or SERIAL{hint}"))
 }
 
 /// Parses a tokenized command.
@@ -201,6 +219,16 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
             }
             Ok(Command::Get { key: parse_key(&args[0])?, to_file, level: opt_level(level_at)? })
         }
+        "put" if args.get(2).is_some_and(|w| w.eq_ignore_ascii_case("if")) => {
+            arity(4, 4, "put KEY VALUE if OLD|absent")?;
+            let condition =
+                if args[3].eq_ignore_ascii_case("absent") { Condition::Absent } else { Condition::Equals(Value::parse(&args[3])?) };
+            Ok(Command::Put { key: parse_key(&args[0])?, value: Value::parse(&args[1])?, level: None, condition: Some(condition) })
+        }
+        "del" | "delete" if args.get(1).is_some_and(|w| w.eq_ignore_ascii_case("if")) => {
+            arity(3, 3, "del KEY if OLD")?;
+            Ok(Command::Del { key: parse_key(&args[0])?, level: None, if_value: Some(Value::parse(&args[2])?) })
+        }
         "put" => {
             if args.len() > 3 {
                 return Err(format!(
@@ -215,14 +243,14 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
                 .get(2)
                 .map(|s| parse_level(s, &format!("; quote a value with spaces: put {} \"{} {s}\"", args[0], args[1])))
                 .transpose()?;
-            Ok(Command::Put { key: parse_key(&args[0])?, value: Value::parse(&args[1])?, level })
+            Ok(Command::Put { key: parse_key(&args[0])?, value: Value::parse(&args[1])?, level, condition: None })
         }
         "del" | "delete" => {
             arity(1, 2, "del KEY [CL]")?;
-            Ok(Command::Del { key: parse_key(&args[0])?, level: opt_level(1)? })
+            Ok(Command::Del { key: parse_key(&args[0])?, level: opt_level(1)?, if_value: None })
         }
         "consistency" => {
-            arity(0, 1, "consistency [ONE|QUORUM|ALL]")?;
+            arity(0, 1, "consistency [ONE|QUORUM|ALL|SERIAL]")?;
             Ok(Command::Consistency(opt_level(0)?))
         }
         "status" => arity(0, 0, "status").map(|_| Command::Status),
@@ -353,11 +381,26 @@ mod tests {
         );
         assert_eq!(
             p("put 5 \"hello world\" ALL").unwrap(),
-            Command::Put { key: key("5"), value: Value::Text("hello world".into()), level: Some(Consistency::All) }
+            Command::Put { key: key("5"), value: Value::Text("hello world".into()), level: Some(Consistency::All), condition: None }
         );
-        assert_eq!(p("put k @v.bin").unwrap(), Command::Put { key: key("k"), value: Value::File("v.bin".into()), level: None });
-        assert_eq!(p("put k @@home").unwrap(), Command::Put { key: key("k"), value: Value::Text("@home".into()), level: None });
-        assert_eq!(p("Del 0 one").unwrap(), Command::Del { key: key("0"), level: Some(Consistency::One) });
+        let put = |k: &str, value, level, condition| Command::Put { key: key(k), value, level, condition };
+        assert_eq!(p("put k @v.bin").unwrap(), put("k", Value::File("v.bin".into()), None, None));
+        assert_eq!(p("put k @@home").unwrap(), put("k", Value::Text("@home".into()), None, None));
+        assert_eq!(p("Del 0 one").unwrap(), Command::Del { key: key("0"), level: Some(Consistency::One), if_value: None });
+        assert_eq!(p("get 5 serial").unwrap(), Command::Get { key: key("5"), to_file: None, level: Some(Consistency::Serial) });
+        assert_eq!(p("put 5 v SERIAL").unwrap(), put("5", Value::Text("v".into()), Some(Consistency::Serial), None));
+        let text = |t: &str| Value::Text(t.into());
+        assert_eq!(p("put 5 new if old").unwrap(), put("5", text("new"), None, Some(Condition::Equals(text("old")))));
+        assert_eq!(p("put 5 new IF Absent").unwrap(), put("5", text("new"), None, Some(Condition::Absent)));
+        assert_eq!(
+            p("put 5 new if @old.bin").unwrap(),
+            put("5", text("new"), None, Some(Condition::Equals(Value::File("old.bin".into()))))
+        );
+        assert_eq!(p("del 5 if \"a b\"").unwrap(), Command::Del { key: key("5"), level: None, if_value: Some(text("a b")) });
+        assert_eq!(p("consistency serial").unwrap(), Command::Consistency(Some(Consistency::Serial)));
+        assert!(p("put 5 new if").unwrap_err().contains("usage: put KEY VALUE if OLD|absent"));
+        assert!(p("put 5 new if a b").unwrap_err().contains("usage: put KEY VALUE if OLD|absent"));
+        assert!(p("del 5 if").unwrap_err().contains("usage: del KEY if OLD"));
         assert_eq!(p("consistency").unwrap(), Command::Consistency(None));
         assert_eq!(p("CONSISTENCY quorum").unwrap(), Command::Consistency(Some(Consistency::Quorum)));
         assert_eq!(p("inspect 70").unwrap(), Command::Inspect("70".into()));

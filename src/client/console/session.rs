@@ -6,8 +6,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::format::{fmt_cursor, fmt_ts, format_display, format_inspect, format_ring, format_status, format_token};
-use super::parse::{Command, HELP, Value};
-use crate::client::Client;
+use super::parse::{Command, Condition, HELP, Value};
+use crate::client::{Cas, Client, Expect};
 use crate::cluster::consistency::Consistency;
 use crate::cluster::key::escaped;
 use crate::error::Error;
@@ -25,12 +25,15 @@ pub enum Outcome {
     Refused,
     /// No connection to the coordinator.
     Unreachable,
+    /// A conditional write's condition did not hold.
+    NotApplied,
     /// `quit`.
     Quit,
 }
 
 impl Outcome {
-    /// 0 success, 1 not found, 2 bad usage or input, 3 refused by the store, 4 cannot connect.
+    /// 0 success, 1 not found, 2 bad usage or input, 3 refused by the store, 4 cannot connect,
+    /// 5 a condition did not hold.
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Ok | Outcome::Quit => 0,
@@ -38,6 +41,7 @@ impl Outcome {
             Outcome::BadInput => 2,
             Outcome::Refused => 3,
             Outcome::Unreachable => 4,
+            Outcome::NotApplied => 5,
         }
     }
 
@@ -155,22 +159,29 @@ impl Session {
                     }
                 }
             }
-            Command::Put { key, value, level } => {
+            Command::Put { key, value, level, condition } => {
+                let Some(bytes) = read_value(value, err) else { return Ok(Outcome::BadInput) };
+                if let Some(condition) = condition {
+                    let expect = match condition {
+                        Condition::Absent => Expect::Absent,
+                        Condition::Equals(old) => match read_value(old, err) {
+                            Some(old) => Expect::Equals(old.into_boxed_slice()),
+                            None => return Ok(Outcome::BadInput),
+                        },
+                    };
+                    let r = self.call(|c| c.put_if(&key, &bytes, expect))?;
+                    return Ok(self.cas_result(r, out, err));
+                }
                 let level = level.unwrap_or(self.default_level);
-                let bytes = match value {
-                    Value::Text(t) => t.into_bytes(),
-                    Value::File(path) => match std::fs::read(&path) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            w(err, &format!("error: cannot read {}: {e}", path.display()));
-                            return Ok(Outcome::BadInput);
-                        }
-                    },
-                };
                 let r = self.call(|c| c.put(&key, &bytes, level))?;
                 w(out, &format!("OK ({} acks at {level}, ts {})", r.acks, fmt_ts(r.micros, r.node)));
             }
-            Command::Del { key, level } => {
+            Command::Del { key, if_value: Some(old), .. } => {
+                let Some(old) = read_value(old, err) else { return Ok(Outcome::BadInput) };
+                let r = self.call(|c| c.delete_if(&key, &old))?;
+                return Ok(self.cas_result(r, out, err));
+            }
+            Command::Del { key, level, .. } => {
                 let level = level.unwrap_or(self.default_level);
                 let r = self.call(|c| c.delete(&key, level))?;
                 w(out, &format!("OK ({} acks at {level}, ts {})", r.acks, fmt_ts(r.micros, r.node)));
@@ -256,6 +267,46 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Prints a conditional write's outcome: `applied`, or `not applied
+    /// (current: …)` in the console; one-shot, the current value's bytes alone.
+    fn cas_result(&self, r: Cas, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
+        let current = match r {
+            Cas::Applied(_) => {
+                let _ = writeln!(out, "applied");
+                return Outcome::Ok;
+            }
+            Cas::NotApplied { current } => current,
+        };
+        let shown = current.as_ref().map_or_else(|| "none".to_string(), |v| format!("\"{}\"", escaped(v)));
+        if self.console {
+            let _ = writeln!(out, "not applied (current: {shown})");
+        } else {
+            // For scripts: the current value as it is on stdout (nothing if none), the reason on stderr.
+            if let Some(v) = &current {
+                let _ = out.write_all(v);
+                let _ = out.write_all(b"\n");
+            }
+            let _ = writeln!(err, "not applied (current: {shown})");
+        }
+        Outcome::NotApplied
+    }
+}
+
+/// A value's bytes: the text, or the file's (an error says why not).
+fn read_value(value: Value, err: &mut dyn Write) -> Option<Vec<u8>> {
+    match value {
+        Value::Text(t) => Some(t.into_bytes()),
+        Value::File(path) => match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let _ = writeln!(err, "error: cannot read {}: {e}", path.display());
+                None
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,5 +318,6 @@ mod tests {
         assert_eq!(Outcome::of(&Error::InvalidRequest("x".into())).exit_code(), 2);
         assert_eq!(Outcome::of(&Error::Io("x".into())).exit_code(), 4);
         assert_eq!(Outcome::NotFound.exit_code(), 1);
+        assert_eq!(Outcome::NotApplied.exit_code(), 5);
     }
 }
