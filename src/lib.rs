@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod image;
 pub mod message;
 pub mod net;
 pub mod node;
