@@ -428,7 +428,8 @@ fn a_write_behind_a_newer_version_is_restamped_and_sent_again() {
 
 /// Nothing newer among the counted acks (a repeated write holds its own
 /// timestamp; a newer version reported after the level was reached is
-/// concurrent): answered after one round, no re-stamp.
+/// concurrent): answered after one round, no re-stamp. A version too far
+/// ahead to re-stamp above is reported, not hidden.
 #[test]
 fn a_write_is_not_restamped_for_its_own_version_or_a_late_ack() {
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -448,4 +449,6 @@ fn a_write_is_not_restamped_for_its_own_version_or_a_late_ack() {
     m.on_reply(0, held_ack(false, Some(ts(u64::MAX))), &mut out);
     m.on_reply(1, held_ack(true, None), &mut out);
     assert!(m.settled() && !m.restamped());
+    let e = m.result(false).unwrap_err().to_string();
+    assert!(e.contains("was applied") && e.contains("check the clocks"), "{e}");
 }

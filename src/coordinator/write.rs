@@ -43,6 +43,8 @@ pub struct WriteMachine {
     restamp: Option<Restamp>,
     /// The newest timestamp above the write's that an ack of the first round reported.
     newer_held: Option<Timestamp>,
+    /// A newer version the write could not be re-stamped above (too far ahead of the clock).
+    superseded: Option<Timestamp>,
     /// The first slot of the current round: 0, then the replica count once re-stamped
     /// (replies to the first round, arriving later, are then ignored).
     round_base: usize,
@@ -65,6 +67,7 @@ impl WriteMachine {
             reply_to: None,
             restamp: None,
             newer_held: None,
+            superseded: None,
             round_base: 0,
         }
     }
@@ -99,7 +102,12 @@ impl WriteMachine {
     /// ack showed a newer version and the clock gives a timestamp above it.
     fn second_round(&mut self, out: &mut Vec<Command>) -> bool {
         let (Some(newer), Some(restamp), 0) = (self.newer_held, &self.restamp, self.round_base) else { return false };
-        let Some(ts) = restamp(newer) else { return false };
+        let Some(ts) = restamp(newer) else {
+            // The clock will not go that far ahead (past --max-clock-offset):
+            // the write stays where it is, and the client hears it was superseded.
+            self.superseded = Some(newer);
+            return false;
+        };
         self.version.ts = ts;
         let n = self.tally.targets().len();
         self.round_base = n;
@@ -125,7 +133,14 @@ impl WriteMachine {
     pub fn result(&self, timed_out: bool) -> Result<(Timestamp, usize)> {
         let (acks, need, key) = (self.tally.acks(), self.tally.required(), &self.key);
         match self.tally.decision() {
-            Decision::Reached => Ok((self.version.ts, acks)),
+            Decision::Reached => match self.superseded {
+                None => Ok((self.version.ts, acks)),
+                Some(newer) => Err(Error::Failure(format!(
+                    "the write to key {key} was applied ({acks} of {need} acks) but a version stamped {} ms after it, \
+                     too far ahead of this coordinator's clock to re-stamp above (--max-clock-offset), stays current; check the clocks",
+                    newer.micros.saturating_sub(self.version.ts.micros) / 1000
+                ))),
+            },
             Decision::Impossible if !timed_out => Err(Error::Failure(format!(
                 "{acks} of {need} acks for key {key}; the write may or may not have been applied{}",
                 self.tally.failures().suffix()

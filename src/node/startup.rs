@@ -155,7 +155,11 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
                             hints.load_delivered(&d.target, key.as_bytes(), Timestamp { micros: d.micros, node: d.node });
                         }
                     }
-                    None => {}
+                    // A kind this version does not know (the magic should have
+                    // stopped it): refuse rather than start without it.
+                    None => {
+                        paxos(Err(Error::Storage("a log record of a kind this version does not know".into())), &mut acceptor, &mut loaded);
+                    }
                 },
             }
         });

@@ -9,7 +9,7 @@ use log::{info, warn};
 use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
-use super::record::{LOG_MAGIC, LOG_MAGIC_V1, RECORD_HEADER, check_record, find_valid_record};
+use super::record::{LOG_MAGIC, RECORD_HEADER, check_record, find_valid_record, log_magic_prefix};
 use super::snapshot::{SNAPSHOT_FILE, read_snapshot};
 use super::{FsyncMode, State, Wal, create_log, io_err, list_logs, log_path};
 use crate::error::{Error, Result};
@@ -100,7 +100,7 @@ impl Wal {
                 break;
             }
             let head = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
-            if !LOG_MAGIC.starts_with(&head) && !LOG_MAGIC_V1.starts_with(&head) {
+            if !log_magic_prefix(&head) {
                 break;
             }
             fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
@@ -161,14 +161,14 @@ fn replay_log(path: &Path, is_last: bool, sink: &mut dyn FnMut(Replayed)) -> Res
     let mut data = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err("cannot read", path, e))?;
     if data.len() < LOG_MAGIC.len() {
-        if LOG_MAGIC.starts_with(&data) || LOG_MAGIC_V1.starts_with(&data) {
+        if log_magic_prefix(&data) {
             // The process died while creating this log: it never held a record.
             warn!("{}: the log's header is torn ({} bytes); removing the empty log", path.display(), data.len());
             return fs::remove_file(path).map(|_| 0).map_err(|e| io_err("cannot remove", path, e));
         }
         return Err(Error::Storage(format!("{}: too short to be a log ({} bytes) and not a torn header", path.display(), data.len())));
     }
-    if &data[..LOG_MAGIC.len()] != LOG_MAGIC && &data[..LOG_MAGIC.len()] != LOG_MAGIC_V1 {
+    if !log_magic_prefix(&data[..LOG_MAGIC.len()]) {
         return Err(Error::Storage(format!("{}: not a quorumkv log of this version (bad magic)", path.display())));
     }
     let mut pos = LOG_MAGIC.len();
@@ -252,6 +252,24 @@ mod tests {
         }
         drop(wal);
         last_log(dir)
+    }
+
+    /// A log of the version before Paxos (`QKVLOG02`) is still read; a file
+    /// with a magic this version does not know is refused.
+    #[test]
+    fn an_older_log_is_read_and_an_unknown_one_refused() {
+        let d = Dir::new("v2");
+        let path = write_three(&d.0);
+        let mut data = fs::read(&path).unwrap();
+        data[..8].copy_from_slice(b"QKVLOG02");
+        fs::write(&path, &data).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), vec![0, 1, 2]);
+        drop(_wal);
+        data[..8].copy_from_slice(b"QKVLOG04");
+        fs::write(&path, &data).unwrap();
+        let e = Wal::open(&d.0, FsyncMode::Always).err().expect("an unknown version is refused").to_string();
+        assert!(e.contains("bad magic"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use log::{info, warn};
 use prost::Message;
 
-use super::record::{LOG_MAGIC, RECORD_HEADER, SNAP_MAGIC, SNAP_MAGIC_V1, crc32c};
+use super::record::{LOG_MAGIC, RECORD_HEADER, SNAP_MAGIC, SNAP_MAGIC_V1, SNAP_MAGIC_V2, crc32c};
 use super::{Wal, create_log, install_file, io_err, list_logs, log_path, tmp_path};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -231,7 +231,7 @@ pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) 
     let bad = |why: &str| Error::Storage(format!("{}: {why}; refusing to start (the logs it covered are gone)", path.display()));
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
-    if r.read_exact(&mut magic).is_err() || (&magic != SNAP_MAGIC && &magic != SNAP_MAGIC_V1) {
+    if r.read_exact(&mut magic).is_err() || ![SNAP_MAGIC, SNAP_MAGIC_V2, SNAP_MAGIC_V1].contains(&&magic) {
         return Err(bad("not a quorumkv snapshot of this version"));
     }
     let v1 = &magic == SNAP_MAGIC_V1;
