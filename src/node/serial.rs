@@ -11,7 +11,8 @@
 //!    [`Executor::send`]: to peers over their links, to this node through its
 //!    own acceptor, answered once durable (as a write's local copy is). Each
 //!    reply comes back through an [`OpSink`] into a channel of this operation
-//!    alone, tagged with the replica's slot.
+//!    alone, tagged with the replica and the kind of message it answers
+//!    (a failed prepare or commit says nothing about the operation's proposal).
 //! 4. The **waiting thread is the client connection's worker**: it blocks on
 //!    the channel until the deadline (`--request-timeout`), handing each reply
 //!    to the proposer. An error reply (peer down, connection lost, a refusal
@@ -194,13 +195,14 @@ impl Driver<'_> {
         while !self.refusal.unsure && !targets.iter().all(|t| self.refusal.refused.contains(t)) {
             match self.rx.recv_deadline(self.deadline) {
                 Ok((slot, Ok(PeerResponse::Paxos(reply)))) => {
-                    if let Some(&from) = self.replicas.get(slot) {
+                    if let Some((from, _)) = self.replica_of(slot) {
                         self.learn(&reply);
                         self.refusal.note(from, &reply, own);
                     }
                 }
-                // A replica that failed to answer may or may not have accepted it.
-                Ok((_, _)) => self.refusal.unsure = true,
+                // A replica that failed to answer a proposal may or may not have
+                // accepted it (a failed prepare or commit says nothing about it).
+                Ok((slot, _)) => self.refusal.unsure |= self.replica_of(slot).is_none_or(|(_, propose)| propose),
                 Err(_) => return false,
             }
         }
@@ -239,7 +241,7 @@ impl Driver<'_> {
         let until = (Instant::now() + wait).min(self.deadline);
         // Keep learning ballots while backing off.
         while let Ok((slot, Ok(PeerResponse::Paxos(reply)))) = self.rx.recv_deadline(until) {
-            if self.replicas.get(slot).is_some() {
+            if self.replica_of(slot).is_some() {
                 self.learn(&reply);
             }
         }
@@ -263,17 +265,18 @@ impl Driver<'_> {
         loop {
             let until = retry_at.map_or(self.deadline, |r| r.min(self.deadline));
             let actions = match self.rx.recv_deadline(until) {
-                Ok((slot, result)) => match (self.replicas.get(slot), result) {
-                    (Some(&from), Ok(PeerResponse::Paxos(reply))) => {
+                Ok((slot, result)) => match (self.replica_of(slot), result) {
+                    (Some((from, _)), Ok(PeerResponse::Paxos(reply))) => {
                         if let Some(own) = self.proposer.proposed() {
                             self.refusal.note(from, &reply, own);
                         }
                         self.proposer.on_reply(from, reply)
                     }
                     // An error, or an answer that is not Paxos: no reply from that peer
-                    // (and, once the own proposal is out, maybe an acceptance unheard).
-                    _ => {
-                        self.refusal.unsure |= self.proposer.proposed().is_some();
+                    // (and, if it answers a proposal once the own one is out, maybe an
+                    // acceptance unheard; a failed prepare or commit says nothing of it).
+                    (at, _) => {
+                        self.refusal.unsure |= self.proposer.proposed().is_some() && at.is_none_or(|(_, propose)| propose);
                         Vec::new()
                     }
                 },
@@ -308,8 +311,21 @@ impl Driver<'_> {
         }
     }
     fn outgoing(&self, to: NodeId, msg: Request) -> Option<Outgoing> {
-        let slot = self.replicas.iter().position(|&r| r == to)?;
-        Some(Outgoing { slot, to, msg: PeerRequest::Paxos(msg), route: Route::Direct })
+        let replica = self.replicas.iter().position(|&r| r == to)?;
+        let kind = match msg {
+            Request::Prepare { .. } => 0,
+            Request::Propose { .. } => 1,
+            Request::Commit { .. } => 2,
+        };
+        Some(Outgoing { slot: replica + kind * self.replicas.len(), to, msg: PeerRequest::Paxos(msg), route: Route::Direct })
+    }
+
+    /// The replica a reply's slot stands for, and whether it answers a propose
+    /// (slots are replica index plus replica count times the message kind).
+    fn replica_of(&self, slot: usize) -> Option<(NodeId, bool)> {
+        let n = self.replicas.len();
+        let from = *self.replicas.get(slot % n.max(1))?;
+        Some((from, slot / n.max(1) == 1))
     }
 
     /// Sends now: peers first, this node's own acceptor last (served here,
