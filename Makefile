@@ -69,7 +69,7 @@ test:
 
 test-images:
 	@if $(CARGO) build --features images --lib >/dev/null 2>&1; then \
-	  $(CARGO) test --features images --lib image && $(CARGO) test --features images --test images; \
+	  $(CARGO) test --features images --lib image && $(CARGO) test --features images --test images --test iset; \
 	else \
 	  echo "!!!!!!!! make test: cannot build with --features images (crates not fetchable?); image decoding tests NOT RUN !!!!!!!!"; \
 	fi

@@ -8,6 +8,7 @@
 
 pub mod console;
 pub mod histogram;
+pub mod images;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

@@ -35,6 +35,10 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM, ALL or SERIAL):
   scan [CURSOR] [COUNT]   a page of every key in the cluster: up to COUNT (default 10, at most 10000) keys from CURSOR
                           (0 or none: the start; fewer once their bytes pass 1 MiB), then the cursor of the next page;
                           one-shot, it walks every page
+Images (seed 004; a murmur3 cluster; decoding needs a build with --features images):
+  iset IMAGE METADATA...  store METADATA (all the words) at SERIAL under IMAGE's average hash; prints the hash
+  iget IMAGE              the metadata of IMAGE's hash, or of the nearest stored hash within 4 bits (a resized or
+                          re-encoded copy), with its distance; not found exits 1
 Fault injection (only on replicas started with --enable-fault-injection; acts on the replica connected to):
   fault [show]            show the faults active on this replica
   fault drop PEERS [DIR]  drop messages exchanged with PEERS (names, comma-separated, or all); DIR is to, from or both (default)
@@ -50,6 +54,18 @@ Fault injection (only on replicas started with --enable-fault-injection; acts on
 pub enum Command {
     /// Show the help.
     Help,
+    /// Store image metadata under the image's average hash.
+    ISet {
+        /// The image file.
+        path: PathBuf,
+        /// The metadata: every word after the path, joined by spaces.
+        metadata: String,
+    },
+    /// Find the metadata of an image (or of the nearest stored one).
+    IGet {
+        /// The image file.
+        path: PathBuf,
+    },
     /// Read a key.
     Get {
         /// The key.
@@ -254,6 +270,16 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
             Ok(Command::Consistency(opt_level(0)?))
         }
         "status" => arity(0, 0, "status").map(|_| Command::Status),
+        "iset" => {
+            if args.len() < 2 {
+                return Err("usage: iset IMAGE METADATA... (the metadata may be several words)".into());
+            }
+            Ok(Command::ISet { path: PathBuf::from(&args[0]), metadata: args[1..].join(" ") })
+        }
+        "iget" => {
+            arity(1, 1, "iget IMAGE")?;
+            Ok(Command::IGet { path: PathBuf::from(&args[0]) })
+        }
         "inspect" => {
             arity(1, 1, "inspect KEY")?;
             Ok(Command::Inspect(parse_key(&args[0])?))
@@ -425,6 +451,17 @@ mod tests {
         let p = |s: &str| parse(&words(s));
         let scan = |cursor: &[u8], count| Command::Scan { cursor: cursor.to_vec(), count };
         assert_eq!(p("TOKEN user:1").unwrap(), Command::Token("user:1".into()));
+        assert_eq!(
+            p("iset cat.png a photo of  a cat").unwrap(),
+            Command::ISet { path: "cat.png".into(), metadata: "a photo of a cat".into() }
+        );
+        assert_eq!(
+            p("iset cat.png 'a photo of  a cat'").unwrap(),
+            Command::ISet { path: "cat.png".into(), metadata: "a photo of  a cat".into() }
+        );
+        assert_eq!(p("IGET cat.png").unwrap(), Command::IGet { path: "cat.png".into() });
+        assert!(p("iset cat.png").unwrap_err().contains("usage: iset IMAGE METADATA"));
+        assert!(p("iget").unwrap_err().contains("iget IMAGE"));
         assert_eq!(p("ring").unwrap(), Command::Ring { tokens: false });
         assert_eq!(p("ring TOKENS").unwrap(), Command::Ring { tokens: true });
         assert_eq!(p("scan").unwrap(), scan(b"", None));

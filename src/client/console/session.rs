@@ -198,6 +198,21 @@ impl Session {
                 let d = self.call(|c| c.display(40, 0))?;
                 w(out, &format_display(&d));
             }
+            Command::ISet { path, metadata } => {
+                let h = self.call(|c| crate::client::images::iset(c, &path, &metadata))?;
+                w(out, &h.to_hex());
+            }
+            Command::IGet { path } => match self.call(|c| crate::client::images::iget(c, &path))? {
+                (_, Some(f)) if f.distance == 0 => w(out, &escaped(&f.metadata)),
+                (h, Some(f)) => {
+                    w(out, &escaped(&f.metadata));
+                    w(err, &format!("(nearest stored image: hash {} at distance {} from {h})", f.hash, f.distance));
+                }
+                (h, None) => {
+                    w(err, &format!("no stored image within distance {} of hash {h}", crate::client::images::MAX_DISTANCE));
+                    return Ok(Outcome::NotFound);
+                }
+            },
             Command::Token(key) => {
                 let t = self.call(|c| c.token(&key))?;
                 if self.console {
