@@ -8,8 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::Cluster;
-use quorumkv::client::images::{Found, iget, index_keys, iset, metadata_key};
-use quorumkv::cluster::consistency::Consistency::Serial;
+use quorumkv::client::images::{iget, iset};
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
@@ -18,6 +17,8 @@ fn data(name: &str) -> PathBuf {
 #[cfg(feature = "images")]
 #[test]
 fn iset_then_iget_finds_the_image_its_copies_and_a_near_hash() {
+    use quorumkv::client::images::{Found, index_keys, metadata_key};
+    use quorumkv::cluster::consistency::Consistency::Serial;
     use quorumkv::image::AverageHash;
     let c = Cluster::start_murmur3(3, &[]);
     let mut client = c.client(0);
