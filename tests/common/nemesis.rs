@@ -38,6 +38,13 @@
 //! were refused as `Unavailable` were never sent and count as not written; any
 //! other failure (timeout, lost connection) may or may not have been applied.
 //!
+//! In the SERIAL run ([`Config::serial`]) the clients use SERIAL only: reads,
+//! puts, deletes and compare-and-sets on a few keys. Besides the checks above
+//! (of which only invented values and convergence apply), the SERIAL history
+//! ([`serial_history`]: refused operations left out, unknown outcomes as such,
+//! plus a final SERIAL read of each key) must be linearizable per key
+//! ([`quorumkv::check`]); a search out of budget only warns.
+//!
 //! The summary names the seed; `QUORUMKV_NEMESIS_SEED=<seed>` replays the same
 //! schedule and the same client choices (timing, being real, varies).
 
@@ -49,7 +56,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use quorumkv::Error;
-use quorumkv::client::Client;
+use quorumkv::check;
+use quorumkv::client::{Cas, Client, Expect};
 use quorumkv::cluster::consistency::Consistency;
 use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
 
@@ -99,6 +107,11 @@ pub enum OpKind {
     Put(String),
     /// A delete.
     Del,
+    /// A SERIAL conditional put of this (unique) value, if the key holds the
+    /// second (`None`: if it is absent).
+    PutIf(String, Option<String>),
+    /// A SERIAL conditional delete, if the key holds this value.
+    DelIf(String),
 }
 
 /// How an operation ended.
@@ -112,6 +125,11 @@ pub enum Outcome {
     Timeout,
     /// Anything else (a lost connection, a failed replica): indeterminate.
     Failed(String),
+    /// A conditional write whose condition did not hold, with the value it was
+    /// checked against (`None`: absent): nothing was written.
+    NotApplied(Option<String>),
+    /// A SERIAL operation that timed out before proposing: not applied.
+    NotProposed,
 }
 
 /// One operation in the history.
@@ -140,9 +158,10 @@ impl Op {
         !matches!(self.kind, OpKind::Get)
     }
 
-    /// A write that may have reached a replica (everything but a refusal).
+    /// A write that may have reached a replica (everything but a refusal, a
+    /// condition that did not hold or a SERIAL timeout before proposing).
     fn may_have_written(&self) -> bool {
-        self.is_write() && self.outcome != Outcome::Unavailable
+        self.is_write() && !matches!(self.outcome, Outcome::Unavailable | Outcome::NotApplied(_) | Outcome::NotProposed)
     }
 
     fn acked_quorum_write(&self) -> bool {
@@ -152,7 +171,7 @@ impl Op {
     /// The value the write leaves (`None`: a tombstone).
     fn written(&self) -> Option<&str> {
         match &self.kind {
-            OpKind::Put(v) => Some(v),
+            OpKind::Put(v) | OpKind::PutIf(v, _) => Some(v),
             _ => None,
         }
     }
@@ -315,6 +334,9 @@ pub struct Config {
     pub settings: &'static str,
     /// The kinds of fault drawn from.
     pub faults: Vec<Fault>,
+    /// Clients use SERIAL only (get, put, delete, put_if, delete_if), and the
+    /// history is checked for linearizability too ([`Config::serial`]).
+    pub serial: bool,
 }
 
 impl Config {
@@ -347,7 +369,16 @@ impl Config {
             keys: (0..32).map(|i| i * 8 + 3).collect(),
             settings: "",
             faults: FAULTS.to_vec(),
+            serial: false,
         }
+    }
+
+    /// The SERIAL run: clients make SERIAL reads, writes and compare-and-sets
+    /// on a few keys (6, spread over the ring, so that operations contend),
+    /// and the history is also checked for linearizability
+    /// ([`quorumkv::check`]).
+    pub fn serial(self) -> Config {
+        Config { serial: true, keys: (0..6).map(|i| i * 42 + 5).collect(), ..self }
     }
 
     /// The same run on a murmur3 cluster (16 tokens a replica) with `keys` keys,
@@ -391,6 +422,49 @@ pub struct Report {
     pub converged_in: Option<Duration>,
     /// Keys whose replicas agreed before any read repair (hints alone, within 10 s).
     pub converged_by_hints: usize,
+    /// The SERIAL run's linearizability check.
+    pub serial: Option<SerialCheck>,
+}
+
+/// What the linearizability check of a SERIAL run found.
+pub struct SerialCheck {
+    /// SERIAL operations in the checked history (refused ones left out).
+    pub operations: usize,
+    /// Of those, operations with a definite answer from the checker.
+    pub checked: usize,
+    /// Of those, writes and compare-and-sets of unknown outcome.
+    pub unknown: usize,
+    /// Reads that failed (left out by the checker: they constrain nothing).
+    pub failed_reads: usize,
+    /// The checker's one-line report.
+    pub line: String,
+    /// Whether the budget ran out before every key was checked.
+    pub budget_ran_out: bool,
+}
+
+/// How long the linearizability check may search.
+const SERIAL_CHECK_BUDGET: Duration = Duration::from_secs(10);
+
+/// Checks the SERIAL operations of `history` for linearizability; a violation
+/// goes to `verdict` (with its explanation), a search out of budget only warns.
+fn check_serial(history: &[Op], verdict: &mut Verdict) -> SerialCheck {
+    let h = serial_history(history);
+    let report = h.check(slack(SERIAL_CHECK_BUDGET));
+    let keys = &report.keys;
+    let checked = report.operations_checked();
+    verdict.checked.insert("linearizable (SERIAL operations, per key)", checked);
+    if let check::Verdict::NotLinearizable { explanation, .. } = &report.verdict {
+        // The explanation begins "key N: ...", which names the key for the history printed.
+        verdict.violations.push(format!("not linearizable: {explanation}"));
+    }
+    SerialCheck {
+        operations: h.len(),
+        checked,
+        unknown: keys.iter().map(|k| k.unknown_outcomes).sum(),
+        failed_reads: keys.iter().map(|k| k.dropped_reads).sum(),
+        line: report.to_string(),
+        budget_ran_out: matches!(report.verdict, check::Verdict::Unknown { .. }),
+    }
 }
 
 /// One injected fault.
@@ -427,6 +501,8 @@ impl Report {
                 OpKind::Get => "get",
                 OpKind::Put(_) => "put",
                 OpKind::Del => "del",
+                OpKind::PutIf(..) => "put_if",
+                OpKind::DelIf(_) => "del_if",
             };
             let outcome = match &op.outcome {
                 Outcome::Ok(None) if op.kind == OpKind::Get => "not found".to_string(),
@@ -434,6 +510,8 @@ impl Report {
                 Outcome::Unavailable => "unavailable".to_string(),
                 Outcome::Timeout => "timeout".to_string(),
                 Outcome::Failed(k) => k.clone(),
+                Outcome::NotApplied(_) => "not applied".to_string(),
+                Outcome::NotProposed => "not proposed".to_string(),
             };
             *ops.entry(format!("{kind} {:<6} {outcome}", op.level.to_string())).or_default() += 1;
         }
@@ -452,6 +530,16 @@ impl Report {
         let _ = writeln!(s, "  checks:");
         for (c, n) in &self.verdict.checked {
             let _ = writeln!(s, "    {c:<60} {n} case(s)");
+        }
+        if let Some(sc) = &self.serial {
+            let _ = writeln!(
+                s,
+                "  SERIAL: {} operations ({} of unknown outcome, {} failed reads); linearizability: {}",
+                sc.operations, sc.unknown, sc.failed_reads, sc.line
+            );
+            if sc.budget_ran_out {
+                let _ = writeln!(s, "  WARNING: the linearizability check ran out of budget; only {} operations were checked", sc.checked);
+            }
         }
         let _ = writeln!(s, "  keys converged by hints alone (before any read): {} of {}", self.converged_by_hints, self.config.keys.len());
         match self.converged_in {
@@ -488,12 +576,68 @@ fn outcome_of<T>(r: &Result<T, Error>) -> Option<Outcome> {
     }
 }
 
+/// [`outcome_of`], telling a SERIAL timeout before proposing (certainly not
+/// applied) from one whose outcome is unknown (`Timeout: Unknown: ...`).
+fn serial_outcome_of<T>(r: &Result<T, Error>) -> Option<Outcome> {
+    match r {
+        Err(Error::Timeout(m)) if m.contains("nothing was proposed") && !m.contains("Unknown") => Some(Outcome::NotProposed),
+        _ => outcome_of(r),
+    }
+}
+
+fn cas_outcome(r: Result<Cas, Error>) -> Outcome {
+    match r {
+        Ok(Cas::Applied(_)) => Outcome::Ok(None),
+        Ok(Cas::NotApplied { current }) => Outcome::NotApplied(current.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        Err(_) => serial_outcome_of(&r).expect("an error"),
+    }
+}
+
+/// The SERIAL operations of `history` as a [`check::History`] of per-key
+/// registers, times in nanoseconds since the run began: refused operations
+/// (`Unavailable`, or timed out before proposing) were never applied and are
+/// left out; any other failure is an unknown outcome (for a read: no constraint).
+pub fn serial_history(history: &[Op]) -> check::History<u32> {
+    let bytes = |v: &Option<String>| v.as_ref().map(|v| v.as_bytes().to_vec());
+    let mut h = check::History::new();
+    for op in history.iter().filter(|o| o.level == Consistency::Serial) {
+        if matches!(op.outcome, Outcome::Unavailable | Outcome::NotProposed) {
+            continue;
+        }
+        let call = match &op.kind {
+            OpKind::Get => check::Call::Read,
+            OpKind::Put(v) => check::Call::Write(Some(v.as_bytes().to_vec())),
+            OpKind::Del => check::Call::Write(None),
+            OpKind::PutIf(v, old) => check::Call::Cas {
+                expect: old.as_ref().map_or(check::Expect::Absent, |o| check::Expect::Value(o.as_bytes().to_vec())),
+                new: Some(v.as_bytes().to_vec()),
+            },
+            OpKind::DelIf(old) => check::Call::Cas { expect: check::Expect::Value(old.as_bytes().to_vec()), new: None },
+        };
+        let ret = match (&op.kind, &op.outcome) {
+            (OpKind::Get, Outcome::Ok(v)) => Some(check::Ret::Read(bytes(v))),
+            (OpKind::Put(_) | OpKind::Del, Outcome::Ok(_)) => Some(check::Ret::Written),
+            (OpKind::PutIf(..) | OpKind::DelIf(_), Outcome::Ok(_)) => Some(check::Ret::Applied),
+            (_, Outcome::NotApplied(current)) => Some(check::Ret::NotApplied { current: bytes(current) }),
+            _ => None,
+        };
+        let id = h.invoke_at(op.client, op.key, call, op.start.as_nanos() as check::Time);
+        match ret {
+            Some(ret) => h.complete_at(id, ret, op.end.as_nanos() as check::Time),
+            None => h.unknown(id),
+        }
+    }
+    h
+}
+
 /// One client thread: random operations until `stop`, through random coordinators.
-fn client_loop(id: usize, seed: u64, ports: &[u16], keys: &[u32], t0: Instant, stop: &AtomicBool, out: &Mutex<Vec<Op>>) {
+fn client_loop(id: usize, cfg: &Config, ports: &[u16], t0: Instant, stop: &AtomicBool, out: &Mutex<Vec<Op>>) {
+    let (seed, keys, serial) = (cfg.seed, &cfg.keys, cfg.serial);
     let mut rng = Rng::new(seed ^ (id as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
     let mut conn: Option<(usize, Client)> = None;
     let mut seq = 0u64;
     let mut mine = Vec::new();
+    let mut seen: HashMap<u32, Option<String>> = HashMap::new();
     while !stop.load(Ordering::Acquire) {
         // Mostly stay on one coordinator; sometimes move, as real clients do.
         if conn.is_none() || rng.chance(0.05) {
@@ -510,9 +654,29 @@ fn client_loop(id: usize, seed: u64, ports: &[u16], keys: &[u32], t0: Instant, s
         let (coordinator, client) = conn.as_mut().expect("connected above");
         let coordinator = *coordinator;
         let key = keys[rng.below(keys.len() as u64) as usize];
-        let level = if rng.chance(0.5) { Consistency::One } else { Consistency::Quorum };
+        let level = if serial {
+            Consistency::Serial
+        } else if rng.chance(0.5) {
+            Consistency::One
+        } else {
+            Consistency::Quorum
+        };
         let roll = rng.below(100);
-        let kind = if roll < 50 {
+        let kind = if serial {
+            // Compare-and-sets expect what this client last saw of the key (a read's
+            // answer or a refused condition's current value), so many of them apply.
+            let seen = seen.get(&key).cloned().flatten();
+            seq += 1;
+            let v = format!("c{id}-{seq}");
+            match (roll, seen) {
+                (0..30, _) => OpKind::Get,
+                (30..45, _) => OpKind::Put(v),
+                (45..50, _) => OpKind::Del,
+                (50..85, seen) => OpKind::PutIf(v, seen),
+                (_, Some(old)) => OpKind::DelIf(old),
+                (_, None) => OpKind::PutIf(v, None),
+            }
+        } else if roll < 50 {
             OpKind::Get
         } else if roll < 90 {
             seq += 1;
@@ -524,18 +688,38 @@ fn client_loop(id: usize, seed: u64, ports: &[u16], keys: &[u32], t0: Instant, s
         let outcome = match &kind {
             OpKind::Get => {
                 let r = client.get_text(key, level);
-                outcome_of(&r).unwrap_or_else(|| Outcome::Ok(r.unwrap()))
+                serial_outcome_of(&r).unwrap_or_else(|| Outcome::Ok(r.unwrap()))
             }
             OpKind::Put(v) => {
                 let r = client.put(key, v, level);
-                outcome_of(&r).unwrap_or(Outcome::Ok(None))
+                serial_outcome_of(&r).unwrap_or(Outcome::Ok(None))
             }
             OpKind::Del => {
                 let r = client.delete(key, level);
-                outcome_of(&r).unwrap_or(Outcome::Ok(None))
+                serial_outcome_of(&r).unwrap_or(Outcome::Ok(None))
             }
+            OpKind::PutIf(v, expect) => {
+                let expect = match expect {
+                    Some(old) => Expect::Equals(old.as_bytes().into()),
+                    None => Expect::Absent,
+                };
+                cas_outcome(client.put_if(key, v, expect))
+            }
+            OpKind::DelIf(old) => cas_outcome(client.delete_if(key, old)),
         };
         let end = t0.elapsed();
+        match (&kind, &outcome) {
+            (OpKind::Get, Outcome::Ok(v)) | (_, Outcome::NotApplied(v)) => {
+                seen.insert(key, v.clone());
+            }
+            (OpKind::Put(v) | OpKind::PutIf(v, _), Outcome::Ok(_)) => {
+                seen.insert(key, Some(v.clone()));
+            }
+            (OpKind::Del | OpKind::DelIf(_), Outcome::Ok(_)) => {
+                seen.insert(key, None);
+            }
+            _ => {}
+        }
         if matches!(&outcome, Outcome::Failed(k) if k == "connection" || k == "client timeout") {
             conn = None; // a late reply must not be taken for the next request's
         }
@@ -668,8 +852,8 @@ pub fn run(cfg: Config) -> Report {
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
         for id in 0..cfg.clients {
-            let (ports, keys, stop, history) = (&ports, &cfg.keys, &stop, &history);
-            s.spawn(move || client_loop(id, cfg.seed, ports, keys, t0, stop, history));
+            let (cfg, ports, stop, history) = (&cfg, &ports, &stop, &history);
+            s.spawn(move || client_loop(id, cfg, ports, t0, stop, history));
         }
         // The nemesis runs on this thread, one fault at a time: each is healed, and the
         // cluster seen whole again by every replica, before the next begins.
@@ -742,7 +926,7 @@ pub fn run(cfg: Config) -> Report {
     }
     if !crashed.is_empty() {
         let verdict = Verdict { violations: crashed, ..Verdict::default() };
-        let report = Report { config: cfg, history, faults, verdict, converged_in: None, converged_by_hints: 0 };
+        let report = Report { config: cfg, history, faults, verdict, converged_in: None, converged_by_hints: 0, serial: None };
         eprintln!("{}\nreplica logs:\n{}", report.summary(), c.logs());
         return report;
     }
@@ -758,6 +942,35 @@ pub fn run(cfg: Config) -> Report {
         by_hints = replica_versions(&c, &cfg.keys, &mut differing);
     }
     let converged_by_hints = by_hints.len();
+
+    // A final SERIAL read of every key (of the SERIAL run), recorded as one more client's:
+    // it pins down what the unknown writes left.
+    if cfg.serial {
+        let reads = per_key(&c, &cfg.keys, |conns, n, key| {
+            let via = n % cfg.replicas;
+            let mut got = None;
+            wait_for(slack(Duration::from_secs(10)), || {
+                let start = t0.elapsed();
+                let r = conns.with(via, |cl| cl.get_text(key, Consistency::Serial));
+                let end = t0.elapsed();
+                if let Ok(v) = r {
+                    got = Some(Op {
+                        client: cfg.clients,
+                        coordinator: via,
+                        kind: OpKind::Get,
+                        key,
+                        level: Consistency::Serial,
+                        start,
+                        end,
+                        outcome: Outcome::Ok(v),
+                    });
+                }
+                got.is_some()
+            });
+            got
+        });
+        history.extend(reads.into_iter().flatten());
+    }
 
     // Final QUORUM reads (these repair what they find stale).
     let mut final_reads = BTreeMap::new();
@@ -784,6 +997,7 @@ pub fn run(cfg: Config) -> Report {
         final_versions.insert(key, r.version);
     }
     let mut verdict = check(&history, &final_reads);
+    let serial = cfg.serial.then(|| check_serial(&history, &mut verdict));
 
     // 3b. Convergence within 30 s of the heal, on a version no older than the final read's.
     let mut agreed = replica_versions(&c, &cfg.keys, &mut differing);
@@ -811,7 +1025,7 @@ pub fn run(cfg: Config) -> Report {
         }
     }
     verdict.checked.insert("no replica exited unless killed (replicas)", cfg.replicas);
-    let report = Report { config: cfg, history, faults, verdict, converged_in, converged_by_hints };
+    let report = Report { config: cfg, history, faults, verdict, converged_in, converged_by_hints, serial };
     // Print before the cluster's drop scans the logs (which panics on a panic or sanitizer report);
     // straight to stderr, past the test harness's capture, so `make test` shows it too.
     let _ = std::io::Write::write_all(&mut std::io::stderr(), report.summary().as_bytes());
