@@ -98,7 +98,7 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             zipf: None,
             phase: None,
         };
-        use Consistency::{One, Quorum};
+        use Consistency::{One, Quorum, Serial};
         let own = (0, 63); // keys the first coordinator holds
         let everything = (0, 255);
         let mut rows: Vec<(String, Load)> = Vec::new();
@@ -162,6 +162,33 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             ];
             murmur3_rows(args, &byte_ordered, &mut results, &mut pairs)?;
         }
+        if mode.is_none() {
+            println!(
+                "\n== SERIAL (Paxos per key) on the same cluster; each row runs {} times, each right after the same load at \
+                 QUORUM (\"QUORUM alongside\")",
+                args.pairs.max(1)
+            );
+            let serial = [
+                (
+                    "get SERIAL c=1",
+                    base(Op::Mixed, first.clone(), 1, 1.0, Serial, everything),
+                    base(Op::Mixed, first.clone(), 1, 1.0, Quorum, everything),
+                ),
+                (
+                    "put SERIAL c=1",
+                    base(Op::Mixed, first.clone(), 1, 0.0, Serial, everything),
+                    base(Op::Mixed, first.clone(), 1, 0.0, Quorum, everything),
+                ),
+                (
+                    "put SERIAL c=32",
+                    base(Op::Mixed, all.clone(), 32, 0.0, Serial, everything),
+                    base(Op::Mixed, all.clone(), 32, 0.0, Quorum, everything),
+                ),
+            ];
+            for (label, load, reference) in &serial {
+                paired_row(args, label, load, reference, "QUORUM alongside", &mut results, &mut pairs);
+            }
+        }
     }
     print_targets(&results, &pairs, args.murmur3_keys > 0);
     Ok(())
@@ -193,22 +220,7 @@ fn murmur3_rows(
         let label = format!("{row} murmur3");
         debug_assert!(MURMUR3_TARGETS.iter().any(|t| t.row == label));
         let load = Load { targets: cluster.targets(), keys: KeySpace::Strings(n), ..reference.clone() };
-        let (mut runs, mut refs) = (Vec::new(), Vec::new());
-        for _ in 0..args.pairs.max(1) {
-            refs.push(run(reference));
-            runs.push(run(&load));
-        }
-        let each = runs.iter().zip(&refs).map(|(r, p)| Pair { row: r.figures(), ping: p.figures() });
-        pairs.insert(label.clone(), each.collect());
-        let (r, b) = (median(runs), median(refs));
-        println!("{}", r.line(&label));
-        if args.json {
-            println!("{}", r.json(&label));
-        }
-        println!("{}", b.line("  byte-ordered alongside"));
-        results.insert(label.clone(), r.figures());
-        results.insert(format!("byte-ordered alongside {label}"), b.figures());
-        let _ = std::io::stdout().flush();
+        paired_row(args, &label, &load, reference, "byte-ordered alongside", results, pairs);
     }
     // Not a target: the same rows on only 256 of the murmur3 keys, as many as the
     // byte-ordered cluster holds, so both touch a working set that fits in the caches.
@@ -229,6 +241,35 @@ fn murmur3_rows(
         );
     }
     Ok(())
+}
+
+/// A row judged against `reference`: `--pairs` times the reference, then the
+/// row; prints the medians and keeps each pair for the targets table.
+fn paired_row(
+    args: &Args,
+    label: &str,
+    load: &Load,
+    reference: &Load,
+    reference_name: &str,
+    results: &mut BTreeMap<String, (f64, u64, u64)>,
+    pairs: &mut BTreeMap<String, Vec<Pair>>,
+) {
+    let (mut runs, mut refs) = (Vec::new(), Vec::new());
+    for _ in 0..args.pairs.max(1) {
+        refs.push(run(reference));
+        runs.push(run(load));
+    }
+    let each = runs.iter().zip(&refs).map(|(r, p)| Pair { row: r.figures(), ping: p.figures() });
+    pairs.insert(label.to_string(), each.collect());
+    let (r, b) = (median(runs), median(refs));
+    println!("{}", r.line(label));
+    if args.json {
+        println!("{}", r.json(label));
+    }
+    println!("{}", b.line(&format!("  {reference_name}")));
+    results.insert(label.to_string(), r.figures());
+    results.insert(format!("{reference_name} {label}"), b.figures());
+    let _ = std::io::stdout().flush();
 }
 
 /// Opens `n` client connections to the first replica, each sending a ping, then a

@@ -108,6 +108,13 @@ pub(crate) const MURMUR3_TARGETS: [Target; 2] = [
     },
 ];
 
+/// The SERIAL rows (issue 13), each judged against the same load at QUORUM run just before it.
+pub(crate) const SERIAL_TARGETS: [Target; 3] = [
+    Target { name: "1 client put SERIAL p50 / put QUORUM p50", row: "put SERIAL c=1", clients: 1, latency: true, target: 2.5 },
+    Target { name: "1 client get SERIAL p50 / get QUORUM p50", row: "get SERIAL c=1", clients: 1, latency: true, target: 1.5 },
+    Target { name: "32 clients put SERIAL ops/s / put QUORUM ops/s", row: "put SERIAL c=32", clients: 32, latency: false, target: 0.4 },
+];
+
 /// One line of a targets table: `value` against `target` (`cmp` is `<=` or `>=`);
 /// NaN (not measured) is never met.
 pub(crate) fn verdict(name: &str, value: f64, cmp: &str, target: f64, detail: &str) -> String {
@@ -146,7 +153,7 @@ pub(crate) fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTree
         rows.push(verdict(name, value, cmp, target, &detail));
     };
     let murmur3_targets = if murmur3 { &MURMUR3_TARGETS[..] } else { &[] };
-    for t in TARGETS.iter().chain(murmur3_targets) {
+    for t in TARGETS.iter().chain(murmur3_targets).chain(&SERIAL_TARGETS) {
         // Every target row runs in pairs with its ping (at least one).
         let mut ratios: Vec<f64> = pairs.get(t.row).map_or(&[][..], Vec::as_slice).iter().map(|p| t.ratio(p.row, p.ping)).collect();
         let value = median_of(&mut ratios);
