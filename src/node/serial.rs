@@ -3,14 +3,14 @@
 //! A SERIAL `get`, `put` or `del`, or a conditional put/delete, runs Paxos
 //! among the key's replicas ([`crate::paxos`]). This node is the proposer:
 //!
-//! 1. **Unavailable** check ([`Node::check_available`] at SERIAL): fewer than a
+//! 1. **Unavailable** check (`Node::check_available` at SERIAL): fewer than a
 //!    quorum of the key's replicas alive → refused before anything is sent.
 //! 2. A [`Proposer`] over the key's replicas and the live ones, its ballot
 //!    the HLC's `now()` (unique: the clock's node id is in it).
 //! 3. Every [`Action::Send`] goes out as a [`PeerRequest::Paxos`] through
 //!    [`Executor::send`]: to peers over their links, to this node through its
 //!    own acceptor, answered once durable (as a write's local copy is). Each
-//!    reply comes back through an [`OpSink`] into a channel of this operation
+//!    reply comes back through an `OpSink` into a channel of this operation
 //!    alone, tagged with the replica and the kind of message it answers
 //!    (a failed prepare or commit says nothing about the operation's proposal).
 //! 4. The **waiting thread is the client connection's worker**: it blocks on
@@ -223,13 +223,9 @@ impl Driver<'_> {
         self.highest.max(self.proposer.highest_seen())
     }
 
-    /// splitmix64, for the back-off between proposers.
+    /// For the back-off between proposers.
     fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        crate::paxos::proposer::splitmix64(&mut self.rng)
     }
 
     /// A fresh proposer for the same operation, after a randomised back-off,
