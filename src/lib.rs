@@ -23,6 +23,7 @@ pub mod message;
 pub mod net;
 pub mod node;
 pub mod paxos;
+pub mod rand;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;

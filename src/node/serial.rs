@@ -225,7 +225,7 @@ impl Driver<'_> {
 
     /// For the back-off between proposers.
     fn next_random(&mut self) -> u64 {
-        crate::paxos::proposer::splitmix64(&mut self.rng)
+        crate::rand::splitmix64(&mut self.rng)
     }
 
     /// A fresh proposer for the same operation, after a randomised back-off,
