@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, slack, stderr, stdout, wait_for};
 use quorumkv::client::{Cas, Client, Expect};
-use quorumkv::cluster::consistency::Consistency::{Quorum, Serial};
+use quorumkv::cluster::consistency::Consistency::{All, Quorum, Serial};
 use quorumkv::error::Error;
 
 fn text(v: Option<Vec<u8>>) -> Option<String> {
@@ -162,6 +162,30 @@ fn a_serial_value_is_visible_to_quorum_reads() {
         c.client(i % 3).put(21, &v, Serial).unwrap();
         assert_eq!(text(c.client((i + 1) % 3).get(21, Serial).unwrap()), Some(v.clone()));
         assert_eq!(text(c.client((i + 2) % 3).get(21, Quorum).unwrap()), Some(v), "a QUORUM read right after a SERIAL read");
+    }
+}
+
+/// Levels mixed on one key, one operation at a time — what the README
+/// promises: a SERIAL operation that starts after a QUORUM or ALL write was
+/// acknowledged sees that write (reads it, checks its condition against it,
+/// supersedes it), and a QUORUM write made after a SERIAL write was
+/// acknowledged supersedes it. Every operation goes through another
+/// coordinator than the one before it.
+#[test]
+fn levels_mixed_one_operation_at_a_time_stay_in_order() {
+    let c = Cluster::start(3, &[]);
+    for i in 0..15 {
+        let (a, b, d) = (i % 3, (i + 1) % 3, (i + 2) % 3);
+        let plain = format!("plain{i}");
+        c.client(a).put(30, &plain, if i % 2 == 0 { Quorum } else { All }).unwrap();
+        assert_eq!(text(c.client(b).get(30, Serial).unwrap()), Some(plain.clone()), "a SERIAL read after a plain write");
+        let cas = format!("cas{i}");
+        assert!(c.client(d).put_if(30, &cas, eq(&plain)).unwrap().applied(), "a CAS checked against the plain write");
+        let after = format!("after{i}");
+        c.client(a).put(30, &after, Quorum).unwrap();
+        assert_eq!(text(c.client(b).get(30, Serial).unwrap()), Some(after.clone()), "a QUORUM write after a CAS supersedes it");
+        let refused = c.client(d).put_if(30, "stale", eq(&cas)).unwrap();
+        assert_eq!(refused, Cas::NotApplied { current: Some(after.into_bytes()) }, "a CAS against the overwritten value");
     }
 }
 

@@ -28,6 +28,14 @@ pub trait Peers: Send + Sync {
     /// once: the reply, a failure (peer down or unknown, connection lost) or a
     /// timeout after `deadline`. A failure to send may be delivered before this returns.
     fn send(&self, to: NodeId, msg: PeerRequest, sink: Arc<dyn ReplySink>, slot: usize, deadline: Instant);
+    /// Sends several messages to `to` at once (one `write` where the
+    /// transport can), each as [`send`](Self::send) would, in order: a message,
+    /// the sink of its outcome and its slot.
+    fn send_many(&self, to: NodeId, msgs: Vec<(PeerRequest, Arc<dyn ReplySink>, usize)>, deadline: Instant) {
+        for (msg, sink, slot) in msgs {
+            self.send(to, msg, sink, slot, deadline);
+        }
+    }
     /// Whether the failure detector believes `to` alive.
     fn is_up(&self, to: NodeId) -> bool;
     /// How long `to` has been down (zero while up).

@@ -172,6 +172,9 @@ pub fn record_to_proto(r: PersistRecord) -> proto::LogRecord {
         PersistRecord::Commit { key, proposal } => {
             Kind::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)) })
         }
+        PersistRecord::Withdraw { key, ballot } => {
+            Kind::PaxosWithdrawn(proto::PaxosWithdrawn { key: key.to_vec(), ballot: Some(ballot_to_proto(ballot)) })
+        }
     };
     proto::LogRecord { kind: Some(kind) }
 }
@@ -196,6 +199,12 @@ pub fn promised_from_proto(m: proto::PaxosPromised) -> Result<PersistRecord> {
 pub fn accepted_from_proto(m: proto::PaxosAcceptedRecord) -> Result<PersistRecord> {
     let key = stored_key(m.key, "an accept")?;
     Ok(PersistRecord::Accept { key, proposal: checked_proposal(m.proposal, "an accept").map_err(damaged)? })
+}
+
+/// A withdrawal record read back from the log.
+pub fn withdrawn_from_proto(m: proto::PaxosWithdrawn) -> Result<PersistRecord> {
+    let key = stored_key(m.key, "a withdrawal")?;
+    Ok(PersistRecord::Withdraw { key, ballot: checked_ballot(m.ballot, "a withdrawal").map_err(damaged)? })
 }
 
 /// A commit record read back from the log.
@@ -325,11 +334,13 @@ mod tests {
             PersistRecord::Promise { key: key.clone(), ballot: b(3, 1) },
             PersistRecord::Accept { key: key.clone(), proposal: Proposal { ballot: b(4, 1), origin: b(2, 2), value: None } },
             PersistRecord::Commit { key: key.clone(), proposal: proposal(b(4, 1), Some("v")) },
+            PersistRecord::Withdraw { key: key.clone(), ballot: b(4, 1) },
         ] {
             let back = match record_to_proto(r.clone()).kind.unwrap() {
                 Kind::PaxosPromised(m) => promised_from_proto(m),
                 Kind::PaxosAccepted(m) => accepted_from_proto(m),
                 Kind::PaxosCommit(m) => commit_from_proto(m),
+                Kind::PaxosWithdrawn(m) => withdrawn_from_proto(m),
                 other => panic!("not a paxos record: {other:?}"),
             };
             assert_eq!(back.unwrap(), r);

@@ -180,6 +180,36 @@ impl PeerLink {
         self.write_out(o);
     }
 
+    /// Sends each `(body, sink, slot)` as [`send`](Self::send) would, in
+    /// order, appending their frames together so that one `write` carries them.
+    pub fn send_many(&self, msgs: Vec<(request::Body, Arc<dyn ReplySink>, usize)>, deadline: Instant) {
+        let rule = self.faults.rule(self.id);
+        if rule.drop_to || !rule.delay_to.is_zero() {
+            // Injected faults treat each frame on its own.
+            for (body, sink, slot) in msgs {
+                self.send(body, sink, slot, deadline);
+            }
+            return;
+        }
+        let mut o = self.out.lock();
+        let Some((_, generation)) = o.conn else {
+            drop(o);
+            for (_, sink, slot) in msgs {
+                sink.deliver(slot, Err(Error::Failure(format!("{} is down", self.name))));
+            }
+            return;
+        };
+        {
+            let mut pending = self.pending.lock();
+            for (body, sink, slot) in msgs {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                pending.insert(id, Pending { sink, slot, deadline, generation });
+                append_frame(&proto::Request { id, body: Some(body) }, &mut o.buf);
+            }
+        }
+        self.write_out(o);
+    }
+
     /// Writes frames delayed by fault injection, if the connection they were made for is still open.
     pub fn send_delayed(&self, generation: u64, bytes: &[u8]) {
         if self.faults.rule(self.id).drop_to {

@@ -58,6 +58,17 @@ impl Peers for Links {
         }
     }
 
+    fn send_many(&self, to: NodeId, msgs: Vec<(PeerRequest, Arc<dyn ReplySink>, usize)>, deadline: Instant) {
+        match self.get(to) {
+            Some(link) => link.send_many(msgs.into_iter().map(|(m, sink, slot)| (m.into_proto(), sink, slot)).collect(), deadline),
+            None => {
+                for (_, sink, slot) in msgs {
+                    sink.deliver(slot, Err(Error::Failure(format!("{to} is not a peer of this node"))));
+                }
+            }
+        }
+    }
+
     fn is_up(&self, to: NodeId) -> bool {
         self.get(to).is_some_and(PeerLink::is_up)
     }

@@ -41,6 +41,9 @@ pub enum RepairJob {
         /// The call's deadline.
         deadline: Instant,
     },
+    /// Nothing but a wake-up: Paxos commits were queued (the thread sends
+    /// them whenever it runs out of urgent work).
+    Flush,
 }
 
 /// Logs a repair that failed (the next read of the key tries again).
@@ -68,6 +71,7 @@ impl Node {
                 let msg = PeerRequest::Write { key, version };
                 self.send(sink, vec![Outgoing { slot: 0, to: target, msg, route: Route::Direct }], self.deadline());
             }
+            RepairJob::Flush => {}
             RepairJob::Send { sink, sends, deadline } => {
                 if Instant::now() >= deadline {
                     // Too late to be worth sending: the call hears so, as the sweep would tell it.
@@ -88,6 +92,8 @@ impl Node {
             while let Ok(job) = urgent.try_recv() {
                 self.send_repair(job);
             }
+            // Out of urgent work: the Paxos commits queued meanwhile go now.
+            self.send_commits(self.take_commits());
             let job = crossbeam_channel::select! {
                 recv(urgent) -> job => job,
                 recv(repairs) -> job => job,
@@ -97,6 +103,13 @@ impl Node {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Wakes the repair thread if it sleeps (see [`RepairJob::Flush`]).
+    pub(crate) fn wake_repair_thread(&self) {
+        // Fails only once the thread is gone (the node is stopping): a commit
+        // left behind is completed by the key's next proposer.
+        let _ = self.urgent_tx.send(RepairJob::Flush);
     }
 
     /// Replays the hints held for `target`, throttled; stops at the first failure.

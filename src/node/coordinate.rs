@@ -10,7 +10,7 @@ use crate::cluster::consistency::Consistency;
 use crate::cluster::key::Key;
 use crate::coordinator::call::{Call, Machine};
 use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
-use crate::coordinator::peers::ReplySink;
+use crate::coordinator::peers::{IgnoreReply, ReplySink};
 use crate::coordinator::read::{ReadMachine, ReadRoute};
 use crate::coordinator::readbatch::QueuedRead;
 use crate::coordinator::write::WriteMachine;
@@ -176,7 +176,7 @@ impl Executor for Node {
             }
             Command::Send(s) => {
                 debug_assert!(false, "a call executes its own sends: {s:?}");
-                self.send(Arc::new(crate::coordinator::peers::IgnoreReply), vec![s], self.deadline());
+                self.send(Arc::new(IgnoreReply), vec![s], self.deadline());
             }
         }
     }
@@ -205,13 +205,24 @@ impl Executor for Node {
             }
             msg => (s.slot, Err(msg)),
         });
+        // Paxos commits waiting to ride along go first, in the same write.
+        let mut commits = self.take_commits();
         for s in sends {
             match (s.route, s.msg) {
                 (Route::Batched, PeerRequest::Read { key }) => {
                     self.read_batcher.push(s.to, QueuedRead { sink: sink.clone(), slot: s.slot, key, deadline });
                 }
+                (_, msg) if commits.iter().any(|c| c.to == s.to) => {
+                    let ignore: Arc<dyn ReplySink> = Arc::new(IgnoreReply);
+                    let mut batch: Vec<_> = commits.extract_if(.., |c| c.to == s.to).map(|c| (c.msg, ignore.clone(), 0)).collect();
+                    batch.push((msg, sink.clone(), s.slot));
+                    self.peers.send_many(s.to, batch, deadline);
+                }
                 (_, msg) => self.peers.send(s.to, msg, sink.clone(), s.slot, deadline),
             }
+        }
+        if !commits.is_empty() {
+            self.send_commits(commits);
         }
         match local {
             Some((slot, Ok((key, ts, applied)))) => {

@@ -9,8 +9,9 @@ use crate::cluster::ring::NodeId;
 use crate::error::{Error, Result};
 use crate::message::{ClientRequest, Reply};
 use crate::node::coordinate::Later;
+use crate::node::serial::SerialDone;
 use crate::node::{Answered, Handled, Node};
-use crate::paxos::{Expect, Op, Outcome};
+use crate::paxos::Op;
 use crate::proto;
 
 impl Node {
@@ -29,16 +30,13 @@ impl Node {
     fn client_request(self: &Arc<Self>, req: ClientRequest, later: Later<'_>) -> Result<Answered<Handled>> {
         let reply = match req {
             ClientRequest::Ping => Reply::Pong(self.cfg.name.clone()),
-            ClientRequest::Get { key, level: Consistency::Serial } => {
-                return Ok(Answered::Now(Handled::of(match self.serial(key, Op::Read)?.outcome {
-                    Outcome::Read(value) => Reply::SerialRead(value),
-                    other => return Err(Error::Internal(format!("a SERIAL read answered {other:?}"))),
-                })));
-            }
+            ClientRequest::Get { key, level: Consistency::Serial } => return self.serial_request(key, Op::Read, later),
             ClientRequest::Put { key, value, level: Consistency::Serial, condition } => {
-                return self.serial_write(key, Some(value.into_boxed_slice()), condition);
+                return self.serial_request(key, Op::of(Some(value.into_boxed_slice()), condition), later);
             }
-            ClientRequest::Delete { key, level: Consistency::Serial, condition } => return self.serial_write(key, None, condition),
+            ClientRequest::Delete { key, level: Consistency::Serial, condition } => {
+                return self.serial_request(key, Op::of(None, condition), later);
+            }
             ClientRequest::Put { condition: Some(_), .. } | ClientRequest::Delete { condition: Some(_), .. } => {
                 return Err(Error::Internal("a conditional write below SERIAL passed parsing".into()));
             }
@@ -60,19 +58,13 @@ impl Node {
         Ok(Answered::Now(Handled::of(reply)))
     }
 
-    /// A SERIAL put (`Some`) or delete (`None`), conditional or not.
-    fn serial_write(self: &Arc<Self>, key: Key, value: Option<Box<[u8]>>, condition: Option<Expect>) -> Result<Answered<Handled>> {
-        let op = match condition {
-            None => Op::Write(value),
-            Some(expect) => Op::CompareAndSet { expect, new: value },
-        };
-        let done = self.serial(key, op)?;
-        let reply = match (done.outcome, done.ballot) {
-            (Outcome::Applied, Some(b)) => Reply::Write { ts: b.ts(), acks: done.quorum },
-            (Outcome::NotApplied { current }, _) => Reply::NotApplied { current },
-            (other, _) => return Err(Error::Internal(format!("a SERIAL write answered {other:?}"))),
-        };
-        Ok(Answered::Now(Handled::of(reply)))
+    /// A SERIAL operation: answered by the operation itself with `later`
+    /// (the worker goes back to its connection), otherwise waited for.
+    fn serial_request(self: &Arc<Self>, key: Key, op: Op, later: Later<'_>) -> Result<Answered<Handled>> {
+        match later {
+            Some((responder, token)) => Ok(Answered::Later(self.serial_later(key, op, responder, token)?)),
+            None => Ok(Answered::Now(Handled::of(SerialDone::reply(self.serial(key, op))))),
+        }
     }
 
     fn write_request(

@@ -17,7 +17,8 @@
 //!   handled, logged and applied in order, answered once durable.
 //! * [`serial`] — a SERIAL `get`/`put`/`del` or a conditional write: this
 //!   node proposes, driving a [`Proposer`](crate::paxos::proposer::Proposer)
-//!   over the peer links on the client's worker thread.
+//!   from the replies as they arrive, answering the client when it decides.
+//! * [`timer`] — one thread for the SERIAL operations' back-offs and deadlines.
 //! * [`admin`] — `status`, `inspect` and `display`.
 //! * [`scan`] — `token` (where a key lives) and `scan` (a walk over every key, in pages).
 //! * [`background`] — read repairs and hint replay, for the server's long-lived threads.
@@ -60,6 +61,7 @@ pub mod serial;
 pub mod startup;
 #[cfg(test)]
 pub(crate) mod test_util;
+pub mod timer;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -72,6 +74,7 @@ use crate::cluster::key::Key;
 use crate::cluster::ring::{NodeId, Ring};
 use crate::config::NodeConfig;
 use crate::coordinator::call::{Budget, Finish};
+use crate::coordinator::command::Outgoing;
 use crate::coordinator::peers::Peers;
 use crate::coordinator::readbatch::ReadBatcher;
 use crate::error::{Error, Result};
@@ -185,6 +188,15 @@ pub struct Node {
     /// commit). Held only while a request is handled and its record appended
     /// (never across a commit or fsync), and by a snapshot while it copies it.
     pub paxos: parking_lot::Mutex<AcceptorState>,
+    /// Back-offs and deadlines of SERIAL operations (started at the first).
+    timer: std::sync::OnceLock<timer::Timer>,
+    /// Paxos commits to peers waiting to ride along with the next message to
+    /// each (see [`serial`]), and whether any are.
+    commits: parking_lot::Mutex<Vec<Outgoing>>,
+    commits_queued: AtomicBool,
+    /// Keys with a SERIAL operation running from here, and the ones waiting
+    /// for it (see [`serial`]).
+    serial_keys: parking_lot::Mutex<std::collections::HashMap<Key, std::collections::VecDeque<Arc<serial::SerialCall>>>>,
     ack_log: Option<parking_lot::Mutex<std::fs::File>>,
     repair_tx: Sender<RepairJob>,
     urgent_tx: Sender<RepairJob>,
@@ -246,6 +258,10 @@ impl Node {
             fold: AtomicBool::new(replayed),
             wal,
             paxos: parking_lot::Mutex::new(AcceptorState::new(acceptor)),
+            timer: std::sync::OnceLock::new(),
+            commits: parking_lot::Mutex::new(Vec::new()),
+            commits_queued: AtomicBool::new(false),
+            serial_keys: parking_lot::Mutex::new(std::collections::HashMap::new()),
             ack_log,
             peers,
             me,
@@ -275,6 +291,11 @@ impl Node {
     /// What this replica accepts from the wire: its cluster's keys and its size limits.
     pub fn limits(&self) -> Limits {
         Limits { partitioner: self.ring.partitioner(), max_key_bytes: self.cfg.max_key_bytes, max_value_bytes: self.cfg.max_value_bytes }
+    }
+
+    /// The timer thread of SERIAL operations.
+    fn timer(&self) -> &timer::Timer {
+        self.timer.get_or_init(|| timer::Timer::new(&format!("timer-{}", self.cfg.name)))
     }
 
     /// A deadline for a request started now.

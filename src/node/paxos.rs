@@ -22,6 +22,7 @@
 //! `u64::MAX` ballot would otherwise make every later ballot for the key lose.
 //! A sane one moves the clock up, so this node's own ballots come after it.
 
+use crate::cluster::key::Key;
 use crate::error::{Error, Result};
 use crate::message::paxos::record_to_proto;
 use crate::message::{PeerResponse, PeerResult};
@@ -74,6 +75,27 @@ impl Node {
         let pos = st.last_pos;
         drop(st);
         (Ok(PeerResponse::Paxos(handled.reply)), Some(PendingAck { pos, key, ts: None }))
+    }
+
+    /// Withdraws this replica's own acceptance of its proposal at `ballot`
+    /// for `key` ([`Acceptor::withdraw`]): the log position to make durable
+    /// before the operation starts over (0 in memory), or `None` if it cannot
+    /// (someone was promised a higher ballot since, or the log refused).
+    pub(crate) fn withdraw_own(&self, key: &Key, ballot: Ballot) -> Option<u64> {
+        let mut st = self.paxos.lock();
+        let before = st.acceptor.state(key).cloned();
+        let record = st.acceptor.withdraw(key, ballot)?;
+        let Some(wal) = &self.wal else { return Some(0) };
+        match wal.append(&record_to_proto(record)) {
+            Ok(pos) => {
+                st.last_pos = st.last_pos.max(pos);
+                Some(pos)
+            }
+            Err(_) => {
+                st.acceptor.reset(key, before);
+                None
+            }
+        }
     }
 
     /// Refuses a ballot too far ahead of this replica's clock; moves the clock up to a sane one.
@@ -309,6 +331,34 @@ mod tests {
         assert_eq!(state.promised, b2);
         assert_eq!(prepare(&n, b1), Response::Rejected { key: key(), ballot: b1, promised: b2 });
         assert_eq!(n.store.get(other.as_bytes()), Some(proposal(c, "done").version()));
-        assert_eq!(n.paxos.lock().acceptor.state(&other).map(|s| s.committed), Some(c));
+        // The committed key's state was forgotten (its cell says it all): not
+        // in the snapshot, and its cell still refuses the committed ballot.
+        assert!(n.paxos.lock().acceptor.state(&other).is_none());
+        assert_eq!(
+            serve(&n, Request::Prepare { key: other.clone(), ballot: c }),
+            Response::Rejected { key: other, ballot: c, promised: c }
+        );
+    }
+
+    /// A commit that leaves nothing pending forgets the key's state; the
+    /// store's cell then refuses what the state would have: a prepare or a
+    /// proposal at or below the commit. A key with a higher promise keeps it.
+    #[test]
+    fn a_settled_key_is_forgotten_and_its_cell_keeps_the_promises() {
+        let n = node(None);
+        let (b1, b2, b3) = (ballot(&n, 10), ballot(&n, 20), ballot(&n, 30));
+        assert!(matches!(prepare(&n, b1), Response::Promise { .. }));
+        assert!(matches!(serve(&n, Request::Propose { key: key(), proposal: proposal(b1, "v1") }), Response::Accepted { .. }));
+        assert!(matches!(serve(&n, Request::Commit { key: key(), proposal: proposal(b1, "v1") }), Response::Committed { .. }));
+        assert!(n.paxos.lock().acceptor.is_empty(), "nothing pending: forgotten");
+        assert_eq!(prepare(&n, b1), Response::Rejected { key: key(), ballot: b1, promised: b1 });
+        let late = serve(&n, Request::Propose { key: key(), proposal: proposal(b1, "again") });
+        assert_eq!(late, Response::Rejected { key: key(), ballot: b1, promised: b1 });
+        // A promise above the commit is kept through the next commit of a lower ballot.
+        assert!(matches!(prepare(&n, b3), Response::Promise { .. }));
+        let other = Request::Commit { key: key(), proposal: proposal(b2, "v2") };
+        assert!(matches!(serve(&n, other), Response::Committed { .. }));
+        assert_eq!(n.paxos.lock().acceptor.state(&key()).map(|s| s.promised), Some(b3), "a higher promise is kept");
+        assert_eq!(prepare(&n, b2), Response::Rejected { key: key(), ballot: b2, promised: b3 });
     }
 }

@@ -96,7 +96,7 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
         let mut paxos = |r: Result<PersistRecord>, acceptor: &mut Acceptor, loaded: &mut Loaded| match r {
             Ok(r) => {
                 let ballot = match &r {
-                    PersistRecord::Promise { ballot, .. } => *ballot,
+                    PersistRecord::Promise { ballot, .. } | PersistRecord::Withdraw { ballot, .. } => *ballot,
                     PersistRecord::Accept { proposal, .. } | PersistRecord::Commit { proposal, .. } => proposal.ballot,
                 };
                 loaded.newest = loaded.newest.max(ballot.0);
@@ -138,6 +138,7 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
                     Some(Kind::HintAdd(h)) => load_hint(hints, h, &mut loaded),
                     Some(Kind::PaxosPromised(m)) => paxos(paxos_wire::promised_from_proto(m), &mut acceptor, &mut loaded),
                     Some(Kind::PaxosAccepted(m)) => paxos(paxos_wire::accepted_from_proto(m), &mut acceptor, &mut loaded),
+                    Some(Kind::PaxosWithdrawn(m)) => paxos(paxos_wire::withdrawn_from_proto(m), &mut acceptor, &mut loaded),
                     Some(Kind::PaxosCommit(m)) => {
                         let r = paxos_wire::commit_from_proto(m);
                         if let Ok(PersistRecord::Commit { key, proposal }) = &r {

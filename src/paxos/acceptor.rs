@@ -5,16 +5,18 @@
 //! in order) before sending the reply. [`Acceptor::restore`] rebuilds the
 //! state from the persisted records after a restart.
 //!
-//! # Bounded memory (later)
+//! # Bounded memory
 //!
-//! A key's state may be dropped once a commit at ballot `c` has reached every
-//! replica of the key, nothing newer is promised (`promised <= c`) and nothing
-//! newer is accepted: the prepare rule also refuses ballots at or below the
-//! cell the store holds, so a forgotten state is rebuilt, safely, as
-//! "promised = committed = the cell's timestamp". Until then (a commit that
-//! reached only some replicas, or a promise above the last commit) the state
-//! must be kept, because it is what makes a later quorum see in-flight
-//! proposals. The log's records of a dropped key can go at the next snapshot.
+//! A key's state is dropped as soon as the store's cell says all of it: no
+//! accepted proposal pending, and nothing promised or committed above the
+//! cell's timestamp. [`Acceptor::handle`] (the path a replica serves) does
+//! this after a commit, which normally leaves exactly that, so the acceptor
+//! holds only keys with a round in flight. It is safe because `handle`
+//! refuses a prepare *and a proposal* at or below the key's cell: a
+//! forgotten state behaves as "promised = committed = the cell's timestamp",
+//! which is at least as strict as what it forgot. (The `on_*` handlers alone
+//! keep every state; they do not see the store.) A key's records go from the
+//! log at the next snapshot, which holds only the states still kept.
 
 use std::collections::HashMap;
 
@@ -58,6 +60,14 @@ pub enum PersistRecord {
         /// The committed proposal.
         proposal: Proposal,
     },
+    /// The acceptance of `ballot` for `key` was withdrawn (see
+    /// [`Acceptor::withdraw`]). Replayed in log order, after the accept.
+    Withdraw {
+        /// The key.
+        key: Key,
+        /// The withdrawn proposal's ballot.
+        ballot: Ballot,
+    },
 }
 
 /// A handled request: persist `record` (if any), apply `apply` to the store
@@ -93,8 +103,9 @@ impl Acceptor {
         a
     }
 
-    /// Applies one persisted record (idempotent; order-insensitive for safety:
-    /// every field only moves forward).
+    /// Applies one persisted record (idempotent; order-insensitive for safety
+    /// — every field only moves forward — except a withdrawal, which logs
+    /// replay in their order, after the accept it withdraws).
     pub fn replay(&mut self, record: &PersistRecord) {
         match record {
             PersistRecord::Promise { key, ballot } => {
@@ -115,7 +126,33 @@ impl Acceptor {
                     s.accepted = None;
                 }
             }
+            PersistRecord::Withdraw { key, ballot } => {
+                if let Some(s) = self.keys.get_mut(key)
+                    && s.accepted.as_ref().is_some_and(|a| a.ballot == *ballot)
+                {
+                    s.accepted = None;
+                }
+            }
         }
+    }
+
+    /// Withdraws this acceptor's acceptance of the proposal at `ballot` for
+    /// `key`, if it still holds it and has promised nothing above it since:
+    /// then no proposer has been shown it (a promise reply carries the
+    /// accepted proposal, and every promise after the accept would be of a
+    /// higher ballot). The proposer's own node calls it when every other
+    /// replica refused that proposal: they promised higher, so none will ever
+    /// accept it, and with this acceptance gone nobody can complete it — it
+    /// is certainly not chosen, and its operation may start over. Returns the
+    /// record to persist (before starting over), or `None` if it cannot.
+    pub fn withdraw(&mut self, key: &Key, ballot: Ballot) -> Option<PersistRecord> {
+        let s = self.keys.get(key)?;
+        if s.promised != ballot || s.accepted.as_ref().is_none_or(|a| a.ballot != ballot) {
+            return None;
+        }
+        let r = PersistRecord::Withdraw { key: key.clone(), ballot };
+        self.replay(&r);
+        Some(r)
     }
 
     /// The state held for `key`, if any.
@@ -167,7 +204,16 @@ impl Acceptor {
         self.keys.is_empty()
     }
 
-    /// Handles any request; `current` is the store's cell for the request's key.
+    /// Drops `key`'s state if the cell at ballot `cell` says all of it (see the module essay).
+    fn forget_if_settled(&mut self, key: &Key, cell: Ballot) {
+        if self.keys.get(key).is_some_and(|s| s.accepted.is_none() && s.promised <= cell && s.committed <= cell) {
+            self.keys.remove(key);
+        }
+    }
+
+    /// Handles any request; `current` is the store's cell for the request's
+    /// key. Refuses a proposal at or below that cell, and forgets a key's
+    /// state once a commit leaves nothing the cell does not say.
     pub fn handle(&mut self, request: Request, current: Option<&Version>) -> Handled {
         match request {
             Request::Prepare { key, ballot } => {
@@ -175,11 +221,22 @@ impl Acceptor {
                 Handled { record, apply: None, reply }
             }
             Request::Propose { key, proposal } => {
+                let cell = current.map_or(Ballot::ZERO, |v| Ballot(v.ts));
+                if proposal.ballot <= cell {
+                    // At or below a cell the store holds: a newer value is there (and
+                    // a forgotten state's promise is the cell's timestamp).
+                    let s = self.keys.get(&key).cloned().unwrap_or_default();
+                    let promised = s.promised.max(s.committed).max(cell);
+                    return Handled { record: None, apply: None, reply: Response::Rejected { key, ballot: proposal.ballot, promised } };
+                }
                 let (record, reply) = self.on_propose(&key, proposal);
                 Handled { record, apply: None, reply }
             }
             Request::Commit { key, proposal } => {
                 let (record, apply, reply) = self.on_commit(&key, proposal);
+                // The store's cell once the commit is applied (last write wins).
+                let cell = [current, apply.as_ref()].into_iter().flatten().map(|v| Ballot(v.ts)).max().unwrap_or(Ballot::ZERO);
+                self.forget_if_settled(&key, cell);
                 Handled { record, apply, reply }
             }
         }

@@ -87,7 +87,9 @@
 //!    is `<= C` (or the read's prepare is refused and retried). What must
 //!    hold of commits: an acceptor keeps an accepted proposal until a commit
 //!    of that ballot or a newer one reaches *it* (its cell then holds the value
-//!    or a newer one), and a commit is only sent for a chosen value. The
+//!    or a newer one) — or until it is withdrawn, which only happens to a
+//!    proposal that is not chosen (6.) — and a commit is only sent for a
+//!    chosen value. The
 //!    repair of lagging promisers (above) is not needed for SERIAL
 //!    linearizability; it makes the value a SERIAL read returned visible to a
 //!    later QUORUM read. (A SERIAL write's commit is in the background, so a
@@ -95,20 +97,39 @@
 //! 5. *Outcomes*: `Applied` only after a quorum accepted the operation's own
 //!    proposal. After the own proposal was sent, a loss or a timeout is
 //!    **Unknown** (a later proposer may still complete it); before any own
-//!    proposal, a timeout is a plain `Timeout` and nothing was applied.
+//!    proposal, a timeout is a plain `Timeout` and nothing was applied. A
+//!    proposal every replica it went to refused is held by nobody and can
+//!    never be chosen: the coordinator starts the operation over.
+//! 6. *Withdrawal*: if every replica but the coordinator's own refused its
+//!    proposal at `b` (they promised higher, so none will ever accept `b`),
+//!    and its own acceptor has promised nothing since accepting `b` (so no
+//!    promise reply has shown `b` to anyone), that acceptor drops `b`
+//!    ([`acceptor::Acceptor::withdraw`], logged and durable before anything
+//!    else is proposed). Then no replica holds `b` and no proposer knows it:
+//!    `b` is not chosen and never will be, so the operation starts over
+//!    instead of ending unknown. 2. is unharmed: `b` was never chosen, so no
+//!    later ballot has to carry it.
 //!
-//! Keys written through Paxos should not also be written with plain ONE/QUORUM
-//! writes: such a cell counts as a commit nobody chose, and SERIAL
-//! linearizability is lost for that key (acceptors still refuse ballots below
-//! it, so the order of cells stays sound).
+//! A plain ONE/QUORUM write to a key used at SERIAL is a cell nobody chose.
+//! One operation at a time that is still ordered: acceptors refuse ballots at
+//! or below the cell they hold, so a SERIAL operation after a QUORUM write
+//! was acknowledged sees it and supersedes it. A plain write *concurrent* with
+//! a SERIAL operation can land between its prepare and its commit and be
+//! overwritten (or hide it), so linearizability holds only while plain writes
+//! do not overlap SERIAL ones (the README says exactly what is promised).
 //!
-//! # Contention
+//! # Contention and thrifty rounds
 //!
 //! A proposer refused by enough replicas that no quorum can remain (a higher
 //! promise exists) backs off: it returns [`proposer::Action::RetryAfter`]
 //! with a randomised exponential delay drawn from the seed the caller gave,
 //! and the caller [`proposer::Proposer::restart`]s it with a higher ballot.
-//! After completing someone else's proposal, a write retries at once.
+//! After completing someone else's proposal, a write retries at once. A
+//! [thrifty](proposer::Proposer::thrifty) proposer sends each round to a
+//! quorum only and [widens](proposer::Proposer::widen) it to the other live
+//! replicas when one of them fails to answer, is slow, or refuses a proposal;
+//! any quorum does for the argument above. The coordinator also runs its own
+//! operations on one key one at a time (`node::serial`), so they never duel.
 //!
 //! The tests (`tests.rs`) run acceptors and proposers over a seeded simulated
 //! network with loss, duplication, reordering, delays and crashes, and check
@@ -291,7 +312,16 @@ pub enum Op {
 }
 
 impl Op {
-    fn name(&self) -> &'static str {
+    /// A put (`Some`) or delete (`None`) of `value`: unconditional, or only if `condition` holds.
+    pub fn of(value: Option<Box<[u8]>>, condition: Option<Expect>) -> Op {
+        match condition {
+            None => Op::Write(value),
+            Some(expect) => Op::CompareAndSet { expect, new: value },
+        }
+    }
+
+    /// What the operation is, for messages: `read`, `write`, `delete` or `compare-and-set`.
+    pub fn name(&self) -> &'static str {
         match self {
             Op::Read => "read",
             Op::Write(Some(_)) => "write",

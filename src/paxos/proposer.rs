@@ -14,6 +14,19 @@
 //!   replicas whose cell lags and answers once a quorum holds it.
 //! * **Waiting** — backing off; the caller restarts it.
 //! * **Done** — answered; commit acknowledgements are ignored.
+//!
+//! # Thrifty rounds
+//!
+//! A [`thrifty`](Proposer::thrifty) proposer sends each prepare and propose
+//! to a quorum of the live replicas only (the first of `targets`, in the
+//! caller's order of preference: a coordinator that is a replica puts itself
+//! first, so a round costs it one message to one peer instead of two). If one
+//! of them fails to answer, the caller [`widen`](Proposer::widen)s the round to
+//! the others. Any quorum will do for Paxos, so this changes no outcome. A
+//! rejected prepare still means a higher ballot and a back-off; a proposal
+//! rejected where it went is widened first (a proposal refused for good
+//! leaves its operation's outcome unknown, which the other replicas may still
+//! avoid). Commits and repairs go to every live replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -87,6 +100,11 @@ pub struct Proposer {
     replicas: Vec<NodeId>,
     targets: Vec<NodeId>,
     quorum: usize,
+    thrifty: bool,
+    /// Where the current round (prepare or propose) was sent.
+    sent: Vec<NodeId>,
+    /// Where the operation's own proposal was sent (the current proposer's).
+    own_sent: Vec<NodeId>,
     ballot: Ballot,
     highest: Ballot,
     phase: Phase,
@@ -114,6 +132,9 @@ impl Proposer {
             replicas,
             targets,
             quorum,
+            thrifty: false,
+            sent: Vec::new(),
+            own_sent: Vec::new(),
             ballot,
             highest: ballot,
             phase: Phase::Waiting,
@@ -125,6 +146,54 @@ impl Proposer {
             chosen: None,
             outcome: None,
         }
+    }
+
+    /// Sends each round to a quorum only, the first live ones in the order of
+    /// `replicas` (see the module essay).
+    pub fn thrifty(mut self) -> Self {
+        self.thrifty = true;
+        self
+    }
+
+    /// Where a new round goes: a quorum of the targets if thrifty, else all.
+    fn round_targets(&self) -> Vec<NodeId> {
+        let n = if self.thrifty { self.quorum } else { self.targets.len() };
+        self.targets.iter().copied().take(n).collect()
+    }
+
+    /// Sends the current prepare or propose to the live replicas it has not
+    /// gone to (after one of those it went to failed to answer, or took too
+    /// long). Nothing in other phases, or once it went to every one.
+    pub fn widen(&mut self) -> Vec<(NodeId, Request)> {
+        let rest: Vec<NodeId> = self.targets.iter().copied().filter(|t| !self.sent.contains(t)).collect();
+        if rest.is_empty() {
+            return Vec::new();
+        }
+        let msg = match &self.phase {
+            Phase::Preparing { .. } => Request::Prepare { key: self.key.clone(), ballot: self.ballot },
+            Phase::Proposing { proposal, .. } => Request::Propose { key: self.key.clone(), proposal: proposal.clone() },
+            _ => return Vec::new(),
+        };
+        if matches!(self.phase, Phase::Proposing { own: true, .. }) {
+            self.own_sent.extend(&rest);
+        }
+        self.sent.extend(&rest);
+        rest.into_iter().map(|t| (t, msg.clone())).collect()
+    }
+
+    /// Whether the current round waits on replicas it has not gone to all of.
+    pub fn can_widen(&self) -> bool {
+        matches!(self.phase, Phase::Preparing { .. } | Phase::Proposing { .. }) && self.sent.len() < self.targets.len()
+    }
+
+    /// Where the current round went.
+    pub fn sent_to(&self) -> &[NodeId] {
+        &self.sent
+    }
+
+    /// Where the operation's own proposal went (empty until it is sent).
+    pub fn proposal_sent_to(&self) -> &[NodeId] {
+        &self.own_sent
     }
 
     /// Uses `backoff` instead of the default (2 ms doubling up to 200 ms).
@@ -169,8 +238,9 @@ impl Proposer {
     fn prepare(&mut self) -> Vec<(NodeId, Request)> {
         self.round_trips += 1;
         self.phase = Phase::Preparing { promises: BTreeMap::new(), refused: BTreeSet::new() };
+        self.sent = self.round_targets();
         let (key, ballot) = (&self.key, self.ballot);
-        self.targets.iter().map(|&t| (t, Request::Prepare { key: key.clone(), ballot })).collect()
+        self.sent.iter().map(|&t| (t, Request::Prepare { key: key.clone(), ballot })).collect()
     }
 
     /// The current ballot.
@@ -215,7 +285,9 @@ impl Proposer {
         if reply.ballot() != self.ballot && !matches!(reply, Response::Committed { .. }) {
             return Vec::new();
         }
-        let (quorum, n) = (self.quorum, self.targets.len());
+        // A round can still reach a quorum among the replicas it went to while
+        // no more than `n - quorum` of them refused.
+        let (quorum, n) = (self.quorum, self.sent.len());
         match (&mut self.phase, reply) {
             (Phase::Preparing { promises, .. }, Response::Promise { accepted, committed, .. }) => {
                 promises.entry(from).or_insert((accepted, committed));
@@ -240,6 +312,11 @@ impl Proposer {
             (Phase::Proposing { accepted, refused, own, proposal }, Response::Rejected { promised, .. }) => {
                 if !accepted.contains(&from) {
                     refused.insert(from);
+                }
+                if refused.len() > n - quorum && n < self.targets.len() {
+                    // A thrifty proposal that can no longer reach a quorum where it
+                    // went: the other live replicas may still accept it.
+                    return self.widen().into_iter().map(|(to, msg)| Action::Send { to, msg }).collect();
                 }
                 if refused.len() > n - quorum {
                     if *own {
@@ -374,8 +451,12 @@ impl Proposer {
 
     fn propose(&mut self, proposal: Proposal, own: bool) -> Vec<Action> {
         self.round_trips += 1;
+        self.sent = self.round_targets();
+        if own {
+            self.own_sent = self.sent.clone();
+        }
         let sends = self
-            .targets
+            .sent
             .iter()
             .map(|&to| Action::Send { to, msg: Request::Propose { key: self.key.clone(), proposal: proposal.clone() } })
             .collect();

@@ -120,6 +120,35 @@ fn acceptor_restored_from_records_keeps_its_promises() {
     assert_eq!(r.state(&key).unwrap().promised, b(10, 1));
 }
 
+/// Withdrawing an acceptance: only of the proposal held, only while nothing
+/// was promised since (nobody has been shown it); a withdrawn proposal is
+/// reported by no later promise, and its record replays after the accept.
+#[test]
+fn acceptor_withdraws_only_an_acceptance_nobody_has_seen() {
+    let mut a = Acceptor::new();
+    let key = k("k1");
+    let mut log = Vec::new();
+    log.extend(a.on_prepare(&key, b(10, 1), None).0);
+    log.extend(a.on_propose(&key, prop(b(10, 1), "mine")).0);
+    assert_eq!(a.withdraw(&key, b(9, 1)), None, "not the ballot held");
+    assert_eq!(a.withdraw(&k("other"), b(10, 1)), None, "no state");
+    let rec = a.withdraw(&key, b(10, 1)).expect("nothing promised since the accept");
+    assert_eq!(rec, PersistRecord::Withdraw { key: key.clone(), ballot: b(10, 1) });
+    log.push(rec);
+    assert_eq!(a.state(&key).unwrap().accepted, None);
+    assert_eq!(a.state(&key).unwrap().promised, b(10, 1), "the promise stays");
+    let (_, reply) = a.on_prepare(&key, b(20, 2), None);
+    assert!(matches!(reply, Response::Promise { accepted: None, .. }), "a later prepare does not see it: {reply:?}");
+    assert_eq!(Acceptor::restore(&log).state(&key).unwrap().accepted, None, "replayed after the accept");
+    // Once a higher ballot was promised, the promise showed the acceptance: it stays.
+    let mut a = Acceptor::new();
+    a.on_propose(&key, prop(b(10, 1), "mine"));
+    let (_, reply) = a.on_prepare(&key, b(20, 2), None);
+    assert!(matches!(reply, Response::Promise { accepted: Some(_), .. }));
+    assert_eq!(a.withdraw(&key, b(10, 1)), None, "someone may complete it now");
+    assert!(a.state(&key).unwrap().accepted.is_some());
+}
+
 // ---------------------------------------------------------------- proposer
 
 /// Replicas 1..=n on a perfect network; each holds an acceptor and a store.
@@ -187,7 +216,7 @@ fn uncontended_write_takes_two_round_trips_and_commits_after_answering() {
     assert_eq!(commits, 3, "the commit goes to every replica after the answer");
     for (a, store) in lan.acceptors.values() {
         assert_eq!(store[&k("k1")], Version::value(Timestamp { micros: 100, node: 7 }, "v1"));
-        assert_eq!(a.state(&k("k1")).unwrap().accepted, None);
+        assert_eq!(a.state(&k("k1")), None, "a settled key's state is forgotten");
     }
     let mut r = Proposer::new(k("k1"), Op::Read, &ids, &ids, b(200, 7), 2);
     lan.run(&mut r, &ids);
@@ -412,7 +441,13 @@ struct Running {
     record: usize,
     deadline: u64,
     retry_at: Option<u64>,
+    /// The round the proposer is in and the step it began (thrifty: widened
+    /// once it has waited [`WIDEN_STEPS`]).
+    round: (u32, u64),
 }
+
+/// How long a thrifty round waits for its quorum before going to every replica.
+const WIDEN_STEPS: u64 = 60;
 
 struct Client {
     id: NodeId,
@@ -450,6 +485,8 @@ struct Scenario {
     delay: u32,
     crash: u32,
     chaos_steps: u64,
+    /// Proposers send each round to a quorum only and widen it when it stalls.
+    thrifty: bool,
 }
 
 #[derive(Default, Debug)]
@@ -626,6 +663,16 @@ impl Sim {
     fn tick_client(&mut self, c: usize) {
         let step = self.step;
         if let Some(run) = self.clients[c].running.as_mut() {
+            if run.p.round_trips() != run.round.0 {
+                run.round = (run.p.round_trips(), step);
+            } else if step - run.round.1 >= WIDEN_STEPS && run.p.can_widen() {
+                let sends = run.p.widen();
+                let from = self.clients[c].id;
+                for (to, req) in sends {
+                    self.send(from, to, Body::Req(req));
+                }
+                return;
+            }
             if step >= run.deadline {
                 let acts = run.p.on_timeout();
                 self.act(c, acts);
@@ -650,16 +697,24 @@ impl Sim {
         let op = self.make_op(c, &key);
         let ballot = self.next_ballot(c, Ballot::ZERO);
         let seed = self.clients[c].rng.next();
-        let (ids, live) = (self.replica_ids(), self.live());
+        let (mut ids, live) = (self.replica_ids(), self.live());
         let backoff = Backoff { base: Duration::from_micros(10 * STEP_MICROS), max: Duration::from_micros(300 * STEP_MICROS) };
-        let mut p = Proposer::new(key.clone(), op.clone(), &ids, &live, ballot, seed).with_backoff(backoff);
+        let mut p = if self.sc.thrifty {
+            // Each client prefers its own rotation of the replicas, as coordinators do.
+            let n = ids.len();
+            ids.rotate_left((seed % n as u64) as usize);
+            Proposer::new(key.clone(), op.clone(), &ids, &live, ballot, seed).with_backoff(backoff).thrifty()
+        } else {
+            Proposer::new(key.clone(), op.clone(), &ids, &live, ballot, seed).with_backoff(backoff)
+        };
         let sends = p.start();
         let client = self.clients[c].id;
         let after_heal = !self.chaos();
         self.ops.push(OpRecord { client, key, op, start: step, end: None, result: None, own: None, after_heal });
         let record = self.ops.len() - 1;
         let done = p.outcome().cloned();
-        self.clients[c].running = Some(Running { p, record, deadline: step + OP_DEADLINE, retry_at: None });
+        let round = (p.round_trips(), step);
+        self.clients[c].running = Some(Running { p, record, deadline: step + OP_DEADLINE, retry_at: None, round });
         if let Some(out) = done {
             self.act(c, vec![Action::Answer(out)]);
         }
@@ -882,11 +937,71 @@ impl Sim {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "calm-3", replicas: 3, clients: 4, keys: 1, ops: 12, loss: 0, dup: 0, delay: 0, crash: 0, chaos_steps: 0 },
-    Scenario { name: "contended-5x8", replicas: 5, clients: 8, keys: 1, ops: 8, loss: 0, dup: 0, delay: 0, crash: 0, chaos_steps: 0 },
-    Scenario { name: "lossy-3", replicas: 3, clients: 4, keys: 2, ops: 14, loss: 150, dup: 100, delay: 50, crash: 0, chaos_steps: 3_000 },
-    Scenario { name: "delayed-5", replicas: 5, clients: 6, keys: 1, ops: 10, loss: 50, dup: 50, delay: 300, crash: 0, chaos_steps: 3_000 },
-    Scenario { name: "crashy-3", replicas: 3, clients: 5, keys: 1, ops: 12, loss: 50, dup: 50, delay: 50, crash: 15, chaos_steps: 4_000 },
+    Scenario {
+        name: "calm-3",
+        replicas: 3,
+        clients: 4,
+        keys: 1,
+        ops: 12,
+        loss: 0,
+        dup: 0,
+        delay: 0,
+        crash: 0,
+        chaos_steps: 0,
+        thrifty: false,
+    },
+    Scenario {
+        name: "contended-5x8",
+        replicas: 5,
+        clients: 8,
+        keys: 1,
+        ops: 8,
+        loss: 0,
+        dup: 0,
+        delay: 0,
+        crash: 0,
+        chaos_steps: 0,
+        thrifty: false,
+    },
+    Scenario {
+        name: "lossy-3",
+        replicas: 3,
+        clients: 4,
+        keys: 2,
+        ops: 14,
+        loss: 150,
+        dup: 100,
+        delay: 50,
+        crash: 0,
+        chaos_steps: 3_000,
+        thrifty: false,
+    },
+    Scenario {
+        name: "delayed-5",
+        replicas: 5,
+        clients: 6,
+        keys: 1,
+        ops: 10,
+        loss: 50,
+        dup: 50,
+        delay: 300,
+        crash: 0,
+        chaos_steps: 3_000,
+        thrifty: false,
+    },
+    Scenario {
+        name: "crashy-3",
+        replicas: 3,
+        clients: 5,
+        keys: 1,
+        ops: 12,
+        loss: 50,
+        dup: 50,
+        delay: 50,
+        crash: 15,
+        chaos_steps: 4_000,
+        thrifty: false,
+    },
     Scenario {
         name: "crashy-5",
         replicas: 5,
@@ -898,6 +1013,7 @@ const SCENARIOS: &[Scenario] = &[
         delay: 100,
         crash: 20,
         chaos_steps: 4_000,
+        thrifty: false,
     },
     Scenario {
         name: "storm-5x8",
@@ -910,6 +1026,7 @@ const SCENARIOS: &[Scenario] = &[
         delay: 200,
         crash: 25,
         chaos_steps: 3_000,
+        thrifty: false,
     },
 ];
 
@@ -939,6 +1056,17 @@ fn simulated_network_scenarios() {
     for sc in SCENARIOS {
         let t = run_scenario(sc, 200);
         assert!(t.applied > 0 && t.reads > 0 && t.not_applied > 0, "{}: {t:?}", sc.name);
+    }
+}
+
+/// The same scenarios with thrifty proposers (each round to a quorum only,
+/// widened when a reply is slow or lost): the same checks hold.
+#[test]
+fn simulated_network_scenarios_with_thrifty_rounds() {
+    for sc in SCENARIOS {
+        let sc = Scenario { thrifty: true, ..*sc };
+        let t = run_scenario(&sc, 200);
+        assert!(t.applied > 0 && t.reads > 0 && t.not_applied > 0, "{} (thrifty): {t:?}", sc.name);
     }
 }
 

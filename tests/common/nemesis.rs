@@ -580,7 +580,9 @@ fn outcome_of<T>(r: &Result<T, Error>) -> Option<Outcome> {
 /// applied) from one whose outcome is unknown (`Timeout: Unknown: ...`).
 fn serial_outcome_of<T>(r: &Result<T, Error>) -> Option<Outcome> {
     match r {
-        Err(Error::Timeout(m)) if m.contains("nothing was proposed") && !m.contains("Unknown") => Some(Outcome::NotProposed),
+        Err(Error::Timeout(m)) if (m.contains("nothing was proposed") || m.contains("so it was not applied")) && !m.contains("Unknown") => {
+            Some(Outcome::NotProposed)
+        }
         _ => outcome_of(r),
     }
 }

@@ -15,9 +15,11 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use quorumkv::Error;
+use quorumkv::client::Cas;
 use quorumkv::client::histogram::Histogram;
 use quorumkv::client::{Client, ToKey};
 use quorumkv::cluster::consistency::Consistency;
+use quorumkv::paxos::Expect;
 
 use crate::report::Report;
 
@@ -25,6 +27,9 @@ use crate::report::Report;
 pub(crate) enum Op {
     Ping,
     Mixed,
+    /// Compare-and-set: `put KEY NEW if CURRENT` (SERIAL), CURRENT the value
+    /// the client last saw for the key (a SERIAL read first, if it saw none).
+    Cas,
 }
 
 /// One load run.
@@ -44,6 +49,8 @@ pub(crate) struct Load {
     /// If set, each measured operation also goes into [`Report::phases`]`[p]`, `p`
     /// the larger of this phase's value (below [`PHASES`]) when it started and when it ended.
     pub(crate) phase: Option<Arc<AtomicU8>>,
+    /// Print each client's first error of each kind (to stderr).
+    pub(crate) show_errors: bool,
 }
 
 /// How many phases [`Load::phase`] tells apart.
@@ -225,9 +232,27 @@ pub(crate) fn put_keys(
     }
 }
 
+/// How the compare-and-sets of a run ended (errors aside).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CasCounts {
+    /// The condition held: written.
+    pub(crate) applied: u64,
+    /// The condition did not hold (another client changed the key first).
+    pub(crate) not_applied: u64,
+}
+
+/// A value no other compare-and-set writes: client `t`'s `n`th, padded to `size` bytes.
+fn cas_value(t: usize, n: u64, size: usize) -> Vec<u8> {
+    let mut v = format!("c{t}.{n}.").into_bytes();
+    v.resize(size.max(v.len()), b'v');
+    v
+}
+
 fn error_kind(e: &Error) -> &'static str {
     match e {
         Error::Unavailable(_) => "unavailable",
+        // A SERIAL operation whose proposal went out: may or may not have been applied.
+        Error::Timeout(m) if m.starts_with("Unknown:") => "unknown",
         Error::Timeout(_) => "timeout",
         Error::Io(_) | Error::Protocol(_) => "connection",
         _ => "other",
@@ -301,9 +326,14 @@ pub(crate) fn run(load: &Load) -> Report {
                     })
                 };
                 let mut client = connect().ok();
+                // Op::Cas: the value last seen per key index (outer None: not known).
+                let mut seen: std::collections::HashMap<u32, Option<Vec<u8>>> = std::collections::HashMap::new();
+                let mut cas = CasCounts::default();
+                let mut serial = 0u64;
                 barrier.wait();
                 while !stop.load(Ordering::Relaxed) {
-                    let key = load.keys.key(next_index(load.keys.len(), load.zipf.as_deref().map(Vec::as_slice), &mut rng));
+                    let index = next_index(load.keys.len(), load.zipf.as_deref().map(Vec::as_slice), &mut rng);
+                    let key = load.keys.key(index);
                     let read = rng.unit() < load.read_ratio;
                     let Some(c) = client.as_mut() else {
                         *errors.entry("connection").or_default() += 1;
@@ -317,6 +347,34 @@ pub(crate) fn run(load: &Load) -> Report {
                         Op::Ping => c.ping().map(|_| ()),
                         Op::Mixed if read => c.get(&key, load.level).map(|_| ()),
                         Op::Mixed => c.put(&key, &value, load.level).map(|_| ()),
+                        Op::Cas => {
+                            let counted = measuring.load(Ordering::Relaxed);
+                            let mut attempt = || -> Result<(), Error> {
+                                let expect = match seen.get(&index) {
+                                    Some(v) => v.clone(),
+                                    None => c.get(&key, Consistency::Serial)?,
+                                };
+                                serial += 1;
+                                let new = cas_value(t, serial, load.value_size);
+                                let condition = expect.map_or(Expect::Absent, |v| Expect::Equals(v.into()));
+                                match c.put_if(&key, &new, condition)? {
+                                    Cas::Applied(_) => {
+                                        seen.insert(index, Some(new));
+                                        cas.applied += u64::from(counted);
+                                    }
+                                    Cas::NotApplied { current } => {
+                                        seen.insert(index, current);
+                                        cas.not_applied += u64::from(counted);
+                                    }
+                                }
+                                Ok(())
+                            };
+                            let r = attempt();
+                            if r.is_err() {
+                                seen.remove(&index);
+                            }
+                            r
+                        }
                     };
                     let us = start.elapsed().as_micros() as u64;
                     let counted = measuring.load(Ordering::Relaxed);
@@ -335,6 +393,9 @@ pub(crate) fn run(load: &Load) -> Report {
                         Ok(()) => {}
                         Err(e) => {
                             if counted {
+                                if load.show_errors && !errors.contains_key(error_kind(&e)) {
+                                    eprintln!("client {t}: {e}");
+                                }
                                 *errors.entry(error_kind(&e)).or_default() += 1;
                             }
                             if matches!(e, Error::Io(_) | Error::Protocol(_)) {
@@ -343,7 +404,7 @@ pub(crate) fn run(load: &Load) -> Report {
                         }
                     }
                 }
-                (hist, phases, errors)
+                (hist, phases, errors, cas)
             })
         })
         .collect();
@@ -365,7 +426,9 @@ pub(crate) fn run(load: &Load) -> Report {
     let seconds = started.elapsed().as_secs_f64();
     let mut report = Report { seconds, ..Default::default() };
     for t in threads {
-        let (h, phases, e) = t.join().expect("client thread");
+        let (h, phases, e, cas) = t.join().expect("client thread");
+        report.cas.applied += cas.applied;
+        report.cas.not_applied += cas.not_applied;
         report.hist.merge(&h);
         for (all, mine) in report.phases.iter_mut().zip(&phases) {
             all.merge(mine);

@@ -6,8 +6,11 @@
 //! * `bench ping [flags]`: round trips of `Ping`, which a replica answers without
 //!   touching the store — the transport floor every other figure is judged against.
 //! * `bench matrix`: starts a cluster of release replicas on free loopback ports,
-//!   runs the standard matrix (and the murmur3 rows on a second cluster), prints
-//!   one table with the targets, stops the clusters.
+//!   runs the standard matrix (and the murmur3 rows on a second cluster, and the
+//!   SERIAL and compare-and-set rows), prints one table with the targets, stops
+//!   the clusters; `--only serial` runs the SERIAL and compare-and-set rows alone.
+//! * `bench --cas`: compare-and-set load (`put KEY NEW if CURRENT` at SERIAL), with
+//!   the share of them applied.
 //! * `bench memory --keys N`: redis-server and a one-replica quorumkv cluster
 //!   hold the same N keys: resident memory, then the time each takes to serve
 //!   them all again after a kill (redis from its RDB file, quorumkv from its
@@ -77,9 +80,15 @@ struct Args {
     /// Fraction of gets: 0 = all puts, 1 = all gets.
     #[arg(long, default_value_t = 0.5)]
     read_ratio: f64,
-    /// one, quorum or all.
+    /// one, quorum, all or serial (Paxos per key).
     #[arg(long, default_value = "one", value_parser = parse_level)]
     consistency: Consistency,
+    /// Compare-and-set load instead of get/put: each operation is `put KEY NEW if
+    /// CURRENT` at SERIAL, CURRENT the value the client last saw for the key (read at
+    /// SERIAL the first time); reports the share of them applied. `--keys 0-0
+    /// --clients 8`: eight clients racing on one key.
+    #[arg(long)]
+    cas: bool,
     /// Bytes per value written.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -118,6 +127,12 @@ struct Args {
     /// matrix: string keys of the murmur3 rows (preloaded); 0 skips them.
     #[arg(long, default_value_t = 100_000)]
     murmur3_keys: u32,
+    /// Print each client's first error of each kind on stderr (what "unknown" or "timeout" said).
+    #[arg(long)]
+    show_errors: bool,
+    /// matrix: run only these rows: `serial` (the SERIAL rows and their targets, the CAS rows).
+    #[arg(long)]
+    only: Option<String>,
     /// memory, snapshot, --preload: client threads that write the keys.
     #[arg(long, default_value_t = 32)]
     load_clients: usize,
@@ -137,7 +152,7 @@ enum Distribution {
 }
 
 fn parse_level(s: &str) -> Result<Consistency, String> {
-    Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use one, quorum or all"))
+    Consistency::parse(s).ok_or_else(|| format!("unknown consistency level {s:?}: use one, quorum, all or serial"))
 }
 
 /// `A-B` (integer keys, at most 255) or a count `N`, `Nk`, `NM` (string keys).
@@ -168,6 +183,7 @@ fn main() -> ExitCode {
         Some("memory") => storage::memory(&args),
         Some("snapshot") => storage::snapshot(&args),
         Some("storage") => storage::storage(&args),
+        None if args.cas => single(&args, Op::Cas),
         None => single(&args, Op::Mixed),
         Some(other) => Err(format!("unknown mode {other:?}: use ping, matrix, memory, snapshot, storage, or nothing for get/put load")),
     };
@@ -204,6 +220,7 @@ fn load_of(args: &Args, op: Op, targets: Vec<(String, u16)>) -> Load {
         keys,
         zipf: (args.distribution == Distribution::Zipf).then(|| Arc::new(zipf_cdf(n, args.zipf_s))),
         phase: None,
+        show_errors: args.show_errors,
     }
 }
 
@@ -224,7 +241,7 @@ fn check_murmur3(target: &(String, u16)) -> Result<(), String> {
 
 fn single(args: &Args, op: Op) -> Result<(), String> {
     let load = load_of(args, op, targets_of(args)?);
-    if op == Op::Mixed {
+    if op != Op::Ping {
         if let KeySpace::Strings(_) = load.keys {
             check_murmur3(&load.targets[0])?;
         }
@@ -249,6 +266,7 @@ fn single(args: &Args, op: Op) -> Result<(), String> {
     let label = match op {
         Op::Ping => format!("ping c={}", load.clients),
         Op::Mixed => format!("r={} {} c={}", load.read_ratio, load.level, load.clients),
+        Op::Cas => format!("CAS SERIAL c={}", load.clients),
     };
     if args.json {
         println!("{}", report.json(&label));

@@ -4,8 +4,10 @@
 //! and runs each row behind a target ratio in pairs with its ping reference. While
 //! the default mode's byte-ordered cluster still runs, a murmur3 cluster with
 //! `--murmur3-keys` string keys (preloaded) runs `get ONE` and `put QUORUM` at 32
-//! clients, each run right after the same row on the byte-ordered cluster. Then it
-//! prints the targets table.
+//! clients, each run right after the same row on the byte-ordered cluster. It ends
+//! with the SERIAL rows (each paired with the same load at QUORUM) and two
+//! compare-and-set rows that report the share of CAS applied. Then it prints the
+//! targets table. `--only serial` runs just the SERIAL and CAS rows.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -55,11 +57,17 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
     let mut results: BTreeMap<String, (f64, u64, u64)> = BTreeMap::new();
     // Per target row: each run's figures with those of the ping run just before it.
     let mut pairs: BTreeMap<String, Vec<Pair>> = BTreeMap::new();
-    for mode in [None, Some("HINTED-HANDOFF")] {
+    let serial_only = match args.only.as_deref() {
+        None => false,
+        Some("serial") => true,
+        Some(other) => return Err(format!("--only {other:?}: the matrix can run only `serial` (its SERIAL and CAS rows)")),
+    };
+    let modes: &[Option<&str>] = if serial_only { &[None] } else { &[None, Some("HINTED-HANDOFF")] };
+    for &mode in modes {
         let tag = format!("matrix-{}", mode.unwrap_or("default"));
         let cluster = Cluster::start(ClusterOpts::new(args, 4, mode, "", &tag))?;
         println!("\n== mode {}", mode.unwrap_or("READ-REPAIR+HINTED-HANDOFF (default)"));
-        if mode.is_none() {
+        if mode.is_none() && !serial_only {
             let idle: Vec<u64> = (0..4).map(|i| cluster.rss_kib(i)).collect();
             println!(
                 "idle replica resident memory: {} KiB (max {} KiB)",
@@ -97,26 +105,31 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             keys: KeySpace::Range(lo, hi),
             zipf: None,
             phase: None,
+            show_errors: args.show_errors,
         };
         use Consistency::{One, Quorum, Serial};
         let own = (0, 63); // keys the first coordinator holds
         let everything = (0, 255);
         let mut rows: Vec<(String, Load)> = Vec::new();
-        if mode.is_none() {
+        if mode.is_none() && !serial_only {
             rows.push(("ping c=1".into(), base(Op::Ping, first.clone(), 1, 0.0, One, own)));
             rows.push(("ping c=32".into(), base(Op::Ping, all.clone(), 32, 0.0, One, everything)));
         }
-        rows.push(("get ONE c=1 (local key)".into(), base(Op::Mixed, first.clone(), 1, 1.0, One, own)));
-        rows.push(("get ONE c=32".into(), base(Op::Mixed, all.clone(), 32, 1.0, One, everything)));
-        rows.push(("get QUORUM c=1".into(), base(Op::Mixed, first.clone(), 1, 1.0, Quorum, everything)));
-        rows.push(("get QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 1.0, Quorum, everything)));
-        if mode.is_none() {
+        if !serial_only {
+            rows.push(("get ONE c=1 (local key)".into(), base(Op::Mixed, first.clone(), 1, 1.0, One, own)));
+            rows.push(("get ONE c=32".into(), base(Op::Mixed, all.clone(), 32, 1.0, One, everything)));
+            rows.push(("get QUORUM c=1".into(), base(Op::Mixed, first.clone(), 1, 1.0, Quorum, everything)));
+            rows.push(("get QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 1.0, Quorum, everything)));
+        }
+        if mode.is_none() && !serial_only {
             rows.push(("put ONE c=1".into(), base(Op::Mixed, first.clone(), 1, 0.0, One, everything)));
             rows.push(("put ONE c=32".into(), base(Op::Mixed, all.clone(), 32, 0.0, One, everything)));
             rows.push(("put QUORUM c=1".into(), base(Op::Mixed, first.clone(), 1, 0.0, Quorum, everything)));
             rows.push(("put QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 0.0, Quorum, everything)));
         }
-        rows.push(("50/50 QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 0.5, Quorum, everything)));
+        if !serial_only {
+            rows.push(("50/50 QUORUM c=32".into(), base(Op::Mixed, all.clone(), 32, 0.5, Quorum, everything)));
+        }
         // The ping each target ratio is judged against, run alternately with the row.
         let reference = |label: &str| match TARGETS.iter().find(|t| t.row == label) {
             Some(t) if mode.is_none() && t.clients == 1 => Some(base(Op::Ping, first.clone(), 1, 0.0, One, own)),
@@ -155,7 +168,7 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             }
             let _ = std::io::stdout().flush();
         }
-        if mode.is_none() && args.murmur3_keys > 0 {
+        if mode.is_none() && args.murmur3_keys > 0 && !serial_only {
             let byte_ordered = [
                 ("get ONE c=32", base(Op::Mixed, all.clone(), 32, 1.0, One, everything)),
                 ("put QUORUM c=32", base(Op::Mixed, all.clone(), 32, 0.0, Quorum, everything)),
@@ -188,9 +201,19 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             for (label, load, reference) in &serial {
                 paired_row(args, label, load, reference, "QUORUM alongside", &mut results, &mut pairs);
             }
+            // Not targets: compare-and-set, on one key by 8 clients (contention) and on
+            // every key by 32; each reports its share of applied compare-and-sets.
+            for (label, keys, clients) in [("CAS SERIAL c=8 (one key)", (0, 0), 8), ("CAS SERIAL c=32", everything, 32)] {
+                let r = median((0..args.repeat.max(1)).map(|_| run(&base(Op::Cas, all.clone(), clients, 0.0, Serial, keys))).collect());
+                println!("{}", r.line(label));
+                if args.json {
+                    println!("{}", r.json(label));
+                }
+                results.insert(label.to_string(), r.figures());
+            }
         }
     }
-    print_targets(&results, &pairs, args.murmur3_keys > 0);
+    print_targets(&results, &pairs, args.murmur3_keys > 0 && !serial_only, serial_only);
     Ok(())
 }
 

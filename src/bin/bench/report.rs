@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use quorumkv::client::histogram::Histogram;
 
+use crate::load::CasCounts;
+
 /// What a run measured.
 #[derive(Default)]
 pub(crate) struct Report {
@@ -17,6 +19,8 @@ pub(crate) struct Report {
     /// With a phase flag ([`Load::phase`](crate::load::Load::phase)): the latencies of
     /// the operations in each phase.
     pub(crate) phases: [Histogram; crate::load::PHASES],
+    /// A compare-and-set load: how its measured attempts ended.
+    pub(crate) cas: crate::load::CasCounts,
 }
 
 impl Report {
@@ -30,12 +34,13 @@ impl Report {
     }
 
     pub(crate) fn json(&self, label: &str) -> String {
-        let errors: Vec<String> = ["unavailable", "timeout", "connection", "other"]
+        let errors: Vec<String> = ["unavailable", "timeout", "unknown", "connection", "other"]
             .iter()
             .map(|k| format!("\"{k}\":{}", self.errors.get(k).copied().unwrap_or(0)))
             .collect();
         format!(
-            "{{\"label\":\"{label}\",\"ops\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.1},\"p50_us\":{},\"p95_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"mean_us\":{:.1},\"errors\":{{{}}}}}",
+            "{{\"label\":\"{label}\",{}\"ops\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.1},\"p50_us\":{},\"p95_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"mean_us\":{:.1},\"errors\":{{{}}}}}",
+            self.cas_json(),
             self.ops,
             self.seconds,
             self.ops_per_sec(),
@@ -49,6 +54,23 @@ impl Report {
         )
     }
 
+    /// Of the measured compare-and-sets (none: `None`), the share applied and applied ones a second.
+    pub(crate) fn cas_rate(&self) -> Option<(f64, f64)> {
+        let CasCounts { applied, not_applied } = self.cas;
+        let decided = applied + not_applied;
+        (decided > 0).then(|| (applied as f64 / decided as f64, if self.seconds > 0.0 { applied as f64 / self.seconds } else { 0.0 }))
+    }
+
+    fn cas_json(&self) -> String {
+        match self.cas_rate() {
+            None => String::new(),
+            Some((share, per_sec)) => format!(
+                "\"cas_applied\":{},\"cas_not_applied\":{},\"cas_applied_share\":{share:.4},\"cas_applied_per_sec\":{per_sec:.1},",
+                self.cas.applied, self.cas.not_applied
+            ),
+        }
+    }
+
     pub(crate) fn line(&self, label: &str) -> String {
         let errs: u64 = self.errors.values().sum();
         let err = if errs == 0 {
@@ -57,8 +79,18 @@ impl Report {
             let parts: Vec<String> = self.errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
             format!("  errors: {}", parts.join(", "))
         };
+        let cas = match self.cas_rate() {
+            None => String::new(),
+            Some((share, per_sec)) => format!(
+                "\n{:<34} CAS applied {} of {} decided ({:.1} %), {per_sec:.0} applied/s; the rest found the value changed by another client",
+                "",
+                self.cas.applied,
+                self.cas.applied + self.cas.not_applied,
+                share * 100.0
+            ),
+        };
         format!(
-            "{label:<34} {:>9.0} ops/s  p50 {:>6}  p95 {:>6}  p99 {:>6}  p99.9 {:>6}  max {:>7} µs{err}",
+            "{label:<34} {:>9.0} ops/s  p50 {:>6}  p95 {:>6}  p99 {:>6}  p99.9 {:>6}  max {:>7} µs{err}{cas}",
             self.ops_per_sec(),
             self.hist.percentile(0.5),
             self.hist.percentile(0.95),
@@ -145,15 +177,17 @@ fn median_of(values: &mut [f64]) -> f64 {
     }
 }
 
-/// Prints the targets table; the murmur3 targets if `murmur3` (the rows ran, or should have).
-pub(crate) fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTreeMap<String, Vec<Pair>>, murmur3: bool) {
+/// Prints the targets table; the murmur3 targets if `murmur3` (the rows ran, or
+/// should have); only the SERIAL ones if `serial_only` (`bench matrix --only serial`).
+pub(crate) fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTreeMap<String, Vec<Pair>>, murmur3: bool, serial_only: bool) {
     let get = |k: &str| r.get(k).copied().unwrap_or_default();
     let mut rows = Vec::new();
     let mut ratio_row = |name: &str, value: f64, cmp: &str, target: f64, detail: String| {
         rows.push(verdict(name, value, cmp, target, &detail));
     };
     let murmur3_targets = if murmur3 { &MURMUR3_TARGETS[..] } else { &[] };
-    for t in TARGETS.iter().chain(murmur3_targets).chain(&SERIAL_TARGETS) {
+    let standard = if serial_only { &[][..] } else { &TARGETS[..] };
+    for t in standard.iter().chain(murmur3_targets).chain(&SERIAL_TARGETS) {
         // Every target row runs in pairs with its ping (at least one).
         let mut ratios: Vec<f64> = pairs.get(t.row).map_or(&[][..], Vec::as_slice).iter().map(|p| t.ratio(p.row, p.ping)).collect();
         let value = median_of(&mut ratios);
@@ -165,6 +199,13 @@ pub(crate) fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTree
         } else {
             ratio_row(t.name, value, cmp, t.target, format!("(median of {} pairs: {each})", ratios.len()));
         }
+    }
+    if serial_only {
+        println!("\n== targets (SERIAL only)");
+        for row in rows {
+            println!("{row}");
+        }
+        return;
     }
     let p32 = get("put QUORUM c=32");
     ratio_row(

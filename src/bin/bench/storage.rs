@@ -611,6 +611,7 @@ fn snapshot_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), Str
         keys: KeySpace::Strings(n),
         zipf: None,
         phase: Some(phase.clone()),
+        show_errors: args.show_errors,
     };
     let (report, w) = watched(&cluster, &load, &phase);
     let coverage = w.coverage();

@@ -9,12 +9,15 @@ use crate::proto;
 use crate::storage::cell::Version;
 
 /// The first bytes of every log file; the digits are the format version.
-/// Version 3 adds the Paxos records; version 2 (keys as bytes) and version 1
-/// (the seed's integer keys, in the records' `legacy_key`) are still read,
-/// never written. The version moves whenever a record kind is added, so an
-/// older quorumkv refuses a log it could only partly understand (prost would
-/// skip the unknown records without a word).
-pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG03";
+/// Version 4 adds the Paxos withdrawal record, version 3 the other Paxos
+/// records; versions 3, 2 (keys as bytes) and 1 (the seed's integer keys, in
+/// the records' `legacy_key`) are still read, never written. The version
+/// moves whenever a record kind is added, so an older quorumkv refuses a log
+/// it could only partly understand (prost would skip the unknown records
+/// without a word).
+pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG04";
+/// The magic of a version 3 log, read on recovery.
+pub(super) const LOG_MAGIC_V3: &[u8; 8] = b"QKVLOG03";
 /// The magic of a version 2 log, read on recovery.
 pub(super) const LOG_MAGIC_V2: &[u8; 8] = b"QKVLOG02";
 /// The magic of a version 1 log, read on recovery.
@@ -29,7 +32,7 @@ pub(super) const SNAP_MAGIC_V1: &[u8; 8] = b"QKVSNAP1";
 
 /// Whether `head` is a log magic this version reads (or, if shorter, the start of one).
 pub(super) fn log_magic_prefix(head: &[u8]) -> bool {
-    [LOG_MAGIC, LOG_MAGIC_V2, LOG_MAGIC_V1].iter().any(|m| m.starts_with(head))
+    [LOG_MAGIC, LOG_MAGIC_V3, LOG_MAGIC_V2, LOG_MAGIC_V1].iter().any(|m| m.starts_with(head))
 }
 /// A record's header: a little-endian `u32` body length, then a little-endian
 /// `u32` CRC-32C of the body.

@@ -254,8 +254,9 @@ mod tests {
         last_log(dir)
     }
 
-    /// A log of the version before Paxos (`QKVLOG02`) is still read; a file
-    /// with a magic this version does not know is refused.
+    /// Logs of the versions before Paxos (`QKVLOG02`) and before its
+    /// withdrawal record (`QKVLOG03`) are still read; a file with a magic
+    /// this version does not know is refused.
     #[test]
     fn an_older_log_is_read_and_an_unknown_one_refused() {
         let d = Dir::new("v2");
@@ -266,7 +267,12 @@ mod tests {
         let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
         assert_eq!(keys(&rec), vec![0, 1, 2]);
         drop(_wal);
-        data[..8].copy_from_slice(b"QKVLOG04");
+        data[..8].copy_from_slice(b"QKVLOG03");
+        fs::write(&path, &data).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), vec![0, 1, 2], "version 3, before the withdrawal record");
+        drop(_wal);
+        data[..8].copy_from_slice(b"QKVLOG05");
         fs::write(&path, &data).unwrap();
         let e = Wal::open(&d.0, FsyncMode::Always).err().expect("an unknown version is refused").to_string();
         assert!(e.contains("bad magic"), "{e}");
