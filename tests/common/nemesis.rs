@@ -34,7 +34,12 @@
 //! "Older" is real time: a write that ended before another began must end up
 //! with the smaller timestamp, so last-write-wins keeps the later one — even
 //! while the nemesis shifts a replica's clock by seconds (a coordinator whose
-//! counted acks show a newer version re-stamps its write above it). Writes that
+//! counted acks show a newer version re-stamps its write above it). Except a
+//! ONE write made while a clock was shifted (or before the clocks caught up,
+//! the shift after the heal): acknowledged by one replica, it need not be
+//! held by any replica a later write's acks come from, so nothing tells the
+//! later write to re-stamp, and the two are ordered by their timestamps only
+//! (as the README says); such a ONE write is never "older" here. Writes that
 //! were refused as `Unavailable` were never sent and count as not written; any
 //! other failure (timeout, lost connection) may or may not have been applied.
 //!
@@ -201,17 +206,34 @@ struct Writes<'a> {
     /// Per key, the deletes that may have been applied, by start, each with the
     /// latest end among it and those that started before it.
     deletes: HashMap<u32, Vec<(Duration, Duration)>>,
+    /// Per key, the starts of deletes at ONE made while a clock was shifted
+    /// (never "older": see the module docs).
+    skewed_deletes: HashMap<u32, Vec<Duration>>,
+    /// When clocks were shifted, each window stretched by the shift after its heal.
+    skews: &'a [(Duration, Duration)],
+}
+
+/// The windows in which a ONE write is not ordered by real time: each clock
+/// fault, stretched by its shift after the heal (the clocks that followed the
+/// shifted one keep its lead that long).
+pub fn skew_windows(faults: &[FaultRecord]) -> Vec<(Duration, Duration)> {
+    faults.iter().filter(|f| f.fault == Fault::ClockSkew).map(|f| (f.start, f.end + f.shift)).collect()
 }
 
 impl<'a> Writes<'a> {
-    fn new(history: &'a [Op]) -> Self {
-        let mut w = Writes { by_value: HashMap::new(), deletes: HashMap::new() };
+    fn new(history: &'a [Op], skews: &'a [(Duration, Duration)]) -> Self {
+        let mut w = Writes { by_value: HashMap::new(), deletes: HashMap::new(), skewed_deletes: HashMap::new(), skews };
         for op in history.iter().filter(|o| o.is_write()) {
             match op.written() {
                 Some(val) => {
                     w.by_value.insert(val, op);
                 }
-                None if op.may_have_written() => w.deletes.entry(op.key).or_default().push((op.start, op.end)),
+                None if op.may_have_written() => {
+                    w.deletes.entry(op.key).or_default().push((op.start, op.end));
+                    if w.skewed(op) {
+                        w.skewed_deletes.entry(op.key).or_default().push(op.start);
+                    }
+                }
                 None => {}
             }
         }
@@ -234,15 +256,22 @@ impl<'a> Writes<'a> {
             return true;
         }
         match value {
-            Some(val) => {
-                self.by_value.get(val).is_some_and(|x| x.key == key && x.may_have_written() && x.start <= read_end && x.end >= w.start)
-            }
+            Some(val) => self
+                .by_value
+                .get(val)
+                .is_some_and(|x| x.key == key && x.may_have_written() && x.start <= read_end && (x.end >= w.start || self.skewed(x))),
             None => {
+                let skewed = self.skewed_deletes.get(&key).is_some_and(|d| d.iter().any(|&start| start <= read_end));
                 let Some(d) = self.deletes.get(&key) else { return false };
                 let n = d.partition_point(|(start, _)| *start <= read_end);
-                n > 0 && d[n - 1].1 >= w.start
+                skewed || (n > 0 && d[n - 1].1 >= w.start)
             }
         }
+    }
+
+    /// A ONE write made in a window of shifted clocks: ordered by its timestamp only.
+    fn skewed(&self, x: &Op) -> bool {
+        x.level == Consistency::One && self.skews.iter().any(|&(from, to)| x.start <= to && x.end >= from)
     }
 }
 
@@ -256,10 +285,11 @@ pub struct Verdict {
 }
 
 /// Checks 1, 2 and 4 of the module docs over `history`, given the final QUORUM
-/// read of each key (`final_reads[key]`, `None` = not found).
-pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Duration)>) -> Verdict {
+/// read of each key (`final_reads[key]`, `None` = not found) and the windows
+/// of shifted clocks ([`skew_windows`]).
+pub fn check(history: &[Op], final_reads: &BTreeMap<u32, (Option<String>, Duration)>, skews: &[(Duration, Duration)]) -> Verdict {
     let mut v = Verdict::default();
-    let writes = Writes::new(history);
+    let writes = Writes::new(history, skews);
     let by_value = &writes.by_value;
 
     // 2. No invented values (in the history and in the final reads).
@@ -479,6 +509,8 @@ pub struct FaultRecord {
     pub fault: Fault,
     /// Its parameters.
     pub detail: String,
+    /// A clock fault's shift, either way (zero for the others).
+    pub shift: Duration,
 }
 
 impl Report {
@@ -874,6 +906,7 @@ pub fn run(cfg: Config) -> Report {
                 break;
             }
             let started = t0.elapsed();
+            let mut shift = Duration::ZERO;
             let detail = match fault {
                 Fault::Kill => {
                     c.kill(victim);
@@ -890,6 +923,7 @@ pub fn run(cfg: Config) -> Report {
                 }
                 Fault::ClockSkew => {
                     let ms = (500 + rng.below(2500)) as i64 * if rng.chance(0.5) { 1 } else { -1 };
+                    shift = Duration::from_millis(ms.unsigned_abs());
                     admin(&c, victim, FaultRequest { clock_offset_ms: ms, ..fault_request(FaultAction::Clock, vec![], 0) });
                     std::thread::sleep(hold);
                     admin(&c, victim, fault_request(FaultAction::Heal, vec![], 0));
@@ -918,7 +952,7 @@ pub fn run(cfg: Config) -> Report {
                 break;
             }
             c.wait_all_up();
-            faults.push(FaultRecord { start: started, end: t0.elapsed(), replica: victim, fault, detail });
+            faults.push(FaultRecord { start: started, end: t0.elapsed(), replica: victim, fault, detail, shift });
         }
     });
     let mut history = history.into_inner().unwrap();
@@ -998,7 +1032,7 @@ pub fn run(cfg: Config) -> Report {
         final_reads.insert(key, (r.value.map(|v| String::from_utf8_lossy(&v).into_owned()), end));
         final_versions.insert(key, r.version);
     }
-    let mut verdict = check(&history, &final_reads);
+    let mut verdict = check(&history, &final_reads, &skew_windows(&faults));
     let serial = cfg.serial.then(|| check_serial(&history, &mut verdict));
 
     // 3b. Convergence within 30 s of the heal, on a version no older than the final read's.

@@ -25,7 +25,9 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM, ALL or SERIAL):
   del KEY [CL]            delete KEY (writes a tombstone)
   del KEY if OLD          delete KEY only if it holds OLD (SERIAL compare-and-set)
   consistency [CL]        show or set the session's default level (starts at ONE); SERIAL runs Paxos per key:
-                          linearizable, about 2 round trips a write and 1 a read
+                          linearizable, about 2 round trips a write and 1 a read; it sees a QUORUM or ALL write
+                          acknowledged before it began, but a plain write concurrent with a SERIAL one on the same
+                          key may be lost to it (README: Mixing levels on one key)
   status                  each replica: address, up/down as the coordinator sees it, key range, hints held for it
   inspect KEY             what each replica of KEY holds, one line per replica
   display                 what every replica holds, and which keys differ between replicas
