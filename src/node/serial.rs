@@ -19,7 +19,7 @@
 //!    own acceptor, answered once durable (as a write's local copy is). A
 //!    round goes to a quorum only; it is widened to the other live replicas
 //!    when one of those fails to answer, and by a timer check when it has
-//!    waited 5 ms (`WIDEN_AFTER`). Each reply is tagged with the replica and the
+//!    waited 10 ms (`WIDEN_AFTER`). Each reply is tagged with the replica and the
 //!    kind of message it answers (a failed prepare or commit says nothing
 //!    about the operation's proposal).
 //! 4. **Nobody waits.** A reply is handed to the proposer on the thread that
@@ -339,7 +339,7 @@ impl Node {
 
 /// How long a thrifty round waits for its quorum before it is sent to the
 /// other live replicas too (a failure to answer widens it at once).
-const WIDEN_AFTER: Duration = Duration::from_millis(5);
+const WIDEN_AFTER: Duration = Duration::from_millis(10);
 
 /// Timer wake-ups of deadlines and round checks are shared: their due times
 /// are rounded up to a multiple of this.
