@@ -17,6 +17,9 @@ pub enum Mode {
     ReadRepair,
     /// Hinted handoff only: reads never repair.
     HintedHandoff,
+    /// Neither: replicas converge by anti-entropy alone (for tests of it, and
+    /// clusters that repair on a schedule).
+    NoRepair,
 }
 
 impl Mode {
@@ -26,7 +29,8 @@ impl Mode {
             "READ-REPAIR" => Ok(Mode::ReadRepair),
             "HINTED-HANDOFF" => Ok(Mode::HintedHandoff),
             "BOTH" => Ok(Mode::Both),
-            _ => Err(Error::Config(format!("unknown mode {s:?}: use READ-REPAIR or HINTED-HANDOFF, or omit it for both"))),
+            "NONE" => Ok(Mode::NoRepair),
+            _ => Err(Error::Config(format!("unknown mode {s:?}: use READ-REPAIR, HINTED-HANDOFF or NONE, or omit it for both"))),
         }
     }
 
@@ -47,6 +51,7 @@ impl fmt::Display for Mode {
             Mode::Both => "READ-REPAIR+HINTED-HANDOFF",
             Mode::ReadRepair => "READ-REPAIR",
             Mode::HintedHandoff => "HINTED-HANDOFF",
+            Mode::NoRepair => "NONE",
         })
     }
 }
@@ -98,6 +103,8 @@ pub struct NodeConfig {
     pub ack_log: Option<PathBuf>,
     /// Accept the admin requests that drop or delay messages and pause the replica (tests, demos).
     pub enable_fault_injection: bool,
+    /// How often a background anti-entropy pass starts (zero: never; `repair` still runs one).
+    pub anti_entropy_interval: Duration,
 }
 
 impl NodeConfig {
@@ -126,6 +133,7 @@ impl NodeConfig {
             snapshot_bytes: 64 << 20,
             ack_log: None,
             enable_fault_injection: false,
+            anti_entropy_interval: Duration::from_secs(600),
         }
     }
 

@@ -40,6 +40,7 @@
 
 pub mod paxos;
 pub mod scan;
+pub mod sync;
 
 use crate::cluster::consistency::Consistency;
 use crate::cluster::key::{DEFAULT_MAX_KEY_BYTES, KEYS, Key, Partitioner};
@@ -173,6 +174,11 @@ pub enum ClientRequest {
         /// The most keys the page looks at (1 to [`MAX_SCAN_COUNT`]).
         count: u32,
     },
+    /// Anti-entropy now: start a full pass if `start` (unless one runs); report the latest.
+    Repair {
+        /// Start a pass.
+        start: bool,
+    },
 }
 
 /// A request a peer sent on its replica link.
@@ -228,6 +234,29 @@ pub enum PeerRequest {
     },
     /// A Paxos proposer's request to this replica's acceptor.
     Paxos(crate::paxos::Request),
+    /// The hash trees of one slot's groups (anti-entropy).
+    Tree {
+        /// The store slot.
+        slot: u8,
+        /// Send every tree's leaves, not only its root.
+        leaves: bool,
+    },
+    /// The cells (values whole) of some leaves of one group, in key order.
+    Cells {
+        /// The store slot.
+        slot: u8,
+        /// The group's token range in the ring.
+        range: u32,
+        /// Bit i: leaf i (0: every leaf).
+        leaves: u64,
+        /// Start after this key.
+        after: Option<Key>,
+    },
+    /// Merge these cells by last-write-wins; acknowledged once durable.
+    Apply {
+        /// At most [`MAX_BATCH`] cells.
+        cells: Vec<(Key, Version)>,
+    },
 }
 
 /// A replica's answer to a [`PeerRequest`].
@@ -265,6 +294,17 @@ pub enum PeerResponse {
     },
     /// To [`PeerRequest::Paxos`]: the acceptor's answer.
     Paxos(crate::paxos::Response),
+    /// To [`PeerRequest::Tree`]: one tree per group the replica holds cells of.
+    Tree(Vec<sync::GroupTree>),
+    /// To [`PeerRequest::Cells`].
+    Cells {
+        /// The cells, in key order.
+        cells: Vec<(Key, Version)>,
+        /// The replica holds more after the last one.
+        more: bool,
+    },
+    /// To [`PeerRequest::Apply`]: how many cells changed the store.
+    Applied(u32),
 }
 
 /// A peer's reply, or why there is none.
@@ -304,6 +344,8 @@ pub enum Reply {
     Token(proto::TokenResult),
     /// To `Scan`.
     Scan(proto::ScanResult),
+    /// To `Repair`: the latest anti-entropy pass.
+    Repair(proto::RepairResult),
     /// The request failed.
     Error(Error),
 }
@@ -387,6 +429,7 @@ impl ClientRequest {
             B::Inspect(i) => ClientRequest::Inspect { key: limits.key(i.key)? },
             B::Token(t) => ClientRequest::Token { key: limits.key(t.key)? },
             B::Scan(s) => ClientRequest::Scan { cursor: ScanCursor::parse(s.cursor, limits)?, count: scan::scan_count(s.count)? },
+            B::Repair(r) => ClientRequest::Repair { start: r.start },
             // Fault injection checks its own fields (peer names need the ring), after
             // refusing everything when the replica runs without --enable-fault-injection.
             B::Fault(f) => ClientRequest::Fault(f),
@@ -399,7 +442,10 @@ impl ClientRequest {
             | B::ReplicaScan(_)
             | B::PaxosPrepare(_)
             | B::PaxosPropose(_)
-            | B::PaxosCommit(_) => {
+            | B::PaxosCommit(_)
+            | B::ReplicaTree(_)
+            | B::ReplicaCells(_)
+            | B::ReplicaApply(_) => {
                 return Err(Error::InvalidRequest(REPLICA_ON_CLIENT.into()));
             }
         })
@@ -451,6 +497,14 @@ impl PeerRequest {
             B::PaxosPrepare(m) => PeerRequest::Paxos(paxos::parse_prepare(m, limits)?),
             B::PaxosPropose(m) => PeerRequest::Paxos(paxos::parse_propose(m, limits)?),
             B::PaxosCommit(m) => PeerRequest::Paxos(paxos::parse_commit(m, limits)?),
+            B::ReplicaTree(t) => PeerRequest::Tree { slot: sync::slot(t.slot, "hash trees")?, leaves: t.leaves },
+            B::ReplicaCells(c) => PeerRequest::Cells {
+                slot: sync::slot(c.slot, "cells")?,
+                range: c.range,
+                leaves: c.leaves,
+                after: sync::after(c.after, limits)?,
+            },
+            B::ReplicaApply(a) => PeerRequest::Apply { cells: sync::cells(a.cells, limits, "a replica apply")? },
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_)
             | B::Put(_)
@@ -460,7 +514,8 @@ impl PeerRequest {
             | B::Display(_)
             | B::Fault(_)
             | B::Token(_)
-            | B::Scan(_) => {
+            | B::Scan(_)
+            | B::Repair(_) => {
                 return Err(Error::InvalidRequest(CLIENT_ON_REPLICA.into()));
             }
         })
@@ -490,6 +545,14 @@ impl PeerRequest {
                 B::ReplicaScan(proto::ReplicaScan { slot: slot.into(), after: after.map(|k| k.to_vec()).unwrap_or_default(), count })
             }
             PeerRequest::Paxos(r) => paxos::request_to_proto(r),
+            PeerRequest::Tree { slot, leaves } => B::ReplicaTree(proto::ReplicaTree { slot: slot.into(), leaves }),
+            PeerRequest::Cells { slot, range, leaves, after } => B::ReplicaCells(proto::ReplicaCells {
+                slot: slot.into(),
+                range,
+                leaves,
+                after: after.map(|k| k.to_vec()).unwrap_or_default(),
+            }),
+            PeerRequest::Apply { cells } => B::ReplicaApply(proto::ReplicaApply { cells: sync::cells_to_proto(cells) }),
         }
     }
 }
@@ -519,6 +582,9 @@ impl PeerResponse {
                 B::ReplicaScan(proto::ReplicaScanResult { entries: entries.into_iter().map(scan::entry_to_proto).collect(), more })
             }
             PeerResponse::Paxos(r) => paxos::response_to_proto(r),
+            PeerResponse::Tree(t) => B::ReplicaTree(sync::trees_to_proto(t)),
+            PeerResponse::Cells { cells, more } => B::ReplicaCells(proto::CellsResult { cells: sync::cells_to_proto(cells), more }),
+            PeerResponse::Applied(changed) => B::ReplicaApply(proto::ApplyResult { changed }),
         }
     }
 
@@ -547,6 +613,20 @@ impl PeerResponse {
             Some(p @ (B::PaxosPromise(_) | B::PaxosRejected(_) | B::PaxosAccepted(_) | B::PaxosCommitted(_))) => {
                 PeerResponse::Paxos(paxos::response_from_proto(p, from)?)
             }
+            Some(B::ReplicaTree(t)) => PeerResponse::Tree(sync::trees(t, from)?),
+            Some(B::ReplicaCells(c)) => PeerResponse::Cells {
+                // A peer's cells are trusted as its store holds them (checked when they were written).
+                cells: c
+                    .cells
+                    .into_iter()
+                    .map(|c| {
+                        let v = c.version.ok_or_else(|| Error::Protocol(format!("{from} sent a cell without a version")))?;
+                        Ok((Key::trusted(c.key), Version::from_proto(v)))
+                    })
+                    .collect::<Result<_>>()?,
+                more: c.more,
+            },
+            Some(B::ReplicaApply(a)) => PeerResponse::Applied(a.changed),
             Some(other) => return Err(Error::Protocol(format!("{from} sent a reply no replica request has: {other:?}"))),
         })
     }
@@ -581,6 +661,7 @@ impl Reply {
             Reply::Fault(f) => B::Fault(f),
             Reply::Token(t) => B::Token(t),
             Reply::Scan(s) => B::Scan(s),
+            Reply::Repair(r) => B::Repair(r),
             Reply::Error(e) => B::Error(e.to_proto()),
         }
     }
@@ -666,6 +747,9 @@ mod tests {
             }),
             B::PaxosPropose(proto::PaxosPropose::default()),
             B::PaxosCommit(proto::PaxosCommit::default()),
+            B::ReplicaTree(proto::ReplicaTree::default()),
+            B::ReplicaCells(proto::ReplicaCells::default()),
+            B::ReplicaApply(proto::ReplicaApply::default()),
         ] {
             refused(client(replica_only), "replica-to-replica request on a client connection");
         }

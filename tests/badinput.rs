@@ -252,6 +252,8 @@ fn client_base(rng: &mut Rng) -> proto::Request {
             B::Display(proto::DisplayRequest { max_value_len: rng.below(2000) as u32, max_keys: rng.below(2000) as u32 })
         }
         16 => B::Status(proto::StatusRequest {}),
+        // Now and then a repair: a full pass is cheap on the flood's few keys.
+        17 if rng.chance(4) => B::Repair(proto::RepairRequest { start: rng.chance(8) }),
         _ => B::Fault(proto::FaultRequest {
             action: rng.below(7) as i32,
             peers: vec!["r1".into()],
@@ -267,7 +269,7 @@ fn client_base(rng: &mut Rng) -> proto::Request {
 /// A well-formed replica-to-replica request.
 fn peer_base(rng: &mut Rng) -> proto::Request {
     let key = base_key(rng);
-    let body = match rng.below(8) {
+    let body = match rng.below(11) {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
         3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)) }),
@@ -280,6 +282,22 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
             digest_slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
         }),
         7 if rng.chance(2) => paxos_request(rng, key),
+        8 => B::ReplicaTree(proto::ReplicaTree { slot: rng.below(300) as u32, leaves: rng.chance(2) }),
+        9 => B::ReplicaCells(proto::ReplicaCells {
+            slot: rng.below(300) as u32,
+            range: rng.below(100) as u32,
+            leaves: rng.next() >> rng.below(64),
+            after: if rng.chance(3) { base_key(rng) } else { Vec::new() },
+        }),
+        10 => B::ReplicaApply(proto::ReplicaApply {
+            cells: (0..rng.below(4))
+                .map(|_| proto::KeyVersion {
+                    key: base_key(rng),
+                    version: if rng.chance(10) { None } else { Some(version(rng)) },
+                    truncated: false,
+                })
+                .collect(),
+        }),
         _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| base_key(rng)).collect() }),
     };
     proto::Request { id: rng.next() >> rng.below(64), body: Some(body) }
@@ -761,7 +779,11 @@ fn served_kind(req: &B, resp: &R) -> bool {
         | (B::ReplicaScan(_), R::ReplicaScan(_))
         | (B::PaxosPrepare(_), R::PaxosPromise(_) | R::PaxosRejected(_))
         | (B::PaxosPropose(_), R::PaxosAccepted(_) | R::PaxosRejected(_))
-        | (B::PaxosCommit(_), R::PaxosCommitted(_)) => true,
+        | (B::PaxosCommit(_), R::PaxosCommitted(_))
+        | (B::Repair(_), R::Repair(_))
+        | (B::ReplicaTree(_), R::ReplicaTree(_))
+        | (B::ReplicaCells(_), R::ReplicaCells(_))
+        | (B::ReplicaApply(_), R::ReplicaApply(_)) => true,
         (B::ReplicaReadBatch(b), R::ReplicaReadBatch(r)) => b.keys.len() == r.results.len(),
         _ => false,
     }

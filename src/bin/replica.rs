@@ -25,7 +25,7 @@ struct Args {
     /// The cluster file: `name host port` a line, in ring order, and optional
     /// `partitioner byte-ordered|murmur3`, `rf N`, `vnodes N` lines.
     replicas_file: String,
-    /// READ-REPAIR or HINTED-HANDOFF (default: both).
+    /// READ-REPAIR, HINTED-HANDOFF or NONE (default: both; anti-entropy runs in every mode).
     mode: Option<String>,
     /// Replication factor (default 3); a cluster file's `rf` line sets it for every replica.
     #[arg(long)]
@@ -86,6 +86,10 @@ struct Args {
     /// and for breaking a local cluster by hand. Never on a production cluster.
     #[arg(long)]
     enable_fault_injection: bool,
+    /// How often a background anti-entropy pass compares this replica's data
+    /// with the other replicas' and repairs what differs (0: never; the console's `repair` runs one now).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    anti_entropy_interval: std::time::Duration,
     /// Address to listen on (default: this replica's host in the cluster file).
     #[arg(long)]
     bind: Option<IpAddr>,
@@ -127,6 +131,7 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.mode = args.mode.as_deref().map(Mode::parse).transpose()?.unwrap_or(Mode::Both);
     cfg.request_timeout = args.timeout;
     cfg.hint_window = args.hint_window;
+    cfg.anti_entropy_interval = args.anti_entropy_interval;
     cfg.max_hint_bytes = args.max_hint_bytes;
     cfg.hint_rate = args.hint_rate;
     cfg.max_value_bytes = args.max_value_bytes as usize;

@@ -214,6 +214,16 @@ impl Client {
         }
     }
 
+    /// Anti-entropy: with `start`, asks the coordinator for a full pass over
+    /// every group of the cluster (unless one runs already); either way
+    /// answers with the pass to follow (its id, progress and totals).
+    pub fn repair(&mut self, start: bool) -> Result<proto::RepairResult> {
+        match self.request(request::Body::Repair(proto::RepairRequest { start }))? {
+            response::Body::Repair(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A fault-injection request to the replica this client is connected to (refused unless it
     /// runs with `--enable-fault-injection`); answers with the faults now active there.
     pub fn fault(&mut self, req: proto::FaultRequest) -> Result<proto::FaultResult> {

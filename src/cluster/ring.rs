@@ -271,12 +271,18 @@ impl Ring {
     /// where the slot alone places a key). With the slot, it names the group
     /// of keys that share one replica set.
     pub fn range_index(&self, key: &[u8]) -> u32 {
+        self.group_leaf(key).0
+    }
+
+    /// The token range of `key` (as [`range_index`](Self::range_index)) and
+    /// its anti-entropy leaf ([`token::leaf`]; 0 in a byte-ordered ring), hashing the key once.
+    pub fn group_leaf(&self, key: &[u8]) -> (u32, u8) {
         match &self.placement {
-            Placement::Bytes { .. } => 0,
+            Placement::Bytes { .. } => (0, 0),
             Placement::Tokens { tokens, .. } => {
                 let t = token::token(key);
                 let i = tokens.partition_point(|&x| x < t);
-                if i == tokens.len() { 0 } else { i as u32 }
+                (if i == tokens.len() { 0 } else { i as u32 }, token::leaf(t))
             }
         }
     }

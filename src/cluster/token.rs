@@ -99,6 +99,12 @@ pub fn slot(token: Token) -> u8 {
     ((token as u64 ^ (1 << 63)) >> 56) as u8
 }
 
+/// The leaf of an anti-entropy hash tree that a token falls in: the six
+/// bits below its [`slot`]'s byte (so each leaf is a contiguous stretch of the ring).
+pub fn leaf(token: Token) -> u8 {
+    ((token as u64 ^ (1 << 63)) >> 50) as u8 & 63
+}
+
 /// Why tokens cannot make a ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {

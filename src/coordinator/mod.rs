@@ -19,6 +19,9 @@
 //!   every replica has replied or timed out.
 //! * [`gather::GatherMachine`] — one question to several replicas, every
 //!   answer kept (inspect, display, hint replay, scan).
+//! * [`antientropy::SyncMachine`] — one slot's anti-entropy exchange among
+//!   its replicas: roots, the leaves of groups that differ, then the cells of
+//!   the leaves that differ, the newest version sent where it is missing.
 //! * [`scan`] — the pure half of `scan`: merging the replicas' listings of a
 //!   slot into a page, and the token ranges a slot spans.
 //!
@@ -36,6 +39,7 @@
 //! [`tally`] counts a call's replies toward the level (with the quorum tracker
 //! of [`crate::cluster::consistency`]) and remembers why replicas failed.
 
+pub mod antientropy;
 pub mod call;
 pub mod command;
 pub mod gather;

@@ -125,13 +125,14 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
             }
         }
         let started = spawn_named(s, "maintenance".into(), || maintenance(node, links));
-        let Workers { repairs, urgent, peer_up } = workers;
+        let Workers { repairs, urgent, peer_up, repair_wake } = workers;
         let started = started & spawn_named(s, "repair".into(), move || node.repair_worker(urgent, repairs));
         let started = started & spawn_named(s, "hints".into(), move || hint_worker(node, peer_up));
         let started = started && spawn_named(s, "read-batcher".into(), || node.read_batcher.run(links, &node.shutdown));
         let started = started && (!links.faults.enabled() || spawn_named(s, "faults".into(), || delayer(node, links)));
         let started = started && (node.wal.is_none() || spawn_named(s, "syncer".into(), || syncer(node)));
         let started = started && (node.wal.is_none() || spawn_named(s, "snapshots".into(), || snapshotter(node)));
+        let started = started && spawn_named(s, "anti-entropy".into(), move || node.anti_entropy_loop(&repair_wake));
         if !started {
             error!("cannot start the background threads; stopping");
             stop(node, links);

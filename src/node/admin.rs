@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
-use crate::cluster::token::murmur3_x64_128;
+use crate::coordinator::antientropy::cell_hash;
 use crate::coordinator::call::Call;
 use crate::coordinator::gather::GatherMachine;
 use crate::message::{MAX_DUMP_CELLS, MAX_PAGE_BYTES, PeerRequest, PeerResponse, PeerResult};
 use crate::node::Node;
 use crate::proto;
 use crate::storage::cell::Version;
-use crate::storage::hlc::Timestamp;
 
 /// Cuts `v` to at most `max` bytes; says whether it cut. (Values are bytes:
 /// the console escapes whatever is not UTF-8, a cut character included.)
@@ -26,12 +25,6 @@ fn truncate(v: &mut Vec<u8>, max: usize) -> bool {
 
 /// One replica's cells in the slots `display` looked into: key → (version, value cut).
 type Listing = BTreeMap<Vec<u8>, (Version, bool)>;
-
-/// A cell's contribution to its group's digest: a hash of its key, timestamp and tombstone flag.
-fn cell_hash(key: &[u8], ts: Timestamp, tombstone: bool) -> u64 {
-    let seed = ts.micros.rotate_left(17) ^ u64::from(ts.node) ^ u64::from(tombstone);
-    murmur3_x64_128(key, seed).0
-}
 
 /// `display` asks for the digests of this many slots at a time.
 const DIGEST_SLOTS: usize = 16;

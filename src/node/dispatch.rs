@@ -53,6 +53,7 @@ impl Node {
             ClientRequest::Display { max_value_len, max_keys } => Reply::Display(self.display(max_value_len, max_keys)),
             ClientRequest::Token { key } => Reply::Token(self.token(&key)),
             ClientRequest::Scan { cursor, count } => Reply::Scan(self.scan(cursor, count)?),
+            ClientRequest::Repair { start } => Reply::Repair(self.repair(start)),
             ClientRequest::Fault(_) => return Err(Error::Internal("fault requests are served by the network layer".into())),
         };
         Ok(Answered::Now(Handled::of(reply)))

@@ -21,6 +21,8 @@
 //! * [`timer`] — one thread for the SERIAL operations' back-offs and deadlines.
 //! * [`admin`] — `status`, `inspect` and `display`.
 //! * [`scan`] — `token` (where a key lives) and `scan` (a walk over every key, in pages).
+//! * [`antientropy`] — anti-entropy: this replica's hash trees and cells for
+//!   another's exchange, the exchanges it runs, background passes and `repair`.
 //! * [`background`] — read repairs and hint replay, for the server's long-lived threads.
 //! * [`startup`] — recovery from the log and snapshots.
 //!
@@ -51,6 +53,7 @@
 //!    background by the repair worker.
 
 pub mod admin;
+pub mod antientropy;
 pub mod background;
 pub mod coordinate;
 pub mod dispatch;
@@ -154,6 +157,8 @@ pub struct Workers {
     pub urgent: Receiver<RepairJob>,
     /// Peers that just came up (hint replay).
     pub peer_up: Receiver<NodeId>,
+    /// `repair` asked for a pass (the anti-entropy thread).
+    pub repair_wake: Receiver<()>,
 }
 
 /// One replica.
@@ -202,6 +207,9 @@ pub struct Node {
     urgent_tx: Sender<RepairJob>,
     /// Sender side of the peer-up channel, handed to the links.
     pub peer_up_tx: Sender<NodeId>,
+    /// Anti-entropy passes: running, last, asked for.
+    passes: parking_lot::Mutex<antientropy::Passes>,
+    repair_wake: Sender<()>,
 }
 
 impl Node {
@@ -226,6 +234,7 @@ impl Node {
         let (repair_tx, repairs) = unbounded();
         let (urgent_tx, urgent) = unbounded();
         let (peer_up_tx, peer_up) = unbounded();
+        let (repair_wake, repair_wake_rx) = unbounded();
         let others: Vec<(NodeId, String)> = ring.nodes().iter().map(|n| (n.id, n.name.clone())).collect();
         let mut store = Store::new(None, ring.partitioner());
         let mut hints = HintStore::new(others, cfg.hint_window, cfg.max_hint_bytes, None);
@@ -271,11 +280,13 @@ impl Node {
             repair_tx,
             urgent_tx,
             peer_up_tx,
+            passes: parking_lot::Mutex::new(antientropy::Passes::default()),
+            repair_wake,
         };
         if let Some(loaded) = loaded {
             node.recovered(loaded);
         }
-        Ok((Arc::new(node), Workers { repairs, urgent, peer_up }))
+        Ok((Arc::new(node), Workers { repairs, urgent, peer_up, repair_wake: repair_wake_rx }))
     }
 
     /// This node's name.

@@ -70,6 +70,9 @@ impl Node {
             PeerRequest::Scan { slot, after, count } => Ok(self.replica_scan(slot, after, count)),
             PeerRequest::Ping => Ok(PeerResponse::Pong(self.cfg.name.clone())),
             PeerRequest::Paxos(req) => return self.serve_paxos(req),
+            PeerRequest::Tree { slot, leaves } => Ok(PeerResponse::Tree(self.tree(slot, leaves))),
+            PeerRequest::Cells { slot, range, leaves, after } => Ok(self.cells_of(slot, range, leaves, after.as_ref())),
+            PeerRequest::Apply { cells } => return self.apply_cells(cells),
         };
         (result, None)
     }

@@ -428,6 +428,33 @@ impl Store {
         (out, more)
     }
 
+    /// The cells of slot `slot` after key `after` that `keep` accepts, in key
+    /// order, values whole, stopping once the keys and values listed reach
+    /// `max_bytes`; and whether the slot holds more past the last one listed
+    /// (true may be said of a slot whose remaining cells `keep` would refuse).
+    pub fn cells_where(
+        &self,
+        slot: u8,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> (Vec<(Key, Version)>, bool) {
+        use std::ops::Bound;
+        let probe = after.map(Head::probe);
+        let lower = probe.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+        let map = self.slots[slot as usize].read();
+        let mut cells = map.cells.range::<Head, _>((lower, Bound::Unbounded)).filter(|e| keep(e.key()));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while bytes < max_bytes {
+            let Some(e) = cells.next() else { return (out, false) };
+            bytes += e.footprint() as usize;
+            out.push((Key::trusted(e.key()), e.version()));
+        }
+        let more = cells.next().is_some();
+        (out, more)
+    }
+
     /// Calls `f` with the key, timestamp and tombstone flag of every cell of
     /// slot `slot`, in key order, under its read lock (nothing copied; `f`
     /// must be quick: writers to this slot wait).

@@ -15,6 +15,47 @@ fn fmt_bytes(b: u64) -> String {
     }
 }
 
+/// `repair`'s progress line: a bar of the slots done, what was sent, the time.
+pub fn format_repair_progress(r: &proto::RepairResult) -> String {
+    const WIDTH: u32 = 30;
+    let slots = r.slots.max(1);
+    let filled = (r.slots_done.min(slots) * WIDTH / slots) as usize;
+    let rate = if r.elapsed_secs > 0.0 { r.slots_done as f64 / r.elapsed_secs } else { 0.0 };
+    let left = if rate > 0.0 { format!(", about {:.0} s left", f64::from(slots - r.slots_done.min(slots)) / rate) } else { String::new() };
+    format!(
+        "[{}{}] {}/{} slots, {} cells ({}) sent, {:.1} s{left}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        r.slots_done,
+        r.slots,
+        r.cells_sent,
+        fmt_bytes(r.bytes_sent),
+        r.elapsed_secs
+    )
+}
+
+/// A finished `repair` pass: what it compared and what it sent.
+pub fn format_repair(r: &proto::RepairResult) -> String {
+    let mut s = format!(
+        "repair pass {}: {} slots, {} groups compared, {} differed; {} cells ({}) sent to replicas that lacked them; {} of trees and cells compared; {:.1} s",
+        r.pass,
+        r.slots_done,
+        r.groups,
+        r.differing,
+        r.cells_sent,
+        fmt_bytes(r.bytes_sent),
+        fmt_bytes(r.bytes_compared),
+        r.elapsed_secs
+    );
+    if r.skipped > 0 {
+        let _ = write!(s, "\n{} groups skipped: fewer than two of their replicas answered (run repair again once they are up)", r.skipped);
+    }
+    if !r.error.is_empty() {
+        let _ = write!(s, "\nstopped early: {}", r.error);
+    }
+    s
+}
+
 /// How long ago a wall-clock time in microseconds was (`never` for 0).
 fn fmt_age(micros: u64) -> String {
     if micros == 0 {

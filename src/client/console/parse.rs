@@ -37,6 +37,9 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM, ALL or SERIAL):
   scan [CURSOR] [COUNT]   a page of every key in the cluster: up to COUNT (default 10, at most 10000) keys from CURSOR
                           (0 or none: the start; fewer once their bytes pass 1 MiB), then the cursor of the next page;
                           one-shot, it walks every page
+  repair                  compare every replica's data with the others' now (hash trees, then only the cells that
+                          differ) and send the newest version where one is missing or older, with progress;
+                          Ctrl-C leaves it running (replicas also do this in the background: --anti-entropy-interval)
 Images (seed 004; a murmur3 cluster; decoding needs a build with --features images):
   iset IMAGE METADATA...  store METADATA (all the words) at SERIAL under IMAGE's average hash; prints the hash
   iget IMAGE              the metadata of IMAGE's hash, or of the nearest stored hash within 4 bits (a resized or
@@ -114,6 +117,8 @@ pub enum Command {
         /// List every token in ring order.
         tokens: bool,
     },
+    /// A full anti-entropy pass from the coordinator, followed to its end.
+    Repair,
     /// A page of every key (one-shot: every page).
     Scan {
         /// Where to start: the bytes of a cursor a scan printed (empty: the start).
@@ -298,6 +303,7 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
             _ => Err("usage: ring [tokens]".into()),
         },
         "scan" => parse_scan(args),
+        "repair" => arity(0, 0, "repair").map(|_| Command::Repair),
         other => Err(format!("unknown command {other:?}; type help")),
     }
 }

@@ -77,6 +77,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keys a page looks at when a one-shot `scan` walks every page and names no count.
 const WALK_COUNT: u32 = 1000;
 
+/// How often `repair` asks how its pass is going.
+const REPAIR_POLL: Duration = Duration::from_millis(250);
+
 impl Session {
     /// Connects to the coordinator at `host:port`.
     pub fn connect(host: &str, port: u16) -> Result<Session, Error> {
@@ -223,6 +226,23 @@ impl Session {
                     for r in &t.replicas {
                         w(out, r);
                     }
+                }
+            }
+            Command::Repair => {
+                let first = self.call(|c| c.repair(true))?;
+                let id = first.pass;
+                let mut r = first;
+                while r.pass == id && r.running {
+                    let _ = write!(err, "\r{}", super::format::format_repair_progress(&r));
+                    let _ = err.flush();
+                    std::thread::sleep(REPAIR_POLL);
+                    r = self.call(|c| c.repair(false))?;
+                }
+                let _ = write!(err, "\r{:80}\r", "");
+                if r.pass != id {
+                    w(out, &format!("repair pass {id} finished (the coordinator has run pass {} since)", r.pass));
+                } else {
+                    w(out, &super::format::format_repair(&r));
                 }
             }
             Command::Ring { tokens } => {
