@@ -275,7 +275,7 @@ fn bad_settings_and_contradicting_arguments_are_refused_at_start() {
         ("partitioner murmur3\nvnodes 16 17\n", &[], "line 2: expected `vnodes VALUE`, found 3 field(s)"),
         ("partitioner murmur3\nrf 3\n", &["--rf", "2"], "--rf 2 disagrees with `rf 3` in"),
         ("rf 1\n", &["--rf", "3"], "--rf 3 disagrees with `rf 1` in"),
-        ("partitioner murmur3\n", &["--rf", "4"], "replication factor 4 must be between 1 and the number of replicas (3)"),
+        ("partitioner murmur3\n", &["--rf", "4"], "replication factor 4 must be between 1 and the number of replicas owning data (3)"),
         ("partitioner murmur3\n", &["--max-key-bytes", "0"], "--max-key-bytes"),
         ("partitioner murmur3\n", &["--max-key-bytes", "65537"], "65537"),
     ];

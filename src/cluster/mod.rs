@@ -20,10 +20,13 @@
 //!   checks them (byte-ordered: the integers 0–255; murmur3: 1 to
 //!   `--max-key-bytes` bytes) and gives each its store slot.
 //!
-//! This is where membership will go too.
+//! * [`metadata`] — the cluster's members, their tokens and states, by epoch:
+//!   the changes a join, decommission or removenode makes, and the read and
+//!   write rings while data moves.
 
 pub mod consistency;
 pub mod file;
 pub mod key;
+pub mod metadata;
 pub mod ring;
 pub mod token;

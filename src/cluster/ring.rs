@@ -110,8 +110,9 @@ pub struct Ring {
 #[derive(Debug, Clone)]
 enum Placement {
     Bytes {
-        /// `ranges[i]` is node `i`'s primary range, inclusive.
-        ranges: Vec<(u8, u8)>,
+        /// `ranges[i]` is node `i`'s primary range, inclusive (wrapping past
+        /// 255 when the start is above the end); `None` for a node owning none.
+        ranges: Vec<Option<(u8, u8)>>,
         /// `replicas[key]`: the key's replicas, owner first.
         replicas: Vec<Arc<[NodeId]>>,
     },
@@ -127,13 +128,13 @@ enum Placement {
     },
 }
 
-fn check_nodes(nodes: &[NodeInfo], rf: usize) -> Result<()> {
+fn check_nodes(nodes: &[NodeInfo], owners: usize, rf: usize) -> Result<()> {
     let n = nodes.len();
     if n == 0 || n > KEYS {
         return Err(Error::Config(format!("a ring needs 1 to {KEYS} replicas, got {n}")));
     }
-    if rf == 0 || rf > n {
-        return Err(Error::Config(format!("replication factor {rf} must be between 1 and the number of replicas ({n})")));
+    if rf == 0 || rf > owners {
+        return Err(Error::Config(format!("replication factor {rf} must be between 1 and the number of replicas owning data ({owners})")));
     }
     for (i, a) in nodes.iter().enumerate() {
         if let Some(b) = nodes[..i].iter().find(|b| b.id == a.id) {
@@ -147,23 +148,49 @@ impl Ring {
     /// The byte-ordered ring (the seed's); refuses an RF that is zero or larger
     /// than the cluster, or more than 256 replicas.
     pub fn new(nodes: Vec<NodeInfo>, rf: usize, epoch: u64) -> Result<Ring> {
-        check_nodes(&nodes, rf)?;
-        let n = nodes.len();
+        let ends = Ring::equal_ends(nodes.len());
+        Ring::bytes(nodes, &ends, rf, epoch)
+    }
+
+    /// The last key of each of `n` equal contiguous ranges, the first `256 % n` one key longer (the seed's split).
+    pub fn equal_ends(n: usize) -> Vec<Option<u8>> {
+        let n = n.clamp(1, KEYS);
         let (base, extra) = (KEYS / n, KEYS % n);
-        let mut ranges = Vec::with_capacity(n);
-        let mut start = 0usize;
-        for i in 0..n {
-            let len = base + usize::from(i < extra);
-            ranges.push((start as u8, (start + len - 1) as u8));
-            start += len;
+        let mut end = 0usize;
+        (0..n)
+            .map(|i| {
+                end += base + usize::from(i < extra);
+                Some((end - 1) as u8)
+            })
+            .collect()
+    }
+
+    /// A byte-ordered ring where node `i` owns the keys after the previous
+    /// owner's end up to `ends[i]` (wrapping past 255 for the first owner);
+    /// `None`: the node owns no keys (it only coordinates). The owners' ends
+    /// must increase in ring order. A key's replicas are its owner and the
+    /// next `RF-1` owners clockwise.
+    pub fn bytes(nodes: Vec<NodeInfo>, ends: &[Option<u8>], rf: usize, epoch: u64) -> Result<Ring> {
+        if ends.len() != nodes.len() {
+            return Err(Error::Config(format!("{} range ends for {} nodes", ends.len(), nodes.len())));
+        }
+        let owners: Vec<(usize, u8)> = ends.iter().enumerate().filter_map(|(i, e)| e.map(|e| (i, e))).collect();
+        check_nodes(&nodes, owners.len(), rf)?;
+        if let Some(w) = owners.windows(2).find(|w| w[0].1 >= w[1].1) {
+            return Err(Error::Config(format!(
+                "{}'s range ends at {}, not before {}'s at {}: range ends must increase in ring order",
+                nodes[w[0].0].name, w[0].1, nodes[w[1].0].name, w[1].1
+            )));
+        }
+        let mut ranges = vec![None; nodes.len()];
+        for (j, &(i, end)) in owners.iter().enumerate() {
+            let prev = owners[(j + owners.len() - 1) % owners.len()].1;
+            ranges[i] = Some((if owners.len() == 1 { end.wrapping_add(1) } else { prev.wrapping_add(1) }, end));
         }
         let mut replicas = Vec::with_capacity(KEYS);
-        let mut owner = 0usize;
         for key in 0..KEYS {
-            while key > ranges[owner].1 as usize {
-                owner += 1;
-            }
-            replicas.push((0..rf).map(|j| nodes[(owner + j) % n].id).collect::<Vec<_>>().into());
+            let first = owners.iter().position(|&(_, end)| key <= end as usize).unwrap_or(0);
+            replicas.push((0..rf).map(|j| nodes[owners[(first + j) % owners.len()].0].id).collect::<Vec<_>>().into());
         }
         Ok(Ring { nodes, rf, epoch, placement: Placement::Bytes { ranges, replicas } })
     }
@@ -171,7 +198,8 @@ impl Ring {
     /// A murmur3 ring: `tokens[i]` are node `i`'s tokens; all empty means
     /// `vnodes` balanced tokens each (see [`TokenRing::balanced`]).
     pub fn murmur3(nodes: Vec<NodeInfo>, tokens: &[Vec<Token>], vnodes: usize, rf: usize, epoch: u64) -> Result<Ring> {
-        check_nodes(&nodes, rf)?;
+        let owners = if tokens.iter().all(Vec::is_empty) { nodes.len() } else { tokens.iter().filter(|t| !t.is_empty()).count() };
+        check_nodes(&nodes, owners, rf)?;
         let ring = if tokens.iter().all(Vec::is_empty) {
             TokenRing::balanced(nodes.len(), vnodes, rf)
         } else {
@@ -306,10 +334,12 @@ impl Ring {
         self.partitioner().slot(key)
     }
 
-    /// The primary range of the node at ring position `i`, inclusive (byte-ordered rings).
+    /// The primary range of the node at ring position `i`, inclusive
+    /// (byte-ordered rings; wrapping past 255 when the start is above the end;
+    /// `None` for a node owning no keys).
     pub fn range(&self, i: usize) -> Option<(u8, u8)> {
         match &self.placement {
-            Placement::Bytes { ranges, .. } => Some(ranges[i]),
+            Placement::Bytes { ranges, .. } => ranges.get(i).copied().flatten(),
             Placement::Tokens { .. } => None,
         }
     }

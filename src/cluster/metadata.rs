@@ -1,0 +1,589 @@
+//! Cluster metadata: the members, their tokens and states, versioned by epoch.
+//!
+//! The cluster file seeds epoch 1; after that the metadata changes only by
+//! consensus (the metadata Paxos, in `node/`), one *movement* at a time, each
+//! step a new epoch. This module is the I/O-free half: the record, the
+//! changes it allows and refuses, and the rings it implies.
+//!
+//! # States and movements
+//!
+//! A member is `NORMAL`, `JOINING`, `LEAVING` or `REMOVED`. A movement has
+//! two steps, two epochs:
+//!
+//! * **join** — the new member enters as `JOINING` with its tokens (chosen
+//!   to restore balance: [`TokenRing::allocate`], or the halves of the
+//!   largest range of a byte-ordered ring), then becomes `NORMAL` once it
+//!   holds the data of its ranges. A member may join without tokens: it only
+//!   coordinates (seed 003's *proxy*).
+//! * **decommission** / **removenode** — the member turns `LEAVING`, then
+//!   `REMOVED` (its tokens dropped) once the new owners hold its ranges: from
+//!   the member itself (decommission), or from the surviving replicas
+//!   (removenode, for a dead member).
+//!
+//! # Two rings while data moves
+//!
+//! The **read ring** is owned by `NORMAL` and `LEAVING` members: the replicas
+//! that hold the data now. The **write ring** is owned by `NORMAL` and
+//! `JOINING` members: the replicas that will hold it. Reads use the read ring;
+//! writes go to the read ring's replicas *and* to the write ring's replicas
+//! not among them (the *pending* ones), so that nothing written during the
+//! movement is missing when it ends (Cassandra's pending ranges). With no
+//! movement the two rings are the same.
+//!
+//! # Voters
+//!
+//! The members that are not `REMOVED` vote on the next epoch. A movement
+//! adds or removes one voter per epoch, so any majority of one epoch's voters
+//! meets any majority of the next one's: a proposer that has missed a change
+//! still meets someone who knows it.
+
+use std::fmt;
+
+use crate::cluster::file::{ClusterSpec, DEFAULT_VNODES};
+use crate::cluster::key::{KEYS, Partitioner};
+use crate::cluster::ring::{NodeId, NodeInfo, Ring, node_id};
+use crate::cluster::token::{Token, TokenRing};
+use crate::error::{Error, Result};
+use crate::proto;
+
+/// Where a member stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Serving its ranges.
+    Normal,
+    /// Receiving the data of its new ranges; written to, not read from.
+    Joining,
+    /// Handing its ranges over; still read from.
+    Leaving,
+    /// Gone from the ring (kept so `status` can say so).
+    Removed,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Normal => "NORMAL",
+            NodeState::Joining => "JOINING",
+            NodeState::Leaving => "LEAVING",
+            NodeState::Removed => "REMOVED",
+        })
+    }
+}
+
+/// What a movement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveKind {
+    /// A member joins.
+    Join,
+    /// A live member hands its ranges over and leaves.
+    Decommission,
+    /// A dead member's ranges are rebuilt from the surviving replicas.
+    RemoveNode,
+}
+
+impl fmt::Display for MoveKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MoveKind::Join => "join",
+            MoveKind::Decommission => "decommission",
+            MoveKind::RemoveNode => "removenode",
+        })
+    }
+}
+
+/// One member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Name, address and id.
+    pub info: NodeInfo,
+    /// Murmur3: its tokens; byte-ordered: the last key of its range. Empty: it owns nothing.
+    pub tokens: Vec<Token>,
+    /// Where it stands.
+    pub state: NodeState,
+}
+
+/// The cluster's metadata at one epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Grows by one with every change.
+    pub epoch: u64,
+    /// A hash of the first epoch: the same for every epoch of one cluster.
+    pub cluster_id: u64,
+    /// How keys are placed.
+    pub partitioner: Partitioner,
+    /// Copies of each key.
+    pub rf: usize,
+    /// Tokens a joining member gets (murmur3).
+    pub vnodes: usize,
+    /// Every member, in ring order (byte-ordered: owners by the end of their range).
+    pub members: Vec<Member>,
+    /// The movement under way, if any.
+    pub moving: Option<(NodeId, MoveKind)>,
+}
+
+fn fnv(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Metadata {
+    /// Epoch 1, from the cluster file (its `rf` wins over `default_rf`):
+    /// every node `NORMAL`, with its tokens from the file or balanced ones,
+    /// or (byte-ordered) the seed's equal ranges.
+    pub fn initial(spec: &ClusterSpec, default_rf: usize) -> Result<Metadata> {
+        let rf = spec.rf.unwrap_or(default_rf);
+        let vnodes = spec.vnodes.unwrap_or(DEFAULT_VNODES);
+        Ok(Metadata::from_ring(&Ring::from_spec(spec, rf, 1)?, vnodes))
+    }
+
+    /// The metadata of a ring built directly (tests, and nodes built from a
+    /// ring rather than a cluster file): every node `NORMAL`, at the ring's epoch.
+    pub fn from_ring(ring: &Ring, vnodes: usize) -> Metadata {
+        let members = ring
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                let tokens = match ring.partitioner() {
+                    Partitioner::ByteOrdered => ring.range(i).map(|(_, end)| vec![Token::from(end)]).unwrap_or_default(),
+                    Partitioner::Murmur3 => ring.tokens_of(i),
+                };
+                Member { info: info.clone(), tokens, state: NodeState::Normal }
+            })
+            .collect();
+        let mut m = Metadata { epoch: ring.epoch(), cluster_id: 0, partitioner: ring.partitioner(), rf: ring.rf(), vnodes, members, moving: None };
+        m.cluster_id = fnv(&m.describe());
+        m
+    }
+
+    /// A one-line description: epoch, partitioner, RF, and every member with its state and tokens.
+    pub fn describe(&self) -> String {
+        let mut s = format!("epoch {} {} rf {}", self.epoch, self.partitioner.name(), self.rf);
+        for m in &self.members {
+            s.push_str(&format!(" {}={}:{:?}", m.info.name, m.info.address(), m.state));
+            for t in &m.tokens {
+                s.push_str(&format!(",{t}"));
+            }
+        }
+        s
+    }
+
+    /// The member `id`, if any.
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.info.id == id)
+    }
+
+    /// The member named `name`, if any.
+    pub fn named(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.info.name == name)
+    }
+
+    /// The members that vote on the next epoch (all but the removed).
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.members.iter().filter(|m| m.state != NodeState::Removed).map(|m| m.info.id).collect()
+    }
+
+    fn ring_of(&self, owns: impl Fn(NodeState) -> bool) -> Result<Ring> {
+        let live: Vec<&Member> = self.members.iter().filter(|m| m.state != NodeState::Removed).collect();
+        let nodes: Vec<NodeInfo> = live.iter().map(|m| m.info.clone()).collect();
+        let owners = live.iter().filter(|m| owns(m.state) && !m.tokens.is_empty()).count();
+        if owners == 0 {
+            return Err(Error::Config(format!("epoch {}: no member owns data", self.epoch)));
+        }
+        // Fewer owners than RF only after a forced removal: every owner holds everything.
+        let rf = self.rf.min(owners);
+        match self.partitioner {
+            Partitioner::ByteOrdered => {
+                let ends: Vec<Option<u8>> =
+                    live.iter().map(|m| if owns(m.state) { m.tokens.first().and_then(|&t| u8::try_from(t).ok()) } else { None }).collect();
+                Ring::bytes(nodes, &ends, rf, self.epoch)
+            }
+            Partitioner::Murmur3 => {
+                let tokens: Vec<Vec<Token>> = live.iter().map(|m| if owns(m.state) { m.tokens.clone() } else { Vec::new() }).collect();
+                Ring::murmur3(nodes, &tokens, self.vnodes, rf, self.epoch)
+            }
+        }
+    }
+
+    /// The ring reads use: owned by `NORMAL` and `LEAVING` members.
+    pub fn read_ring(&self) -> Result<Ring> {
+        self.ring_of(|s| matches!(s, NodeState::Normal | NodeState::Leaving))
+    }
+
+    /// The ring of the owners-to-be: `NORMAL` and `JOINING` members.
+    pub fn write_ring(&self) -> Result<Ring> {
+        self.ring_of(|s| matches!(s, NodeState::Normal | NodeState::Joining))
+    }
+
+    fn next(&self) -> Metadata {
+        let mut m = self.clone();
+        m.epoch += 1;
+        m
+    }
+
+    fn busy(&self) -> Result<()> {
+        match self.moving {
+            Some((id, kind)) => Err(Error::InvalidRequest(format!(
+                "a {kind} of {} is under way (epoch {}); one membership change at a time",
+                self.member(id).map_or_else(|| id.to_string(), |m| m.info.name.clone()),
+                self.epoch
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The next epoch with `info` joining: with `tokens` if given, none if
+    /// `proxy`, otherwise tokens that restore balance. A `REMOVED` member of
+    /// the same name is replaced.
+    pub fn begin_join(&self, info: NodeInfo, tokens: Option<Vec<Token>>, proxy: bool) -> Result<Metadata> {
+        self.busy()?;
+        if let Some(m) = self.members.iter().find(|m| m.state != NodeState::Removed && (m.info.name == info.name || m.info.id == info.id)) {
+            return Err(Error::InvalidRequest(format!("{} is already a member ({})", info.name, m.state)));
+        }
+        if let Some(m) = self.members.iter().find(|m| m.state != NodeState::Removed && m.info.address() == info.address()) {
+            return Err(Error::InvalidRequest(format!("{} already has the address {}", m.info.name, info.address())));
+        }
+        let mut next = self.next();
+        next.members.retain(|m| m.info.name != info.name);
+        let tokens = match (tokens, proxy) {
+            (_, true) => Vec::new(),
+            (Some(t), false) => t,
+            (None, false) => self.allocate()?,
+        };
+        next.check_tokens(&info.name, &tokens)?;
+        let member = Member { info, tokens, state: NodeState::Joining };
+        let at = match (self.partitioner, member.tokens.first()) {
+            // Owners stay in the order of their ranges' ends.
+            (Partitioner::ByteOrdered, Some(&end)) => {
+                next.members.iter().position(|m| m.tokens.first().is_some_and(|&e| e > end)).unwrap_or(next.members.len())
+            }
+            _ => next.members.len(),
+        };
+        next.moving = Some((member.info.id, MoveKind::Join));
+        next.members.insert(at, member);
+        next.write_ring()?;
+        Ok(next)
+    }
+
+    /// Refuses tokens for `name` that another member owns or that do not fit the partitioner.
+    fn check_tokens(&self, name: &str, tokens: &[Token]) -> Result<()> {
+        if self.partitioner == Partitioner::ByteOrdered && (tokens.len() > 1 || tokens.iter().any(|&t| !(0..KEYS as i64).contains(&t))) {
+            return Err(Error::InvalidRequest(format!("{name}: a byte-ordered member owns one range, ending at a key 0 to 255")));
+        }
+        for t in tokens {
+            if let Some(m) = self.members.iter().find(|m| m.state != NodeState::Removed && m.tokens.contains(t)) {
+                return Err(Error::InvalidRequest(format!("{name}: token {t} belongs to {}", m.info.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokens for a joining member: murmur3, [`TokenRing::allocate`] over the
+    /// write ring; byte-ordered, the first half of the largest range.
+    fn allocate(&self) -> Result<Vec<Token>> {
+        let owners: Vec<&Member> =
+            self.members.iter().filter(|m| matches!(m.state, NodeState::Normal | NodeState::Joining) && !m.tokens.is_empty()).collect();
+        match self.partitioner {
+            Partitioner::Murmur3 => {
+                let pairs = owners.iter().enumerate().flat_map(|(i, m)| m.tokens.iter().map(move |&t| (t, i))).collect();
+                let ring = TokenRing::new(pairs, self.rf.min(owners.len()).max(1)).map_err(|e| Error::Config(e.to_string()))?;
+                Ok(ring.allocate(owners.len(), self.vnodes))
+            }
+            Partitioner::ByteOrdered => {
+                let ends: Vec<i64> = owners.iter().filter_map(|m| m.tokens.first().copied()).collect();
+                // Range j runs from after ends[j-1] to ends[j], wrapping for the first.
+                let len = |j: usize| -> i64 {
+                    let prev = ends[(j + ends.len() - 1) % ends.len()];
+                    if ends.len() == 1 { KEYS as i64 } else { (ends[j] - prev).rem_euclid(KEYS as i64) }
+                };
+                let j = (0..ends.len()).max_by_key(|&j| (len(j), std::cmp::Reverse(j))).expect("a ring has an owner");
+                if len(j) < 2 {
+                    return Err(Error::InvalidRequest("every range holds a single key: there is none to split".into()));
+                }
+                let start = ends[(j + ends.len() - 1) % ends.len()] + 1;
+                Ok(vec![(start + len(j) / 2 - 1).rem_euclid(KEYS as i64)])
+            }
+        }
+    }
+
+    /// The next epoch with member `id` leaving, by decommission (it hands
+    /// its ranges over) or removenode (it is dead). Refused if fewer than RF
+    /// members would own data, unless `force`.
+    pub fn begin_leave(&self, id: NodeId, kind: MoveKind, force: bool) -> Result<Metadata> {
+        self.busy()?;
+        let Some(m) = self.member(id) else { return Err(Error::InvalidRequest(format!("{id} is not a member"))) };
+        if m.state != NodeState::Normal {
+            return Err(Error::InvalidRequest(format!("{} is {}, not NORMAL", m.info.name, m.state)));
+        }
+        let owners = self.members.iter().filter(|o| o.state == NodeState::Normal && !o.tokens.is_empty()).count();
+        let left = owners - usize::from(!m.tokens.is_empty());
+        if left == 0 {
+            return Err(Error::InvalidRequest(format!("{} is the last member owning data; it cannot leave", m.info.name)));
+        }
+        if left < self.rf && !force {
+            return Err(Error::InvalidRequest(format!(
+                "removing {} would leave {left} members owning data, fewer than RF {}: every key would have {left} copies; add a member first, or force it",
+                m.info.name, self.rf
+            )));
+        }
+        let mut next = self.next();
+        next.members.iter_mut().find(|o| o.info.id == id).expect("found above").state = NodeState::Leaving;
+        next.moving = Some((id, kind));
+        next.read_ring()?;
+        Ok(next)
+    }
+
+    /// The next epoch with the movement under way finished: a joining
+    /// member `NORMAL`, a leaving one `REMOVED` without tokens.
+    pub fn finish(&self) -> Result<Metadata> {
+        let Some((id, _)) = self.moving else {
+            return Err(Error::InvalidRequest(format!("no movement is under way at epoch {}", self.epoch)));
+        };
+        let mut next = self.next();
+        let m = next.members.iter_mut().find(|m| m.info.id == id).ok_or_else(|| Error::Internal(format!("moving {id} is not a member")))?;
+        match m.state {
+            NodeState::Joining => m.state = NodeState::Normal,
+            NodeState::Leaving => {
+                m.state = NodeState::Removed;
+                m.tokens.clear();
+            }
+            s => return Err(Error::Internal(format!("{} is moving but {s}", m.info.name))),
+        }
+        next.moving = None;
+        next.read_ring()?;
+        Ok(next)
+    }
+
+    /// The wire and disk form.
+    pub fn to_proto(&self) -> proto::ClusterMetadata {
+        let (moving, kind) = match self.moving {
+            Some((id, k)) => (self.member(id).map(|m| m.info.name.clone()).unwrap_or_default(), k),
+            None => (String::new(), MoveKind::Join),
+        };
+        proto::ClusterMetadata {
+            epoch: self.epoch,
+            cluster_id: self.cluster_id,
+            partitioner: self.partitioner.name().into(),
+            rf: self.rf as u32,
+            vnodes: self.vnodes as u32,
+            members: self
+                .members
+                .iter()
+                .map(|m| proto::MemberRecord {
+                    name: m.info.name.clone(),
+                    host: m.info.host.clone(),
+                    port: m.info.port.into(),
+                    tokens: m.tokens.clone(),
+                    state: match m.state {
+                        NodeState::Normal => proto::MemberState::Normal,
+                        NodeState::Joining => proto::MemberState::Joining,
+                        NodeState::Leaving => proto::MemberState::Leaving,
+                        NodeState::Removed => proto::MemberState::Removed,
+                    } as i32,
+                })
+                .collect(),
+            moving: if self.moving.is_some() { moving } else { String::new() },
+            move_kind: match (self.moving.is_some(), kind) {
+                (false, _) => 0,
+                (true, MoveKind::Join) => proto::MoveKind::Join as i32,
+                (true, MoveKind::Decommission) => proto::MoveKind::Decommission as i32,
+                (true, MoveKind::RemoveNode) => proto::MoveKind::RemoveNode as i32,
+            },
+        }
+    }
+
+    /// From the wire or disk, every field checked (and the rings it implies built).
+    pub fn from_proto(p: proto::ClusterMetadata) -> Result<Metadata> {
+        let bad = |why: String| Error::InvalidRequest(format!("cluster metadata of epoch {}: {why}", p.epoch));
+        let partitioner = Partitioner::from_name(&p.partitioner).ok_or_else(|| bad(format!("unknown partitioner {:?}", p.partitioner)))?;
+        if p.epoch == 0 || p.rf == 0 || p.members.is_empty() || p.members.len() > KEYS {
+            return Err(bad("epoch, RF and the number of members must be at least 1 (at most 256 members)".into()));
+        }
+        let mut members: Vec<Member> = Vec::with_capacity(p.members.len());
+        for r in p.members {
+            let port = u16::try_from(r.port).ok().filter(|&p| p != 0).ok_or_else(|| bad(format!("{} has port {}", r.name, r.port)))?;
+            if r.name.is_empty() || r.name.len() > 255 || r.host.is_empty() || r.host.len() > 255 {
+                return Err(bad("a member's name and host are 1 to 255 bytes".into()));
+            }
+            let state = match proto::MemberState::try_from(r.state) {
+                Ok(proto::MemberState::Normal) => NodeState::Normal,
+                Ok(proto::MemberState::Joining) => NodeState::Joining,
+                Ok(proto::MemberState::Leaving) => NodeState::Leaving,
+                Ok(proto::MemberState::Removed) => NodeState::Removed,
+                _ => return Err(bad(format!("{} has no state", r.name))),
+            };
+            if r.tokens.len() > 4096 {
+                return Err(bad(format!("{} has {} tokens", r.name, r.tokens.len())));
+            }
+            let info = NodeInfo { id: node_id(&r.name), name: r.name, host: r.host, port };
+            if members.iter().any(|m| m.info.name == info.name || m.info.id == info.id) {
+                return Err(bad(format!("{} is listed twice", info.name)));
+            }
+            members.push(Member { info, tokens: r.tokens, state });
+        }
+        let moving = if p.moving.is_empty() {
+            None
+        } else {
+            let m = members.iter().find(|m| m.info.name == p.moving).ok_or_else(|| bad(format!("moving {} is not a member", p.moving)))?;
+            let kind = match proto::MoveKind::try_from(p.move_kind) {
+                Ok(proto::MoveKind::Join) if m.state == NodeState::Joining => MoveKind::Join,
+                Ok(proto::MoveKind::Decommission) if m.state == NodeState::Leaving => MoveKind::Decommission,
+                Ok(proto::MoveKind::RemoveNode) if m.state == NodeState::Leaving => MoveKind::RemoveNode,
+                _ => return Err(bad(format!("{} is {} with movement {}", m.info.name, m.state, p.move_kind))),
+            };
+            Some((m.info.id, kind))
+        };
+        let md = Metadata {
+            epoch: p.epoch,
+            cluster_id: p.cluster_id,
+            partitioner,
+            rf: p.rf as usize,
+            vnodes: (p.vnodes as usize).clamp(1, 4096),
+            members,
+            moving,
+        };
+        for m in &md.members {
+            md.check_tokens_unique(m)?;
+        }
+        md.read_ring()?;
+        md.write_ring()?;
+        Ok(md)
+    }
+
+    fn check_tokens_unique(&self, m: &Member) -> Result<()> {
+        if self.partitioner == Partitioner::ByteOrdered && (m.tokens.len() > 1 || m.tokens.iter().any(|&t| !(0..KEYS as i64).contains(&t)))
+        {
+            return Err(Error::InvalidRequest(format!("{}: a byte-ordered member owns one range, ending at a key 0 to 255", m.info.name)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::file::parse_cluster_spec;
+    use crate::cluster::key::Key;
+
+    fn spec(text: &str) -> ClusterSpec {
+        parse_cluster_spec(text, "test").unwrap()
+    }
+
+    const FOUR: &str = "r0 127.0.0.1 9000\nr1 127.0.0.1 9001\nr2 127.0.0.1 9002\nr3 127.0.0.1 9003\n";
+
+    fn info(name: &str, port: u16) -> NodeInfo {
+        NodeInfo { id: node_id(name), name: name.into(), host: "127.0.0.1".into(), port }
+    }
+
+    fn names(ring: &Ring, key: &[u8]) -> Vec<String> {
+        ring.replicas(key).iter().map(|&id| ring.name(id)).collect()
+    }
+
+    fn shares(ring: &Ring) -> Vec<f64> {
+        (0..ring.len()).map(|i| ring.share(i)).collect()
+    }
+
+    #[test]
+    fn the_first_epoch_is_the_cluster_file() {
+        let m = Metadata::initial(&spec(FOUR), 3).unwrap();
+        assert_eq!((m.epoch, m.rf, m.members.len()), (1, 3, 4));
+        let ring = m.read_ring().unwrap();
+        let seed = Ring::from_spec(&spec(FOUR), 3, 1).unwrap();
+        for k in 0..=255u8 {
+            let key = Key::byte(k);
+            assert_eq!(ring.replicas(key.as_bytes()), seed.replicas(key.as_bytes()), "key {k}: the seed's table");
+        }
+        assert_eq!(m.write_ring().unwrap().fingerprint(), ring.fingerprint(), "no movement: one ring");
+        let mm = Metadata::initial(&spec(&format!("partitioner murmur3\n{FOUR}")), 3).unwrap();
+        assert!(mm.members.iter().all(|m| m.tokens.len() == DEFAULT_VNODES));
+        assert_ne!(m.cluster_id, mm.cluster_id);
+        assert_eq!(Metadata::from_proto(mm.to_proto()).unwrap(), mm);
+    }
+
+    /// A byte-ordered join splits the largest range: reads stay on the old
+    /// owners until it finishes; the pending replica takes writes meanwhile.
+    #[test]
+    fn a_byte_ordered_join_splits_the_largest_range() {
+        let m1 = Metadata::initial(&spec(FOUR), 3).unwrap();
+        let m2 = m1.begin_join(info("r4", 9004), None, false).unwrap();
+        assert_eq!(m2.epoch, 2);
+        let new = m2.named("r4").unwrap();
+        assert_eq!((new.state, new.tokens.clone()), (NodeState::Joining, vec![31]), "the first half of 0-63");
+        assert_eq!(m2.members.iter().map(|m| m.info.name.as_str()).collect::<Vec<_>>(), ["r4", "r0", "r1", "r2", "r3"]);
+        let (read, write) = (m2.read_ring().unwrap(), m2.write_ring().unwrap());
+        assert_eq!(names(&read, b"10"), ["r0", "r1", "r2"], "reads: the old owners");
+        assert_eq!(names(&write, b"10"), ["r4", "r0", "r1"], "writes also reach r4");
+        assert_eq!(names(&write, b"40"), ["r0", "r1", "r2"]);
+        assert_eq!(names(&write, b"250"), ["r3", "r4", "r0"], "r4 is a third replica of the range before it");
+        assert!(m2.begin_join(info("r5", 9005), None, false).unwrap_err().to_string().contains("join of r4 is under way"));
+        let m3 = m2.finish().unwrap();
+        assert_eq!(m3.named("r4").unwrap().state, NodeState::Normal);
+        assert_eq!(names(&m3.read_ring().unwrap(), b"10"), ["r4", "r0", "r1"]);
+        assert_eq!(m3.read_ring().unwrap().range(0), Some((0, 31)));
+        assert_eq!(m3.read_ring().unwrap().range(1), Some((32, 63)));
+        assert_eq!(Metadata::from_proto(m3.to_proto()).unwrap(), m3);
+    }
+
+    #[test]
+    fn a_murmur3_join_restores_balance_and_a_proxy_owns_nothing() {
+        let m1 = Metadata::initial(&spec(&format!("partitioner murmur3\n{FOUR}")), 3).unwrap();
+        let m3 = m1.begin_join(info("r4", 9004), None, false).unwrap().finish().unwrap();
+        assert_eq!(m3.named("r4").unwrap().tokens.len(), DEFAULT_VNODES);
+        let ring = m3.read_ring().unwrap();
+        let mean = 3.0 / 5.0;
+        for (i, s) in shares(&ring).iter().enumerate() {
+            assert!((s / mean - 1.0).abs() < 0.10, "node {i} holds {s:.3} against {mean:.3}");
+        }
+        let m5 = m3.begin_join(info("proxy", 9009), None, true).unwrap().finish().unwrap();
+        let ring = m5.read_ring().unwrap();
+        let p = ring.position(node_id("proxy")).unwrap();
+        assert_eq!(ring.share(p), 0.0, "a proxy holds nothing");
+        assert!(m5.voters().contains(&node_id("proxy")), "but it votes");
+        assert_eq!(Metadata::from_proto(m5.to_proto()).unwrap(), m5);
+    }
+
+    #[test]
+    fn a_leave_hands_the_range_to_the_next_owners_and_keeps_rf_unless_forced() {
+        let m1 = Metadata::initial(&spec(FOUR), 3).unwrap();
+        let r1 = node_id("r1");
+        let m2 = m1.begin_leave(r1, MoveKind::Decommission, false).unwrap();
+        assert_eq!(m2.moving, Some((r1, MoveKind::Decommission)));
+        assert_eq!(names(&m2.read_ring().unwrap(), b"70"), ["r1", "r2", "r3"], "r1 still serves reads");
+        assert_eq!(names(&m2.write_ring().unwrap(), b"70"), ["r2", "r3", "r0"], "r0 is pending for 64-127");
+        let m3 = m2.finish().unwrap();
+        assert_eq!(m3.named("r1").unwrap().state, NodeState::Removed);
+        assert!(!m3.voters().contains(&r1));
+        assert_eq!(names(&m3.read_ring().unwrap(), b"70"), ["r2", "r3", "r0"]);
+        let err = m3.begin_leave(node_id("r2"), MoveKind::RemoveNode, false).unwrap_err().to_string();
+        assert!(err.contains("would leave 2 members owning data, fewer than RF 3"), "{err}");
+        let forced = m3.begin_leave(node_id("r2"), MoveKind::RemoveNode, true).unwrap().finish().unwrap();
+        assert_eq!(names(&forced.read_ring().unwrap(), b"70"), ["r3", "r0"], "two copies left, as forced");
+        assert!(forced.begin_join(info("r1", 9001), None, false).is_ok(), "a removed name may join again");
+    }
+
+    #[test]
+    fn bad_changes_and_records_are_refused() {
+        let m1 = Metadata::initial(&spec(FOUR), 3).unwrap();
+        assert!(m1.begin_join(info("r2", 9100), None, false).unwrap_err().to_string().contains("already a member"));
+        assert!(m1.begin_join(info("x", 9002), None, false).unwrap_err().to_string().contains("already has the address"));
+        assert!(m1.begin_join(info("x", 9100), Some(vec![63]), false).unwrap_err().to_string().contains("belongs to r0"));
+        assert!(m1.finish().unwrap_err().to_string().contains("no movement"));
+        let mut p = m1.to_proto();
+        p.partitioner = "random".into();
+        assert!(Metadata::from_proto(p).unwrap_err().to_string().contains("unknown partitioner"));
+        let mut p = m1.to_proto();
+        p.members[1].name = "r0".into();
+        assert!(Metadata::from_proto(p).unwrap_err().to_string().contains("listed twice"));
+        let mut p = m1.to_proto();
+        p.members[0].tokens = vec![300];
+        assert!(Metadata::from_proto(p).is_err());
+        let mut p = m1.to_proto();
+        p.moving = "r0".into();
+        p.move_kind = proto::MoveKind::Join as i32;
+        assert!(Metadata::from_proto(p).unwrap_err().to_string().contains("NORMAL with movement"));
+    }
+}
