@@ -416,7 +416,7 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
         let mut files: Vec<String> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|f| f != "partitioner")
+            .filter(|f| f != "partitioner" && f != "cluster.meta")
             .collect();
         files.sort();
         files

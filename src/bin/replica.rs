@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{LevelFilter, error};
 use quorumkv::cluster::key::DEFAULT_MAX_KEY_BYTES;
-use quorumkv::cluster::ring::{Ring, load_cluster_spec};
+use quorumkv::cluster::ring::load_cluster_spec;
 use quorumkv::config::{Mode, NodeConfig, parse_duration};
 use quorumkv::storage::wal::FsyncMode;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
@@ -152,6 +152,6 @@ fn start(args: Args) -> quorumkv::Result<()> {
         }
         (file, flag) => file.or(flag).unwrap_or(3),
     };
-    let ring = Ring::from_spec(&spec, rf, 1)?;
-    quorumkv::net::server::run(cfg, ring)
+    let meta = quorumkv::cluster::metadata::Metadata::initial(&spec, rf)?;
+    quorumkv::net::server::run(cfg, meta)
 }

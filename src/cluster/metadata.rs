@@ -172,6 +172,12 @@ impl Metadata {
         s
     }
 
+    /// A short description for messages: epoch, partitioner, RF, members and states.
+    pub fn summary(&self) -> String {
+        let members: Vec<String> = self.members.iter().map(|m| format!("{}={} {}", m.info.name, m.info.address(), m.state)).collect();
+        format!("epoch {}, {}, rf {}: {}", self.epoch, self.partitioner.name(), self.rf, members.join(", "))
+    }
+
     /// The member `id`, if any.
     pub fn member(&self, id: NodeId) -> Option<&Member> {
         self.members.iter().find(|m| m.info.id == id)

@@ -238,7 +238,7 @@ impl Connection<'_, '_> {
                 };
                 if let ClientRequest::Fault(f) = req {
                     // Faults belong to the network layer.
-                    let reply = match self.srv.links.faults.handle(f, &node.ring, node.me) {
+                    let reply = match self.srv.links.faults.handle(f, &node.ring(), node.me) {
                         Ok(r) => Reply::Fault(r),
                         Err(e) => Reply::Error(e),
                     };

@@ -34,7 +34,7 @@ use crossbeam_channel::{RecvTimeoutError, bounded};
 use log::{error, info, warn};
 use socket2::{Domain, Socket, Type};
 
-use crate::cluster::ring::Ring;
+use crate::cluster::metadata::Metadata;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::net::badlog::BadLog;
@@ -44,7 +44,7 @@ use crate::net::link::LinkEnv;
 use crate::net::links::Links;
 use crate::net::pool::{Pool, Server, refuse};
 use crate::net::threads::{delayer, hint_worker, maintenance, snapshotter, syncer};
-use crate::node::{Node, Workers};
+use crate::node::{Node, Workers, membership};
 
 const WORKER_STACK: usize = 256 * 1024;
 const WORKER_IDLE: Duration = Duration::from_secs(30);
@@ -63,20 +63,24 @@ pub fn bind(cfg: &NodeConfig) -> Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Runs replica `cfg.name` of `ring` until the process ends: binds, builds the
-/// links (the node's [`Peers`](crate::coordinator::peers::Peers)) and the node, serves.
-pub fn run(cfg: NodeConfig, ring: Ring) -> Result<()> {
+/// Runs replica `cfg.name` of the cluster `initial` describes (the cluster
+/// file's first epoch; the data folder's metadata wins if it has some) until
+/// the process ends: binds, builds the links (the node's
+/// [`Peers`](crate::coordinator::peers::Peers)) and the node, serves.
+pub fn run(cfg: NodeConfig, initial: Metadata) -> Result<()> {
+    let stored = membership::at_start(cfg.data_dir.as_deref(), initial)?;
+    let ring = stored.meta.read_ring()?;
     let listener = bind(&cfg)?;
     let me = Node::locate(&cfg, &ring)?;
     let faults = Arc::new(Faults::new(ring.ids(), cfg.enable_fault_injection));
     let clock = faults.clock();
     let links = Arc::new(Links::new(&ring, me, faults)?);
-    let (node, workers) = Node::with_clock(cfg, ring, links.clone(), clock)?;
+    let (node, workers) = Node::with_metadata(cfg, stored, links.clone(), clock)?;
     info!(
         "{} listening on {} (ring {}; mode {}; timeout {:?})",
         node.name(),
         listener.local_addr()?,
-        node.ring.describe(),
+        node.ring().describe(),
         node.cfg.mode,
         node.cfg.request_timeout
     );
@@ -103,7 +107,7 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
         clients: AtomicUsize::new(0),
         client_limit,
         // Peers reserve slots beyond the client limit: several links per peer.
-        total_limit: client_limit + 4 * node.ring.len(),
+        total_limit: client_limit + 4 * node.ring().len(),
         bad_requests: BadLog::new("bad request", BAD_LOG_INTERVAL),
         refused_links: BadLog::new("refusing replica link", BAD_LOG_INTERVAL),
     };

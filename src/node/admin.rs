@@ -59,14 +59,15 @@ impl Node {
 
     /// Each replica of `key`: its version, or why it could not be asked.
     pub fn inspect(self: &Arc<Self>, key: &Key) -> proto::InspectResult {
-        let targets = self.ring.replicas(key.as_bytes()).to_vec();
+        let ring = self.ring();
+        let targets = ring.replicas(key.as_bytes()).to_vec();
         let results = self.gather(targets.clone(), PeerRequest::Read { key: key.clone() });
         let replicas = targets
             .iter()
             .zip(results)
             .map(|(&t, r)| match r {
-                Some(Ok(PeerResponse::Read(v))) => entry(self.ring.name(t), v.as_ref(), usize::MAX),
-                other => unreachable(self.ring.name(t), why(other)),
+                Some(Ok(PeerResponse::Read(v))) => entry(ring.name(t), v.as_ref(), usize::MAX),
+                other => unreachable(ring.name(t), why(other)),
             })
             .collect();
         proto::InspectResult { key: key.to_vec(), replicas }
@@ -81,7 +82,8 @@ impl Node {
     /// compared key by key. Work and replies grow with the differences, not
     /// with the keys held.
     pub fn display(self: &Arc<Self>, max_value_len: u32, max_keys: u32) -> proto::DisplayResult {
-        let targets: Vec<NodeId> = self.ring.ids().collect();
+        let ring = self.ring();
+        let targets: Vec<NodeId> = ring.ids().collect();
         // Digests a few slots at a time: a replica's answer walks a sixteenth of its
         // cells, so the other requests on its link (heartbeats among them) wait little.
         let mut results: Vec<Option<PeerResult>> = Vec::new();
@@ -104,13 +106,13 @@ impl Node {
         let mut digests: Vec<Option<HashMap<(u32, u32), u64>>> = Vec::with_capacity(targets.len());
         let mut replicas = Vec::with_capacity(targets.len());
         for ((i, &t), r) in targets.iter().enumerate().zip(results) {
-            let (range_start, range_end) = self.ring.range(i).unwrap_or((0, 0));
+            let (range_start, range_end) = ring.range(i).unwrap_or((0, 0));
             let mut e = proto::ReplicaDumpEntry {
-                name: self.ring.name(t),
+                name: ring.name(t),
                 range_start: range_start as u32,
                 range_end: range_end as u32,
-                tokens: self.ring.tokens_of(i).len() as u32,
-                share: self.ring.share(i),
+                tokens: ring.tokens_of(i).len() as u32,
+                share: ring.share(i),
                 ..Default::default()
             };
             match r {
@@ -132,11 +134,10 @@ impl Node {
         let mut asked: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); 256];
         for &(slot, range) in &groups {
             let Ok(slot8) = u8::try_from(slot) else { continue };
-            let holders: Vec<usize> = self
-                .ring
+            let holders: Vec<usize> = ring
                 .group_replicas(slot8, range)
                 .iter()
-                .filter_map(|&id| self.ring.position(id))
+                .filter_map(|&id| ring.position(id))
                 .filter(|&i| digests[i].is_some())
                 .collect();
             let of = |i: usize| digests[i].as_ref().and_then(|d| d.get(&(slot, range)).copied()).unwrap_or(0);
@@ -147,8 +148,8 @@ impl Node {
         }
         let mut out = proto::DisplayResult {
             replicas,
-            rf: self.ring.rf() as u32,
-            partitioner: self.ring.partitioner().name().to_string(),
+            rf: ring.rf() as u32,
+            partitioner: ring.partitioner().name().to_string(),
             differing_slots: differing.len() as u32,
             differences: Vec::new(),
             more: false,
@@ -191,7 +192,7 @@ impl Node {
         max_keys: u32,
         out: &mut proto::DisplayResult,
     ) -> bool {
-        let targets: Vec<NodeId> = self.ring.ids().collect();
+        let targets: Vec<NodeId> = self.ring().ids().collect();
         let asked: Vec<usize> = holders.iter().copied().collect();
         let mut after: Option<Key> = None;
         loop {
@@ -231,7 +232,7 @@ impl Node {
                 .collect();
             for key in keys {
                 let holders: Vec<usize> =
-                    self.ring.replicas(key).iter().filter_map(|&id| self.ring.position(id)).filter(|&i| cells[i].is_some()).collect();
+                    self.ring().replicas(key).iter().filter_map(|&id| self.ring().position(id)).filter(|&i| cells[i].is_some()).collect();
                 let of = |i: usize| cells[i].as_ref().and_then(|m| m.get(key)).map(|(v, _)| (v.ts, v.is_tombstone()));
                 if holders.iter().all(|&i| of(i) == of(holders[0])) {
                     continue;
@@ -243,7 +244,7 @@ impl Node {
                     .iter()
                     .map(|&i| {
                         let found = cells[i].as_ref().and_then(|m| m.get(key));
-                        let mut e = entry(self.ring.name(targets[i]), found.map(|(v, _)| v), max_value_len as usize);
+                        let mut e = entry(self.ring().name(targets[i]), found.map(|(v, _)| v), max_value_len as usize);
                         e.truncated |= found.is_some_and(|(_, cut)| *cut);
                         e
                     })
@@ -272,7 +273,7 @@ impl Node {
             for &slot in if digest_slots.is_empty() { &every[..] } else { digest_slots } {
                 let mut groups: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
                 self.store.for_each_stamp(slot, |k, ts, tombstone| {
-                    let g = groups.entry(self.ring.range_index(k)).or_default();
+                    let g = groups.entry(self.ring().range_index(k)).or_default();
                     g.0 += 1;
                     g.1 ^= cell_hash(k, ts, tombstone);
                 });
@@ -310,13 +311,13 @@ impl Node {
 
     /// The coordinator's view of the cluster.
     pub fn status(&self) -> proto::StatusResult {
-        let replicas = self
-            .ring
+        let ring = self.ring();
+        let replicas = ring
             .nodes()
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let (s, e) = self.ring.range(i).unwrap_or((0, 0));
+                let (s, e) = ring.range(i).unwrap_or((0, 0));
                 let is_self = n.id == self.me;
                 let storage = if is_self { Some(self.storage_stats()) } else { self.peers.storage(n.id) };
                 proto::ReplicaStatus {
@@ -328,18 +329,18 @@ impl Node {
                     range_end: e as u32,
                     hints: self.hints.count(n.id) as u64,
                     is_self,
-                    tokens: self.ring.tokens_of(i),
-                    share: self.ring.share(i),
+                    tokens: ring.tokens_of(i),
+                    share: ring.share(i),
                 }
             })
             .collect();
         proto::StatusResult {
             coordinator: self.cfg.name.clone(),
-            rf: self.ring.rf() as u32,
-            epoch: self.ring.epoch(),
+            rf: ring.rf() as u32,
+            epoch: ring.epoch(),
             mode: self.cfg.mode.to_string(),
             replicas,
-            partitioner: self.ring.partitioner().name().to_string(),
+            partitioner: ring.partitioner().name().to_string(),
         }
     }
 }

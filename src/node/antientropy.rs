@@ -83,7 +83,7 @@ impl Node {
     pub fn tree(&self, slot: u8, leaves: bool) -> Vec<GroupTree> {
         let mut b = TreeBuilder::default();
         self.store.for_each_stamp(slot, |key, ts, tombstone| {
-            let (range, leaf) = self.ring.group_leaf(key);
+            let (range, leaf) = self.ring().group_leaf(key);
             b.add(range, leaf, cell_hash(key, ts, tombstone));
         });
         b.finish(leaves)
@@ -93,7 +93,7 @@ impl Node {
     /// `mask` (0: all), after `after`, a page of about [`MAX_PAGE_BYTES`].
     pub fn cells_of(&self, slot: u8, range: u32, mask: u64, after: Option<&Key>) -> PeerResponse {
         let (cells, more) = self.store.cells_where(slot, after.map(Key::as_bytes), MAX_PAGE_BYTES, |key| {
-            let (r, leaf) = self.ring.group_leaf(key);
+            let (r, leaf) = self.ring().group_leaf(key);
             r == range && (mask == 0 || mask >> leaf & 1 == 1)
         });
         PeerResponse::Cells { cells, more }
@@ -129,11 +129,12 @@ impl Node {
     /// The groups of slot `slot` to compare from here, with their live
     /// replicas: every group (`all`), or the ones this node leads.
     fn sync_groups(&self, slot: u8, all: bool) -> Vec<Group> {
-        let ranges = if self.ring.sorted_tokens().is_empty() { vec![0] } else { slot_ranges(self.ring.sorted_tokens(), slot) };
+        let ring = self.ring();
+        let ranges = if ring.sorted_tokens().is_empty() { vec![0] } else { slot_ranges(ring.sorted_tokens(), slot) };
         ranges
             .into_iter()
             .filter_map(|range| {
-                let replicas: Vec<_> = self.ring.group_replicas(slot, range).iter().copied().filter(|&r| self.alive(r)).collect();
+                let replicas: Vec<_> = ring.group_replicas(slot, range).iter().copied().filter(|&r| self.alive(r)).collect();
                 let leads = replicas.first() == Some(&self.me);
                 (replicas.len() >= 2 && (all || leads)).then_some(Group { range, replicas })
             })

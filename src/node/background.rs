@@ -63,9 +63,10 @@ impl ReplySink for RepairOutcome {
 impl Node {
     /// Does one job of the repair thread.
     pub fn send_repair(&self, job: RepairJob) {
+        let ring = self.ring();
         match job {
             RepairJob::Repair { target, key, version } => {
-                let name = self.ring.name(target);
+                let name = ring.name(target);
                 debug!("read repair: key {key} to {name}");
                 let sink = Arc::new(RepairOutcome { key: key.clone(), target: name });
                 let msg = PeerRequest::Write { key, version };
@@ -76,7 +77,7 @@ impl Node {
                 if Instant::now() >= deadline {
                     // Too late to be worth sending: the call hears so, as the sweep would tell it.
                     for s in sends {
-                        sink.deliver(s.slot, Err(Error::Timeout(format!("{} was not asked in time", self.ring.name(s.to)))));
+                        sink.deliver(s.slot, Err(Error::Timeout(format!("{} was not asked in time", ring.name(s.to)))));
                     }
                 } else {
                     self.send(sink, sends, deadline);
@@ -121,7 +122,7 @@ impl Node {
         if hints.is_empty() {
             return;
         }
-        let name = self.ring.name(target);
+        let name = self.ring().name(target);
         info!("replaying {} hint(s) to {name}", hints.len());
         let pace = Duration::from_secs(1) / self.cfg.hint_rate.max(1);
         let mut delivered = 0;

@@ -68,14 +68,14 @@ impl Node {
         let (_, need) = self.check_available(&key, level)?;
         let version = Version { ts: self.clock.now(), value: value.map(Vec::into_boxed_slice) };
         let hint = self.cfg.mode.hinted_handoff();
-        let targets = self.ring.replica_set(key.as_bytes());
+        let targets = self.ring().replica_set(key.as_bytes());
         let node = Arc::downgrade(self);
         let restamp = move |newer| {
             let node = node.upgrade()?;
             node.clock.observe(newer, node.cfg.max_clock_offset).ok()?;
             Some(node.clock.now())
         };
-        let machine = WriteMachine::new(key, version, targets, self.ring.clone(), need, hint).restamp_with(Arc::new(restamp));
+        let machine = WriteMachine::new(key, version, targets, self.ring().clone(), need, hint).restamp_with(Arc::new(restamp));
         let call = match self.start(machine, later, self.deadline(), WriteMachine::reply_to) {
             Started::Deferred(u) => return Ok(Answered::Later(u)),
             Started::Waiting(call) => call,
@@ -91,6 +91,7 @@ impl Node {
     /// the reply is sent. With `later` (a client connection and the request's
     /// token), other reads are answered by the call when it settles ([`Answered::Later`]).
     pub fn read(self: &Arc<Self>, key: Key, level: Consistency, later: Later<'_>) -> Result<Answered<(Option<Version>, Option<Deferred>)>> {
+        let ring = self.ring();
         let (replicas, need) = self.check_available(&key, level)?;
         let repair = self.cfg.mode.read_repair();
         let blocking = level != Consistency::One;
@@ -104,8 +105,8 @@ impl Node {
             }
             return Ok(Answered::Now((version, None)));
         }
-        let targets = self.ring.replica_set(key.as_bytes());
-        let machine = ReadMachine::new(key, targets, self.ring.clone(), need, repair, blocking);
+        let targets = ring.replica_set(key.as_bytes());
+        let machine = ReadMachine::new(key, targets, ring.clone(), need, repair, blocking);
         if let (Consistency::One, Some(slot)) = (level, local_slot) {
             let version = self.store.get(machine.key().as_bytes());
             if let Some(v) = &version {
@@ -154,7 +155,7 @@ impl Executor for Node {
             Command::Hint { target, key, version } => {
                 let down_for = if target == self.me { Duration::ZERO } else { self.peers.down_for(target) };
                 if down_for > self.cfg.hint_window {
-                    debug!("not hinting key {key} for {}: down for {down_for:?}, past the hint window", self.ring.name(target));
+                    debug!("not hinting key {key} for {}: down for {down_for:?}, past the hint window", self.ring().name(target));
                     return;
                 }
                 if self.hints.add(target, &key, version) == crate::storage::hints::Added::Stored {

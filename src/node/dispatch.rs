@@ -83,15 +83,16 @@ impl Node {
 
     /// Checks a peer's handshake: same ring, a known name that is not ours; returns the peer's id.
     pub fn check_hello(&self, h: &proto::PeerHello) -> Result<NodeId> {
-        if h.ring_fingerprint != self.ring.fingerprint() || h.epoch != self.ring.epoch() {
-            let mine = self.ring.describe();
+        let ring = self.ring();
+        if h.ring_fingerprint != ring.fingerprint() || h.epoch != ring.epoch() {
+            let mine = ring.describe();
             let tokens = if h.ring_description == mine { " (the same nodes, but their tokens differ)" } else { "" };
             return Err(Error::RingMismatch(format!(
                 "{} has ring [{}] but {} has [{mine}]{tokens}",
                 h.name, h.ring_description, self.cfg.name
             )));
         }
-        match self.ring.id_of(&h.name) {
+        match ring.id_of(&h.name) {
             Some(id) if id != self.me => Ok(id),
             Some(_) => Err(Error::RingMismatch(format!("peer claims to be {}, which is this replica", h.name))),
             None => Err(Error::RingMismatch(format!("{} is not in the ring", h.name))),
@@ -100,11 +101,12 @@ impl Node {
 
     /// Our handshake.
     pub fn hello(&self) -> proto::PeerHello {
+        let ring = self.ring();
         proto::PeerHello {
             name: self.cfg.name.clone(),
-            ring_fingerprint: self.ring.fingerprint(),
-            ring_description: self.ring.describe(),
-            epoch: self.ring.epoch(),
+            ring_fingerprint: ring.fingerprint(),
+            ring_description: ring.describe(),
+            epoch: ring.epoch(),
         }
     }
 }

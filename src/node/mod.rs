@@ -57,6 +57,7 @@ pub mod antientropy;
 pub mod background;
 pub mod coordinate;
 pub mod dispatch;
+pub mod membership;
 pub mod paxos;
 pub mod peer;
 pub mod scan;
@@ -165,8 +166,8 @@ pub struct Workers {
 pub struct Node {
     /// Settings.
     pub cfg: NodeConfig,
-    /// The ring.
-    pub ring: Arc<Ring>,
+    /// The cluster at the newest epoch this node knows (see [`membership`]).
+    view: parking_lot::RwLock<Arc<membership::View>>,
     /// This node's id.
     pub me: NodeId,
     /// The write clock (on the system clock; the simulated network gives its nodes one it controls).
@@ -229,8 +230,16 @@ impl Node {
 
     /// [`Node::new`] with its clock on `wall`.
     pub fn with_clock(cfg: NodeConfig, ring: Ring, peers: Arc<dyn Peers>, wall: Arc<dyn WallClock>) -> Result<(Arc<Node>, Workers)> {
+        let meta = crate::cluster::metadata::Metadata::from_ring(&ring, crate::cluster::file::DEFAULT_VNODES);
+        Node::with_metadata(cfg, membership::Stored::first(meta), peers, wall)
+    }
+
+    /// Builds the node `cfg.name` of the cluster `stored` describes (with
+    /// what its acceptor promised for the next epoch), its clock on `wall`.
+    pub fn with_metadata(cfg: NodeConfig, stored: membership::Stored, peers: Arc<dyn Peers>, wall: Arc<dyn WallClock>) -> Result<(Arc<Node>, Workers)> {
+        let view = membership::View::of(stored.meta.clone())?;
+        let ring = view.ring.clone();
         let me = Node::locate(&cfg, &ring)?;
-        let ring = Arc::new(ring);
         let (repair_tx, repairs) = unbounded();
         let (urgent_tx, urgent) = unbounded();
         let (peer_up_tx, peer_up) = unbounded();
@@ -274,7 +283,7 @@ impl Node {
             ack_log,
             peers,
             me,
-            ring,
+            view: parking_lot::RwLock::new(Arc::new(view)),
             cfg,
             shutdown: AtomicBool::new(false),
             repair_tx,
@@ -301,7 +310,7 @@ impl Node {
 
     /// What this replica accepts from the wire: its cluster's keys and its size limits.
     pub fn limits(&self) -> Limits {
-        Limits { partitioner: self.ring.partitioner(), max_key_bytes: self.cfg.max_key_bytes, max_value_bytes: self.cfg.max_value_bytes }
+        Limits { partitioner: self.ring().partitioner(), max_key_bytes: self.cfg.max_key_bytes, max_value_bytes: self.cfg.max_value_bytes }
     }
 
     /// The timer thread of SERIAL operations.
@@ -316,8 +325,8 @@ impl Node {
 
     /// The replicas of `key` and the replies `level` needs, or `Unavailable`
     /// if fewer of them are alive (decided before anything is sent).
-    fn check_available(&self, key: &Key, level: Consistency) -> Result<(&[NodeId], usize)> {
-        let replicas = self.ring.replicas(key.as_bytes());
+    fn check_available(&self, key: &Key, level: Consistency) -> Result<(Arc<[NodeId]>, usize)> {
+        let replicas = self.ring().replica_set(key.as_bytes());
         let need = level.required(replicas.len());
         let alive = replicas.iter().filter(|&&r| self.alive(r)).count();
         if alive < need {

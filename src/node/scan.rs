@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cluster::key::{Key, Partitioner};
-use crate::cluster::ring::NodeId;
+use crate::cluster::ring::{NodeId, Ring};
 use crate::cluster::token;
 use crate::coordinator::scan::{Listing, merge, slot_ranges};
 use crate::error::{Error, Result};
@@ -48,7 +48,8 @@ pub const MAX_SLOTS_PER_PAGE: usize = 64;
 impl Node {
     /// Where `key` lives: its token, its slot and its replicas, from the ring.
     pub fn token(&self, key: &Key) -> proto::TokenResult {
-        let partitioner = self.ring.partitioner();
+        let ring = self.ring();
+        let partitioner = ring.partitioner();
         let (token, slot) = match partitioner {
             Partitioner::ByteOrdered => {
                 let slot = partitioner.slot(key.as_bytes());
@@ -63,17 +64,17 @@ impl Node {
             key: key.to_vec(),
             token,
             slot: slot.into(),
-            replicas: self.ring.replicas(key.as_bytes()).iter().map(|&id| self.ring.name(id)).collect(),
+            replicas: ring.replicas(key.as_bytes()).iter().map(|&id| ring.name(id)).collect(),
             partitioner: partitioner.name().to_string(),
         }
     }
 
     /// The replica sets of the token ranges holding keys of `slot`.
-    fn slot_groups(&self, slot: u8) -> Vec<&[NodeId]> {
-        match self.ring.partitioner() {
-            Partitioner::ByteOrdered => vec![self.ring.group_replicas(slot, 0)],
+    fn slot_groups(ring: &Ring, slot: u8) -> Vec<&[NodeId]> {
+        match ring.partitioner() {
+            Partitioner::ByteOrdered => vec![ring.group_replicas(slot, 0)],
             Partitioner::Murmur3 => {
-                slot_ranges(self.ring.sorted_tokens(), slot).into_iter().map(|r| self.ring.group_replicas(slot, r)).collect()
+                slot_ranges(ring.sorted_tokens(), slot).into_iter().map(|r| ring.group_replicas(slot, r)).collect()
             }
         }
     }
@@ -81,6 +82,7 @@ impl Node {
     /// One page of a scan from `cursor`: at most `count` keys looked at, and
     /// live keys up to about [`MAX_PAGE_BYTES`] (see the module docs).
     pub fn scan(self: &Arc<Self>, cursor: ScanCursor, count: u32) -> Result<proto::ScanResult> {
+        let ring = self.ring();
         let mut out = proto::ScanResult::default();
         // Replicas that did not answer during this page, and why.
         let mut silent: BTreeMap<NodeId, String> = BTreeMap::new();
@@ -90,7 +92,7 @@ impl Node {
         let mut room = MAX_PAGE_BYTES;
         let mut visited = 0;
         let next = loop {
-            let groups = self.slot_groups(slot);
+            let groups = Node::slot_groups(&ring, slot);
             let mut targets: Vec<NodeId> = Vec::new();
             for &id in groups.iter().flat_map(|g| g.iter()) {
                 if targets.contains(&id) || silent.contains_key(&id) {
@@ -112,7 +114,7 @@ impl Node {
                         // Only keys of this cluster in their canonical form and of this slot
                         // count: a reply is checked, not trusted (its keys go into the cursor).
                         let limits = self.limits();
-                        entries.retain(|(k, _)| limits.key(k.to_vec()).is_ok_and(|c| &c == k) && self.ring.slot(k.as_bytes()) == slot);
+                        entries.retain(|(k, _)| limits.key(k.to_vec()).is_ok_and(|c| &c == k) && ring.slot(k.as_bytes()) == slot);
                         listings.push(Listing { entries, more });
                         answered.push(t);
                     }
@@ -144,14 +146,14 @@ impl Node {
             Some(c) => out.cursor = c.encode(),
             None => out.done = true,
         }
-        out.unanswered = silent.keys().map(|&id| self.ring.name(id)).collect();
+        out.unanswered = silent.keys().map(|&id| ring.name(id)).collect();
         Ok(out)
     }
 
     /// The error of a page that cannot see a token range of `slot`: no replica of `group` answered.
     fn uncovered(&self, slot: u8, group: &[NodeId], silent: &BTreeMap<NodeId, String>) -> Error {
         let each: Vec<String> =
-            group.iter().map(|id| format!("{}: {}", self.ring.name(*id), silent.get(id).map_or("not asked", String::as_str))).collect();
+            group.iter().map(|id| format!("{}: {}", self.ring().name(*id), silent.get(id).map_or("not asked", String::as_str))).collect();
         Error::Unavailable(format!(
             "scan of slot {slot} needs a replica of each token range in it, and no replica of one range answered ({}); \
              retry the same cursor once one is back",
@@ -199,7 +201,7 @@ mod tests {
         let n = murmur3_node();
         let t = n.token(&Key::trusted(*b"123"));
         assert_eq!((t.token, t.slot), (-7468325962851647638, u32::from(token::slot(-7468325962851647638))));
-        let want: Vec<String> = n.ring.replicas(b"123").iter().map(|&id| n.ring.name(id)).collect();
+        let want: Vec<String> = n.ring().replicas(b"123").iter().map(|&id| n.ring().name(id)).collect();
         assert_eq!((t.replicas, t.partitioner.as_str()), (want, "murmur3"));
         let c = sim::Cluster::new(4, 3, 1);
         let t = c.nodes[2].token(&Key::byte(70));
@@ -214,8 +216,8 @@ mod tests {
             let value = if i % 10 == 0 { None } else { Some(&b"x"[..]) };
             n.store.apply_durably(k, v(i as u64 + 1, value)).unwrap();
         }
-        let slot = n.ring.slot(b"user:7");
-        let mut want: Vec<&Key> = keys.iter().filter(|k| n.ring.slot(k.as_bytes()) == slot).collect();
+        let slot = n.ring().slot(b"user:7");
+        let mut want: Vec<&Key> = keys.iter().filter(|k| n.ring().slot(k.as_bytes()) == slot).collect();
         want.sort();
         assert!(want.len() > 5, "{} keys in slot {slot}", want.len());
         let listed = |after: Option<Key>, count| match n.replica_scan(slot, after, count) {
@@ -237,13 +239,13 @@ mod tests {
     #[test]
     fn a_replica_answer_stays_small_whatever_the_values() {
         let n = murmur3_node();
-        let slot = n.ring.slot(b"big:0");
+        let slot = n.ring().slot(b"big:0");
         let big = vec![b'v'; 1 << 20];
         // Values are never read: eight 1 MiB values make an answer of eight short keys.
         let mut stored = 0;
         for i in 0.. {
             let k = Key::trusted(format!("big:{i}").into_bytes());
-            if n.ring.slot(k.as_bytes()) == slot {
+            if n.ring().slot(k.as_bytes()) == slot {
                 n.store.apply_durably(&k, v(1, Some(&big))).unwrap();
                 stored += 1;
                 if stored == 8 {
@@ -276,7 +278,7 @@ mod tests {
             let live = i % 10 != 0;
             n.store.apply_durably(&Key::trusted(k.clone()), v(1, live.then_some(&b"x"[..]))).unwrap();
             if live {
-                want.push((n.ring.slot(&k), k));
+                want.push((n.ring().slot(&k), k));
             }
         }
         want.sort();
@@ -301,7 +303,7 @@ mod tests {
                     assert_eq!(after.as_bytes(), &last[..], "page {pages}: the cursor is the page's last key");
                     cut_in_a_slot += 1;
                 }
-                None => assert_eq!(next.slot, n.ring.slot(last) + 1, "page {pages}"),
+                None => assert_eq!(next.slot, n.ring().slot(last) + 1, "page {pages}"),
             }
             got.extend(page.keys);
             cursor = next;

@@ -341,7 +341,7 @@ impl Cluster {
 
     /// The nodes (indexes) holding `key`, owner first.
     pub fn replicas_of(&self, key: &[u8]) -> Vec<usize> {
-        self.nodes[0].ring.replicas(key).iter().map(|id| self.nodes.iter().position(|n| n.me == *id).unwrap()).collect()
+        self.nodes[0].ring().replicas(key).iter().map(|id| self.nodes.iter().position(|n| n.me == *id).unwrap()).collect()
     }
 
     /// Sends `req` to node `i` to coordinate; returns its token (see [`Client::reply`]).
