@@ -234,6 +234,10 @@ pub enum PeerRequest {
     },
     /// A Paxos proposer's request to this replica's acceptor.
     Paxos(crate::paxos::Request),
+    /// A request about the cluster metadata register (the next epoch) to this replica's metadata acceptor.
+    MetaPaxos(crate::paxos::Request),
+    /// The cluster metadata the replica holds.
+    Metadata,
     /// The hash trees of one slot's groups (anti-entropy).
     Tree {
         /// The store slot.
@@ -305,6 +309,8 @@ pub enum PeerResponse {
     },
     /// To [`PeerRequest::Apply`]: how many cells changed the store.
     Applied(u32),
+    /// To [`PeerRequest::Metadata`].
+    Metadata(Box<crate::node::membership::Stored>),
 }
 
 /// A peer's reply, or why there is none.
@@ -445,7 +451,8 @@ impl ClientRequest {
             | B::PaxosCommit(_)
             | B::ReplicaTree(_)
             | B::ReplicaCells(_)
-            | B::ReplicaApply(_) => {
+            | B::ReplicaApply(_)
+            | B::Metadata(_) => {
                 return Err(Error::InvalidRequest(REPLICA_ON_CLIENT.into()));
             }
         })
@@ -494,6 +501,9 @@ impl PeerRequest {
                 let after = if r.after.is_empty() { None } else { Some(limits.key(r.after)?) };
                 PeerRequest::Scan { slot, after, count: scan::replica_scan_count(r.count)? }
             }
+            b @ (B::PaxosPrepare(proto::PaxosPrepare { cluster: true, .. })
+            | B::PaxosPropose(proto::PaxosPropose { cluster: true, .. })
+            | B::PaxosCommit(proto::PaxosCommit { cluster: true, .. })) => PeerRequest::MetaPaxos(paxos::parse_meta(b)?),
             B::PaxosPrepare(m) => PeerRequest::Paxos(paxos::parse_prepare(m, limits)?),
             B::PaxosPropose(m) => PeerRequest::Paxos(paxos::parse_propose(m, limits)?),
             B::PaxosCommit(m) => PeerRequest::Paxos(paxos::parse_commit(m, limits)?),
@@ -505,6 +515,7 @@ impl PeerRequest {
                 after: sync::after(c.after, limits)?,
             },
             B::ReplicaApply(a) => PeerRequest::Apply { cells: sync::cells(a.cells, limits, "a replica apply")? },
+            B::Metadata(_) => PeerRequest::Metadata,
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_)
             | B::Put(_)
@@ -545,6 +556,7 @@ impl PeerRequest {
                 B::ReplicaScan(proto::ReplicaScan { slot: slot.into(), after: after.map(|k| k.to_vec()).unwrap_or_default(), count })
             }
             PeerRequest::Paxos(r) => paxos::request_to_proto(r),
+            PeerRequest::MetaPaxos(r) => paxos::meta_request_to_proto(r),
             PeerRequest::Tree { slot, leaves } => B::ReplicaTree(proto::ReplicaTree { slot: slot.into(), leaves }),
             PeerRequest::Cells { slot, range, leaves, after } => B::ReplicaCells(proto::ReplicaCells {
                 slot: slot.into(),
@@ -553,6 +565,7 @@ impl PeerRequest {
                 after: after.map(|k| k.to_vec()).unwrap_or_default(),
             }),
             PeerRequest::Apply { cells } => B::ReplicaApply(proto::ReplicaApply { cells: sync::cells_to_proto(cells) }),
+            PeerRequest::Metadata => B::Metadata(proto::MetadataRequest {}),
         }
     }
 }
@@ -585,6 +598,7 @@ impl PeerResponse {
             PeerResponse::Tree(t) => B::ReplicaTree(sync::trees_to_proto(t)),
             PeerResponse::Cells { cells, more } => B::ReplicaCells(proto::CellsResult { cells: sync::cells_to_proto(cells), more }),
             PeerResponse::Applied(changed) => B::ReplicaApply(proto::ApplyResult { changed }),
+            PeerResponse::Metadata(stored) => B::Metadata(Box::new(stored.to_proto())),
         }
     }
 
@@ -627,6 +641,11 @@ impl PeerResponse {
                 more: c.more,
             },
             Some(B::ReplicaApply(a)) => PeerResponse::Applied(a.changed),
+            Some(B::Metadata(m)) => PeerResponse::Metadata(
+                crate::node::membership::Stored::from_proto(*m)
+                    .map(Box::new)
+                    .map_err(|e| Error::Protocol(format!("{from} sent bad cluster metadata: {e}")))?,
+            ),
             Some(other) => return Err(Error::Protocol(format!("{from} sent a reply no replica request has: {other:?}"))),
         })
     }
@@ -836,8 +855,8 @@ mod tests {
         let ballot = crate::paxos::Ballot(Timestamp { micros: 5, node: 1 });
         let prepare = PeerRequest::Paxos(crate::paxos::Request::Prepare { key: Key::byte(3), ballot });
         assert_eq!(PeerRequest::parse(prepare.clone().into_proto(), &BYTES).unwrap(), prepare);
-        refused(peer(B::PaxosPrepare(proto::PaxosPrepare { key: k("256"), ballot: None })), "out of range");
-        refused(peer(B::PaxosPropose(proto::PaxosPropose { key: k("3"), proposal: None })), "without a proposal");
+        refused(peer(B::PaxosPrepare(proto::PaxosPrepare { key: k("256"), ballot: None, cluster: false })), "out of range");
+        refused(peer(B::PaxosPropose(proto::PaxosPropose { key: k("3"), proposal: None, cluster: false })), "without a proposal");
         let answer = PeerResponse::Paxos(crate::paxos::Response::Accepted { key: Key::byte(3), ballot });
         assert_eq!(PeerResponse::from_proto(Some(answer.clone().into_proto()), "r1").unwrap(), answer);
     }

@@ -325,9 +325,10 @@ fn paxos_proposal(rng: &mut Rng) -> Option<proto::PaxosProposal> {
 /// A Paxos request (prepare, propose or commit) for `key`.
 fn paxos_request(rng: &mut Rng, key: Vec<u8>) -> B {
     match rng.below(3) {
-        0 => B::PaxosPrepare(proto::PaxosPrepare { key, ballot: ballot(rng) }),
-        1 => B::PaxosPropose(proto::PaxosPropose { key, proposal: paxos_proposal(rng) }),
-        _ => B::PaxosCommit(proto::PaxosCommit { key, proposal: paxos_proposal(rng) }),
+        // Now and then about the cluster metadata register (its key is ignored).
+        0 => B::PaxosPrepare(proto::PaxosPrepare { key, ballot: ballot(rng), cluster: rng.chance(8) }),
+        1 => B::PaxosPropose(proto::PaxosPropose { key, proposal: paxos_proposal(rng), cluster: rng.chance(8) }),
+        _ => B::PaxosCommit(proto::PaxosCommit { key, proposal: paxos_proposal(rng), cluster: rng.chance(8) }),
     }
 }
 

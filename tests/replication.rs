@@ -278,7 +278,12 @@ fn a_hung_replica_never_delays_the_answer_and_gets_a_hint() {
     assert!(took < timeout / 2, "QUORUM waited on the hung replica: {took:?}");
     // r3's ack never comes: after the timeout r0 keeps a hint for it.
     let ok = wait_for(slack(Duration::from_secs(5)), || c.client(0).status().unwrap().replicas[3].hints == 1);
-    assert!(ok, "r0 holds hints {:?} (one per replica), {:?} after the put", c.client(0).status().unwrap().replicas.iter().map(|r| r.hints).collect::<Vec<_>>(), t.elapsed());
+    assert!(
+        ok,
+        "r0 holds hints {:?} (one per replica), {:?} after the put",
+        c.client(0).status().unwrap().replicas.iter().map(|r| r.hints).collect::<Vec<_>>(),
+        t.elapsed()
+    );
     c.resume(3);
     // Once r3 answers again the hint is delivered.
     assert!(wait_for(slack(Duration::from_secs(10)), || c.held(0, 70, "r3").as_deref() == Some("despite-r3")), "{}", c.logs());

@@ -155,7 +155,8 @@ impl Metadata {
                 Member { info: info.clone(), tokens, state: NodeState::Normal }
             })
             .collect();
-        let mut m = Metadata { epoch: ring.epoch(), cluster_id: 0, partitioner: ring.partitioner(), rf: ring.rf(), vnodes, members, moving: None };
+        let mut m =
+            Metadata { epoch: ring.epoch(), cluster_id: 0, partitioner: ring.partitioner(), rf: ring.rf(), vnodes, members, moving: None };
         m.cluster_id = fnv(&m.describe());
         m
     }

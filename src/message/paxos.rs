@@ -89,18 +89,67 @@ pub fn parse_commit(m: proto::PaxosCommit, limits: &Limits) -> Result<Request> {
 
 /// The wire form of a request.
 pub fn request_to_proto(r: Request) -> proto::request::Body {
+    wire_request(r, false)
+}
+
+/// The wire form of a request about the cluster metadata register.
+pub fn meta_request_to_proto(r: Request) -> proto::request::Body {
+    wire_request(r, true)
+}
+
+fn wire_request(r: Request, cluster: bool) -> proto::request::Body {
     use proto::request::Body as B;
     match r {
         Request::Prepare { key, ballot } => {
-            B::PaxosPrepare(proto::PaxosPrepare { key: key.to_vec(), ballot: Some(ballot_to_proto(ballot)) })
+            B::PaxosPrepare(proto::PaxosPrepare { key: key.to_vec(), ballot: Some(ballot_to_proto(ballot)), cluster })
         }
         Request::Propose { key, proposal } => {
-            B::PaxosPropose(proto::PaxosPropose { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)) })
+            B::PaxosPropose(proto::PaxosPropose { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster })
         }
         Request::Commit { key, proposal } => {
-            B::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)) })
+            B::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster })
         }
     }
+}
+
+/// The key the cluster metadata register goes by in Paxos messages and
+/// acceptors (never a store key: the register is not in the store).
+pub fn meta_key() -> Key {
+    Key::trusted(&b"\0cluster-metadata"[..])
+}
+
+/// The largest metadata record a replica accepts in a proposal (a few KiB for 32 members).
+pub const MAX_METADATA_BYTES: usize = 256 << 10;
+
+/// Parses and checks a Paxos request about the cluster metadata register:
+/// its key is [`meta_key`] whatever was sent, a proposal's value at most
+/// [`MAX_METADATA_BYTES`] and never a delete.
+pub fn parse_meta(body: proto::request::Body) -> Result<Request> {
+    use proto::request::Body as B;
+    let value = |p: Proposal, what: &str| -> Result<Proposal> {
+        match &p.value {
+            None => Err(Error::InvalidRequest(format!("{what} of the cluster metadata deletes it"))),
+            Some(v) if v.len() > MAX_METADATA_BYTES => Err(Error::InvalidRequest(format!(
+                "{what} of {} bytes of cluster metadata exceeds the limit of {MAX_METADATA_BYTES} bytes",
+                v.len()
+            ))),
+            Some(_) => Ok(p),
+        }
+    };
+    Ok(match body {
+        B::PaxosPrepare(m) => {
+            Request::Prepare { key: meta_key(), ballot: checked_ballot(m.ballot, "a metadata prepare").map_err(Error::InvalidRequest)? }
+        }
+        B::PaxosPropose(m) => Request::Propose {
+            key: meta_key(),
+            proposal: value(checked_proposal(m.proposal, "a metadata propose").map_err(Error::InvalidRequest)?, "a proposal")?,
+        },
+        B::PaxosCommit(m) => Request::Commit {
+            key: meta_key(),
+            proposal: value(checked_proposal(m.proposal, "a metadata commit").map_err(Error::InvalidRequest)?, "a commit")?,
+        },
+        _ => return Err(Error::Internal("not a paxos request".into())),
+    })
 }
 
 /// The wire form of an answer.
@@ -170,7 +219,7 @@ pub fn record_to_proto(r: PersistRecord) -> proto::LogRecord {
             Kind::PaxosAccepted(proto::PaxosAcceptedRecord { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)) })
         }
         PersistRecord::Commit { key, proposal } => {
-            Kind::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)) })
+            Kind::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster: false })
         }
         PersistRecord::Withdraw { key, ballot } => {
             Kind::PaxosWithdrawn(proto::PaxosWithdrawn { key: key.to_vec(), ballot: Some(ballot_to_proto(ballot)) })
@@ -299,7 +348,7 @@ mod tests {
     #[test]
     fn every_field_of_a_request_is_checked() {
         let ballot = Some(proto::Ballot { micros: 5, node: 1 });
-        let prepare = |key: &str, ballot| parse_prepare(proto::PaxosPrepare { key: key.into(), ballot }, &LIMITS);
+        let prepare = |key: &str, ballot| parse_prepare(proto::PaxosPrepare { key: key.into(), ballot, cluster: false }, &LIMITS);
         assert!(prepare("255", ballot).is_ok());
         refused(prepare("256", ballot), "key 256 is out of range");
         refused(prepare("x", ballot), "partitioner");
@@ -308,8 +357,8 @@ mod tests {
 
         let version = |micros, value: &str, tombstone| Some(proto::Version { micros, node: 1, tombstone, value: value.into() });
         let with = |version, origin| Some(proto::PaxosProposal { version, origin });
-        let propose = |p| parse_propose(proto::PaxosPropose { key: b"3".to_vec(), proposal: p }, &LIMITS);
-        let commit = |p| parse_commit(proto::PaxosCommit { key: b"3".to_vec(), proposal: p }, &LIMITS);
+        let propose = |p| parse_propose(proto::PaxosPropose { key: b"3".to_vec(), proposal: p, cluster: false }, &LIMITS);
+        let commit = |p| parse_commit(proto::PaxosCommit { key: b"3".to_vec(), proposal: p, cluster: false }, &LIMITS);
         assert!(propose(with(version(5, "0123456789", false), ballot)).is_ok());
         refused(propose(with(version(5, "0123456789x", false), ballot)), "value of 11 bytes exceeds the limit of 10 bytes");
         assert!(propose(with(version(5, "0123456789x", true), ballot)).is_ok(), "a delete's value is ignored");
@@ -321,7 +370,10 @@ mod tests {
         refused(commit(with(version(5, &"v".repeat(11), false), ballot)), "exceeds the limit");
         refused(commit(with(version(5, "v", false), Some(proto::Ballot { micros: 0, node: 0 }))), "origin with ballot 0");
         refused(
-            parse_commit(proto::PaxosCommit { key: b"300".to_vec(), proposal: with(version(5, "v", false), ballot) }, &LIMITS),
+            parse_commit(
+                proto::PaxosCommit { key: b"300".to_vec(), proposal: with(version(5, "v", false), ballot), cluster: false },
+                &LIMITS,
+            ),
             "out of range",
         );
     }

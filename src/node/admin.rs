@@ -134,12 +134,8 @@ impl Node {
         let mut asked: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); 256];
         for &(slot, range) in &groups {
             let Ok(slot8) = u8::try_from(slot) else { continue };
-            let holders: Vec<usize> = ring
-                .group_replicas(slot8, range)
-                .iter()
-                .filter_map(|&id| ring.position(id))
-                .filter(|&i| digests[i].is_some())
-                .collect();
+            let holders: Vec<usize> =
+                ring.group_replicas(slot8, range).iter().filter_map(|&id| ring.position(id)).filter(|&i| digests[i].is_some()).collect();
             let of = |i: usize| digests[i].as_ref().and_then(|d| d.get(&(slot, range)).copied()).unwrap_or(0);
             if holders.iter().any(|&i| of(i) != of(holders[0])) {
                 differing.insert(slot8);

@@ -15,17 +15,24 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 
 use crate::cluster::metadata::Metadata;
-use crate::message::paxos::{ballot_to_proto, state_from_proto, state_to_proto};
-use crate::paxos::Ballot;
-use crate::paxos::acceptor::KeyState;
+use crate::cluster::ring::NodeId;
 use crate::cluster::ring::Ring;
+use crate::coordinator::call::{Call, Machine};
+use crate::coordinator::command::{Command, Outgoing, Route};
 use crate::error::{Error, Result};
+use crate::message::paxos::{ballot_to_proto, meta_key, state_from_proto, state_to_proto};
+use crate::message::{PeerRequest, PeerResponse, PeerResult};
 use crate::node::Node;
+use crate::paxos::acceptor::{Acceptor, KeyState};
+use crate::paxos::proposer::{Action, Proposer};
+use crate::paxos::{Ballot, Expect, Op, Outcome, PaxosError, Request as PaxosRequest};
 use crate::proto;
+use crate::storage::cell::Version;
 
 /// The file holding a replica's metadata, in its data folder.
 pub const METADATA_FILE: &str = "cluster.meta";
@@ -80,7 +87,8 @@ impl Stored {
         Stored { meta, committed: Ballot::ZERO, acceptor: KeyState::default() }
     }
 
-    fn to_proto(&self) -> proto::MetadataFile {
+    /// The disk and wire form.
+    pub fn to_proto(&self) -> proto::MetadataFile {
         proto::MetadataFile {
             metadata: Some(self.meta.to_proto()),
             committed: Some(ballot_to_proto(self.committed)),
@@ -88,7 +96,8 @@ impl Stored {
         }
     }
 
-    fn from_proto(p: proto::MetadataFile) -> Result<Stored> {
+    /// From the disk or wire form, checked.
+    pub fn from_proto(p: proto::MetadataFile) -> Result<Stored> {
         let meta = Metadata::from_proto(p.metadata.ok_or_else(|| Error::Storage("no metadata".into()))?)?;
         let committed = p.committed.map_or(Ballot::ZERO, |b| Ballot(crate::storage::hlc::Timestamp { micros: b.micros, node: b.node }));
         let acceptor = match p.acceptor {
@@ -158,5 +167,318 @@ impl Node {
     /// The read ring of the view this node holds now.
     pub fn ring(&self) -> Arc<Ring> {
         self.view.read().ring.clone()
+    }
+}
+
+/// The metadata register's acceptor in this replica, and the ballot of the
+/// commit that made the epoch it holds.
+#[derive(Debug)]
+pub struct MetaAcceptor {
+    acceptor: Acceptor,
+    committed: Ballot,
+}
+
+impl MetaAcceptor {
+    /// The acceptor as `stored` left it.
+    pub fn of(stored: &Stored) -> MetaAcceptor {
+        let mut acceptor = Acceptor::new();
+        if stored.acceptor != KeyState::default() {
+            acceptor.load(meta_key(), stored.acceptor.clone());
+        }
+        MetaAcceptor { acceptor, committed: stored.committed }
+    }
+}
+
+/// The longest a metadata change waits for a quorum of voters.
+pub const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a round of the metadata Paxos ended with.
+#[derive(Debug)]
+pub enum MetaStep {
+    /// The operation's outcome.
+    Answer(std::result::Result<Outcome, PaxosError>),
+    /// Contention: start over with a higher ballot after this delay.
+    Retry(Duration),
+}
+
+/// One round of the metadata Paxos: a [`Proposer`] on the metadata
+/// register, driven by replies like the other machines.
+#[derive(Debug)]
+pub struct MetaRound {
+    /// The proposer (taken back out to start over).
+    pub proposer: Proposer,
+    restart: Option<Ballot>,
+    to: Vec<NodeId>,
+    out: Vec<Outgoing>,
+    step: Option<MetaStep>,
+}
+
+impl MetaRound {
+    /// A round of `proposer`: its first (or, with `restart`, a new ballot's) prepares.
+    pub fn new(proposer: Proposer, restart: Option<Ballot>) -> MetaRound {
+        MetaRound { proposer, restart, to: Vec::new(), out: Vec::new(), step: None }
+    }
+
+    /// How the round ended (`None`: not yet).
+    pub fn take_step(&mut self) -> Option<MetaStep> {
+        self.step.take()
+    }
+
+    fn send(&mut self, to: NodeId, msg: PaxosRequest) {
+        self.out.push(Outgoing { slot: self.to.len(), to, msg: PeerRequest::MetaPaxos(msg), route: Route::Direct });
+        self.to.push(to);
+    }
+
+    fn act(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send { to, msg } => self.send(to, msg),
+                Action::Answer(r) => self.step = Some(MetaStep::Answer(r)),
+                Action::RetryAfter(d) => self.step = Some(MetaStep::Retry(d)),
+            }
+        }
+    }
+
+    /// The deadline passed: the proposer's verdict.
+    pub fn time_out(&mut self) {
+        if self.step.is_none() {
+            let actions = self.proposer.on_timeout();
+            self.act(actions);
+            self.out.clear();
+        }
+    }
+}
+
+impl Machine for MetaRound {
+    fn start(&mut self) -> Vec<Outgoing> {
+        let sends = match self.restart {
+            Some(b) => self.proposer.restart(b),
+            None => self.proposer.start(),
+        };
+        for (to, msg) in sends {
+            self.send(to, msg);
+        }
+        if self.out.is_empty()
+            && let Some(r) = self.proposer.outcome()
+        {
+            self.step = Some(MetaStep::Answer(r.clone()));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
+        let Some(&from) = self.to.get(slot) else { return };
+        if let Ok(PeerResponse::Paxos(r)) = result {
+            let actions = self.proposer.on_reply(from, r);
+            self.act(actions);
+        }
+        out.extend(std::mem::take(&mut self.out).into_iter().map(Command::Send));
+    }
+
+    fn settled(&self) -> bool {
+        self.step.is_some()
+    }
+
+    fn complete(&self) -> bool {
+        self.step.is_some()
+    }
+
+    fn held_bytes(&self) -> usize {
+        0
+    }
+}
+
+fn encode(meta: &Metadata) -> Box<[u8]> {
+    meta.to_proto().encode_to_vec().into_boxed_slice()
+}
+
+fn decode(bytes: &[u8]) -> Result<Metadata> {
+    Metadata::from_proto(proto::ClusterMetadata::decode(bytes).map_err(|e| Error::Protocol(format!("undecodable cluster metadata: {e}")))?)
+}
+
+impl Node {
+    /// Serves a metadata-Paxos request with this replica's metadata acceptor;
+    /// a commit of a newer epoch (of this cluster) is adopted. Every change
+    /// is stored (`cluster.meta`) before the reply.
+    pub fn serve_meta_paxos(&self, req: PaxosRequest) -> PeerResult {
+        let mut st = self.meta.lock();
+        let view = self.view();
+        let current = Version { ts: st.committed.0, value: Some(encode(&view.meta)) };
+        let before = st.acceptor.state(&meta_key()).cloned();
+        let handled = st.acceptor.handle(req, Some(&current));
+        let mut adopt = None;
+        if let Some(v) = &handled.apply {
+            match v.value.as_deref().map(decode) {
+                Some(Ok(meta)) if meta.cluster_id == view.meta.cluster_id && meta.epoch > view.meta.epoch => {
+                    adopt = Some((meta, Ballot(v.ts)))
+                }
+                Some(Ok(meta)) => {
+                    log::warn!("{}: ignoring a metadata commit of epoch {} (holding {})", self.cfg.name, meta.epoch, view.meta.epoch)
+                }
+                Some(Err(e)) => log::warn!("{}: ignoring a metadata commit: {e}", self.cfg.name),
+                None => {}
+            }
+        }
+        if handled.record.is_some() || adopt.is_some() {
+            let stored = Stored {
+                meta: adopt.as_ref().map_or_else(|| view.meta.clone(), |(m, _)| m.clone()),
+                committed: adopt.as_ref().map_or(st.committed, |&(_, b)| b),
+                acceptor: st.acceptor.state(&meta_key()).cloned().unwrap_or_default(),
+            };
+            if let Some(dir) = &self.cfg.data_dir
+                && let Err(e) = store(dir, &stored)
+            {
+                st.acceptor.reset(&meta_key(), before);
+                return Err(e);
+            }
+        }
+        if let Some((meta, ballot)) = adopt {
+            st.committed = ballot;
+            self.install(meta);
+        }
+        Ok(PeerResponse::Paxos(handled.reply))
+    }
+
+    /// Makes `meta` this node's view (the caller has stored it).
+    fn install(&self, meta: Metadata) {
+        let epoch = meta.epoch;
+        match View::of(meta) {
+            Ok(v) => {
+                log::info!("{}: now at {}", self.cfg.name, v.meta.summary());
+                *self.view.write() = Arc::new(v);
+            }
+            Err(e) => log::error!("{}: cannot use the metadata of epoch {epoch}: {e}", self.cfg.name),
+        }
+    }
+
+    /// Adopts `meta`, committed with `ballot`, if it is a newer epoch of this
+    /// cluster than the one held (a catch-up from a peer, or a change this
+    /// node just got chosen): stores it, then installs it. Whether it did.
+    pub fn adopt(&self, meta: Metadata, ballot: Ballot) -> Result<bool> {
+        let mut st = self.meta.lock();
+        let view = self.view();
+        if meta.cluster_id != view.meta.cluster_id || meta.epoch <= view.meta.epoch {
+            return Ok(false);
+        }
+        if let Some(dir) = &self.cfg.data_dir {
+            let acceptor = st.acceptor.state(&meta_key()).cloned().unwrap_or_default();
+            store(dir, &Stored { meta: meta.clone(), committed: ballot.max(st.committed), acceptor })?;
+        }
+        st.committed = ballot.max(st.committed);
+        self.install(meta);
+        Ok(true)
+    }
+
+    /// A proposer for the change `change` makes to the metadata this node
+    /// holds, among the current epoch's voters: the new metadata, and the
+    /// proposer (a compare-and-set from the current record to the new one).
+    pub fn meta_proposer(&self, change: impl Fn(&Metadata) -> Result<Metadata>) -> Result<(Metadata, Proposer)> {
+        let view = self.view();
+        let next = change(&view.meta)?;
+        let voters = view.meta.voters();
+        let live: Vec<NodeId> = voters.iter().copied().filter(|&v| self.alive(v)).collect();
+        let op = Op::CompareAndSet { expect: Expect::Equals(encode(&view.meta)), new: Some(encode(&next)) };
+        let seed = self.clock.now().micros ^ u64::from(self.me.0);
+        Ok((next, Proposer::new(meta_key(), op, &voters, &live, Ballot(self.clock.now()), seed)))
+    }
+
+    /// Starts a round of the metadata Paxos (see [`MetaRound`]).
+    pub fn start_meta_round(self: &Arc<Self>, proposer: Proposer, restart: Option<Ballot>, deadline: Instant) -> Arc<Call<MetaRound>> {
+        let call = Call::new(MetaRound::new(proposer, restart), self.clone(), self.budget.clone(), deadline);
+        call.start();
+        call
+    }
+
+    /// Changes the cluster metadata by consensus: `change` turns the
+    /// metadata of the newest epoch this node knows into the next one (or
+    /// refuses); the change is proposed to the epoch's voters as a
+    /// compare-and-set. If another change won meanwhile, this node catches
+    /// up and asks `change` again (which may now refuse). The new metadata
+    /// once chosen; an error if refused, unavailable or not decided in time
+    /// (then it may or may not have been applied, and the error says so).
+    pub fn change_metadata(self: &Arc<Self>, change: impl Fn(&Metadata) -> Result<Metadata>) -> Result<Metadata> {
+        let deadline = Instant::now() + META_TIMEOUT;
+        loop {
+            let (next, proposer) = self.meta_proposer(&change)?;
+            let mut call = self.start_meta_round(proposer, None, deadline);
+            let outcome = loop {
+                let mut m = call.wait();
+                if Instant::now() >= deadline {
+                    m.time_out();
+                }
+                match m.take_step() {
+                    Some(MetaStep::Answer(r)) => break r,
+                    Some(MetaStep::Retry(d)) => {
+                        let proposer = m.proposer.clone();
+                        drop(m);
+                        std::thread::sleep(d.min(deadline.saturating_duration_since(Instant::now())));
+                        let _ = self.clock.observe(proposer.highest_seen().0, self.cfg.max_clock_offset);
+                        call = self.start_meta_round(proposer, Some(Ballot(self.clock.now())), deadline);
+                    }
+                    None => m.time_out(),
+                }
+            };
+            match outcome {
+                Ok(Outcome::Applied) => {
+                    let ballot = call.wait().proposer.proposed().unwrap_or(Ballot(self.clock.now()));
+                    self.adopt(next.clone(), ballot)?;
+                    return Ok(next);
+                }
+                Ok(_) => {
+                    // Another change won: learn it, then ask `change` again.
+                    if !self.catch_up() {
+                        return Err(Error::Unavailable(
+                            "the cluster metadata changed meanwhile and no voter could say to what; try again".into(),
+                        ));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout("the cluster metadata kept changing under this change; it was not applied".into()));
+                    }
+                }
+                Err(PaxosError::Unavailable(m)) => return Err(Error::Unavailable(format!("cannot change the cluster metadata: {m}"))),
+                Err(e) => {
+                    // Unknown, or not proposed in time: learn what was chosen; if it
+                    // is this change, done; otherwise propose again (the
+                    // compare-and-set cannot apply twice) until the deadline.
+                    self.catch_up();
+                    if self.view().meta == next {
+                        return Ok(next);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout(format!(
+                            "the cluster metadata change to epoch {} was not decided in time; it may or may not have been applied ({e})",
+                            next.epoch
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the live voters for their metadata and adopts the newest, if
+    /// newer than this node's. Whether any voter answered.
+    pub fn catch_up(self: &Arc<Self>) -> bool {
+        let view = self.view();
+        let others: Vec<NodeId> = view.meta.voters().into_iter().filter(|&v| v != self.me && self.alive(v)).collect();
+        let mut answered = false;
+        for r in self.gather(others, PeerRequest::Metadata).into_iter().flatten() {
+            if let Ok(PeerResponse::Metadata(stored)) = r {
+                answered = true;
+                if let Err(e) = self.adopt(stored.meta, stored.committed) {
+                    log::warn!("{}: cannot store newer cluster metadata: {e}", self.cfg.name);
+                }
+            }
+        }
+        answered
+    }
+
+    /// What this replica stores of the metadata (a peer catching up asks for it).
+    pub fn stored_metadata(&self) -> Stored {
+        let st = self.meta.lock();
+        Stored {
+            meta: self.view().meta.clone(),
+            committed: st.committed,
+            acceptor: st.acceptor.state(&meta_key()).cloned().unwrap_or_default(),
+        }
     }
 }

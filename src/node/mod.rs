@@ -168,6 +168,8 @@ pub struct Node {
     pub cfg: NodeConfig,
     /// The cluster at the newest epoch this node knows (see [`membership`]).
     view: parking_lot::RwLock<Arc<membership::View>>,
+    /// The metadata register's acceptor (held while a request is served and its state stored).
+    meta: parking_lot::Mutex<membership::MetaAcceptor>,
     /// This node's id.
     pub me: NodeId,
     /// The write clock (on the system clock; the simulated network gives its nodes one it controls).
@@ -236,7 +238,12 @@ impl Node {
 
     /// Builds the node `cfg.name` of the cluster `stored` describes (with
     /// what its acceptor promised for the next epoch), its clock on `wall`.
-    pub fn with_metadata(cfg: NodeConfig, stored: membership::Stored, peers: Arc<dyn Peers>, wall: Arc<dyn WallClock>) -> Result<(Arc<Node>, Workers)> {
+    pub fn with_metadata(
+        cfg: NodeConfig,
+        stored: membership::Stored,
+        peers: Arc<dyn Peers>,
+        wall: Arc<dyn WallClock>,
+    ) -> Result<(Arc<Node>, Workers)> {
         let view = membership::View::of(stored.meta.clone())?;
         let ring = view.ring.clone();
         let me = Node::locate(&cfg, &ring)?;
@@ -284,6 +291,7 @@ impl Node {
             peers,
             me,
             view: parking_lot::RwLock::new(Arc::new(view)),
+            meta: parking_lot::Mutex::new(membership::MetaAcceptor::of(&stored)),
             cfg,
             shutdown: AtomicBool::new(false),
             repair_tx,

@@ -73,6 +73,8 @@ impl Node {
             PeerRequest::Tree { slot, leaves } => Ok(PeerResponse::Tree(self.tree(slot, leaves))),
             PeerRequest::Cells { slot, range, leaves, after } => Ok(self.cells_of(slot, range, leaves, after.as_ref())),
             PeerRequest::Apply { cells } => return self.apply_cells(cells),
+            PeerRequest::MetaPaxos(req) => self.serve_meta_paxos(req),
+            PeerRequest::Metadata => Ok(PeerResponse::Metadata(Box::new(self.stored_metadata()))),
         };
         (result, None)
     }

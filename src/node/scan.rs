@@ -73,9 +73,7 @@ impl Node {
     fn slot_groups(ring: &Ring, slot: u8) -> Vec<&[NodeId]> {
         match ring.partitioner() {
             Partitioner::ByteOrdered => vec![ring.group_replicas(slot, 0)],
-            Partitioner::Murmur3 => {
-                slot_ranges(ring.sorted_tokens(), slot).into_iter().map(|r| ring.group_replicas(slot, r)).collect()
-            }
+            Partitioner::Murmur3 => slot_ranges(ring.sorted_tokens(), slot).into_iter().map(|r| ring.group_replicas(slot, r)).collect(),
         }
     }
 

@@ -310,7 +310,12 @@ impl Cluster {
     fn build(n: usize, seed: u64, ring: impl FnOnce(Vec<NodeInfo>) -> Ring) -> Cluster {
         let net = SimNet::new(seed);
         let infos: Vec<NodeInfo> = (0..n)
-            .map(|i| NodeInfo { name: format!("n{i}"), host: "127.0.0.1".into(), port: 1 + i as u16, id: NodeId(100 + i as u32) })
+            .map(|i| NodeInfo {
+                name: format!("n{i}"),
+                host: "127.0.0.1".into(),
+                port: 1 + i as u16,
+                id: crate::cluster::ring::node_id(&format!("n{i}")),
+            })
             .collect();
         let ring = ring(infos.clone());
         let mut nodes = Vec::new();

@@ -311,3 +311,137 @@ fn an_anti_entropy_pass_brings_every_replica_up_to_date_without_reads_or_hints()
         assert!(first.bytes_compared > second.bytes_compared, "seed {seed}");
     }
 }
+
+fn member(name: &str, port: u16) -> crate::cluster::ring::NodeInfo {
+    crate::cluster::ring::NodeInfo { id: crate::cluster::ring::node_id(name), name: name.into(), host: "127.0.0.1".into(), port }
+}
+
+type Change = Box<dyn Fn(&crate::cluster::metadata::Metadata) -> crate::Result<crate::cluster::metadata::Metadata>>;
+
+/// What one node's metadata change came to on the simulated network.
+#[derive(Debug, Clone, PartialEq)]
+enum Changed {
+    /// Chosen: the new epoch.
+    Applied(u64),
+    /// Another change was chosen first.
+    Lost,
+    /// `change` refused (after learning of another change).
+    Refused(String),
+}
+
+/// Runs the metadata changes `changes` (node, change) at once on the
+/// simulated network, as [`Node::change_metadata`] would but one delivery at
+/// a time: a round that backs off restarts with a new ballot; one whose
+/// outcome is unknown proposes again from what its node now holds (the
+/// compare-and-set makes that safe). What each came to.
+fn run_meta_changes(c: &Cluster, changes: Vec<(usize, Change)>) -> Vec<Changed> {
+    use crate::node::membership::MetaStep;
+    use crate::paxos::{Ballot, Outcome};
+    let far = std::time::Instant::now() + Duration::from_secs(3600);
+    type Round = (Arc<crate::coordinator::call::Call<crate::node::membership::MetaRound>>, u64);
+    let mut rounds: Vec<Option<Round>> = Vec::new();
+    let mut results: Vec<Option<Changed>> = vec![None; changes.len()];
+    for (i, (node, change)) in changes.iter().enumerate() {
+        match c.nodes[*node].meta_proposer(change) {
+            Ok((next, p)) => rounds.push(Some((c.nodes[*node].start_meta_round(p, None, far), next.epoch))),
+            Err(e) => {
+                results[i] = Some(Changed::Refused(e.to_string()));
+                rounds.push(None);
+            }
+        }
+    }
+    for _ in 0..200 {
+        c.net.run(c);
+        for (i, (node, change)) in changes.iter().enumerate() {
+            let n = &c.nodes[*node];
+            let Some((call, epoch)) = rounds[i].clone() else { continue };
+            match call.with(|m, _| m.take_step()) {
+                None => {}
+                Some(MetaStep::Retry(_)) => {
+                    let p = call.with(|m, _| m.proposer.clone());
+                    let _ = n.clock.observe(p.highest_seen().0, Duration::from_secs(3600));
+                    rounds[i] = Some((n.start_meta_round(p, Some(Ballot(n.clock.now())), far), epoch));
+                }
+                Some(MetaStep::Answer(Ok(Outcome::Applied))) => {
+                    results[i] = Some(Changed::Applied(epoch));
+                    rounds[i] = None;
+                }
+                Some(MetaStep::Answer(Ok(_))) => {
+                    results[i] = Some(Changed::Lost);
+                    rounds[i] = None;
+                }
+                Some(MetaStep::Answer(Err(_))) => match n.meta_proposer(change) {
+                    Ok((next, p)) => rounds[i] = Some((n.start_meta_round(p, None, far), next.epoch)),
+                    Err(e) => {
+                        results[i] = Some(Changed::Refused(e.to_string()));
+                        rounds[i] = None;
+                    }
+                },
+            }
+        }
+        if results.iter().all(Option::is_some) {
+            c.net.run(c); // the commits after the answers
+            return results.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("metadata changes did not finish: {results:?}");
+}
+
+/// The cluster metadata by consensus, on the simulated network: two nodes
+/// propose conflicting changes at once (each a different joining member);
+/// exactly one is chosen, every voter that hears the commit moves to its
+/// epoch, and the other finds the winner's movement under way. A node cut
+/// off during the change catches up from a voter once healed, and an older
+/// epoch arriving late never takes a node back.
+#[test]
+fn concurrent_metadata_changes_one_wins_and_a_node_that_missed_it_catches_up() {
+    use crate::cluster::metadata::{Metadata, NodeState};
+    for seed in 0..16 {
+        let c = Cluster::new(5, 3, seed);
+        for i in 0..4 {
+            c.net.cut(c.id(i), c.id(4));
+        }
+        let join = |name: &'static str, port| -> Change { Box::new(move |m: &Metadata| m.begin_join(member(name, port), None, false)) };
+        let results = run_meta_changes(&c, vec![(0, join("x", 100)), (1, join("y", 101))]);
+        let won: Vec<usize> = (0..2).filter(|&i| matches!(results[i], Changed::Applied(_))).collect();
+        assert_eq!(won.len(), 1, "seed {seed}: exactly one change wins: {results:?}");
+        let (winner, loser) = if won[0] == 0 { ("x", 1) } else { ("y", 0) };
+        assert!(
+            results[loser] == Changed::Lost
+                || matches!(&results[loser], Changed::Refused(e) if e.contains(&format!("a join of {winner} is under way"))),
+            "seed {seed}: {results:?}"
+        );
+        assert_eq!(c.nodes[4].view().epoch(), 1, "seed {seed}: n4 was cut off");
+        c.net.heal();
+        std::thread::scope(|s| {
+            let up = s.spawn(|| {
+                let all: Vec<bool> = c.nodes.iter().map(|n| n.catch_up()).collect();
+                all
+            });
+            while !up.is_finished() {
+                c.net.run(&c);
+                std::thread::yield_now();
+            }
+            assert!(up.join().unwrap().iter().all(|&a| a), "seed {seed}: every node heard from a voter");
+        });
+        for i in 0..5 {
+            let v = c.nodes[i].view();
+            assert_eq!(v.epoch(), 2, "seed {seed}: n{i} holds the new epoch");
+            assert_eq!(v.meta.named(winner).map(|m| m.state), Some(NodeState::Joining), "seed {seed} n{i}");
+            assert!(v.meta.named(if winner == "x" { "y" } else { "x" }).is_none(), "seed {seed} n{i}");
+        }
+        // The loser asked again: the winner's join is under way, one change at a time.
+        let again = c.nodes[loser].meta_proposer(join("z", 102)).unwrap_err().to_string();
+        assert!(again.contains(&format!("a join of {winner} is under way")), "seed {seed}: {again}");
+        // The next epoch everywhere; then epoch 2 offered late: nobody goes back.
+        let epoch2 = c.nodes[0].view().meta.clone();
+        let finish: Change = Box::new(|m: &Metadata| m.finish());
+        assert_eq!(run_meta_changes(&c, vec![(2, finish)]), vec![Changed::Applied(3)], "seed {seed}");
+        for i in 0..5 {
+            assert_eq!(c.nodes[i].view().epoch(), 3, "seed {seed}: n{i} at epoch 3");
+            assert_eq!(c.nodes[i].view().meta.named(winner).map(|m| m.state), Some(NodeState::Normal));
+        }
+        assert!(!c.nodes[3].adopt(epoch2, crate::paxos::Ballot(c.nodes[3].clock.now())).unwrap());
+        assert_eq!(c.nodes[3].view().epoch(), 3, "seed {seed}: an older epoch is never taken");
+    }
+}
