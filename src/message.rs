@@ -209,6 +209,8 @@ pub enum PeerRequest {
         from: String,
         /// The sender's clock (HLC microseconds; 0: not sent), for the receiver's clock to observe.
         micros: u64,
+        /// The sender's metadata epoch (0: not sent).
+        epoch: u64,
     },
     /// Every local cell.
     Dump {
@@ -286,6 +288,8 @@ pub enum PeerResponse {
         name: String,
         /// Its storage state.
         storage: Option<proto::StorageStats>,
+        /// Its metadata epoch (0: not sent).
+        epoch: u64,
     },
     /// To [`PeerRequest::Dump`].
     Dump(proto::DumpResult),
@@ -467,7 +471,7 @@ impl PeerRequest {
         use request::Body as B;
         Ok(match body {
             B::Ping(_) => PeerRequest::Ping,
-            B::Heartbeat(h) => PeerRequest::Heartbeat { from: h.from, micros: h.micros },
+            B::Heartbeat(h) => PeerRequest::Heartbeat { from: h.from, micros: h.micros, epoch: h.epoch },
             B::ReplicaDump(d) => {
                 let slots = slot_list(d.slots, "a dump")?;
                 let after = if d.after.is_empty() { None } else { Some(limits.key(d.after)?) };
@@ -544,7 +548,7 @@ impl PeerRequest {
             PeerRequest::ReadBatch { keys } => {
                 B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.iter().map(Key::to_vec).collect() })
             }
-            PeerRequest::Heartbeat { from, micros } => B::Heartbeat(proto::Heartbeat { from, micros }),
+            PeerRequest::Heartbeat { from, micros, epoch } => B::Heartbeat(proto::Heartbeat { from, micros, epoch }),
             PeerRequest::Dump { max_value_len, slots, max_keys, after, digest_slots } => B::ReplicaDump(proto::ReplicaDump {
                 max_value_len,
                 slots: slots.into_iter().map(u32::from).collect(),
@@ -589,7 +593,7 @@ impl PeerResponse {
             PeerResponse::ReadBatch(vs) => {
                 B::ReplicaReadBatch(proto::ReadBatchResult { results: vs.into_iter().map(read_result).collect() })
             }
-            PeerResponse::Heartbeat { name, storage } => B::Heartbeat(proto::HeartbeatAck { name, storage }),
+            PeerResponse::Heartbeat { name, storage, epoch } => B::Heartbeat(proto::HeartbeatAck { name, storage, epoch }),
             PeerResponse::Dump(d) => B::ReplicaDump(d),
             PeerResponse::Scan { entries, more } => {
                 B::ReplicaScan(proto::ReplicaScanResult { entries: entries.into_iter().map(scan::entry_to_proto).collect(), more })
@@ -619,7 +623,7 @@ impl PeerResponse {
             Some(B::ReplicaReadBatch(b)) => {
                 PeerResponse::ReadBatch(b.results.into_iter().map(|r| r.version.map(Version::from_proto)).collect())
             }
-            Some(B::Heartbeat(h)) => PeerResponse::Heartbeat { name: h.name, storage: h.storage },
+            Some(B::Heartbeat(h)) => PeerResponse::Heartbeat { name: h.name, storage: h.storage, epoch: h.epoch },
             Some(B::ReplicaDump(d)) => PeerResponse::Dump(d),
             Some(B::ReplicaScan(r)) => {
                 PeerResponse::Scan { entries: r.entries.into_iter().map(scan::entry_from_proto).collect(), more: r.more }
@@ -849,7 +853,7 @@ mod tests {
         refused(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("0"), k("256")] })), "out of range");
         refused(peer(B::Hello(proto::PeerHello::default())), "second PeerHello");
         refused(peer(B::Get(proto::Get::default())), "client request on a replica link");
-        assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: 7 })).is_ok());
+        assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: 7, epoch: 1 })).is_ok());
 
         // Paxos requests are parsed by `paxos` (tested there); on a link they are typed and read back.
         let ballot = crate::paxos::Ballot(Timestamp { micros: 5, node: 1 });

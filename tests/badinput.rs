@@ -273,7 +273,7 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
         3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)) }),
-        5 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64) }),
+        5 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64), epoch: rng.next() >> rng.below(64) }),
         6 => B::ReplicaDump(proto::ReplicaDump {
             max_value_len: rng.below(64) as u32,
             slots: (0..rng.below(3)).map(|_| rng.below(300) as u32).collect(),
@@ -346,7 +346,13 @@ fn batch_keys(rng: &mut Rng, range: u32) -> Vec<Vec<u8>> {
 }
 
 fn hello(ring: &quorumkv::cluster::ring::Ring, name: &str) -> proto::PeerHello {
-    proto::PeerHello { name: name.into(), ring_fingerprint: ring.fingerprint(), ring_description: ring.describe(), epoch: ring.epoch() }
+    proto::PeerHello {
+        name: name.into(),
+        ring_fingerprint: ring.fingerprint(),
+        ring_description: ring.describe(),
+        epoch: ring.epoch(),
+        cluster_id: quorumkv::cluster::metadata::Metadata::from_ring(ring, 16).cluster_id,
+    }
 }
 
 fn flip_bits(rng: &mut Rng, body: &mut [u8]) {
@@ -536,7 +542,7 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
                 0 => B::ReplicaWrite(proto::ReplicaWrite { key: rng.below(256).to_string().into_bytes(), version: Some(version(rng)) }),
                 1 => B::ReplicaRead(proto::ReplicaRead { key: rng.below(300).to_string().into_bytes() }),
                 2 => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: batch_keys(rng, 300) }),
-                3 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64) }),
+                3 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64), epoch: 1 }),
                 4 => B::ReplicaDump(proto::ReplicaDump {
                     max_value_len: u32::MAX,
                     slots: vec![],
@@ -563,11 +569,11 @@ fn response(rng: &mut Rng) -> proto::Response {
         1 => R::Pong(proto::Pong { name: "r0".into() }),
         2 => R::Get(proto::GetResult { value: Some(value(rng)), version: Some(version(rng)) }),
         3 => R::Write(proto::WriteResult { micros: rng.next(), node: 1, acks: 2, ..Default::default() }),
-        4 => R::Hello(proto::HelloAck { name: "r1".into() }),
+        4 => R::Hello(proto::HelloAck { name: "r1".into(), epoch: 1 }),
         5 => R::ReplicaRead(proto::ReadResult { version: Some(version(rng)) }),
         6 => R::ReplicaWrite(proto::WriteAck { applied: rng.below(2) == 0, held_micros: rng.next(), held_node: rng.next() as u32 }),
         7 => R::ReplicaReadBatch(proto::ReadBatchResult { results: vec![proto::ReadResult { version: Some(version(rng)) }; 3] }),
-        8 => R::Heartbeat(proto::HeartbeatAck { name: "r2".into(), storage: Some(proto::StorageStats::default()) }),
+        8 => R::Heartbeat(proto::HeartbeatAck { name: "r2".into(), storage: Some(proto::StorageStats::default()), epoch: 1 }),
         _ => R::Inspect(proto::InspectResult { key: b"3".to_vec(), replicas: vec![proto::InspectEntry::default()] }),
     };
     proto::Response { id: rng.next(), body: Some(body) }
@@ -784,7 +790,8 @@ fn served_kind(req: &B, resp: &R) -> bool {
         | (B::Repair(_), R::Repair(_))
         | (B::ReplicaTree(_), R::ReplicaTree(_))
         | (B::ReplicaCells(_), R::ReplicaCells(_))
-        | (B::ReplicaApply(_), R::ReplicaApply(_)) => true,
+        | (B::ReplicaApply(_), R::ReplicaApply(_))
+        | (B::Metadata(_), R::Metadata(_)) => true,
         (B::ReplicaReadBatch(b), R::ReplicaReadBatch(r)) => b.keys.len() == r.results.len(),
         _ => false,
     }
@@ -1068,11 +1075,15 @@ fn short_lived(ctx: &Ctx, rng: &mut Rng, port: u16) -> Result<Stats, String> {
         }
         let mut h = hello(&ctx.ring, "r1");
         match rng.below(5) {
-            0 => h.ring_fingerprint ^= 1 << rng.below(64),
-            1 => h.epoch += 1 + rng.below(10) as u64,
+            0 => h.cluster_id ^= 1 << rng.below(64),
+            // A newer epoch is no reason to refuse a member, but a stranger from one is.
+            1 => {
+                h.epoch += 1 + rng.below(10) as u64;
+                h.name = "r9".into();
+            }
             2 => h.name = rng.pick(&["r9", "", "r0 r1", "\u{202e}r1"]).to_string(),
             3 => {
-                h.ring_fingerprint = rng.next();
+                h.cluster_id = rng.next();
                 h.ring_description = "[huge] ".repeat(6000); // 42 KB that a refusal might quote
             }
             _ => h.name = format!("r{}", 3 + rng.below(100)),

@@ -45,6 +45,7 @@ fn peer_link(c: &Cluster, i: usize, as_name: &str) -> TcpStream {
         ring_fingerprint: ring.fingerprint(),
         ring_description: ring.describe(),
         epoch: ring.epoch(),
+        cluster_id: quorumkv::cluster::metadata::Metadata::from_ring(&ring, 16).cluster_id,
     };
     let mut s = connect(c.replicas[i].port);
     match ask(&mut s, 1, B::Hello(hello)).body {

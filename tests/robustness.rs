@@ -47,6 +47,7 @@ fn peer_link(c: &Cluster, i: usize, as_name: &str) -> TcpStream {
         ring_fingerprint: ring.fingerprint(),
         ring_description: ring.describe(),
         epoch: ring.epoch(),
+        cluster_id: quorumkv::cluster::metadata::Metadata::from_ring(&ring, 16).cluster_id,
     };
     s.write_all(&frame(&proto::Request { id: 1, body: Some(proto::request::Body::Hello(hello)) }.encode_to_vec())).unwrap();
     assert!(matches!(read_reply(&mut s).unwrap().body, Some(proto::response::Body::Hello(_))));

@@ -271,7 +271,10 @@ impl Connection<'_, '_> {
                 self.role = Role::Peer(peer);
                 let _ = self.conn.stream().set_read_timeout(None);
                 debug!("{} opened a replica link from {}", h.name, self.peer_addr);
-                Step::Reply(Queued::new(id, response::Body::Hello(proto::HelloAck { name: node.name().to_string() })))
+                Step::Reply(Queued::new(
+                    id,
+                    response::Body::Hello(proto::HelloAck { name: node.name().to_string(), epoch: node.view().epoch() }),
+                ))
             }
             Err(e) => {
                 self.srv.pool.refused_links.note(&self.peer_addr, &e);

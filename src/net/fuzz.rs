@@ -102,10 +102,16 @@ mod tests {
             B::Status(proto::StatusRequest {}),
             B::Inspect(proto::InspectRequest { key: b"256".to_vec() }),
             B::Display(proto::DisplayRequest { max_value_len: 10, max_keys: 3 }),
-            B::Hello(proto::PeerHello { name: "r1".into(), ring_fingerprint: 99, ring_description: "ring".into(), epoch: 1 }),
+            B::Hello(proto::PeerHello {
+                name: "r1".into(),
+                ring_fingerprint: 99,
+                ring_description: "ring".into(),
+                epoch: 1,
+                cluster_id: 7,
+            }),
             B::ReplicaRead(proto::ReplicaRead { key: b"3".to_vec() }),
             B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v.clone() }),
-            B::Heartbeat(proto::Heartbeat { from: "r2".into(), micros: u64::MAX }),
+            B::Heartbeat(proto::Heartbeat { from: "r2".into(), micros: u64::MAX, epoch: u64::MAX }),
             B::ReplicaDump(proto::ReplicaDump {
                 max_value_len: 4,
                 slots: vec![1, 300],

@@ -40,16 +40,19 @@ use crate::net::fault::{Faults, Received};
 use crate::net::frame::{FrameReader, append_frame, encode_frame};
 use crate::proto::{self, request, response};
 
-/// Keeps the storage stats a peer sends with each heartbeat ack (any reply is also a sign of life).
+/// Keeps the storage stats and metadata epoch a peer sends with each
+/// heartbeat ack (any reply is also a sign of life).
 #[derive(Default)]
 struct HeartbeatSink {
     storage: Mutex<Option<proto::StorageStats>>,
+    epoch: AtomicU64,
 }
 
 impl ReplySink for HeartbeatSink {
     fn deliver(&self, _slot: usize, result: PeerResult) {
-        if let Ok(PeerResponse::Heartbeat { storage, .. }) = result {
+        if let Ok(PeerResponse::Heartbeat { storage, epoch, .. }) = result {
             *self.storage.lock() = storage;
+            self.epoch.fetch_max(epoch, Ordering::AcqRel);
         }
     }
 }
@@ -76,8 +79,8 @@ struct Outbox {
 
 /// What a link needs from its node to connect.
 pub struct LinkEnv<'a> {
-    /// Our handshake.
-    pub hello: proto::PeerHello,
+    /// The node (its handshake, made at each connection: the epoch changes).
+    pub node: &'a crate::node::Node,
     /// Connect and handshake timeout.
     pub connect_timeout: Duration,
     /// Pause between connection attempts.
@@ -108,6 +111,7 @@ pub struct PeerLink {
     wake: (Mutex<()>, Condvar),
     heartbeats: Arc<HeartbeatSink>,
     faults: Arc<Faults>,
+    retired: AtomicBool,
 }
 
 /// Why a connection attempt failed.
@@ -134,6 +138,7 @@ impl PeerLink {
             wake: (Mutex::new(()), Condvar::new()),
             heartbeats: Arc::new(HeartbeatSink::default()),
             faults,
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -258,14 +263,19 @@ impl PeerLink {
     }
 
     /// Sends a heartbeat carrying the sender's clock (`micros`); any reply counts as a sign of life.
-    pub fn heartbeat(&self, from: &str, micros: u64, deadline: Instant) {
+    pub fn heartbeat(&self, from: &str, micros: u64, epoch: u64, deadline: Instant) {
         if self.is_up() {
-            let body = request::Body::Heartbeat(proto::Heartbeat { from: from.to_string(), micros });
+            let body = request::Body::Heartbeat(proto::Heartbeat { from: from.to_string(), micros, epoch });
             self.send(body, self.heartbeats.clone(), 0, deadline);
         }
     }
 
-    /// The storage stats the peer sent with its last heartbeat ack.
+    /// The newest metadata epoch this peer mentioned in a heartbeat ack (and forgets it).
+    pub fn heard_epoch(&self) -> u64 {
+        self.heartbeats.epoch.swap(0, Ordering::AcqRel)
+    }
+
+    /// The storage state the peer reported last, if any.
     pub fn storage(&self) -> Option<proto::StorageStats> {
         self.heartbeats.storage.lock().clone()
     }
@@ -342,7 +352,13 @@ impl PeerLink {
         }
     }
 
-    /// Wakes the link's thread (for shutdown).
+    /// Ends the link: its peer left the cluster. Its thread ends.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Wakes the link's thread, closing its connection (for shutdown and retirement).
     pub fn wake(&self) {
         let _g = self.wake.0.lock();
         self.wake.1.notify_all();
@@ -354,7 +370,7 @@ impl PeerLink {
     /// The link's thread: connect, handshake, read replies until the connection breaks, repeat.
     pub fn run(&self, env: &LinkEnv<'_>) {
         let mut quiet_failures = false;
-        while !env.shutdown.load(Ordering::Acquire) {
+        while !env.shutdown.load(Ordering::Acquire) && !self.retired.load(Ordering::Acquire) {
             let pause = match self.connect(env) {
                 Ok((stream, reader)) => {
                     quiet_failures = false;
@@ -373,6 +389,11 @@ impl PeerLink {
                 Err(ConnectError::Refused(e @ Error::Overloaded(_))) => {
                     warn!("peer {} at {} is overloaded: {e}", self.name, self.addr);
                     env.retry_interval
+                }
+                // A peer behind on epochs refuses a member it does not know yet, until it catches up.
+                Err(ConnectError::Refused(e)) if e.to_string().contains("catching up") => {
+                    info!("peer {} at {} does not know us yet: {e}", self.name, self.addr);
+                    env.retry_interval.max(Duration::from_millis(500))
                 }
                 Err(ConnectError::Refused(e)) => {
                     error!("peer {} at {} refused our handshake: {e}", self.name, self.addr);
@@ -396,7 +417,7 @@ impl PeerLink {
         stream.set_read_timeout(Some(env.connect_timeout)).map_err(io)?;
         stream.set_write_timeout(Some(env.connect_timeout)).map_err(io)?;
         let mut buf = Vec::new();
-        let hello = proto::Request { id: 0, body: Some(request::Body::Hello(env.hello.clone())) };
+        let hello = proto::Request { id: 0, body: Some(request::Body::Hello(env.node.hello())) };
         encode_frame(&hello, &mut buf);
         (&stream).write_all(&buf).map_err(io)?;
         let mut reader = FrameReader::new(stream.try_clone().map_err(io)?, env.max_frame);
@@ -406,7 +427,7 @@ impl PeerLink {
             Err(e) => return Err(ConnectError::Io(format!("handshake: {e}"))),
         };
         match reply.body {
-            Some(response::Body::Hello(_)) => {}
+            Some(response::Body::Hello(ack)) => env.node.saw_epoch(ack.epoch),
             Some(response::Body::Error(e)) => return Err(ConnectError::Refused(Error::from_proto(e))),
             other => return Err(ConnectError::Io(format!("unexpected handshake reply {other:?}"))),
         }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
+
 use crate::cluster::ring::{NodeId, Ring};
 use crate::coordinator::peers::{Peers, ReplySink};
 use crate::error::{Error, Result};
@@ -13,8 +15,13 @@ use crate::net::link::PeerLink;
 use crate::proto;
 
 /// This node's links to every peer: the real network behind [`Peers`].
+///
+/// The set of links follows the membership: a member that joins gets a link
+/// (whose thread the membership thread starts), one that is removed loses
+/// it (its thread sees the link retired and ends).
 pub struct Links {
-    links: Vec<PeerLink>,
+    links: RwLock<Vec<Arc<PeerLink>>>,
+    me: NodeId,
     /// Injected faults, shared by the links and the server.
     pub faults: Arc<Faults>,
 }
@@ -25,25 +32,55 @@ impl Links {
         let mut links = Vec::with_capacity(ring.len());
         for n in ring.nodes() {
             if n.id != me {
-                links.push(PeerLink::new(n.id, n.name.clone(), n.socket_addr()?, faults.clone()));
+                links.push(Arc::new(PeerLink::new(n.id, n.name.clone(), n.socket_addr()?, faults.clone())));
             }
         }
-        Ok(Links { links, faults })
+        Ok(Links { links: RwLock::new(links), me, faults })
     }
 
     /// The link to `id`.
-    pub fn get(&self, id: NodeId) -> Option<&PeerLink> {
-        self.links.iter().find(|l| l.id == id)
+    pub fn get(&self, id: NodeId) -> Option<Arc<PeerLink>> {
+        self.links.read().iter().find(|l| l.id == id).cloned()
     }
 
-    /// Every link.
-    pub fn iter(&self) -> impl Iterator<Item = &PeerLink> {
-        self.links.iter()
+    /// Every link, as they are now.
+    pub fn iter(&self) -> Vec<Arc<PeerLink>> {
+        self.links.read().clone()
+    }
+
+    /// Makes the links those of `ring`'s nodes: new links (returned, for
+    /// their threads to be started) to nodes without one, and the links of
+    /// nodes no longer in it retired. A node whose address is not resolvable
+    /// is left without a link (logged).
+    pub fn follow(&self, ring: &Ring) -> Vec<Arc<PeerLink>> {
+        let mut links = self.links.write();
+        let mut added = Vec::new();
+        for n in ring.nodes() {
+            if n.id == self.me || links.iter().any(|l| l.id == n.id) {
+                continue;
+            }
+            match n.socket_addr() {
+                Ok(addr) => {
+                    let link = Arc::new(PeerLink::new(n.id, n.name.clone(), addr, self.faults.clone()));
+                    links.push(link.clone());
+                    added.push(link);
+                }
+                Err(e) => log::error!("no link to {}: {e}", n.name),
+            }
+        }
+        links.retain(|l| {
+            let keep = ring.get(l.id).is_some();
+            if !keep {
+                l.retire();
+            }
+            keep
+        });
+        added
     }
 
     /// Wakes every link's thread (for shutdown).
     pub fn wake(&self) {
-        for l in &self.links {
+        for l in self.links.read().iter() {
             l.wake();
         }
         self.faults.wake();
@@ -70,14 +107,14 @@ impl Peers for Links {
     }
 
     fn is_up(&self, to: NodeId) -> bool {
-        self.get(to).is_some_and(PeerLink::is_up)
+        self.get(to).is_some_and(|l| l.is_up())
     }
 
     fn down_for(&self, to: NodeId) -> Duration {
-        self.get(to).map_or(Duration::ZERO, PeerLink::down_for)
+        self.get(to).map_or(Duration::ZERO, |l| l.down_for())
     }
 
     fn storage(&self, to: NodeId) -> Option<proto::StorageStats> {
-        self.get(to).and_then(PeerLink::storage)
+        self.get(to).and_then(|l| l.storage())
     }
 }

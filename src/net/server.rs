@@ -113,7 +113,7 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
     };
     let srv = Server { node, links, pool };
     let env = LinkEnv {
-        hello: node.hello(),
+        node,
         connect_timeout: node.cfg.connect_timeout,
         retry_interval: node.cfg.heartbeat_interval,
         max_frame: node.cfg.max_frame_bytes().max(64 << 20),
@@ -137,6 +137,8 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
         let started = started && (node.wal.is_none() || spawn_named(s, "syncer".into(), || syncer(node)));
         let started = started && (node.wal.is_none() || spawn_named(s, "snapshots".into(), || snapshotter(node)));
         let started = started && spawn_named(s, "anti-entropy".into(), move || node.anti_entropy_loop(&repair_wake));
+        let env = &env;
+        let started = started && spawn_named(s, "membership".into(), move || membership(node, links, s, env));
         if !started {
             error!("cannot start the background threads; stopping");
             stop(node, links);
@@ -145,6 +147,35 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
         accept_loop(s, &srv, &listener);
     });
 }
+
+/// The membership thread: catches up when a peer mentions a newer epoch,
+/// makes the links follow the members of each new epoch (starting the
+/// threads of new ones), and runs the node's membership work.
+fn membership<'scope, 'env>(node: &'env Arc<Node>, links: &'env Links, s: &'scope Scope<'scope, 'env>, env: &'env LinkEnv<'env>) {
+    let mut epoch = node.view().epoch();
+    let mut last_catch_up: Option<std::time::Instant> = None;
+    while !node.shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(MEMBERSHIP_TICK);
+        if node.behind() && last_catch_up.is_none_or(|t| t.elapsed() >= CATCH_UP_EVERY) {
+            last_catch_up = Some(std::time::Instant::now());
+            node.catch_up();
+        }
+        let view = node.view();
+        if view.epoch() != epoch {
+            epoch = view.epoch();
+            for link in links.follow(&view.ring) {
+                // (spawn_named logs a refusal; the link stays down until a restart.)
+                spawn_named(s, format!("link-{}", link.name), move || link.run(env));
+            }
+        }
+    }
+}
+
+/// How often the membership thread looks for work.
+const MEMBERSHIP_TICK: Duration = Duration::from_millis(50);
+
+/// The least time between two catch-ups (a peer may keep mentioning an epoch nobody can give).
+const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
 
 /// Starts a scoped thread; logs and returns false if the system refuses.
 fn spawn_named<'scope, F>(s: &'scope Scope<'scope, '_>, name: String, f: F) -> bool

@@ -33,7 +33,8 @@ pub(super) fn maintenance(node: &Node, links: &Links) {
             link.sweep(now);
             link.check_liveness(node.cfg.down_after);
             if beat {
-                link.heartbeat(node.name(), node.clock.now().micros, now + node.cfg.down_after);
+                link.heartbeat(node.name(), node.clock.now().micros, node.view().epoch(), now + node.cfg.down_after);
+                node.saw_epoch(link.heard_epoch());
             }
         }
     }

@@ -81,10 +81,14 @@ impl Node {
         })
     }
 
-    /// Checks a peer's handshake: same ring, a known name that is not ours; returns the peer's id.
+    /// Checks a peer's handshake: the same cluster, a member's name that is
+    /// not ours; returns the peer's id. Epochs may differ: the one behind
+    /// catches up (a peer this node does not know yet is refused until it has).
     pub fn check_hello(&self, h: &proto::PeerHello) -> Result<NodeId> {
-        let ring = self.ring();
-        if h.ring_fingerprint != ring.fingerprint() || h.epoch != ring.epoch() {
+        let view = self.view();
+        let ring = view.ring.clone();
+        self.saw_epoch(h.epoch);
+        if h.cluster_id != view.meta.cluster_id {
             let mine = ring.describe();
             let tokens = if h.ring_description == mine { " (the same nodes, but their tokens differ)" } else { "" };
             return Err(Error::RingMismatch(format!(
@@ -95,6 +99,13 @@ impl Node {
         match ring.id_of(&h.name) {
             Some(id) if id != self.me => Ok(id),
             Some(_) => Err(Error::RingMismatch(format!("peer claims to be {}, which is this replica", h.name))),
+            None if h.epoch > view.epoch() => Err(Error::RingMismatch(format!(
+                "{} is not a member at epoch {} ({} is at epoch {} and is catching up)",
+                h.name,
+                view.epoch(),
+                self.cfg.name,
+                view.epoch()
+            ))),
             None => Err(Error::RingMismatch(format!("{} is not in the ring", h.name))),
         }
     }
@@ -107,6 +118,7 @@ impl Node {
             ring_fingerprint: ring.fingerprint(),
             ring_description: ring.describe(),
             epoch: ring.epoch(),
+            cluster_id: self.view().meta.cluster_id,
         }
     }
 }

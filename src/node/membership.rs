@@ -164,6 +164,18 @@ impl Node {
         self.view.read().clone()
     }
 
+    /// Notes that a peer holds epoch `epoch`: if it is newer than this
+    /// node's, the membership thread catches up.
+    pub fn saw_epoch(&self, epoch: u64) {
+        self.newest_seen.fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether a peer said it holds a newer epoch than this node (and forgets it).
+    pub fn behind(&self) -> bool {
+        let seen = self.newest_seen.swap(0, std::sync::atomic::Ordering::AcqRel);
+        seen > self.view().epoch()
+    }
+
     /// The read ring of the view this node holds now.
     pub fn ring(&self) -> Arc<Ring> {
         self.view.read().ring.clone()

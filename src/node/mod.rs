@@ -168,6 +168,8 @@ pub struct Node {
     pub cfg: NodeConfig,
     /// The cluster at the newest epoch this node knows (see [`membership`]).
     view: parking_lot::RwLock<Arc<membership::View>>,
+    /// The newest epoch a peer mentioned (heartbeats, handshakes), for the membership thread.
+    newest_seen: std::sync::atomic::AtomicU64,
     /// The metadata register's acceptor (held while a request is served and its state stored).
     meta: parking_lot::Mutex<membership::MetaAcceptor>,
     /// This node's id.
@@ -292,6 +294,7 @@ impl Node {
             me,
             view: parking_lot::RwLock::new(Arc::new(view)),
             meta: parking_lot::Mutex::new(membership::MetaAcceptor::of(&stored)),
+            newest_seen: std::sync::atomic::AtomicU64::new(0),
             cfg,
             shutdown: AtomicBool::new(false),
             repair_tx,

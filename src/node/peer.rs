@@ -55,13 +55,14 @@ impl Node {
                     Err(e) => (Err(e), None),
                 };
             }
-            PeerRequest::Heartbeat { micros, .. } => {
+            PeerRequest::Heartbeat { micros, epoch, .. } => {
+                self.saw_epoch(epoch);
                 // Keep up with the fastest live clock (a wild one, past
                 // --max-clock-offset, is not followed; its writes are refused).
                 if micros != 0 {
                     let _ = self.clock.observe(Timestamp { micros, node: 0 }, self.cfg.max_clock_offset);
                 }
-                Ok(PeerResponse::Heartbeat { name: self.cfg.name.clone(), storage: Some(self.storage_stats()) })
+                Ok(PeerResponse::Heartbeat { name: self.cfg.name.clone(), storage: Some(self.storage_stats()), epoch: self.view().epoch() })
             }
             PeerRequest::Dump { max_value_len, slots, max_keys, after, digest_slots } => {
                 Ok(PeerResponse::Dump(self.dump(max_value_len, &slots, max_keys, after.as_ref(), &digest_slots)))
@@ -155,7 +156,7 @@ mod tests {
         let nodes = (0..2).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1 + i, id: NodeId(i.into()) });
         let ring = Ring::new(nodes.collect(), 2, 1).unwrap();
         let node = Node::new(NodeConfig::new("r0", "127.0.0.1".parse().unwrap(), 1), ring, Arc::new(NoPeers)).unwrap().0;
-        let beat = |micros| node.serve_peer(PeerRequest::Heartbeat { from: "r1".into(), micros }).0.unwrap();
+        let beat = |micros| node.serve_peer(PeerRequest::Heartbeat { from: "r1".into(), micros, epoch: 1 }).0.unwrap();
         beat(u64::MAX);
         let ahead = SystemClock.now_micros() + 2_000_000;
         assert!(node.clock.now().micros < ahead, "a wild clock is not followed");
