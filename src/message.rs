@@ -179,6 +179,15 @@ pub enum ClientRequest {
         /// Start a pass.
         start: bool,
     },
+    /// A new member asks to join.
+    Join {
+        /// Its name, address and port.
+        info: crate::cluster::ring::NodeInfo,
+        /// Without tokens: it only coordinates.
+        proxy: bool,
+    },
+    /// Decommission this replica, remove a dead member, or report the movement.
+    Membership(proto::MembershipRequest),
 }
 
 /// A request a peer sent on its replica link.
@@ -240,6 +249,17 @@ pub enum PeerRequest {
     MetaPaxos(crate::paxos::Request),
     /// The cluster metadata the replica holds.
     Metadata,
+    /// The cells (values whole) of slot `slot` with tokens in (`lo`, `hi`], in key order.
+    Stream {
+        /// The store slot.
+        slot: u8,
+        /// The stretch's bounds (see [`Transfer`](crate::cluster::metadata::Transfer)).
+        lo: i64,
+        /// Its last token.
+        hi: i64,
+        /// Start after this key.
+        after: Option<Key>,
+    },
     /// The hash trees of one slot's groups (anti-entropy).
     Tree {
         /// The store slot.
@@ -356,6 +376,10 @@ pub enum Reply {
     Scan(proto::ScanResult),
     /// To `Repair`: the latest anti-entropy pass.
     Repair(proto::RepairResult),
+    /// To `Join`: the metadata the new member joins at.
+    Joined(Box<crate::node::membership::Stored>),
+    /// To `Membership`: the movement's progress.
+    Membership(proto::MembershipResult),
     /// The request failed.
     Error(Error),
 }
@@ -440,6 +464,24 @@ impl ClientRequest {
             B::Token(t) => ClientRequest::Token { key: limits.key(t.key)? },
             B::Scan(s) => ClientRequest::Scan { cursor: ScanCursor::parse(s.cursor, limits)?, count: scan::scan_count(s.count)? },
             B::Repair(r) => ClientRequest::Repair { start: r.start },
+            B::Join(j) => {
+                let bad = |what: &str| Error::InvalidRequest(format!("a join request {what}"));
+                if j.name.is_empty() || j.name.len() > 255 || j.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(bad("needs a name of 1 to 255 characters without spaces"));
+                }
+                if j.host.is_empty() || j.host.len() > 255 || j.host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(bad("needs a host of 1 to 255 characters without spaces"));
+                }
+                let port = u16::try_from(j.port).ok().filter(|&p| p != 0).ok_or_else(|| bad("needs a port of 1 to 65535"))?;
+                let info = crate::cluster::ring::NodeInfo { id: crate::cluster::ring::node_id(&j.name), name: j.name, host: j.host, port };
+                ClientRequest::Join { info, proxy: j.proxy }
+            }
+            B::Membership(m) => {
+                if m.name.len() > 255 {
+                    return Err(Error::InvalidRequest("a member's name is at most 255 bytes".into()));
+                }
+                ClientRequest::Membership(m)
+            }
             // Fault injection checks its own fields (peer names need the ring), after
             // refusing everything when the replica runs without --enable-fault-injection.
             B::Fault(f) => ClientRequest::Fault(f),
@@ -456,7 +498,8 @@ impl ClientRequest {
             | B::ReplicaTree(_)
             | B::ReplicaCells(_)
             | B::ReplicaApply(_)
-            | B::Metadata(_) => {
+            | B::Metadata(_)
+            | B::ReplicaStream(_) => {
                 return Err(Error::InvalidRequest(REPLICA_ON_CLIENT.into()));
             }
         })
@@ -520,6 +563,9 @@ impl PeerRequest {
             },
             B::ReplicaApply(a) => PeerRequest::Apply { cells: sync::cells(a.cells, limits, "a replica apply")? },
             B::Metadata(_) => PeerRequest::Metadata,
+            B::ReplicaStream(r) => {
+                PeerRequest::Stream { slot: sync::slot(r.slot, "a stream")?, lo: r.lo, hi: r.hi, after: sync::after(r.after, limits)? }
+            }
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_)
             | B::Put(_)
@@ -530,7 +576,9 @@ impl PeerRequest {
             | B::Fault(_)
             | B::Token(_)
             | B::Scan(_)
-            | B::Repair(_) => {
+            | B::Repair(_)
+            | B::Join(_)
+            | B::Membership(_) => {
                 return Err(Error::InvalidRequest(CLIENT_ON_REPLICA.into()));
             }
         })
@@ -570,6 +618,9 @@ impl PeerRequest {
             }),
             PeerRequest::Apply { cells } => B::ReplicaApply(proto::ReplicaApply { cells: sync::cells_to_proto(cells) }),
             PeerRequest::Metadata => B::Metadata(proto::MetadataRequest {}),
+            PeerRequest::Stream { slot, lo, hi, after } => {
+                B::ReplicaStream(proto::ReplicaStream { slot: slot.into(), lo, hi, after: after.map(|k| k.to_vec()).unwrap_or_default() })
+            }
         }
     }
 }
@@ -685,6 +736,8 @@ impl Reply {
             Reply::Token(t) => B::Token(t),
             Reply::Scan(s) => B::Scan(s),
             Reply::Repair(r) => B::Repair(r),
+            Reply::Joined(s) => B::Metadata(Box::new(s.to_proto())),
+            Reply::Membership(m) => B::Membership(m),
             Reply::Error(e) => B::Error(e.to_proto()),
         }
     }

@@ -23,8 +23,9 @@ struct Args {
     /// Port to listen on; must match the cluster file.
     port: u16,
     /// The cluster file: `name host port` a line, in ring order, and optional
-    /// `partitioner byte-ordered|murmur3`, `rf N`, `vnodes N` lines.
-    replicas_file: String,
+    /// `partitioner byte-ordered|murmur3`, `rf N`, `vnodes N` lines (only
+    /// the first epoch; not needed with --join).
+    replicas_file: Option<String>,
     /// READ-REPAIR, HINTED-HANDOFF or NONE (default: both; anti-entropy runs in every mode).
     mode: Option<String>,
     /// Replication factor (default 3); a cluster file's `rf` line sets it for every replica.
@@ -90,6 +91,17 @@ struct Args {
     /// with the other replicas' and repairs what differs (0: never; the console's `repair` runs one now).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     anti_entropy_interval: std::time::Duration,
+    /// Join a running cluster through the member at HOST:PORT: this replica
+    /// gets tokens that restore balance, copies the data of its ranges, then
+    /// serves them. Ignored once the data folder holds the cluster's metadata.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+    /// With --join: take no tokens, hold no data, only coordinate (a proxy).
+    #[arg(long, requires = "join")]
+    no_tokens: bool,
+    /// With --join: the host other replicas reach this one at.
+    #[arg(long, default_value = "127.0.0.1", requires = "join")]
+    host: String,
     /// Address to listen on (default: this replica's host in the cluster file).
     #[arg(long)]
     bind: Option<IpAddr>,
@@ -112,21 +124,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: Args) -> quorumkv::Result<()> {
+/// Settings from the arguments (the parts that do not depend on the cluster file).
+fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     use quorumkv::Error;
-    let spec = load_cluster_spec(&args.replicas_file)?;
-    let nodes = &spec.nodes;
-    let Some(me) = nodes.iter().find(|n| n.name == args.name) else {
-        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        return Err(Error::Config(format!("{} is not in {} (it lists {})", args.name, args.replicas_file, names.join(", "))));
-    };
-    if me.port != args.port {
-        return Err(Error::Config(format!("port {} does not match {}'s port {} in {}", args.port, args.name, me.port, args.replicas_file)));
-    }
-    let bind = match args.bind {
-        Some(ip) => ip,
-        None => me.socket_addr()?.ip(),
-    };
     let mut cfg = NodeConfig::new(args.name.clone(), bind, args.port);
     cfg.mode = args.mode.as_deref().map(Mode::parse).transpose()?.unwrap_or(Mode::Both);
     cfg.request_timeout = args.timeout;
@@ -142,13 +142,76 @@ fn start(args: Args) -> quorumkv::Result<()> {
     cfg.max_clock_offset = args.max_clock_offset;
     cfg.first_frame_timeout = args.first_frame_timeout;
     cfg.fsync = FsyncMode::parse(&args.fsync, args.fsync_window).map_err(Error::Config)?;
-    cfg.data_dir = if args.in_memory { None } else { Some(args.data_dir.unwrap_or_else(|| std::path::Path::new("data").join(&args.name))) };
+    cfg.data_dir =
+        if args.in_memory { None } else { Some(args.data_dir.clone().unwrap_or_else(|| std::path::Path::new("data").join(&args.name))) };
     cfg.snapshot_bytes = args.snapshot_bytes;
-    cfg.ack_log = args.ack_log;
+    cfg.ack_log = args.ack_log.clone();
     cfg.enable_fault_injection = args.enable_fault_injection;
+    Ok(cfg)
+}
+
+/// Starts a replica that joins through the member at `seed`: the metadata it
+/// joins at comes from that member (or from its data folder, once joined).
+fn start_joining(mut args: Args, seed: String) -> quorumkv::Result<()> {
+    use quorumkv::Error;
+    use quorumkv::node::membership;
+    // `replica NAME PORT --join H:P MODE`: the mode is the first positional left.
+    if args.mode.is_none() && args.replicas_file.as_deref().is_some_and(|f| Mode::parse(f).is_ok()) {
+        args.mode = args.replicas_file.take();
+    }
+    let bind = args.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let cfg = config(&args, bind)?;
+    if let Some(dir) = &cfg.data_dir
+        && let Some(stored) = membership::load(dir)?
+    {
+        return quorumkv::net::server::run_stored(cfg, stored);
+    }
+    let (host, port) = seed
+        .rsplit_once(':')
+        .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.trim_start_matches('[').trim_end_matches(']').to_string(), p)))
+        .ok_or_else(|| Error::Config(format!("--join {seed:?} is not HOST:PORT")))?;
+    let mut client = quorumkv::client::Client::connect(&host, port, std::time::Duration::from_secs(3))?;
+    client.set_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let req =
+        quorumkv::proto::JoinRequest { name: args.name.clone(), host: args.host.clone(), port: args.port.into(), proxy: args.no_tokens };
+    let stored = match client.request(quorumkv::proto::request::Body::Join(req))? {
+        quorumkv::proto::response::Body::Metadata(m) => membership::Stored::from_proto(*m)?,
+        quorumkv::proto::response::Body::Error(e) => return Err(Error::from_proto(e)),
+        other => return Err(Error::Protocol(format!("{seed} answered the join with {other:?}"))),
+    };
+    if let Some(dir) = &cfg.data_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        quorumkv::storage::wal::check_partitioner(dir, stored.meta.partitioner)?;
+        membership::store(dir, &stored)?;
+    }
+    quorumkv::net::server::run_stored(cfg, stored)
+}
+
+fn start(args: Args) -> quorumkv::Result<()> {
+    use quorumkv::Error;
+    if let Some(seed) = args.join.clone() {
+        return start_joining(args, seed);
+    }
+    let Some(replicas_file) = args.replicas_file.clone() else {
+        return Err(Error::Config("give the cluster file (or --join HOST:PORT to join a running cluster)".into()));
+    };
+    let spec = load_cluster_spec(&replicas_file)?;
+    let nodes = &spec.nodes;
+    let Some(me) = nodes.iter().find(|n| n.name == args.name) else {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        return Err(Error::Config(format!("{} is not in {} (it lists {})", args.name, replicas_file, names.join(", "))));
+    };
+    if me.port != args.port {
+        return Err(Error::Config(format!("port {} does not match {}'s port {} in {}", args.port, args.name, me.port, replicas_file)));
+    }
+    let bind = match args.bind {
+        Some(ip) => ip,
+        None => me.socket_addr()?.ip(),
+    };
+    let cfg = config(&args, bind)?;
     let rf = match (spec.rf, args.rf) {
         (Some(file), Some(flag)) if file != flag => {
-            return Err(Error::Config(format!("--rf {flag} disagrees with `rf {file}` in {}; drop one", args.replicas_file)));
+            return Err(Error::Config(format!("--rf {flag} disagrees with `rf {file}` in {}; drop one", replicas_file)));
         }
         (file, flag) => file.or(flag).unwrap_or(3),
     };

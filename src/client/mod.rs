@@ -224,6 +224,16 @@ impl Client {
         }
     }
 
+    /// A membership request to the replica this client is connected to:
+    /// decommission it, remove a dead member, or report the movement it runs.
+    pub fn membership(&mut self, op: proto::membership_request::Op, name: &str, force: bool) -> Result<proto::MembershipResult> {
+        let req = proto::MembershipRequest { op: op as i32, name: name.to_string(), force };
+        match self.request(request::Body::Membership(req))? {
+            response::Body::Membership(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A fault-injection request to the replica this client is connected to (refused unless it
     /// runs with `--enable-fault-injection`); answers with the faults now active there.
     pub fn fault(&mut self, req: proto::FaultRequest) -> Result<proto::FaultResult> {

@@ -91,6 +91,36 @@ impl fmt::Display for MoveKind {
     }
 }
 
+/// A stretch of the ring a movement copies to a new replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// The stretch is the tokens after `lo` up to `hi` (wrapping past the
+    /// largest token; the whole ring if they are equal). Byte-ordered: keys.
+    pub lo: Token,
+    /// Its last token.
+    pub hi: Token,
+    /// The replica that needs its data.
+    pub to: NodeId,
+    /// Where the data is: the replicas giving the stretch up first.
+    pub from: Vec<NodeId>,
+}
+
+impl Transfer {
+    /// Whether token `t` is in the stretch.
+    pub fn contains(&self, t: Token) -> bool {
+        in_range(self.lo, self.hi, t)
+    }
+}
+
+/// Whether `t` is after `lo` and at most `hi`, wrapping (all tokens if `lo == hi`).
+pub fn in_range(lo: Token, hi: Token, t: Token) -> bool {
+    match lo.cmp(&hi) {
+        std::cmp::Ordering::Less => lo < t && t <= hi,
+        std::cmp::Ordering::Greater => t > lo || t <= hi,
+        std::cmp::Ordering::Equal => true,
+    }
+}
+
 /// One member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -98,6 +128,8 @@ pub struct Member {
     pub info: NodeInfo,
     /// Murmur3: its tokens; byte-ordered: the last key of its range. Empty: it owns nothing.
     pub tokens: Vec<Token>,
+    /// Tokens of a leaving member it takes over when the movement ends (murmur3).
+    pub pending: Vec<Token>,
     /// Where it stands.
     pub state: NodeState,
 }
@@ -152,7 +184,7 @@ impl Metadata {
                     Partitioner::ByteOrdered => ring.range(i).map(|(_, end)| vec![Token::from(end)]).unwrap_or_default(),
                     Partitioner::Murmur3 => ring.tokens_of(i),
                 };
-                Member { info: info.clone(), tokens, state: NodeState::Normal }
+                Member { info: info.clone(), tokens, pending: Vec::new(), state: NodeState::Normal }
             })
             .collect();
         let mut m =
@@ -197,7 +229,7 @@ impl Metadata {
     fn ring_of(&self, owns: impl Fn(NodeState) -> bool) -> Result<Ring> {
         let live: Vec<&Member> = self.members.iter().filter(|m| m.state != NodeState::Removed).collect();
         let nodes: Vec<NodeInfo> = live.iter().map(|m| m.info.clone()).collect();
-        let owners = live.iter().filter(|m| owns(m.state) && !m.tokens.is_empty()).count();
+        let owners = live.iter().filter(|m| owns(m.state) && !(m.tokens.is_empty() && m.pending.is_empty())).count();
         if owners == 0 {
             return Err(Error::Config(format!("epoch {}: no member owns data", self.epoch)));
         }
@@ -210,7 +242,16 @@ impl Metadata {
                 Ring::bytes(nodes, &ends, rf, self.epoch)
             }
             Partitioner::Murmur3 => {
-                let tokens: Vec<Vec<Token>> = live.iter().map(|m| if owns(m.state) { m.tokens.clone() } else { Vec::new() }).collect();
+                // The write ring gives leaving members' tokens to their takers already.
+                let writes = !owns(NodeState::Leaving);
+                let tokens: Vec<Vec<Token>> = live
+                    .iter()
+                    .map(|m| match (owns(m.state), writes) {
+                        (false, _) => Vec::new(),
+                        (true, false) => m.tokens.clone(),
+                        (true, true) => m.tokens.iter().chain(&m.pending).copied().collect(),
+                    })
+                    .collect();
                 Ring::murmur3(nodes, &tokens, self.vnodes, rf, self.epoch)
             }
         }
@@ -262,7 +303,7 @@ impl Metadata {
             (None, false) => self.allocate()?,
         };
         next.check_tokens(&info.name, &tokens)?;
-        let member = Member { info, tokens, state: NodeState::Joining };
+        let member = Member { info, tokens, pending: Vec::new(), state: NodeState::Joining };
         let at = match (self.partitioner, member.tokens.first()) {
             // Owners stay in the order of their ranges' ends.
             (Partitioner::ByteOrdered, Some(&end)) => {
@@ -340,8 +381,51 @@ impl Metadata {
         let mut next = self.next();
         next.members.iter_mut().find(|o| o.info.id == id).expect("found above").state = NodeState::Leaving;
         next.moving = Some((id, kind));
+        if self.partitioner == Partitioner::Murmur3 {
+            next.hand_over(id);
+        }
         next.read_ring()?;
+        next.write_ring()?;
         Ok(next)
+    }
+
+    /// Gives each token of leaving member `id` to the remaining owner that
+    /// leaves the shares closest to balance (as [`TokenRing::allocate`]
+    /// weighs them), one token at a time: a leave keeps the ring balanced
+    /// instead of piling a member's ranges on its successors.
+    fn hand_over(&mut self, id: NodeId) {
+        let leaving = self.member(id).map(|m| m.tokens.clone()).unwrap_or_default();
+        let takers: Vec<usize> =
+            (0..self.members.len()).filter(|&i| self.members[i].state == NodeState::Normal && !self.members[i].tokens.is_empty()).collect();
+        if takers.is_empty() {
+            return;
+        }
+        let rf = self.rf.min(takers.len());
+        for t in leaving {
+            let mut best: Option<(f64, usize)> = None;
+            for &i in &takers {
+                self.members[i].pending.push(t);
+                // The takers' tokens so far; the leaver's tokens not handed over yet are left out.
+                let pairs: Vec<(Token, usize)> = takers
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(j, &m)| self.members[m].tokens.iter().chain(&self.members[m].pending).map(move |&x| (x, j)))
+                    .collect();
+                self.members[i].pending.pop();
+                let Ok(ring) = TokenRing::new(pairs, rf) else { continue };
+                let mut shares = ring.shares();
+                shares.resize(takers.len(), 0.0);
+                let mean = rf as f64 / takers.len() as f64;
+                let (sum, max) = shares.iter().fold((0f64, 0f64), |(s, m), x| ((s + (x - mean).powi(2)), m.max((x - mean).powi(2))));
+                let cost = sum + takers.len() as f64 * max;
+                if best.is_none_or(|(c, _)| cost < c) {
+                    best = Some((cost, i));
+                }
+            }
+            if let Some((_, i)) = best {
+                self.members[i].pending.push(t);
+            }
+        }
     }
 
     /// The next epoch with the movement under way finished: a joining
@@ -360,9 +444,42 @@ impl Metadata {
             }
             s => return Err(Error::Internal(format!("{} is moving but {s}", m.info.name))),
         }
+        for m in &mut next.members {
+            let taken = std::mem::take(&mut m.pending);
+            m.tokens.extend(taken);
+            m.tokens.sort_unstable();
+        }
         next.moving = None;
         next.read_ring()?;
         Ok(next)
+    }
+
+    /// What the movement under way must copy: for every stretch of the ring
+    /// whose write ring has a replica its read ring lacks, that replica and
+    /// where to copy from (the replicas that give the stretch up first, then
+    /// the ones that keep it). Empty when nothing moves.
+    pub fn transfers(&self) -> Result<Vec<Transfer>> {
+        if self.moving.is_none() {
+            return Ok(Vec::new());
+        }
+        let (read, write) = (self.read_ring()?, self.write_ring()?);
+        let mut bounds: Vec<Token> = match self.partitioner {
+            Partitioner::ByteOrdered => (0..KEYS as i64).collect(),
+            Partitioner::Murmur3 => read.sorted_tokens().iter().chain(write.sorted_tokens()).copied().collect(),
+        };
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut out = Vec::new();
+        for (i, &hi) in bounds.iter().enumerate() {
+            let lo = if i == 0 { *bounds.last().expect("a bound") } else { bounds[i - 1] };
+            let (old, new) = (read.replicas_at(hi), write.replicas_at(hi));
+            for &to in new.iter().filter(|n| !old.contains(n)) {
+                let mut from: Vec<NodeId> = old.iter().copied().filter(|o| !new.contains(o)).collect();
+                from.extend(old.iter().copied().filter(|o| new.contains(o)));
+                out.push(Transfer { lo, hi, to, from });
+            }
+        }
+        Ok(out)
     }
 
     /// The wire and disk form.
@@ -385,6 +502,7 @@ impl Metadata {
                     host: m.info.host.clone(),
                     port: m.info.port.into(),
                     tokens: m.tokens.clone(),
+                    pending_tokens: m.pending.clone(),
                     state: match m.state {
                         NodeState::Normal => proto::MemberState::Normal,
                         NodeState::Joining => proto::MemberState::Joining,
@@ -430,7 +548,10 @@ impl Metadata {
             if members.iter().any(|m| m.info.name == info.name || m.info.id == info.id) {
                 return Err(bad(format!("{} is listed twice", info.name)));
             }
-            members.push(Member { info, tokens: r.tokens, state });
+            if r.pending_tokens.len() > 4096 {
+                return Err(bad(format!("{} takes over {} tokens", info.name, r.pending_tokens.len())));
+            }
+            members.push(Member { info, tokens: r.tokens, pending: r.pending_tokens, state });
         }
         let moving = if p.moving.is_empty() {
             None
@@ -570,6 +691,29 @@ mod tests {
         let forced = m3.begin_leave(node_id("r2"), MoveKind::RemoveNode, true).unwrap().finish().unwrap();
         assert_eq!(names(&forced.read_ring().unwrap(), b"70"), ["r3", "r0"], "two copies left, as forced");
         assert!(forced.begin_join(info("r1", 9001), None, false).is_ok(), "a removed name may join again");
+    }
+
+    /// A member leaving a murmur3 ring hands its tokens to the others so the
+    /// shares stay within 10 % of the mean (its successors do not take it all).
+    #[test]
+    fn a_murmur3_leave_keeps_the_ring_balanced() {
+        for n in 4..=9 {
+            let text: String = (0..n).map(|i| format!("r{i} 127.0.0.1 {}\n", 9000 + i)).collect();
+            let m1 = Metadata::initial(&spec(&format!("partitioner murmur3\n{text}")), 3).unwrap();
+            let m2 = m1.begin_leave(node_id("r1"), MoveKind::Decommission, false).unwrap();
+            let given: usize = m2.members.iter().map(|m| m.pending.len()).sum();
+            assert_eq!(given, DEFAULT_VNODES, "{n} nodes: every token of r1 has a taker");
+            assert_eq!(Metadata::from_proto(m2.to_proto()).unwrap(), m2);
+            let m3 = m2.finish().unwrap();
+            let ring = m3.read_ring().unwrap();
+            let mean = 3.0 / (n - 1) as f64;
+            for i in 0..ring.len() {
+                let s = ring.share(i);
+                assert!((s / mean - 1.0).abs() < 0.10, "{n} nodes less r1: {} holds {s:.3} against {mean:.3}", ring.nodes()[i].name);
+            }
+            // Writes during the leave reach the takers: the write ring is the final one.
+            assert_eq!(m2.write_ring().unwrap().sorted_tokens(), ring.sorted_tokens());
+        }
     }
 
     #[test]

@@ -302,6 +302,26 @@ impl Ring {
         self.group_leaf(key).0
     }
 
+    /// The token of `key` in this ring's token space: its Murmur3 token, or
+    /// (byte-ordered) the key's integer.
+    pub fn token_of(&self, key: &[u8]) -> Token {
+        match &self.placement {
+            Placement::Bytes { .. } => Token::from(Partitioner::ByteOrdered.slot(key)),
+            Placement::Tokens { .. } => token::token(key),
+        }
+    }
+
+    /// The replicas of the keys whose token is `t` (see [`token_of`](Self::token_of)).
+    pub fn replicas_at(&self, t: Token) -> &[NodeId] {
+        match &self.placement {
+            Placement::Bytes { replicas, .. } => &replicas[t.clamp(0, KEYS as i64 - 1) as usize],
+            Placement::Tokens { tokens, replicas, .. } => {
+                let i = tokens.partition_point(|&x| x < t);
+                &replicas[if i == tokens.len() { 0 } else { i }]
+            }
+        }
+    }
+
     /// The token range of `key` (as [`range_index`](Self::range_index)) and
     /// its anti-entropy leaf ([`token::leaf`]; 0 in a byte-ordered ring), hashing the key once.
     pub fn group_leaf(&self, key: &[u8]) -> (u32, u8) {

@@ -69,6 +69,12 @@ pub fn bind(cfg: &NodeConfig) -> Result<TcpListener> {
 /// [`Peers`](crate::coordinator::peers::Peers)) and the node, serves.
 pub fn run(cfg: NodeConfig, initial: Metadata) -> Result<()> {
     let stored = membership::at_start(cfg.data_dir.as_deref(), initial)?;
+    run_stored(cfg, stored)
+}
+
+/// [`run`] from metadata already at hand (a member that joined: its data
+/// folder's, or what the member it joined through answered).
+pub fn run_stored(cfg: NodeConfig, stored: membership::Stored) -> Result<()> {
     let ring = stored.meta.read_ring()?;
     let listener = bind(&cfg)?;
     let me = Node::locate(&cfg, &ring)?;
@@ -154,6 +160,9 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
 fn membership<'scope, 'env>(node: &'env Arc<Node>, links: &'env Links, s: &'scope Scope<'scope, 'env>, env: &'env LinkEnv<'env>) {
     let mut epoch = node.view().epoch();
     let mut last_catch_up: Option<std::time::Instant> = None;
+    // Cells a restart replayed that a finished movement had dropped go again
+    // (soon; a movement may have ended just before the restart).
+    let mut cleanup_at = Some(std::time::Instant::now() + crate::node::movement::CLEANUP_GRACE);
     while !node.shutdown.load(Ordering::Acquire) {
         std::thread::sleep(MEMBERSHIP_TICK);
         if node.behind() && last_catch_up.is_none_or(|t| t.elapsed() >= CATCH_UP_EVERY) {
@@ -167,8 +176,25 @@ fn membership<'scope, 'env>(node: &'env Arc<Node>, links: &'env Links, s: &'scop
                 // (spawn_named logs a refusal; the link stays down until a restart.)
                 spawn_named(s, format!("link-{}", link.name), move || link.run(env));
             }
+            cleanup_at = Some(std::time::Instant::now() + crate::node::movement::CLEANUP_GRACE);
         }
+        if cleanup_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            cleanup_at = None;
+            node.cleanup();
+        }
+        node.membership_work();
     }
+    // A decommissioned node's process ends (its data now lives elsewhere);
+    // the log is synced first, and the replies in flight get a moment.
+    if node.view().meta.member(node.me).is_some_and(|m| m.state == crate::cluster::metadata::NodeState::Removed) {
+        if let Some(wal) = &node.wal {
+            let _ = wal.sync();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        info!("{} left the cluster; exiting", node.name());
+        std::process::exit(0);
+    }
+    stop(node, links);
 }
 
 /// How often the membership thread looks for work.

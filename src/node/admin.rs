@@ -307,8 +307,9 @@ impl Node {
 
     /// The coordinator's view of the cluster.
     pub fn status(&self) -> proto::StatusResult {
-        let ring = self.ring();
-        let replicas = ring
+        let view = self.view();
+        let ring = view.ring.clone();
+        let mut replicas: Vec<proto::ReplicaStatus> = ring
             .nodes()
             .iter()
             .enumerate()
@@ -325,12 +326,32 @@ impl Node {
                     range_end: e as u32,
                     hints: self.hints.count(n.id) as u64,
                     is_self,
-                    tokens: ring.tokens_of(i),
+                    tokens: if ring.partitioner() == crate::cluster::key::Partitioner::Murmur3 {
+                        view.meta.member(n.id).map(|m| m.tokens.clone()).unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
                     share: ring.share(i),
+                    member_state: view.meta.member(n.id).map(|m| m.state.to_string()).unwrap_or_default(),
                 }
             })
             .collect();
+        // Removed members, for the record.
+        for m in view.meta.members.iter().filter(|m| m.state == crate::cluster::metadata::NodeState::Removed) {
+            replicas.push(proto::ReplicaStatus {
+                name: m.info.name.clone(),
+                address: m.info.address(),
+                member_state: m.state.to_string(),
+                ..Default::default()
+            });
+        }
+        let movement = view
+            .meta
+            .moving
+            .map(|(id, kind)| format!("{kind} of {}", view.meta.member(id).map_or_else(|| id.to_string(), |m| m.info.name.clone())))
+            .unwrap_or_default();
         proto::StatusResult {
+            movement,
             coordinator: self.cfg.name.clone(),
             rf: ring.rf() as u32,
             epoch: ring.epoch(),

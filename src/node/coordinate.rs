@@ -68,7 +68,8 @@ impl Node {
         let (_, need) = self.check_available(&key, level)?;
         let version = Version { ts: self.clock.now(), value: value.map(Vec::into_boxed_slice) };
         let hint = self.cfg.mode.hinted_handoff();
-        let targets = self.ring().replica_set(key.as_bytes());
+        let (targets, pending) = self.write_targets(&key);
+        let need = need + pending;
         let node = Arc::downgrade(self);
         let restamp = move |newer| {
             let node = node.upgrade()?;

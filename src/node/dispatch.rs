@@ -54,6 +54,8 @@ impl Node {
             ClientRequest::Token { key } => Reply::Token(self.token(&key)),
             ClientRequest::Scan { cursor, count } => Reply::Scan(self.scan(cursor, count)?),
             ClientRequest::Repair { start } => Reply::Repair(self.repair(start)),
+            ClientRequest::Join { info, proxy } => Reply::Joined(Box::new(self.join_member(info, proxy)?)),
+            ClientRequest::Membership(m) => Reply::Membership(self.membership_request(m)?),
             ClientRequest::Fault(_) => return Err(Error::Internal("fault requests are served by the network layer".into())),
         };
         Ok(Answered::Now(Handled::of(reply)))

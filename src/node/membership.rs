@@ -324,6 +324,8 @@ impl Node {
                 Some(Ok(meta)) if meta.cluster_id == view.meta.cluster_id && meta.epoch > view.meta.epoch => {
                     adopt = Some((meta, Ballot(v.ts)))
                 }
+                // The same epoch again (this node adopted it when its own change was chosen).
+                Some(Ok(meta)) if meta.epoch == view.meta.epoch => {}
                 Some(Ok(meta)) => {
                     log::warn!("{}: ignoring a metadata commit of epoch {} (holding {})", self.cfg.name, meta.epoch, view.meta.epoch)
                 }
@@ -413,13 +415,13 @@ impl Node {
         loop {
             let (next, proposer) = self.meta_proposer(&change)?;
             let mut call = self.start_meta_round(proposer, None, deadline);
-            let outcome = loop {
+            let (outcome, ballot) = loop {
                 let mut m = call.wait();
                 if Instant::now() >= deadline {
                     m.time_out();
                 }
                 match m.take_step() {
-                    Some(MetaStep::Answer(r)) => break r,
+                    Some(MetaStep::Answer(r)) => break (r, m.proposer.proposed()),
                     Some(MetaStep::Retry(d)) => {
                         let proposer = m.proposer.clone();
                         drop(m);
@@ -432,8 +434,7 @@ impl Node {
             };
             match outcome {
                 Ok(Outcome::Applied) => {
-                    let ballot = call.wait().proposer.proposed().unwrap_or(Ballot(self.clock.now()));
-                    self.adopt(next.clone(), ballot)?;
+                    self.adopt(next.clone(), ballot.unwrap_or(Ballot(self.clock.now())))?;
                     return Ok(next);
                 }
                 Ok(_) => {

@@ -58,6 +58,7 @@ pub mod background;
 pub mod coordinate;
 pub mod dispatch;
 pub mod membership;
+pub mod movement;
 pub mod paxos;
 pub mod peer;
 pub mod scan;
@@ -168,6 +169,10 @@ pub struct Node {
     pub cfg: NodeConfig,
     /// The cluster at the newest epoch this node knows (see [`membership`]).
     view: parking_lot::RwLock<Arc<membership::View>>,
+    /// The movement this node runs or ran, and what it copied.
+    progress: parking_lot::Mutex<movement::Progress>,
+    /// Decommission and removenode requests, for the membership thread.
+    jobs: parking_lot::Mutex<Vec<movement::Job>>,
     /// The newest epoch a peer mentioned (heartbeats, handshakes), for the membership thread.
     newest_seen: std::sync::atomic::AtomicU64,
     /// The metadata register's acceptor (held while a request is served and its state stored).
@@ -295,6 +300,8 @@ impl Node {
             view: parking_lot::RwLock::new(Arc::new(view)),
             meta: parking_lot::Mutex::new(membership::MetaAcceptor::of(&stored)),
             newest_seen: std::sync::atomic::AtomicU64::new(0),
+            progress: parking_lot::Mutex::new(movement::Progress::default()),
+            jobs: parking_lot::Mutex::new(Vec::new()),
             cfg,
             shutdown: AtomicBool::new(false),
             repair_tx,
@@ -332,6 +339,24 @@ impl Node {
     /// A deadline for a request started now.
     pub fn deadline(&self) -> Instant {
         Instant::now() + self.cfg.request_timeout
+    }
+
+    /// The replicas a write of `key` goes to: its replicas in the read ring,
+    /// then, while a movement is under way, those of the write ring not among
+    /// them (pending); and how many are pending. A write waits for the
+    /// level's acks plus one from each pending replica, as Cassandra counts,
+    /// so a write acknowledged during a movement is on enough replicas of
+    /// either ring.
+    pub fn write_targets(&self, key: &Key) -> (Arc<[NodeId]>, usize) {
+        let view = self.view();
+        let targets = view.ring.replica_set(key.as_bytes());
+        let Some(w) = &view.writes else { return (targets, 0) };
+        let pending: Vec<NodeId> = w.replicas(key.as_bytes()).iter().copied().filter(|n| !targets.contains(n)).collect();
+        if pending.is_empty() {
+            return (targets, 0);
+        }
+        let n = pending.len();
+        (targets.iter().copied().chain(pending).collect::<Vec<_>>().into(), n)
     }
 
     /// The replicas of `key` and the replies `level` needs, or `Unavailable`

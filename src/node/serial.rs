@@ -253,7 +253,11 @@ impl Node {
     /// Starts the operation; `done` is called once with its outcome (possibly
     /// before this returns). `Err` (and `done` never called) if it could not start.
     fn start_serial(self: &Arc<Self>, key: Key, op: Op, done: OnDone) -> Result<Arc<dyn Finish>> {
-        let (replicas, quorum) = self.check_available(&key, Consistency::Serial)?;
+        let (_, quorum) = self.check_available(&key, Consistency::Serial)?;
+        // During a movement the pending replicas take part too (a majority of
+        // the four then meets every majority of the old three and of the new three).
+        let (replicas, pending) = self.write_targets(&key);
+        let quorum = if pending > 0 { replicas.len() / 2 + 1 } else { quorum };
         let replicas = replicas.to_vec();
         let live: Vec<NodeId> = replicas.iter().copied().filter(|&r| self.alive(r)).collect();
         let ballot = Ballot(self.clock.now());

@@ -455,6 +455,24 @@ impl Store {
         (out, more)
     }
 
+    /// Drops the cells of slot `slot` whose keys `drop` picks (cells this
+    /// replica no longer holds after a membership change); how many. Not
+    /// logged: a restart drops them again.
+    pub fn drop_where(&self, slot: u8, mut drop: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut s = self.slots[slot as usize].write();
+        let before = s.cells.len();
+        let mut freed = 0;
+        s.cells.retain(|e| {
+            let d = drop(e.key());
+            if d {
+                freed += e.footprint();
+            }
+            !d
+        });
+        s.bytes -= freed;
+        before - s.cells.len()
+    }
+
     /// Calls `f` with the key, timestamp and tombstone flag of every cell of
     /// slot `slot`, in key order, under its read lock (nothing copied; `f`
     /// must be quick: writers to this slot wait).

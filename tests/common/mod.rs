@@ -155,6 +155,8 @@ pub struct Cluster {
     wrappers: Vec<Option<String>>,
     /// A cluster file of a replica's own instead of `file` (see `start_no_wait_each`).
     files: Vec<Option<PathBuf>>,
+    /// For a replica started with `--join`: the port of the member it joins through.
+    joins: Vec<Option<u16>>,
 }
 
 impl Cluster {
@@ -238,7 +240,15 @@ impl Cluster {
             .enumerate()
             .map(|(i, &port)| Replica { name: format!("r{i}"), port, child: None, log: dir.path().join(format!("r{i}.log")), starts: 0 })
             .collect();
-        let mut c = Cluster { dir, file, replicas, args: args.iter().map(|s| s.to_string()).collect(), wrappers: vec![None; n], files };
+        let mut c = Cluster {
+            dir,
+            file,
+            replicas,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            wrappers: vec![None; n],
+            files,
+            joins: vec![None; n],
+        };
         for i in 0..n {
             c.spawn(i, &[]);
         }
@@ -266,7 +276,11 @@ impl Cluster {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let expand = |a: &str| a.replace("{name}", &r.name).replace("{dir}", &dir);
         let file = self.files[i].as_ref().unwrap_or(&self.file);
-        let mut argv: Vec<String> = vec![r.name.clone(), r.port.to_string(), file.to_string_lossy().into_owned()];
+        let mut argv: Vec<String> = vec![r.name.clone(), r.port.to_string()];
+        match self.joins[i] {
+            None => argv.push(file.to_string_lossy().into_owned()),
+            Some(port) => argv.extend(["--join".to_string(), format!("127.0.0.1:{port}")]),
+        }
         argv.extend(self.args.iter().map(|a| expand(a)));
         argv.extend(extra.iter().map(|a| expand(a)));
         argv.extend(data);
@@ -284,6 +298,25 @@ impl Cluster {
         };
         let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start replica");
         r.child = Some(child);
+    }
+
+    /// Starts a new replica `name` that joins the cluster through replica
+    /// `through` (`--join`), with the cluster's arguments; its index. It
+    /// answers pings when this returns (its join may still be copying data).
+    pub fn join(&mut self, name: &str, through: usize) -> usize {
+        let port = free_ports(1)[0];
+        let i = self.replicas.len();
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.replicas.push(Replica { name: name.into(), port, child: None, log, starts: 0 });
+        self.wrappers.push(None);
+        self.files.push(None);
+        self.joins.push(Some(self.replicas[through].port));
+        self.spawn(i, &[]);
+        let ok = wait_for(slack(Duration::from_secs(20)), || {
+            Client::connect("127.0.0.1", port, Duration::from_millis(200)).and_then(|mut c| c.ping()).is_ok()
+        });
+        assert!(ok, "{name} did not start; logs:\n{}", self.logs());
+        i
     }
 
     /// Polls every running replica's `status` until each sees every running replica up (and dead ones down).

@@ -34,6 +34,56 @@ pub fn format_repair_progress(r: &proto::RepairResult) -> String {
     )
 }
 
+/// The progress line of a membership change.
+pub fn format_movement_progress(m: &proto::MembershipResult) -> String {
+    const WIDTH: u64 = 30;
+    let total = m.transfers.max(1);
+    let filled = (m.transfers_done.min(total) * WIDTH / total) as usize;
+    let rate = if m.elapsed_secs > 0.0 { m.bytes as f64 / m.elapsed_secs } else { 0.0 };
+    let left = if m.transfers_done > 0 && m.transfers_done < m.transfers {
+        format!(", about {:.0} s left", m.elapsed_secs * (m.transfers - m.transfers_done) as f64 / m.transfers_done as f64)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} of {}: [{}{}] {}/{} stretches, {} keys ({}) moved, {}/s, {:.1} s{left}",
+        m.kind,
+        m.node,
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        m.transfers_done,
+        m.transfers,
+        m.keys,
+        fmt_bytes(m.bytes),
+        fmt_bytes(rate as u64),
+        m.elapsed_secs
+    )
+}
+
+/// A membership change, finished or not.
+pub fn format_movement(m: &proto::MembershipResult) -> String {
+    if m.kind.is_empty() {
+        return "no membership change has run from this replica".into();
+    }
+    let state = if m.running {
+        "under way".to_string()
+    } else if m.error.is_empty() {
+        format!("done at epoch {}", m.epoch)
+    } else {
+        format!("failed: {}", m.error)
+    };
+    format!(
+        "{} of {}: {state}; {}/{} stretches, {} keys ({}) moved in {:.1} s",
+        m.kind,
+        m.node,
+        m.transfers_done,
+        m.transfers,
+        m.keys,
+        fmt_bytes(m.bytes),
+        m.elapsed_secs
+    )
+}
+
 /// A finished `repair` pass: what it compared and what it sent.
 pub fn format_repair(r: &proto::RepairResult) -> String {
     let mut s = format!(
@@ -97,6 +147,9 @@ pub fn format_status(s: &proto::StatusResult) -> String {
     let murmur3 = s.partitioner == "murmur3";
     let partitioner = if s.partitioner.is_empty() { "byte-ordered" } else { &s.partitioner };
     let mut o = format!("coordinator {} (RF {}, {partitioner}, mode {}, ring epoch {})\n", s.coordinator, s.rf, s.mode, s.epoch);
+    if !s.movement.is_empty() {
+        let _ = writeln!(o, "under way: {} (writes also go to the new replicas; reads stay with the old ones until it ends)", s.movement);
+    }
     let owns = if murmur3 { "TOKENS / SHARE" } else { "KEYS" };
     let width = if murmur3 { 16 } else { 9 };
     let _ = writeln!(
@@ -108,7 +161,8 @@ pub fn format_status(s: &proto::StatusResult) -> String {
         let keys =
             if murmur3 { format!("{} / {:.1}%", r.tokens.len(), r.share * 100.0) } else { format!("{}-{}", r.range_start, r.range_end) };
         let state = if r.up { "up" } else { "down" };
-        let me = if r.is_self { "  (this coordinator)" } else { "" };
+        let member = if r.member_state.is_empty() || r.member_state == "NORMAL" { String::new() } else { format!("  {}", r.member_state) };
+        let me = if r.is_self { format!("{member}  (this coordinator)") } else { member };
         let (fsync, log, snap) = match &r.storage {
             None => ("?".to_string(), "?".to_string(), "?".to_string()),
             Some(st) if st.in_memory => ("in memory".to_string(), "-".to_string(), "-".to_string()),
@@ -173,6 +227,7 @@ pub fn format_ring(s: &proto::StatusResult, all_tokens: bool) -> String {
             format!("{}-{}", r.range_start, r.range_end)
         };
         let state = if r.up { "up" } else { "down" };
+        let owned = if r.member_state.is_empty() || r.member_state == "NORMAL" { owned } else { format!("{owned}  {}", r.member_state) };
         let share = format!("{:.1}%", r.share * 100.0);
         let _ = writeln!(o, "{:<w$}  {state:<5} {share:>6}  {keys:>10}  {bytes:>9}  {owned}", r.name);
     }

@@ -40,6 +40,12 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM, ALL or SERIAL):
   repair                  compare every replica's data with the others' now (hash trees, then only the cells that
                           differ) and send the newest version where one is missing or older, with progress;
                           Ctrl-C leaves it running (replicas also do this in the background: --anti-entropy-interval)
+Membership (seed 003; start a new replica with --join HOST:PORT to add it):
+  decommission [force]    the connected replica hands its ranges to their new replicas, leaves the ring and exits;
+                          refused if fewer members than the RF would own data, unless forced
+  removenode NAME [force] rebuild dead member NAME's ranges from the surviving replicas, then remove it
+  movement                the progress of the membership change the connected replica runs (or ran last)
+                          (decommission and removenode show a progress bar; Ctrl-C leaves them running)
 Images (seed 004; a murmur3 cluster; decoding needs a build with --features images):
   iset IMAGE METADATA...  store METADATA (all the words) at SERIAL under IMAGE's average hash; prints the hash
   iget IMAGE              the metadata of IMAGE's hash, or of the nearest stored hash within 4 bits (a resized or
@@ -119,6 +125,20 @@ pub enum Command {
     },
     /// A full anti-entropy pass from the coordinator, followed to its end.
     Repair,
+    /// Decommission the connected replica, followed to its end.
+    Decommission {
+        /// Even if fewer members than the RF would own data.
+        force: bool,
+    },
+    /// Rebuild a dead member's ranges elsewhere and remove it, followed to its end.
+    RemoveNode {
+        /// The dead member.
+        name: String,
+        /// Even if fewer members than the RF would own data.
+        force: bool,
+    },
+    /// The movement the connected replica runs or ran last.
+    Movement,
     /// A page of every key (one-shot: every page).
     Scan {
         /// Where to start: the bytes of a cursor a scan printed (empty: the start).
@@ -304,6 +324,17 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
         },
         "scan" => parse_scan(args),
         "repair" => arity(0, 0, "repair").map(|_| Command::Repair),
+        "decommission" => match args {
+            [] => Ok(Command::Decommission { force: false }),
+            [f] if f.eq_ignore_ascii_case("force") => Ok(Command::Decommission { force: true }),
+            _ => Err("usage: decommission [force]".into()),
+        },
+        "removenode" => match args {
+            [name] => Ok(Command::RemoveNode { name: name.clone(), force: false }),
+            [name, f] if f.eq_ignore_ascii_case("force") => Ok(Command::RemoveNode { name: name.clone(), force: true }),
+            _ => Err("usage: removenode NAME [force]".into()),
+        },
+        "movement" => arity(0, 0, "movement").map(|_| Command::Movement),
         other => Err(format!("unknown command {other:?}; type help")),
     }
 }

@@ -11,6 +11,7 @@ use crate::client::{Cas, Client, Expect};
 use crate::cluster::consistency::Consistency;
 use crate::cluster::key::escaped;
 use crate::error::Error;
+use crate::proto;
 
 /// How a command ended; decides the one-shot exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keys a page looks at when a one-shot `scan` walks every page and names no count.
 const WALK_COUNT: u32 = 1000;
 
+/// Whether progress lines are drawn: only on a terminal (scripts get the result alone).
+fn progress_shown() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// How often `decommission` and `removenode` ask how they are going.
+const MOVEMENT_POLL: Duration = Duration::from_millis(250);
+
 /// How often `repair` asks how its pass is going.
 const REPAIR_POLL: Duration = Duration::from_millis(250);
 
@@ -109,6 +119,52 @@ impl Session {
     /// The coordinator's name (a ping).
     pub fn coordinator_name(&mut self) -> Result<String, Error> {
         self.call(|c| c.ping())
+    }
+
+    /// Starts a decommission or removenode on the connected replica and
+    /// follows it with a progress line until it ends. A decommissioned
+    /// replica exits: the connection closing after it said it was finishing is the end.
+    fn follow_movement(
+        &mut self,
+        op: proto::membership_request::Op,
+        name: &str,
+        force: bool,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<Outcome, Error> {
+        let w = |out: &mut dyn Write, s: &str| {
+            let _ = writeln!(out, "{s}");
+        };
+        let mut m = self.call(|c| c.membership(op, name, force))?;
+        loop {
+            if !m.running {
+                if progress_shown() {
+                    let _ = write!(err, "\r{:100}\r", "");
+                }
+                if !m.error.is_empty() {
+                    w(err, &format!("error: {}", m.error));
+                    return Ok(Outcome::Refused);
+                }
+                w(out, &super::format::format_movement(&m));
+                return Ok(Outcome::Ok);
+            }
+            if progress_shown() {
+                let _ = write!(err, "\r{}", super::format::format_movement_progress(&m));
+                let _ = err.flush();
+            }
+            std::thread::sleep(MOVEMENT_POLL);
+            match self.call(|c| c.membership(proto::membership_request::Op::Status, "", false)) {
+                Ok(next) => m = next,
+                Err(Error::Io(_) | Error::Protocol(_)) if op == proto::membership_request::Op::Decommission => {
+                    if progress_shown() {
+                        let _ = write!(err, "\r{:100}\r", "");
+                    }
+                    w(out, &format!("decommissioned: {} keys ({}) handed over; the replica left the ring and exited", m.keys, m.bytes));
+                    return Ok(Outcome::Ok);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Runs one command, writing results to `out` and errors (prefixed `error:`) to `err`.
@@ -233,17 +289,31 @@ impl Session {
                 let id = first.pass;
                 let mut r = first;
                 while r.pass == id && r.running {
-                    let _ = write!(err, "\r{}", super::format::format_repair_progress(&r));
-                    let _ = err.flush();
+                    if progress_shown() {
+                        let _ = write!(err, "\r{}", super::format::format_repair_progress(&r));
+                        let _ = err.flush();
+                    }
                     std::thread::sleep(REPAIR_POLL);
                     r = self.call(|c| c.repair(false))?;
                 }
-                let _ = write!(err, "\r{:80}\r", "");
+                if progress_shown() {
+                    let _ = write!(err, "\r{:80}\r", "");
+                }
                 if r.pass != id {
                     w(out, &format!("repair pass {id} finished (the coordinator has run pass {} since)", r.pass));
                 } else {
                     w(out, &super::format::format_repair(&r));
                 }
+            }
+            Command::Decommission { force } => {
+                return self.follow_movement(proto::membership_request::Op::Decommission, "", force, out, err);
+            }
+            Command::RemoveNode { name, force } => {
+                return self.follow_movement(proto::membership_request::Op::RemoveNode, &name, force, out, err);
+            }
+            Command::Movement => {
+                let m = self.call(|c| c.membership(proto::membership_request::Op::Status, "", false))?;
+                w(out, &super::format::format_movement(&m));
             }
             Command::Ring { tokens } => {
                 let s = self.call(|c| c.status())?;

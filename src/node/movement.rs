@@ -1,0 +1,484 @@
+//! Membership changes in a replica: join, decommission and removenode, and
+//! the streaming each does.
+//!
+//! Every change is two epochs (see [`crate::cluster::metadata`]): the first
+//! makes the new member `JOINING` (or the old one `LEAVING`), and from then
+//! on writes also reach the replicas-to-be; the data of the stretches they
+//! gain is copied ([`Metadata::transfers`]); the second epoch ends the
+//! movement, and reads move to the new replicas. The copying runs on the
+//! membership thread of the node that does it:
+//!
+//! * **join** — the new member pulls each stretch from the replica that gives
+//!   it up (CASSANDRA-2434: never from whichever replica is up), falling back
+//!   to merging what the other old replicas hold if that one is down;
+//! * **decommission** — the leaving member pushes its stretches to their new
+//!   replicas, then leaves, and its process exits;
+//! * **removenode** — the node asked merges each stretch from the live old
+//!   replicas (newest version of every key) and pushes it to the new replica.
+//!
+//! Pages are about 1 MiB; cells merge by last-write-wins, so a copy never
+//! undoes a write made meanwhile (which reached the new replica as a pending
+//! one anyway). After a movement ends, every replica drops the cells it no
+//! longer replicates.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cluster::key::{KEYS, Key};
+use crate::cluster::metadata::{Metadata, MoveKind, NodeState, Transfer, in_range};
+use crate::cluster::ring::{NodeId, NodeInfo};
+use crate::cluster::token;
+use crate::error::{Error, Result};
+use crate::message::{MAX_BATCH, MAX_PAGE_BYTES, PeerRequest, PeerResponse};
+use crate::node::Node;
+use crate::node::membership::Stored;
+use crate::proto;
+use crate::storage::cell::Version;
+
+/// How long a movement waits for every live member to learn its epoch.
+const EPOCH_WAIT: Duration = Duration::from_secs(30);
+
+/// How long after a movement ends a replica keeps the cells it no longer
+/// replicates: coordinators still at the previous epoch may read them meanwhile.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(10);
+
+/// A movement this node runs or ran: what it has copied.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    kind: String,
+    node: String,
+    running: bool,
+    epoch: u64,
+    transfers: u64,
+    transfers_done: u64,
+    keys: u64,
+    bytes: u64,
+    started: Option<Instant>,
+    elapsed: Duration,
+    error: String,
+}
+
+impl Progress {
+    fn report(&self) -> proto::MembershipResult {
+        proto::MembershipResult {
+            kind: self.kind.clone(),
+            node: self.node.clone(),
+            running: self.running,
+            epoch: self.epoch,
+            transfers: self.transfers,
+            transfers_done: self.transfers_done,
+            keys: self.keys,
+            bytes: self.bytes,
+            elapsed_secs: if self.running { self.started.map_or(0.0, |t| t.elapsed().as_secs_f64()) } else { self.elapsed.as_secs_f64() },
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Work queued for the membership thread.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Decommission this node.
+    Decommission {
+        /// Allow fewer members owning data than the RF.
+        force: bool,
+    },
+    /// Remove the dead member `name`.
+    RemoveNode {
+        /// Its name.
+        name: String,
+        /// Allow fewer members owning data than the RF.
+        force: bool,
+    },
+}
+
+/// The slots a stretch of tokens touches.
+fn slots_of(t: &Transfer, byte_ordered: bool) -> Vec<u8> {
+    if byte_ordered {
+        return if t.lo == t.hi { (0..=255).collect() } else { (0..KEYS as i64).filter(|&k| t.contains(k)).map(|k| k as u8).collect() };
+    }
+    if t.lo == t.hi {
+        return (0..=255).collect();
+    }
+    let (first, last) = (token::slot(t.lo.wrapping_add(1)), token::slot(t.hi));
+    let mut out = vec![first];
+    let mut s = first;
+    while s != last {
+        s = s.wrapping_add(1);
+        out.push(s);
+    }
+    out
+}
+
+impl Node {
+    /// This replica's cells of slot `slot` whose tokens are in (`lo`, `hi`],
+    /// after `after`, a page of about [`MAX_PAGE_BYTES`].
+    pub fn stream_cells(&self, slot: u8, lo: i64, hi: i64, after: Option<&Key>) -> PeerResponse {
+        let ring = self.ring();
+        let (cells, more) =
+            self.store.cells_where(slot, after.map(Key::as_bytes), MAX_PAGE_BYTES, |key| in_range(lo, hi, ring.token_of(key)));
+        PeerResponse::Cells { cells, more }
+    }
+
+    /// A new member's request to join: the next epoch with it `JOINING`, by
+    /// consensus; what it must start from.
+    pub fn join_member(self: &Arc<Self>, info: NodeInfo, proxy: bool) -> Result<Stored> {
+        let name = info.name.clone();
+        let meta = self.change_metadata(|m| m.begin_join(info.clone(), None, proxy))?;
+        log::info!(
+            "{}: {name} joins at epoch {} ({})",
+            self.cfg.name,
+            meta.epoch,
+            if proxy { "no tokens" } else { "its tokens restore balance" }
+        );
+        Ok(self.stored_metadata())
+    }
+
+    /// `decommission`, `removenode` and the movement's progress.
+    pub fn membership_request(self: &Arc<Self>, req: proto::MembershipRequest) -> Result<proto::MembershipResult> {
+        use proto::membership_request::Op;
+        let job = match Op::try_from(req.op) {
+            Ok(Op::Status) | Ok(Op::Unspecified) => return Ok(self.progress.lock().report()),
+            Ok(Op::Decommission) => Job::Decommission { force: req.force },
+            Ok(Op::RemoveNode) => {
+                let view = self.view();
+                let Some(m) = view.meta.named(&req.name) else {
+                    return Err(Error::InvalidRequest(format!("{} is not a member", req.name)));
+                };
+                if m.info.id == self.me {
+                    return Err(Error::InvalidRequest(format!("{} is this replica; decommission it instead", req.name)));
+                }
+                if self.alive(m.info.id) && m.state == NodeState::Normal {
+                    return Err(Error::InvalidRequest(format!(
+                        "{} is up; removenode is for dead members (decommission it instead)",
+                        req.name
+                    )));
+                }
+                Job::RemoveNode { name: req.name, force: req.force }
+            }
+            Err(_) => return Err(Error::InvalidRequest(format!("unknown membership operation {}", req.op))),
+        };
+        let mut p = self.progress.lock();
+        if p.running {
+            return Err(Error::InvalidRequest(format!("a {} of {} is under way here", p.kind, p.node)));
+        }
+        let (kind, node) = match &job {
+            Job::Decommission { .. } => ("decommission", self.cfg.name.clone()),
+            Job::RemoveNode { name, .. } => ("removenode", name.clone()),
+        };
+        *p = Progress { kind: kind.into(), node, running: true, started: Some(Instant::now()), ..Default::default() };
+        let report = p.report();
+        drop(p);
+        self.jobs.lock().push(job);
+        Ok(report)
+    }
+
+    fn progress_error(&self, e: &Error) {
+        let mut p = self.progress.lock();
+        p.running = false;
+        p.error = e.to_string();
+        p.elapsed = p.started.map_or(Duration::ZERO, |t| t.elapsed());
+        log::error!("{}: {} of {} failed: {e}", self.cfg.name, p.kind, p.node);
+    }
+
+    /// The membership thread's work, between its other duties: a queued
+    /// decommission or removenode, or this node's own join (after a start
+    /// as a joining member, or a restart in the middle of one).
+    pub fn membership_work(self: &Arc<Self>) {
+        let job = self.jobs.lock().pop();
+        let result = match job {
+            Some(Job::Decommission { force }) => self.decommission(force),
+            Some(Job::RemoveNode { name, force }) => self.remove_node(&name, force),
+            None => {
+                let view = self.view();
+                match view.meta.moving {
+                    Some((id, MoveKind::Join)) if id == self.me => {
+                        {
+                            let mut p = self.progress.lock();
+                            if !p.running {
+                                *p = Progress {
+                                    kind: "join".into(),
+                                    node: self.cfg.name.clone(),
+                                    running: true,
+                                    started: Some(Instant::now()),
+                                    ..Default::default()
+                                };
+                            }
+                        }
+                        self.bootstrap()
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.progress_error(&e);
+            // A join retries from its membership thread (the epoch still says JOINING).
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Waits until every live member holds epoch `epoch` or a newer one, so
+    /// that no coordinator still writes without the pending replicas when
+    /// the copying starts (a write it missed would not be copied either). A
+    /// member that is down catches up before it coordinates again.
+    fn wait_epoch_everywhere(self: &Arc<Self>, epoch: u64) -> Result<()> {
+        let deadline = Instant::now() + EPOCH_WAIT;
+        loop {
+            let view = self.view();
+            let others: Vec<NodeId> = view.meta.voters().into_iter().filter(|&v| v != self.me && self.alive(v)).collect();
+            let behind: Vec<String> = others
+                .iter()
+                .zip(self.gather(others.clone(), PeerRequest::Metadata))
+                .filter(|(_, r)| !matches!(r, Some(Ok(PeerResponse::Metadata(s))) if s.meta.epoch >= epoch))
+                .map(|(&id, _)| view.ring.name(id))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!("{} did not reach epoch {epoch} in time", behind.join(", "))));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Copies every stretch this joining node gains, then ends the join.
+    fn bootstrap(self: &Arc<Self>) -> Result<()> {
+        self.wait_epoch_everywhere(self.view().epoch())?;
+        let view = self.view();
+        let transfers: Vec<Transfer> = view.meta.transfers()?.into_iter().filter(|t| t.to == self.me).collect();
+        self.progress.lock().transfers = transfers.len() as u64;
+        self.progress.lock().epoch = view.epoch();
+        let byte_ordered = view.ring.sorted_tokens().is_empty();
+        for t in &transfers {
+            let sources: Vec<NodeId> = t.from.iter().copied().filter(|&f| self.alive(f)).collect();
+            if sources.is_empty() {
+                return Err(Error::Unavailable(format!("no replica of tokens ({}, {}] is up to copy them from", t.lo, t.hi)));
+            }
+            for slot in slots_of(t, byte_ordered) {
+                // The giver alone if it is up (its copy is the one the range had); otherwise the others merged.
+                let from: Vec<NodeId> = if sources[0] == t.from[0] { vec![sources[0]] } else { sources.clone() };
+                self.copy_stretch(slot, t, &from, self.me)?;
+            }
+            self.progress.lock().transfers_done += 1;
+        }
+        self.finish_movement(MoveKind::Join)
+    }
+
+    /// Copies the cells of slot `slot` in `t` from `from` (merged: the newest
+    /// version of each key) to `to` (this node: applied here).
+    fn copy_stretch(self: &Arc<Self>, slot: u8, t: &Transfer, from: &[NodeId], to: NodeId) -> Result<()> {
+        let mut after: Option<Key> = None;
+        loop {
+            let msg = PeerRequest::Stream { slot, lo: t.lo, hi: t.hi, after: after.clone() };
+            let mut merged: BTreeMap<Key, Version> = BTreeMap::new();
+            let mut bound: Option<Key> = None;
+            let mut any_more = false;
+            for (f, r) in from.iter().zip(self.gather(from.to_vec(), msg)) {
+                match r {
+                    Some(Ok(PeerResponse::Cells { cells, more })) => {
+                        if more {
+                            any_more = true;
+                            if let Some((last, _)) = cells.last()
+                                && bound.as_ref().is_none_or(|b| last < b)
+                            {
+                                bound = Some(last.clone());
+                            }
+                        }
+                        for (k, v) in cells {
+                            match merged.get(&k) {
+                                Some(old) if *old >= v => {}
+                                _ => {
+                                    merged.insert(k, v);
+                                }
+                            }
+                        }
+                    }
+                    other => {
+                        return Err(Error::Failure(format!(
+                            "copying tokens ({}, {}] of slot {slot} from {}: {}",
+                            t.lo,
+                            t.hi,
+                            self.ring().name(*f),
+                            crate::node::admin::why(other)
+                        )));
+                    }
+                }
+            }
+            let cells: Vec<(Key, Version)> = merged.into_iter().filter(|(k, _)| bound.as_ref().is_none_or(|b| k <= b)).collect();
+            let bytes: u64 = cells.iter().map(|(k, v)| (k.len() + v.value.as_ref().map_or(0, |b| b.len())) as u64).sum();
+            let n = cells.len() as u64;
+            self.deliver_cells(to, cells)?;
+            {
+                let mut p = self.progress.lock();
+                p.keys += n;
+                p.bytes += bytes;
+            }
+            match bound {
+                Some(b) if any_more && after.as_ref().is_none_or(|a| &b > a) => after = Some(b),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Merges `cells` into `to`'s store: here directly, elsewhere in `Apply` batches; durable when it returns.
+    fn deliver_cells(self: &Arc<Self>, to: NodeId, cells: Vec<(Key, Version)>) -> Result<()> {
+        if cells.is_empty() {
+            return Ok(());
+        }
+        if to == self.me {
+            let mut last = 0;
+            for (k, v) in cells {
+                let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+                last = last.max(self.store.apply(&k, v)?.pos);
+            }
+            return self.store.commit(last);
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let send = |batch: Vec<(Key, Version)>| -> Result<()> {
+            match self.gather(vec![to], PeerRequest::Apply { cells: batch }).pop().flatten() {
+                Some(Ok(PeerResponse::Applied(_))) => Ok(()),
+                other => Err(Error::Failure(format!("sending cells to {}: {}", self.ring().name(to), crate::node::admin::why(other)))),
+            }
+        };
+        for c in cells {
+            bytes += c.0.len() + c.1.value.as_ref().map_or(0, |b| b.len());
+            batch.push(c);
+            if batch.len() >= MAX_BATCH || bytes >= MAX_PAGE_BYTES {
+                send(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            send(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the movement under way (if it is still `kind` of this node's
+    /// doing): the next epoch, by consensus.
+    fn finish_movement(self: &Arc<Self>, kind: MoveKind) -> Result<()> {
+        let before = self.view().meta.moving;
+        let meta = self.change_metadata(|m: &Metadata| {
+            if m.moving != before {
+                return Err(Error::InvalidRequest(format!("the {kind} is no longer the movement under way")));
+            }
+            m.finish()
+        })?;
+        let mut p = self.progress.lock();
+        p.running = false;
+        p.epoch = meta.epoch;
+        p.elapsed = p.started.map_or(Duration::ZERO, |t| t.elapsed());
+        log::info!(
+            "{}: {} of {} done at epoch {}: {} keys ({} bytes) copied in {:.1} s",
+            self.cfg.name,
+            p.kind,
+            p.node,
+            meta.epoch,
+            p.keys,
+            p.bytes,
+            p.elapsed.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Hands this node's stretches to their new replicas, then leaves the ring
+    /// and stops the node.
+    fn decommission(self: &Arc<Self>, force: bool) -> Result<()> {
+        let me = self.me;
+        let view = self.view();
+        if view.meta.moving != Some((me, MoveKind::Decommission)) {
+            self.change_metadata(|m| m.begin_leave(me, MoveKind::Decommission, force))?;
+        }
+        self.wait_epoch_everywhere(self.view().epoch())?;
+        let view = self.view();
+        let byte_ordered = view.ring.sorted_tokens().is_empty();
+        let transfers: Vec<Transfer> = view.meta.transfers()?;
+        {
+            let mut p = self.progress.lock();
+            p.transfers = transfers.len() as u64;
+            p.epoch = view.epoch();
+        }
+        for t in &transfers {
+            // This node gives every stretch up: it is the first source of each.
+            for slot in slots_of(t, byte_ordered) {
+                self.push_local(slot, t)?;
+            }
+            self.progress.lock().transfers_done += 1;
+        }
+        self.finish_movement(MoveKind::Decommission)?;
+        log::info!("{}: decommissioned; stopping", self.cfg.name);
+        self.shutdown.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Sends this node's cells of slot `slot` in `t` to `t.to`, page by page.
+    fn push_local(self: &Arc<Self>, slot: u8, t: &Transfer) -> Result<()> {
+        let mut after: Option<Key> = None;
+        loop {
+            let PeerResponse::Cells { cells, more } = self.stream_cells(slot, t.lo, t.hi, after.as_ref()) else { unreachable!() };
+            let last = cells.last().map(|(k, _)| k.clone());
+            let bytes: u64 = cells.iter().map(|(k, v)| (k.len() + v.value.as_ref().map_or(0, |b| b.len())) as u64).sum();
+            let n = cells.len() as u64;
+            self.deliver_cells(t.to, cells)?;
+            {
+                let mut p = self.progress.lock();
+                p.keys += n;
+                p.bytes += bytes;
+            }
+            match last {
+                Some(l) if more => after = Some(l),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Rebuilds the stretches of dead member `name` on their new replicas
+    /// from the surviving ones, then removes it from the ring.
+    fn remove_node(self: &Arc<Self>, name: &str, force: bool) -> Result<()> {
+        let view = self.view();
+        let id = view.meta.named(name).map(|m| m.info.id).ok_or_else(|| Error::InvalidRequest(format!("{name} is not a member")))?;
+        if view.meta.moving != Some((id, MoveKind::RemoveNode)) {
+            self.change_metadata(|m| m.begin_leave(id, MoveKind::RemoveNode, force))?;
+        }
+        self.wait_epoch_everywhere(self.view().epoch())?;
+        let view = self.view();
+        let byte_ordered = view.ring.sorted_tokens().is_empty();
+        let transfers: Vec<Transfer> = view.meta.transfers()?;
+        {
+            let mut p = self.progress.lock();
+            p.transfers = transfers.len() as u64;
+            p.epoch = view.epoch();
+        }
+        for t in &transfers {
+            let live: Vec<NodeId> = t.from.iter().copied().filter(|&f| f != id && self.alive(f)).collect();
+            if live.is_empty() {
+                return Err(Error::Unavailable(format!("no surviving replica of tokens ({}, {}] is up", t.lo, t.hi)));
+            }
+            for slot in slots_of(t, byte_ordered) {
+                self.copy_stretch(slot, t, &live, t.to)?;
+            }
+            self.progress.lock().transfers_done += 1;
+        }
+        self.finish_movement(MoveKind::RemoveNode)
+    }
+
+    /// Drops the cells this node no longer replicates (after a movement
+    /// ended; nothing while one is under way). How many.
+    pub fn cleanup(&self) -> usize {
+        let view = self.view();
+        if view.meta.moving.is_some() {
+            return 0;
+        }
+        let ring = view.ring.clone();
+        let me = self.me;
+        let dropped: usize = (0..=255u8).map(|slot| self.store.drop_where(slot, |key| !ring.replicas(key).contains(&me))).sum();
+        if dropped > 0 {
+            log::info!("{}: dropped {dropped} cells it no longer replicates (epoch {})", self.cfg.name, view.epoch());
+        }
+        dropped
+    }
+}
