@@ -185,6 +185,8 @@ pub enum ClientRequest {
         info: crate::cluster::ring::NodeInfo,
         /// Without tokens: it only coordinates.
         proxy: bool,
+        /// The cluster it means to join (checked against this one's).
+        cluster_id: u64,
     },
     /// Decommission this replica, remove a dead member, or report the movement.
     Membership(proto::MembershipRequest),
@@ -474,11 +476,14 @@ impl ClientRequest {
                 }
                 let port = u16::try_from(j.port).ok().filter(|&p| p != 0).ok_or_else(|| bad("needs a port of 1 to 65535"))?;
                 let info = crate::cluster::ring::NodeInfo { id: crate::cluster::ring::node_id(&j.name), name: j.name, host: j.host, port };
-                ClientRequest::Join { info, proxy: j.proxy }
+                ClientRequest::Join { info, proxy: j.proxy, cluster_id: j.cluster_id }
             }
             B::Membership(m) => {
                 if m.name.len() > 255 {
                     return Err(Error::InvalidRequest("a member's name is at most 255 bytes".into()));
+                }
+                if proto::membership_request::Op::try_from(m.op).is_err() {
+                    return Err(Error::InvalidRequest(format!("unknown membership operation {}", m.op)));
                 }
                 ClientRequest::Membership(m)
             }

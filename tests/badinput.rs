@@ -791,7 +791,10 @@ fn served_kind(req: &B, resp: &R) -> bool {
         | (B::ReplicaTree(_), R::ReplicaTree(_))
         | (B::ReplicaCells(_), R::ReplicaCells(_))
         | (B::ReplicaApply(_), R::ReplicaApply(_))
-        | (B::Metadata(_), R::Metadata(_)) => true,
+        | (B::Metadata(_), R::Metadata(_))
+        | (B::Membership(_), R::Membership(_))
+        | (B::ReplicaStream(_), R::ReplicaCells(_))
+        | (B::Join(_), R::Metadata(_)) => true,
         (B::ReplicaReadBatch(b), R::ReplicaReadBatch(r)) => b.keys.len() == r.results.len(),
         _ => false,
     }

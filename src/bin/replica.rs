@@ -172,8 +172,15 @@ fn start_joining(mut args: Args, seed: String) -> quorumkv::Result<()> {
         .ok_or_else(|| Error::Config(format!("--join {seed:?} is not HOST:PORT")))?;
     let mut client = quorumkv::client::Client::connect(&host, port, std::time::Duration::from_secs(3))?;
     client.set_timeout(Some(std::time::Duration::from_secs(30)))?;
-    let req =
-        quorumkv::proto::JoinRequest { name: args.name.clone(), host: args.host.clone(), port: args.port.into(), proxy: args.no_tokens };
+    // The join names the cluster (its id, from status): a stray frame never adds a member.
+    let cluster_id = client.status()?.cluster_id;
+    let req = quorumkv::proto::JoinRequest {
+        name: args.name.clone(),
+        host: args.host.clone(),
+        port: args.port.into(),
+        proxy: args.no_tokens,
+        cluster_id,
+    };
     let stored = match client.request(quorumkv::proto::request::Body::Join(req))? {
         quorumkv::proto::response::Body::Metadata(m) => membership::Stored::from_proto(*m)?,
         quorumkv::proto::response::Body::Error(e) => return Err(Error::from_proto(e)),

@@ -226,8 +226,10 @@ impl Client {
 
     /// A membership request to the replica this client is connected to:
     /// decommission it, remove a dead member, or report the movement it runs.
+    /// Decommission and removenode name the cluster: its id is asked first (`status`).
     pub fn membership(&mut self, op: proto::membership_request::Op, name: &str, force: bool) -> Result<proto::MembershipResult> {
-        let req = proto::MembershipRequest { op: op as i32, name: name.to_string(), force };
+        let cluster_id = if op == proto::membership_request::Op::Status { 0 } else { self.status()?.cluster_id };
+        let req = proto::MembershipRequest { op: op as i32, name: name.to_string(), force, cluster_id };
         match self.request(request::Body::Membership(req))? {
             response::Body::Membership(m) => Ok(m),
             other => Err(unexpected(other)),

@@ -428,6 +428,22 @@ impl Metadata {
         }
     }
 
+    /// The next epoch without joining member `id`: its join is abandoned (it
+    /// died, or will never finish; writes were waiting for it as a pending
+    /// replica). What it copied is dropped by nobody but itself.
+    pub fn abort_join(&self, id: NodeId) -> Result<Metadata> {
+        match (self.moving, self.member(id)) {
+            (Some((m, MoveKind::Join)), Some(member)) if m == id && member.state == NodeState::Joining => {
+                let mut next = self.next();
+                next.members.retain(|m| m.info.id != id);
+                next.moving = None;
+                next.read_ring()?;
+                Ok(next)
+            }
+            _ => Err(Error::InvalidRequest(format!("{id} is not joining"))),
+        }
+    }
+
     /// The next epoch with the movement under way finished: a joining
     /// member `NORMAL`, a leaving one `REMOVED` without tokens.
     pub fn finish(&self) -> Result<Metadata> {
@@ -714,6 +730,16 @@ mod tests {
             // Writes during the leave reach the takers: the write ring is the final one.
             assert_eq!(m2.write_ring().unwrap().sorted_tokens(), ring.sorted_tokens());
         }
+    }
+
+    #[test]
+    fn an_abandoned_join_leaves_the_ring_as_it_was() {
+        let m1 = Metadata::initial(&spec(FOUR), 3).unwrap();
+        let m2 = m1.begin_join(info("r4", 9004), None, false).unwrap();
+        let m3 = m2.abort_join(node_id("r4")).unwrap();
+        assert_eq!((m3.epoch, m3.moving, m3.members.clone()), (3, None, m1.members.clone()));
+        assert!(m3.begin_join(info("r5", 9005), None, false).is_ok(), "the next change may start");
+        assert!(m1.abort_join(node_id("r1")).is_err());
     }
 
     #[test]

@@ -75,6 +75,12 @@ pub fn run(cfg: NodeConfig, initial: Metadata) -> Result<()> {
 /// [`run`] from metadata already at hand (a member that joined: its data
 /// folder's, or what the member it joined through answered).
 pub fn run_stored(cfg: NodeConfig, stored: membership::Stored) -> Result<()> {
+    if let Some(m) = stored.meta.named(&cfg.name).filter(|m| m.state == crate::cluster::metadata::NodeState::Removed) {
+        return Err(Error::Config(format!(
+            "{} left the cluster (it is REMOVED at epoch {}); to add it again, empty its data folder and start it with --join HOST:PORT",
+            m.info.name, stored.meta.epoch
+        )));
+    }
     let ring = stored.meta.read_ring()?;
     let listener = bind(&cfg)?;
     let me = Node::locate(&cfg, &ring)?;

@@ -352,6 +352,7 @@ impl Node {
             .unwrap_or_default();
         proto::StatusResult {
             movement,
+            cluster_id: view.meta.cluster_id,
             coordinator: self.cfg.name.clone(),
             rf: ring.rf() as u32,
             epoch: ring.epoch(),

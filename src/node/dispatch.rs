@@ -54,7 +54,10 @@ impl Node {
             ClientRequest::Token { key } => Reply::Token(self.token(&key)),
             ClientRequest::Scan { cursor, count } => Reply::Scan(self.scan(cursor, count)?),
             ClientRequest::Repair { start } => Reply::Repair(self.repair(start)),
-            ClientRequest::Join { info, proxy } => Reply::Joined(Box::new(self.join_member(info, proxy)?)),
+            ClientRequest::Join { info, proxy, cluster_id } => {
+                self.check_cluster(cluster_id, "join")?;
+                Reply::Joined(Box::new(self.join_member(info, proxy)?))
+            }
             ClientRequest::Membership(m) => Reply::Membership(self.membership_request(m)?),
             ClientRequest::Fault(_) => return Err(Error::Internal("fault requests are served by the network layer".into())),
         };
@@ -110,6 +113,18 @@ impl Node {
             ))),
             None => Err(Error::RingMismatch(format!("{} is not in the ring", h.name))),
         }
+    }
+
+    /// Refuses a membership request that does not name this cluster (its id
+    /// as `status` reports it): a stray or mangled frame never moves data.
+    pub fn check_cluster(&self, cluster_id: u64, what: &str) -> Result<()> {
+        let mine = self.view().meta.cluster_id;
+        if cluster_id != mine {
+            return Err(Error::RingMismatch(format!(
+                "the {what} request names cluster {cluster_id:016x}, but this is cluster {mine:016x} (status reports the id)"
+            )));
+        }
+        Ok(())
     }
 
     /// Our handshake.

@@ -140,8 +140,12 @@ impl Node {
         use proto::membership_request::Op;
         let job = match Op::try_from(req.op) {
             Ok(Op::Status) | Ok(Op::Unspecified) => return Ok(self.progress.lock().report()),
-            Ok(Op::Decommission) => Job::Decommission { force: req.force },
+            Ok(Op::Decommission) => {
+                self.check_cluster(req.cluster_id, "decommission")?;
+                Job::Decommission { force: req.force }
+            }
             Ok(Op::RemoveNode) => {
+                self.check_cluster(req.cluster_id, "removenode")?;
                 let view = self.view();
                 let Some(m) = view.meta.named(&req.name) else {
                     return Err(Error::InvalidRequest(format!("{} is not a member", req.name)));
@@ -154,6 +158,18 @@ impl Node {
                         "{} is up; removenode is for dead members (decommission it instead)",
                         req.name
                     )));
+                }
+                if m.state == NodeState::Joining {
+                    // A join that will not finish (its node died): abandon it, at once.
+                    let id = m.info.id;
+                    let meta = self.change_metadata(|md| md.abort_join(id))?;
+                    log::info!("{}: abandoned the join of {} at epoch {}", self.cfg.name, req.name, meta.epoch);
+                    return Ok(proto::MembershipResult {
+                        kind: "removenode".into(),
+                        node: req.name,
+                        epoch: meta.epoch,
+                        ..Default::default()
+                    });
                 }
                 Job::RemoveNode { name: req.name, force: req.force }
             }
