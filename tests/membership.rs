@@ -12,9 +12,65 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Cluster, slack, wait_for};
-use quorumkv::client::Client;
-use quorumkv::cluster::consistency::Consistency::Quorum;
+use quorumkv::check;
+use quorumkv::client::{Cas, Client, Expect};
+use quorumkv::cluster::consistency::Consistency::{Quorum, Serial};
 use quorumkv::proto;
+
+/// SERIAL reads and compare-and-sets on four keys through `ports` until
+/// `stop`, each recorded in `history` (an error is an unknown outcome).
+fn cas_client(id: usize, ports: Vec<u16>, stop: Arc<AtomicBool>, history: Arc<parking_lot::Mutex<check::History<u32>>>) {
+    let mut x = id as u64 * 0x9E37_79B9 + 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut client: Option<Client> = None;
+    let mut seq = 0;
+    while !stop.load(Ordering::Acquire) {
+        let c = match &mut client {
+            Some(c) => c,
+            None => match Client::connect("127.0.0.1", ports[next() as usize % ports.len()], Duration::from_secs(1)) {
+                Ok(mut c) => {
+                    let _ = c.set_timeout(Some(Duration::from_secs(10)));
+                    client.insert(c)
+                }
+                Err(_) => continue,
+            },
+        };
+        let k = (next() % 4) as u32;
+        let key = format!("cas:{k}");
+        let op = history.lock().invoke(id, k, check::Call::Read);
+        let seen = match c.get(key.as_str(), Serial) {
+            Ok(v) => {
+                history.lock().complete(op, check::Ret::Read(v.clone()));
+                v
+            }
+            Err(_) => {
+                history.lock().unknown(op);
+                client = None;
+                continue;
+            }
+        };
+        seq += 1;
+        let new = format!("{id}-{seq}");
+        let (expect, want) = match &seen {
+            Some(v) => (Expect::Equals(v.clone().into_boxed_slice()), check::Expect::Value(v.clone())),
+            None => (Expect::Absent, check::Expect::Absent),
+        };
+        let op = history.lock().invoke(id, k, check::Call::Cas { expect: want, new: Some(new.clone().into_bytes()) });
+        match c.put_if(key.as_str(), &new, expect) {
+            Ok(Cas::Applied(_)) => history.lock().complete(op, check::Ret::Applied),
+            Ok(Cas::NotApplied { current }) => history.lock().complete(op, check::Ret::NotApplied { current }),
+            Err(_) => {
+                history.lock().unknown(op);
+                client = None;
+            }
+        }
+    }
+}
 
 /// What a writer did to one key: the last value acknowledged, and the values
 /// tried after it whose outcome is unknown (any of which may be the final one).
@@ -91,6 +147,14 @@ fn joins_decommission_and_removenode_lose_no_acknowledged_write() {
         let (port, keys, stop) = (c.replicas[0].port, keys.clone(), stop.clone());
         std::thread::spawn(move || writer(port, keys, stop))
     };
+    // SERIAL compare-and-sets through the two members that stay throughout.
+    let history = Arc::new(parking_lot::Mutex::new(check::History::new()));
+    let cas: Vec<_> = (0..3)
+        .map(|id| {
+            let (ports, stop, history) = (vec![c.replicas[0].port, c.replicas[3].port], stop.clone(), history.clone());
+            std::thread::spawn(move || cas_client(id, ports, stop, history))
+        })
+        .collect();
     let r4 = c.join("r4", 0);
     wait_members(&c, 0, &[("r4", "NORMAL")]);
     let r5 = c.join("r5", 1);
@@ -118,6 +182,15 @@ fn joins_decommission_and_removenode_lose_no_acknowledged_write() {
 
     stop.store(true, Ordering::Release);
     let log = w.join().unwrap();
+    for t in cas {
+        t.join().unwrap();
+    }
+    let history = history.lock();
+    let applied =
+        history.operations().iter().filter(|o| matches!(o.outcome, check::Outcome::Returned { ret: check::Ret::Applied, .. })).count();
+    assert!(applied > 10, "the SERIAL clients got {applied} compare-and-sets applied");
+    let report = history.check(slack(Duration::from_secs(30)));
+    assert!(report.is_linearizable(), "the SERIAL history of {} operations is not linearizable: {:?}", history.len(), report.verdict);
     assert!(log.values().all(|l| l.acked.is_some()), "every key was written at least once");
 
     let live = [0usize, 3, r4, r5];
@@ -125,10 +198,14 @@ fn joins_decommission_and_removenode_lose_no_acknowledged_write() {
     // Every key on exactly its three replicas in the final ring, all agreeing.
     let names: Vec<String> = live.iter().map(|&i| c.replicas[i].name.clone()).collect();
     let mut held = 0;
-    for k in &keys {
+    let cas_keys: Vec<String> = (0..4).map(|k| format!("cas:{k}")).collect();
+    for k in keys.iter().chain(&cas_keys) {
         let i = c.client(0).inspect(k.as_str()).unwrap();
         assert_eq!(i.replicas.len(), 3, "{k}");
         let versions: Vec<_> = i.replicas.iter().map(|e| e.version.clone()).collect();
+        if cas_keys.contains(k) && versions.iter().all(Option::is_none) {
+            continue; // no compare-and-set on it applied
+        }
         assert!(versions.iter().all(|v| v.is_some() && *v == versions[0]), "{k}: {:?}", i.replicas);
         assert!(i.replicas.iter().all(|e| names.contains(&e.name)), "{k} placed on {:?}", i.replicas);
         held += 3;
