@@ -46,6 +46,15 @@ use crate::cluster::token::{Token, TokenRing};
 use crate::error::{Error, Result};
 use crate::proto;
 
+/// The largest RF a metadata record may carry.
+pub const MAX_RF: usize = 16;
+
+/// The most tokens one member may own in a metadata record.
+pub const MAX_MEMBER_TOKENS: usize = 256;
+
+/// The most tokens a metadata record may carry in all.
+pub const MAX_TOKENS: usize = 8192;
+
 /// Where a member stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
@@ -543,6 +552,15 @@ impl Metadata {
         let partitioner = Partitioner::from_name(&p.partitioner).ok_or_else(|| bad(format!("unknown partitioner {:?}", p.partitioner)))?;
         if p.epoch == 0 || p.rf == 0 || p.members.is_empty() || p.members.len() > KEYS {
             return Err(bad("epoch, RF and the number of members must be at least 1 (at most 256 members)".into()));
+        }
+        // Bounded so that building the rings stays cheap whatever a peer sends
+        // (each token's replica walk crosses at most RF members' tokens).
+        if p.rf as usize > MAX_RF || p.rf as usize > p.members.len() {
+            return Err(bad(format!("RF {} is above the number of members or {MAX_RF}", p.rf)));
+        }
+        let tokens: usize = p.members.iter().map(|m| m.tokens.len() + m.pending_tokens.len()).sum();
+        if tokens > MAX_TOKENS || p.members.iter().any(|m| m.tokens.len() + m.pending_tokens.len() > MAX_MEMBER_TOKENS) {
+            return Err(bad(format!("{tokens} tokens in all, or a member with more than {MAX_MEMBER_TOKENS}; at most {MAX_TOKENS}")));
         }
         let mut members: Vec<Member> = Vec::with_capacity(p.members.len());
         for r in p.members {

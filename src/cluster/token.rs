@@ -359,7 +359,8 @@ impl TokenRing {
                 // once one does not, no earlier one does).
                 for back in 1..len {
                     let j = (p + len - back) % len;
-                    let new = walk(j);
+                    // Its index in the trial ring: after the new token it moved up one.
+                    let new = walk(if j > p { j + 1 } else { j });
                     if new == sets[j] {
                         break;
                     }

@@ -32,7 +32,12 @@ impl Links {
         let mut links = Vec::with_capacity(ring.len());
         for n in ring.nodes() {
             if n.id != me {
-                links.push(Arc::new(PeerLink::new(n.id, n.name.clone(), n.socket_addr()?, faults.clone())));
+                // A member whose address does not resolve gets no link (it is then
+                // down to this node) rather than keeping this node from starting.
+                match n.socket_addr() {
+                    Ok(addr) => links.push(Arc::new(PeerLink::new(n.id, n.name.clone(), addr, faults.clone()))),
+                    Err(e) => log::error!("no link to {}: {e}", n.name),
+                }
             }
         }
         Ok(Links { links: RwLock::new(links), me, faults })

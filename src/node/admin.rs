@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::cluster::key::Key;
-use crate::cluster::ring::NodeId;
+use crate::cluster::ring::{NodeId, Ring};
 use crate::coordinator::antientropy::cell_hash;
 use crate::coordinator::call::Call;
 use crate::coordinator::gather::GatherMachine;
@@ -154,7 +154,7 @@ impl Node {
             return out;
         }
         for slot in differing {
-            if !self.differences_in(slot, &asked[slot as usize], max_value_len, max_keys, &mut out) {
+            if !self.differences_in(&ring, slot, &asked[slot as usize], max_value_len, max_keys, &mut out) {
                 out.more = true;
                 break;
             }
@@ -182,13 +182,15 @@ impl Node {
     /// an absence), and the next page starts after that key.
     fn differences_in(
         self: &Arc<Self>,
+        ring: &Ring,
         slot: u8,
         holders: &BTreeSet<usize>,
         max_value_len: u32,
         max_keys: u32,
         out: &mut proto::DisplayResult,
     ) -> bool {
-        let targets: Vec<NodeId> = self.ring().ids().collect();
+        // The ring `display` started with: `holders` are positions in it.
+        let targets: Vec<NodeId> = ring.ids().collect();
         let asked: Vec<usize> = holders.iter().copied().collect();
         let mut after: Option<Key> = None;
         loop {
@@ -228,7 +230,7 @@ impl Node {
                 .collect();
             for key in keys {
                 let holders: Vec<usize> =
-                    self.ring().replicas(key).iter().filter_map(|&id| self.ring().position(id)).filter(|&i| cells[i].is_some()).collect();
+                    ring.replicas(key).iter().filter_map(|&id| ring.position(id)).filter(|&i| cells[i].is_some()).collect();
                 let of = |i: usize| cells[i].as_ref().and_then(|m| m.get(key)).map(|(v, _)| (v.ts, v.is_tombstone()));
                 if holders.iter().all(|&i| of(i) == of(holders[0])) {
                     continue;
@@ -240,7 +242,7 @@ impl Node {
                     .iter()
                     .map(|&i| {
                         let found = cells[i].as_ref().and_then(|m| m.get(key));
-                        let mut e = entry(self.ring().name(targets[i]), found.map(|(v, _)| v), max_value_len as usize);
+                        let mut e = entry(ring.name(targets[i]), found.map(|(v, _)| v), max_value_len as usize);
                         e.truncated |= found.is_some_and(|(_, cut)| *cut);
                         e
                     })

@@ -92,7 +92,6 @@ impl Node {
     pub fn check_hello(&self, h: &proto::PeerHello) -> Result<NodeId> {
         let view = self.view();
         let ring = view.ring.clone();
-        self.saw_epoch(h.epoch);
         if h.cluster_id != view.meta.cluster_id {
             let mine = ring.describe();
             let tokens = if h.ring_description == mine { " (the same nodes, but their tokens differ)" } else { "" };
@@ -102,15 +101,21 @@ impl Node {
             )));
         }
         match ring.id_of(&h.name) {
-            Some(id) if id != self.me => Ok(id),
+            Some(id) if id != self.me => {
+                self.saw_epoch(h.epoch);
+                Ok(id)
+            }
             Some(_) => Err(Error::RingMismatch(format!("peer claims to be {}, which is this replica", h.name))),
-            None if h.epoch > view.epoch() => Err(Error::RingMismatch(format!(
-                "{} is not a member at epoch {} ({} is at epoch {} and is catching up)",
-                h.name,
-                view.epoch(),
-                self.cfg.name,
-                view.epoch()
-            ))),
+            None if h.epoch > view.epoch() => {
+                self.saw_epoch(h.epoch);
+                Err(Error::RingMismatch(format!(
+                    "{} is not a member at epoch {} ({} is at epoch {} and is catching up)",
+                    h.name,
+                    view.epoch(),
+                    self.cfg.name,
+                    view.epoch()
+                )))
+            }
             None => Err(Error::RingMismatch(format!("{} is not in the ring", h.name))),
         }
     }

@@ -102,6 +102,9 @@ fn slots_of(t: &Transfer, byte_ordered: bool) -> Vec<u8> {
         return (0..=255).collect();
     }
     let (first, last) = (token::slot(t.lo.wrapping_add(1)), token::slot(t.hi));
+    if first == last && t.lo > t.hi {
+        return (0..=255).collect(); // wraps all the way round
+    }
     let mut out = vec![first];
     let mut s = first;
     while s != last {
@@ -345,8 +348,11 @@ impl Node {
             return Ok(());
         }
         if to == self.me {
+            let limits = self.limits();
             let mut last = 0;
             for (k, v) in cells {
+                // Checked like any peer's cells: these came from peers' replies.
+                let k = limits.key(k.to_vec())?;
                 let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
                 last = last.max(self.store.apply(&k, v)?.pos);
             }
@@ -419,9 +425,12 @@ impl Node {
             p.epoch = view.epoch();
         }
         for t in &transfers {
-            // This node gives every stretch up: it is the first source of each.
+            // Handing tokens over may also change which others hold a stretch:
+            // copy what every live old replica holds (merged), this node's included,
+            // so a write it missed but the others acknowledged is not lost.
+            let live: Vec<NodeId> = t.from.iter().copied().filter(|&f| f == me || self.alive(f)).collect();
             for slot in slots_of(t, byte_ordered) {
-                self.push_local(slot, t)?;
+                self.copy_stretch(slot, t, &live, t.to)?;
             }
             self.progress.lock().transfers_done += 1;
         }
@@ -429,27 +438,6 @@ impl Node {
         log::info!("{}: decommissioned; stopping", self.cfg.name);
         self.shutdown.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
-    }
-
-    /// Sends this node's cells of slot `slot` in `t` to `t.to`, page by page.
-    fn push_local(self: &Arc<Self>, slot: u8, t: &Transfer) -> Result<()> {
-        let mut after: Option<Key> = None;
-        loop {
-            let PeerResponse::Cells { cells, more } = self.stream_cells(slot, t.lo, t.hi, after.as_ref()) else { unreachable!() };
-            let last = cells.last().map(|(k, _)| k.clone());
-            let bytes: u64 = cells.iter().map(|(k, v)| (k.len() + v.value.as_ref().map_or(0, |b| b.len())) as u64).sum();
-            let n = cells.len() as u64;
-            self.deliver_cells(t.to, cells)?;
-            {
-                let mut p = self.progress.lock();
-                p.keys += n;
-                p.bytes += bytes;
-            }
-            match last {
-                Some(l) if more => after = Some(l),
-                _ => return Ok(()),
-            }
-        }
     }
 
     /// Rebuilds the stretches of dead member `name` on their new replicas
@@ -491,7 +479,17 @@ impl Node {
         }
         let ring = view.ring.clone();
         let me = self.me;
-        let dropped: usize = (0..=255u8).map(|slot| self.store.drop_where(slot, |key| !ring.replicas(key).contains(&me))).sum();
+        let mut dropped = 0;
+        for slot in 0..=255u8 {
+            // Under the view's read lock: no new epoch (which might make this
+            // node a pending replica of these keys) is installed meanwhile.
+            let now = self.view.read();
+            if now.epoch() != view.epoch() {
+                break;
+            }
+            dropped += self.store.drop_where(slot, |key| !ring.replicas(key).contains(&me));
+            drop(now);
+        }
         if dropped > 0 {
             log::info!("{}: dropped {dropped} cells it no longer replicates (epoch {})", self.cfg.name, view.epoch());
         }

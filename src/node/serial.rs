@@ -254,16 +254,17 @@ impl Node {
     /// before this returns). `Err` (and `done` never called) if it could not start.
     fn start_serial(self: &Arc<Self>, key: Key, op: Op, done: OnDone) -> Result<Arc<dyn Finish>> {
         let (_, quorum) = self.check_available(&key, Consistency::Serial)?;
-        // During a movement the pending replicas take part too (a majority of
-        // the four then meets every majority of the old three and of the new three).
+        // During a movement the pending replicas take part too, and count as
+        // Cassandra counts them: the old replicas' quorum plus every pending
+        // one (so a quorum meets every majority of the old set and of the new).
         let (replicas, pending) = self.write_targets(&key);
-        let quorum = if pending > 0 { replicas.len() / 2 + 1 } else { quorum };
+        let quorum = quorum + pending;
         let replicas = replicas.to_vec();
         let live: Vec<NodeId> = replicas.iter().copied().filter(|&r| self.alive(r)).collect();
         let ballot = Ballot(self.clock.now());
         let seed = ballot.0.micros ^ (u64::from(self.me.0) << 48);
         let preferred = preference(&replicas, self.me, seed);
-        let proposer = Proposer::new(key.clone(), op.clone(), &preferred, &live, ballot, seed).thrifty();
+        let proposer = Proposer::new(key.clone(), op.clone(), &preferred, &live, ballot, seed).thrifty().with_quorum(quorum);
         let deadline = self.deadline();
         let state = State {
             key,
@@ -695,7 +696,9 @@ impl State {
                 let ballot = self.next_ballot(node);
                 self.earlier_round_trips += self.proposer.round_trips();
                 let seed = crate::rand::splitmix64(&mut self.rng);
-                self.proposer = Proposer::new(self.key.clone(), self.op.clone(), &self.preferred, &self.live, ballot, seed).thrifty();
+                self.proposer = Proposer::new(self.key.clone(), self.op.clone(), &self.preferred, &self.live, ballot, seed)
+                    .thrifty()
+                    .with_quorum(self.quorum);
                 self.refusal = Refusal::default();
                 self.stage = Stage::Running;
                 let sends = self.proposer.start();
@@ -724,7 +727,8 @@ impl State {
         self.live = self.replicas.iter().copied().filter(|&r| node.alive(r)).collect();
         let ballot = self.next_ballot(node);
         let seed = crate::rand::splitmix64(&mut self.rng);
-        self.proposer = Proposer::new(self.key.clone(), self.op.clone(), &self.preferred, &self.live, ballot, seed).thrifty();
+        self.proposer =
+            Proposer::new(self.key.clone(), self.op.clone(), &self.preferred, &self.live, ballot, seed).thrifty().with_quorum(self.quorum);
         let first = self.proposer.start();
         if first.is_empty() {
             // Refused before sending: fewer than a quorum alive.

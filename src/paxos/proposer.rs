@@ -148,6 +148,14 @@ impl Proposer {
         }
     }
 
+    /// Counts `quorum` replies as a quorum instead of a majority of the
+    /// replicas (during a membership change: the old replicas' quorum plus
+    /// every pending replica, as Cassandra counts them).
+    pub fn with_quorum(mut self, quorum: usize) -> Self {
+        self.quorum = quorum.clamp(1, self.replicas.len().max(1));
+        self
+    }
+
     /// Sends each round to a quorum only, the first live ones in the order of
     /// `replicas` (see the module essay).
     pub fn thrifty(mut self) -> Self {
