@@ -1383,7 +1383,13 @@ fn flood(partitioner: Partitioner) {
     let seed = seed();
     eprintln!("badinput seed {seed:#x} against a {} cluster (replay with QUORUMKV_BADINPUT_SEED={seed:#x})", partitioner.name());
     let settings = format!("partitioner {}\n", partitioner.name());
-    let args = ["--max-value-bytes", &MAX_VALUE.to_string(), "--max-key-bytes", &MAX_KEY.to_string()];
+    let (value, key) = (MAX_VALUE.to_string(), MAX_KEY.to_string());
+    let mut args = vec!["--max-value-bytes", &value, "--max-key-bytes", &key];
+    // Under ThreadSanitizer a flooded replica can take longer than the default
+    // 5 s to read a connection's first frame (a 92 KB one timed out there).
+    if common::under_tsan() {
+        args.extend(["--first-frame-timeout", "60s"]);
+    }
     let mut c = Cluster::start_with(REPLICAS, &settings, &args);
     let spec = quorumkv::cluster::ring::load_cluster_spec(c.file.to_str().unwrap()).unwrap();
     let ctx = Arc::new(Ctx {

@@ -231,6 +231,32 @@ fn joins_decommission_and_removenode_lose_no_acknowledged_write() {
     assert!(shares.iter().all(|s| (s / mean - 1.0).abs() < 0.10), "final shares: {shares:?}");
 }
 
+/// A member that joins without tokens (seed 003's proxy) coordinates reads
+/// and writes but holds no data; the others' ranges do not change.
+#[test]
+fn a_proxy_joins_without_tokens_and_holds_nothing() {
+    let mut c = Cluster::start(3, &[]);
+    let before = status(&c, 0);
+    let p = c.join_with("proxy", 1, &["--no-tokens"]);
+    wait_members(&c, 0, &[("proxy", "NORMAL")]);
+    wait_up(&c, &[0, 1, 2, p]);
+    let mut via = c.client(p);
+    for k in 0..=255u32 {
+        via.put(k, format!("through the proxy {k}"), Quorum).unwrap();
+    }
+    for k in [0u32, 100, 255] {
+        assert_eq!(c.client(2).get_text(k, Quorum).unwrap(), Some(format!("through the proxy {k}")));
+        assert!(!c.replicas_of(0, k).iter().any(|n| n == "proxy"), "key {k} is not on the proxy");
+    }
+    let after = status(&c, p);
+    let me = after.replicas.iter().find(|r| r.is_self).unwrap();
+    assert_eq!((me.share, me.storage.as_ref().map(|s| s.keys)), (0.0, Some(0)), "the proxy holds nothing");
+    for r in before.replicas {
+        let now = after.replicas.iter().find(|x| x.name == r.name).unwrap();
+        assert_eq!((now.range_start, now.range_end), (r.range_start, r.range_end), "{}'s range is unchanged", r.name);
+    }
+}
+
 /// A byte-ordered cluster grows too: a join splits the largest range, and
 /// the keys of the new member's ranges are on it when it serves them.
 #[test]

@@ -109,11 +109,11 @@ impl Node {
             None if h.epoch > view.epoch() => {
                 self.saw_epoch(h.epoch);
                 Err(Error::RingMismatch(format!(
-                    "{} is not a member at epoch {} ({} is at epoch {} and is catching up)",
+                    "{} is not a member at epoch {}; it speaks from epoch {}, so {} is catching up",
                     h.name,
                     view.epoch(),
-                    self.cfg.name,
-                    view.epoch()
+                    h.epoch,
+                    self.cfg.name
                 )))
             }
             None => Err(Error::RingMismatch(format!("{} is not in the ring", h.name))),

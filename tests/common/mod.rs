@@ -304,6 +304,11 @@ impl Cluster {
     /// `through` (`--join`), with the cluster's arguments; its index. It
     /// answers pings when this returns (its join may still be copying data).
     pub fn join(&mut self, name: &str, through: usize) -> usize {
+        self.join_with(name, through, &[])
+    }
+
+    /// [`join`](Self::join) with `extra` arguments (e.g. `--no-tokens`).
+    pub fn join_with(&mut self, name: &str, through: usize, extra: &[&str]) -> usize {
         let port = free_ports(1)[0];
         let i = self.replicas.len();
         let log = self.dir.path().join(format!("{name}.log"));
@@ -311,7 +316,7 @@ impl Cluster {
         self.wrappers.push(None);
         self.files.push(None);
         self.joins.push(Some(self.replicas[through].port));
-        self.spawn(i, &[]);
+        self.spawn(i, extra);
         let ok = wait_for(slack(Duration::from_secs(20)), || {
             Client::connect("127.0.0.1", port, Duration::from_millis(200)).and_then(|mut c| c.ping()).is_ok()
         });
