@@ -410,31 +410,7 @@ impl Node {
     /// Hands this node's stretches to their new replicas, then leaves the ring
     /// and stops the node.
     fn decommission(self: &Arc<Self>, force: bool) -> Result<()> {
-        let me = self.me;
-        let view = self.view();
-        if view.meta.moving != Some((me, MoveKind::Decommission)) {
-            self.change_metadata(|m| m.begin_leave(me, MoveKind::Decommission, force))?;
-        }
-        self.wait_epoch_everywhere(self.view().epoch())?;
-        let view = self.view();
-        let byte_ordered = view.ring.sorted_tokens().is_empty();
-        let transfers: Vec<Transfer> = view.meta.transfers()?;
-        {
-            let mut p = self.progress.lock();
-            p.transfers = transfers.len() as u64;
-            p.epoch = view.epoch();
-        }
-        for t in &transfers {
-            // Handing tokens over may also change which others hold a stretch:
-            // copy what every live old replica holds (merged), this node's included,
-            // so a write it missed but the others acknowledged is not lost.
-            let live: Vec<NodeId> = t.from.iter().copied().filter(|&f| f == me || self.alive(f)).collect();
-            for slot in slots_of(t, byte_ordered) {
-                self.copy_stretch(slot, t, &live, t.to)?;
-            }
-            self.progress.lock().transfers_done += 1;
-        }
-        self.finish_movement(MoveKind::Decommission)?;
+        self.leave(self.me, MoveKind::Decommission, force)?;
         log::info!("{}: decommissioned; stopping", self.cfg.name);
         self.shutdown.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -443,10 +419,19 @@ impl Node {
     /// Rebuilds the stretches of dead member `name` on their new replicas
     /// from the surviving ones, then removes it from the ring.
     fn remove_node(self: &Arc<Self>, name: &str, force: bool) -> Result<()> {
-        let view = self.view();
-        let id = view.meta.named(name).map(|m| m.info.id).ok_or_else(|| Error::InvalidRequest(format!("{name} is not a member")))?;
-        if view.meta.moving != Some((id, MoveKind::RemoveNode)) {
-            self.change_metadata(|m| m.begin_leave(id, MoveKind::RemoveNode, force))?;
+        let id = self.view().meta.named(name).map(|m| m.info.id).ok_or_else(|| Error::InvalidRequest(format!("{name} is not a member")))?;
+        self.leave(id, MoveKind::RemoveNode, force)
+    }
+
+    /// Member `id` leaves by `kind`: the epoch that makes it LEAVING (unless
+    /// under way already), every stretch it gives up copied to its new replica
+    /// merged from the live old replicas (the leaving one too if it is this
+    /// node; a leave's token hand-over can change more than its place in a
+    /// replica set, so a write it missed but the others acknowledged must not
+    /// be lost), then the epoch that removes it.
+    fn leave(self: &Arc<Self>, id: NodeId, kind: MoveKind, force: bool) -> Result<()> {
+        if self.view().meta.moving != Some((id, kind)) {
+            self.change_metadata(|m| m.begin_leave(id, kind, force))?;
         }
         self.wait_epoch_everywhere(self.view().epoch())?;
         let view = self.view();
@@ -458,7 +443,7 @@ impl Node {
             p.epoch = view.epoch();
         }
         for t in &transfers {
-            let live: Vec<NodeId> = t.from.iter().copied().filter(|&f| f != id && self.alive(f)).collect();
+            let live: Vec<NodeId> = t.from.iter().copied().filter(|&f| f == self.me || (f != id && self.alive(f))).collect();
             if live.is_empty() {
                 return Err(Error::Unavailable(format!("no surviving replica of tokens ({}, {}] is up", t.lo, t.hi)));
             }
@@ -467,7 +452,7 @@ impl Node {
             }
             self.progress.lock().transfers_done += 1;
         }
-        self.finish_movement(MoveKind::RemoveNode)
+        self.finish_movement(kind)
     }
 
     /// Drops the cells this node no longer replicates (after a movement
