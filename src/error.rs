@@ -44,6 +44,9 @@ pub enum Error {
     Storage(String),
     /// A bug or an unexpected state.
     Internal(String),
+    /// A request routed at an older cluster metadata epoch than the replica
+    /// holds; nothing was done (the coordinator catches up and retries).
+    StaleEpoch(String),
 }
 
 impl Error {
@@ -60,7 +63,8 @@ impl Error {
             | Error::Io(m)
             | Error::Protocol(m)
             | Error::Storage(m)
-            | Error::Internal(m) => m,
+            | Error::Internal(m)
+            | Error::StaleEpoch(m) => m,
         }
     }
 
@@ -76,6 +80,7 @@ impl Error {
             Error::RingMismatch(_) => K::RingMismatch,
             Error::Storage(_) => K::Storage,
             Error::Internal(_) => K::Internal,
+            Error::StaleEpoch(_) => K::StaleEpoch,
         };
         proto::Error { kind: kind as i32, message: self.message().to_string() }
     }
@@ -92,6 +97,7 @@ impl Error {
             K::Overloaded => Error::Overloaded(m),
             K::RingMismatch => Error::RingMismatch(m),
             K::Storage => Error::Storage(m),
+            K::StaleEpoch => Error::StaleEpoch(m),
             K::Internal | K::Unspecified => Error::Internal(m),
         }
     }
@@ -111,6 +117,7 @@ impl fmt::Display for Error {
             Error::Protocol(_) => "Protocol error",
             Error::Storage(_) => "Storage error",
             Error::Internal(_) => "Internal error",
+            Error::StaleEpoch(_) => "Stale epoch",
         };
         write!(f, "{prefix}: {}", self.message())
     }
@@ -145,6 +152,7 @@ mod tests {
             Error::RingMismatch("f".into()),
             Error::Storage("h".into()),
             Error::Internal("g".into()),
+            Error::StaleEpoch("i".into()),
         ];
         for e in all {
             assert_eq!(Error::from_proto(e.to_proto()), e);

@@ -208,6 +208,9 @@ pub enum PeerRequest {
         key: Key,
         /// The version, merged by last-write-wins.
         version: Version,
+        /// The metadata epoch the coordinator chose the replicas at (0: not
+        /// checked). A replica at a newer epoch refuses it ([`Error::StaleEpoch`]).
+        epoch: u64,
     },
     /// Read the local versions of several keys.
     ReadBatch {
@@ -539,7 +542,7 @@ impl PeerRequest {
                 if !v.tombstone {
                     limits.value(&v.value)?;
                 }
-                PeerRequest::Write { key, version: Version::from_proto(v) }
+                PeerRequest::Write { key, version: Version::from_proto(v), epoch: w.epoch }
             }
             B::ReplicaReadBatch(b) => {
                 if b.keys.len() > MAX_BATCH {
@@ -595,8 +598,8 @@ impl PeerRequest {
         match self {
             PeerRequest::Ping => B::Ping(proto::Ping {}),
             PeerRequest::Read { key } => B::ReplicaRead(proto::ReplicaRead { key: key.to_vec() }),
-            PeerRequest::Write { key, version } => {
-                B::ReplicaWrite(proto::ReplicaWrite { key: key.to_vec(), version: Some(version.into_proto()) })
+            PeerRequest::Write { key, version, epoch } => {
+                B::ReplicaWrite(proto::ReplicaWrite { key: key.to_vec(), version: Some(version.into_proto()), epoch })
             }
             PeerRequest::ReadBatch { keys } => {
                 B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: keys.iter().map(Key::to_vec).collect() })
@@ -900,11 +903,14 @@ mod tests {
     #[test]
     fn peer_requests_are_checked_field_by_field() {
         let v = |tombstone, value: &str| Some(proto::Version { micros: 1, node: 0, tombstone, value: k(value) });
-        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(false, "x") })).is_ok());
-        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: None })), "without a version");
-        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("256"), version: v(false, "x") })), "out of range");
-        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(false, &"x".repeat(MAX_VALUE + 1)) })), "exceeds");
-        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(true, "") })).is_ok());
+        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(false, "x"), epoch: 0 })).is_ok());
+        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: None, epoch: 0 })), "without a version");
+        refused(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("256"), version: v(false, "x"), epoch: 0 })), "out of range");
+        refused(
+            peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(false, &"x".repeat(MAX_VALUE + 1)), epoch: 0 })),
+            "exceeds",
+        );
+        assert!(peer(B::ReplicaWrite(proto::ReplicaWrite { key: k("3"), version: v(true, ""), epoch: 0 })).is_ok());
         refused(peer(B::ReplicaRead(proto::ReplicaRead { key: k("256") })), "out of range");
         assert!(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("255"); MAX_BATCH] })).is_ok());
         refused(peer(B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("0"); MAX_BATCH + 1] })), "exceeds the limit");

@@ -272,7 +272,7 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
     let body = match rng.below(11) {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
-        3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)) }),
+        3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)), epoch: 0 }),
         5 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64), epoch: rng.next() >> rng.below(64) }),
         6 => B::ReplicaDump(proto::ReplicaDump {
             max_value_len: rng.below(64) as u32,
@@ -539,7 +539,11 @@ fn client_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> 
                     let key = rng.below(256).to_string().into_bytes();
                     paxos_request(rng, key)
                 }
-                0 => B::ReplicaWrite(proto::ReplicaWrite { key: rng.below(256).to_string().into_bytes(), version: Some(version(rng)) }),
+                0 => B::ReplicaWrite(proto::ReplicaWrite {
+                    key: rng.below(256).to_string().into_bytes(),
+                    version: Some(version(rng)),
+                    epoch: 0,
+                }),
                 1 => B::ReplicaRead(proto::ReplicaRead { key: rng.below(300).to_string().into_bytes() }),
                 2 => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: batch_keys(rng, 300) }),
                 3 => B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: rng.next() >> rng.below(64), epoch: 1 }),
@@ -620,20 +624,23 @@ fn peer_frame(rng: &mut Rng, ring: &quorumkv::cluster::ring::Ring) -> Vec<u8> {
             }
             body
         }
-        57..=61 => B::ReplicaWrite(proto::ReplicaWrite { key: any_key(rng), version: Some(version(rng)) }),
-        62..=63 => B::ReplicaWrite(proto::ReplicaWrite { key, version: None }),
+        // Any epoch: an old one is refused as stale, a future one makes the replica ask the voters.
+        57..=61 => {
+            B::ReplicaWrite(proto::ReplicaWrite { key: any_key(rng), version: Some(version(rng)), epoch: [0, 1, u64::MAX][rng.below(3)] })
+        }
+        62..=63 => B::ReplicaWrite(proto::ReplicaWrite { key, version: None, epoch: 0 }),
         64..=67 => return dump_with_bad_slots(rng, id),
         68..=71 => {
             let mut v = version(rng);
             v.tombstone = false;
             v.value = vec![b'w'; MAX_VALUE + 1 + rng.below(3000)];
-            B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(v) })
+            B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(v), epoch: 0 })
         }
         72..=74 => {
             // Stamped far ahead of the replica's clock.
             let mut v = version(rng);
             v.micros = rng.pick(&[u64::MAX, u64::MAX / 2, 1 << 62]);
-            B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(v) })
+            B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(v), epoch: 0 })
         }
         75..=76 => {
             let mut keys = batch_keys(rng, 256);
@@ -1246,7 +1253,7 @@ fn pinned_cases(ctx: &Ctx) {
     };
     let binary_write = {
         let v = proto::Version { micros: 1, node: 0, tombstone: false, value: vec![0xff] };
-        request(B::ReplicaWrite(proto::ReplicaWrite { key: vec![0xfe, 0], version: Some(v) }))
+        request(B::ReplicaWrite(proto::ReplicaWrite { key: vec![0xfe, 0], version: Some(v), epoch: 0 }))
     };
     let huge = max_frame() - 100;
     let over = format!("key of {} bytes exceeds the limit of {MAX_KEY} bytes (--max-key-bytes)", MAX_KEY + 1);

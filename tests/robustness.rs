@@ -94,6 +94,7 @@ fn garbage_truncated_and_oversize_frames_do_not_stop_a_replica() {
         body: Some(proto::request::Body::ReplicaWrite(proto::ReplicaWrite {
             key: b"70".to_vec(),
             version: Some(proto::Version { micros: u64::MAX, node: 0, tombstone: false, value: "hijack".into() }),
+            epoch: 0,
         })),
     };
     s.write_all(&frame(&sneaky.encode_to_vec())).unwrap();
@@ -356,6 +357,7 @@ fn future_timestamps_from_a_peer_are_refused() {
     let poison = proto::ReplicaWrite {
         key: b"7".to_vec(),
         version: Some(proto::Version { micros: u64::MAX, node: 0, tombstone: false, value: "poison".into() }),
+        epoch: 0,
     };
     s.write_all(&frame(&proto::Request { id: 2, body: Some(proto::request::Body::ReplicaWrite(poison)) }.encode_to_vec())).unwrap();
     let r = read_reply(&mut s).unwrap();

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cluster::consistency::Consistency;
 use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::coordinator::peers::ReplySink;
@@ -54,6 +55,23 @@ pub enum Command {
         key: Key,
         /// The newest version seen.
         version: Version,
+    },
+    /// Send a write again at the newest epoch the node can learn: a replica
+    /// refused it as routed at an older one (see [`crate::coordinator::write`]).
+    /// The node catches up on the cluster metadata first.
+    Reroute {
+        /// The client to answer with the rerouted write's outcome (`None`: it was answered already).
+        to: Option<ReplyTo>,
+        /// The key.
+        key: Key,
+        /// The version, sent again unchanged.
+        version: Version,
+        /// The write's level.
+        level: Consistency,
+        /// The epoch it was routed at.
+        epoch: u64,
+        /// How many more times it may be rerouted.
+        attempts: u8,
     },
     /// Answer a client whose reply was deferred.
     Answer {

@@ -203,7 +203,7 @@ impl ReadMachine {
                         let n = self.slots.len();
                         let targets: Vec<NodeId> = stale.iter().map(|&s| self.tally.target(s)).collect();
                         for (i, &to) in targets.iter().enumerate() {
-                            let msg = PeerRequest::Write { key: self.key.clone(), version: version.clone() };
+                            let msg = PeerRequest::Write { key: self.key.clone(), version: version.clone(), epoch: 0 };
                             out.push(Command::Send(Outgoing { slot: n + i, to, msg, route: Route::Direct }));
                         }
                         let tally = Tally::new(targets, self.tally.ring().clone(), stale.len());

@@ -95,7 +95,7 @@ fn machines_open_with_one_send_per_replica() {
         .map(|slot| Outgoing {
             slot,
             to: NodeId(slot as u32 + 1),
-            msg: PeerRequest::Write { key: k(4), version: v.clone() },
+            msg: PeerRequest::Write { key: k(4), version: v.clone(), epoch: 0 },
             route: Route::Direct,
         })
         .collect();
@@ -223,7 +223,8 @@ fn a_quorum_read_repairs_stale_replicas_before_it_answers() {
     // The level is reached, but the stale replica is repaired first: a write in
     // repair slot 3 (the read slots' count plus its place among the stale ones).
     assert!(!m.settled() && m.repairing());
-    let want = Outgoing { slot: 3, to: NodeId(1), msg: PeerRequest::Write { key: k(3), version: new.clone() }, route: Route::Direct };
+    let want =
+        Outgoing { slot: 3, to: NodeId(1), msg: PeerRequest::Write { key: k(3), version: new.clone(), epoch: 0 }, route: Route::Direct };
     assert_eq!(sends(&out), vec![want]);
     assert!(answers(&out).is_empty());
     out.clear();
@@ -451,4 +452,47 @@ fn a_write_is_not_restamped_for_its_own_version_or_a_late_ack() {
     assert!(m.settled() && !m.restamped());
     let e = m.result(false).unwrap_err().to_string();
     assert!(e.contains("was applied") && e.contains("check the clocks"), "{e}");
+}
+
+/// A replica at a newer metadata epoch refuses a write: it gets no hint (it
+/// is up). A write those refusals keep from its level asks to be rerouted,
+/// carrying the client's reply; one that reached its level anyway is answered
+/// and rerouted in the background; with no reroutes left, or not routed at
+/// an epoch, the refusal is an ordinary failure.
+#[test]
+fn a_stale_epoch_refusal_reroutes_the_write() {
+    use crate::cluster::consistency::Consistency::Quorum;
+    let v = Version::value(ts(1), "x");
+    let stale = || Err(Error::StaleEpoch("r2 holds cluster epoch 3; the write to key 4 was routed at epoch 2".into()));
+    let machine = |attempts| WriteMachine::new(k(4), v.clone(), ids(&[1, 2, 3]), ring(), 2, true).routed_at(2, Quorum, attempts);
+    let run = |mut m: WriteMachine, replies: Vec<PeerResult>| {
+        assert!(m.start().iter().all(|s| matches!(s.msg, PeerRequest::Write { epoch: 2, .. })), "the sends carry the epoch");
+        let mut out = Vec::new();
+        for (slot, r) in replies.into_iter().enumerate() {
+            m.on_reply(slot, r, &mut out);
+        }
+        (m, out)
+    };
+    let (m, out) = run(machine(2).reply_to(reply_to(7, 1000)), vec![write_ack(), stale(), stale()]);
+    assert!(m.stale());
+    assert!(answers(&out).is_empty(), "the rerouted write answers: {out:?}");
+    assert!(
+        matches!(&others(&out)[..], [Command::Reroute { to: Some(t), epoch: 2, attempts: 1, level: Quorum, .. }] if t.token == 7),
+        "{out:?}"
+    );
+    let (_, out) = run(machine(2).reply_to(reply_to(7, 1000)), vec![write_ack(), write_ack(), stale()]);
+    assert!(matches!(&answers(&out)[..], [(7, Reply::Write { acks: 2, .. })]), "{out:?}");
+    assert!(matches!(&others(&out)[..], [Command::Reroute { to: None, .. }]), "{out:?}");
+    let (_, out) = run(machine(0).reply_to(reply_to(7, 1000)), vec![write_ack(), stale(), stale()]);
+    assert!(matches!(&answers(&out)[..], [(7, Reply::Error(Error::Failure(m)))] if m.contains("epoch 3")), "{out:?}");
+    assert!(others(&out).is_empty(), "no hint for a replica that is up: {out:?}");
+    // A waiting coordinator reroutes itself: the machine only says the write was stale.
+    let (m, out) = run(machine(2), vec![write_ack(), stale(), stale()]);
+    assert!(m.stale() && m.result(false).is_err() && others(&out).is_empty(), "{out:?}");
+    // Not routed at an epoch: an ordinary failure, hinted.
+    let mut m = WriteMachine::new(k(4), v.clone(), ids(&[1, 2, 3]), ring(), 2, true);
+    m.start();
+    let mut out = Vec::new();
+    m.on_reply(1, stale(), &mut out);
+    assert!(matches!(&others(&out)[..], [Command::Hint { target: NodeId(2), .. }]), "{out:?}");
 }

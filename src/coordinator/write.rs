@@ -15,11 +15,24 @@
 //! acknowledged before this write started, so it is concurrent and either
 //! order is right. At ONE no quorums meet, and the guarantee is only as good
 //! as the replica that answered. Clocks that agree never cause a second round.
+//!
+//! **Epochs.** A write carries the cluster metadata epoch its replicas were
+//! chosen at ([`WriteMachine::routed_at`]). A replica holding a newer epoch
+//! refuses it ([`Error::StaleEpoch`]): the newer epoch may add a pending
+//! replica (a range on the move) that this write's targets lack. Such a
+//! refusal gets no hint (the replica is up) and makes the machine ask for a
+//! [`Command::Reroute`]: the node catches up on the metadata and sends the
+//! same version again to the new epoch's replicas. If the refusals kept the
+//! write from its level, the client's answer is the rerouted write's; if it
+//! reached its level anyway, the client is answered now and the reroute runs
+//! in the background (the replicas that acked held the old epoch when they
+//! applied it, so a movement's copy, which starts only once every live
+//! replica holds the new epoch, carries their copies along).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cluster::consistency::Decision;
+use crate::cluster::consistency::{Consistency, Decision};
 use crate::cluster::key::Key;
 use crate::cluster::ring::{NodeId, Ring};
 use crate::coordinator::call::Machine;
@@ -48,6 +61,14 @@ pub struct WriteMachine {
     /// The first slot of the current round: 0, then the replica count once re-stamped
     /// (replies to the first round, arriving later, are then ignored).
     round_base: usize,
+    /// The metadata epoch the targets were chosen at (0: not checked by the replicas).
+    epoch: u64,
+    /// The level to reroute at, and how many more reroutes are allowed (see the module docs).
+    reroute: Option<(Consistency, u8)>,
+    /// Whether a replica refused the write as routed at an old epoch.
+    stale: bool,
+    /// Whether a reroute was asked for.
+    rerouted: bool,
 }
 
 /// Gives a write a new timestamp above the one given (the node's clock
@@ -69,7 +90,36 @@ impl WriteMachine {
             newer_held: None,
             superseded: None,
             round_base: 0,
+            epoch: 0,
+            reroute: None,
+            stale: false,
+            rerouted: false,
         }
+    }
+
+    /// The targets were chosen at metadata epoch `epoch` for `level`: the
+    /// replicas refuse the write if they hold a newer one, and the machine
+    /// then asks for it to be sent again at the newer epoch, at most
+    /// `attempts` more times (see the module docs).
+    pub fn routed_at(mut self, epoch: u64, level: Consistency, attempts: u8) -> Self {
+        self.epoch = epoch;
+        self.reroute = Some((level, attempts));
+        self
+    }
+
+    /// The metadata epoch the targets were chosen at.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether a replica refused the write as routed at an older epoch than it holds.
+    pub fn stale(&self) -> bool {
+        self.stale
+    }
+
+    /// The key written.
+    pub fn key(&self) -> &Key {
+        &self.key
     }
 
     /// Re-stamp the write with `restamp` and send it again when an ack shows a
@@ -92,7 +142,7 @@ impl WriteMachine {
     /// The messages of the current round, one for each replica whose slot has no outcome yet.
     fn sends(&self) -> Vec<Outgoing> {
         let write = |(i, &to)| {
-            let msg = PeerRequest::Write { key: self.key.clone(), version: self.version.clone() };
+            let msg = PeerRequest::Write { key: self.key.clone(), version: self.version.clone(), epoch: self.epoch };
             Outgoing { slot: self.round_base + i, to, msg, route: Route::Direct }
         };
         self.tally.targets().iter().enumerate().map(write).collect()
@@ -172,6 +222,11 @@ impl Machine for WriteMachine {
         };
         match err {
             None => self.tally.ack(),
+            Some(err @ Error::StaleEpoch(_)) if self.reroute.is_some() => {
+                // Up, and newer: no hint; the write goes again at its epoch.
+                self.stale = true;
+                self.tally.fail(slot, &err);
+            }
             Some(err) => {
                 self.tally.fail(slot, &err);
                 if self.hint {
@@ -181,6 +236,24 @@ impl Machine for WriteMachine {
         }
         if self.tally.settled() && self.tally.decision() == Decision::Reached && self.second_round(out) {
             return;
+        }
+        if self.stale && !self.rerouted && self.tally.settled() {
+            let reached = self.tally.decision() == Decision::Reached;
+            let (level, attempts) = self.reroute.expect("stale only when rerouting");
+            if !reached && self.reply_to.is_none() {
+                // A coordinator waits on this call: it reroutes itself.
+                return;
+            }
+            self.rerouted = true;
+            let (key, version, epoch) = (self.key.clone(), self.version.clone(), self.epoch);
+            if !reached && attempts > 0 {
+                let to = self.reply_to.take();
+                out.push(Command::Reroute { to, key, version, level, epoch, attempts: attempts - 1 });
+                return;
+            }
+            if reached {
+                out.push(Command::Reroute { to: None, key, version, level, epoch, attempts: 0 });
+            }
         }
         if self.tally.settled()
             && let Some(to) = self.reply_to.take()

@@ -110,7 +110,7 @@ mod tests {
                 cluster_id: 7,
             }),
             B::ReplicaRead(proto::ReplicaRead { key: b"3".to_vec() }),
-            B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v.clone() }),
+            B::ReplicaWrite(proto::ReplicaWrite { key: b"3".to_vec(), version: v.clone(), epoch: u64::MAX }),
             B::Heartbeat(proto::Heartbeat { from: "r2".into(), micros: u64::MAX, epoch: u64::MAX }),
             B::ReplicaDump(proto::ReplicaDump {
                 max_value_len: 4,

@@ -44,6 +44,21 @@ pub enum RepairJob {
     /// Nothing but a wake-up: Paxos commits were queued (the thread sends
     /// them whenever it runs out of urgent work).
     Flush,
+    /// A write refused for a stale epoch, to send again (see [`Command::Reroute`](crate::coordinator::command::Command::Reroute)).
+    Reroute {
+        /// The client to answer (`None`: answered already).
+        to: Option<crate::coordinator::command::ReplyTo>,
+        /// The key.
+        key: Key,
+        /// The version.
+        version: Version,
+        /// The write's level.
+        level: crate::cluster::consistency::Consistency,
+        /// The epoch it was routed at.
+        epoch: u64,
+        /// How many more reroutes are allowed.
+        attempts: u8,
+    },
 }
 
 /// Logs a repair that failed (the next read of the key tries again).
@@ -62,17 +77,18 @@ impl ReplySink for RepairOutcome {
 
 impl Node {
     /// Does one job of the repair thread.
-    pub fn send_repair(&self, job: RepairJob) {
+    pub fn send_repair(self: &Arc<Self>, job: RepairJob) {
         let ring = self.ring();
         match job {
             RepairJob::Repair { target, key, version } => {
                 let name = ring.name(target);
                 debug!("read repair: key {key} to {name}");
                 let sink = Arc::new(RepairOutcome { key: key.clone(), target: name });
-                let msg = PeerRequest::Write { key, version };
+                let msg = PeerRequest::Write { key, version, epoch: 0 };
                 self.send(sink, vec![Outgoing { slot: 0, to: target, msg, route: Route::Direct }], self.deadline());
             }
             RepairJob::Flush => {}
+            RepairJob::Reroute { to, key, version, level, epoch, attempts } => self.reroute(to, key, version, level, epoch, attempts),
             RepairJob::Send { sink, sends, deadline } => {
                 if Instant::now() >= deadline {
                     // Too late to be worth sending: the call hears so, as the sweep would tell it.
@@ -88,7 +104,7 @@ impl Node {
 
     /// The repair thread: the sends of blocking read repairs (a client waits on
     /// them) before background repairs, until the node drops its channels.
-    pub fn repair_worker(&self, urgent: Receiver<RepairJob>, repairs: Receiver<RepairJob>) {
+    pub fn repair_worker(self: &Arc<Self>, urgent: Receiver<RepairJob>, repairs: Receiver<RepairJob>) {
         loop {
             while let Ok(job) = urgent.try_recv() {
                 self.send_repair(job);
@@ -131,7 +147,7 @@ impl Node {
                 return;
             }
             let ts = version.ts;
-            let machine = GatherMachine::new(vec![target], PeerRequest::Write { key: key.clone(), version });
+            let machine = GatherMachine::new(vec![target], PeerRequest::Write { key: key.clone(), version, epoch: 0 });
             let call = Call::new(machine, self.clone(), self.budget.clone(), self.deadline());
             call.start();
             let result = call.wait().take().pop().flatten();

@@ -20,6 +20,9 @@ use crate::node::{Answered, Deferred, Node, RepairJob, Unfinished};
 use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
 
+/// How many times a write refused for a stale epoch is sent again at a newer one.
+const MAX_REROUTES: u8 = 2;
+
 /// Where a deferred reply may go: the client's connection and the request's token.
 pub type Later<'a> = Option<(&'a Arc<dyn Responder>, u64)>;
 
@@ -58,6 +61,10 @@ impl Node {
     /// With `later` (a client connection and the request's token), the
     /// coordinator does not wait: the call answers the client when it
     /// settles, and this returns [`Answered::Later`].
+    ///
+    /// A replica holding a newer cluster metadata epoch than this node refuses
+    /// the write; the node then catches up and sends it again to the newer
+    /// epoch's replicas (see [`crate::coordinator::write`]).
     pub fn write(
         self: &Arc<Self>,
         key: Key,
@@ -65,25 +72,76 @@ impl Node {
         level: Consistency,
         later: Later<'_>,
     ) -> Result<Answered<(Timestamp, usize)>> {
-        let (_, need) = self.check_available(&key, level)?;
-        let version = Version { ts: self.clock.now(), value: value.map(Vec::into_boxed_slice) };
-        let hint = self.cfg.mode.hinted_handoff();
-        let (targets, pending) = self.write_targets(&key);
-        let need = need + pending;
+        let mut version = Version { ts: self.clock.now(), value: value.map(Vec::into_boxed_slice) };
+        let deadline = self.deadline();
+        let mut key = key;
+        let mut attempts = MAX_REROUTES;
+        loop {
+            let machine = self.write_machine(key, version, level, attempts)?;
+            let call = match self.start(machine, later, deadline, WriteMachine::reply_to) {
+                Started::Deferred(u) => return Ok(Answered::Later(u)),
+                Started::Waiting(call) => call,
+            };
+            let m = call.wait();
+            let result = m.result(false);
+            let stale = m.stale() && result.is_err() && attempts > 0 && Instant::now() < deadline;
+            let again = stale.then(|| (m.key().clone(), m.version().clone(), m.epoch()));
+            drop(m);
+            call.finish();
+            let Some((k, v, epoch)) = again else { return result.map(Answered::Now) };
+            // A replica holds a newer epoch: catch up, then write again at it.
+            if self.epoch() <= epoch {
+                self.catch_up();
+            }
+            (key, version, attempts) = (k, v, attempts - 1);
+        }
+    }
+
+    /// A write of `version` to `key` at `level`, to the replicas of the view
+    /// this node holds now (the pending ones of a movement included), routed
+    /// at its epoch; `Unavailable` if too few of them are alive.
+    fn write_machine(self: &Arc<Self>, key: Key, version: Version, level: Consistency, attempts: u8) -> Result<WriteMachine> {
+        let view = self.view();
+        let (_, need) = self.check_available_in(&view.ring, &key, level)?;
+        let (targets, pending) = view.write_targets(&key);
         let node = Arc::downgrade(self);
         let restamp = move |newer| {
             let node = node.upgrade()?;
             node.clock.observe(newer, node.cfg.max_clock_offset).ok()?;
             Some(node.clock.now())
         };
-        let machine = WriteMachine::new(key, version, targets, self.ring().clone(), need, hint).restamp_with(Arc::new(restamp));
-        let call = match self.start(machine, later, self.deadline(), WriteMachine::reply_to) {
-            Started::Deferred(u) => return Ok(Answered::Later(u)),
-            Started::Waiting(call) => call,
-        };
-        let result = call.wait().result(false);
-        call.finish();
-        result.map(Answered::Now)
+        let hint = self.cfg.mode.hinted_handoff();
+        Ok(WriteMachine::new(key, version, targets, view.ring.clone(), need + pending, hint).restamp_with(Arc::new(restamp)).routed_at(
+            view.epoch(),
+            level,
+            attempts,
+        ))
+    }
+
+    /// Carries out a [`Command::Reroute`] (on the repair thread): catches up
+    /// on the cluster metadata unless this node is already past `epoch`, then
+    /// sends the write to the replicas of the newest epoch, answering `to`.
+    pub(crate) fn reroute(self: &Arc<Self>, to: Option<ReplyTo>, key: Key, version: Version, level: Consistency, epoch: u64, attempts: u8) {
+        if self.epoch() <= epoch {
+            self.catch_up();
+        }
+        let deadline = to.as_ref().map_or_else(|| self.deadline(), |t| t.deadline);
+        match self.write_machine(key, version, level, attempts) {
+            Ok(machine) => {
+                let machine = match to {
+                    Some(to) => machine.reply_to(to),
+                    None => machine,
+                };
+                let call = Call::new(machine, self.executor(), self.budget.clone(), deadline);
+                call.start();
+                call.finish();
+            }
+            Err(e) => {
+                if let Some(to) = to {
+                    to.responder.answer(to.token, Reply::Error(e));
+                }
+            }
+        }
     }
 
     /// Reads `key` at `level`; returns the newest version among the replies (tombstones included).
@@ -169,6 +227,14 @@ impl Executor for Node {
             Command::Repair { target, key, version } => {
                 let _ = self.repair_tx.send(RepairJob::Repair { target, key, version });
             }
+            Command::Reroute { to, key, version, level, epoch, attempts } => {
+                // Catching up waits on the network: not on the thread delivering a reply.
+                if let Err(crossbeam_channel::SendError(RepairJob::Reroute { to: Some(to), .. })) =
+                    self.urgent_tx.send(RepairJob::Reroute { to, key, version, level, epoch, attempts })
+                {
+                    to.responder.answer(to.token, Reply::Error(crate::error::Error::Failure(format!("{} is stopping", self.cfg.name))));
+                }
+            }
             Command::Answer { to, reply } => {
                 if let Reply::Read(Some(v)) = &reply {
                     // A later write through this coordinator must be stamped after what it read.
@@ -200,7 +266,7 @@ impl Executor for Node {
         // the time any replica's ack can answer the client, and made durable
         // after the sends, overlapping the peers' round trip.
         let local = sends.iter().position(|s| s.to == self.me).map(|i| sends.remove(i)).map(|s| match s.msg {
-            PeerRequest::Write { key, version } => {
+            PeerRequest::Write { key, version, .. } => {
                 let ts = version.ts;
                 let applied = self.store.apply(&key, version);
                 (s.slot, Ok((key, ts, applied)))

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 
+use crate::cluster::key::Key;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::ring::NodeId;
 use crate::cluster::ring::Ring;
@@ -62,6 +63,18 @@ impl View {
     /// The epoch.
     pub fn epoch(&self) -> u64 {
         self.meta.epoch
+    }
+
+    /// The replicas a write of `key` goes to at this epoch (see [`Node::write_targets`]).
+    pub fn write_targets(&self, key: &Key) -> (Arc<[NodeId]>, usize) {
+        let targets = self.ring.replica_set(key.as_bytes());
+        let Some(w) = &self.writes else { return (targets, 0) };
+        let pending: Vec<NodeId> = w.replicas(key.as_bytes()).iter().copied().filter(|n| !targets.contains(n)).collect();
+        if pending.is_empty() {
+            return (targets, 0);
+        }
+        let n = pending.len();
+        (targets.iter().copied().chain(pending).collect::<Vec<_>>().into(), n)
     }
 }
 
@@ -174,6 +187,11 @@ impl Node {
     pub fn behind(&self) -> bool {
         let seen = self.newest_seen.swap(0, std::sync::atomic::Ordering::AcqRel);
         seen > self.view().epoch()
+    }
+
+    /// The epoch of the view this node holds now (without taking the view's lock).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The read ring of the view this node holds now.
@@ -359,7 +377,9 @@ impl Node {
         match View::of(meta) {
             Ok(v) => {
                 log::info!("{}: now at {}", self.cfg.name, v.meta.summary());
-                *self.view.write() = Arc::new(v);
+                let mut view = self.view.write();
+                self.epoch.store(v.epoch(), std::sync::atomic::Ordering::Release);
+                *view = Arc::new(v);
             }
             Err(e) => log::error!("{}: cannot use the metadata of epoch {epoch}: {e}", self.cfg.name),
         }

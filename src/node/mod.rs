@@ -169,6 +169,8 @@ pub struct Node {
     pub cfg: NodeConfig,
     /// The cluster at the newest epoch this node knows (see [`membership`]).
     view: parking_lot::RwLock<Arc<membership::View>>,
+    /// The view's epoch, readable without the view's lock (a peer write checks it).
+    epoch: std::sync::atomic::AtomicU64,
     /// The movement this node runs or ran, and what it copied.
     progress: parking_lot::Mutex<movement::Progress>,
     /// Decommission and removenode requests, for the membership thread.
@@ -297,6 +299,7 @@ impl Node {
             ack_log,
             peers,
             me,
+            epoch: std::sync::atomic::AtomicU64::new(view.epoch()),
             view: parking_lot::RwLock::new(Arc::new(view)),
             meta: parking_lot::Mutex::new(membership::MetaAcceptor::of(&stored)),
             newest_seen: std::sync::atomic::AtomicU64::new(0),
@@ -348,21 +351,18 @@ impl Node {
     /// so a write acknowledged during a movement is on enough replicas of
     /// either ring.
     pub fn write_targets(&self, key: &Key) -> (Arc<[NodeId]>, usize) {
-        let view = self.view();
-        let targets = view.ring.replica_set(key.as_bytes());
-        let Some(w) = &view.writes else { return (targets, 0) };
-        let pending: Vec<NodeId> = w.replicas(key.as_bytes()).iter().copied().filter(|n| !targets.contains(n)).collect();
-        if pending.is_empty() {
-            return (targets, 0);
-        }
-        let n = pending.len();
-        (targets.iter().copied().chain(pending).collect::<Vec<_>>().into(), n)
+        self.view().write_targets(key)
     }
 
     /// The replicas of `key` and the replies `level` needs, or `Unavailable`
     /// if fewer of them are alive (decided before anything is sent).
     fn check_available(&self, key: &Key, level: Consistency) -> Result<(Arc<[NodeId]>, usize)> {
-        let replicas = self.ring().replica_set(key.as_bytes());
+        self.check_available_in(&self.ring(), key, level)
+    }
+
+    /// [`check_available`](Self::check_available) on `ring`.
+    fn check_available_in(&self, ring: &Ring, key: &Key, level: Consistency) -> Result<(Arc<[NodeId]>, usize)> {
+        let replicas = ring.replica_set(key.as_bytes());
         let need = level.required(replicas.len());
         let alive = replicas.iter().filter(|&&r| self.alive(r)).count();
         if alive < need {

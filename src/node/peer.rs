@@ -34,7 +34,23 @@ impl Node {
     pub fn serve_peer(&self, req: PeerRequest) -> (PeerResult, Option<PendingAck>) {
         let result = match req {
             PeerRequest::Read { key } => Ok(PeerResponse::Read(self.store.get(key.as_bytes()))),
-            PeerRequest::Write { key, version } => {
+            PeerRequest::Write { key, version, epoch } => {
+                let mine = self.epoch();
+                if epoch != 0 && epoch < mine {
+                    // Its coordinator chose the replicas at an older epoch: a
+                    // replica the newer one adds (a pending one, during a
+                    // movement) may be missing from its targets. Nothing is
+                    // applied; the coordinator catches up and sends it again.
+                    return (
+                        Err(Error::StaleEpoch(format!(
+                            "{} holds cluster epoch {mine}; the write to key {key} was routed at epoch {epoch}",
+                            self.cfg.name
+                        ))),
+                        None,
+                    );
+                }
+                // A coordinator ahead of this replica: the membership thread catches up.
+                self.saw_epoch(epoch);
                 if let Err(ahead) = self.clock.observe(version.ts, self.cfg.max_clock_offset) {
                     return (
                         Err(Error::InvalidRequest(format!(

@@ -55,7 +55,8 @@ impl Outcome {
             | Error::Overloaded(_)
             | Error::RingMismatch(_)
             | Error::Storage(_)
-            | Error::Internal(_) => Outcome::Refused,
+            | Error::Internal(_)
+            | Error::StaleEpoch(_) => Outcome::Refused,
             Error::Io(_) | Error::Protocol(_) => Outcome::Unreachable,
         }
     }
