@@ -12,6 +12,8 @@
 #   make bench-memory     resident memory and restart time of a replica holding BENCH_KEYS (1M) keys, against redis-server
 #   make bench-snapshot   put QUORUM p99 on a 3-replica cluster holding BENCH_KEYS keys, without and while snapshots run
 #   make bench-storage    both, one table (about 5 minutes at 1M keys)
+#   make bench-join       a node joins a 3-replica cluster holding BENCH_KEYS keys: its streaming rate against
+#                         a plain TCP copy of the same bytes, and put QUORUM p99 while one streams (about 2 minutes)
 
 CARGO      ?= cargo
 REPLICAS   ?= replicas.txt
@@ -103,7 +105,7 @@ bench_pinned = if command -v taskset >/dev/null 2>&1 && [ "$$(nproc)" -ge 2 ]; t
 	  $(BENCH_BIN) $(1) $(BENCH_FLAGS); \
 	fi
 
-.PHONY: bench-memory bench-snapshot bench-storage
+.PHONY: bench-memory bench-snapshot bench-storage bench-join
 
 bench: build
 	@$(call bench_pinned,matrix --duration $(BENCH_DURATION) --warmup 500ms)
@@ -116,6 +118,11 @@ bench-snapshot: build
 
 bench-storage: build
 	@$(call bench_pinned,storage --keys $(BENCH_KEYS))
+
+# Not pinned: the joiner and the replicas it copies from run side by side, as
+# the two ends of the plain TCP copy it is compared with do.
+bench-join: build
+	$(BENCH_BIN) join --keys $(BENCH_KEYS) $(BENCH_FLAGS)
 
 lint:
 	$(CARGO) fmt --check

@@ -105,6 +105,8 @@ pub struct NodeConfig {
     pub enable_fault_injection: bool,
     /// How often a background anti-entropy pass starts (zero: never; `repair` still runs one).
     pub anti_entropy_interval: Duration,
+    /// The most bytes a second a movement this node runs copies (keys and values; 0: no limit).
+    pub stream_throughput: u64,
 }
 
 impl NodeConfig {
@@ -134,6 +136,7 @@ impl NodeConfig {
             ack_log: None,
             enable_fault_injection: false,
             anti_entropy_interval: Duration::from_secs(600),
+            stream_throughput: 0,
         }
     }
 

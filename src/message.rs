@@ -76,6 +76,9 @@ pub const MAX_DUMP_CELLS: u32 = 65_536;
 /// up to 64 KiB); it passes the budget by at most its last key.
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
 
+/// The most stretches one [`PeerRequest::Stream`] names.
+pub const MAX_STREAM_RANGES: usize = 1024;
+
 /// What a replica accepts: its cluster's keys, and its size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -254,14 +257,14 @@ pub enum PeerRequest {
     MetaPaxos(crate::paxos::Request),
     /// The cluster metadata the replica holds.
     Metadata,
-    /// The cells (values whole) of slot `slot` with tokens in (`lo`, `hi`], in key order.
+    /// The cells (values whole) of slot `slot` with tokens in any of the
+    /// stretches (`lo`, `hi`] of `ranges`, in key order.
     Stream {
         /// The store slot.
         slot: u8,
-        /// The stretch's bounds (see [`Transfer`](crate::cluster::metadata::Transfer)).
-        lo: i64,
-        /// Its last token.
-        hi: i64,
+        /// The stretches' bounds (see [`Transfer`](crate::cluster::metadata::Transfer)):
+        /// 1 to [`MAX_STREAM_RANGES`].
+        ranges: Vec<(i64, i64)>,
         /// Start after this key.
         after: Option<Key>,
     },
@@ -572,7 +575,15 @@ impl PeerRequest {
             B::ReplicaApply(a) => PeerRequest::Apply { cells: sync::cells(a.cells, limits, "a replica apply")? },
             B::Metadata(_) => PeerRequest::Metadata,
             B::ReplicaStream(r) => {
-                PeerRequest::Stream { slot: sync::slot(r.slot, "a stream")?, lo: r.lo, hi: r.hi, after: sync::after(r.after, limits)? }
+                if r.more.len() % 2 != 0 || r.more.len() / 2 >= MAX_STREAM_RANGES {
+                    return Err(Error::InvalidRequest(format!(
+                        "a stream of {} further bounds; give (lo, hi) pairs, at most {} stretches in all",
+                        r.more.len(),
+                        MAX_STREAM_RANGES
+                    )));
+                }
+                let ranges = std::iter::once((r.lo, r.hi)).chain(r.more.chunks(2).map(|p| (p[0], p[1]))).collect();
+                PeerRequest::Stream { slot: sync::slot(r.slot, "a stream")?, ranges, after: sync::after(r.after, limits)? }
             }
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_)
@@ -626,8 +637,16 @@ impl PeerRequest {
             }),
             PeerRequest::Apply { cells } => B::ReplicaApply(proto::ReplicaApply { cells: sync::cells_to_proto(cells) }),
             PeerRequest::Metadata => B::Metadata(proto::MetadataRequest {}),
-            PeerRequest::Stream { slot, lo, hi, after } => {
-                B::ReplicaStream(proto::ReplicaStream { slot: slot.into(), lo, hi, after: after.map(|k| k.to_vec()).unwrap_or_default() })
+            PeerRequest::Stream { slot, ranges, after } => {
+                let (lo, hi) = ranges.first().copied().unwrap_or((0, 0));
+                let more = ranges.iter().skip(1).flat_map(|&(lo, hi)| [lo, hi]).collect();
+                B::ReplicaStream(proto::ReplicaStream {
+                    slot: slot.into(),
+                    lo,
+                    hi,
+                    after: after.map(|k| k.to_vec()).unwrap_or_default(),
+                    more,
+                })
             }
         }
     }
@@ -918,6 +937,16 @@ mod tests {
         refused(peer(B::Hello(proto::PeerHello::default())), "second PeerHello");
         refused(peer(B::Get(proto::Get::default())), "client request on a replica link");
         assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: 7, epoch: 1 })).is_ok());
+        let stream = |more: Vec<i64>| B::ReplicaStream(proto::ReplicaStream { slot: 3, lo: 1, hi: 2, after: Vec::new(), more });
+        refused(peer(stream(vec![5])), "(lo, hi) pairs");
+        refused(peer(stream(vec![0; 2 * MAX_STREAM_RANGES])), "at most 1024");
+        let ranges = match PeerRequest::parse(stream(vec![5, 6, -9, -7]), &BYTES) {
+            Ok(PeerRequest::Stream { ranges, .. }) => ranges,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ranges, vec![(1, 2), (5, 6), (-9, -7)]);
+        let back = PeerRequest::Stream { slot: 3, ranges, after: None }.into_proto();
+        assert_eq!(back, stream(vec![5, 6, -9, -7]));
 
         // Paxos requests are parsed by `paxos` (tested there); on a link they are typed and read back.
         let ballot = crate::paxos::Ballot(Timestamp { micros: 5, node: 1 });

@@ -269,7 +269,7 @@ fn client_base(rng: &mut Rng) -> proto::Request {
 /// A well-formed replica-to-replica request.
 fn peer_base(rng: &mut Rng) -> proto::Request {
     let key = base_key(rng);
-    let body = match rng.below(11) {
+    let body = match rng.below(12) {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
         3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)), epoch: 0 }),
@@ -297,6 +297,14 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
                     truncated: false,
                 })
                 .collect(),
+        }),
+        // Stretches: none, a few, an odd count of bounds, or past the limit.
+        11 => B::ReplicaStream(proto::ReplicaStream {
+            slot: rng.below(300) as u32,
+            lo: (rng.next() >> rng.below(64)) as i64,
+            hi: rng.next() as i64,
+            after: if rng.chance(3) { base_key(rng) } else { Vec::new() },
+            more: (0..rng.pick(&[0, 1, 2, 6, 2048, 2049])).map(|_| rng.next() as i64).collect(),
         }),
         _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| base_key(rng)).collect() }),
     };

@@ -279,3 +279,29 @@ fn a_byte_ordered_join_splits_the_largest_range_and_copies_its_keys() {
         }
     }
 }
+
+/// `--stream-throughput` paces a join's copying: a joiner limited to 1 MiB/s
+/// that copies about 2 MiB takes at least as long as that rate allows (a
+/// lower bound only, which a slow machine cannot break), and still copies
+/// every key of its ranges.
+#[test]
+fn a_join_is_paced_by_stream_throughput() {
+    let mut c = Cluster::start_murmur3(3, &[]);
+    let mut client = c.client(0);
+    let value = "x".repeat(10_000);
+    for k in 0..300 {
+        client.put(format!("big{k}"), &value, quorumkv::cluster::consistency::Consistency::All).unwrap();
+    }
+    let j = c.join_with("r3", 0, &["--stream-throughput", "1"]);
+    wait_members(&c, 0, &[("r3", "NORMAL")]);
+    let m = c.client(j).membership(proto::membership_request::Op::Status, "", false).expect("movement status");
+    assert!(m.error.is_empty() && !m.running && m.bytes > 1 << 20, "the join copied over 1 MiB: {m:?}");
+    let floor = m.bytes as f64 / f64::from(1 << 20);
+    assert!(m.elapsed_secs >= floor, "{} bytes copied in {:.2} s: faster than 1 MiB/s", m.bytes, m.elapsed_secs);
+    for k in 0..300 {
+        let key = format!("big{k}");
+        if c.replicas_of(0, key.as_str()).iter().any(|n| n == "r3") {
+            assert_eq!(c.held(0, key.as_str(), "r3").map(|v| v.len()), Some(10_000), "key {key}");
+        }
+    }
+}

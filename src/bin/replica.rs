@@ -91,6 +91,10 @@ struct Args {
     /// with the other replicas' and repairs what differs (0: never; the console's `repair` runs one now).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     anti_entropy_interval: std::time::Duration,
+    /// The most MiB a second a join, decommission or removenode run by this
+    /// replica copies (0: no limit), like Cassandra's stream_throughput_outbound.
+    #[arg(long, default_value_t = 0)]
+    stream_throughput: u64,
     /// Join a running cluster through the member at HOST:PORT: this replica
     /// gets tokens that restore balance, copies the data of its ranges, then
     /// serves them. Ignored once the data folder holds the cluster's metadata.
@@ -132,6 +136,7 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.request_timeout = args.timeout;
     cfg.hint_window = args.hint_window;
     cfg.anti_entropy_interval = args.anti_entropy_interval;
+    cfg.stream_throughput = args.stream_throughput.saturating_mul(1 << 20);
     cfg.max_hint_bytes = args.max_hint_bytes;
     cfg.hint_rate = args.hint_rate;
     cfg.max_value_bytes = args.max_value_bytes as usize;

@@ -173,6 +173,8 @@ pub struct Node {
     epoch: std::sync::atomic::AtomicU64,
     /// The movement this node runs or ran, and what it copied.
     progress: parking_lot::Mutex<movement::Progress>,
+    /// When the movement under way began copying, and the bytes it copied (for `--stream-throughput`).
+    stream_pace: parking_lot::Mutex<(Instant, u64)>,
     /// Decommission and removenode requests, for the membership thread.
     jobs: parking_lot::Mutex<Vec<movement::Job>>,
     /// The newest epoch a peer mentioned (heartbeats, handshakes), for the membership thread.
@@ -305,6 +307,7 @@ impl Node {
             newest_seen: std::sync::atomic::AtomicU64::new(0),
             progress: parking_lot::Mutex::new(movement::Progress::default()),
             jobs: parking_lot::Mutex::new(Vec::new()),
+            stream_pace: parking_lot::Mutex::new((Instant::now(), 0)),
             cfg,
             shutdown: AtomicBool::new(false),
             repair_tx,

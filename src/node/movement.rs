@@ -36,6 +36,9 @@ use crate::node::membership::Stored;
 use crate::proto;
 use crate::storage::cell::Version;
 
+/// How many (slot, stretch) copies a movement runs at once.
+const STREAM_WORKERS: usize = 4;
+
 /// How long a movement waits for every live member to learn its epoch.
 const EPOCH_WAIT: Duration = Duration::from_secs(30);
 
@@ -115,12 +118,14 @@ fn slots_of(t: &Transfer, byte_ordered: bool) -> Vec<u8> {
 }
 
 impl Node {
-    /// This replica's cells of slot `slot` whose tokens are in (`lo`, `hi`],
-    /// after `after`, a page of about [`MAX_PAGE_BYTES`].
-    pub fn stream_cells(&self, slot: u8, lo: i64, hi: i64, after: Option<&Key>) -> PeerResponse {
+    /// This replica's cells of slot `slot` whose tokens are in any stretch
+    /// (`lo`, `hi`] of `ranges`, after `after`, a page of about [`MAX_PAGE_BYTES`].
+    pub fn stream_cells(&self, slot: u8, ranges: &[(i64, i64)], after: Option<&Key>) -> PeerResponse {
         let ring = self.ring();
-        let (cells, more) =
-            self.store.cells_where(slot, after.map(Key::as_bytes), MAX_PAGE_BYTES, |key| in_range(lo, hi, ring.token_of(key)));
+        let (cells, more) = self.store.cells_where(slot, after.map(Key::as_bytes), MAX_PAGE_BYTES, |key| {
+            let t = ring.token_of(key);
+            ranges.iter().any(|&(lo, hi)| in_range(lo, hi, t))
+        });
         PeerResponse::Cells { cells, more }
     }
 
@@ -270,33 +275,106 @@ impl Node {
         let transfers: Vec<Transfer> = view.meta.transfers()?.into_iter().filter(|t| t.to == self.me).collect();
         self.progress.lock().transfers = transfers.len() as u64;
         self.progress.lock().epoch = view.epoch();
-        let byte_ordered = view.ring.sorted_tokens().is_empty();
+        let mut sources = Vec::new();
         for t in &transfers {
-            let sources: Vec<NodeId> = t.from.iter().copied().filter(|&f| self.alive(f)).collect();
-            if sources.is_empty() {
+            let live: Vec<NodeId> = t.from.iter().copied().filter(|&f| self.alive(f)).collect();
+            if live.is_empty() {
                 return Err(Error::Unavailable(format!("no replica of tokens ({}, {}] is up to copy them from", t.lo, t.hi)));
             }
-            for slot in slots_of(t, byte_ordered) {
-                // The giver alone if it is up (its copy is the one the range had); otherwise the others merged.
-                let from: Vec<NodeId> = if sources[0] == t.from[0] { vec![sources[0]] } else { sources.clone() };
-                self.copy_stretch(slot, t, &from, self.me)?;
-            }
-            self.progress.lock().transfers_done += 1;
+            // The giver alone if it is up (its copy is the one the range had); otherwise the others merged.
+            sources.push(if live[0] == t.from[0] { vec![live[0]] } else { live });
         }
+        let pos = self.copy_transfers(&transfers, &sources, view.ring.sorted_tokens().is_empty())?;
+        // What was copied here is durable (one sync for all of it) before the join ends.
+        self.store.commit(pos)?;
         self.finish_movement(MoveKind::Join)
     }
 
-    /// Copies the cells of slot `slot` in `t` from `from` (merged: the newest
-    /// version of each key) to `to` (this node: applied here).
-    fn copy_stretch(self: &Arc<Self>, slot: u8, t: &Transfer, from: &[NodeId], to: NodeId) -> Result<()> {
+    /// Copies every transfer `transfers[i]` from `sources[i]` to its new
+    /// replica, slot by slot: the stretches of one slot with the same sources
+    /// and receiver in one scan of the slot, [`STREAM_WORKERS`] slots at a
+    /// time, so the sources' scans, the wire and the receiver's merge overlap.
+    /// The highest log position written here (cells copied to this node are
+    /// applied but not yet synced: the caller commits them once).
+    fn copy_transfers(self: &Arc<Self>, transfers: &[Transfer], sources: &[Vec<NodeId>], byte_ordered: bool) -> Result<u64> {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        type Job = (u8, Vec<NodeId>, NodeId);
+        let mut grouped: BTreeMap<Job, Vec<usize>> = BTreeMap::new();
+        let mut left: Vec<AtomicUsize> = Vec::new();
+        for (i, t) in transfers.iter().enumerate() {
+            let slots = slots_of(t, byte_ordered);
+            left.push(AtomicUsize::new(slots.len()));
+            for slot in slots {
+                grouped.entry((slot, sources[i].clone(), t.to)).or_default().push(i);
+            }
+        }
+        // A job names at most MAX_STREAM_RANGES stretches.
+        let jobs: Vec<(Job, Vec<usize>)> = grouped
+            .into_iter()
+            .flat_map(|(job, ts)| ts.chunks(crate::message::MAX_STREAM_RANGES).map(|c| (job.clone(), c.to_vec())).collect::<Vec<_>>())
+            .collect();
+        let next = AtomicUsize::new(0);
+        let pos = AtomicU64::new(0);
+        *self.stream_pace.lock() = (Instant::now(), 0);
+        let failed: parking_lot::Mutex<Option<Error>> = parking_lot::Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..STREAM_WORKERS.min(jobs.len()) {
+                s.spawn(|| {
+                    loop {
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        if j >= jobs.len() || failed.lock().is_some() || self.shutdown.load(Ordering::Acquire) {
+                            return;
+                        }
+                        let ((slot, from, to), ts) = &jobs[j];
+                        let ranges: Vec<(i64, i64)> = ts.iter().map(|&i| (transfers[i].lo, transfers[i].hi)).collect();
+                        match self.copy_stretch(*slot, &ranges, from, *to) {
+                            Ok(p) => {
+                                pos.fetch_max(p, Ordering::AcqRel);
+                                for &i in ts {
+                                    if left[i].fetch_sub(1, Ordering::AcqRel) == 1 {
+                                        self.progress.lock().transfers_done += 1;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                failed.lock().get_or_insert(e);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
+        }
+        if self.shutdown.load(Ordering::Acquire) {
+            return Err(Error::Failure(format!("{} is stopping", self.cfg.name)));
+        }
+        Ok(pos.into_inner())
+    }
+
+    /// Copies the cells of slot `slot` in the stretches `ranges` from `from`
+    /// (merged: the newest version of each key) to `to` (this node: applied
+    /// here, not synced; the highest log position written is returned for the
+    /// caller to commit).
+    fn copy_stretch(self: &Arc<Self>, slot: u8, ranges: &[(i64, i64)], from: &[NodeId], to: NodeId) -> Result<u64> {
         let mut after: Option<Key> = None;
+        let mut pos = 0;
         loop {
-            let msg = PeerRequest::Stream { slot, lo: t.lo, hi: t.hi, after: after.clone() };
+            let msg = PeerRequest::Stream { slot, ranges: ranges.to_vec(), after: after.clone() };
             let mut merged: BTreeMap<Key, Version> = BTreeMap::new();
             let mut bound: Option<Key> = None;
             let mut any_more = false;
+            let mut single = None;
             for (f, r) in from.iter().zip(self.gather(from.to_vec(), msg)) {
                 match r {
+                    // One source: its page as it is (in key order, nothing to merge).
+                    Some(Ok(PeerResponse::Cells { cells, more })) if from.len() == 1 => {
+                        any_more = more;
+                        bound = if more { cells.last().map(|(k, _)| k.clone()) } else { None };
+                        single = Some(cells);
+                    }
                     Some(Ok(PeerResponse::Cells { cells, more })) => {
                         if more {
                             any_more = true;
@@ -316,47 +394,80 @@ impl Node {
                         }
                     }
                     other => {
+                        let stretches: Vec<String> = ranges.iter().map(|(lo, hi)| format!("({lo}, {hi}]")).collect();
                         return Err(Error::Failure(format!(
-                            "copying tokens ({}, {}] of slot {slot} from {}: {}",
-                            t.lo,
-                            t.hi,
+                            "copying tokens {} of slot {slot} from {}: {}",
+                            stretches.join(" "),
                             self.ring().name(*f),
                             crate::node::admin::why(other)
                         )));
                     }
                 }
             }
-            let cells: Vec<(Key, Version)> = merged.into_iter().filter(|(k, _)| bound.as_ref().is_none_or(|b| k <= b)).collect();
+            let cells: Vec<(Key, Version)> = match single {
+                Some(cells) => cells,
+                None => merged.into_iter().filter(|(k, _)| bound.as_ref().is_none_or(|b| k <= b)).collect(),
+            };
             let bytes: u64 = cells.iter().map(|(k, v)| (k.len() + v.value.as_ref().map_or(0, |b| b.len())) as u64).sum();
             let n = cells.len() as u64;
-            self.deliver_cells(to, cells)?;
+            pos = pos.max(self.deliver_cells(to, cells)?);
             {
                 let mut p = self.progress.lock();
                 p.keys += n;
                 p.bytes += bytes;
             }
+            self.pace_stream(bytes);
             match bound {
                 Some(b) if any_more && after.as_ref().is_none_or(|a| &b > a) => after = Some(b),
-                _ => return Ok(()),
+                _ => return Ok(pos),
             }
         }
     }
 
-    /// Merges `cells` into `to`'s store: here directly, elsewhere in `Apply` batches; durable when it returns.
-    fn deliver_cells(self: &Arc<Self>, to: NodeId, cells: Vec<(Key, Version)>) -> Result<()> {
+    /// Keeps the movement's copying under `--stream-throughput`: after a page
+    /// of `bytes`, waits until the bytes copied since the movement began are
+    /// due at that rate.
+    fn pace_stream(&self, bytes: u64) {
+        let rate = self.cfg.stream_throughput;
+        if rate == 0 {
+            return;
+        }
+        let due = {
+            let mut pace = self.stream_pace.lock();
+            pace.1 += bytes;
+            pace.0 + Duration::from_secs_f64(pace.1 as f64 / rate as f64)
+        };
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+
+    /// Merges `cells` into `to`'s store: elsewhere in `Apply` batches, durable
+    /// when it returns; here directly, applied but not synced: the highest log
+    /// position written, for the caller to commit.
+    fn deliver_cells(self: &Arc<Self>, to: NodeId, cells: Vec<(Key, Version)>) -> Result<u64> {
         if cells.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if to == self.me {
             let limits = self.limits();
             let mut last = 0;
+            let mut newest = None;
             for (k, v) in cells {
-                // Checked like any peer's cells: these came from peers' replies.
-                let k = limits.key(k.to_vec())?;
-                let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+                // Checked like any peer's cells: these came from peers' replies
+                // (a murmur3 key of a size allowed is taken as it is, without a copy).
+                let k = match limits.partitioner {
+                    crate::cluster::key::Partitioner::Murmur3 if !k.is_empty() && k.len() <= limits.max_key_bytes => k,
+                    _ => limits.key(k.to_vec())?,
+                };
+                newest = newest.max(Some(v.ts));
                 last = last.max(self.store.apply(&k, v)?.pos);
             }
-            return self.store.commit(last);
+            if let Some(ts) = newest {
+                let _ = self.clock.observe(ts, self.cfg.max_clock_offset);
+            }
+            return Ok(last);
         }
         let mut batch = Vec::new();
         let mut bytes = 0;
@@ -377,7 +488,7 @@ impl Node {
         if !batch.is_empty() {
             send(batch)?;
         }
-        Ok(())
+        Ok(0)
     }
 
     /// Ends the movement under way (if it is still `kind` of this node's
@@ -435,23 +546,23 @@ impl Node {
         }
         self.wait_epoch_everywhere(self.view().epoch())?;
         let view = self.view();
-        let byte_ordered = view.ring.sorted_tokens().is_empty();
         let transfers: Vec<Transfer> = view.meta.transfers()?;
         {
             let mut p = self.progress.lock();
             p.transfers = transfers.len() as u64;
             p.epoch = view.epoch();
         }
+        let mut sources = Vec::new();
         for t in &transfers {
             let live: Vec<NodeId> = t.from.iter().copied().filter(|&f| f == self.me || (f != id && self.alive(f))).collect();
             if live.is_empty() {
                 return Err(Error::Unavailable(format!("no surviving replica of tokens ({}, {}] is up", t.lo, t.hi)));
             }
-            for slot in slots_of(t, byte_ordered) {
-                self.copy_stretch(slot, t, &live, t.to)?;
-            }
-            self.progress.lock().transfers_done += 1;
+            sources.push(live);
         }
+        let pos = self.copy_transfers(&transfers, &sources, view.ring.sorted_tokens().is_empty())?;
+        // Stretches this node gained (a removenode run here) are durable before the leave ends.
+        self.store.commit(pos)?;
         self.finish_movement(kind)
     }
 

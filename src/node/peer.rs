@@ -92,7 +92,7 @@ impl Node {
             PeerRequest::Apply { cells } => return self.apply_cells(cells),
             PeerRequest::MetaPaxos(req) => self.serve_meta_paxos(req),
             PeerRequest::Metadata => Ok(PeerResponse::Metadata(Box::new(self.stored_metadata()))),
-            PeerRequest::Stream { slot, lo, hi, after } => Ok(self.stream_cells(slot, lo, hi, after.as_ref())),
+            PeerRequest::Stream { slot, ranges, after } => Ok(self.stream_cells(slot, &ranges, after.as_ref())),
         };
         (result, None)
     }

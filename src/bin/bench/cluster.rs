@@ -100,6 +100,8 @@ pub(crate) struct Cluster {
     opts: ClusterOpts,
     /// Flags for every start, after `opts.flags` (e.g. `--snapshot-bytes N`).
     extra: Vec<String>,
+    /// For a replica that joined a running cluster: the port of the member it joined through.
+    joins: Vec<Option<u16>>,
 }
 
 impl Cluster {
@@ -116,7 +118,8 @@ impl Cluster {
         let ports = free_ports(opts.n);
         let file = dir.join("replicas.txt");
         let nodes: String = ports.iter().enumerate().map(|(i, p)| format!("b{i} 127.0.0.1 {p}\n")).collect();
-        let mut c = Cluster { children: (0..opts.n).map(|_| None).collect(), ports, dir, file, opts, extra };
+        let joins = vec![None; opts.n];
+        let mut c = Cluster { children: (0..opts.n).map(|_| None).collect(), ports, dir, file, opts, extra, joins };
         std::fs::write(&c.file, format!("{}{nodes}", c.opts.settings)).map_err(|e| e.to_string())?;
         for i in 0..c.opts.n {
             c.spawn(i)?;
@@ -130,7 +133,11 @@ impl Cluster {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let replica = exe.with_file_name("replica");
         let mut cmd = pinned(&replica, &self.opts.pin);
-        cmd.arg(format!("b{i}")).arg(self.ports[i].to_string()).arg(&self.file);
+        cmd.arg(format!("b{i}")).arg(self.ports[i].to_string());
+        match self.joins[i] {
+            Some(through) => cmd.arg("--join").arg(format!("127.0.0.1:{through}")),
+            None => cmd.arg(&self.file),
+        };
         if let Some(m) = &self.opts.mode {
             cmd.arg(m);
         }
@@ -191,6 +198,20 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts a new replica that joins the running cluster through replica
+    /// `through` (with the same flags as the others); returns its index and
+    /// when it was spawned. Its data streams in the background: see its
+    /// movement status.
+    pub(crate) fn join(&mut self, through: usize) -> Result<(usize, Instant), String> {
+        let i = self.ports.len();
+        let port = free_ports(1)[0];
+        self.ports.push(port);
+        self.children.push(None);
+        self.joins.push(Some(self.ports[through]));
+        let started = self.spawn(i)?;
+        Ok((i, started))
     }
 
     /// Every replica's address.

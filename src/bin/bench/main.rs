@@ -18,6 +18,9 @@
 //! * `bench snapshot --keys N`: `put QUORUM` p99 on a 3-replica cluster holding
 //!   N keys, while no snapshot runs and while one does (within one load).
 //! * `bench storage --keys N`: `memory` then `snapshot`, one targets table.
+//! * `bench join --keys N`: a fourth replica joins three holding N keys: its
+//!   streaming rate against a plain TCP copy of the same bytes, and `put
+//!   QUORUM` p99 while it streams against at rest.
 //!
 //! Latencies go into a log-linear histogram per client thread (no per-sample
 //! storage); a warm-up period is not counted.
@@ -30,6 +33,7 @@
 //! `report` renders a run and judges the targets.
 
 mod cluster;
+mod join;
 mod load;
 mod matrix;
 mod redis;
@@ -54,7 +58,8 @@ use matrix::matrix;
 #[command(version, about)]
 struct Args {
     /// `ping` (transport floor), `matrix` (start a cluster and run the standard matrix),
-    /// `memory`, `snapshot` or `storage` (memory, restart and snapshot comparisons), or omit for get/put load.
+    /// `memory`, `snapshot` or `storage` (memory, restart and snapshot comparisons), `join` (streaming
+    /// of a joining node), or omit for get/put load.
     mode: Option<String>,
     /// Cluster file; clients are spread round-robin over its replicas.
     #[arg(long)]
@@ -183,9 +188,12 @@ fn main() -> ExitCode {
         Some("memory") => storage::memory(&args),
         Some("snapshot") => storage::snapshot(&args),
         Some("storage") => storage::storage(&args),
+        Some("join") => join::join(&args),
         None if args.cas => single(&args, Op::Cas),
         None => single(&args, Op::Mixed),
-        Some(other) => Err(format!("unknown mode {other:?}: use ping, matrix, memory, snapshot, storage, or nothing for get/put load")),
+        Some(other) => {
+            Err(format!("unknown mode {other:?}: use ping, matrix, memory, snapshot, storage, join, or nothing for get/put load"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

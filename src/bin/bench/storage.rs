@@ -81,7 +81,7 @@ pub(crate) fn storage(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn key_count(args: &Args) -> Result<u32, String> {
+pub(crate) fn key_count(args: &Args) -> Result<u32, String> {
     match args.keys {
         None => Ok(1_000_000),
         Some(KeySpace::Strings(n)) => Ok(n),
@@ -89,14 +89,14 @@ fn key_count(args: &Args) -> Result<u32, String> {
     }
 }
 
-fn print_table(table: &[String]) {
+pub(crate) fn print_table(table: &[String]) {
     println!("\n== targets");
     for row in table {
         println!("{row}");
     }
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -106,7 +106,7 @@ fn per_key(kib: u64, n: u32) -> f64 {
 }
 
 /// A JSON number, `null` if not measured.
-fn num(v: Option<f64>) -> String {
+pub(crate) fn num(v: Option<f64>) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.3}"),
         _ => "null".into(),
@@ -441,7 +441,7 @@ fn folder_files(dir: &Path) -> (u64, u64, usize) {
 /// Waits until no snapshot has been in progress in `dir` for 200 ms: longer than
 /// the replica's snapshot thread waits between two looks at its log, so a log
 /// that is still past `--snapshot-bytes` has had its snapshot started meanwhile.
-fn wait_snapshot_done(dir: &Path, timeout: Duration) -> Result<(), String> {
+pub(crate) fn wait_snapshot_done(dir: &Path, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut quiet_since = Instant::now();
     loop {
