@@ -359,6 +359,8 @@ impl Node {
         match View::of(meta) {
             Ok(v) => {
                 log::info!("{}: now at {}", self.cfg.name, v.meta.summary());
+                // A member that joined since this node started can be hinted too.
+                self.hints.add_targets(v.ring.nodes().iter().map(|n| (n.id, n.name.clone())));
                 *self.view.write() = Arc::new(v);
             }
             Err(e) => log::error!("{}: cannot use the metadata of epoch {epoch}: {e}", self.cfg.name),
