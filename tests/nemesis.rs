@@ -21,8 +21,14 @@
 //! `inspect` lists the final ring's replicas), and one more applies: after
 //! each change, every replica of a sampled key (every sixth) holds a version
 //! no older than the one all its replicas held before the change. A 20 s run
-//! makes two to four changes (a join of ~1,500 keys takes about a second in a
-//! debug build, a decommission about as long) and lasts 25–35 s in all.
+//! makes one to four changes (a join of ~1,500 keys takes about a second in a
+//! debug build, a decommission about as long) and lasts 23–35 s in all.
+//! Its first runs found that hints for a member that joined after a replica
+//! started were refused (the hint store knew only the members of its start):
+//! a write to a joining replica whose link was not up yet never reached it,
+//! and 1 to 3 keys a run (3 runs of 7) were left for read repair; the keys
+//! hints alone converge are reported, not checked, so this showed in the
+//! summary only (all 3,000 since the fix).
 //! Broken on purpose (not kept), a join that skips copying its ranges failed
 //! it with seed 3 (115 keys "lost by a movement"; every other check passed,
 //! reads having repaired the rest). A broken pending-write rule (writes
