@@ -6,7 +6,11 @@
 //!
 //! `make test` runs it for about 60 s with a fresh seed (printed): 40 s on the
 //! byte-ordered ring (32 keys) and 20 s on a murmur3 cluster (3,000 string
-//! keys, "0" to "2999"), its checks unchanged.
+//! keys, "0" to "2999"), its checks unchanged. `make soak DURATION=600` runs the
+//! first longer (`QUORUMKV_NEMESIS_SECS=600 cargo test --release --test
+//! nemesis nemesis_murmur3` the second). Replay a failure with
+//! `QUORUMKV_NEMESIS_SEED=<seed> cargo test --test nemesis -- --nocapture`.
+//! Seeds that once failed are kept in `regression_seeds`.
 //!
 //! The murmur3 run (`nemesis_murmur3`) also changes the membership, one change
 //! at a time among the other faults (never overlapping one): a `Join` starts
@@ -40,11 +44,7 @@
 //! The byte-ordered runs keep the faults they had: the harness's helpers
 //! there take `status` order for a replica's index, and the SERIAL run would
 //! meet what membership does not do yet (Paxos acceptor state is not copied
-//! with the data). `make soak DURATION=600` runs
-//! the first longer (`QUORUMKV_NEMESIS_SECS=600 cargo test --release --test
-//! nemesis nemesis_murmur3` the second). Replay a failure with
-//! `QUORUMKV_NEMESIS_SEED=<seed> cargo test --test nemesis -- --nocapture`.
-//! Seeds that once failed are kept in `regression_seeds`.
+//! with the data).
 //!
 //! `nemesis_serial` (20 s; 10 under ThreadSanitizer) is the SERIAL run
 //! ([`Config::serial`]): the clients make SERIAL reads, puts, deletes and
