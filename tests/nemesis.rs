@@ -1,15 +1,50 @@
 //! The nemesis test: five durable replicas, concurrent clients, and a seeded
-//! schedule of kills, pauses, partitions, slow links and clock skews; then the history is
-//! checked for lost writes, invented values, read-your-writes and convergence
-//! (see `tests/common/nemesis.rs`).
+//! schedule of kills, pauses, partitions, slow links and clock skews (and, on
+//! the murmur3 cluster, joins and decommissions); then the history is checked
+//! for lost writes, invented values, read-your-writes and convergence (see
+//! `tests/common/nemesis.rs`).
 //!
 //! `make test` runs it for about 60 s with a fresh seed (printed): 40 s on the
 //! byte-ordered ring (32 keys) and 20 s on a murmur3 cluster (3,000 string
-//! keys, "0" to "2999"), its checks unchanged. `make soak DURATION=600` runs
-//! the first longer (`QUORUMKV_NEMESIS_SECS=600 cargo test --release --test
+//! keys, "0" to "2999"), its checks unchanged. `make soak DURATION=600` runs the
+//! first longer (`QUORUMKV_NEMESIS_SECS=600 cargo test --release --test
 //! nemesis nemesis_murmur3` the second). Replay a failure with
 //! `QUORUMKV_NEMESIS_SEED=<seed> cargo test --test nemesis -- --nocapture`.
 //! Seeds that once failed are kept in `regression_seeds`.
+//!
+//! The murmur3 run (`nemesis_murmur3`) also changes the membership, one change
+//! at a time among the other faults (never overlapping one): a `Join` starts
+//! a new replica (`r5`, `r6`, ...) that joins through a random member and
+//! coordinates for the clients at once; a `Decommission` makes a random
+//! member (an original one as well as a joined one) hand its ranges over,
+//! leave and exit, the clients connected to it finding out as it goes
+//! (operations in flight then have unknown outcomes). The cluster moves
+//! between 5 members and 6 (never below 5, so never below RF + 1); each change
+//! lasts until every member sees it done. The checks follow the membership
+//! (the final reads and convergence go through the final members, and
+//! `inspect` lists the final ring's replicas), and one more applies: after
+//! each change, every replica of a sampled key (every sixth) holds a version
+//! no older than the one all its replicas held before the change. A 20 s run
+//! makes one to four changes (a join of ~1,500 keys takes about a second in a
+//! debug build, a decommission about as long) and lasts 23–35 s in all.
+//! Its first runs found that hints for a member that joined after a replica
+//! started were refused (the hint store knew only the members of its start):
+//! a write to a joining replica whose link was not up yet never reached it,
+//! and 1 to 3 keys (in 7 runs of 20) were left for read repair; the keys
+//! hints alone converge are reported, not checked, so this showed in the
+//! summary only (all 3,000 in the 6 runs since the fix).
+//! Broken on purpose (not kept), a join that skips copying its ranges failed
+//! it with seed 3 (115 keys "lost by a movement"; every other check passed,
+//! reads having repaired the rest). A broken pending-write rule (writes
+//! during a movement not sent to the replicas-to-be) was not caught by seeds
+//! 2 and 3: with one fault at a time every old replica gets every write, so a
+//! quorum of the new ring still holds it; that rule matters only when a
+//! fault overlaps a movement, which the schedule does not do.
+//!
+//! The byte-ordered runs keep the faults they had: the harness's helpers
+//! there take `status` order for a replica's index, and the SERIAL run would
+//! meet what membership does not do yet (Paxos acceptor state is not copied
+//! with the data).
 //!
 //! `nemesis_serial` (20 s; 10 under ThreadSanitizer) is the SERIAL run
 //! ([`Config::serial`]): the clients make SERIAL reads, puts, deletes and

@@ -377,6 +377,8 @@ impl Node {
         match View::of(meta) {
             Ok(v) => {
                 log::info!("{}: now at {}", self.cfg.name, v.meta.summary());
+                // A member that joined since this node started can be hinted too.
+                self.hints.add_targets(v.ring.nodes().iter().map(|n| (n.id, n.name.clone())));
                 let mut view = self.view.write();
                 self.epoch.store(v.epoch(), std::sync::atomic::Ordering::Release);
                 *view = Arc::new(v);

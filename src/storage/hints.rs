@@ -5,7 +5,9 @@
 //! *hint*: the target, the key and the version (value and original
 //! timestamp). When the failure detector sees the target alive again, the
 //! hint worker replays the hints to it, throttled, and removes each one only
-//! after the target acked it.
+//! after the target acked it. Any member can be a target, including one that
+//! joined after this node started (each epoch installed adds its members):
+//! a write to a joining replica whose link is not up yet is hinted too.
 //!
 //! Because replicas merge by last-write-wins, a hint can be replayed any number
 //! of times and in any order with the same result. That lets the store keep at
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::cluster::ring::{Key, NodeId};
 use crate::proto;
@@ -52,12 +54,18 @@ struct TargetHints {
     refused: u64,
 }
 
+/// A node hints can be kept for: its id, its name (what the log records) and its hints.
+struct Target {
+    id: NodeId,
+    name: String,
+    hints: Mutex<TargetHints>,
+}
+
 /// Hints held by this node, per target node.
 pub struct HintStore {
-    targets: Vec<Mutex<TargetHints>>,
-    /// Each target's id and name (what the log records), by the index of `targets`.
-    ids: Vec<NodeId>,
-    names: Vec<String>,
+    /// The nodes hints can be kept for: the members when the store was made,
+    /// and those that joined since ([`add_targets`](Self::add_targets)).
+    targets: RwLock<Vec<Arc<Target>>>,
     window: Duration,
     max_bytes: usize,
     wal: Option<Arc<Wal>>,
@@ -70,7 +78,7 @@ pub enum Added {
     Stored,
     /// A hint at least as new was already held.
     AlreadyNewer,
-    /// The target's byte cap is reached; the hint was not kept.
+    /// The target's byte cap is reached (or it is no known node); the hint was not kept.
     Refused,
 }
 
@@ -81,8 +89,20 @@ fn cost(key: &[u8], v: &Version) -> usize {
 impl HintStore {
     /// A store for the nodes `targets` (id and name), logging to `wal` if given.
     pub fn new(targets: Vec<(NodeId, String)>, window: Duration, max_bytes: usize, wal: Option<Arc<Wal>>) -> Self {
-        let (ids, names): (Vec<NodeId>, Vec<String>) = targets.into_iter().unzip();
-        HintStore { targets: ids.iter().map(|_| Mutex::new(TargetHints::default())).collect(), ids, names, window, max_bytes, wal }
+        let store = HintStore { targets: RwLock::new(Vec::new()), window, max_bytes, wal };
+        store.add_targets(targets);
+        store
+    }
+
+    /// Makes the nodes of `targets` (id and name) ones hints can be kept for,
+    /// those not already (members that joined after the store was made).
+    pub fn add_targets(&self, targets: impl IntoIterator<Item = (NodeId, String)>) {
+        let mut known = self.targets.write();
+        for (id, name) in targets {
+            if !known.iter().any(|t| t.id == id) {
+                known.push(Arc::new(Target { id, name, hints: Mutex::new(TargetHints::default()) }));
+            }
+        }
     }
 
     /// Logs every hint kept and delivered to `wal` from now on (after recovery has loaded the hints).
@@ -90,8 +110,12 @@ impl HintStore {
         self.wal = wal;
     }
 
-    fn index(&self, id: NodeId) -> Option<usize> {
-        self.ids.iter().position(|&i| i == id)
+    fn target(&self, id: NodeId) -> Option<Arc<Target>> {
+        self.targets.read().iter().find(|t| t.id == id).cloned()
+    }
+
+    fn named(&self, name: &str) -> Option<Arc<Target>> {
+        self.targets.read().iter().find(|t| t.name == name).cloned()
     }
 
     fn log(&self, record: proto::log_record::Kind) -> crate::Result<()> {
@@ -103,8 +127,8 @@ impl HintStore {
 
     /// Keeps `version` of `key` for `target`.
     pub fn add(&self, id: NodeId, key: &Key, version: Version) -> Added {
-        let Some(target) = self.index(id) else { return Added::Refused };
-        let mut t = self.targets[target].lock();
+        let Some(target) = self.target(id) else { return Added::Refused };
+        let mut t = target.hints.lock();
         let old_cost = match t.by_key.get(key) {
             Some(h) if !supersedes(&version, Some(&h.version)) => return Added::AlreadyNewer,
             Some(h) => cost(key.as_bytes(), &h.version),
@@ -116,14 +140,14 @@ impl HintStore {
             if t.refused.is_power_of_two() {
                 warn!(
                     "hints for {} are at their cap of {} bytes; refused {} hint(s) so far (read repair will heal key {key})",
-                    self.names[target], self.max_bytes, t.refused
+                    target.name, self.max_bytes, t.refused
                 );
             }
             return Added::Refused;
         }
         let created = wall_micros();
         let record = proto::HintAdd {
-            target: self.names[target].clone(),
+            target: target.name.clone(),
             legacy_key: 0,
             key: key.to_vec(),
             version: Some(version.to_proto()),
@@ -132,7 +156,7 @@ impl HintStore {
         if let Err(e) = self.log(proto::log_record::Kind::HintAdd(record)) {
             t.refused += 1;
             if t.refused.is_power_of_two() {
-                warn!("cannot keep a hint for {} (key {key}): {e}", self.names[target]);
+                warn!("cannot keep a hint for {} (key {key}): {e}", target.name);
             }
             return Added::Refused;
         }
@@ -143,8 +167,8 @@ impl HintStore {
 
     /// Restores a hint found in the log or a snapshot (not logged again).
     pub fn load(&self, target: &str, key: Key, version: Version, created: u64) {
-        let Some(i) = self.names.iter().position(|n| n == target) else { return };
-        let mut t = self.targets[i].lock();
+        let Some(target) = self.named(target) else { return };
+        let mut t = target.hints.lock();
         let old_cost = match t.by_key.get(&key) {
             Some(h) if !supersedes(&version, Some(&h.version)) => return,
             Some(h) => cost(key.as_bytes(), &h.version),
@@ -156,18 +180,18 @@ impl HintStore {
 
     /// Replays a delivery found in the log.
     pub fn load_delivered(&self, target: &str, key: &[u8], ts: Timestamp) {
-        if let Some(i) = self.names.iter().position(|n| n == target) {
-            self.remove_if(i, key, ts);
+        if let Some(target) = self.named(target) {
+            Self::remove_if(&target, key, ts);
         }
     }
 
     /// Every hint held, for a snapshot.
     pub fn export(&self) -> Vec<proto::HintAdd> {
         let mut out = Vec::new();
-        for (i, t) in self.targets.iter().enumerate() {
-            for (key, h) in &t.lock().by_key {
+        for t in self.targets.read().iter() {
+            for (key, h) in &t.hints.lock().by_key {
                 out.push(proto::HintAdd {
-                    target: self.names[i].clone(),
+                    target: t.name.clone(),
                     legacy_key: 0,
                     key: key.to_vec(),
                     version: Some(h.version.to_proto()),
@@ -180,34 +204,34 @@ impl HintStore {
 
     /// Hints held for `target`.
     pub fn count(&self, id: NodeId) -> usize {
-        self.index(id).map_or(0, |target| self.targets[target].lock().by_key.len())
+        self.target(id).map_or(0, |target| target.hints.lock().by_key.len())
     }
 
     /// Hints held for all targets.
     pub fn total(&self) -> usize {
-        self.targets.iter().map(|t| t.lock().by_key.len()).sum()
+        self.targets.read().iter().map(|t| t.hints.lock().by_key.len()).sum()
     }
 
     /// The hints to replay to `target`, oldest key first, after dropping expired ones.
     pub fn pending(&self, id: NodeId) -> Vec<(Key, Version)> {
-        let Some(target) = self.index(id) else { return Vec::new() };
+        let Some(target) = self.target(id) else { return Vec::new() };
         self.expire(id, wall_micros());
-        self.targets[target].lock().by_key.iter().map(|(k, h)| (k.clone(), h.version.clone())).collect()
+        target.hints.lock().by_key.iter().map(|(k, h)| (k.clone(), h.version.clone())).collect()
     }
 
     /// Removes the hint for `key` if it still carries timestamp `ts` (a newer one stays), and logs that.
     pub fn delivered(&self, id: NodeId, key: &[u8], ts: Timestamp) {
-        let Some(target) = self.index(id) else { return };
-        if self.remove_if(target, key, ts) {
+        let Some(target) = self.target(id) else { return };
+        if Self::remove_if(&target, key, ts) {
             let record =
-                proto::HintDone { target: self.names[target].clone(), legacy_key: 0, key: key.to_vec(), micros: ts.micros, node: ts.node };
+                proto::HintDone { target: target.name.clone(), legacy_key: 0, key: key.to_vec(), micros: ts.micros, node: ts.node };
             // If this cannot be logged the hint is replayed again after a restart: harmless.
             let _ = self.log(proto::log_record::Kind::HintDone(record));
         }
     }
 
-    fn remove_if(&self, target: usize, key: &[u8], ts: Timestamp) -> bool {
-        let mut t = self.targets[target].lock();
+    fn remove_if(target: &Target, key: &[u8], ts: Timestamp) -> bool {
+        let mut t = target.hints.lock();
         if t.by_key.get(key).is_some_and(|h| h.version.ts == ts) {
             let h = t.by_key.remove(key).expect("checked above");
             t.bytes -= cost(key, &h.version);
@@ -219,8 +243,8 @@ impl HintStore {
 
     /// Drops `target`'s hints created before `now - window` (wall-clock microseconds); returns how many.
     pub fn expire(&self, id: NodeId, now: u64) -> usize {
-        let Some(target) = self.index(id) else { return 0 };
-        let mut t = self.targets[target].lock();
+        let Some(target) = self.target(id) else { return 0 };
+        let mut t = target.hints.lock();
         let window = self.window;
         let before = t.by_key.len();
         let mut freed = 0;
@@ -234,14 +258,14 @@ impl HintStore {
         t.bytes -= freed;
         let dropped = before - t.by_key.len();
         if dropped > 0 {
-            info!("dropped {dropped} hint(s) for {} older than the hint window of {:?}", self.names[target], window);
+            info!("dropped {dropped} hint(s) for {} older than the hint window of {:?}", target.name, window);
         }
         dropped
     }
 
     /// Targets that have hints.
     pub fn targets_with_hints(&self) -> Vec<NodeId> {
-        (0..self.targets.len()).filter(|&i| !self.targets[i].lock().by_key.is_empty()).map(|i| self.ids[i]).collect()
+        self.targets.read().iter().filter(|t| !t.hints.lock().by_key.is_empty()).map(|t| t.id).collect()
     }
 }
 
@@ -283,7 +307,7 @@ mod tests {
         assert_eq!(h.count(NodeId(0)), 1, "the newer hint must survive delivery of the older");
         h.delivered(NodeId(0), k(1).as_bytes(), Timestamp { micros: 12, node: 1 });
         assert_eq!(h.count(NodeId(0)), 0);
-        assert_eq!(h.targets[0].lock().bytes, 0);
+        assert_eq!(h.targets.read()[0].hints.lock().bytes, 0);
     }
 
     #[test]
@@ -295,6 +319,20 @@ mod tests {
         assert_eq!(h.add(NodeId(0), &k(2), v(1, "short")), Added::Stored);
     }
 
+    /// A member that joined after the store was made: its hints were refused
+    /// (found by the nemesis's joins: a write to a joining replica whose link
+    /// was not up yet was acknowledged and never hinted).
+    #[test]
+    fn a_target_added_later_keeps_hints() {
+        let h = store(Duration::from_secs(60), 1 << 20);
+        assert_eq!(h.add(NodeId(7), &k(1), v(1, "x")), Added::Refused, "no such node");
+        h.add_targets([(NodeId(0), "a".to_string()), (NodeId(7), "joined".to_string())]);
+        assert_eq!(h.add(NodeId(7), &k(1), v(1, "x")), Added::Stored);
+        assert_eq!(h.targets_with_hints(), vec![NodeId(7)]);
+        assert_eq!(h.export()[0].target, "joined");
+        assert_eq!(h.targets.read().len(), 3, "a known node is not added twice");
+    }
+
     #[test]
     fn old_hints_expire() {
         let h = store(Duration::from_millis(50), 1 << 20);
@@ -302,6 +340,6 @@ mod tests {
         assert_eq!(h.expire(NodeId(0), wall_micros()), 0);
         assert_eq!(h.expire(NodeId(0), wall_micros() + 1_000_000), 1);
         assert_eq!(h.count(NodeId(0)), 0);
-        assert_eq!(h.targets[0].lock().bytes, 0);
+        assert_eq!(h.targets.read()[0].hints.lock().bytes, 0);
     }
 }

@@ -13,6 +13,13 @@
 //! a time: with 5 replicas and RF 3 every pair of replicas shares a key, so
 //! that is what "never more than one replica of any key down" means here.
 //!
+//! With a spare member ([`Config::spare`]: the murmur3 run) the membership
+//! changes too, as one more kind of fault: a [`Fault::Join`] starts a replica
+//! that joins through a random member, a [`Fault::Decommission`] makes a
+//! random member leave (it exits by itself); each lasts until every member
+//! sees the movement done, and no other fault overlaps it. The clients pick
+//! their coordinators among the members of the moment.
+//!
 //! After each fault is healed the nemesis waits until every replica sees every
 //! other before the next. At the end it waits for convergence by hints (up to
 //! 10 s), reads every key at QUORUM, and checks the history ([`check`]):
@@ -28,8 +35,13 @@
 //!    is reported too;
 //! 4. read-your-writes: a client's QUORUM read after its own acknowledged
 //!    QUORUM write sees that write or one not older than it;
-//! 5. no replica exited unless the nemesis killed it (and none logged a panic,
-//!    which the cluster's drop checks).
+//! 5. no replica exited unless the nemesis killed it or decommissioned it
+//!    (and none logged a panic, which the cluster's drop checks);
+//! 6. with membership changes, a movement loses nothing: after each, every
+//!    replica in the new ring of a sampled key holds a version no older than
+//!    the one every replica of it held before ([`Config::murmur3`]). The
+//!    checks above go through the final members: a decommissioned replica
+//!    holds nothing and is gone.
 //!
 //! "Older" is real time: a write that ended before another began must end up
 //! with the smaller timestamp, so last-write-wins keeps the later one — even
@@ -367,13 +379,21 @@ pub struct Config {
     /// Clients use SERIAL only (get, put, delete, put_if, delete_if), and the
     /// history is checked for linearizability too ([`Config::serial`]).
     pub serial: bool,
+    /// How many members beyond `replicas` may join ([`Fault::Join`]); 0 (the
+    /// default) leaves the membership faults out of the draw. Only murmur3
+    /// runs have a spare ([`Config::murmur3`]): the byte-ordered cluster's
+    /// helpers (`Cluster::wait_all_up`) take status order for the cluster's
+    /// index, which a join or decommission changes, and its SERIAL run would
+    /// meet what is not done yet (Paxos acceptor state is not moved with the data).
+    pub spare: usize,
 }
 
 impl Config {
     /// From the environment: `QUORUMKV_NEMESIS_SEED` (default: from the time),
     /// `QUORUMKV_NEMESIS_SECS` (default `default_secs`), `QUORUMKV_NEMESIS_FAULTS`
     /// (kinds to draw from, comma-separated as the summary names them, e.g.
-    /// `ClockSkew,Kill`; default all).
+    /// `ClockSkew,Kill` or `Join,Decommission`; default all; the membership
+    /// ones only count with a spare, [`Config::spare`]).
     pub fn from_env(default_secs: u64) -> Config {
         let seed = std::env::var("QUORUMKV_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 ^ std::process::id() as u64
@@ -400,6 +420,7 @@ impl Config {
             settings: "",
             faults: FAULTS.to_vec(),
             serial: false,
+            spare: 0,
         }
     }
 
@@ -413,8 +434,18 @@ impl Config {
 
     /// The same run on a murmur3 cluster (16 tokens a replica) with `keys` keys,
     /// "0" to the last in decimal: most of them are no key of a byte-ordered ring.
+    /// One spare member: joins and decommissions are among the faults, the
+    /// cluster moving between its 5 replicas and 6.
     pub fn murmur3(self, keys: u32) -> Config {
-        Config { keys: (0..keys).collect(), settings: super::MURMUR3, ..self }
+        Config { keys: (0..keys).collect(), settings: super::MURMUR3, spare: 1, ..self }
+    }
+
+    /// The kinds of fault the schedule draws from, uniformly: [`Config::faults`],
+    /// the membership ones left out without a spare and in twice with one (so
+    /// that a 20 s run makes two or three membership changes among its faults).
+    fn kinds(&self) -> Vec<Fault> {
+        let membership = self.faults.iter().copied().filter(|f| f.is_membership() && self.spare > 0);
+        self.faults.iter().copied().filter(|f| !f.is_membership()).chain(membership.clone()).chain(membership).collect()
     }
 }
 
@@ -434,9 +465,36 @@ pub enum Fault {
     /// Shifts its wall clock ahead or behind (0.5 to 3 s), so the writes it
     /// coordinates are stamped from a skewed clock.
     ClockSkew,
+    /// A new replica joins through a random member (`--join`); the fault
+    /// lasts until its movement ended and every member saw it. Drawn only
+    /// when [`Config::spare`] allows (murmur3 runs): while the cluster is at
+    /// its largest, a decommission is made instead.
+    Join,
+    /// A random member is decommissioned (it hands its ranges over, leaves
+    /// and exits); the fault lasts until it exited and every member saw it
+    /// removed. Never below the starting size: there, a join is made instead.
+    Decommission,
 }
 
-const FAULTS: [Fault; 6] = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::PartitionFromOne, Fault::SlowLinks, Fault::ClockSkew];
+impl Fault {
+    /// A membership change (join or decommission) rather than a fault healed in place.
+    pub fn is_membership(self) -> bool {
+        matches!(self, Fault::Join | Fault::Decommission)
+    }
+}
+
+/// Every kind of fault. The membership ones come last, so a run without them
+/// ([`Config::spare`] 0) draws the same schedule from a seed as before they existed.
+const FAULTS: [Fault; 8] = [
+    Fault::Kill,
+    Fault::Pause,
+    Fault::Isolate,
+    Fault::PartitionFromOne,
+    Fault::SlowLinks,
+    Fault::ClockSkew,
+    Fault::Join,
+    Fault::Decommission,
+];
 
 /// What a run did and found.
 pub struct Report {
@@ -503,7 +561,7 @@ pub struct FaultRecord {
     pub start: Duration,
     /// When it was healed and every replica saw every other again.
     pub end: Duration,
-    /// The replica it hit.
+    /// The replica it hit (for a join, the new one).
     pub replica: usize,
     /// What it was.
     pub fault: Fault,
@@ -519,11 +577,12 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "nemesis: seed {} ({} s, {} clients, {} replicas, {} keys, {})",
+            "nemesis: seed {} ({} s, {} clients, {} replicas{}, {} keys, {})",
             self.config.seed,
             self.config.duration.as_secs(),
             self.config.clients,
             self.config.replicas,
+            if self.config.spare > 0 { format!(" and {} spare", self.config.spare) } else { String::new() },
             self.config.keys.len(),
             if self.config.settings.is_empty() { "byte-ordered" } else { "murmur3" }
         );
@@ -558,6 +617,10 @@ impl Report {
         let _ = writeln!(s, "  faults injected: {}", self.faults.len());
         for (f, n) in &faults {
             let _ = writeln!(s, "    {:<32} {n}", format!("{f:?}"));
+        }
+        for f in self.faults.iter().filter(|f| f.fault.is_membership()) {
+            let what = if f.fault == Fault::Join { "joined" } else { "decommissioned" };
+            let _ = writeln!(s, "      {:>7.3}s..{:>7.3}s r{} {what} {}", f.start.as_secs_f64(), f.end.as_secs_f64(), f.replica, f.detail);
         }
         let _ = writeln!(s, "  checks:");
         for (c, n) in &self.verdict.checked {
@@ -664,8 +727,11 @@ pub fn serial_history(history: &[Op]) -> check::History<u32> {
     h
 }
 
-/// One client thread: random operations until `stop`, through random coordinators.
-fn client_loop(id: usize, cfg: &Config, ports: &[u16], t0: Instant, stop: &AtomicBool, out: &Mutex<Vec<Op>>) {
+/// One client thread: random operations until `stop`, through random
+/// coordinators of `pool` (each member's index and port; the nemesis adds a
+/// joining member and takes out a leaving one, whose operations in flight
+/// then end as failed: unknown outcomes).
+fn client_loop(id: usize, cfg: &Config, pool: &Mutex<Vec<(usize, u16)>>, t0: Instant, stop: &AtomicBool, out: &Mutex<Vec<Op>>) {
     let (seed, keys, serial) = (cfg.seed, &cfg.keys, cfg.serial);
     let mut rng = Rng::new(seed ^ (id as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
     let mut conn: Option<(usize, Client)> = None;
@@ -675,8 +741,11 @@ fn client_loop(id: usize, cfg: &Config, ports: &[u16], t0: Instant, stop: &Atomi
     while !stop.load(Ordering::Acquire) {
         // Mostly stay on one coordinator; sometimes move, as real clients do.
         if conn.is_none() || rng.chance(0.05) {
-            let c = rng.below(ports.len() as u64) as usize;
-            conn = Client::connect("127.0.0.1", ports[c], Duration::from_millis(500))
+            let (c, port) = {
+                let pool = pool.lock().unwrap();
+                pool[rng.below(pool.len() as u64) as usize]
+            };
+            conn = Client::connect("127.0.0.1", port, Duration::from_millis(500))
                 .and_then(|mut cl| cl.set_timeout(Some(slack(Duration::from_secs(4)))).map(|_| cl))
                 .ok()
                 .map(|cl| (c, cl));
@@ -793,11 +862,12 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// Replicas that are not running although the nemesis did not kill them.
-fn exited(c: &mut Cluster, when: &str) -> Vec<String> {
+/// Replicas that are not running although the nemesis did not kill them (a
+/// decommissioned one, in `removed`, exits by itself).
+fn exited(c: &mut Cluster, removed: &[usize], when: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, r) in c.replicas.iter_mut().enumerate() {
-        if !r.running() {
+        if !removed.contains(&i) && !r.running() {
             out.push(format!("r{i} exited on its own ({when})"));
         }
     }
@@ -850,12 +920,18 @@ fn per_key<T: Send>(c: &Cluster, keys: &[u32], f: impl Fn(&mut Conns, usize, u32
     })
 }
 
-/// The version each replica of each key holds, as `inspect` reports it; the keys whose replicas differ
-/// (or are unreachable) go to `differing`.
-fn replica_versions(c: &Cluster, keys: &[u32], differing: &mut Vec<String>) -> BTreeMap<u32, Option<quorumkv::proto::Version>> {
+/// The version each replica of each key holds, as `inspect` through the
+/// `members` reports it (the replicas of the members' ring: a decommissioned
+/// replica is none); the keys whose replicas differ (or are unreachable) go to `differing`.
+fn replica_versions(
+    c: &Cluster,
+    members: &[usize],
+    keys: &[u32],
+    differing: &mut Vec<String>,
+) -> BTreeMap<u32, Option<quorumkv::proto::Version>> {
     differing.clear();
     let mut agreed = BTreeMap::new();
-    let inspected = per_key(c, keys, |conns, n, key| conns.with(n % c.replicas.len(), |cl| cl.inspect(key)));
+    let inspected = per_key(c, keys, |conns, n, key| conns.with(members[n % members.len()], |cl| cl.inspect(key)));
     for (&key, i) in keys.iter().zip(inspected) {
         let Ok(i) = i else {
             differing.push(format!("key {key}: inspect failed"));
@@ -872,22 +948,149 @@ fn replica_versions(c: &Cluster, keys: &[u32], differing: &mut Vec<String>) -> B
     agreed
 }
 
+/// A version's order: micros, node.
+type At = (u64, u32);
+
+/// For each key whose replicas (as `inspect` through the `members` lists
+/// them) all answered and all hold a version, the oldest of those versions:
+/// one every replica held when asked (a replica's version only grows).
+fn held_by_all(c: &Cluster, members: &[usize], keys: &[u32]) -> BTreeMap<u32, At> {
+    let inspected = per_key(c, keys, |conns, n, key| conns.with(members[n % members.len()], |cl| cl.inspect(key)));
+    let mut out = BTreeMap::new();
+    for (&key, i) in keys.iter().zip(inspected) {
+        let Ok(i) = i else { continue };
+        let versions: Option<Vec<At>> = i.replicas.iter().map(|e| e.version.as_ref().map(|v| (v.micros, v.node))).collect();
+        if let Some(oldest) = versions.and_then(|v| v.into_iter().min())
+            && i.replicas.iter().all(|e| e.reachable)
+        {
+            out.insert(key, oldest);
+        }
+    }
+    out
+}
+
+/// Check 6 after a movement: every replica of each key in the new ring (as
+/// `inspect` through the `members` lists them) that answers holds a version
+/// no older than `before[key]`, the one every replica held before the
+/// movement began (copying merges by last-write-wins, so a movement may only
+/// add). Reads repair too, so a replica the movement skipped is caught only
+/// if no read of the key reached it first. How many replicas were compared;
+/// violations go to `violations`.
+fn kept(c: &Cluster, members: &[usize], before: &BTreeMap<u32, At>, what: &str, violations: &mut Vec<String>) -> usize {
+    let keys: Vec<u32> = before.keys().copied().collect();
+    let inspected = per_key(c, &keys, |conns, n, key| conns.with(members[n % members.len()], |cl| cl.inspect(key)));
+    let mut compared = 0;
+    for (key, i) in keys.iter().zip(inspected) {
+        let Ok(i) = i else { continue };
+        let had = before[key];
+        for e in i.replicas.iter().filter(|e| e.reachable) {
+            compared += 1;
+            if e.version.as_ref().is_none_or(|v| (v.micros, v.node) < had) {
+                violations.push(format!(
+                    "lost by a movement: key {key}: after {what}, {} holds {:?}, older than the version {had:?} all of its replicas held before",
+                    e.name,
+                    e.version.as_ref().map(|v| (v.micros, v.node, v.tombstone, String::from_utf8_lossy(&v.value).into_owned()))
+                ));
+            }
+        }
+    }
+    compared
+}
+
+/// Polls every one of `members` until each sees no movement under way, every
+/// member up and NORMAL, and every one of `removed` REMOVED (by name: a join
+/// or a decommission changes the order `status` lists them in). Why not, if
+/// that did not happen within 60 s.
+fn settle(c: &Cluster, members: &[usize], removed: &[usize]) -> Result<(), String> {
+    let names = |ix: &[usize]| ix.iter().map(|&i| c.replicas[i].name.clone()).collect::<Vec<_>>();
+    let (live, gone) = (names(members), names(removed));
+    let mut last = String::new();
+    let ok = wait_for(slack(Duration::from_secs(60)), || {
+        members.iter().all(|&i| {
+            let status = Client::connect("127.0.0.1", c.replicas[i].port, Duration::from_millis(500)).and_then(|mut cl| {
+                cl.set_timeout(Some(slack(Duration::from_secs(5))))?;
+                cl.status()
+            });
+            let s = match status {
+                Ok(s) => s,
+                Err(e) => {
+                    last = format!("r{i}'s status failed: {e}");
+                    return false;
+                }
+            };
+            let has = |n: &String, ok: &dyn Fn(&quorumkv::proto::ReplicaStatus) -> bool| s.replicas.iter().any(|r| &r.name == n && ok(r));
+            let settled = s.movement.is_empty()
+                && live.iter().all(|n| has(n, &|r| r.up && r.member_state == "NORMAL"))
+                && gone.iter().all(|n| has(n, &|r| r.member_state == "REMOVED"));
+            if !settled {
+                let seen: Vec<String> =
+                    s.replicas.iter().map(|r| format!("{} {}{}", r.name, r.member_state, if r.up { " up" } else { "" })).collect();
+                last = format!("r{i} at epoch {} sees movement {:?}, members {seen:?}", s.epoch, s.movement);
+            }
+            settled
+        })
+    });
+    if ok { Ok(()) } else { Err(format!("the members {live:?} did not settle within 60 s ({gone:?} removed): {last}")) }
+}
+
+/// Starts a decommission of replica `v` and follows it until the replica
+/// exited; what it reported last (keys handed over, time), or why it failed.
+fn decommission(c: &mut Cluster, v: usize) -> Result<quorumkv::proto::MembershipResult, String> {
+    use quorumkv::proto::membership_request::Op as M;
+    let mut cl = Client::connect("127.0.0.1", c.replicas[v].port, Duration::from_secs(2)).map_err(|e| format!("r{v}: {e}"))?;
+    cl.set_timeout(Some(slack(Duration::from_secs(15)))).map_err(|e| format!("r{v}: {e}"))?;
+    let mut m = cl.membership(M::Decommission, "", false).map_err(|e| format!("the decommission of r{v} was refused: {e}"))?;
+    // Until it reports the end, or its connection closes as it exits.
+    let ended = wait_for(slack(Duration::from_secs(60)), || {
+        if !m.running {
+            return true;
+        }
+        match cl.membership(M::Status, "", false) {
+            Ok(next) => {
+                m = next;
+                !m.running
+            }
+            Err(_) => true, // it exited (or is exiting: the end)
+        }
+    });
+    if !ended {
+        return Err(format!("the decommission of r{v} was still running after 60 s: {m:?}"));
+    }
+    if !m.error.is_empty() {
+        return Err(format!("the decommission of r{v} failed: {}", m.error));
+    }
+    if !wait_for(slack(Duration::from_secs(20)), || !c.replicas[v].running()) {
+        return Err(format!("r{v} did not exit after its decommission ({m:?})"));
+    }
+    Ok(m)
+}
+
 /// Runs the whole scenario for `cfg` and returns what it found (it does not panic on violations).
 pub fn run(cfg: Config) -> Report {
     eprintln!("nemesis: seed {} for {} s (replay with QUORUMKV_NEMESIS_SEED={})", cfg.seed, cfg.duration.as_secs(), cfg.seed);
+    let kinds = cfg.kinds();
+    assert!(!kinds.is_empty(), "no fault to draw from {:?} without a spare member", cfg.faults);
+    assert!(cfg.spare == 0 || cfg.replicas > 3, "a decommission must leave more members than the RF (3)");
     let mut c = Cluster::start_with(cfg.replicas, cfg.settings, &["--enable-fault-injection"]);
-    let ports: Vec<u16> = c.replicas.iter().map(|r| r.port).collect();
-    let names: Vec<String> = c.replicas.iter().map(|r| r.name.clone()).collect();
+    // The members by cluster index (a joined one is added, a decommissioned one
+    // moves to `removed`), and those the clients may connect to.
+    let mut members: Vec<usize> = (0..cfg.replicas).collect();
+    let mut removed: Vec<usize> = Vec::new();
+    let pool = Mutex::new(c.replicas.iter().enumerate().map(|(i, r)| (i, r.port)).collect::<Vec<_>>());
     let stop = AtomicBool::new(false);
     let history = Mutex::new(Vec::new());
     let t0 = Instant::now();
     let mut faults = Vec::new();
     let mut crashed = Vec::new();
+    // Check 6: what the movements lost, and how many replicas of keys were compared,
+    // on every sixth key (inspecting them all before and after would take seconds).
+    let (mut moved, mut moved_keys) = (Vec::new(), 0);
+    let sample: Vec<u32> = cfg.keys.iter().copied().step_by(6).collect();
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
         for id in 0..cfg.clients {
-            let (cfg, ports, stop, history) = (&cfg, &ports, &stop, &history);
-            s.spawn(move || client_loop(id, cfg, ports, t0, stop, history));
+            let (cfg, pool, stop, history) = (&cfg, &pool, &stop, &history);
+            s.spawn(move || client_loop(id, cfg, pool, t0, stop, history));
         }
         // The nemesis runs on this thread, one fault at a time: each is healed, and the
         // cluster seen whole again by every replica, before the next begins.
@@ -897,17 +1100,61 @@ pub fn run(cfg: Config) -> Report {
             if t0.elapsed() >= cfg.duration {
                 break;
             }
-            let victim = rng.below(cfg.replicas as u64) as usize;
-            let fault = cfg.faults[rng.below(cfg.faults.len() as u64) as usize];
+            let mut victim = members[rng.below(members.len() as u64) as usize];
+            let mut fault = kinds[rng.below(kinds.len() as u64) as usize];
             let hold = rng.between(Duration::from_millis(500), Duration::from_millis(3000));
+            // A membership change the size does not allow becomes the other one.
+            let (can_join, can_leave) = (members.len() < cfg.replicas + cfg.spare, members.len() > cfg.replicas);
+            fault = match fault {
+                Fault::Join if !can_join => Fault::Decommission,
+                Fault::Decommission if !can_leave => Fault::Join,
+                f => f,
+            };
             // No replica may have exited on its own (checked before a kill could hide it).
-            crashed = exited(&mut c, &format!("before fault {}", faults.len() + 1));
+            crashed = exited(&mut c, &removed, &format!("before fault {}", faults.len() + 1));
             if !crashed.is_empty() {
                 break;
             }
             let started = t0.elapsed();
             let mut shift = Duration::ZERO;
             let detail = match fault {
+                Fault::Join => {
+                    // `victim` is the member it joins through; the record names the new one.
+                    let through = victim;
+                    let name = format!("r{}", c.replicas.len());
+                    let before = held_by_all(&c, &members, &sample);
+                    victim = c.join(&name, through);
+                    // It coordinates from now on, while it copies too.
+                    pool.lock().unwrap().push((victim, c.replicas[victim].port));
+                    members.push(victim);
+                    match settle(&c, &members, &removed) {
+                        Ok(()) => moved_keys += kept(&c, &members, &before, &format!("the join of {name}"), &mut moved),
+                        Err(e) => crashed.push(format!("the join of {name}: {e}")),
+                    }
+                    let copied = Client::connect("127.0.0.1", c.replicas[victim].port, Duration::from_secs(2))
+                        .and_then(|mut cl| cl.membership(quorumkv::proto::membership_request::Op::Status, "", false));
+                    match copied {
+                        Ok(m) => format!("through r{through}: {} keys copied in {:.1} s", m.keys, m.elapsed_secs),
+                        Err(e) => format!("through r{through} (its movement report: {e})"),
+                    }
+                }
+                Fault::Decommission => {
+                    // New clients go elsewhere; those connected to it find out as it leaves.
+                    let before = held_by_all(&c, &members, &sample);
+                    pool.lock().unwrap().retain(|&(i, _)| i != victim);
+                    members.retain(|&i| i != victim);
+                    removed.push(victim);
+                    match decommission(&mut c, victim).and_then(|m| settle(&c, &members, &removed).map(|()| m)) {
+                        Ok(m) => {
+                            moved_keys += kept(&c, &members, &before, &format!("the decommission of r{victim}"), &mut moved);
+                            format!("{} keys handed over in {:.1} s", m.keys, m.elapsed_secs)
+                        }
+                        Err(e) => {
+                            crashed.push(e);
+                            "failed".to_string()
+                        }
+                    }
+                }
                 Fault::Kill => {
                     c.kill(victim);
                     std::thread::sleep(hold);
@@ -933,8 +1180,9 @@ pub fn run(cfg: Config) -> Report {
                     let (req, detail) = match fault {
                         Fault::Isolate => (fault_request(FaultAction::Drop, vec![], 0), "from every peer".to_string()),
                         Fault::PartitionFromOne => {
-                            let other = (victim + 1 + rng.below(cfg.replicas as u64 - 1) as usize) % cfg.replicas;
-                            (fault_request(FaultAction::Drop, vec![names[other].clone()], 0), format!("from r{other}"))
+                            let at = members.iter().position(|&m| m == victim).expect("a member");
+                            let other = members[(at + 1 + rng.below(members.len() as u64 - 1) as usize) % members.len()];
+                            (fault_request(FaultAction::Drop, vec![c.replicas[other].name.clone()], 0), format!("from r{other}"))
                         }
                         _ => {
                             let ms = 20 + rng.below(280) as u32;
@@ -947,35 +1195,44 @@ pub fn run(cfg: Config) -> Report {
                     format!("{detail}, {} ms", hold.as_millis())
                 }
             };
-            crashed = exited(&mut c, &format!("during fault {} on r{victim}", faults.len() + 1));
+            if crashed.is_empty() {
+                crashed = exited(&mut c, &removed, &format!("during fault {} on r{victim}", faults.len() + 1));
+            }
+            if crashed.is_empty() && cfg.spare == 0 {
+                c.wait_all_up();
+            } else if crashed.is_empty()
+                && let Err(e) = settle(&c, &members, &removed)
+            {
+                crashed.push(format!("after fault {} on r{victim}: {e}", faults.len() + 1));
+            }
+            faults.push(FaultRecord { start: started, end: t0.elapsed(), replica: victim, fault, detail, shift });
             if !crashed.is_empty() {
                 break;
             }
-            c.wait_all_up();
-            faults.push(FaultRecord { start: started, end: t0.elapsed(), replica: victim, fault, detail, shift });
         }
     });
     let mut history = history.into_inner().unwrap();
     history.sort_by_key(|o| o.start);
     if crashed.is_empty() {
-        crashed = exited(&mut c, "at the end");
+        crashed = exited(&mut c, &removed, "at the end");
     }
     if !crashed.is_empty() {
-        let verdict = Verdict { violations: crashed, ..Verdict::default() };
+        let verdict = Verdict { violations: crashed.into_iter().chain(moved).collect(), ..Verdict::default() };
         let report = Report { config: cfg, history, faults, verdict, converged_in: None, converged_by_hints: 0, serial: None };
         eprintln!("{}\nreplica logs:\n{}", report.summary(), c.logs());
         return report;
     }
-    // Every fault is healed and every replica sees every other (the loop waited for it).
+    // Every fault is healed and every member sees every other (the loop waited for it);
+    // from here on the checks go through the final members only.
     let healed_at = Instant::now();
     let deadline = healed_at + Duration::from_secs(30);
     let mut differing = Vec::new();
 
     // 3a. What hints alone converge (reported; read repair has not run yet).
-    let mut by_hints = replica_versions(&c, &cfg.keys, &mut differing);
+    let mut by_hints = replica_versions(&c, &members, &cfg.keys, &mut differing);
     while !differing.is_empty() && healed_at.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
-        by_hints = replica_versions(&c, &cfg.keys, &mut differing);
+        by_hints = replica_versions(&c, &members, &cfg.keys, &mut differing);
     }
     let converged_by_hints = by_hints.len();
 
@@ -983,7 +1240,7 @@ pub fn run(cfg: Config) -> Report {
     // it pins down what the unknown writes left.
     if cfg.serial {
         let reads = per_key(&c, &cfg.keys, |conns, n, key| {
-            let via = n % cfg.replicas;
+            let via = members[n % members.len()];
             let mut got = None;
             wait_for(slack(Duration::from_secs(10)), || {
                 let start = t0.elapsed();
@@ -1012,7 +1269,7 @@ pub fn run(cfg: Config) -> Report {
     let mut final_reads = BTreeMap::new();
     let mut final_versions = BTreeMap::new();
     let reads = per_key(&c, &cfg.keys, |conns, n, key| {
-        let via = n % cfg.replicas;
+        let via = members[n % members.len()];
         let mut last = None;
         let mut got = None;
         wait_for(slack(Duration::from_secs(10)), || match conns.with(via, |cl| cl.get_versioned(key, Consistency::Quorum)) {
@@ -1033,13 +1290,17 @@ pub fn run(cfg: Config) -> Report {
         final_versions.insert(key, r.version);
     }
     let mut verdict = check(&history, &final_reads, &skew_windows(&faults));
+    if cfg.spare > 0 {
+        verdict.checked.insert("movements lost nothing every replica held (replicas of keys)", moved_keys);
+        verdict.violations.extend(moved);
+    }
     let serial = cfg.serial.then(|| check_serial(&history, &mut verdict));
 
     // 3b. Convergence within 30 s of the heal, on a version no older than the final read's.
-    let mut agreed = replica_versions(&c, &cfg.keys, &mut differing);
+    let mut agreed = replica_versions(&c, &members, &cfg.keys, &mut differing);
     while !differing.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        agreed = replica_versions(&c, &cfg.keys, &mut differing);
+        agreed = replica_versions(&c, &members, &cfg.keys, &mut differing);
     }
     verdict.checked.insert("convergence within 30 s of the heal (keys)", cfg.keys.len());
     let converged_in = differing.is_empty().then(|| healed_at.elapsed());
@@ -1060,7 +1321,7 @@ pub fn run(cfg: Config) -> Report {
             _ => {}
         }
     }
-    verdict.checked.insert("no replica exited unless killed (replicas)", cfg.replicas);
+    verdict.checked.insert("no replica exited unless killed or decommissioned (replicas)", c.replicas.len());
     let report = Report { config: cfg, history, faults, verdict, converged_in, converged_by_hints, serial };
     // Print before the cluster's drop scans the logs (which panics on a panic or sanitizer report);
     // straight to stderr, past the test harness's capture, so `make test` shows it too.
