@@ -44,10 +44,14 @@ pub struct QueuedRead {
     pub deadline: Instant,
 }
 
+/// The reads waiting for one peer.
+type Queue = Arc<Mutex<Vec<QueuedRead>>>;
+
 /// Per-peer queues of reads and the batcher's wake-up.
 pub struct ReadBatcher {
-    /// One queue per node, in ring order (so a flush is deterministic).
-    queues: Vec<(NodeId, Mutex<Vec<QueuedRead>>)>,
+    /// One queue per node, in ring order (so a flush is deterministic), then
+    /// members that joined later in the order they appeared.
+    queues: parking_lot::RwLock<Vec<(NodeId, Queue)>>,
     wake: Mutex<bool>,
     cond: Condvar,
 }
@@ -59,16 +63,27 @@ impl ReadBatcher {
     /// Queues for the nodes `ids`.
     pub fn new(ids: impl IntoIterator<Item = NodeId>) -> Self {
         ReadBatcher {
-            queues: ids.into_iter().map(|id| (id, Mutex::new(Vec::new()))).collect(),
+            queues: parking_lot::RwLock::new(ids.into_iter().map(|id| (id, Arc::new(Mutex::new(Vec::new())))).collect()),
             wake: Mutex::new(false),
             cond: Condvar::new(),
+        }
+    }
+
+    /// Adds queues for the nodes of `ids` it has none for (members that joined since).
+    pub fn add(&self, ids: impl IntoIterator<Item = NodeId>) {
+        let mut queues = self.queues.write();
+        for id in ids {
+            if !queues.iter().any(|(q, _)| *q == id) {
+                queues.push((id, Arc::new(Mutex::new(Vec::new()))));
+            }
         }
     }
 
     /// Queues a read for `target` and wakes the batcher (a target it has no
     /// queue for fails the read at once).
     pub fn push(&self, target: NodeId, read: QueuedRead) {
-        let Some((_, queue)) = self.queues.iter().find(|(id, _)| *id == target) else {
+        let queue = self.queues.read().iter().find(|(id, _)| *id == target).map(|(_, q)| q.clone());
+        let Some(queue) = queue else {
             read.sink.deliver(read.slot, Err(Error::Failure(format!("{target} is not in the ring"))));
             return;
         };
@@ -100,7 +115,8 @@ impl ReadBatcher {
 
     /// Sends everything queued now, one batch (of at most [`MAX_BATCH`]) per peer.
     pub fn flush(&self, peers: &dyn Peers) {
-        for (target, queue) in &self.queues {
+        let queues = self.queues.read().clone();
+        for (target, queue) in &queues {
             let target = *target;
             loop {
                 let batch: Vec<QueuedRead> = {

@@ -482,7 +482,10 @@ fn a_stale_epoch_refusal_reroutes_the_write() {
     );
     let (_, out) = run(machine(2).reply_to(reply_to(7, 1000)), vec![write_ack(), write_ack(), stale()]);
     assert!(matches!(&answers(&out)[..], [(7, Reply::Write { acks: 2, .. })]), "{out:?}");
-    assert!(matches!(&others(&out)[..], [Command::Reroute { to: None, .. }]), "{out:?}");
+    assert!(matches!(&others(&out)[..], [Command::Reroute { to: None, attempts: 1, .. }]), "{out:?}");
+    // A background reroute does not reroute again once its attempts are spent.
+    let (_, out) = run(machine(0), vec![write_ack(), write_ack(), stale()]);
+    assert!(others(&out).is_empty(), "{out:?}");
     let (_, out) = run(machine(0).reply_to(reply_to(7, 1000)), vec![write_ack(), stale(), stale()]);
     assert!(matches!(&answers(&out)[..], [(7, Reply::Error(Error::Failure(m)))] if m.contains("epoch 3")), "{out:?}");
     assert!(others(&out).is_empty(), "no hint for a replica that is up: {out:?}");
@@ -495,4 +498,27 @@ fn a_stale_epoch_refusal_reroutes_the_write() {
     let mut out = Vec::new();
     m.on_reply(1, stale(), &mut out);
     assert!(matches!(&others(&out)[..], [Command::Hint { target: NodeId(2), .. }]), "{out:?}");
+}
+
+/// The read batcher queues reads for the members it was made with and for
+/// those added since (members that joined); a read for any other node fails
+/// at once.
+#[test]
+fn the_read_batcher_takes_members_added_later() {
+    use crate::coordinator::readbatch::{QueuedRead, ReadBatcher};
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<(usize, bool)>>);
+    impl ReplySink for Heard {
+        fn deliver(&self, slot: usize, result: PeerResult) {
+            self.0.lock().push((slot, result.is_ok()));
+        }
+    }
+    let heard = Arc::new(Heard::default());
+    let read = |slot| QueuedRead { sink: heard.clone(), slot, key: k(1), deadline: Instant::now() + Duration::from_secs(5) };
+    let b = ReadBatcher::new([NodeId(1)]);
+    b.push(NodeId(7), read(0));
+    assert_eq!(*heard.0.lock(), vec![(0, false)], "not a member: failed at once");
+    b.add([NodeId(1), NodeId(7)]);
+    b.push(NodeId(7), read(1));
+    assert_eq!(heard.0.lock().len(), 1, "queued for the member that joined");
 }

@@ -69,6 +69,9 @@ pub struct WriteMachine {
     stale: bool,
     /// Whether a reroute was asked for.
     rerouted: bool,
+    /// Whether the machine answers the client itself ([`reply_to`](Self::reply_to)),
+    /// rather than a coordinator waiting on the call.
+    deferred: bool,
 }
 
 /// Gives a write a new timestamp above the one given (the node's clock
@@ -94,6 +97,7 @@ impl WriteMachine {
             reroute: None,
             stale: false,
             rerouted: false,
+            deferred: false,
         }
     }
 
@@ -175,6 +179,7 @@ impl WriteMachine {
     /// Answer `to` as soon as the write settles (instead of a coordinator waiting).
     pub fn reply_to(mut self, to: ReplyTo) -> Self {
         self.reply_to = Some(to);
+        self.deferred = true;
         self
     }
 
@@ -240,19 +245,20 @@ impl Machine for WriteMachine {
         if self.stale && !self.rerouted && self.tally.settled() {
             let reached = self.tally.decision() == Decision::Reached;
             let (level, attempts) = self.reroute.expect("stale only when rerouting");
-            if !reached && self.reply_to.is_none() {
+            if !reached && !self.deferred {
                 // A coordinator waits on this call: it reroutes itself.
                 return;
             }
-            self.rerouted = true;
             let (key, version, epoch) = (self.key.clone(), self.version.clone(), self.epoch);
-            if !reached && attempts > 0 {
-                let to = self.reply_to.take();
+            if attempts > 0 {
+                self.rerouted = true;
+                // Kept from its level: the rerouted write answers the client
+                // (if not answered yet); reached anyway: rerouted in the background.
+                let to = if reached { None } else { self.reply_to.take() };
                 out.push(Command::Reroute { to, key, version, level, epoch, attempts: attempts - 1 });
-                return;
-            }
-            if reached {
-                out.push(Command::Reroute { to: None, key, version, level, epoch, attempts: 0 });
+                if !reached {
+                    return;
+                }
             }
         }
         if self.tally.settled()

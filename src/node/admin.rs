@@ -52,7 +52,12 @@ pub(crate) fn why(r: Option<PeerResult>) -> String {
 impl Node {
     /// Asks each of `targets` the same question; `None` where a target did not answer in time.
     pub fn gather(self: &Arc<Self>, targets: Vec<NodeId>, msg: PeerRequest) -> Vec<Option<PeerResult>> {
-        let call = Call::new(GatherMachine::new(targets, msg), self.clone(), self.budget.clone(), self.deadline());
+        self.gather_by(targets, msg, self.deadline())
+    }
+
+    /// [`gather`](Self::gather) with the answers waited for until `deadline` at most.
+    pub fn gather_by(self: &Arc<Self>, targets: Vec<NodeId>, msg: PeerRequest, deadline: std::time::Instant) -> Vec<Option<PeerResult>> {
+        let call = Call::new(GatherMachine::new(targets, msg), self.clone(), self.budget.clone(), deadline);
         call.start();
         call.wait().take()
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::cluster::consistency::Consistency;
+use crate::cluster::consistency::{Consistency, Decision};
 use crate::cluster::key::Key;
 use crate::coordinator::call::{Call, Machine};
 use crate::coordinator::command::{Command, Executor, Outgoing, ReplyTo, Responder, Route};
@@ -84,17 +84,29 @@ impl Node {
             };
             let m = call.wait();
             let result = m.result(false);
-            let stale = m.stale() && result.is_err() && attempts > 0 && Instant::now() < deadline;
-            let again = stale.then(|| (m.key().clone(), m.version().clone(), m.epoch()));
+            // Kept from its level by replicas at a newer epoch (one that reached
+            // it anyway is rerouted in the background by the machine).
+            let kept = m.stale() && m.tally().decision() != Decision::Reached;
+            let again = (kept && attempts > 0 && Instant::now() < deadline).then(|| (m.key().clone(), m.version().clone(), m.epoch()));
             drop(m);
             call.finish();
             let Some((k, v, epoch)) = again else { return result.map(Answered::Now) };
-            // A replica holds a newer epoch: catch up, then write again at it.
-            if self.epoch() <= epoch {
-                self.catch_up();
+            // A replica holds a newer epoch: catch up, then write again at it
+            // (unless this node cannot learn it: the same refusal again).
+            if !self.caught_up_past(epoch, deadline) {
+                return result.map(Answered::Now);
             }
             (key, version, attempts) = (k, v, attempts - 1);
         }
+    }
+
+    /// Whether this node holds an epoch past `epoch`, catching up from the
+    /// voters (by `deadline`) if it does not yet.
+    fn caught_up_past(self: &Arc<Self>, epoch: u64, deadline: Instant) -> bool {
+        if self.epoch() <= epoch {
+            self.catch_up_by(deadline);
+        }
+        self.epoch() > epoch
     }
 
     /// A write of `version` to `key` at `level`, to the replicas of the view
@@ -122,10 +134,24 @@ impl Node {
     /// on the cluster metadata unless this node is already past `epoch`, then
     /// sends the write to the replicas of the newest epoch, answering `to`.
     pub(crate) fn reroute(self: &Arc<Self>, to: Option<ReplyTo>, key: Key, version: Version, level: Consistency, epoch: u64, attempts: u8) {
-        if self.epoch() <= epoch {
-            self.catch_up();
-        }
         let deadline = to.as_ref().map_or_else(|| self.deadline(), |t| t.deadline);
+        let refused = |why: &str| {
+            crate::error::Error::Failure(format!(
+                "replicas of key {key} hold a newer cluster epoch than {epoch}, {why}; the write may or may not have been applied"
+            ))
+        };
+        if Instant::now() >= deadline {
+            if let Some(to) = to {
+                to.responder.answer(to.token, Reply::Error(refused("and the request's deadline passed before it could be sent again")));
+            }
+            return;
+        }
+        if !self.caught_up_past(epoch, deadline) {
+            if let Some(to) = to {
+                to.responder.answer(to.token, Reply::Error(refused(&format!("which {} could not learn", self.cfg.name))));
+            }
+            return;
+        }
         match self.write_machine(key, version, level, attempts) {
             Ok(machine) => {
                 let machine = match to {
@@ -228,9 +254,11 @@ impl Executor for Node {
                 let _ = self.repair_tx.send(RepairJob::Repair { target, key, version });
             }
             Command::Reroute { to, key, version, level, epoch, attempts } => {
-                // Catching up waits on the network: not on the thread delivering a reply.
+                // Catching up waits on the network: not on the thread delivering a
+                // reply. One a client waits for goes ahead of the background work.
+                let queue = if to.is_some() { &self.urgent_tx } else { &self.repair_tx };
                 if let Err(crossbeam_channel::SendError(RepairJob::Reroute { to: Some(to), .. })) =
-                    self.urgent_tx.send(RepairJob::Reroute { to, key, version, level, epoch, attempts })
+                    queue.send(RepairJob::Reroute { to, key, version, level, epoch, attempts })
                 {
                     to.responder.answer(to.token, Reply::Error(crate::error::Error::Failure(format!("{} is stopping", self.cfg.name))));
                 }
@@ -266,9 +294,15 @@ impl Executor for Node {
         // the time any replica's ack can answer the client, and made durable
         // after the sends, overlapping the peers' round trip.
         let local = sends.iter().position(|s| s.to == self.me).map(|i| sends.remove(i)).map(|s| match s.msg {
-            PeerRequest::Write { key, version, .. } => {
+            PeerRequest::Write { key, version, epoch } => {
+                // Checked like a peer's write, under the view's lock (see `serve_peer`).
+                let view = self.view.read();
+                if let Err(e) = self.check_epoch(&key, epoch, view.epoch()) {
+                    return (s.slot, Ok((key, version.ts, Err(e))));
+                }
                 let ts = version.ts;
                 let applied = self.store.apply(&key, version);
+                drop(view);
                 (s.slot, Ok((key, ts, applied)))
             }
             msg => (s.slot, Err(msg)),

@@ -377,8 +377,11 @@ impl Node {
         match View::of(meta) {
             Ok(v) => {
                 log::info!("{}: now at {}", self.cfg.name, v.meta.summary());
-                // A member that joined since this node started can be hinted too.
+                // A member that joined since this node started can be hinted and batch-read
+                // too; one removed for good is not hinted any more.
                 self.hints.add_targets(v.ring.nodes().iter().map(|n| (n.id, n.name.clone())));
+                self.hints.retain_targets(|id| v.ring.nodes().iter().any(|n| n.id == id));
+                self.read_batcher.add(v.ring.ids().filter(|&id| id != self.me));
                 let mut view = self.view.write();
                 self.epoch.store(v.epoch(), std::sync::atomic::Ordering::Release);
                 *view = Arc::new(v);
@@ -493,10 +496,15 @@ impl Node {
     /// Asks the live voters for their metadata and adopts the newest, if
     /// newer than this node's. Whether any voter answered.
     pub fn catch_up(self: &Arc<Self>) -> bool {
+        self.catch_up_by(self.deadline())
+    }
+
+    /// [`catch_up`](Self::catch_up), waiting for the voters' answers until `deadline` at most.
+    pub fn catch_up_by(self: &Arc<Self>, deadline: Instant) -> bool {
         let view = self.view();
         let others: Vec<NodeId> = view.meta.voters().into_iter().filter(|&v| v != self.me && self.alive(v)).collect();
         let mut answered = false;
-        for r in self.gather(others, PeerRequest::Metadata).into_iter().flatten() {
+        for r in self.gather_by(others, PeerRequest::Metadata, deadline).into_iter().flatten() {
             if let Ok(PeerResponse::Metadata(stored)) = r {
                 answered = true;
                 if let Err(e) = self.adopt(stored.meta, stored.committed) {

@@ -286,8 +286,19 @@ impl Node {
         }
         let pos = self.copy_transfers(&transfers, &sources, view.ring.sorted_tokens().is_empty())?;
         // What was copied here is durable (one sync for all of it) before the join ends.
-        self.store.commit(pos)?;
+        self.sync_copied(pos)?;
         self.finish_movement(MoveKind::Join)
+    }
+
+    /// Makes what a movement copied into this node (up to log position `pos`)
+    /// reach the disk, whatever `--fsync` says: once the movement ends this
+    /// node may be the only new owner of it, and nothing would copy it again.
+    fn sync_copied(&self, pos: u64) -> Result<()> {
+        self.store.commit(pos)?;
+        match &self.wal {
+            Some(wal) if pos > 0 => wal.sync(),
+            _ => Ok(()),
+        }
     }
 
     /// Copies every transfer `transfers[i]` from `sources[i]` to its new
@@ -303,6 +314,9 @@ impl Node {
         let mut left: Vec<AtomicUsize> = Vec::new();
         for (i, t) in transfers.iter().enumerate() {
             let slots = slots_of(t, byte_ordered);
+            if slots.is_empty() {
+                self.progress.lock().transfers_done += 1;
+            }
             left.push(AtomicUsize::new(slots.len()));
             for slot in slots {
                 grouped.entry((slot, sources[i].clone(), t.to)).or_default().push(i);
@@ -359,9 +373,13 @@ impl Node {
     /// here, not synced; the highest log position written is returned for the
     /// caller to commit).
     fn copy_stretch(self: &Arc<Self>, slot: u8, ranges: &[(i64, i64)], from: &[NodeId], to: NodeId) -> Result<u64> {
+        debug_assert!(!ranges.is_empty(), "a stream names its stretches");
         let mut after: Option<Key> = None;
         let mut pos = 0;
         loop {
+            if self.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Error::Failure(format!("{} is stopping", self.cfg.name)));
+            }
             let msg = PeerRequest::Stream { slot, ranges: ranges.to_vec(), after: after.clone() };
             let mut merged: BTreeMap<Key, Version> = BTreeMap::new();
             let mut bound: Option<Key> = None;
@@ -419,6 +437,11 @@ impl Node {
             self.pace_stream(bytes);
             match bound {
                 Some(b) if any_more && after.as_ref().is_none_or(|a| &b > a) => after = Some(b),
+                _ if any_more => {
+                    // "More" without a page past the last one: a source that
+                    // cannot be followed; the copy must not pass for done.
+                    return Err(Error::Protocol(format!("a source of slot {slot} said it holds more cells but sent none past {after:?}")));
+                }
                 _ => return Ok(pos),
             }
         }
@@ -437,9 +460,9 @@ impl Node {
             pace.1 += bytes;
             pace.0 + Duration::from_secs_f64(pace.1 as f64 / rate as f64)
         };
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        // In short naps, so a stopping node does not wait for a slow pace.
+        while Instant::now() < due && !self.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep((due - Instant::now()).min(Duration::from_millis(100)));
         }
     }
 
@@ -562,7 +585,7 @@ impl Node {
         }
         let pos = self.copy_transfers(&transfers, &sources, view.ring.sorted_tokens().is_empty())?;
         // Stretches this node gained (a removenode run here) are durable before the leave ends.
-        self.store.commit(pos)?;
+        self.sync_copied(pos)?;
         self.finish_movement(kind)
     }
 

@@ -35,22 +35,14 @@ impl Node {
         let result = match req {
             PeerRequest::Read { key } => Ok(PeerResponse::Read(self.store.get(key.as_bytes()))),
             PeerRequest::Write { key, version, epoch } => {
-                let mine = self.epoch();
-                if epoch != 0 && epoch < mine {
-                    // Its coordinator chose the replicas at an older epoch: a
-                    // replica the newer one adds (a pending one, during a
-                    // movement) may be missing from its targets. Nothing is
-                    // applied; the coordinator catches up and sends it again.
-                    return (
-                        Err(Error::StaleEpoch(format!(
-                            "{} holds cluster epoch {mine}; the write to key {key} was routed at epoch {epoch}",
-                            self.cfg.name
-                        ))),
-                        None,
-                    );
+                // The check and the apply under the view's lock: no epoch is
+                // installed between them (a movement's copy, which starts once
+                // every replica holds its epoch, then sees every write this
+                // replica took at the epoch before).
+                let view = self.view.read();
+                if let Err(e) = self.check_epoch(&key, epoch, view.epoch()) {
+                    return (Err(e), None);
                 }
-                // A coordinator ahead of this replica: the membership thread catches up.
-                self.saw_epoch(epoch);
                 if let Err(ahead) = self.clock.observe(version.ts, self.cfg.max_clock_offset) {
                     return (
                         Err(Error::InvalidRequest(format!(
@@ -63,7 +55,9 @@ impl Node {
                     );
                 }
                 let ts = version.ts;
-                return match self.store.apply(&key, version) {
+                let applied = self.store.apply(&key, version);
+                drop(view);
+                return match applied {
                     Ok(applied) => (
                         Ok(PeerResponse::WriteAck { applied: applied.changed, held: applied.held }),
                         Some(PendingAck { pos: applied.pos, key, ts: Some(ts) }),
@@ -95,6 +89,23 @@ impl Node {
             PeerRequest::Stream { slot, ranges, after } => Ok(self.stream_cells(slot, &ranges, after.as_ref())),
         };
         (result, None)
+    }
+
+    /// Whether a write routed at `epoch` may be applied by this replica, at
+    /// epoch `mine`: not if its coordinator chose the replicas at an older
+    /// epoch (a replica the newer one adds, a pending one during a movement,
+    /// may be missing from its targets); the coordinator then catches up and
+    /// sends it again. Epoch 0: not checked (hints, repairs).
+    pub(crate) fn check_epoch(&self, key: &crate::cluster::key::Key, epoch: u64, mine: u64) -> Result<()> {
+        if epoch != 0 && epoch < mine {
+            return Err(Error::StaleEpoch(format!(
+                "{} holds cluster epoch {mine}; the write to key {key} was routed at epoch {epoch}",
+                self.cfg.name
+            )));
+        }
+        // A coordinator ahead of this replica: the membership thread catches up.
+        self.saw_epoch(epoch);
+        Ok(())
     }
 
     /// [`serve_peer`](Self::serve_peer), then waits until what it did is

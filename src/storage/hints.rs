@@ -105,6 +105,12 @@ impl HintStore {
         }
     }
 
+    /// Forgets the targets `keep` refuses, and their hints (members removed
+    /// for good: nothing will ever replay to them).
+    pub fn retain_targets(&self, keep: impl Fn(NodeId) -> bool) {
+        self.targets.write().retain(|t| keep(t.id));
+    }
+
     /// Logs every hint kept and delivered to `wal` from now on (after recovery has loaded the hints).
     pub fn set_wal(&mut self, wal: Option<Arc<Wal>>) {
         self.wal = wal;
@@ -331,6 +337,9 @@ mod tests {
         assert_eq!(h.targets_with_hints(), vec![NodeId(7)]);
         assert_eq!(h.export()[0].target, "joined");
         assert_eq!(h.targets.read().len(), 3, "a known node is not added twice");
+        h.retain_targets(|id| id != NodeId(7));
+        assert!(h.targets_with_hints().is_empty(), "a removed member's hints are gone");
+        assert_eq!(h.targets.read().len(), 2);
     }
 
     #[test]
