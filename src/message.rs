@@ -251,8 +251,11 @@ pub enum PeerRequest {
         /// At most this many keys (1 to [`MAX_SCAN_COUNT`]).
         count: u32,
     },
-    /// A Paxos proposer's request to this replica's acceptor.
-    Paxos(crate::paxos::Request),
+    /// A Paxos proposer's request to this replica's acceptor, and the
+    /// metadata epoch the proposer chose the key's replicas at (0: not
+    /// checked); an acceptor at a newer epoch refuses a prepare or propose
+    /// ([`Error::StaleEpoch`]).
+    Paxos(crate::paxos::Request, u64),
     /// A request about the cluster metadata register (the next epoch) to this replica's metadata acceptor.
     MetaPaxos(crate::paxos::Request),
     /// The cluster metadata the replica holds.
@@ -562,9 +565,18 @@ impl PeerRequest {
             b @ (B::PaxosPrepare(proto::PaxosPrepare { cluster: true, .. })
             | B::PaxosPropose(proto::PaxosPropose { cluster: true, .. })
             | B::PaxosCommit(proto::PaxosCommit { cluster: true, .. })) => PeerRequest::MetaPaxos(paxos::parse_meta(b)?),
-            B::PaxosPrepare(m) => PeerRequest::Paxos(paxos::parse_prepare(m, limits)?),
-            B::PaxosPropose(m) => PeerRequest::Paxos(paxos::parse_propose(m, limits)?),
-            B::PaxosCommit(m) => PeerRequest::Paxos(paxos::parse_commit(m, limits)?),
+            B::PaxosPrepare(m) => {
+                let epoch = m.epoch;
+                PeerRequest::Paxos(paxos::parse_prepare(m, limits)?, epoch)
+            }
+            B::PaxosPropose(m) => {
+                let epoch = m.epoch;
+                PeerRequest::Paxos(paxos::parse_propose(m, limits)?, epoch)
+            }
+            B::PaxosCommit(m) => {
+                let epoch = m.epoch;
+                PeerRequest::Paxos(paxos::parse_commit(m, limits)?, epoch)
+            }
             B::ReplicaTree(t) => PeerRequest::Tree { slot: sync::slot(t.slot, "hash trees")?, leaves: t.leaves },
             B::ReplicaCells(c) => PeerRequest::Cells {
                 slot: sync::slot(c.slot, "cells")?,
@@ -626,7 +638,7 @@ impl PeerRequest {
             PeerRequest::Scan { slot, after, count } => {
                 B::ReplicaScan(proto::ReplicaScan { slot: slot.into(), after: after.map(|k| k.to_vec()).unwrap_or_default(), count })
             }
-            PeerRequest::Paxos(r) => paxos::request_to_proto(r),
+            PeerRequest::Paxos(r, epoch) => paxos::request_to_proto(r, epoch),
             PeerRequest::MetaPaxos(r) => paxos::meta_request_to_proto(r),
             PeerRequest::Tree { slot, leaves } => B::ReplicaTree(proto::ReplicaTree { slot: slot.into(), leaves }),
             PeerRequest::Cells { slot, range, leaves, after } => B::ReplicaCells(proto::ReplicaCells {
@@ -844,10 +856,10 @@ mod tests {
             B::ReplicaDump(proto::ReplicaDump::default()),
             B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: vec![k("1")] }),
             B::ReplicaScan(proto::ReplicaScan { slot: 1, after: Vec::new(), count: 1 }),
-            paxos::request_to_proto(crate::paxos::Request::Prepare {
-                key: Key::byte(1),
-                ballot: crate::paxos::Ballot(Timestamp { micros: 1, node: 0 }),
-            }),
+            paxos::request_to_proto(
+                crate::paxos::Request::Prepare { key: Key::byte(1), ballot: crate::paxos::Ballot(Timestamp { micros: 1, node: 0 }) },
+                0,
+            ),
             B::PaxosPropose(proto::PaxosPropose::default()),
             B::PaxosCommit(proto::PaxosCommit::default()),
             B::ReplicaTree(proto::ReplicaTree::default()),
@@ -950,10 +962,10 @@ mod tests {
 
         // Paxos requests are parsed by `paxos` (tested there); on a link they are typed and read back.
         let ballot = crate::paxos::Ballot(Timestamp { micros: 5, node: 1 });
-        let prepare = PeerRequest::Paxos(crate::paxos::Request::Prepare { key: Key::byte(3), ballot });
+        let prepare = PeerRequest::Paxos(crate::paxos::Request::Prepare { key: Key::byte(3), ballot }, 0);
         assert_eq!(PeerRequest::parse(prepare.clone().into_proto(), &BYTES).unwrap(), prepare);
-        refused(peer(B::PaxosPrepare(proto::PaxosPrepare { key: k("256"), ballot: None, cluster: false })), "out of range");
-        refused(peer(B::PaxosPropose(proto::PaxosPropose { key: k("3"), proposal: None, cluster: false })), "without a proposal");
+        refused(peer(B::PaxosPrepare(proto::PaxosPrepare { key: k("256"), ballot: None, cluster: false, epoch: 0 })), "out of range");
+        refused(peer(B::PaxosPropose(proto::PaxosPropose { key: k("3"), proposal: None, cluster: false, epoch: 0 })), "without a proposal");
         let answer = PeerResponse::Paxos(crate::paxos::Response::Accepted { key: Key::byte(3), ballot });
         assert_eq!(PeerResponse::from_proto(Some(answer.clone().into_proto()), "r1").unwrap(), answer);
     }

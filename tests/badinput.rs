@@ -334,9 +334,21 @@ fn paxos_proposal(rng: &mut Rng) -> Option<proto::PaxosProposal> {
 fn paxos_request(rng: &mut Rng, key: Vec<u8>) -> B {
     match rng.below(3) {
         // Now and then about the cluster metadata register (its key is ignored).
-        0 => B::PaxosPrepare(proto::PaxosPrepare { key, ballot: ballot(rng), cluster: rng.chance(8) }),
-        1 => B::PaxosPropose(proto::PaxosPropose { key, proposal: paxos_proposal(rng), cluster: rng.chance(8) }),
-        _ => B::PaxosCommit(proto::PaxosCommit { key, proposal: paxos_proposal(rng), cluster: rng.chance(8) }),
+        0 => {
+            B::PaxosPrepare(proto::PaxosPrepare { key, ballot: ballot(rng), cluster: rng.chance(8), epoch: [0, 1, u64::MAX][rng.below(3)] })
+        }
+        1 => B::PaxosPropose(proto::PaxosPropose {
+            key,
+            proposal: paxos_proposal(rng),
+            cluster: rng.chance(8),
+            epoch: [0, 1, u64::MAX][rng.below(3)],
+        }),
+        _ => B::PaxosCommit(proto::PaxosCommit {
+            key,
+            proposal: paxos_proposal(rng),
+            cluster: rng.chance(8),
+            epoch: [0, 1, u64::MAX][rng.below(3)],
+        }),
     }
 }
 

@@ -55,7 +55,7 @@ fn peer_link(c: &Cluster, i: usize, as_name: &str) -> TcpStream {
 }
 
 fn prepare(key: &str, micros: u64) -> B {
-    B::PaxosPrepare(proto::PaxosPrepare { key: key.into(), ballot: Some(proto::Ballot { micros, node: 1 }), cluster: false })
+    B::PaxosPrepare(proto::PaxosPrepare { key: key.into(), ballot: Some(proto::Ballot { micros, node: 1 }), cluster: false, epoch: 0 })
 }
 
 #[test]

@@ -88,26 +88,26 @@ pub fn parse_commit(m: proto::PaxosCommit, limits: &Limits) -> Result<Request> {
 }
 
 /// The wire form of a request.
-pub fn request_to_proto(r: Request) -> proto::request::Body {
-    wire_request(r, false)
+pub fn request_to_proto(r: Request, epoch: u64) -> proto::request::Body {
+    wire_request(r, false, epoch)
 }
 
 /// The wire form of a request about the cluster metadata register.
 pub fn meta_request_to_proto(r: Request) -> proto::request::Body {
-    wire_request(r, true)
+    wire_request(r, true, 0)
 }
 
-fn wire_request(r: Request, cluster: bool) -> proto::request::Body {
+fn wire_request(r: Request, cluster: bool, epoch: u64) -> proto::request::Body {
     use proto::request::Body as B;
     match r {
         Request::Prepare { key, ballot } => {
-            B::PaxosPrepare(proto::PaxosPrepare { key: key.to_vec(), ballot: Some(ballot_to_proto(ballot)), cluster })
+            B::PaxosPrepare(proto::PaxosPrepare { key: key.to_vec(), ballot: Some(ballot_to_proto(ballot)), cluster, epoch })
         }
         Request::Propose { key, proposal } => {
-            B::PaxosPropose(proto::PaxosPropose { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster })
+            B::PaxosPropose(proto::PaxosPropose { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster, epoch })
         }
         Request::Commit { key, proposal } => {
-            B::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster })
+            B::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster, epoch })
         }
     }
 }
@@ -218,9 +218,12 @@ pub fn record_to_proto(r: PersistRecord) -> proto::LogRecord {
         PersistRecord::Accept { key, proposal } => {
             Kind::PaxosAccepted(proto::PaxosAcceptedRecord { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)) })
         }
-        PersistRecord::Commit { key, proposal } => {
-            Kind::PaxosCommit(proto::PaxosCommit { key: key.to_vec(), proposal: Some(proposal_to_proto(proposal)), cluster: false })
-        }
+        PersistRecord::Commit { key, proposal } => Kind::PaxosCommit(proto::PaxosCommit {
+            key: key.to_vec(),
+            proposal: Some(proposal_to_proto(proposal)),
+            cluster: false,
+            epoch: 0,
+        }),
         PersistRecord::Withdraw { key, ballot } => {
             Kind::PaxosWithdrawn(proto::PaxosWithdrawn { key: key.to_vec(), ballot: Some(ballot_to_proto(ballot)) })
         }
@@ -315,7 +318,7 @@ mod tests {
             Request::Commit { key: key.clone(), proposal: completion },
             Request::Commit { key: key.clone(), proposal: proposal(b(4, 1), Some("")) },
         ] {
-            let parsed = match request_to_proto(r.clone()) {
+            let parsed = match request_to_proto(r.clone(), 0) {
                 B::PaxosPrepare(m) => parse_prepare(m, &LIMITS),
                 B::PaxosPropose(m) => parse_propose(m, &LIMITS),
                 B::PaxosCommit(m) => parse_commit(m, &LIMITS),
@@ -348,7 +351,7 @@ mod tests {
     #[test]
     fn every_field_of_a_request_is_checked() {
         let ballot = Some(proto::Ballot { micros: 5, node: 1 });
-        let prepare = |key: &str, ballot| parse_prepare(proto::PaxosPrepare { key: key.into(), ballot, cluster: false }, &LIMITS);
+        let prepare = |key: &str, ballot| parse_prepare(proto::PaxosPrepare { key: key.into(), ballot, cluster: false, epoch: 0 }, &LIMITS);
         assert!(prepare("255", ballot).is_ok());
         refused(prepare("256", ballot), "key 256 is out of range");
         refused(prepare("x", ballot), "partitioner");
@@ -357,8 +360,8 @@ mod tests {
 
         let version = |micros, value: &str, tombstone| Some(proto::Version { micros, node: 1, tombstone, value: value.into() });
         let with = |version, origin| Some(proto::PaxosProposal { version, origin });
-        let propose = |p| parse_propose(proto::PaxosPropose { key: b"3".to_vec(), proposal: p, cluster: false }, &LIMITS);
-        let commit = |p| parse_commit(proto::PaxosCommit { key: b"3".to_vec(), proposal: p, cluster: false }, &LIMITS);
+        let propose = |p| parse_propose(proto::PaxosPropose { key: b"3".to_vec(), proposal: p, cluster: false, epoch: 0 }, &LIMITS);
+        let commit = |p| parse_commit(proto::PaxosCommit { key: b"3".to_vec(), proposal: p, cluster: false, epoch: 0 }, &LIMITS);
         assert!(propose(with(version(5, "0123456789", false), ballot)).is_ok());
         refused(propose(with(version(5, "0123456789x", false), ballot)), "value of 11 bytes exceeds the limit of 10 bytes");
         assert!(propose(with(version(5, "0123456789x", true), ballot)).is_ok(), "a delete's value is ignored");
@@ -371,7 +374,7 @@ mod tests {
         refused(commit(with(version(5, "v", false), Some(proto::Ballot { micros: 0, node: 0 }))), "origin with ballot 0");
         refused(
             parse_commit(
-                proto::PaxosCommit { key: b"300".to_vec(), proposal: with(version(5, "v", false), ballot), cluster: false },
+                proto::PaxosCommit { key: b"300".to_vec(), proposal: with(version(5, "v", false), ballot), cluster: false, epoch: 0 },
                 &LIMITS,
             ),
             "out of range",

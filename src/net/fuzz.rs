@@ -126,27 +126,36 @@ mod tests {
             B::Scan(proto::ScanRequest { cursor: vec![1, 24, b'1', b'2', b'3'], count: 10_001 }),
             B::ReplicaScan(proto::ReplicaScan { slot: 70, after: b"70".to_vec(), count: 10 }),
             B::ReplicaScan(proto::ReplicaScan { slot: 256, after: Vec::new(), count: 0 }),
-            B::PaxosPrepare(proto::PaxosPrepare { key: b"7".to_vec(), ballot: Some(proto::Ballot { micros: 5, node: 1 }), cluster: false }),
-            B::PaxosPrepare(proto::PaxosPrepare { key: b"7".to_vec(), ballot: None, cluster: false }),
+            B::PaxosPrepare(proto::PaxosPrepare {
+                key: b"7".to_vec(),
+                ballot: Some(proto::Ballot { micros: 5, node: 1 }),
+                cluster: false,
+                epoch: 0,
+            }),
+            B::PaxosPrepare(proto::PaxosPrepare { key: b"7".to_vec(), ballot: None, cluster: false, epoch: 0 }),
             B::PaxosPropose(proto::PaxosPropose {
                 key: b"7".to_vec(),
                 proposal: Some(proto::PaxosProposal { version: v.clone(), origin: Some(proto::Ballot { micros: 4, node: 2 }) }),
                 cluster: false,
+                epoch: u64::MAX,
             }),
             B::PaxosPropose(proto::PaxosPropose {
                 key: Vec::new(),
                 proposal: Some(proto::PaxosProposal { version: v.clone(), origin: Some(proto::Ballot { micros: 4, node: 2 }) }),
                 cluster: true,
+                epoch: 0,
             }),
             B::PaxosPropose(proto::PaxosPropose {
                 key: b"7".to_vec(),
                 proposal: Some(proto::PaxosProposal { version: v.clone(), origin: Some(proto::Ballot { micros: 9, node: 2 }) }),
                 cluster: false,
+                epoch: 1,
             }),
             B::PaxosCommit(proto::PaxosCommit {
                 key: b"7".to_vec(),
                 proposal: Some(proto::PaxosProposal { version: v, origin: None }),
                 cluster: false,
+                epoch: 0,
             }),
         ];
         bodies.into_iter().map(|b| proto::Request { id: 77, body: Some(b) }.encode_to_vec()).collect()

@@ -437,8 +437,22 @@ impl Node {
     /// (then it may or may not have been applied, and the error says so).
     pub fn change_metadata(self: &Arc<Self>, change: impl Fn(&Metadata) -> Result<Metadata>) -> Result<Metadata> {
         let deadline = Instant::now() + META_TIMEOUT;
+        let mut caught_up = false;
         loop {
-            let (next, proposer) = self.meta_proposer(&change)?;
+            let (next, proposer) = match self.meta_proposer(&change) {
+                Ok(p) => p,
+                // Refused at the epoch this node holds (say, a movement under
+                // way that already ended elsewhere): once more after catching up.
+                Err(e) if !caught_up => {
+                    caught_up = true;
+                    let before = self.epoch();
+                    if !self.catch_up() || self.epoch() == before {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut call = self.start_meta_round(proposer, None, deadline);
             let (outcome, ballot) = loop {
                 let mut m = call.wait();

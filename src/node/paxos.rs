@@ -50,11 +50,24 @@ impl AcceptorState {
 impl Node {
     /// Serves a Paxos request. The reply must not be sent before its
     /// [`PendingAck`] is durable ([`commit_acks`](Self::commit_acks)).
-    pub fn serve_paxos(&self, req: Request) -> (PeerResult, Option<PendingAck>) {
+    ///
+    /// A prepare or propose whose proposer chose the key's replicas at an
+    /// older metadata `epoch` than this replica holds is refused, nothing
+    /// promised or accepted ([`Error::StaleEpoch`]): the newer epoch may count
+    /// a pending replica in the key's quorum that the proposer left out. A
+    /// commit is never refused (its value was chosen; applying it anywhere is safe).
+    pub fn serve_paxos(&self, req: Request, epoch: u64) -> (PeerResult, Option<PendingAck>) {
         let ballot = match &req {
             Request::Prepare { ballot, .. } => *ballot,
             Request::Propose { proposal, .. } | Request::Commit { proposal, .. } => proposal.ballot,
         };
+        // Under the view's lock: no epoch is installed between the check and the acceptor's step.
+        let view = self.view.read();
+        if !matches!(req, Request::Commit { .. })
+            && let Err(e) = self.check_epoch(req.key(), epoch, view.epoch())
+        {
+            return (Err(e), None);
+        }
         if let Err(e) = self.check_ballot(&req, ballot) {
             return (Err(e), None);
         }
@@ -74,6 +87,7 @@ impl Node {
         st.last_pos = st.last_pos.max(pos);
         let pos = st.last_pos;
         drop(st);
+        drop(view);
         (Ok(PeerResponse::Paxos(handled.reply)), Some(PendingAck { pos, key, ts: None }))
     }
 
@@ -201,7 +215,7 @@ mod tests {
 
     /// Serves `req` as the server does: the reply, after its log position is committed.
     fn serve(n: &Node, req: Request) -> Response {
-        match n.serve_peer_durably(PeerRequest::Paxos(req)) {
+        match n.serve_peer_durably(PeerRequest::Paxos(req, 0)) {
             Ok(PeerResponse::Paxos(r)) => r,
             other => panic!("not a paxos answer: {other:?}"),
         }
@@ -240,7 +254,7 @@ mod tests {
     fn a_ballot_far_ahead_of_the_clock_is_refused() {
         let n = node(None);
         let wild = Ballot(Timestamp { micros: u64::MAX, node: 1 });
-        let (result, ack) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: wild }));
+        let (result, ack) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: wild }, 0));
         let err = result.unwrap_err().to_string();
         assert!(err.contains("paxos prepare for key 7") && err.contains("ahead of n0's clock"), "{err}");
         assert!(ack.is_none());
@@ -254,11 +268,11 @@ mod tests {
         let d = Dir::new("order");
         let n = node(Some(&d.0));
         let b = ballot(&n, 10);
-        let (r, first) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }));
+        let (r, first) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }, 0));
         assert!(matches!(r, Ok(PeerResponse::Paxos(Response::Promise { .. }))));
         let first = first.unwrap();
         assert!(first.pos > 0, "the promise's record is in the log");
-        let (r, again) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }));
+        let (r, again) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }, 0));
         assert!(matches!(r, Ok(PeerResponse::Paxos(Response::Promise { .. }))), "a repeat is promised again");
         assert_eq!(again.unwrap().pos, first.pos, "the repeat waits for the first promise's record");
     }
@@ -270,11 +284,11 @@ mod tests {
         let n = node(Some(&d.0));
         let b = ballot(&n, 10);
         n.wal.as_ref().unwrap().fail_for_test("disk full");
-        let (r, ack) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }));
+        let (r, ack) = n.serve_peer(PeerRequest::Paxos(Request::Prepare { key: key(), ballot: b }, 0));
         assert!(r.unwrap_err().to_string().contains("disk full"));
         assert!(ack.is_none());
         assert!(n.paxos.lock().acceptor.state(&key()).is_none(), "nothing promised");
-        let (r, _) = n.serve_peer(PeerRequest::Paxos(Request::Commit { key: key(), proposal: proposal(b, "v") }));
+        let (r, _) = n.serve_peer(PeerRequest::Paxos(Request::Commit { key: key(), proposal: proposal(b, "v") }, 0));
         assert!(r.is_err());
         assert_eq!(n.store.get(key().as_bytes()), None, "the commit's cell was put back");
         assert!(n.paxos.lock().acceptor.state(&key()).is_none());

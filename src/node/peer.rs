@@ -80,7 +80,7 @@ impl Node {
             PeerRequest::ReadBatch { keys } => Ok(PeerResponse::ReadBatch(keys.iter().map(|k| self.store.get(k.as_bytes())).collect())),
             PeerRequest::Scan { slot, after, count } => Ok(self.replica_scan(slot, after, count)),
             PeerRequest::Ping => Ok(PeerResponse::Pong(self.cfg.name.clone())),
-            PeerRequest::Paxos(req) => return self.serve_paxos(req),
+            PeerRequest::Paxos(req, epoch) => return self.serve_paxos(req, epoch),
             PeerRequest::Tree { slot, leaves } => Ok(PeerResponse::Tree(self.tree(slot, leaves))),
             PeerRequest::Cells { slot, range, leaves, after } => Ok(self.cells_of(slot, range, leaves, after.as_ref())),
             PeerRequest::Apply { cells } => return self.apply_cells(cells),
@@ -99,7 +99,7 @@ impl Node {
     pub(crate) fn check_epoch(&self, key: &crate::cluster::key::Key, epoch: u64, mine: u64) -> Result<()> {
         if epoch != 0 && epoch < mine {
             return Err(Error::StaleEpoch(format!(
-                "{} holds cluster epoch {mine}; the write to key {key} was routed at epoch {epoch}",
+                "{} holds cluster epoch {mine}; the request for key {key} was routed at epoch {epoch}",
                 self.cfg.name
             )));
         }

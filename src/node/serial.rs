@@ -43,6 +43,13 @@
 //!    applied), otherwise the outcome is unknown ("may or may not have been
 //!    applied"). Then the next operation waiting for the key here begins.
 //!
+//! **Epochs.** The replicas and the quorum are those of the node's view when
+//! the operation starts; every prepare and propose carries its epoch, and an
+//! acceptor holding a newer one refuses it (`StaleEpoch`: nothing promised or
+//! accepted). Before anything was proposed, such a refusal stops the attempt
+//! and the operation starts over once the node has caught up, with the newer
+//! epoch's replicas and quorum; after, it counts as a refusal.
+//!
 //! A proposal refused by a majority ends the proposer with an unknown outcome;
 //! if **every** replica it went to refused it, nothing holds it and it can
 //! never be chosen, so the operation backs off and starts over with a fresh
@@ -212,6 +219,14 @@ struct State {
     /// This node withdrew its acceptance of the refused proposal: the log
     /// position to make durable before starting over.
     withdrawn: Option<u64>,
+    /// The metadata epoch the replicas and quorum were chosen at (every
+    /// prepare and propose carries it; see [`State::restart_at_newer_epoch`]).
+    epoch: u64,
+    /// Bumped each time the replicas are chosen again: a reply's slot carries
+    /// it, so one to the earlier replicas is told apart.
+    view_gen: usize,
+    /// A replica refused a prepare or propose as routed at an older epoch.
+    stale: bool,
 }
 
 /// A SERIAL operation in flight: its state, and the sink of its replies.
@@ -253,13 +268,8 @@ impl Node {
     /// Starts the operation; `done` is called once with its outcome (possibly
     /// before this returns). `Err` (and `done` never called) if it could not start.
     fn start_serial(self: &Arc<Self>, key: Key, op: Op, done: OnDone) -> Result<Arc<dyn Finish>> {
-        let (_, quorum) = self.check_available(&key, Consistency::Serial)?;
-        // During a movement the pending replicas take part too, and count as
-        // Cassandra counts them: the old replicas' quorum plus every pending
-        // one (so a quorum meets every majority of the old set and of the new).
-        let (replicas, pending) = self.write_targets(&key);
-        let quorum = quorum + pending;
-        let replicas = replicas.to_vec();
+        let view = self.view();
+        let (replicas, quorum) = self.serial_replicas(&view, &key)?;
         let live: Vec<NodeId> = replicas.iter().copied().filter(|&r| self.alive(r)).collect();
         let ballot = Ballot(self.clock.now());
         let seed = ballot.0.micros ^ (u64::from(self.me.0) << 48);
@@ -285,6 +295,9 @@ impl Node {
             done: Some(done),
             active: false,
             withdrawn: None,
+            epoch: view.epoch(),
+            view_gen: 0,
+            stale: false,
         };
         let key = state.key.clone();
         let call = Arc::new_cyclic(|me| SerialCall { node: self.clone(), key, state: Mutex::new(state), me: me.clone() });
@@ -319,6 +332,17 @@ impl Node {
         Ok(call)
     }
 
+    /// The replicas of a SERIAL operation on `key` at `view`, and its quorum;
+    /// `Unavailable` if fewer than a quorum of its replicas are alive. During
+    /// a movement the pending replicas take part too, and count as Cassandra
+    /// counts them: the old replicas' quorum plus every pending one (so a
+    /// quorum meets every majority of the old set and of the new).
+    fn serial_replicas(&self, view: &super::membership::View, key: &Key) -> Result<(Vec<NodeId>, usize)> {
+        let (_, quorum) = self.check_available_in(&view.ring, key, Consistency::Serial)?;
+        let (replicas, pending) = view.write_targets(key);
+        Ok((replicas.to_vec(), quorum + pending))
+    }
+
     /// The SERIAL operation on `key` that was running here finished: starts
     /// the next one waiting for the key, if any (see [`Stage::Queued`]).
     fn next_serial(&self, key: &Key, delivering: bool) {
@@ -341,6 +365,13 @@ impl Node {
         }
     }
 }
+
+/// A reply slot's bits below this are the replica and message kind; above,
+/// the generation of the replicas chosen (see `State::replica_of`).
+const VIEW_GEN_SHIFT: u32 = 16;
+
+/// How often an operation refused for a stale epoch looks whether its node caught up.
+const STALE_RECHECK: Duration = Duration::from_millis(20);
 
 /// How long a thrifty round waits for its quorum before it is sent to the
 /// other live replicas too (a failure to answer widens it at once).
@@ -576,6 +607,26 @@ impl State {
     /// A reply (or a failure to get one) for `slot`.
     fn on_result(&mut self, node: &Node, slot: usize, result: PeerResult, fx: &mut Effects) {
         let from = self.replica_of(slot);
+        if from.is_none() && slot >> VIEW_GEN_SHIFT != self.view_gen {
+            // To replicas chosen at an earlier epoch: only the ballots it shows count.
+            if let Ok(PeerResponse::Paxos(reply)) = &result {
+                self.learn(reply);
+            }
+            return;
+        }
+        if matches!(result, Err(Error::StaleEpoch(_))) && matches!(self.stage, Stage::Running | Stage::Settling(_)) {
+            self.on_stale(node, from.map(|(f, _)| f), fx);
+            match self.stage {
+                Stage::Settling(_) => self.settle(node, fx),
+                // Proposing already: the round goes to the other live replicas now.
+                Stage::Running if from.is_some_and(|(f, _)| self.proposer.sent_to().contains(&f)) => {
+                    let sends = self.proposer.widen();
+                    fx.sends.extend(sends.into_iter().filter_map(|(to, msg)| self.outgoing(to, msg)));
+                }
+                _ => {}
+            }
+            return;
+        }
         match (&self.stage, from, result) {
             (Stage::Done | Stage::Queued, ..) => {}
             (Stage::Running, Some((from, propose)), Ok(PeerResponse::Paxos(reply))) => {
@@ -687,6 +738,12 @@ impl State {
                 if now >= self.deadline {
                     let e = self.refused_for_good(m);
                     return self.finish(node, Err(e), fx);
+                }
+                if !self.restart_at_newer_epoch(node) {
+                    // Refused for a stale epoch and not caught up yet: look again shortly.
+                    self.generation += 1;
+                    fx.timer = Some(((now + STALE_RECHECK).min(self.deadline), Wake::StartOver(self.generation)));
+                    return;
                 }
                 // A withdrawal must be durable before anything new is proposed
                 // (`make_withdrawal_durable` waited for it; still pending: the log failed).
@@ -828,14 +885,68 @@ impl State {
             Request::Propose { .. } => 1,
             Request::Commit { .. } => 2,
         };
-        Some(Outgoing { slot: replica + kind * self.replicas.len(), to, msg: PeerRequest::Paxos(msg), route: Route::Direct })
+        let slot = (self.view_gen << VIEW_GEN_SHIFT) + replica + kind * self.replicas.len();
+        Some(Outgoing { slot, to, msg: PeerRequest::Paxos(msg, self.epoch), route: Route::Direct })
     }
 
     /// The replica a reply's slot stands for, and whether it answers a propose
-    /// (slots are replica index plus replica count times the message kind).
+    /// (slots are replica index plus replica count times the message kind,
+    /// plus the replicas' generation shifted by [`VIEW_GEN_SHIFT`]); `None`
+    /// for a reply to replicas chosen earlier.
     fn replica_of(&self, slot: usize) -> Option<(NodeId, bool)> {
+        if slot >> VIEW_GEN_SHIFT != self.view_gen {
+            return None;
+        }
+        let slot = slot & ((1 << VIEW_GEN_SHIFT) - 1);
         let n = self.replicas.len();
         let from = *self.replicas.get(slot % n.max(1))?;
         Some((from, slot / n.max(1) == 1))
+    }
+
+    /// A replica refused this operation's prepare or propose as routed at an
+    /// older epoch than it holds: nothing was promised or accepted there.
+    /// Before this operation proposed anything, its attempt stops at once and
+    /// starts over (as after a wholly refused proposal) once this node has
+    /// caught up, with the replicas and quorum of the newer epoch; after, the
+    /// refusal counts as one, and the proposal's other answers decide as
+    /// before. The node's membership thread catches up meanwhile.
+    fn on_stale(&mut self, node: &Node, from: Option<NodeId>, fx: &mut Effects) {
+        self.stale = true;
+        node.saw_epoch(self.epoch + 1);
+        if self.proposer.proposed().is_none() {
+            let m = format!(
+                "the SERIAL {} of key {} was routed at cluster epoch {} and replicas hold a newer one",
+                self.op.name(),
+                self.key,
+                self.epoch
+            );
+            self.stage = Stage::BackingOff(m);
+            self.generation += 1;
+            fx.timer = Some(((Instant::now() + STALE_RECHECK).min(self.deadline), Wake::StartOver(self.generation)));
+        } else if let Some(from) = from
+            && !self.refusal.refused.contains(&from)
+        {
+            self.refusal.refused.push(from);
+        }
+    }
+
+    /// Before a fresh proposer: if this node now holds a newer epoch than the
+    /// one the replicas were chosen at, chooses them again at it (the
+    /// replicas, the live ones, the order and the quorum). False if a stale
+    /// refusal was heard and this node has not caught up yet.
+    fn restart_at_newer_epoch(&mut self, node: &Node) -> bool {
+        let view = node.view();
+        if view.epoch() <= self.epoch {
+            return !self.stale;
+        }
+        let Ok((replicas, quorum)) = node.serial_replicas(&view, &self.key) else { return !self.stale };
+        self.preferred = preference(&replicas, node.me, self.rng);
+        self.live = replicas.iter().copied().filter(|&r| node.alive(r)).collect();
+        self.replicas = replicas;
+        self.quorum = quorum;
+        self.epoch = view.epoch();
+        self.view_gen += 1;
+        self.stale = false;
+        true
     }
 }

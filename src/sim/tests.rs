@@ -526,3 +526,69 @@ fn a_write_routed_at_an_old_epoch_is_refused_and_sent_again_at_the_new_one() {
         assert_eq!(c.nodes[0].view().epoch(), 2, "seed {seed}: n0 caught up");
     }
 }
+
+/// SERIAL through a coordinator that missed the epoch starting a
+/// decommission: its prepares go to the key's old replicas only, with the old
+/// quorum, leaving out the pending replica the new epoch counts in. The
+/// replicas at the new epoch refuse them as stale (nothing promised); the
+/// operation starts over once its node has caught up, now with the pending
+/// replica among its replicas and in its quorum, and is applied. With the
+/// acceptors' check off it is decided by the old quorum alone and the
+/// pending replica never hears of it.
+#[test]
+fn a_serial_operation_routed_at_an_old_epoch_starts_over_at_the_new_one() {
+    use crate::cluster::consistency::Consistency::Serial;
+    use crate::cluster::metadata::{Metadata, MoveKind};
+    for seed in 0..4 {
+        let c = Cluster::new(6, 3, seed);
+        for i in 1..6 {
+            c.net.cut(c.id(0), c.id(i));
+        }
+        let leaver = c.id(4);
+        let leave: Change = Box::new(move |m: &Metadata| m.begin_leave(leaver, MoveKind::Decommission, false));
+        assert_eq!(run_meta_changes(&c, vec![(1, leave)]), vec![Changed::Applied(2)], "seed {seed}");
+        c.net.heal();
+        let new_view = c.nodes[1].view();
+        // A key n4 holds, n0 does not, whose new replica is not n0.
+        let (k, pending) = (0..=255u8)
+            .find_map(|k| {
+                let (targets, n) = new_view.write_targets(&Key::byte(k));
+                let pending = *targets.last()?;
+                (n == 1 && targets.contains(&leaver) && !targets.contains(&c.id(0))).then_some((k, pending))
+            })
+            .expect("a key moves off n4");
+        let p = c.nodes.iter().position(|n| n.me == pending).unwrap();
+        let before = c.net.trace().len();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let token = std::thread::scope(|s| {
+            // The repair thread and the membership thread's catch-up, as a replica runs them.
+            let background = s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    c.background();
+                    if c.nodes[0].behind() {
+                        c.nodes[0].catch_up();
+                    }
+                    std::thread::yield_now();
+                }
+            });
+            let put = ClientRequest::Put { key: Key::byte(k), value: format!("s{seed}").into(), level: Serial, condition: None };
+            let token = c.request(0, put);
+            let give_up = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < give_up && c.client.reply(token).is_none() {
+                while c.net.step_matching(&|_| true) {}
+                std::thread::yield_now();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            background.join().unwrap();
+            token
+        });
+        assert!(matches!(c.client.reply(token), Some(Reply::Write { .. })), "seed {seed}: {:?}", c.client.reply(token));
+        let asked_pending = c.net.trace()[before..].iter().any(|&(from, to, request)| from == c.id(0) && to == pending && request);
+        assert!(asked_pending, "seed {seed}: the pending replica n{p} of key {k} took part");
+        assert_eq!(c.nodes[0].view().epoch(), 2, "seed {seed}: n0 caught up");
+        c.nodes[0].send_commits(c.nodes[0].take_commits());
+        c.net.run(&c);
+        let held = c.nodes[p].store.get(Key::byte(k).as_bytes()).and_then(|v| v.value).map(text);
+        assert_eq!(held, Some(format!("s{seed}")), "seed {seed}: the commit reached n{p}");
+    }
+}
