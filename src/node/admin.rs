@@ -271,12 +271,15 @@ impl Node {
     pub fn dump(&self, max_value_len: u32, slots: &[u8], max_keys: u32, after: Option<&Key>, digest_slots: &[u8]) -> proto::DumpResult {
         let totals = self.store.totals();
         let mut d = proto::DumpResult { keys: totals.keys, bytes: totals.bytes, ..Default::default() };
+        // Taken before any slot's lock: never the view's lock under a slot's
+        // (a peer write holds the view's while it takes a slot's).
+        let ring = self.ring();
         if slots.is_empty() {
             let every: Vec<u8> = (0..=255).collect();
             for &slot in if digest_slots.is_empty() { &every[..] } else { digest_slots } {
                 let mut groups: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
                 self.store.for_each_stamp(slot, |k, ts, tombstone| {
-                    let g = groups.entry(self.ring().range_index(k)).or_default();
+                    let g = groups.entry(ring.range_index(k)).or_default();
                     g.0 += 1;
                     g.1 ^= cell_hash(k, ts, tombstone);
                 });

@@ -82,8 +82,11 @@ impl Node {
     /// This replica's trees of slot `slot`: one per group it holds cells of.
     pub fn tree(&self, slot: u8, leaves: bool) -> Vec<GroupTree> {
         let mut b = TreeBuilder::default();
+        // Taken before the slot's lock: never the view's lock under a slot's
+        // (a peer write holds the view's while it takes a slot's).
+        let ring = self.ring();
         self.store.for_each_stamp(slot, |key, ts, tombstone| {
-            let (range, leaf) = self.ring().group_leaf(key);
+            let (range, leaf) = ring.group_leaf(key);
             b.add(range, leaf, cell_hash(key, ts, tombstone));
         });
         b.finish(leaves)
@@ -92,8 +95,9 @@ impl Node {
     /// This replica's cells of group `range` of slot `slot` in the leaves of
     /// `mask` (0: all), after `after`, a page of about [`MAX_PAGE_BYTES`].
     pub fn cells_of(&self, slot: u8, range: u32, mask: u64, after: Option<&Key>) -> PeerResponse {
+        let ring = self.ring();
         let (cells, more) = self.store.cells_where(slot, after.map(Key::as_bytes), MAX_PAGE_BYTES, |key| {
-            let (r, leaf) = self.ring().group_leaf(key);
+            let (r, leaf) = ring.group_leaf(key);
             r == range && (mask == 0 || mask >> leaf & 1 == 1)
         });
         PeerResponse::Cells { cells, more }

@@ -439,14 +439,16 @@ impl Node {
         let deadline = Instant::now() + META_TIMEOUT;
         let mut caught_up = false;
         loop {
+            let before = self.epoch();
             let (next, proposer) = match self.meta_proposer(&change) {
                 Ok(p) => p,
                 // Refused at the epoch this node holds (say, a movement under
                 // way that already ended elsewhere): once more after catching up.
                 Err(e) if !caught_up => {
                     caught_up = true;
-                    let before = self.epoch();
-                    if !self.catch_up() || self.epoch() == before {
+                    // (The membership thread may have caught up meanwhile: `before` was read first.)
+                    self.catch_up();
+                    if self.epoch() == before {
                         return Err(e);
                     }
                     continue;

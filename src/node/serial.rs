@@ -615,13 +615,16 @@ impl State {
             return;
         }
         if matches!(result, Err(Error::StaleEpoch(_))) && matches!(self.stage, Stage::Running | Stage::Settling(_)) {
-            self.on_stale(node, from.map(|(f, _)| f), fx);
+            self.on_stale(node, from, fx);
             match self.stage {
                 Stage::Settling(_) => self.settle(node, fx),
                 // Proposing already: the round goes to the other live replicas now.
-                Stage::Running if from.is_some_and(|(f, _)| self.proposer.sent_to().contains(&f)) => {
-                    let sends = self.proposer.widen();
-                    fx.sends.extend(sends.into_iter().filter_map(|(to, msg)| self.outgoing(to, msg)));
+                Stage::Running => {
+                    if from.is_some_and(|(f, _)| self.proposer.sent_to().contains(&f)) {
+                        let sends = self.proposer.widen();
+                        fx.sends.extend(sends.into_iter().filter_map(|(to, msg)| self.outgoing(to, msg)));
+                    }
+                    self.settle_if_stale_refused(node, fx);
                 }
                 _ => {}
             }
@@ -635,6 +638,7 @@ impl State {
                 }
                 let actions = self.proposer.on_reply(from, reply);
                 self.act(node, actions, fx);
+                self.settle_if_stale_refused(node, fx);
             }
             // An error, or an answer that is not Paxos: no reply from that peer
             // (and, if it answers a proposal once the own one is out, maybe an
@@ -759,6 +763,11 @@ impl State {
                 self.refusal = Refusal::default();
                 self.stage = Stage::Running;
                 let sends = self.proposer.start();
+                if sends.is_empty() {
+                    // Refused before sending (fewer than the quorum alive, the
+                    // replicas chosen again at a newer epoch): answered now.
+                    return self.finish_unsent(node, fx);
+                }
                 fx.sends.extend(sends.into_iter().filter_map(|(to, msg)| self.outgoing(to, msg)));
             }
             (Wake::Widen(round), Stage::Running) if round == self.proposer.round_trips() => {
@@ -789,10 +798,7 @@ impl State {
         let first = self.proposer.start();
         if first.is_empty() {
             // Refused before sending: fewer than a quorum alive.
-            let outcome = self.proposer.outcome().cloned().unwrap_or_else(|| {
-                Err(PaxosError::Unavailable(format!("the SERIAL {} of key {} had nothing to send", self.op.name(), self.key)))
-            });
-            return self.finish(node, outcome, fx);
+            return self.finish_unsent(node, fx);
         }
         fx.sends.extend(first.into_iter().filter_map(|(to, msg)| self.outgoing(to, msg)));
     }
@@ -839,6 +845,14 @@ impl State {
         } else {
             PaxosError::Unknown(m)
         }
+    }
+
+    /// Finishes with the outcome of a proposer that sent nothing (fewer than a quorum alive).
+    fn finish_unsent(&mut self, node: &Node, fx: &mut Effects) {
+        let outcome = self.proposer.outcome().cloned().unwrap_or_else(|| {
+            Err(PaxosError::Unavailable(format!("the SERIAL {} of key {} had nothing to send", self.op.name(), self.key)))
+        });
+        self.finish(node, outcome, fx)
     }
 
     /// A ballot above everything this operation saw.
@@ -910,7 +924,7 @@ impl State {
     /// caught up, with the replicas and quorum of the newer epoch; after, the
     /// refusal counts as one, and the proposal's other answers decide as
     /// before. The node's membership thread catches up meanwhile.
-    fn on_stale(&mut self, node: &Node, from: Option<NodeId>, fx: &mut Effects) {
+    fn on_stale(&mut self, node: &Node, from: Option<(NodeId, bool)>, fx: &mut Effects) {
         self.stale = true;
         node.saw_epoch(self.epoch + 1);
         if self.proposer.proposed().is_none() {
@@ -923,11 +937,36 @@ impl State {
             self.stage = Stage::BackingOff(m);
             self.generation += 1;
             fx.timer = Some(((Instant::now() + STALE_RECHECK).min(self.deadline), Wake::StartOver(self.generation)));
-        } else if let Some(from) = from
+        } else if let Some((from, true)) = from
             && !self.refusal.refused.contains(&from)
         {
+            // A refused propose: that acceptor does not hold the proposal (a
+            // refused prepare or commit says nothing of it).
             self.refusal.refused.push(from);
         }
+    }
+
+    /// After a stale refusal of the proposal: the proposer does not count it,
+    /// so once every replica the proposal went to has answered it and there
+    /// is no one left to widen to, the proposal's answers decide here (as
+    /// when the proposer gives up on a refused proposal): start over if
+    /// nobody else holds it, else unknown.
+    fn settle_if_stale_refused(&mut self, node: &Node, fx: &mut Effects) {
+        if !self.stale || !matches!(self.stage, Stage::Running) || self.proposer.proposed().is_none() || !fx.sends.is_empty() {
+            return;
+        }
+        if !self.refusal.all_answered(self.proposer.proposal_sent_to()) || self.proposer.can_widen() {
+            return;
+        }
+        let m = format!(
+            "the SERIAL {} of key {} was refused by replicas at a newer cluster epoch than {} after it was proposed; it may or \
+             may not have been applied",
+            self.op.name(),
+            self.key,
+            self.epoch
+        );
+        self.stage = Stage::Settling(m);
+        self.settle(node, fx);
     }
 
     /// Before a fresh proposer: if this node now holds a newer epoch than the
