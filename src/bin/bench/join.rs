@@ -39,7 +39,7 @@ use quorumkv::proto;
 
 use crate::Args;
 use crate::cluster::{Cluster, ClusterOpts};
-use crate::load::{KeySpace, Load, Op, put_keys, retried_note, run, shuffled};
+use crate::load::{Load, put_keys, retried_note, run, shuffled};
 use crate::report::{Report, verdict};
 use crate::storage::{key_count, mib, num, print_table, wait_snapshot_done};
 
@@ -107,21 +107,7 @@ pub(crate) fn join(args: &Args) -> Result<(), String> {
         mib(rate(to_memory) as u64 / 1024)
     );
     let phase = Arc::new(AtomicU8::new(AT_REST));
-    let load = Load {
-        op: Op::Mixed,
-        targets: cluster.targets(),
-        clients: args.clients.max(1),
-        duration: Some(d),
-        ops: None,
-        warmup: args.warmup,
-        read_ratio: 0.0,
-        level: Consistency::Quorum,
-        value_size: args.value_size,
-        keys: KeySpace::Strings(n),
-        zipf: None,
-        phase: Some(phase.clone()),
-        show_errors: args.show_errors,
-    };
+    let load = Load::phased_quorum_puts(args, cluster.targets(), n, d, phase.clone());
     let (report, loaded) = std::thread::scope(|s| {
         let load_thread = s.spawn(|| run(&load));
         // The schedule of the run (not a synchronisation): a quarter at rest first.

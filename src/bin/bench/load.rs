@@ -53,6 +53,28 @@ pub(crate) struct Load {
     pub(crate) show_errors: bool,
 }
 
+impl Load {
+    /// `put QUORUM` by `--clients` clients on `n` string keys for `d` (after
+    /// `--warmup`), each operation's latency also sorted by `phase`.
+    pub(crate) fn phased_quorum_puts(args: &crate::Args, targets: Vec<(String, u16)>, n: u32, d: Duration, phase: Arc<AtomicU8>) -> Load {
+        Load {
+            op: Op::Mixed,
+            targets,
+            clients: args.clients.max(1),
+            duration: Some(d),
+            ops: None,
+            warmup: args.warmup,
+            read_ratio: 0.0,
+            level: Consistency::Quorum,
+            value_size: args.value_size,
+            keys: KeySpace::Strings(n),
+            zipf: None,
+            phase: Some(phase),
+            show_errors: args.show_errors,
+        }
+    }
+}
+
 /// How many phases [`Load::phase`] tells apart.
 pub(crate) const PHASES: usize = 3;
 

@@ -47,7 +47,7 @@ use quorumkv::proto;
 
 use crate::Args;
 use crate::cluster::{Cluster, ClusterOpts, dir_bytes, proc_kib};
-use crate::load::{KeySpace, Load, Op, PHASES, put_keys, retried_note, run, shuffled, string_key, value_of};
+use crate::load::{KeySpace, Load, PHASES, put_keys, retried_note, run, shuffled, string_key, value_of};
 use crate::matrix::count_label;
 use crate::redis::{self, INSTALL_HINT, Redis};
 use crate::report::{Report, verdict};
@@ -598,21 +598,7 @@ fn snapshot_part(args: &Args, n: u32, table: &mut Vec<String>) -> Result<(), Str
         args.warmup
     );
     let phase = Arc::new(AtomicU8::new(NO_SNAPSHOT));
-    let load = Load {
-        op: Op::Mixed,
-        targets: cluster.targets(),
-        clients: args.clients.max(1),
-        duration: Some(d),
-        ops: None,
-        warmup: args.warmup,
-        read_ratio: 0.0,
-        level: Consistency::Quorum,
-        value_size: args.value_size,
-        keys: KeySpace::Strings(n),
-        zipf: None,
-        phase: Some(phase.clone()),
-        show_errors: args.show_errors,
-    };
+    let load = Load::phased_quorum_puts(args, cluster.targets(), n, d, phase.clone());
     let (report, w) = watched(&cluster, &load, &phase);
     let coverage = w.coverage();
     let [quiet, in_memory, file] = report.phases.clone();
