@@ -103,8 +103,11 @@ impl Node {
                 self.cfg.name
             )));
         }
-        // A coordinator ahead of this replica: the membership thread catches up.
-        self.saw_epoch(epoch);
+        // A coordinator ahead of this replica: the membership thread catches up
+        // (noted only then: an atomic write on every request would cost the hot path).
+        if epoch > mine {
+            self.saw_epoch(epoch);
+        }
         Ok(())
     }
 

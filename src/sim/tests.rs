@@ -446,6 +446,23 @@ fn concurrent_metadata_changes_one_wins_and_a_node_that_missed_it_catches_up() {
     }
 }
 
+/// `n` nodes where n0, cut off meanwhile, missed the epoch that starts n4's
+/// decommission (epoch 2, chosen by the others); the network healed, n0
+/// still at epoch 1. The cluster and n4's id.
+fn n0_misses_a_decommission(n: usize, seed: u64) -> (Cluster, NodeId) {
+    use crate::cluster::metadata::{Metadata, MoveKind};
+    let c = Cluster::new(n, 3, seed);
+    for i in 1..n {
+        c.net.cut(c.id(0), c.id(i));
+    }
+    let leaver = c.id(4);
+    let leave: Change = Box::new(move |m: &Metadata| m.begin_leave(leaver, MoveKind::Decommission, false));
+    assert_eq!(run_meta_changes(&c, vec![(1, leave)]), vec![Changed::Applied(2)], "seed {seed}");
+    c.net.heal();
+    assert_eq!(c.nodes[0].view().epoch(), 1, "seed {seed}: n0 missed the change");
+    (c, leaver)
+}
+
 /// Epochs on requests: a coordinator that missed the epoch starting a
 /// decommission chooses a key's replicas at the old epoch, so its write lacks
 /// the pending replica the new epoch adds. The replicas at the new epoch
@@ -455,17 +472,8 @@ fn concurrent_metadata_changes_one_wins_and_a_node_that_missed_it_catches_up() {
 /// coordinator (odd seeds).
 #[test]
 fn a_write_routed_at_an_old_epoch_is_refused_and_sent_again_at_the_new_one() {
-    use crate::cluster::metadata::{Metadata, MoveKind};
     for seed in 0..8 {
-        let c = Cluster::new(5, 3, seed);
-        for i in 1..5 {
-            c.net.cut(c.id(0), c.id(i));
-        }
-        let leaver = c.id(4);
-        let leave: Change = Box::new(move |m: &Metadata| m.begin_leave(leaver, MoveKind::Decommission, false));
-        assert_eq!(run_meta_changes(&c, vec![(1, leave)]), vec![Changed::Applied(2)], "seed {seed}");
-        c.net.heal();
-        assert_eq!(c.nodes[0].view().epoch(), 1, "seed {seed}: n0 missed the change");
+        let (c, leaver) = n0_misses_a_decommission(5, seed);
         // A key n4 holds whose new replica is neither n0 nor one of its old replicas.
         let new_view = c.nodes[1].view();
         let (k, pending) = (0..=255u8)
@@ -538,16 +546,8 @@ fn a_write_routed_at_an_old_epoch_is_refused_and_sent_again_at_the_new_one() {
 #[test]
 fn a_serial_operation_routed_at_an_old_epoch_starts_over_at_the_new_one() {
     use crate::cluster::consistency::Consistency::Serial;
-    use crate::cluster::metadata::{Metadata, MoveKind};
     for seed in 0..4 {
-        let c = Cluster::new(6, 3, seed);
-        for i in 1..6 {
-            c.net.cut(c.id(0), c.id(i));
-        }
-        let leaver = c.id(4);
-        let leave: Change = Box::new(move |m: &Metadata| m.begin_leave(leaver, MoveKind::Decommission, false));
-        assert_eq!(run_meta_changes(&c, vec![(1, leave)]), vec![Changed::Applied(2)], "seed {seed}");
-        c.net.heal();
+        let (c, leaver) = n0_misses_a_decommission(6, seed);
         let new_view = c.nodes[1].view();
         // A key n4 holds, n0 does not, whose new replica is not n0.
         let (k, pending) = (0..=255u8)
