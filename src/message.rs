@@ -38,6 +38,7 @@
 //! Strings (names) are valid UTF-8 by construction: the decoder refuses
 //! anything else. Keys and values are bytes.
 
+pub mod packed;
 pub mod paxos;
 pub mod scan;
 pub mod sync;
@@ -270,6 +271,9 @@ pub enum PeerRequest {
         ranges: Vec<(i64, i64)>,
         /// Start after this key.
         after: Option<Key>,
+        /// Answer with a [`PeerResponse::Packed`] page (a replica that
+        /// predates packed pages answers with [`PeerResponse::Cells`]).
+        packed: bool,
     },
     /// The hash trees of one slot's groups (anti-entropy).
     Tree {
@@ -293,6 +297,21 @@ pub enum PeerRequest {
     Apply {
         /// At most [`MAX_BATCH`] cells.
         cells: Vec<(Key, Version)>,
+    },
+    /// The Paxos acceptor states held for keys whose tokens are in any of
+    /// the stretches (`lo`, `hi`] of `ranges`, in key order after `after`, a
+    /// page of at most [`MAX_BATCH`] (a movement copies them with the data).
+    PaxosStates {
+        /// 1 to [`MAX_STREAM_RANGES`] stretches.
+        ranges: Vec<(i64, i64)>,
+        /// Start after this key.
+        after: Option<Key>,
+    },
+    /// Merge these acceptor states (each field only moves forward);
+    /// acknowledged once durable, with [`PeerResponse::Applied`].
+    PaxosLoad {
+        /// At most [`MAX_BATCH`] states.
+        states: Vec<(Key, crate::paxos::acceptor::KeyState)>,
     },
 }
 
@@ -335,15 +354,31 @@ pub enum PeerResponse {
     Paxos(crate::paxos::Response),
     /// To [`PeerRequest::Tree`]: one tree per group the replica holds cells of.
     Tree(Vec<sync::GroupTree>),
-    /// To [`PeerRequest::Cells`].
+    /// To [`PeerRequest::Cells`], and to [`PeerRequest::Stream`] not packed.
     Cells {
         /// The cells, in key order.
         cells: Vec<(Key, Version)>,
         /// The replica holds more after the last one.
         more: bool,
     },
-    /// To [`PeerRequest::Apply`]: how many cells changed the store.
+    /// To [`PeerRequest::Stream`] packed: the cells in key order, as
+    /// [`packed`] writes them (read with [`packed::Reader`]).
+    Packed {
+        /// The page.
+        page: Vec<u8>,
+        /// The replica holds more after the last one.
+        more: bool,
+    },
+    /// To [`PeerRequest::Apply`]: how many cells changed the store (and to
+    /// [`PeerRequest::PaxosLoad`]: how many states were merged).
     Applied(u32),
+    /// To [`PeerRequest::PaxosStates`]: states in key order.
+    PaxosStates {
+        /// The keys and their states.
+        states: Vec<(Key, crate::paxos::acceptor::KeyState)>,
+        /// The replica holds more after the last one.
+        more: bool,
+    },
     /// To [`PeerRequest::Metadata`].
     Metadata(Box<crate::node::membership::Stored>),
 }
@@ -513,7 +548,9 @@ impl ClientRequest {
             | B::ReplicaCells(_)
             | B::ReplicaApply(_)
             | B::Metadata(_)
-            | B::ReplicaStream(_) => {
+            | B::ReplicaStream(_)
+            | B::ReplicaPaxosStates(_)
+            | B::ReplicaPaxosLoad(_) => {
                 return Err(Error::InvalidRequest(REPLICA_ON_CLIENT.into()));
             }
         })
@@ -595,8 +632,24 @@ impl PeerRequest {
                     )));
                 }
                 let ranges = std::iter::once((r.lo, r.hi)).chain(r.more.chunks(2).map(|p| (p[0], p[1]))).collect();
-                PeerRequest::Stream { slot: sync::slot(r.slot, "a stream")?, ranges, after: sync::after(r.after, limits)? }
+                PeerRequest::Stream {
+                    slot: sync::slot(r.slot, "a stream")?,
+                    ranges,
+                    after: sync::after(r.after, limits)?,
+                    packed: r.packed,
+                }
             }
+            B::ReplicaPaxosStates(r) => {
+                if r.ranges.is_empty() || r.ranges.len() % 2 != 0 || r.ranges.len() / 2 > MAX_STREAM_RANGES {
+                    return Err(Error::InvalidRequest(format!(
+                        "acceptor states asked for {} bounds; give 1 to {MAX_STREAM_RANGES} (lo, hi) pairs",
+                        r.ranges.len()
+                    )));
+                }
+                let ranges = r.ranges.chunks(2).map(|p| (p[0], p[1])).collect();
+                PeerRequest::PaxosStates { ranges, after: sync::after(r.after, limits)? }
+            }
+            B::ReplicaPaxosLoad(l) => PeerRequest::PaxosLoad { states: paxos::parse_states(l.states, limits, "a paxos load")? },
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
             B::Get(_)
             | B::Put(_)
@@ -649,7 +702,7 @@ impl PeerRequest {
             }),
             PeerRequest::Apply { cells } => B::ReplicaApply(proto::ReplicaApply { cells: sync::cells_to_proto(cells) }),
             PeerRequest::Metadata => B::Metadata(proto::MetadataRequest {}),
-            PeerRequest::Stream { slot, ranges, after } => {
+            PeerRequest::Stream { slot, ranges, after, packed } => {
                 let (lo, hi) = ranges.first().copied().unwrap_or((0, 0));
                 let more = ranges.iter().skip(1).flat_map(|&(lo, hi)| [lo, hi]).collect();
                 B::ReplicaStream(proto::ReplicaStream {
@@ -658,7 +711,15 @@ impl PeerRequest {
                     hi,
                     after: after.map(|k| k.to_vec()).unwrap_or_default(),
                     more,
+                    packed,
                 })
+            }
+            PeerRequest::PaxosStates { ranges, after } => B::ReplicaPaxosStates(proto::ReplicaPaxosStates {
+                ranges: ranges.iter().flat_map(|&(lo, hi)| [lo, hi]).collect(),
+                after: after.map(Key::into_vec).unwrap_or_default(),
+            }),
+            PeerRequest::PaxosLoad { states } => {
+                B::ReplicaPaxosLoad(proto::ReplicaPaxosLoad { states: states.iter().map(|(k, s)| paxos::state_to_proto(k, s)).collect() })
             }
         }
     }
@@ -690,8 +751,15 @@ impl PeerResponse {
             }
             PeerResponse::Paxos(r) => paxos::response_to_proto(r),
             PeerResponse::Tree(t) => B::ReplicaTree(sync::trees_to_proto(t)),
-            PeerResponse::Cells { cells, more } => B::ReplicaCells(proto::CellsResult { cells: sync::cells_to_proto(cells), more }),
+            PeerResponse::Cells { cells, more } => {
+                B::ReplicaCells(proto::CellsResult { cells: sync::cells_to_proto(cells), more, packed: Vec::new() })
+            }
+            PeerResponse::Packed { page, more } => B::ReplicaCells(proto::CellsResult { cells: Vec::new(), more, packed: page }),
             PeerResponse::Applied(changed) => B::ReplicaApply(proto::ApplyResult { changed }),
+            PeerResponse::PaxosStates { states, more } => B::ReplicaPaxosStates(proto::PaxosStatesResult {
+                states: states.iter().map(|(k, s)| paxos::state_to_proto(k, s)).collect(),
+                more,
+            }),
             PeerResponse::Metadata(stored) => B::Metadata(Box::new(stored.to_proto())),
         }
     }
@@ -722,6 +790,7 @@ impl PeerResponse {
                 PeerResponse::Paxos(paxos::response_from_proto(p, from)?)
             }
             Some(B::ReplicaTree(t)) => PeerResponse::Tree(sync::trees(t, from)?),
+            Some(B::ReplicaCells(c)) if !c.packed.is_empty() => PeerResponse::Packed { page: c.packed, more: c.more },
             Some(B::ReplicaCells(c)) => PeerResponse::Cells {
                 // A peer's cells are trusted as its store holds them (checked when they were written).
                 cells: c
@@ -735,6 +804,15 @@ impl PeerResponse {
                 more: c.more,
             },
             Some(B::ReplicaApply(a)) => PeerResponse::Applied(a.changed),
+            Some(B::ReplicaPaxosStates(r)) => PeerResponse::PaxosStates {
+                // Shapes checked here; keys and values where they are merged.
+                states: r
+                    .states
+                    .into_iter()
+                    .map(|s| paxos::state_from_proto(s).map_err(|e| Error::Protocol(format!("{from} sent an acceptor state: {e}"))))
+                    .collect::<Result<_>>()?,
+                more: r.more,
+            },
             Some(B::Metadata(m)) => PeerResponse::Metadata(
                 crate::node::membership::Stored::from_proto(*m)
                     .map(Box::new)
@@ -949,7 +1027,8 @@ mod tests {
         refused(peer(B::Hello(proto::PeerHello::default())), "second PeerHello");
         refused(peer(B::Get(proto::Get::default())), "client request on a replica link");
         assert!(peer(B::Heartbeat(proto::Heartbeat { from: "r1".into(), micros: 7, epoch: 1 })).is_ok());
-        let stream = |more: Vec<i64>| B::ReplicaStream(proto::ReplicaStream { slot: 3, lo: 1, hi: 2, after: Vec::new(), more });
+        let stream =
+            |more: Vec<i64>| B::ReplicaStream(proto::ReplicaStream { slot: 3, lo: 1, hi: 2, after: Vec::new(), more, packed: true });
         refused(peer(stream(vec![5])), "(lo, hi) pairs");
         refused(peer(stream(vec![0; 2 * MAX_STREAM_RANGES])), "at most 1024");
         let ranges = match PeerRequest::parse(stream(vec![5, 6, -9, -7]), &BYTES) {
@@ -957,7 +1036,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(ranges, vec![(1, 2), (5, 6), (-9, -7)]);
-        let back = PeerRequest::Stream { slot: 3, ranges, after: None }.into_proto();
+        let back = PeerRequest::Stream { slot: 3, ranges, after: None, packed: true }.into_proto();
         assert_eq!(back, stream(vec![5, 6, -9, -7]));
 
         // Paxos requests are parsed by `paxos` (tested there); on a link they are typed and read back.

@@ -269,7 +269,7 @@ fn client_base(rng: &mut Rng) -> proto::Request {
 /// A well-formed replica-to-replica request.
 fn peer_base(rng: &mut Rng) -> proto::Request {
     let key = base_key(rng);
-    let body = match rng.below(12) {
+    let body = match rng.below(15) {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
         3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)), epoch: 0 }),
@@ -305,6 +305,23 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
             hi: rng.next() as i64,
             after: if rng.chance(3) { base_key(rng) } else { Vec::new() },
             more: (0..rng.pick(&[0, 1, 2, 6, 2048, 2049])).map(|_| rng.next() as i64).collect(),
+            packed: rng.chance(2),
+        }),
+        // Acceptor states of stretches: none, an odd count of bounds, or past the limit.
+        12 => B::ReplicaPaxosStates(proto::ReplicaPaxosStates {
+            ranges: (0..rng.pick(&[0, 1, 2, 4, 2048, 2050])).map(|_| rng.next() as i64).collect(),
+            after: if rng.chance(3) { base_key(rng) } else { Vec::new() },
+        }),
+        // States to merge: keys, ballots and proposals as Paxos requests carry them.
+        13 => B::ReplicaPaxosLoad(proto::ReplicaPaxosLoad {
+            states: (0..rng.pick(&[0, 1, 3, 1025]))
+                .map(|_| proto::PaxosKeyState {
+                    key: base_key(rng),
+                    promised: ballot(rng),
+                    accepted: if rng.chance(2) { paxos_proposal(rng) } else { None },
+                    committed: ballot(rng),
+                })
+                .collect(),
         }),
         _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| base_key(rng)).collect() }),
     };
@@ -821,6 +838,8 @@ fn served_kind(req: &B, resp: &R) -> bool {
         | (B::Metadata(_), R::Metadata(_))
         | (B::Membership(_), R::Membership(_))
         | (B::ReplicaStream(_), R::ReplicaCells(_))
+        | (B::ReplicaPaxosStates(_), R::ReplicaPaxosStates(_))
+        | (B::ReplicaPaxosLoad(_), R::ReplicaApply(_))
         | (B::Join(_), R::Metadata(_)) => true,
         (B::ReplicaReadBatch(b), R::ReplicaReadBatch(r)) => b.keys.len() == r.results.len(),
         _ => false,

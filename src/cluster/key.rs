@@ -141,6 +141,11 @@ impl Key {
         self.0.to_vec()
     }
 
+    /// The key's bytes, without a copy.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0.into_vec()
+    }
+
     /// The key's size in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

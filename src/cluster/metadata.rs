@@ -130,6 +130,43 @@ pub fn in_range(lo: Token, hi: Token, t: Token) -> bool {
     }
 }
 
+/// Whether every token from `first` to `last` (inclusive, `first <= last`,
+/// not wrapping) is in one or more of the stretches `ranges` (each as in
+/// [`in_range`]; adjacent stretches together cover what they join).
+pub fn covered(ranges: &[(Token, Token)], first: Token, last: Token) -> bool {
+    let mut from = first;
+    // Each step moves past the end of a stretch holding `from`; no stretch twice.
+    for _ in 0..=ranges.len() {
+        let mut reach = None;
+        for &(lo, hi) in ranges {
+            if covers(lo, hi, from, last) {
+                return true;
+            }
+            if in_range(lo, hi, from) {
+                // Not to `last`, so it ends at `hi`, at or after `from`.
+                reach = reach.max(Some(hi));
+            }
+        }
+        match reach {
+            Some(hi) if hi >= from && hi < last => from = hi + 1,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Whether every token from `first` to `last` (inclusive, `first <= last`,
+/// not wrapping) is in the stretch (`lo`, `hi`] of [`in_range`].
+pub fn covers(lo: Token, hi: Token, first: Token, last: Token) -> bool {
+    debug_assert!(first <= last);
+    match lo.cmp(&hi) {
+        std::cmp::Ordering::Less => lo < first && last <= hi,
+        // Wrapping: the gap (hi, lo] must not fall between them.
+        std::cmp::Ordering::Greater => first > lo || last <= hi,
+        std::cmp::Ordering::Equal => true,
+    }
+}
+
 /// One member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -630,6 +667,66 @@ mod tests {
     use super::*;
     use crate::cluster::file::parse_cluster_spec;
     use crate::cluster::key::Key;
+
+    /// `covers` agrees with `in_range` at every token where membership can
+    /// change (the span's ends and the stretch's own edges), for stretches
+    /// at, around and across slot boundaries, wrapping and not.
+    #[test]
+    fn a_stretch_covers_a_slot_exactly_when_every_token_of_it_is_in_the_stretch() {
+        use crate::cluster::token::slot_span;
+        let mut edges = vec![i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX];
+        for s in [0u8, 1, 127, 128, 200, 255] {
+            let (a, b) = slot_span(s);
+            assert_eq!((crate::cluster::token::slot(a), crate::cluster::token::slot(b)), (s, s));
+            assert!(s == 255 || crate::cluster::token::slot(b + 1) == s + 1);
+            edges.extend([a.wrapping_sub(1), a, a.wrapping_add(1), b.wrapping_sub(1), b, b.wrapping_add(1)]);
+        }
+        let mut both = 0;
+        for &lo in &edges {
+            for &hi in &edges {
+                for s in [0u8, 1, 127, 128, 200, 255] {
+                    let (a, b) = slot_span(s);
+                    let probes = [a, b, lo, lo.wrapping_add(1), hi, hi.wrapping_add(1)];
+                    let every = probes.iter().filter(|&&t| a <= t && t <= b).all(|&t| in_range(lo, hi, t));
+                    assert_eq!(covers(lo, hi, a, b), every, "({lo}, {hi}] over slot {s}");
+                    both += usize::from(every);
+                }
+            }
+        }
+        assert!(both > 100, "the cases cover and do not cover: {both}");
+    }
+
+    /// `covered` agrees with a check of every token where the union of the
+    /// stretches can start or stop holding tokens, for one to four
+    /// stretches drawn from the edges of a few slots (adjacent, overlapping,
+    /// wrapping, gapped).
+    #[test]
+    fn stretches_together_cover_a_slot_exactly_when_every_token_of_it_is_in_one() {
+        use crate::cluster::token::slot_span;
+        let slots = [0u8, 1, 2, 128, 254, 255];
+        let mut edges = vec![i64::MIN, -1, 0, i64::MAX];
+        for s in slots {
+            let (a, b) = slot_span(s);
+            edges.extend([a.wrapping_sub(1), a, a + (b - a) / 2, b.wrapping_sub(1), b]);
+        }
+        let mut seed = 11u64;
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..20_000 {
+            let n = 1 + (crate::rand::splitmix64(&mut seed) % 4) as usize;
+            let mut pick = || edges[(crate::rand::splitmix64(&mut seed) % edges.len() as u64) as usize];
+            let ranges: Vec<(i64, i64)> = (0..n).map(|_| (pick(), pick())).collect();
+            let s = slots[(crate::rand::splitmix64(&mut seed) % slots.len() as u64) as usize];
+            let (a, b) = slot_span(s);
+            let mut probes = vec![a, b];
+            for &(lo, hi) in &ranges {
+                probes.extend([lo, lo.wrapping_add(1), hi, hi.wrapping_add(1)]);
+            }
+            let every = probes.iter().filter(|&&t| a <= t && t <= b).all(|&t| ranges.iter().any(|&(lo, hi)| in_range(lo, hi, t)));
+            assert_eq!(covered(&ranges, a, b), every, "{ranges:?} over slot {s}");
+            if every { yes += 1 } else { no += 1 }
+        }
+        assert!(yes > 1000 && no > 1000, "both outcomes drawn: {yes} covered, {no} not");
+    }
 
     fn spec(text: &str) -> ClusterSpec {
         parse_cluster_spec(text, "test").unwrap()

@@ -302,6 +302,15 @@ impl Ring {
         self.group_leaf(key).0
     }
 
+    /// The first and last token (inclusive) of the keys of slot `slot` in
+    /// this ring's token space (see [`token_of`](Self::token_of)).
+    pub fn slot_span(&self, slot: u8) -> (Token, Token) {
+        match &self.placement {
+            Placement::Bytes { .. } => (Token::from(slot), Token::from(slot)),
+            Placement::Tokens { .. } => token::slot_span(slot),
+        }
+    }
+
     /// The token of `key` in this ring's token space: its Murmur3 token, or
     /// (byte-ordered) the key's integer.
     pub fn token_of(&self, key: &[u8]) -> Token {

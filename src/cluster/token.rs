@@ -99,6 +99,12 @@ pub fn slot(token: Token) -> u8 {
     ((token as u64 ^ (1 << 63)) >> 56) as u8
 }
 
+/// The first and last token of slot `slot` (inclusive; the inverse of [`slot`]).
+pub fn slot_span(slot: u8) -> (Token, Token) {
+    let first = (((slot as u64) << 56) ^ (1 << 63)) as i64;
+    (first, first + ((1 << 56) - 1))
+}
+
 /// The leaf of an anti-entropy hash tree that a token falls in: the six
 /// bits below its [`slot`]'s byte (so each leaf is a contiguous stretch of the ring).
 pub fn leaf(token: Token) -> u8 {

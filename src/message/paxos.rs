@@ -68,6 +68,28 @@ fn request_proposal(p: Option<proto::PaxosProposal>, limits: &Limits, what: &str
     Ok(p)
 }
 
+/// Acceptor states from a peer (a movement's copy), each key, ballot,
+/// proposal and value checked against `limits`; at most [`MAX_BATCH`](crate::message::MAX_BATCH).
+pub fn parse_states(states: Vec<proto::PaxosKeyState>, limits: &Limits, what: &str) -> Result<Vec<(Key, KeyState)>> {
+    if states.len() > crate::message::MAX_BATCH {
+        return Err(Error::InvalidRequest(format!(
+            "{what} of {} acceptor states exceeds the limit of {}",
+            states.len(),
+            crate::message::MAX_BATCH
+        )));
+    }
+    states
+        .into_iter()
+        .map(|m| {
+            let key = limits.key(m.key)?;
+            let accepted = m.accepted.map(|a| request_proposal(Some(a), limits, what)).transpose()?;
+            let promised = m.promised.map_or(Ballot::ZERO, ballot_of);
+            let committed = m.committed.map_or(Ballot::ZERO, ballot_of);
+            Ok((key, KeyState { promised, accepted, committed }))
+        })
+        .collect()
+}
+
 /// Parses and checks a Paxos prepare.
 pub fn parse_prepare(m: proto::PaxosPrepare, limits: &Limits) -> Result<Request> {
     let key = limits.key(m.key)?;

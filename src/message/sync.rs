@@ -64,7 +64,7 @@ pub(crate) fn cells(cells: Vec<proto::KeyVersion>, limits: &Limits, what: &str) 
 
 /// Cells for the wire.
 pub(crate) fn cells_to_proto(cells: Vec<(Key, Version)>) -> Vec<proto::KeyVersion> {
-    cells.into_iter().map(|(k, v)| proto::KeyVersion { key: k.to_vec(), version: Some(v.into_proto()), truncated: false }).collect()
+    cells.into_iter().map(|(k, v)| proto::KeyVersion { key: k.into_vec(), version: Some(v.into_proto()), truncated: false }).collect()
 }
 
 /// A replica's trees from the wire: every tree has no leaves or exactly [`LEAVES`].

@@ -90,7 +90,7 @@ pub(super) fn snapshotter(node: &Node) {
             if wal.sync().is_ok() {
                 continue;
             }
-        } else if wal.log_bytes() < node.cfg.snapshot_bytes && !node.fold.swap(false, Ordering::AcqRel) {
+        } else if wal.log_bytes() < snapshot_limit(node) && !node.fold.swap(false, Ordering::AcqRel) {
             continue;
         }
         match node.snapshot() {
@@ -103,6 +103,15 @@ pub(super) fn snapshotter(node: &Node) {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
+    }
+}
+
+/// The log size that starts a snapshot: `--snapshot-bytes`, or more while a
+/// movement copies into the node.
+fn snapshot_limit(node: &Node) -> u64 {
+    match node.copying.load(Ordering::Acquire) {
+        true => node.cfg.snapshot_bytes.saturating_mul(crate::node::COPY_SNAPSHOT_FACTOR),
+        false => node.cfg.snapshot_bytes,
     }
 }
 

@@ -163,6 +163,10 @@ pub struct Workers {
     pub repair_wake: Receiver<()>,
 }
 
+/// How far past `--snapshot-bytes` the log may grow while a movement copies
+/// into a node (see [`Node::copying`]).
+pub const COPY_SNAPSHOT_FACTOR: u64 = 4;
+
 /// One replica.
 pub struct Node {
     /// Settings.
@@ -197,6 +201,12 @@ pub struct Node {
     /// into a snapshot soon after the start (so the logs of earlier runs go away
     /// instead of piling up and being replayed start after start).
     pub fold: AtomicBool,
+    /// Set while a movement copies cells into this node: the snapshot thread
+    /// lets the log grow to [`COPY_SNAPSHOT_FACTOR`] times `--snapshot-bytes`
+    /// before it takes a snapshot (one taken in the middle of a copy competes
+    /// with it for the processor and is soon out of date; the first after it
+    /// holds everything copied).
+    pub copying: AtomicBool,
     /// Bytes held by calls finishing in the background.
     pub budget: Arc<Budget>,
     /// Reads queued per peer.
@@ -292,6 +302,7 @@ impl Node {
             store,
             hints,
             fold: AtomicBool::new(replayed),
+            copying: AtomicBool::new(false),
             wal,
             paxos: parking_lot::Mutex::new(AcceptorState::new(acceptor)),
             timer: std::sync::OnceLock::new(),

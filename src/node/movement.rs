@@ -21,23 +21,25 @@
 //! one anyway). After a movement ends, every replica drops the cells it no
 //! longer replicates.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::key::{KEYS, Key};
-use crate::cluster::metadata::{Metadata, MoveKind, NodeState, Transfer, in_range};
+use crate::cluster::key::{KEYS, Key, Partitioner};
+use crate::cluster::metadata::{Metadata, MoveKind, NodeState, Transfer, covered, in_range};
 use crate::cluster::ring::{NodeId, NodeInfo};
 use crate::cluster::token;
 use crate::error::{Error, Result};
-use crate::message::{MAX_BATCH, MAX_PAGE_BYTES, PeerRequest, PeerResponse};
+use crate::message::{Limits, MAX_BATCH, MAX_PAGE_BYTES, PeerRequest, PeerResponse, packed};
 use crate::node::Node;
 use crate::node::membership::Stored;
+use crate::paxos::acceptor::{Acceptor, KeyState};
 use crate::proto;
 use crate::storage::cell::Version;
 
 /// How many (slot, stretch) copies a movement runs at once.
-const STREAM_WORKERS: usize = 4;
+const STREAM_WORKERS: usize = 8;
 
 /// How long a movement waits for every live member to learn its epoch.
 const EPOCH_WAIT: Duration = Duration::from_secs(30);
@@ -117,15 +119,44 @@ fn slots_of(t: &Transfer, byte_ordered: bool) -> Vec<u8> {
     out
 }
 
+/// A copied cell's key, checked like any peer's (they come from peers'
+/// replies): a murmur3 key of an allowed size as it is, without a copy;
+/// anything else as [`Limits::key`] takes it (or refuses it).
+fn checked_key<'k>(limits: &Limits, k: &'k [u8]) -> Result<Cow<'k, [u8]>> {
+    match limits.partitioner {
+        Partitioner::Murmur3 if !k.is_empty() && k.len() <= limits.max_key_bytes => Ok(Cow::Borrowed(k)),
+        _ => Ok(Cow::Owned(limits.key(k.to_vec())?.into_vec())),
+    }
+}
+
+/// A packed page's cells, owned (the page came from a peer; its keys are
+/// checked where the cells are applied).
+fn unpack(page: &[u8]) -> Result<Vec<(Key, Version)>> {
+    packed::Reader::new(page).map(|c| c.map(|(k, v)| (Key::trusted(k), v.to_owned()))).collect()
+}
+
 impl Node {
     /// This replica's cells of slot `slot` whose tokens are in any stretch
-    /// (`lo`, `hi`] of `ranges`, after `after`, a page of about [`MAX_PAGE_BYTES`].
-    pub fn stream_cells(&self, slot: u8, ranges: &[(i64, i64)], after: Option<&Key>) -> PeerResponse {
+    /// (`lo`, `hi`] of `ranges`, after `after`, a page of about
+    /// [`MAX_PAGE_BYTES`]: packed if `packed`.
+    pub fn stream_cells(&self, slot: u8, ranges: &[(i64, i64)], after: Option<&Key>, packed: bool) -> PeerResponse {
         let ring = self.ring();
-        let (cells, more) = self.store.cells_where(slot, after.map(Key::as_bytes), MAX_PAGE_BYTES, |key| {
-            let t = ring.token_of(key);
-            ranges.iter().any(|&(lo, hi)| in_range(lo, hi, t))
-        });
+        // Usually the stretches cover the whole slot: then no key needs hashing.
+        let (first, last) = ring.slot_span(slot);
+        let whole = covered(ranges, first, last);
+        let keep = |key: &[u8]| {
+            whole || {
+                let t = ring.token_of(key);
+                ranges.iter().any(|&(lo, hi)| in_range(lo, hi, t))
+            }
+        };
+        let after = after.map(Key::as_bytes);
+        if packed {
+            let mut page = Vec::with_capacity(MAX_PAGE_BYTES + MAX_PAGE_BYTES / 8);
+            let (_, more) = self.store.pack_where(slot, after, MAX_PAGE_BYTES, keep, &mut page);
+            return PeerResponse::Packed { page, more };
+        }
+        let (cells, more) = self.store.cells_where(slot, after, MAX_PAGE_BYTES, keep);
         PeerResponse::Cells { cells, more }
     }
 
@@ -270,7 +301,9 @@ impl Node {
 
     /// Copies every stretch this joining node gains, then ends the join.
     fn bootstrap(self: &Arc<Self>) -> Result<()> {
+        let t0 = Instant::now();
         self.wait_epoch_everywhere(self.view().epoch())?;
+        let t1 = Instant::now();
         let view = self.view();
         let transfers: Vec<Transfer> = view.meta.transfers()?.into_iter().filter(|t| t.to == self.me).collect();
         self.progress.lock().transfers = transfers.len() as u64;
@@ -285,9 +318,20 @@ impl Node {
             sources.push(if live[0] == t.from[0] { vec![live[0]] } else { live });
         }
         let pos = self.copy_transfers(&transfers, &sources, view.ring.sorted_tokens().is_empty())?;
+        let t2 = Instant::now();
         // What was copied here is durable (one sync for all of it) before the join ends.
         self.sync_copied(pos)?;
-        self.finish_movement(MoveKind::Join)
+        let t3 = Instant::now();
+        let r = self.finish_movement(MoveKind::Join);
+        log::info!(
+            "{}: join copied its data in {:.3} s (waited {:.3} s for every member to hold the epoch; synced in {:.3} s; ended in {:.3} s)",
+            self.cfg.name,
+            (t2 - t1).as_secs_f64(),
+            (t1 - t0).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+            t3.elapsed().as_secs_f64()
+        );
+        r
     }
 
     /// Makes what a movement copied into this node (up to log position `pos`)
@@ -309,6 +353,7 @@ impl Node {
     /// applied but not yet synced: the caller commits them once).
     fn copy_transfers(self: &Arc<Self>, transfers: &[Transfer], sources: &[Vec<NodeId>], byte_ordered: bool) -> Result<u64> {
         use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        let paxos_pos = self.copy_paxos_states(transfers, sources)?;
         type Job = (u8, Vec<NodeId>, NodeId);
         let mut grouped: BTreeMap<Job, Vec<usize>> = BTreeMap::new();
         let mut left: Vec<AtomicUsize> = Vec::new();
@@ -330,6 +375,15 @@ impl Node {
         let next = AtomicUsize::new(0);
         let pos = AtomicU64::new(0);
         *self.stream_pace.lock() = (Instant::now(), 0);
+        // Snapshots wait (up to a bound) until the copy is over, however it ends.
+        struct Copying<'n>(&'n Node);
+        impl Drop for Copying<'_> {
+            fn drop(&mut self) {
+                self.0.copying.store(false, Ordering::Release);
+            }
+        }
+        self.copying.store(true, Ordering::Release);
+        let _copying = Copying(self);
         let failed: parking_lot::Mutex<Option<Error>> = parking_lot::Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..STREAM_WORKERS.min(jobs.len()) {
@@ -365,7 +419,104 @@ impl Node {
         if self.shutdown.load(Ordering::Acquire) {
             return Err(Error::Failure(format!("{} is stopping", self.cfg.name)));
         }
-        Ok(pos.into_inner())
+        Ok(pos.into_inner().max(paxos_pos))
+    }
+
+    /// Copies the Paxos acceptor state of the keys of every transfer from
+    /// its sources (merged: each field only moves forward) to its new
+    /// replica, before the cells. A value accepted by a quorum of the old
+    /// replicas is chosen (its client may have been answered) though its
+    /// commits may not have arrived; if the replica that gives the range up
+    /// held it, only that replica's state can carry it to its successor, and
+    /// without it a quorum of the new replica set (the others that missed it
+    /// and the new replica) would not see it: a SERIAL read would then miss
+    /// a write it was told succeeded. This runs once every live member holds
+    /// the movement's epoch, so every later proposal for these keys counts
+    /// the new replica in. The highest log position written here.
+    fn copy_paxos_states(self: &Arc<Self>, transfers: &[Transfer], sources: &[Vec<NodeId>]) -> Result<u64> {
+        // The stretches of each (sources, receiver) pair.
+        type Pair = (Vec<NodeId>, NodeId);
+        let mut grouped: BTreeMap<Pair, Vec<(i64, i64)>> = BTreeMap::new();
+        for (i, t) in transfers.iter().enumerate() {
+            grouped.entry((sources[i].clone(), t.to)).or_default().push((t.lo, t.hi));
+        }
+        let mut pos = 0;
+        for ((from, to), ranges) in grouped {
+            for chunk in ranges.chunks(crate::message::MAX_STREAM_RANGES) {
+                let mut after: Option<Key> = None;
+                loop {
+                    let msg = PeerRequest::PaxosStates { ranges: chunk.to_vec(), after: after.clone() };
+                    let mut merged = Acceptor::new();
+                    let (mut bound, mut any_more): (Option<Key>, bool) = (None, false);
+                    for (f, r) in from.iter().zip(self.gather(from.clone(), msg)) {
+                        match r {
+                            Some(Ok(PeerResponse::PaxosStates { states, more })) => {
+                                if more {
+                                    any_more = true;
+                                    if let Some((last, _)) = states.last()
+                                        && bound.as_ref().is_none_or(|b| last < b)
+                                    {
+                                        bound = Some(last.clone());
+                                    }
+                                }
+                                for (k, s) in states {
+                                    merged.load(k, s);
+                                }
+                            }
+                            other => {
+                                return Err(Error::Failure(format!(
+                                    "copying the acceptor state of {} stretch(es) from {}: {}",
+                                    chunk.len(),
+                                    self.ring().name(*f),
+                                    crate::node::admin::why(other)
+                                )));
+                            }
+                        }
+                    }
+                    let states: Vec<(Key, KeyState)> = merged
+                        .states()
+                        .filter(|(k, _)| bound.as_ref().is_none_or(|b| *k <= b))
+                        .map(|(k, s)| (k.clone(), s.clone()))
+                        .collect();
+                    pos = pos.max(self.deliver_states(to, states)?);
+                    match bound {
+                        Some(b) if any_more && after.as_ref().is_none_or(|a| &b > a) => after = Some(b),
+                        _ if any_more => {
+                            return Err(Error::Protocol("a source said it holds more acceptor states but sent none past the last".into()));
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    /// Merges acceptor `states` into `to`'s: here, logged (the position
+    /// returned for the caller to commit); elsewhere in batches, durable
+    /// when it returns.
+    fn deliver_states(self: &Arc<Self>, to: NodeId, states: Vec<(Key, KeyState)>) -> Result<u64> {
+        if states.is_empty() {
+            return Ok(0);
+        }
+        if to == self.me {
+            let (result, ack) = self.load_paxos_states(states);
+            result?;
+            return Ok(ack.map_or(0, |a| a.pos));
+        }
+        for batch in states.chunks(MAX_BATCH) {
+            match self.gather(vec![to], PeerRequest::PaxosLoad { states: batch.to_vec() }).pop().flatten() {
+                Some(Ok(PeerResponse::Applied(_))) => {}
+                other => {
+                    return Err(Error::Failure(format!(
+                        "sending acceptor states to {}: {}",
+                        self.ring().name(to),
+                        crate::node::admin::why(other)
+                    )));
+                }
+            }
+        }
+        Ok(0)
     }
 
     /// Copies the cells of slot `slot` in the stretches `ranges` from `from`
@@ -380,20 +531,37 @@ impl Node {
             if self.shutdown.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(Error::Failure(format!("{} is stopping", self.cfg.name)));
             }
-            let msg = PeerRequest::Stream { slot, ranges: ranges.to_vec(), after: after.clone() };
+            let msg = PeerRequest::Stream { slot, ranges: ranges.to_vec(), after: after.clone(), packed: true };
             let mut merged: BTreeMap<Key, Version> = BTreeMap::new();
             let mut bound: Option<Key> = None;
             let mut any_more = false;
             let mut single = None;
+            let mut applied = None;
             for (f, r) in from.iter().zip(self.gather(from.to_vec(), msg)) {
-                match r {
-                    // One source: its page as it is (in key order, nothing to merge).
-                    Some(Ok(PeerResponse::Cells { cells, more })) if from.len() == 1 => {
+                let failed = |why: String| {
+                    let stretches: Vec<String> = ranges.iter().map(|(lo, hi)| format!("({lo}, {hi}]")).collect();
+                    Error::Failure(format!("copying tokens {} of slot {slot} from {}: {why}", stretches.join(" "), self.ring().name(*f)))
+                };
+                let (cells, more) = match r {
+                    // One source, to this node: its page applied as it is read (in key order, nothing to merge).
+                    Some(Ok(PeerResponse::Packed { page, more })) if from.len() == 1 && to == self.me => {
+                        let (n, bytes, last, p) = self.apply_page(&page).map_err(|e| failed(e.to_string()))?;
                         any_more = more;
-                        bound = if more { cells.last().map(|(k, _)| k.clone()) } else { None };
-                        single = Some(cells);
+                        bound = if more { last } else { None };
+                        applied = Some((n, bytes, p));
+                        continue;
                     }
-                    Some(Ok(PeerResponse::Cells { cells, more })) => {
+                    Some(Ok(PeerResponse::Packed { page, more })) => (unpack(&page).map_err(|e| failed(e.to_string()))?, more),
+                    Some(Ok(PeerResponse::Cells { cells, more })) => (cells, more),
+                    other => return Err(failed(crate::node::admin::why(other))),
+                };
+                if from.len() == 1 {
+                    // One source: its page as it is (in key order, nothing to merge).
+                    any_more = more;
+                    bound = if more { cells.last().map(|(k, _)| k.clone()) } else { None };
+                    single = Some(cells);
+                } else {
+                    {
                         if more {
                             any_more = true;
                             if let Some((last, _)) = cells.last()
@@ -411,24 +579,24 @@ impl Node {
                             }
                         }
                     }
-                    other => {
-                        let stretches: Vec<String> = ranges.iter().map(|(lo, hi)| format!("({lo}, {hi}]")).collect();
-                        return Err(Error::Failure(format!(
-                            "copying tokens {} of slot {slot} from {}: {}",
-                            stretches.join(" "),
-                            self.ring().name(*f),
-                            crate::node::admin::why(other)
-                        )));
-                    }
                 }
             }
-            let cells: Vec<(Key, Version)> = match single {
-                Some(cells) => cells,
-                None => merged.into_iter().filter(|(k, _)| bound.as_ref().is_none_or(|b| k <= b)).collect(),
+            let (n, bytes) = match applied {
+                Some((n, bytes, p)) => {
+                    pos = pos.max(p);
+                    (n, bytes)
+                }
+                None => {
+                    let cells: Vec<(Key, Version)> = match single {
+                        Some(cells) => cells,
+                        None => merged.into_iter().filter(|(k, _)| bound.as_ref().is_none_or(|b| k <= b)).collect(),
+                    };
+                    let bytes: u64 = cells.iter().map(|(k, v)| (k.len() + v.value.as_ref().map_or(0, |b| b.len())) as u64).sum();
+                    let n = cells.len() as u64;
+                    pos = pos.max(self.deliver_cells(to, cells)?);
+                    (n, bytes)
+                }
             };
-            let bytes: u64 = cells.iter().map(|(k, v)| (k.len() + v.value.as_ref().map_or(0, |b| b.len())) as u64).sum();
-            let n = cells.len() as u64;
-            pos = pos.max(self.deliver_cells(to, cells)?);
             {
                 let mut p = self.progress.lock();
                 p.keys += n;
@@ -445,6 +613,29 @@ impl Node {
                 _ => return Ok(pos),
             }
         }
+    }
+
+    /// Applies a packed page's cells here as they are read (applied, not
+    /// synced): how many, their bytes, the last key and the highest log
+    /// position written. Stops at the first cell that is not well formed.
+    fn apply_page(&self, page: &[u8]) -> Result<(u64, u64, Option<Key>, u64)> {
+        let limits = self.limits();
+        let (mut n, mut bytes, mut pos) = (0, 0, 0);
+        let mut last: Option<&[u8]> = None;
+        let mut newest = None;
+        for cell in packed::Reader::new(page) {
+            let (k, v) = cell?;
+            let key = checked_key(&limits, k)?;
+            newest = newest.max(Some(v.ts));
+            pos = pos.max(self.store.apply_borrowed(&key, v)?.pos);
+            n += 1;
+            bytes += (k.len() + v.value.map_or(0, <[u8]>::len)) as u64;
+            last = Some(k);
+        }
+        if let Some(ts) = newest {
+            let _ = self.clock.observe(ts, self.cfg.max_clock_offset);
+        }
+        Ok((n, bytes, last.map(Key::trusted), pos))
     }
 
     /// Keeps the movement's copying under `--stream-throughput`: after a page
@@ -477,15 +668,9 @@ impl Node {
             let limits = self.limits();
             let mut last = 0;
             let mut newest = None;
-            for (k, v) in cells {
-                // Checked like any peer's cells: these came from peers' replies
-                // (a murmur3 key of a size allowed is taken as it is, without a copy).
-                let k = match limits.partitioner {
-                    crate::cluster::key::Partitioner::Murmur3 if !k.is_empty() && k.len() <= limits.max_key_bytes => k,
-                    _ => limits.key(k.to_vec())?,
-                };
+            for (k, v) in &cells {
                 newest = newest.max(Some(v.ts));
-                last = last.max(self.store.apply(&k, v)?.pos);
+                last = last.max(self.store.apply_borrowed(&checked_key(&limits, k.as_bytes())?, v.borrowed())?.pos);
             }
             if let Some(ts) = newest {
                 let _ = self.clock.observe(ts, self.cfg.max_clock_offset);
@@ -613,5 +798,101 @@ impl Node {
             log::info!("{}: dropped {dropped} cells it no longer replicates (epoch {})", self.cfg.name, view.epoch());
         }
         dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ring::Ring;
+    use crate::config::NodeConfig;
+    use crate::node::test_util::NoPeers;
+    use crate::storage::hlc::Timestamp;
+
+    /// A murmur3 node on its own holding `keys` (small values) and 40 keys
+    /// of 40 KiB in slot 77, so that slot takes two pages.
+    fn node_with_cells() -> Arc<Node> {
+        let infos =
+            (0..3).map(|i| NodeInfo { name: format!("n{i}"), host: "127.0.0.1".into(), port: 1 + i as u16, id: NodeId(i) }).collect();
+        let ring = Ring::murmur3(infos, &[], 4, 3, 1).unwrap();
+        let node = Node::new(NodeConfig::new("n0", "127.0.0.1".parse().unwrap(), 1), ring, Arc::new(NoPeers)).unwrap().0;
+        let ts = |i: u64| Timestamp { micros: 1000 + i, node: 1 };
+        let (mut big, mut i) = (0, 0u64);
+        while i < 3000 || big < 40 {
+            let key = Key::trusted(format!("key:{i}").into_bytes());
+            let slot = node.ring().slot(key.as_bytes());
+            let version = match (slot, i % 7) {
+                (77, _) if big < 40 => {
+                    big += 1;
+                    Version::value(ts(i), vec![i as u8; 40 << 10])
+                }
+                (_, 0) => Version::tombstone(ts(i)),
+                _ if i < 3000 => Version::value(ts(i), format!("v{i}")),
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            node.store.load(key, version);
+            i += 1;
+        }
+        node
+    }
+
+    /// What a stream of slot `slot` over `ranges` sends, page after page,
+    /// packed or not.
+    fn streamed(node: &Node, slot: u8, ranges: &[(i64, i64)], packed: bool) -> (Vec<(Key, Version)>, usize) {
+        let (mut out, mut pages, mut after) = (Vec::new(), 0, None);
+        loop {
+            pages += 1;
+            let (cells, more) = match node.stream_cells(slot, ranges, after.as_ref(), packed) {
+                PeerResponse::Packed { page, more } if packed => (unpack(&page).unwrap(), more),
+                PeerResponse::Cells { cells, more } if !packed => (cells, more),
+                other => panic!("packed {packed}: {other:?}"),
+            };
+            after = cells.last().map(|(k, _)| k.clone());
+            out.extend(cells);
+            if !more {
+                return (out, pages);
+            }
+        }
+    }
+
+    /// A stream sends exactly the slot's cells whose tokens are in its
+    /// stretches, in key order, over pages, packed or not: for the whole
+    /// slot, part of it, adjacent parts that together cover it (no key
+    /// hashed), a stretch wrapping round the ring, and one missing it.
+    #[test]
+    fn a_stream_sends_the_cells_of_its_stretches_packed_or_not() {
+        let node = node_with_cells();
+        let ring = node.ring();
+        for slot in [0u8, 77, 128, 255] {
+            let (a, b) = token::slot_span(slot);
+            let mid = a + (b - a) / 3;
+            let cases: Vec<Vec<(i64, i64)>> = vec![
+                vec![(a.wrapping_sub(1), b)],
+                vec![(a.wrapping_sub(1), mid)],
+                vec![(mid, b)],
+                vec![(mid, b), (a.wrapping_sub(1), mid)],
+                vec![(b, a + (b - a) / 2)],
+                vec![(b, a.wrapping_sub(1))],
+                vec![(a.wrapping_sub(1), mid), (mid + (b - mid) / 2, b)],
+            ];
+            for ranges in cases {
+                let want: Vec<(Key, Version)> = node
+                    .store
+                    .slot_cells(slot)
+                    .into_iter()
+                    .filter(|(k, _)| ranges.iter().any(|&(lo, hi)| in_range(lo, hi, ring.token_of(k.as_bytes()))))
+                    .collect();
+                let (packed, pages) = streamed(&node, slot, &ranges, true);
+                assert_eq!(packed, want, "slot {slot} {ranges:?} packed");
+                let (cells, _) = streamed(&node, slot, &ranges, false);
+                assert_eq!(cells, want, "slot {slot} {ranges:?}");
+                if slot == 77 && ranges.len() == 1 && ranges[0] == (a.wrapping_sub(1), b) {
+                    assert!(pages >= 2, "slot 77 takes more than one page: {pages}");
+                }
+            }
+        }
     }
 }

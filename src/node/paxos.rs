@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::message::paxos::record_to_proto;
 use crate::message::{PeerResponse, PeerResult};
 use crate::node::{Node, PendingAck};
-use crate::paxos::acceptor::{Acceptor, PersistRecord};
+use crate::paxos::acceptor::{Acceptor, KeyState, PersistRecord};
 use crate::paxos::{Ballot, Request};
 
 /// The node's acceptor and the log position of its last record.
@@ -110,6 +110,76 @@ impl Node {
                 None
             }
         }
+    }
+
+    /// The acceptor states held for keys whose tokens are in any stretch
+    /// (`lo`, `hi`] of `ranges`, in key order after `after`: a page of at
+    /// most [`MAX_BATCH`](crate::message::MAX_BATCH). The acceptor holds only
+    /// keys with a round in flight, so this is a scan of a few.
+    pub fn paxos_states(&self, ranges: &[(i64, i64)], after: Option<&Key>) -> PeerResponse {
+        let ring = self.ring();
+        let mut states: Vec<(Key, KeyState)> = {
+            let st = self.paxos.lock();
+            st.acceptor
+                .states()
+                .filter(|(k, _)| after.is_none_or(|a| *k > a))
+                .filter(|(k, _)| {
+                    let t = ring.token_of(k.as_bytes());
+                    ranges.iter().any(|&(lo, hi)| crate::cluster::metadata::in_range(lo, hi, t))
+                })
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect()
+        };
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = states.len() > crate::message::MAX_BATCH;
+        states.truncate(crate::message::MAX_BATCH);
+        PeerResponse::PaxosStates { states, more }
+    }
+
+    /// Merges acceptor states copied from the replicas a range moves from
+    /// (each field only moves forward, as a snapshot's states load): an
+    /// accepted proposal the old replicas hold, chosen perhaps but not yet
+    /// committed everywhere, is then held by the new replica too, so every
+    /// quorum of the new replica set still meets it. Logged as a promise and
+    /// an accept before the answer (the [`PendingAck`] to commit).
+    pub fn load_paxos_states(&self, states: Vec<(Key, KeyState)>) -> (PeerResult, Option<PendingAck>) {
+        let limits = self.limits();
+        let mut st = self.paxos.lock();
+        let mut merged = 0u32;
+        let mut last = None;
+        for (key, state) in states {
+            // Checked again here: the node's own movement hands it states from peers' replies.
+            let key = match limits.key(key.to_vec()) {
+                Ok(k) => k,
+                Err(e) => return (Err(e), last),
+            };
+            if let Some(a) = &state.accepted {
+                let _ = self.clock.observe(a.ballot.0, self.cfg.max_clock_offset);
+            }
+            let before = st.acceptor.state(&key).cloned();
+            st.acceptor.load(key.clone(), state.clone());
+            if st.acceptor.state(&key) == before.as_ref() {
+                continue;
+            }
+            merged += 1;
+            let mut records = vec![PersistRecord::Promise { key: key.clone(), ballot: state.promised }];
+            records.extend(state.accepted.map(|proposal| PersistRecord::Accept { key: key.clone(), proposal }));
+            for record in records {
+                match self.persist(Some(record), None) {
+                    Ok(pos) => {
+                        st.last_pos = st.last_pos.max(pos);
+                        if pos > 0 {
+                            last = Some(PendingAck { pos: st.last_pos, key: key.clone(), ts: None });
+                        }
+                    }
+                    Err(e) => {
+                        st.acceptor.reset(&key, before);
+                        return (Err(e), last);
+                    }
+                }
+            }
+        }
+        (Ok(PeerResponse::Applied(merged)), last)
     }
 
     /// Refuses a ballot too far ahead of this replica's clock; moves the clock up to a sane one.
@@ -297,6 +367,31 @@ mod tests {
     /// Promises, accepts and commits survive a restart from the log alone
     /// (no snapshot): a lower ballot is refused after it, the accepted
     /// proposal is still reported, and a commit's cell and state are back.
+    #[test]
+    fn copied_acceptor_states_merge_forward_and_are_recovered_from_the_log() {
+        let d = Dir::new("load");
+        let (b1, b2, b3) = {
+            let n = node(Some(&d.0));
+            let (b1, b2, b3) = (ballot(&n, 10), ballot(&n, 20), ballot(&n, 30));
+            // This replica promised b2 already; a copy with an older promise and an accept at b1 merges in.
+            assert!(matches!(prepare(&n, b2), Response::Promise { .. }));
+            let copied = KeyState { promised: b1, accepted: Some(proposal(b1, "v1")), committed: Ballot::ZERO };
+            let (r, ack) = n.load_paxos_states(vec![(key(), copied.clone())]);
+            assert_eq!(r.unwrap(), PeerResponse::Applied(1));
+            let pos = ack.map_or(0, |a| a.pos);
+            assert!(pos > 0, "the merge is logged");
+            n.store.commit(pos).unwrap(); // as the connection does before it answers
+            let held = n.paxos.lock().acceptor.state(&key()).cloned().unwrap();
+            assert_eq!((held.promised, held.accepted), (b2, Some(proposal(b1, "v1"))), "each field moved forward only");
+            // The same copy again changes nothing.
+            assert_eq!(n.load_paxos_states(vec![(key(), copied)]).0.unwrap(), PeerResponse::Applied(0));
+            (b1, b2, b3)
+        };
+        let n = node(Some(&d.0));
+        assert_eq!(prepare(&n, b1), Response::Rejected { key: key(), ballot: b1, promised: b2 });
+        assert_eq!(prepare(&n, b3), Response::Promise { key: key(), ballot: b3, accepted: Some(proposal(b1, "v1")), committed: None });
+    }
+
     #[test]
     fn promises_accepts_and_commits_are_recovered_from_the_log() {
         let d = Dir::new("log");

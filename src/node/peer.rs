@@ -86,7 +86,9 @@ impl Node {
             PeerRequest::Apply { cells } => return self.apply_cells(cells),
             PeerRequest::MetaPaxos(req) => self.serve_meta_paxos(req),
             PeerRequest::Metadata => Ok(PeerResponse::Metadata(Box::new(self.stored_metadata()))),
-            PeerRequest::Stream { slot, ranges, after } => Ok(self.stream_cells(slot, &ranges, after.as_ref())),
+            PeerRequest::Stream { slot, ranges, after, packed } => Ok(self.stream_cells(slot, &ranges, after.as_ref(), packed)),
+            PeerRequest::PaxosStates { ranges, after } => Ok(self.paxos_states(&ranges, after.as_ref())),
+            PeerRequest::PaxosLoad { states } => return self.load_paxos_states(states),
         };
         (result, None)
     }

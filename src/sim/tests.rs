@@ -592,3 +592,102 @@ fn a_serial_operation_routed_at_an_old_epoch_starts_over_at_the_new_one() {
         assert_eq!(held, Some(format!("s{seed}")), "seed {seed}: the commit reached n{p}");
     }
 }
+
+/// Runs `work` on a thread of its own (a node's membership thread) while
+/// this one delivers messages and runs the nodes' background work, until it
+/// returns (at most 60 s).
+fn drive<T: Send>(c: &Cluster, work: impl FnOnce() -> T + Send) -> T {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let worker = s.spawn(work);
+        let background = s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                c.background();
+                std::thread::yield_now();
+            }
+        });
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while !worker.is_finished() && std::time::Instant::now() < give_up {
+            while c.net.step_matching(&|_| true) {}
+            std::thread::yield_now();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        background.join().unwrap();
+        assert!(worker.is_finished(), "the work finished within 60 s");
+        worker.join().unwrap()
+    })
+}
+
+/// A movement copies the Paxos acceptor state with the data. A value
+/// accepted by a quorum of a key's replicas — the leaving n4 and one other,
+/// x — is chosen (its client was told so) though no commit has arrived
+/// anywhere. n4 is decommissioned: its successor p takes its place among
+/// the key's replicas. A SERIAL read through p, cut off from x, is decided
+/// by p and the third old replica y, which never heard of the value: only
+/// the acceptor state p was given (n4's and x's, merged) makes the read
+/// find the chosen value, complete it and return it. Without the copy it
+/// returns nothing — a write its client was told had succeeded, lost.
+#[test]
+fn a_chosen_value_whose_commits_never_arrived_survives_a_decommission() {
+    use crate::cluster::consistency::Consistency::Serial;
+    use crate::cluster::metadata::{Metadata, MoveKind};
+    use crate::paxos::{Ballot, Proposal, Request};
+    for seed in 0..4 {
+        let c = Cluster::new(5, 3, seed);
+        let leaver = c.id(4);
+        let leave: Change = Box::new(move |m: &Metadata| m.begin_leave(leaver, MoveKind::Decommission, false));
+        assert_eq!(run_meta_changes(&c, vec![(1, leave)]), vec![Changed::Applied(2)], "seed {seed}");
+        let view = c.nodes[0].view();
+        let index = |id: NodeId| c.nodes.iter().position(|n| n.me == id).unwrap();
+        // A key n4 holds, with its pending replica p and the other two, x and y.
+        let (k, p, x, y) = (0..=255u8)
+            .find_map(|k| {
+                let (targets, n) = view.write_targets(&Key::byte(k));
+                let pending = *targets.last()?;
+                let others: Vec<NodeId> = targets[..targets.len() - 1].iter().copied().filter(|&t| t != leaver).collect();
+                (n == 1 && targets.contains(&leaver) && others.len() == 2).then(|| (k, pending, others[0], others[1]))
+            })
+            .expect("a key moves off n4");
+        let (p, x, y) = (index(p), index(x), index(y));
+        let key = Key::byte(k);
+        // Accepted by n4 and x, as a proposer whose commits were all lost would leave it.
+        let ballot = Ballot(c.nodes[4].clock.now());
+        let proposal = Proposal { ballot, origin: ballot, value: Some(b"chosen".to_vec().into_boxed_slice()) };
+        for i in [4, x] {
+            let (r, _) = c.nodes[i].serve_paxos(Request::Prepare { key: key.clone(), ballot }, 2);
+            assert!(matches!(r, Ok(crate::message::PeerResponse::Paxos(crate::paxos::Response::Promise { .. }))), "seed {seed}: {r:?}");
+            let (r, _) = c.nodes[i].serve_paxos(Request::Propose { key: key.clone(), proposal: proposal.clone() }, 2);
+            assert!(matches!(r, Ok(crate::message::PeerResponse::Paxos(crate::paxos::Response::Accepted { .. }))), "seed {seed}: {r:?}");
+        }
+        let cluster_id = view.meta.cluster_id;
+        let op = proto::membership_request::Op::Decommission as i32;
+        c.nodes[4].membership_request(proto::MembershipRequest { op, cluster_id, ..Default::default() }).unwrap();
+        drive(&c, || c.nodes[4].membership_work());
+        let report = c.nodes[4].membership_request(proto::MembershipRequest::default()).unwrap();
+        assert!(!report.running && report.error.is_empty(), "seed {seed}: {report:?}");
+        c.net.run(&c);
+        let state = c.nodes[0].view().meta.named("n4").map(|m| m.state);
+        assert_eq!(state, Some(crate::cluster::metadata::NodeState::Removed), "seed {seed}: n4 left");
+        assert!(c.nodes[0].view().ring.replicas(key.as_bytes()).contains(&c.id(p)), "seed {seed}: n{p} holds key {k} now");
+        assert_eq!(value_of(&c, p, &key), None, "seed {seed}: nothing was committed, so no cell was copied");
+        c.net.cut(c.id(p), c.id(x));
+        let t = c.request(p, ClientRequest::Get { key: key.clone(), level: Serial });
+        drive(&c, || {
+            while c.client.reply(t).is_none() {
+                std::thread::yield_now();
+            }
+        });
+        let read = match c.client.reply(t) {
+            Some(Reply::SerialRead(v)) => v.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            other => panic!("seed {seed}: {other:?}"),
+        };
+        assert_eq!(read, Some("chosen".into()), "seed {seed}: the SERIAL read through n{p} and n{y}");
+        c.nodes[p].send_commits(c.nodes[p].take_commits());
+        c.net.run(&c);
+        assert_eq!(value_of(&c, y, &key), Some("chosen".into()), "seed {seed}: the read completed it on n{y}");
+    }
+}
+
+fn value_of(c: &Cluster, i: usize, key: &Key) -> Option<String> {
+    c.nodes[i].store.get(key.as_bytes()).and_then(|v: Version| v.value).map(text)
+}

@@ -35,7 +35,34 @@ pub struct Version {
     pub value: Option<Box<[u8]>>,
 }
 
+/// A [`Version`] borrowed: its timestamp and value as a stored cell or a
+/// packed page of cells holds them, with no copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRef<'a> {
+    /// When the write happened.
+    pub ts: Timestamp,
+    /// The value; `None` is a tombstone.
+    pub value: Option<&'a [u8]>,
+}
+
+impl VersionRef<'_> {
+    /// Whether this version is a delete.
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Version {
+        Version { ts: self.ts, value: self.value.map(Box::from) }
+    }
+}
+
 impl Version {
+    /// This version borrowed.
+    pub fn borrowed(&self) -> VersionRef<'_> {
+        VersionRef { ts: self.ts, value: self.value.as_deref() }
+    }
+
     /// A live value.
     pub fn value(ts: Timestamp, value: impl Into<Vec<u8>>) -> Self {
         Version { ts, value: Some(value.into().into_boxed_slice()) }

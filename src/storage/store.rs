@@ -39,7 +39,7 @@ use parking_lot::RwLock;
 
 use crate::cluster::key::{KEYS, Key, Partitioner};
 use crate::error::Result;
-use crate::storage::cell::Version;
+use crate::storage::cell::{Version, VersionRef};
 use crate::storage::hlc::Timestamp;
 use crate::storage::wal::Wal;
 
@@ -126,8 +126,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(key: &[u8], v: &Version) -> Entry {
-        let value = v.value.as_deref().unwrap_or(&[]);
+    fn new(key: &[u8], v: VersionRef<'_>) -> Entry {
+        let value = v.value.unwrap_or(&[]);
         let mut data = Vec::with_capacity(key.len() + value.len());
         data.extend_from_slice(key);
         data.extend_from_slice(value);
@@ -167,8 +167,8 @@ impl Entry {
 
     /// How this cell's version compares with `v`, in the order of [`Version`]
     /// (timestamp, then tombstone, then value), without a copy.
-    fn cmp_version(&self, v: &Version) -> Ordering {
-        self.ts().cmp(&v.ts).then_with(|| self.is_tombstone().cmp(&v.is_tombstone())).then_with(|| self.value().cmp(&v.value.as_deref()))
+    fn cmp_version(&self, v: VersionRef<'_>) -> Ordering {
+        self.ts().cmp(&v.ts).then_with(|| self.is_tombstone().cmp(&v.is_tombstone())).then_with(|| self.value().cmp(&v.value))
     }
 }
 
@@ -216,7 +216,7 @@ impl Slot {
     /// newer: the entry is swapped in, and the old cell swapped back only if
     /// it was not older after all (a repeated or late write, which pays a
     /// second search).
-    fn swap_in(&mut self, entry: Entry, v: &Version) -> std::result::Result<Option<Entry>, Timestamp> {
+    fn swap_in(&mut self, entry: Entry, v: VersionRef<'_>) -> std::result::Result<Option<Entry>, Timestamp> {
         let added = entry.footprint();
         let old = self.cells.replace(entry);
         if let Some(o) = &old
@@ -246,6 +246,51 @@ impl Slot {
             self.bytes -= n.footprint();
         }
     }
+}
+
+/// Cells in order, each one's key and value asked of the memory
+/// [`AHEAD`] cells before it is reached. A slot's cells were allocated in
+/// the order they were written, not in key order, so a scan in key order
+/// otherwise waits on a cache miss per cell, one at a time (a stream of a
+/// slot spent most of its time there); asked for early, the misses overlap.
+struct Ahead<'a, I: Iterator<Item = &'a Entry>> {
+    inner: I,
+    window: std::collections::VecDeque<&'a Entry>,
+}
+
+/// How many cells [`Ahead`] reads ahead.
+const AHEAD: usize = 16;
+
+impl<'a, I: Iterator<Item = &'a Entry>> Ahead<'a, I> {
+    fn new(inner: I) -> Self {
+        Ahead { inner, window: std::collections::VecDeque::with_capacity(AHEAD) }
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a Entry>> Iterator for Ahead<'a, I> {
+    type Item = &'a Entry;
+
+    fn next(&mut self) -> Option<&'a Entry> {
+        while self.window.len() < AHEAD {
+            let Some(e) = self.inner.next() else { break };
+            prefetch(e.head.data.as_ptr());
+            self.window.push_back(e);
+        }
+        self.window.pop_front()
+    }
+}
+
+/// Asks the processor to start loading the cache line at `p` into its
+/// caches (a hint: nothing elsewhere than x86-64).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// A cell as [`Store::list_cut`] lists it.
@@ -312,7 +357,15 @@ impl Store {
     /// Merges `version` into `key`'s cell and, if it changed, appends the change
     /// to the log (not yet durable: see [`Applied::pos`]).
     pub fn apply(&self, key: &Key, version: Version) -> Result<Applied> {
-        self.apply_with(key, version, |wal, key, v| wal.append_cell(key, v))
+        self.apply_borrowed(key.as_bytes(), version.borrowed())
+    }
+
+    /// [`apply`](Self::apply) of a borrowed key and version (a packed page's
+    /// cell: no copy but the one the store keeps). The key must be one
+    /// [`Limits::key`](crate::cluster::key::Limits::key) would take, as a
+    /// [`Key`]'s is.
+    pub fn apply_borrowed(&self, key: &[u8], version: VersionRef<'_>) -> Result<Applied> {
+        self.apply_ref(key, version, |wal| wal.append_cell(key, version))
     }
 
     /// [`apply`](Self::apply) with the change logged by `log` instead of as a
@@ -321,16 +374,19 @@ impl Store {
     /// slot's lock, only if the version is newer and there is a log. If it
     /// fails, the cell is put back and its error returned.
     pub fn apply_with(&self, key: &Key, version: Version, log: impl FnOnce(&Wal, &[u8], &Version) -> Result<u64>) -> Result<Applied> {
-        let key = key.as_bytes();
+        self.apply_ref(key.as_bytes(), version.borrowed(), |wal| log(wal, key.as_bytes(), &version))
+    }
+
+    fn apply_ref(&self, key: &[u8], version: VersionRef<'_>, log: impl FnOnce(&Wal) -> Result<u64>) -> Result<Applied> {
         // Built before the lock is taken; wasted only when the version is not newer.
-        let entry = Entry::new(key, &version);
+        let entry = Entry::new(key, version);
         let mut slot = self.slot(key).write();
-        let old = match slot.swap_in(entry, &version) {
+        let old = match slot.swap_in(entry, version) {
             Ok(old) => old,
             Err(held) => return Ok(Applied { changed: false, held: Some(held), pos: slot.last_pos }),
         };
         let pos = match &self.wal {
-            Some(wal) => match log(wal, key, &version) {
+            Some(wal) => match log(wal) {
                 Ok(pos) => pos,
                 Err(e) => {
                     // Not logged, so not applied: readers never saw it (the lock is held).
@@ -363,8 +419,8 @@ impl Store {
 
     /// Restores a version found in the log or a snapshot (not logged again).
     pub fn load(&self, key: Key, version: Version) {
-        let entry = Entry::new(key.as_bytes(), &version);
-        let old = self.slot(key.as_bytes()).write().swap_in(entry, &version);
+        let entry = Entry::new(key.as_bytes(), version.borrowed());
+        let old = self.slot(key.as_bytes()).write().swap_in(entry, version.borrowed());
         drop(old); // freed after the lock is released (a losing entry too)
     }
 
@@ -453,6 +509,33 @@ impl Store {
         }
         let more = cells.next().is_some();
         (out, more)
+    }
+
+    /// [`cells_where`](Self::cells_where) written as a packed page into
+    /// `page` (see [`packed`](crate::message::packed)), straight from the
+    /// store: how many cells, and whether the slot holds more past the last.
+    pub fn pack_where(
+        &self,
+        slot: u8,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+        page: &mut Vec<u8>,
+    ) -> (usize, bool) {
+        use std::ops::Bound;
+        let probe = after.map(Head::probe);
+        let lower = probe.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+        let map = self.slots[slot as usize].read();
+        let mut cells = Ahead::new(map.cells.range::<Head, _>((lower, Bound::Unbounded))).filter(|e| keep(e.key()));
+        let mut n = 0;
+        let mut bytes = 0;
+        while bytes < max_bytes {
+            let Some(e) = cells.next() else { return (n, false) };
+            bytes += e.footprint() as usize;
+            crate::message::packed::push(page, e.key(), VersionRef { ts: e.ts(), value: e.value() });
+            n += 1;
+        }
+        (n, cells.next().is_some())
     }
 
     /// Drops the cells of slot `slot` whose keys `drop` picks (cells this

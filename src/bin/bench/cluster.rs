@@ -289,6 +289,10 @@ impl Drop for Cluster {
         for i in 0..self.children.len() {
             self.kill(i);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("kept {}", self.dir.display());
+        }
     }
 }

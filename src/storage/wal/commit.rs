@@ -11,7 +11,7 @@ use super::record::{encode_cell_record, encode_record};
 use super::{State, Wal, log_path};
 use crate::error::{Error, Result};
 use crate::proto;
-use crate::storage::cell::Version;
+use crate::storage::cell::VersionRef;
 
 /// When a write counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl Wal {
 
     /// [`append`](Self::append) of the cell write `key` ← `v`, encoded
     /// without copying the key and value into a message first.
-    pub fn append_cell(&self, key: &[u8], v: &Version) -> Result<u64> {
+    pub fn append_cell(&self, key: &[u8], v: VersionRef<'_>) -> Result<u64> {
         self.push(|buf| encode_cell_record(buf, key, v))
     }
 

@@ -6,7 +6,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use prost::Message;
 
 use crate::proto;
-use crate::storage::cell::Version;
+use crate::storage::cell::VersionRef;
 
 /// The first bytes of every log file; the digits are the format version.
 /// Version 4 adds the Paxos withdrawal record, version 3 the other Paxos
@@ -40,11 +40,42 @@ pub(super) const RECORD_HEADER: usize = 8;
 /// A record longer than this is garbage (values are at most a few MiB).
 const MAX_RECORD: usize = 64 << 20;
 
-/// CRC-32C (Castagnoli), table-driven, eight bytes at a time ("slicing by
-/// 8": eight tables, one per byte position, so a step needs no carry chain
-/// between bytes) — several times faster than a byte at a time, which
-/// matters when a restart checks every record of a large log.
+/// CRC-32C (Castagnoli): the processor's own instruction where it has one
+/// (x86-64's SSE 4.2 `crc32`, eight bytes a cycle or so: every logged write,
+/// every streamed cell and every record a restart checks goes through it),
+/// otherwise [`crc32c_table`].
 pub fn crc32c(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the processor has SSE 4.2, checked just above.
+            return unsafe { crc32c_sse42(data) };
+        }
+    }
+    crc32c_table(data)
+}
+
+/// CRC-32C with the `crc32` instruction, eight bytes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let mut crc = !0u64;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+    }
+    let mut crc = crc as u32;
+    for &b in chunks.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    !crc
+}
+
+/// CRC-32C table-driven, eight bytes at a time ("slicing by 8": eight
+/// tables, one per byte position, so a step needs no carry chain between
+/// bytes) — several times faster than a byte at a time.
+pub fn crc32c_table(data: &[u8]) -> u32 {
     static TABLES: std::sync::OnceLock<[[u32; 256]; 8]> = std::sync::OnceLock::new();
     let t = TABLES.get_or_init(|| {
         let mut t = [[0u32; 256]; 8];
@@ -95,7 +126,7 @@ pub(super) fn encode_record(buf: &mut Vec<u8>, record: &proto::LogRecord) -> usi
 /// gives for `LogRecord { cell: CellWrite { key, version } }`, written
 /// straight from the borrowed key and value (the hot path of every write
 /// would otherwise copy both into a message first).
-pub(super) fn encode_cell_record(buf: &mut Vec<u8>, key: &[u8], v: &Version) -> usize {
+pub(super) fn encode_cell_record(buf: &mut Vec<u8>, key: &[u8], v: VersionRef<'_>) -> usize {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
     fn len_field(tag: u32, len: usize, buf: &mut Vec<u8>) {
         encode_key(tag, WireType::LengthDelimited, buf);
@@ -104,7 +135,7 @@ pub(super) fn encode_cell_record(buf: &mut Vec<u8>, key: &[u8], v: &Version) -> 
     fn len_of_field(len: usize) -> usize {
         1 + encoded_len_varint(len as u64) + len
     }
-    let value = v.value.as_deref().unwrap_or(&[]);
+    let value = v.value.unwrap_or(&[]);
     let (micros, node) = (v.ts.micros, u64::from(v.ts.node));
     // Fields equal to their default are left out, as prost does; the tags
     // here are below 16, so each takes one byte.
@@ -189,6 +220,7 @@ mod tests {
     #[test]
     fn crc32c_known_answer() {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c_table(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(b""), 0);
         // RFC 3720's test vectors: 32 zero bytes, 32 0xFF bytes, 0..32 ascending.
         assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
@@ -207,7 +239,7 @@ mod tests {
             for micros in [0, 1, 300, u64::MAX] {
                 for node in [0, 7, u32::MAX] {
                     for value in values {
-                        let v = Version { ts: Timestamp { micros, node }, value: value.map(Box::from) };
+                        let v = crate::storage::cell::Version { ts: Timestamp { micros, node }, value: value.map(Box::from) };
                         let record = proto::LogRecord {
                             kind: Some(proto::log_record::Kind::Cell(proto::CellWrite {
                                 legacy_key: 0,
@@ -217,7 +249,7 @@ mod tests {
                         };
                         let (mut want, mut got) = (vec![1, 2, 3], vec![1, 2, 3]);
                         let n = encode_record(&mut want, &record);
-                        assert_eq!(encode_cell_record(&mut got, key, &v), n);
+                        assert_eq!(encode_cell_record(&mut got, key, v.borrowed()), n);
                         assert_eq!(got, want, "key {key:?} micros {micros} node {node} value {value:?}");
                     }
                 }
@@ -225,7 +257,7 @@ mod tests {
         }
     }
 
-    /// Eight bytes at a time gives the byte-at-a-time answer at every length and alignment.
+    /// Eight bytes at a time (the instruction and the tables) gives the byte-at-a-time answer at every length and alignment.
     #[test]
     fn crc32c_slices_agree_with_the_bytewise_definition() {
         fn bytewise(data: &[u8]) -> u32 {
@@ -242,6 +274,7 @@ mod tests {
         for start in 0..9 {
             for end in start..data.len() {
                 assert_eq!(crc32c(&data[start..end]), bytewise(&data[start..end]), "{start}..{end}");
+                assert_eq!(crc32c_table(&data[start..end]), bytewise(&data[start..end]), "{start}..{end}");
             }
         }
     }
