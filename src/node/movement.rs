@@ -615,27 +615,21 @@ impl Node {
         }
     }
 
-    /// Applies a packed page's cells here as they are read (applied, not
-    /// synced): how many, their bytes, the last key and the highest log
-    /// position written. Stops at the first cell that is not well formed.
+    /// Applies a packed page's cells here (applied, not synced; the page
+    /// logged as one record): how many, their bytes, the last key and the
+    /// log position written. Nothing applied if any cell is not well formed.
     fn apply_page(&self, page: &[u8]) -> Result<(u64, u64, Option<Key>, u64)> {
         let limits = self.limits();
-        let (mut n, mut bytes, mut pos) = (0, 0, 0);
-        let mut last: Option<&[u8]> = None;
-        let mut newest = None;
-        for cell in packed::Reader::new(page) {
-            let (k, v) = cell?;
-            let key = checked_key(&limits, k)?;
-            newest = newest.max(Some(v.ts));
-            pos = pos.max(self.store.apply_borrowed(&key, v)?.pos);
-            n += 1;
-            bytes += (k.len() + v.value.map_or(0, <[u8]>::len)) as u64;
-            last = Some(k);
-        }
-        if let Some(ts) = newest {
+        // Every key as the store holds it already (a byte-ordered key in its one spelling).
+        let applied = self.store.apply_page(page, |k| match checked_key(&limits, k)? {
+            Cow::Borrowed(_) => Ok(()),
+            Cow::Owned(o) if o == k => Ok(()),
+            Cow::Owned(o) => Err(Error::Protocol(format!("a copied key {:?} is not written as the cluster writes it ({:?})", k, o))),
+        })?;
+        if let Some(ts) = applied.newest {
             let _ = self.clock.observe(ts, self.cfg.max_clock_offset);
         }
-        Ok((n, bytes, last.map(Key::trusted), pos))
+        Ok((applied.cells, applied.bytes, applied.last, applied.pos))
     }
 
     /// Keeps the movement's copying under `--stream-throughput`: after a page

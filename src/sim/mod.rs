@@ -167,6 +167,11 @@ impl SimNet {
         self.state.lock().in_flight.len()
     }
 
+    /// Messages in flight that `f` picks.
+    pub fn count_matching(&self, f: &dyn Fn(&Event) -> bool) -> usize {
+        self.state.lock().in_flight.iter().filter(|e| f(e)).count()
+    }
+
     /// Messages delivered so far.
     pub fn delivered(&self) -> usize {
         self.state.lock().delivered

@@ -691,3 +691,72 @@ fn a_chosen_value_whose_commits_never_arrived_survives_a_decommission() {
 fn value_of(c: &Cluster, i: usize, key: &Key) -> Option<String> {
     c.nodes[i].store.get(key.as_bytes()).and_then(|v: Version| v.value).map(text)
 }
+
+/// A SERIAL operation whose prepares were promised at the old epoch, and
+/// whose proposals then reach replicas that have moved on to the epoch
+/// starting a decommission: every replica it proposed to refuses the
+/// proposal as stale (nothing accepted), so nothing holds it; the operation
+/// starts over once its node has caught up, now with the pending replica
+/// among its replicas, and is applied, its commit reaching the pending
+/// replica.
+#[test]
+fn a_serial_proposal_refused_as_stale_after_its_promises_starts_over_at_the_new_epoch() {
+    use crate::cluster::consistency::Consistency::Serial;
+    use crate::cluster::metadata::MoveKind;
+    use crate::paxos::Ballot;
+    for seed in 0..4 {
+        let c = Cluster::new(6, 3, seed);
+        let leaver = c.id(4);
+        let next = c.nodes[1].view().meta.begin_leave(leaver, MoveKind::Decommission, false).unwrap();
+        // A key n4 holds and n0 (the coordinator) does not.
+        let k = (0..=255u8).find(|&k| c.replicas(k).contains(&4) && !c.replicas(k).contains(&0)).expect("a key");
+        let key = Key::byte(k);
+        let token = c.request(0, ClientRequest::Put { key: key.clone(), value: format!("s{seed}").into(), level: Serial, condition: None });
+        let propose = |e: &Event| matches!(&e.kind, Kind::Request(PeerRequest::Paxos(crate::paxos::Request::Propose { .. }, _)));
+        // The prepares and their promises, at epoch 1 (the sends a reply
+        // asks for leave from the background); the proposals held back.
+        for _ in 0..100 {
+            while c.net.step_matching(&|e| !propose(e)) {}
+            c.background();
+            if c.net.count_matching(&|e| !propose(e)) == 0 && c.net.count_matching(&propose) > 0 {
+                break;
+            }
+        }
+        let held = c.net.count_matching(&propose);
+        assert!(held >= 2, "seed {seed}: the proposals wait ({held})");
+        // Meanwhile every replica but n0 moves to the epoch starting n4's decommission.
+        for n in &c.nodes[1..] {
+            assert!(n.adopt(next.clone(), Ballot(n.clock.now())).unwrap(), "seed {seed}");
+        }
+        let (targets, pending) = c.nodes[1].view().write_targets(&key);
+        assert_eq!(pending, 1, "seed {seed}: key {k} gains a pending replica");
+        let p = c.nodes.iter().position(|n| Some(&n.me) == targets.last()).unwrap();
+        let before = c.net.trace().len();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let background = s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    c.background();
+                    if c.nodes[0].behind() {
+                        c.nodes[0].catch_up();
+                    }
+                    std::thread::yield_now();
+                }
+            });
+            let give_up = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < give_up && c.client.reply(token).is_none() {
+                while c.net.step_matching(&|_| true) {}
+                std::thread::yield_now();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            background.join().unwrap();
+        });
+        assert!(matches!(c.client.reply(token), Some(Reply::Write { .. })), "seed {seed}: {:?}", c.client.reply(token));
+        assert_eq!(c.nodes[0].view().epoch(), 2, "seed {seed}: n0 caught up");
+        let asked_pending = c.net.trace()[before..].iter().any(|&(from, to, request)| from == c.id(0) && to == c.id(p) && request);
+        assert!(asked_pending, "seed {seed}: the pending replica n{p} took part");
+        c.nodes[0].send_commits(c.nodes[0].take_commits());
+        c.net.run(&c);
+        assert_eq!(value_of(&c, p, &key), Some(format!("s{seed}")), "seed {seed}: the commit reached n{p}");
+    }
+}

@@ -293,6 +293,21 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// What [`Store::apply_page`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageApplied {
+    /// Cells in the page.
+    pub cells: u64,
+    /// Bytes of their keys and values.
+    pub bytes: u64,
+    /// The page's last key.
+    pub last: Option<Key>,
+    /// The newest timestamp in the page.
+    pub newest: Option<Timestamp>,
+    /// The log position of the page's record (0: nothing logged).
+    pub pos: u64,
+}
+
 /// A cell as [`Store::list_cut`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -400,6 +415,61 @@ impl Store {
         drop(slot);
         drop(old); // freed after the lock is released
         Ok(Applied { changed: true, held: None, pos })
+    }
+
+    /// Merges a packed page of cells (see [`packed`](crate::message::packed);
+    /// a movement's copy) by last-write-wins, all under one lock of their
+    /// slot, and logs the page as one record (replay merges it cell by cell
+    /// again, so the cells that were not newer do no harm there). `check`
+    /// vets each key first (the page came from a peer); every key must be of
+    /// one slot. Nothing is applied unless everything is: a page that is not
+    /// well formed, a key refused, keys of two slots, or a log that refuses
+    /// the record.
+    pub fn apply_page(&self, page: &[u8], mut check: impl FnMut(&[u8]) -> Result<()>) -> Result<PageApplied> {
+        use crate::message::packed::Reader;
+        let mut cells = Vec::new();
+        let mut out = PageApplied::default();
+        let mut slot = None;
+        for cell in Reader::new(page) {
+            let (key, v) = cell?;
+            check(key)?;
+            let s = self.partitioner.slot(key);
+            if *slot.get_or_insert(s) != s {
+                return Err(crate::error::Error::Protocol(format!(
+                    "a page of cells of slot {} holds a key of slot {s}",
+                    slot.unwrap_or(s)
+                )));
+            }
+            out.cells += 1;
+            out.bytes += (key.len() + v.value.map_or(0, <[u8]>::len)) as u64;
+            out.newest = out.newest.max(Some(v.ts));
+            cells.push((Entry::new(key, v), key, v));
+        }
+        out.last = cells.last().map(|(_, k, _)| Key::trusted(*k));
+        let Some(slot) = slot else { return Ok(out) };
+        let mut map = self.slots[slot as usize].write();
+        let mut undo = Vec::with_capacity(cells.len());
+        for (entry, key, v) in cells {
+            if let Ok(old) = map.swap_in(entry, v) {
+                undo.push((key, old));
+            }
+        }
+        if let Some(wal) = &self.wal {
+            match wal.append_page(page) {
+                Ok(pos) => out.pos = pos,
+                Err(e) => {
+                    // Not logged, so not applied: readers never saw any of it (the lock is held).
+                    for (key, old) in undo.into_iter().rev() {
+                        map.undo(key, old);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        map.last_pos = map.last_pos.max(out.pos);
+        drop(map);
+        drop(undo); // the replaced cells, freed after the lock is released
+        Ok(out)
     }
 
     /// Waits until the log holds everything up to `pos` durably (per the fsync mode).

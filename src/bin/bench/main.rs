@@ -25,6 +25,10 @@
 //! Latencies go into a log-linear histogram per client thread (no per-sample
 //! storage); a warm-up period is not counted.
 //!
+//! The clusters the bench starts live in a temporary folder it removes at the
+//! end; with `BENCH_KEEP` set in the environment it keeps it (the replicas'
+//! logs say, for instance, how long a join spent copying and waiting).
+//!
 //! The parts: `load` runs one load (client threads, the get/put/ping loop, a
 //! histogram per thread merged at the end) and writes key sets; `cluster` starts
 //! replicas the bench owns; `matrix` runs the standard rows, the target rows in

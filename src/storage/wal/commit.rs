@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use log::warn;
 
-use super::record::{encode_cell_record, encode_record};
+use super::record::{encode_cell_record, encode_page_record, encode_record};
 use super::{State, Wal, log_path};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -57,6 +57,11 @@ impl Wal {
     /// without copying the key and value into a message first.
     pub fn append_cell(&self, key: &[u8], v: VersionRef<'_>) -> Result<u64> {
         self.push(|buf| encode_cell_record(buf, key, v))
+    }
+
+    /// [`append`](Self::append) of a packed page of cells (a movement's copy), one record.
+    pub fn append_page(&self, page: &[u8]) -> Result<u64> {
+        self.push(|buf| encode_page_record(buf, page))
     }
 
     /// Adds one framed record (`encode` appends it and returns its length) to the
