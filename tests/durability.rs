@@ -427,7 +427,7 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
     assert_eq!(&fs::read(dir.join("snapshot")).unwrap()[..8], b"QKVSNAP3");
     r0.put(7, "written-after", One).unwrap();
     assert!(wait_for(slack(Duration::from_secs(5)), || fs::read(dir.join(&files[1])).unwrap().len() > 8));
-    assert_eq!(&fs::read(dir.join(&files[1])).unwrap()[..8], b"QKVLOG04");
+    assert_eq!(&fs::read(dir.join(&files[1])).unwrap()[..8], b"QKVLOG05");
     // And that recovers too.
     c.restart(0);
     let mut r0 = c.client(0);

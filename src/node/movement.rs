@@ -504,17 +504,26 @@ impl Node {
             result?;
             return Ok(ack.map_or(0, |a| a.pos));
         }
-        for batch in states.chunks(MAX_BATCH) {
-            match self.gather(vec![to], PeerRequest::PaxosLoad { states: batch.to_vec() }).pop().flatten() {
-                Some(Ok(PeerResponse::Applied(_))) => {}
+        let send = |batch: Vec<(Key, KeyState)>| -> Result<()> {
+            match self.gather(vec![to], PeerRequest::PaxosLoad { states: batch }).pop().flatten() {
+                Some(Ok(PeerResponse::Applied(_))) => Ok(()),
                 other => {
-                    return Err(Error::Failure(format!(
-                        "sending acceptor states to {}: {}",
-                        self.ring().name(to),
-                        crate::node::admin::why(other)
-                    )));
+                    Err(Error::Failure(format!("sending acceptor states to {}: {}", self.ring().name(to), crate::node::admin::why(other))))
                 }
             }
+        };
+        // In batches of at most MAX_BATCH states and about MAX_PAGE_BYTES, as cells go.
+        let (mut batch, mut bytes) = (Vec::new(), 0);
+        for (k, s) in states {
+            bytes += k.len() + s.accepted.as_ref().and_then(|a| a.value.as_ref()).map_or(0, |v| v.len());
+            batch.push((k, s));
+            if batch.len() >= MAX_BATCH || bytes >= MAX_PAGE_BYTES {
+                send(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            send(batch)?;
         }
         Ok(0)
     }

@@ -29,6 +29,8 @@ use crate::message::{PeerResponse, PeerResult};
 use crate::node::{Node, PendingAck};
 use crate::paxos::acceptor::{Acceptor, KeyState, PersistRecord};
 use crate::paxos::{Ballot, Request};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// The node's acceptor and the log position of its last record.
 #[derive(Debug, Default)]
@@ -38,12 +40,23 @@ pub struct AcceptorState {
     /// The end of the last record appended for the acceptor (0: none this
     /// run): a reply that needs no record of its own still waits for it.
     last_pos: u64,
+    /// Accepted proposals shown to a movement's copy ([`Node::paxos_states`]),
+    /// the highest ballot of each key and when: another node may hold them
+    /// now, so this node's own acceptance of one of them must not be
+    /// withdrawn ([`Node::withdraw_own`]). Kept for [`SHOWN_FOR`], longer
+    /// than any operation that proposed before the copy can still run.
+    shown: HashMap<Key, (Ballot, Instant)>,
 }
+
+/// How long an accepted proposal shown to a movement's copy stays
+/// unwithdrawable (operations end at their deadline, `--request-timeout`,
+/// well before).
+const SHOWN_FOR: Duration = Duration::from_secs(600);
 
 impl AcceptorState {
     /// The state around an acceptor (recovered, or new).
     pub fn new(acceptor: Acceptor) -> Self {
-        AcceptorState { acceptor, last_pos: 0 }
+        AcceptorState { acceptor, last_pos: 0, shown: HashMap::new() }
     }
 }
 
@@ -97,6 +110,10 @@ impl Node {
     /// (someone was promised a higher ballot since, or the log refused).
     pub(crate) fn withdraw_own(&self, key: &Key, ballot: Ballot) -> Option<u64> {
         let mut st = self.paxos.lock();
+        if st.shown.get(key).is_some_and(|&(b, at)| b >= ballot && at.elapsed() < SHOWN_FOR) {
+            // A movement's copy may have carried the acceptance to another replica.
+            return None;
+        }
         let before = st.acceptor.state(key).cloned();
         let record = st.acceptor.withdraw(key, ballot)?;
         let Some(wal) = &self.wal else { return Some(0) };
@@ -114,25 +131,47 @@ impl Node {
 
     /// The acceptor states held for keys whose tokens are in any stretch
     /// (`lo`, `hi`] of `ranges`, in key order after `after`: a page of at
-    /// most [`MAX_BATCH`](crate::message::MAX_BATCH). The acceptor holds only
-    /// keys with a round in flight, so this is a scan of a few.
+    /// most [`MAX_BATCH`](crate::message::MAX_BATCH) states and about
+    /// [`MAX_PAGE_BYTES`](crate::message::MAX_PAGE_BYTES). Only states that
+    /// say something the cells do not: a promise or an accepted proposal (a
+    /// commit's ballot alone is in its cell, which the movement copies). The
+    /// acceptor holds only keys with a round in flight, so this is a scan of
+    /// a few. Every accepted proposal sent is noted as shown: this node
+    /// never withdraws its acceptance of it afterwards.
     pub fn paxos_states(&self, ranges: &[(i64, i64)], after: Option<&Key>) -> PeerResponse {
+        use crate::message::{MAX_BATCH, MAX_PAGE_BYTES};
         let ring = self.ring();
-        let mut states: Vec<(Key, KeyState)> = {
-            let st = self.paxos.lock();
-            st.acceptor
-                .states()
-                .filter(|(k, _)| after.is_none_or(|a| *k > a))
-                .filter(|(k, _)| {
-                    let t = ring.token_of(k.as_bytes());
-                    ranges.iter().any(|&(lo, hi)| crate::cluster::metadata::in_range(lo, hi, t))
-                })
-                .map(|(k, s)| (k.clone(), s.clone()))
-                .collect()
-        };
+        let mut st = self.paxos.lock();
+        let mut states: Vec<(Key, KeyState)> = st
+            .acceptor
+            .states()
+            .filter(|(k, s)| after.is_none_or(|a| *k > a) && (s.accepted.is_some() || s.promised > Ballot::ZERO))
+            .filter(|(k, _)| {
+                let t = ring.token_of(k.as_bytes());
+                ranges.iter().any(|&(lo, hi)| crate::cluster::metadata::in_range(lo, hi, t))
+            })
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
         states.sort_by(|a, b| a.0.cmp(&b.0));
-        let more = states.len() > crate::message::MAX_BATCH;
-        states.truncate(crate::message::MAX_BATCH);
+        let mut bytes = 0;
+        let fits = states
+            .iter()
+            .position(|(k, s)| {
+                bytes += k.len() + s.accepted.as_ref().and_then(|a| a.value.as_ref()).map_or(0, |v| v.len());
+                bytes > MAX_PAGE_BYTES
+            })
+            .map_or(states.len(), |i| i.max(1));
+        let cut = fits.min(MAX_BATCH);
+        let more = states.len() > cut;
+        states.truncate(cut);
+        let now = Instant::now();
+        st.shown.retain(|_, (_, at)| at.elapsed() < SHOWN_FOR);
+        for (k, s) in &states {
+            if let Some(a) = &s.accepted {
+                let e = st.shown.entry(k.clone()).or_insert((a.ballot, now));
+                *e = (e.0.max(a.ballot), now);
+            }
+        }
         PeerResponse::PaxosStates { states, more }
     }
 
@@ -153,17 +192,36 @@ impl Node {
                 Ok(k) => k,
                 Err(e) => return (Err(e), last),
             };
-            if let Some(a) = &state.accepted {
-                let _ = self.clock.observe(a.ballot.0, self.cfg.max_clock_offset);
+            // Ballots as a proposer's are checked: one far ahead of the clock would block the key.
+            for b in [Some(state.promised), state.accepted.as_ref().map(|a| a.ballot)].into_iter().flatten() {
+                if self.clock.observe(b.0, self.cfg.max_clock_offset).is_err() {
+                    let e = Error::InvalidRequest(format!(
+                        "a copied acceptor state for key {key} has ballot {b}, ahead of {}'s clock by more than {} ms; check the clocks",
+                        self.cfg.name,
+                        self.cfg.max_clock_offset.as_millis()
+                    ));
+                    return (Err(e), last);
+                }
             }
             let before = st.acceptor.state(&key).cloned();
-            st.acceptor.load(key.clone(), state.clone());
-            if st.acceptor.state(&key) == before.as_ref() {
+            st.acceptor.load(key.clone(), state);
+            let after = st.acceptor.state(&key).cloned().unwrap_or_default();
+            let old = before.clone().unwrap_or_default();
+            // What the merge changed, logged as the records a prepare and a propose would
+            // leave (a promise of ballot 0 is none, and is never logged).
+            let mut records = Vec::new();
+            if after.promised > old.promised && after.promised > Ballot::ZERO {
+                records.push(PersistRecord::Promise { key: key.clone(), ballot: after.promised });
+            }
+            if after.accepted != old.accepted
+                && let Some(proposal) = after.accepted
+            {
+                records.push(PersistRecord::Accept { key: key.clone(), proposal });
+            }
+            if records.is_empty() {
                 continue;
             }
             merged += 1;
-            let mut records = vec![PersistRecord::Promise { key: key.clone(), ballot: state.promised }];
-            records.extend(state.accepted.map(|proposal| PersistRecord::Accept { key: key.clone(), proposal }));
             for record in records {
                 match self.persist(Some(record), None) {
                     Ok(pos) => {
@@ -385,11 +443,47 @@ mod tests {
             assert_eq!((held.promised, held.accepted), (b2, Some(proposal(b1, "v1"))), "each field moved forward only");
             // The same copy again changes nothing.
             assert_eq!(n.load_paxos_states(vec![(key(), copied)]).0.unwrap(), PeerResponse::Applied(0));
+            // A state that only says a commit's ballot (promised 0, "none") logs nothing: a
+            // promise of 0 in the log would be refused as damaged at the next start.
+            let committed_only = KeyState { promised: Ballot::ZERO, accepted: None, committed: b1 };
+            let (r, ack) = n.load_paxos_states(vec![(Key::byte(8), committed_only)]);
+            assert_eq!((r.unwrap(), ack.map(|a| a.pos)), (PeerResponse::Applied(0), None));
+            // An accepted proposal without a promise logs the accept alone.
+            let accepted_only = KeyState { promised: Ballot::ZERO, accepted: Some(proposal(b1, "v9")), committed: Ballot::ZERO };
+            let (r, ack) = n.load_paxos_states(vec![(Key::byte(9), accepted_only)]);
+            assert_eq!(r.unwrap(), PeerResponse::Applied(1));
+            n.store.commit(ack.unwrap().pos).unwrap();
+            // A ballot far ahead of the clock is refused, nothing merged.
+            let far = Ballot(Timestamp { micros: n.clock.now().micros + 3_600_000_000, node: 1 });
+            let wild = KeyState { promised: far, accepted: None, committed: Ballot::ZERO };
+            assert!(n.load_paxos_states(vec![(Key::byte(10), wild)]).0.unwrap_err().to_string().contains("ahead of"));
+            assert!(n.paxos.lock().acceptor.state(&Key::byte(10)).is_none());
             (b1, b2, b3)
         };
         let n = node(Some(&d.0));
         assert_eq!(prepare(&n, b1), Response::Rejected { key: key(), ballot: b1, promised: b2 });
         assert_eq!(prepare(&n, b3), Response::Promise { key: key(), ballot: b3, accepted: Some(proposal(b1, "v1")), committed: None });
+        let nine = n.paxos.lock().acceptor.state(&Key::byte(9)).cloned().unwrap();
+        assert_eq!(nine.accepted, Some(proposal(b1, "v9")), "the lone accept came back too");
+    }
+
+    /// A movement's copy of the acceptor state shows this node's acceptance
+    /// of its own proposal to another replica: from then on the node may not
+    /// withdraw it (the new replica may complete it), whereas before it could.
+    #[test]
+    fn an_acceptance_shown_to_a_movement_is_never_withdrawn() {
+        for shown in [false, true] {
+            let n = node(None);
+            let b = ballot(&n, 10);
+            assert!(matches!(prepare(&n, b), Response::Promise { .. }));
+            assert!(matches!(serve(&n, Request::Propose { key: key(), proposal: proposal(b, "v") }), Response::Accepted { .. }));
+            if shown {
+                let PeerResponse::PaxosStates { states, more } = n.paxos_states(&[(0, 0)], None) else { panic!() };
+                assert_eq!((states.len(), more), (1, false));
+                assert_eq!(states[0].1.accepted, Some(proposal(b, "v")));
+            }
+            assert_eq!(n.withdraw_own(&key(), b).is_some(), !shown, "shown to a movement: {shown}");
+        }
     }
 
     #[test]

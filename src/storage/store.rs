@@ -377,7 +377,7 @@ impl Store {
 
     /// [`apply`](Self::apply) of a borrowed key and version (a packed page's
     /// cell: no copy but the one the store keeps). The key must be one
-    /// [`Limits::key`](crate::cluster::key::Limits::key) would take, as a
+    /// [`Limits::key`](crate::message::Limits::key) would take, as a
     /// [`Key`]'s is.
     pub fn apply_borrowed(&self, key: &[u8], version: VersionRef<'_>) -> Result<Applied> {
         self.apply_ref(key, version, |wal| wal.append_cell(key, version))

@@ -18,7 +18,7 @@
 //!
 //! # Record format
 //!
-//! Each log starts with the magic `QKVLOG04` (`QKVLOG03`, without the Paxos withdrawal record, `QKVLOG02`, without Paxos records, and `QKVLOG01`, the seed's integer keys, are still read), then records:
+//! Each log starts with the magic `QKVLOG05` (`QKVLOG04`, without the page of copied cells, `QKVLOG03`, without the Paxos withdrawal record, `QKVLOG02`, without Paxos records, and `QKVLOG01`, the seed's integer keys, are still read), then records:
 //!
 //! ```text
 //! +----------------+----------------+---------------------------+

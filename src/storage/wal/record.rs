@@ -15,7 +15,9 @@ use crate::storage::cell::VersionRef;
 /// moves whenever a record kind is added, so an older quorumkv refuses a log
 /// it could only partly understand (prost would skip the unknown records
 /// without a word).
-pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG04";
+pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG05";
+/// The magic of a version 4 log (before the page of copied cells), read on recovery.
+pub(super) const LOG_MAGIC_V4: &[u8; 8] = b"QKVLOG04";
 /// The magic of a version 3 log, read on recovery.
 pub(super) const LOG_MAGIC_V3: &[u8; 8] = b"QKVLOG03";
 /// The magic of a version 2 log, read on recovery.
@@ -32,7 +34,7 @@ pub(super) const SNAP_MAGIC_V1: &[u8; 8] = b"QKVSNAP1";
 
 /// Whether `head` is a log magic this version reads (or, if shorter, the start of one).
 pub(super) fn log_magic_prefix(head: &[u8]) -> bool {
-    [LOG_MAGIC, LOG_MAGIC_V3, LOG_MAGIC_V2, LOG_MAGIC_V1].iter().any(|m| m.starts_with(head))
+    [LOG_MAGIC, LOG_MAGIC_V4, LOG_MAGIC_V3, LOG_MAGIC_V2, LOG_MAGIC_V1].iter().any(|m| m.starts_with(head))
 }
 /// A record's header: a little-endian `u32` body length, then a little-endian
 /// `u32` CRC-32C of the body.
@@ -43,7 +45,7 @@ const MAX_RECORD: usize = 64 << 20;
 /// CRC-32C (Castagnoli): the processor's own instruction where it has one
 /// (x86-64's SSE 4.2 `crc32`, eight bytes a cycle or so: every logged write,
 /// every streamed cell and every record a restart checks goes through it),
-/// otherwise [`crc32c_table`].
+/// otherwise tables, eight bytes at a time.
 pub fn crc32c(data: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {

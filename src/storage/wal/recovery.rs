@@ -254,8 +254,9 @@ mod tests {
         last_log(dir)
     }
 
-    /// Logs of the versions before Paxos (`QKVLOG02`) and before its
-    /// withdrawal record (`QKVLOG03`) are still read; a file with a magic
+    /// Logs of the versions before Paxos (`QKVLOG02`), before its
+    /// withdrawal record (`QKVLOG03`) and before the page of copied cells
+    /// (`QKVLOG04`) are still read; a file with a magic
     /// this version does not know is refused.
     #[test]
     fn an_older_log_is_read_and_an_unknown_one_refused() {
@@ -272,7 +273,12 @@ mod tests {
         let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
         assert_eq!(keys(&rec), vec![0, 1, 2], "version 3, before the withdrawal record");
         drop(_wal);
-        data[..8].copy_from_slice(b"QKVLOG05");
+        data[..8].copy_from_slice(b"QKVLOG04");
+        fs::write(&path, &data).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), vec![0, 1, 2], "version 4, before the page of copied cells");
+        drop(_wal);
+        data[..8].copy_from_slice(b"QKVLOG06");
         fs::write(&path, &data).unwrap();
         let e = Wal::open(&d.0, FsyncMode::Always).err().expect("an unknown version is refused").to_string();
         assert!(e.contains("bad magic"), "{e}");
