@@ -129,6 +129,46 @@ fn checked_key<'k>(limits: &Limits, k: &'k [u8]) -> Result<Cow<'k, [u8]>> {
     }
 }
 
+/// Notes one source's page of a copy merged from several: if the source
+/// holds more past its page's `last` key, the merged page can only go up to
+/// the lowest such key (`bound`).
+fn note_page(bound: &mut Option<Key>, any_more: &mut bool, more: bool, last: Option<&Key>) {
+    if more {
+        *any_more = true;
+        if let Some(last) = last
+            && bound.as_ref().is_none_or(|b| last < b)
+        {
+            *bound = Some(last.clone());
+        }
+    }
+}
+
+/// Where a copy's next page starts: after `bound` if a source holds more
+/// (`None`: the copy is done). "More" without a page past the last one is a
+/// source that cannot be followed: an error, so the copy never passes for done.
+fn next_page(after: Option<&Key>, bound: Option<Key>, any_more: bool, what: &str) -> Result<Option<Key>> {
+    match bound {
+        Some(b) if any_more && after.is_none_or(|a| &b > a) => Ok(Some(b)),
+        _ if any_more => Err(Error::Protocol(format!("a source said it holds more {what} but sent none past {after:?}"))),
+        _ => Ok(None),
+    }
+}
+
+/// Hands `items` to `send` in batches of at most [`MAX_BATCH`] items and
+/// about [`MAX_PAGE_BYTES`] (by `size`), as a peer takes them.
+fn in_batches<T>(items: Vec<T>, size: impl Fn(&T) -> usize, mut send: impl FnMut(Vec<T>) -> Result<()>) -> Result<()> {
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for item in items {
+        bytes += size(&item);
+        batch.push(item);
+        if batch.len() >= MAX_BATCH || bytes >= MAX_PAGE_BYTES {
+            send(std::mem::take(&mut batch))?;
+            bytes = 0;
+        }
+    }
+    if batch.is_empty() { Ok(()) } else { send(batch) }
+}
+
 /// A packed page's cells, owned (the page came from a peer; its keys are
 /// checked where the cells are applied).
 fn unpack(page: &[u8]) -> Result<Vec<(Key, Version)>> {
@@ -451,14 +491,7 @@ impl Node {
                     for (f, r) in from.iter().zip(self.gather(from.clone(), msg)) {
                         match r {
                             Some(Ok(PeerResponse::PaxosStates { states, more })) => {
-                                if more {
-                                    any_more = true;
-                                    if let Some((last, _)) = states.last()
-                                        && bound.as_ref().is_none_or(|b| last < b)
-                                    {
-                                        bound = Some(last.clone());
-                                    }
-                                }
+                                note_page(&mut bound, &mut any_more, more, states.last().map(|(k, _)| k));
                                 for (k, s) in states {
                                     merged.load(k, s);
                                 }
@@ -479,12 +512,9 @@ impl Node {
                         .map(|(k, s)| (k.clone(), s.clone()))
                         .collect();
                     pos = pos.max(self.deliver_states(to, states)?);
-                    match bound {
-                        Some(b) if any_more && after.as_ref().is_none_or(|a| &b > a) => after = Some(b),
-                        _ if any_more => {
-                            return Err(Error::Protocol("a source said it holds more acceptor states but sent none past the last".into()));
-                        }
-                        _ => break,
+                    match next_page(after.as_ref(), bound, any_more, "acceptor states")? {
+                        Some(b) => after = Some(b),
+                        None => break,
                     }
                 }
             }
@@ -512,19 +542,7 @@ impl Node {
                 }
             }
         };
-        // In batches of at most MAX_BATCH states and about MAX_PAGE_BYTES, as cells go.
-        let (mut batch, mut bytes) = (Vec::new(), 0);
-        for (k, s) in states {
-            bytes += k.len() + s.accepted.as_ref().and_then(|a| a.value.as_ref()).map_or(0, |v| v.len());
-            batch.push((k, s));
-            if batch.len() >= MAX_BATCH || bytes >= MAX_PAGE_BYTES {
-                send(std::mem::take(&mut batch))?;
-                bytes = 0;
-            }
-        }
-        if !batch.is_empty() {
-            send(batch)?;
-        }
+        in_batches(states, |(k, s)| k.len() + s.accepted.as_ref().and_then(|a| a.value.as_ref()).map_or(0, |v| v.len()), send)?;
         Ok(0)
     }
 
@@ -570,21 +588,12 @@ impl Node {
                     bound = if more { cells.last().map(|(k, _)| k.clone()) } else { None };
                     single = Some(cells);
                 } else {
-                    {
-                        if more {
-                            any_more = true;
-                            if let Some((last, _)) = cells.last()
-                                && bound.as_ref().is_none_or(|b| last < b)
-                            {
-                                bound = Some(last.clone());
-                            }
-                        }
-                        for (k, v) in cells {
-                            match merged.get(&k) {
-                                Some(old) if *old >= v => {}
-                                _ => {
-                                    merged.insert(k, v);
-                                }
+                    note_page(&mut bound, &mut any_more, more, cells.last().map(|(k, _)| k));
+                    for (k, v) in cells {
+                        match merged.get(&k) {
+                            Some(old) if *old >= v => {}
+                            _ => {
+                                merged.insert(k, v);
                             }
                         }
                     }
@@ -612,14 +621,9 @@ impl Node {
                 p.bytes += bytes;
             }
             self.pace_stream(bytes);
-            match bound {
-                Some(b) if any_more && after.as_ref().is_none_or(|a| &b > a) => after = Some(b),
-                _ if any_more => {
-                    // "More" without a page past the last one: a source that
-                    // cannot be followed; the copy must not pass for done.
-                    return Err(Error::Protocol(format!("a source of slot {slot} said it holds more cells but sent none past {after:?}")));
-                }
-                _ => return Ok(pos),
+            match next_page(after.as_ref(), bound, any_more, &format!("cells of slot {slot}"))? {
+                Some(b) => after = Some(b),
+                None => return Ok(pos),
             }
         }
     }
@@ -680,25 +684,13 @@ impl Node {
             }
             return Ok(last);
         }
-        let mut batch = Vec::new();
-        let mut bytes = 0;
         let send = |batch: Vec<(Key, Version)>| -> Result<()> {
             match self.gather(vec![to], PeerRequest::Apply { cells: batch }).pop().flatten() {
                 Some(Ok(PeerResponse::Applied(_))) => Ok(()),
                 other => Err(Error::Failure(format!("sending cells to {}: {}", self.ring().name(to), crate::node::admin::why(other)))),
             }
         };
-        for c in cells {
-            bytes += c.0.len() + c.1.value.as_ref().map_or(0, |b| b.len());
-            batch.push(c);
-            if batch.len() >= MAX_BATCH || bytes >= MAX_PAGE_BYTES {
-                send(std::mem::take(&mut batch))?;
-                bytes = 0;
-            }
-        }
-        if !batch.is_empty() {
-            send(batch)?;
-        }
+        in_batches(cells, |(k, v)| k.len() + v.value.as_ref().map_or(0, |b| b.len()), send)?;
         Ok(0)
     }
 

@@ -559,29 +559,9 @@ fn a_serial_operation_routed_at_an_old_epoch_starts_over_at_the_new_one() {
             .expect("a key moves off n4");
         let p = c.nodes.iter().position(|n| n.me == pending).unwrap();
         let before = c.net.trace().len();
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let token = std::thread::scope(|s| {
-            // The repair thread and the membership thread's catch-up, as a replica runs them.
-            let background = s.spawn(|| {
-                while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                    c.background();
-                    if c.nodes[0].behind() {
-                        c.nodes[0].catch_up();
-                    }
-                    std::thread::yield_now();
-                }
-            });
-            let put = ClientRequest::Put { key: Key::byte(k), value: format!("s{seed}").into(), level: Serial, condition: None };
-            let token = c.request(0, put);
-            let give_up = std::time::Instant::now() + Duration::from_secs(30);
-            while std::time::Instant::now() < give_up && c.client.reply(token).is_none() {
-                while c.net.step_matching(&|_| true) {}
-                std::thread::yield_now();
-            }
-            stop.store(true, std::sync::atomic::Ordering::Release);
-            background.join().unwrap();
-            token
-        });
+        let put = ClientRequest::Put { key: Key::byte(k), value: format!("s{seed}").into(), level: Serial, condition: None };
+        let token = c.request(0, put);
+        await_reply(&c, token);
         assert!(matches!(c.client.reply(token), Some(Reply::Write { .. })), "seed {seed}: {:?}", c.client.reply(token));
         let asked_pending = c.net.trace()[before..].iter().any(|&(from, to, request)| from == c.id(0) && to == pending && request);
         assert!(asked_pending, "seed {seed}: the pending replica n{p} of key {k} took part");
@@ -594,8 +574,10 @@ fn a_serial_operation_routed_at_an_old_epoch_starts_over_at_the_new_one() {
 }
 
 /// Runs `work` on a thread of its own (a node's membership thread) while
-/// this one delivers messages and runs the nodes' background work, until it
-/// returns (at most 60 s).
+/// this one delivers messages and another runs the nodes' background work
+/// (the repair thread, and the membership thread's catch-up of a node that
+/// heard of a newer epoch, as a replica runs them), until it returns (at
+/// most 60 s).
 fn drive<T: Send>(c: &Cluster, work: impl FnOnce() -> T + Send) -> T {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -603,9 +585,15 @@ fn drive<T: Send>(c: &Cluster, work: impl FnOnce() -> T + Send) -> T {
         let background = s.spawn(|| {
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
                 c.background();
+                for n in &c.nodes {
+                    if n.behind() {
+                        n.catch_up();
+                    }
+                }
                 std::thread::yield_now();
             }
         });
+        // The work ends by itself (a movement's waits and a request's deadline are bounded).
         let give_up = std::time::Instant::now() + Duration::from_secs(60);
         while !worker.is_finished() && std::time::Instant::now() < give_up {
             while c.net.step_matching(&|_| true) {}
@@ -672,11 +660,7 @@ fn a_chosen_value_whose_commits_never_arrived_survives_a_decommission() {
         assert_eq!(value_of(&c, p, &key), None, "seed {seed}: nothing was committed, so no cell was copied");
         c.net.cut(c.id(p), c.id(x));
         let t = c.request(p, ClientRequest::Get { key: key.clone(), level: Serial });
-        drive(&c, || {
-            while c.client.reply(t).is_none() {
-                std::thread::yield_now();
-            }
-        });
+        await_reply(&c, t);
         let read = match c.client.reply(t) {
             Some(Reply::SerialRead(v)) => v.map(|v| String::from_utf8_lossy(&v).into_owned()),
             other => panic!("seed {seed}: {other:?}"),
@@ -686,6 +670,18 @@ fn a_chosen_value_whose_commits_never_arrived_survives_a_decommission() {
         c.net.run(&c);
         assert_eq!(value_of(&c, y, &key), Some("chosen".into()), "seed {seed}: the read completed it on n{y}");
     }
+}
+
+/// Delivers messages and runs the background work (see [`drive`]) until the
+/// client request `token` is answered, or 50 s have passed (the caller's
+/// assertion on the reply then fails).
+fn await_reply(c: &Cluster, token: u64) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(50);
+    drive(c, || {
+        while c.client.reply(token).is_none() && std::time::Instant::now() < give_up {
+            std::thread::yield_now();
+        }
+    });
 }
 
 fn value_of(c: &Cluster, i: usize, key: &Key) -> Option<String> {
@@ -732,25 +728,7 @@ fn a_serial_proposal_refused_as_stale_after_its_promises_starts_over_at_the_new_
         assert_eq!(pending, 1, "seed {seed}: key {k} gains a pending replica");
         let p = c.nodes.iter().position(|n| Some(&n.me) == targets.last()).unwrap();
         let before = c.net.trace().len();
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let background = s.spawn(|| {
-                while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                    c.background();
-                    if c.nodes[0].behind() {
-                        c.nodes[0].catch_up();
-                    }
-                    std::thread::yield_now();
-                }
-            });
-            let give_up = std::time::Instant::now() + Duration::from_secs(30);
-            while std::time::Instant::now() < give_up && c.client.reply(token).is_none() {
-                while c.net.step_matching(&|_| true) {}
-                std::thread::yield_now();
-            }
-            stop.store(true, std::sync::atomic::Ordering::Release);
-            background.join().unwrap();
-        });
+        await_reply(&c, token);
         assert!(matches!(c.client.reply(token), Some(Reply::Write { .. })), "seed {seed}: {:?}", c.client.reply(token));
         assert_eq!(c.nodes[0].view().epoch(), 2, "seed {seed}: n0 caught up");
         let asked_pending = c.net.trace()[before..].iter().any(|&(from, to, request)| from == c.id(0) && to == c.id(p) && request);
