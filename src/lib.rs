@@ -7,7 +7,8 @@
 //! request ([`node`]) at the consistency level the client picks; the request
 //! machines of [`coordinator`] turn replies into answers, read repairs and
 //! hints; [`storage`] keeps cells, hints and the write-ahead log; [`net`] owns
-//! every socket and thread; [`client`] is the client side. See
+//! every socket and thread; [`client`] is the client side; [`txn`] holds the
+//! pieces of multi-key transactions built so far. See
 //! `docs/ARCHITECTURE.md` for the folders, the threads and the path of a
 //! request.
 #![warn(missing_docs)]
@@ -27,6 +28,7 @@ pub mod rand;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;
+pub mod txn;
 
 /// Messages generated from `proto/quorumkv.proto` by `build.rs`.
 #[allow(missing_docs, clippy::all)]

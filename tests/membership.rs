@@ -296,7 +296,14 @@ fn a_join_is_paced_by_stream_throughput() {
     }
     let j = c.join_with("r3", 0, &["--stream-throughput", "1"]);
     wait_members(&c, 0, &[("r3", "NORMAL")]);
-    let m = c.client(j).membership(proto::membership_request::Op::Status, "", false).expect("movement status");
+    // The epoch that ends the join is seen before the joiner's status says so: poll (bounded).
+    let status = || c.client(j).membership(proto::membership_request::Op::Status, "", false).expect("movement status");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut m = status();
+    while m.running && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        m = status();
+    }
     assert!(m.error.is_empty() && !m.running && m.bytes > 1 << 20, "the join copied over 1 MiB: {m:?}");
     let floor = m.bytes as f64 / f64::from(1 << 20);
     assert!(m.elapsed_secs >= floor, "{} bytes copied in {:.2} s: faster than 1 MiB/s", m.bytes, m.elapsed_secs);
