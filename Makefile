@@ -6,7 +6,8 @@
 #   make test             the whole test suite, plus the image tests with --features images
 #   make tsan             the whole test suite under ThreadSanitizer (nightly + rust-src)
 #   make lint             rustfmt check and clippy with warnings as errors
-#   make soak             the nemesis test for DURATION seconds (default 600), release build; SEED=… replays one
+#   make soak             the nemesis test, then its bank run, for DURATION seconds each (default 600), release build;
+#                         SEED=… replays one
 #   make bench            release build, a cluster on free loopback ports, the standard matrix, one table
 #                         (with the murmur3 rows: 100,000 string keys, against the byte-ordered rows)
 #   make bench-memory     resident memory and restart time of a replica holding BENCH_KEYS (1M) keys, against redis-server
@@ -14,6 +15,7 @@
 #   make bench-storage    both, one table (about 5 minutes at 1M keys)
 #   make bench-join       a node joins a 3-replica cluster holding BENCH_KEYS keys: its streaming rate against
 #                         a plain TCP copy of the same bytes, and put QUORUM p99 while one streams (about 2 minutes)
+#   make bench-txn        transactions and mget against QUORUM puts and gets, and at 32 clients (about 2 minutes)
 
 CARGO      ?= cargo
 REPLICAS   ?= replicas.txt
@@ -80,6 +82,8 @@ test-images:
 soak:
 	QUORUMKV_NEMESIS_SECS=$(DURATION) $(if $(SEED),QUORUMKV_NEMESIS_SEED=$(SEED)) \
 	  $(CARGO) test --release --test nemesis nemesis -- --exact --nocapture
+	QUORUMKV_NEMESIS_SECS=$(DURATION) $(if $(SEED),QUORUMKV_NEMESIS_SEED=$(SEED)) \
+	  $(CARGO) test --release --test nemesis nemesis_bank -- --exact --nocapture
 
 # ThreadSanitizer needs std rebuilt with the sanitizer (-Zbuild-std), hence
 # nightly and rust-src. If they cannot be installed this says so loudly.
@@ -105,7 +109,7 @@ bench_pinned = if command -v taskset >/dev/null 2>&1 && [ "$$(nproc)" -ge 2 ]; t
 	  $(BENCH_BIN) $(1) $(BENCH_FLAGS); \
 	fi
 
-.PHONY: bench-memory bench-snapshot bench-storage bench-join
+.PHONY: bench-memory bench-snapshot bench-storage bench-join bench-txn
 
 bench: build
 	@$(call bench_pinned,matrix --duration $(BENCH_DURATION) --warmup 500ms)
@@ -123,6 +127,9 @@ bench-storage: build
 # the two ends of the plain TCP copy it is compared with do.
 bench-join: build
 	$(BENCH_BIN) join --keys $(BENCH_KEYS) $(BENCH_FLAGS)
+
+bench-txn: build
+	@$(call bench_pinned,txn)
 
 lint:
 	$(CARGO) fmt --check

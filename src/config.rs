@@ -103,10 +103,48 @@ pub struct NodeConfig {
     pub ack_log: Option<PathBuf>,
     /// Accept the admin requests that drop or delay messages and pause the replica (tests, demos).
     pub enable_fault_injection: bool,
+    /// Test hook: a transaction coordinator kills this process at this point
+    /// (see [`TxnCrashPoint`]).
+    pub txn_crash: Option<TxnCrashPoint>,
     /// How often a background anti-entropy pass starts (zero: never; `repair` still runs one).
     pub anti_entropy_interval: Duration,
+    /// An intent held longer than this is settled by its replica's recovery
+    /// (the transaction's record is asked, or aborted).
+    pub txn_timeout: Duration,
     /// The most bytes a second a movement this node runs copies (keys and values; 0: no limit).
     pub stream_throughput: u64,
+}
+
+/// Where a transaction coordinator dies when told to (a hidden test flag,
+/// `--txn-crash-before`): between two of its phases, to show that the
+/// replicas settle the transaction without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnCrashPoint {
+    /// After every vote came in, before the decision is sent to the record.
+    Record,
+    /// After the decision was recorded (and the client answered), before any resolution is sent.
+    Resolve,
+}
+
+impl TxnCrashPoint {
+    /// `record` or `resolve`.
+    pub fn parse(s: &str) -> std::result::Result<TxnCrashPoint, String> {
+        match s {
+            "record" => Ok(TxnCrashPoint::Record),
+            "resolve" => Ok(TxnCrashPoint::Resolve),
+            other => Err(format!("unknown transaction crash point {other:?}: record or resolve")),
+        }
+    }
+
+    /// Whether sending `msg` passes this point.
+    pub fn at(self, msg: &crate::message::PeerRequest) -> bool {
+        use crate::message::PeerRequest as P;
+        use crate::txn::record::RecordRequest as R;
+        match self {
+            TxnCrashPoint::Record => matches!(msg, P::TxnRecord(R::Accept { .. })),
+            TxnCrashPoint::Resolve => matches!(msg, P::TxnResolve { .. }),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -135,7 +173,9 @@ impl NodeConfig {
             snapshot_bytes: 64 << 20,
             ack_log: None,
             enable_fault_injection: false,
+            txn_crash: None,
             anti_entropy_interval: Duration::from_secs(600),
+            txn_timeout: Duration::from_secs(2),
             stream_throughput: 0,
         }
     }

@@ -47,6 +47,9 @@ pub enum Error {
     /// A request routed at an older cluster metadata epoch than the replica
     /// holds; nothing was done (the coordinator catches up and retries).
     StaleEpoch(String),
+    /// A transaction met another holding one of its keys (or a SERIAL round
+    /// in flight on it) and aborted; nothing was written, it may be retried.
+    Conflict(String),
 }
 
 impl Error {
@@ -64,7 +67,8 @@ impl Error {
             | Error::Protocol(m)
             | Error::Storage(m)
             | Error::Internal(m)
-            | Error::StaleEpoch(m) => m,
+            | Error::StaleEpoch(m)
+            | Error::Conflict(m) => m,
         }
     }
 
@@ -81,6 +85,7 @@ impl Error {
             Error::Storage(_) => K::Storage,
             Error::Internal(_) => K::Internal,
             Error::StaleEpoch(_) => K::StaleEpoch,
+            Error::Conflict(_) => K::Conflict,
         };
         proto::Error { kind: kind as i32, message: self.message().to_string() }
     }
@@ -98,6 +103,7 @@ impl Error {
             K::RingMismatch => Error::RingMismatch(m),
             K::Storage => Error::Storage(m),
             K::StaleEpoch => Error::StaleEpoch(m),
+            K::Conflict => Error::Conflict(m),
             K::Internal | K::Unspecified => Error::Internal(m),
         }
     }
@@ -118,6 +124,7 @@ impl fmt::Display for Error {
             Error::Storage(_) => "Storage error",
             Error::Internal(_) => "Internal error",
             Error::StaleEpoch(_) => "Stale epoch",
+            Error::Conflict(_) => "Conflict",
         };
         write!(f, "{prefix}: {}", self.message())
     }

@@ -42,6 +42,7 @@ pub mod packed;
 pub mod paxos;
 pub mod scan;
 pub mod sync;
+pub mod txn;
 
 use crate::cluster::consistency::Consistency;
 use crate::cluster::key::{DEFAULT_MAX_KEY_BYTES, KEYS, Key, Partitioner};
@@ -194,6 +195,13 @@ pub enum ClientRequest {
     },
     /// Decommission this replica, remove a dead member, or report the movement.
     Membership(proto::MembershipRequest),
+    /// A transaction: if every condition holds, every write, atomically.
+    Txn(crate::txn::TxnSpec),
+    /// A read-atomic read of several keys at QUORUM.
+    MGet {
+        /// The keys, 1 to `MAX_TXN_KEYS`, each once.
+        keys: Vec<Key>,
+    },
 }
 
 /// A request a peer sent on its replica link.
@@ -313,6 +321,35 @@ pub enum PeerRequest {
         /// At most [`MAX_BATCH`] states.
         states: Vec<(Key, crate::paxos::acceptor::KeyState)>,
     },
+    /// Hold these keys for a transaction and vote on each (see [`crate::txn`]).
+    TxnPrepare {
+        /// The transaction.
+        txn: crate::txn::TxnId,
+        /// The key whose replicas keep its record.
+        anchor: Key,
+        /// What it does to each key, 1 to `MAX_TXN_KEYS`.
+        items: Vec<(Key, crate::txn::intents::IntentWrite)>,
+        /// The metadata epoch the coordinator chose the replicas at (0: not checked).
+        epoch: u64,
+    },
+    /// To a transaction record's acceptor.
+    TxnRecord(crate::txn::record::RecordRequest),
+    /// The cells of these keys, and the intents holding them (`mget`).
+    TxnRead {
+        /// 1 to `MAX_TXN_KEYS` keys.
+        keys: Vec<Key>,
+        /// The read's timestamp: the replica's clock observes it before reading.
+        at: Timestamp,
+    },
+    /// End a transaction's hold on these keys, with its decision.
+    TxnResolve {
+        /// The transaction.
+        txn: crate::txn::TxnId,
+        /// Its outcome.
+        decision: crate::txn::record::Decision,
+        /// Its keys here and what it does to each, 1 to `MAX_TXN_KEYS`.
+        items: Vec<(Key, crate::txn::intents::IntentWrite)>,
+    },
 }
 
 /// A replica's answer to a [`PeerRequest`].
@@ -381,6 +418,14 @@ pub enum PeerResponse {
     },
     /// To [`PeerRequest::Metadata`].
     Metadata(Box<crate::node::membership::Stored>),
+    /// To [`PeerRequest::TxnPrepare`]: one vote an item, in order.
+    TxnVotes(Vec<crate::txn::intents::Vote>, Timestamp),
+    /// To [`PeerRequest::TxnRecord`].
+    TxnRecord(crate::txn::record::RecordReply),
+    /// To [`PeerRequest::TxnResolve`]: how many cells it changed.
+    TxnResolved(u32),
+    /// To [`PeerRequest::TxnRead`]: each key's cell and intent, in order.
+    TxnRead(Vec<(Option<Version>, Option<crate::txn::HeldBy>)>),
 }
 
 /// A peer's reply, or why there is none.
@@ -426,6 +471,18 @@ pub enum Reply {
     Joined(Box<crate::node::membership::Stored>),
     /// To `Membership`: the movement's progress.
     Membership(proto::MembershipResult),
+    /// To `Txn` whose conditions held: committed, every write stamped `ts`.
+    TxnCommitted {
+        /// The commit timestamp.
+        ts: Timestamp,
+    },
+    /// To `Txn` whose condition failed: nothing written; the compared keys' values.
+    TxnNotApplied {
+        /// Each compared key with its live value (`None`: absent).
+        current: Vec<(Key, Option<Box<[u8]>>)>,
+    },
+    /// To `MGet`: each key asked with its value, in order.
+    Values(Vec<(Key, Option<Box<[u8]>>)>),
     /// The request failed.
     Error(Error),
 }
@@ -534,7 +591,13 @@ impl ClientRequest {
             // Fault injection checks its own fields (peer names need the ring), after
             // refusing everything when the replica runs without --enable-fault-injection.
             B::Fault(f) => ClientRequest::Fault(f),
+            B::Txn(t) => txn::parse_client_txn(t, limits)?,
+            B::Mget(m) => txn::parse_mget(m, limits)?,
             B::Hello(_)
+            | B::TxnPrepare(_)
+            | B::TxnRecord(_)
+            | B::TxnResolve(_)
+            | B::TxnRead(_)
             | B::ReplicaRead(_)
             | B::ReplicaWrite(_)
             | B::Heartbeat(_)
@@ -650,8 +713,14 @@ impl PeerRequest {
                 PeerRequest::PaxosStates { ranges, after: sync::after(r.after, limits)? }
             }
             B::ReplicaPaxosLoad(l) => PeerRequest::PaxosLoad { states: paxos::parse_states(l.states, limits, "a paxos load")? },
+            B::TxnPrepare(p) => txn::parse_prepare(p, limits)?,
+            B::TxnRecord(r) => txn::parse_record(r)?,
+            B::TxnResolve(r) => txn::parse_resolve(r, limits)?,
+            B::TxnRead(r) => txn::parse_read(r, limits)?,
             B::Hello(_) => return Err(Error::InvalidRequest("second PeerHello on one link".into())),
-            B::Get(_)
+            B::Txn(_)
+            | B::Mget(_)
+            | B::Get(_)
             | B::Put(_)
             | B::Delete(_)
             | B::Status(_)
@@ -721,6 +790,10 @@ impl PeerRequest {
             PeerRequest::PaxosLoad { states } => {
                 B::ReplicaPaxosLoad(proto::ReplicaPaxosLoad { states: states.iter().map(|(k, s)| paxos::state_to_proto(k, s)).collect() })
             }
+            t @ (PeerRequest::TxnPrepare { .. }
+            | PeerRequest::TxnRecord(_)
+            | PeerRequest::TxnResolve { .. }
+            | PeerRequest::TxnRead { .. }) => txn::request_to_proto(t).unwrap_or_else(|_| unreachable!("a transaction request")),
         }
     }
 }
@@ -761,6 +834,9 @@ impl PeerResponse {
                 more,
             }),
             PeerResponse::Metadata(stored) => B::Metadata(Box::new(stored.to_proto())),
+            t @ (PeerResponse::TxnVotes(..) | PeerResponse::TxnRecord(_) | PeerResponse::TxnResolved(_) | PeerResponse::TxnRead(_)) => {
+                txn::response_to_proto(t).unwrap_or_else(|_| unreachable!("a transaction response"))
+            }
         }
     }
 
@@ -818,6 +894,15 @@ impl PeerResponse {
                     .map(Box::new)
                     .map_err(|e| Error::Protocol(format!("{from} sent bad cluster metadata: {e}")))?,
             ),
+            // Keys in votes are checked as any key of a cluster of either partitioner would be.
+            Some(B::TxnVotes(v)) => txn::votes_from_proto(
+                v,
+                &Limits { partitioner: crate::cluster::key::Partitioner::Murmur3, ..Limits::byte_ordered(usize::MAX) },
+            )
+            .map_err(|e| Error::Protocol(format!("{from}: {}", e.message())))?,
+            Some(B::TxnRecord(r)) => txn::record_reply_from_proto(r).map_err(|e| Error::Protocol(format!("{from}: {}", e.message())))?,
+            Some(B::TxnResolved(r)) => PeerResponse::TxnResolved(r.changed),
+            Some(B::TxnRead(r)) => txn::read_from_proto(r).map_err(|e| Error::Protocol(format!("{from}: {}", e.message())))?,
             Some(other) => return Err(Error::Protocol(format!("{from} sent a reply no replica request has: {other:?}"))),
         })
     }
@@ -855,6 +940,13 @@ impl Reply {
             Reply::Repair(r) => B::Repair(r),
             Reply::Joined(s) => B::Metadata(Box::new(s.to_proto())),
             Reply::Membership(m) => B::Membership(m),
+            Reply::TxnCommitted { ts } => {
+                B::Txn(proto::TxnResult { committed: true, micros: ts.micros, node: ts.node, current: Vec::new() })
+            }
+            Reply::TxnNotApplied { current } => {
+                B::Txn(proto::TxnResult { current: txn::key_values_to_proto(current), ..Default::default() })
+            }
+            Reply::Values(values) => B::Mget(proto::MGetResult { values: txn::key_values_to_proto(values) }),
             Reply::Error(e) => B::Error(e.to_proto()),
         }
     }

@@ -254,6 +254,14 @@ fn client_base(rng: &mut Rng) -> proto::Request {
         16 => B::Status(proto::StatusRequest {}),
         // Now and then a repair: a full pass is cheap on the flood's few keys.
         17 if rng.chance(4) => B::Repair(proto::RepairRequest { start: rng.chance(8) }),
+        // Transactions and read-atomic reads: a few keys, conditions and writes of every kind.
+        17 if rng.chance(2) => B::Txn(proto::TxnRequest {
+            conditions: (0..rng.below(3))
+                .map(|_| proto::TxnCondition { key: base_key(rng), equals: value(rng), absent: rng.chance(3) })
+                .collect(),
+            writes: (0..rng.pick(&[0, 1, 2, 3, 65])).map(|_| txn_item(rng)).collect(),
+        }),
+        17 => B::Mget(proto::MGetRequest { keys: (0..rng.pick(&[0, 1, 2, 5, 65])).map(|_| base_key(rng)).collect() }),
         _ => B::Fault(proto::FaultRequest {
             action: rng.below(7) as i32,
             peers: vec!["r1".into()],
@@ -269,7 +277,7 @@ fn client_base(rng: &mut Rng) -> proto::Request {
 /// A well-formed replica-to-replica request.
 fn peer_base(rng: &mut Rng) -> proto::Request {
     let key = base_key(rng);
-    let body = match rng.below(15) {
+    let body = match rng.below(16) {
         0 => B::Ping(proto::Ping {}),
         1 | 2 => B::ReplicaRead(proto::ReplicaRead { key }),
         3 | 4 => B::ReplicaWrite(proto::ReplicaWrite { key, version: Some(version(rng)), epoch: 0 }),
@@ -323,12 +331,41 @@ fn peer_base(rng: &mut Rng) -> proto::Request {
                 })
                 .collect(),
         }),
+        // A transaction's messages: prepares, record requests, resolutions, reads of intents.
+        14 => match rng.below(4) {
+            0 => B::TxnPrepare(proto::TxnPrepare {
+                txn: ballot(rng),
+                anchor: base_key(rng),
+                items: (0..rng.pick(&[0, 1, 2, 65])).map(|_| txn_item(rng)).collect(),
+                epoch: 0,
+            }),
+            1 => B::TxnRecord(proto::TxnRecordRequest {
+                txn: ballot(rng),
+                op: rng.below(6) as u32,
+                ballot: ballot(rng),
+                decision: if rng.chance(5) { None } else { Some(proto::TxnDecision { committed: rng.chance(2), ts: ballot(rng) }) },
+            }),
+            2 => B::TxnResolve(proto::TxnResolve {
+                txn: ballot(rng),
+                decision: if rng.chance(5) { None } else { Some(proto::TxnDecision { committed: rng.chance(2), ts: ballot(rng) }) },
+                items: (0..rng.pick(&[0, 1, 2, 65])).map(|_| txn_item(rng)).collect(),
+            }),
+            _ => B::TxnRead(proto::TxnRead { keys: (0..rng.pick(&[0, 1, 2, 65])).map(|_| base_key(rng)).collect(), at: ballot(rng) }),
+        },
         _ => B::ReplicaReadBatch(proto::ReplicaReadBatch { keys: (0..1 + rng.below(20)).map(|_| base_key(rng)).collect() }),
     };
     proto::Request { id: rng.next() >> rng.below(64), body: Some(body) }
 }
 
 /// A ballot: small (so a mutated promise never blocks later ones for long), now and then 0 or none.
+/// A transaction item: compare (0), put (1) or delete (2), now and then an
+/// unknown kind or a value where none belongs.
+fn txn_item(rng: &mut Rng) -> proto::TxnItem {
+    let write = rng.pick(&[0, 1, 1, 2, 3]);
+    let value = if write == 1 || rng.chance(10) { value(rng) } else { Vec::new() };
+    proto::TxnItem { key: base_key(rng), write, value }
+}
+
 fn ballot(rng: &mut Rng) -> Option<proto::Ballot> {
     match rng.below(20) {
         0 => None,
@@ -840,7 +877,13 @@ fn served_kind(req: &B, resp: &R) -> bool {
         | (B::ReplicaStream(_), R::ReplicaCells(_))
         | (B::ReplicaPaxosStates(_), R::ReplicaPaxosStates(_))
         | (B::ReplicaPaxosLoad(_), R::ReplicaApply(_))
-        | (B::Join(_), R::Metadata(_)) => true,
+        | (B::Join(_), R::Metadata(_))
+        | (B::Txn(_), R::Txn(_))
+        | (B::TxnPrepare(_), R::TxnVotes(_))
+        | (B::TxnRecord(_), R::TxnRecord(_))
+        | (B::TxnResolve(_), R::TxnResolved(_)) => true,
+        (B::Mget(m), R::Mget(r)) => m.keys.len() == r.values.len(),
+        (B::TxnRead(q), R::TxnRead(r)) => q.keys.len() == r.entries.len(),
         (B::ReplicaReadBatch(b), R::ReplicaReadBatch(r)) => b.keys.len() == r.results.len(),
         _ => false,
     }

@@ -369,6 +369,7 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
         taken_micros: 1,
         end: false,
         paxos: Vec::new(),
+        txn: Vec::new(),
     };
     let mut data = b"QKVSNAP1".to_vec();
     data.extend(framed_record(&snap.encode_to_vec()));
@@ -424,10 +425,10 @@ fn a_version_1_data_folder_with_integer_keys_is_recovered() {
     assert!(wait_for(slack(Duration::from_secs(5)), || files_now().len() == 2), "{:?}", files_now());
     let files = files_now();
     assert!(files[0] == "snapshot" && files[1].starts_with("wal-") && files[1].as_str() > "wal-0000000000000003.log", "{files:?}");
-    assert_eq!(&fs::read(dir.join("snapshot")).unwrap()[..8], b"QKVSNAP3");
+    assert_eq!(&fs::read(dir.join("snapshot")).unwrap()[..8], b"QKVSNAP4");
     r0.put(7, "written-after", One).unwrap();
     assert!(wait_for(slack(Duration::from_secs(5)), || fs::read(dir.join(&files[1])).unwrap().len() > 8));
-    assert_eq!(&fs::read(dir.join(&files[1])).unwrap()[..8], b"QKVLOG05");
+    assert_eq!(&fs::read(dir.join(&files[1])).unwrap()[..8], b"QKVLOG06");
     // And that recovers too.
     c.restart(0);
     let mut r0 = c.client(0);

@@ -98,6 +98,16 @@ fn nemesis_serial() {
     nemesis::run_and_check(Config::from_env(if under_tsan() { 10 } else { 20 }).serial());
 }
 
+/// The bank run: conditional transfers between 8 accounts and `mget`s of
+/// every balance under every kind of fault, beside SERIAL clients (see
+/// [`Config::bank`]): every read sums to the total, no balance goes
+/// negative, the accounts converge, and the SERIAL history stays linearizable.
+#[test]
+fn nemesis_bank() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    nemesis::run_and_check(Config::from_env(if under_tsan() { 10 } else { 20 }).bank());
+}
+
 /// Seeds kept as regression cases, replayed briefly on every run (the schedule
 /// and the clients' choices follow the seed; the timing of real processes does not).
 ///

@@ -87,10 +87,21 @@ struct Args {
     /// and for breaking a local cluster by hand. Never on a production cluster.
     #[arg(long)]
     enable_fault_injection: bool,
+    /// Tests only: a transaction this replica coordinates kills the process
+    /// before it sends its decision to the record (`record`) or its
+    /// resolutions (`resolve`).
+    #[arg(long, hide = true, value_parser = quorumkv::config::TxnCrashPoint::parse)]
+    txn_crash_before: Option<quorumkv::config::TxnCrashPoint>,
     /// How often a background anti-entropy pass compares this replica's data
     /// with the other replicas' and repairs what differs (0: never; the console's `repair` runs one now).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     anti_entropy_interval: std::time::Duration,
+    /// A transaction's intent held longer than this is settled by this
+    /// replica: it asks the transaction's record for the decision (or
+    /// aborts the transaction if none was made) and finishes it. Bounds how
+    /// long a dead coordinator keeps keys held.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    txn_timeout: std::time::Duration,
     /// The most MiB a second a join, decommission or removenode run by this
     /// replica copies (0: no limit), like Cassandra's stream_throughput_outbound.
     #[arg(long, default_value_t = 0)]
@@ -136,6 +147,7 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.request_timeout = args.timeout;
     cfg.hint_window = args.hint_window;
     cfg.anti_entropy_interval = args.anti_entropy_interval;
+    cfg.txn_timeout = args.txn_timeout;
     cfg.stream_throughput = args.stream_throughput.saturating_mul(1 << 20);
     cfg.max_hint_bytes = args.max_hint_bytes;
     cfg.hint_rate = args.hint_rate;
@@ -152,6 +164,7 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.snapshot_bytes = args.snapshot_bytes;
     cfg.ack_log = args.ack_log.clone();
     cfg.enable_fault_injection = args.enable_fault_injection;
+    cfg.txn_crash = args.txn_crash_before;
     Ok(cfg)
 }
 

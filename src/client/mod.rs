@@ -167,6 +167,40 @@ impl Client {
         cas(self.request(body)?)
     }
 
+    /// A transaction: if every condition holds (`Some(v)`: the key holds
+    /// `v`; `None`: it is absent), every write (`Some(v)`: put `v`; `None`:
+    /// delete), atomically; otherwise nothing.
+    pub fn txn(&mut self, conditions: Vec<(Vec<u8>, Option<Vec<u8>>)>, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<TxnOutcome> {
+        let conditions = conditions
+            .into_iter()
+            .map(|(key, v)| match v {
+                Some(v) => proto::TxnCondition { key, equals: v, absent: false },
+                None => proto::TxnCondition { key, equals: Vec::new(), absent: true },
+            })
+            .collect();
+        let writes = writes
+            .into_iter()
+            .map(|(key, v)| match v {
+                Some(value) => proto::TxnItem { key, write: 1, value },
+                None => proto::TxnItem { key, write: 2, value: Vec::new() },
+            })
+            .collect();
+        match self.request(request::Body::Txn(proto::TxnRequest { conditions, writes }))? {
+            response::Body::Txn(t) if t.committed => Ok(TxnOutcome::Committed { micros: t.micros, node: t.node }),
+            response::Body::Txn(t) => Ok(TxnOutcome::NotApplied { current: key_values(t.current) }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads `keys` at QUORUM, read atomic (of every transaction, all of its
+    /// writes or none): each key's value in order (`None`: absent).
+    pub fn mget(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+        match self.request(request::Body::Mget(proto::MGetRequest { keys }))? {
+            response::Body::Mget(m) => Ok(key_values(m.values).into_iter().map(|(_, v)| v).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The coordinator's view of the cluster.
     pub fn status(&mut self) -> Result<proto::StatusResult> {
         match self.request(request::Body::Status(proto::StatusRequest {}))? {
@@ -300,6 +334,23 @@ impl<T: ToKey + ?Sized> ToKey for &T {
     }
 }
 
+/// The outcome of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every condition held and every write was applied, stamped with this timestamp.
+    Committed {
+        /// The commit timestamp's microseconds.
+        micros: u64,
+        /// The commit timestamp's node.
+        node: u32,
+    },
+    /// A condition did not hold; nothing was written.
+    NotApplied {
+        /// Each compared key with its value (`None`: absent).
+        current: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+}
+
 /// The outcome of a conditional put or delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cas {
@@ -325,6 +376,10 @@ fn cas(body: response::Body) -> Result<Cas> {
         response::Body::Write(w) => Ok(Cas::Applied(w)),
         other => Err(unexpected(other)),
     }
+}
+
+fn key_values(kvs: Vec<proto::KeyValue>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    kvs.into_iter().map(|kv| (kv.key, kv.found.then_some(kv.value))).collect()
 }
 
 fn unexpected(body: response::Body) -> Error {

@@ -149,6 +149,7 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
         let started = started && (node.wal.is_none() || spawn_named(s, "syncer".into(), || syncer(node)));
         let started = started && (node.wal.is_none() || spawn_named(s, "snapshots".into(), || snapshotter(node)));
         let started = started && spawn_named(s, "anti-entropy".into(), move || node.anti_entropy_loop(&repair_wake));
+        let started = started && spawn_named(s, "txn-recovery".into(), move || node.txn_recovery_loop());
         let env = &env;
         let started = started && spawn_named(s, "membership".into(), move || membership(node, links, s, env));
         if !started {

@@ -289,24 +289,35 @@ impl Executor for Node {
     }
 
     fn send(&self, sink: Arc<dyn ReplySink>, mut sends: Vec<Outgoing>, deadline: Instant) {
-        // A node is at most once among a call's targets. A write to its own
+        if let Some(point) = self.cfg.txn_crash
+            && sends.iter().any(|s| point.at(&s.msg))
+        {
+            log::error!("{}: --txn-crash-before {point:?}: dying as a transaction's coordinator", self.cfg.name);
+            std::process::abort();
+        }
+        // A write is sent to a node at most once in a call. A write to its own
         // store is applied before anything is sent, so it is visible here by
         // the time any replica's ack can answer the client, and made durable
         // after the sends, overlapping the peers' round trip.
-        let local = sends.iter().position(|s| s.to == self.me).map(|i| sends.remove(i)).map(|s| match s.msg {
-            PeerRequest::Write { key, version, epoch } => {
-                // Checked like a peer's write, under the view's lock (see `serve_peer`).
-                let view = self.view.read();
-                if let Err(e) = self.check_epoch(&key, epoch, view.epoch()) {
-                    return (s.slot, Ok((key, version.ts, Err(e))));
+        let (mine, others): (Vec<Outgoing>, Vec<Outgoing>) = sends.into_iter().partition(|s| s.to == self.me);
+        sends = others;
+        let local: Vec<_> = mine
+            .into_iter()
+            .map(|s| match s.msg {
+                PeerRequest::Write { key, version, epoch } => {
+                    // Checked like a peer's write, under the view's lock (see `serve_peer`).
+                    let view = self.view.read();
+                    if let Err(e) = self.check_epoch(&key, epoch, view.epoch()) {
+                        return (s.slot, Ok((key, version.ts, Err(e))));
+                    }
+                    let ts = version.ts;
+                    let applied = self.store.apply(&key, version);
+                    drop(view);
+                    (s.slot, Ok((key, ts, applied)))
                 }
-                let ts = version.ts;
-                let applied = self.store.apply(&key, version);
-                drop(view);
-                (s.slot, Ok((key, ts, applied)))
-            }
-            msg => (s.slot, Err(msg)),
-        });
+                msg => (s.slot, Err(msg)),
+            })
+            .collect();
         // Paxos commits waiting to ride along go first, in the same write.
         let mut commits = self.take_commits();
         for s in sends {
@@ -326,15 +337,16 @@ impl Executor for Node {
         if !commits.is_empty() {
             self.send_commits(commits);
         }
-        match local {
-            Some((slot, Ok((key, ts, applied)))) => {
-                let result = self.commit_local(&key, ts, applied).map(|a| PeerResponse::WriteAck { applied: a.changed, held: a.held });
-                sink.deliver(slot, result);
+        for local in local {
+            match local {
+                (slot, Ok((key, ts, applied))) => {
+                    let result = self.commit_local(&key, ts, applied).map(|a| PeerResponse::WriteAck { applied: a.changed, held: a.held });
+                    sink.deliver(slot, result);
+                }
+                // Not a write (matched above): served as a peer would, and
+                // answered once durable (a Paxos request's record).
+                (slot, Err(msg)) => sink.deliver(slot, self.serve_peer_durably(msg)),
             }
-            // Not a write (matched above): served as a peer would, and
-            // answered once durable (a Paxos request's record).
-            Some((slot, Err(msg))) => sink.deliver(slot, self.serve_peer_durably(msg)),
-            None => {}
         }
     }
 }

@@ -59,6 +59,8 @@ impl Node {
                 Reply::Joined(Box::new(self.join_member(info, proxy)?))
             }
             ClientRequest::Membership(m) => Reply::Membership(self.membership_request(m)?),
+            ClientRequest::Txn(spec) => return self.txn_request(spec, later),
+            ClientRequest::MGet { keys } => return self.mget_request(keys, later),
             ClientRequest::Fault(_) => return Err(Error::Internal("fault requests are served by the network layer".into())),
         };
         Ok(Answered::Now(Handled::of(reply)))

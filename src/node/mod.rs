@@ -67,6 +67,7 @@ pub mod startup;
 #[cfg(test)]
 pub(crate) mod test_util;
 pub mod timer;
+pub mod txn;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -226,6 +227,10 @@ pub struct Node {
     /// Keys with a SERIAL operation running from here, and the ones waiting
     /// for it (see [`serial`]).
     serial_keys: parking_lot::Mutex<std::collections::HashMap<Key, std::collections::VecDeque<Arc<serial::SerialCall>>>>,
+    /// Transactions this node is recovering (see [`txn`]).
+    recovering: txn::Recovering,
+    /// Keys whose stuck SERIAL proposal this node is completing, and since when.
+    completing: parking_lot::Mutex<std::collections::HashMap<Key, std::time::Instant>>,
     ack_log: Option<parking_lot::Mutex<std::fs::File>>,
     repair_tx: Sender<RepairJob>,
     urgent_tx: Sender<RepairJob>,
@@ -280,7 +285,7 @@ impl Node {
                 let (wal, loaded, acceptor) = startup::recover(dir, cfg.fsync, &store, &hints)?;
                 (Some(Arc::new(wal)), Some(loaded), acceptor)
             }
-            None => (None, None, crate::paxos::acceptor::Acceptor::new()),
+            None => (None, None, AcceptorState::default()),
         };
         let replayed = loaded.is_some_and(|l| l.records > 0);
         store.set_wal(wal.clone());
@@ -304,11 +309,13 @@ impl Node {
             fold: AtomicBool::new(replayed),
             copying: AtomicBool::new(false),
             wal,
-            paxos: parking_lot::Mutex::new(AcceptorState::new(acceptor)),
+            paxos: parking_lot::Mutex::new(acceptor),
             timer: std::sync::OnceLock::new(),
             commits: parking_lot::Mutex::new(Vec::new()),
             commits_queued: AtomicBool::new(false),
             serial_keys: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            recovering: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            completing: parking_lot::Mutex::new(std::collections::HashMap::new()),
             ack_log,
             peers,
             me,

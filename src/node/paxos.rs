@@ -39,13 +39,17 @@ pub struct AcceptorState {
     pub acceptor: Acceptor,
     /// The end of the last record appended for the acceptor (0: none this
     /// run): a reply that needs no record of its own still waits for it.
-    last_pos: u64,
+    pub(crate) last_pos: u64,
     /// Accepted proposals shown to a movement's copy ([`Node::paxos_states`]),
     /// the highest ballot of each key and when: another node may hold them
     /// now, so this node's own acceptance of one of them must not be
     /// withdrawn ([`Node::withdraw_own`]). Kept for [`SHOWN_FOR`], longer
     /// than any operation that proposed before the copy can still run.
     shown: HashMap<Key, (Ballot, Instant)>,
+    /// The transactions' intents on keys of this replica.
+    pub intents: crate::txn::intents::IntentTable,
+    /// The transaction records this replica is an acceptor of.
+    pub records: crate::txn::record::RecordTable,
 }
 
 /// How long an accepted proposal shown to a movement's copy stays
@@ -56,7 +60,12 @@ const SHOWN_FOR: Duration = Duration::from_secs(600);
 impl AcceptorState {
     /// The state around an acceptor (recovered, or new).
     pub fn new(acceptor: Acceptor) -> Self {
-        AcceptorState { acceptor, last_pos: 0, shown: HashMap::new() }
+        AcceptorState { acceptor, ..Default::default() }
+    }
+
+    /// The state recovered from the log: the acceptor, the intents and the records.
+    pub fn recovered(acceptor: Acceptor, intents: crate::txn::intents::IntentTable, records: crate::txn::record::RecordTable) -> Self {
+        AcceptorState { acceptor, intents, records, ..Default::default() }
     }
 }
 
@@ -86,6 +95,11 @@ impl Node {
         }
         let key = req.key().clone();
         let mut st = self.paxos.lock();
+        if !matches!(req, Request::Commit { .. }) && Node::held_by_txn(&st, &key) {
+            // A transaction holds the key: its round waits until the intent is resolved.
+            let refused = crate::paxos::Response::Rejected { key, ballot, promised: ballot };
+            return (Ok(PeerResponse::Paxos(refused)), None);
+        }
         let current = self.store.get(key.as_bytes());
         let before = st.acceptor.state(&key).cloned();
         let handled = st.acceptor.handle(req, current.as_ref());

@@ -89,6 +89,10 @@ impl Node {
             PeerRequest::Stream { slot, ranges, after, packed } => Ok(self.stream_cells(slot, &ranges, after.as_ref(), packed)),
             PeerRequest::PaxosStates { ranges, after } => Ok(self.paxos_states(&ranges, after.as_ref())),
             PeerRequest::PaxosLoad { states } => return self.load_paxos_states(states),
+            PeerRequest::TxnPrepare { txn, anchor, items, epoch } => return self.serve_txn_prepare(txn, anchor, items, epoch),
+            PeerRequest::TxnRecord(req) => return self.serve_txn_record(req),
+            PeerRequest::TxnResolve { txn, decision, items } => return self.serve_txn_resolve(txn, decision, items),
+            PeerRequest::TxnRead { keys, at } => self.serve_txn_read(&keys, at),
         };
         (result, None)
     }

@@ -174,7 +174,7 @@ enum Wake {
 }
 
 /// Called once with the outcome.
-type OnDone = Box<dyn FnOnce(Result<SerialDone>) + Send>;
+pub(crate) type OnDone = Box<dyn FnOnce(Result<SerialDone>) + Send>;
 
 /// I/O the state asked for, carried out once its lock is released.
 #[derive(Default)]
@@ -267,7 +267,7 @@ impl Node {
 
     /// Starts the operation; `done` is called once with its outcome (possibly
     /// before this returns). `Err` (and `done` never called) if it could not start.
-    fn start_serial(self: &Arc<Self>, key: Key, op: Op, done: OnDone) -> Result<Arc<dyn Finish>> {
+    pub(crate) fn start_serial(self: &Arc<Self>, key: Key, op: Op, done: OnDone) -> Result<Arc<dyn Finish>> {
         let view = self.view();
         let (replicas, quorum) = self.serial_replicas(&view, &key)?;
         let live: Vec<NodeId> = replicas.iter().copied().filter(|&r| self.alive(r)).collect();

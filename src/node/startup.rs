@@ -9,7 +9,9 @@ use log::{debug, info};
 use crate::cluster::key::Key;
 use crate::error::{Error, Result};
 use crate::message::paxos as paxos_wire;
+use crate::message::txn as txn_wire;
 use crate::node::Node;
+use crate::node::paxos::AcceptorState;
 use crate::paxos::acceptor::{Acceptor, PersistRecord};
 use crate::proto;
 use crate::storage::cell::Version;
@@ -17,6 +19,8 @@ use crate::storage::hints::HintStore;
 use crate::storage::hlc::Timestamp;
 use crate::storage::store::Store;
 use crate::storage::wal::{FsyncMode, Replayed, Wal, check_partitioner, wall_micros};
+use crate::txn::intents::{IntentRecord, IntentTable};
+use crate::txn::record::RecordTable;
 
 /// A logged record's key: its bytes, or for a record of a version 1 log (the
 /// seed's integer keys, `key` empty) the integer in decimal. A legacy integer
@@ -41,6 +45,8 @@ pub(crate) struct Loaded {
     pub records: usize,
     /// Keys with Paxos acceptor state.
     pub paxos_keys: usize,
+    /// Transaction intents held.
+    pub intents: usize,
 }
 
 /// Cells travel to the loader threads in batches of this many.
@@ -70,7 +76,7 @@ fn load_cells(store: &Store, cells: Vec<proto::CellWrite>, loaded: &mut Loaded) 
 /// hands them in batches to loader threads, which fill the store's slots in
 /// parallel. Hints are loaded in log order by the reading thread (a delivery
 /// must follow the hint it removes).
-pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintStore) -> Result<(Wal, Loaded, Acceptor)> {
+pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintStore) -> Result<(Wal, Loaded, AcceptorState)> {
     check_partitioner(dir, store.partitioner())?;
     let loaders = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     std::thread::scope(|scope| {
@@ -91,6 +97,8 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
         let mut batch = Vec::with_capacity(LOAD_BATCH);
         let mut loaded = Loaded::default();
         let mut acceptor = Acceptor::new();
+        let mut intents = IntentTable::new();
+        let mut records = RecordTable::new();
         // The first damaged Paxos record or state (the sink cannot fail; checked after).
         let mut damaged: Option<Error> = None;
         let mut paxos = |r: Result<PersistRecord>, acceptor: &mut Acceptor, loaded: &mut Loaded| match r {
@@ -153,6 +161,21 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
                         }
                     }
                     Some(Kind::HintAdd(h)) => load_hint(hints, h, &mut loaded),
+                    Some(Kind::TxnIntent(r)) => match txn_wire::intent_from_log(r) {
+                        Ok((key, intent)) => intents.replay(&IntentRecord::Prepared { key, intent }),
+                        Err(e) => paxos(Err(e), &mut acceptor, &mut loaded),
+                    },
+                    Some(Kind::TxnEnded(r)) => match txn_wire::ended_from_log(r) {
+                        Ok((key, txn)) => intents.replay(&IntentRecord::Resolved { key, txn }),
+                        Err(e) => paxos(Err(e), &mut acceptor, &mut loaded),
+                    },
+                    Some(Kind::TxnRecord(r)) => match txn_wire::record_from_log(r) {
+                        Ok(state) => {
+                            loaded.newest = loaded.newest.max(state.promised.0);
+                            records.replay(state);
+                        }
+                        Err(e) => paxos(Err(e), &mut acceptor, &mut loaded),
+                    },
                     Some(Kind::PaxosPromised(m)) => paxos(paxos_wire::promised_from_proto(m), &mut acceptor, &mut loaded),
                     Some(Kind::PaxosAccepted(m)) => paxos(paxos_wire::accepted_from_proto(m), &mut acceptor, &mut loaded),
                     Some(Kind::PaxosWithdrawn(m)) => paxos(paxos_wire::withdrawn_from_proto(m), &mut acceptor, &mut loaded),
@@ -198,7 +221,8 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
         }
         loaded.records = replay.records;
         loaded.paxos_keys = acceptor.len();
-        Ok((wal, loaded, acceptor))
+        loaded.intents = intents.len();
+        Ok((wal, loaded, AcceptorState::recovered(acceptor, intents, records)))
     })
 }
 
@@ -212,10 +236,11 @@ fn load_hint(hints: &HintStore, h: proto::HintAdd, loaded: &mut Loaded) {
 impl Node {
     /// After recovery: the clock moves past everything recovered, and a line says what was.
     pub(crate) fn recovered(&self, loaded: Loaded) {
-        let Loaded { cells, hints, newest, paxos_keys, .. } = loaded;
+        let Loaded { cells, hints, newest, paxos_keys, intents, .. } = loaded;
         let _ = self.clock.observe(newest, Duration::MAX);
         info!(
-            "{}: recovered {cells} cell write(s) and {hints} hint record(s); {} hint(s) held; paxos state of {paxos_keys} key(s)",
+            "{}: recovered {cells} cell write(s) and {hints} hint record(s); {} hint(s) held; paxos state of {paxos_keys} key(s); \
+             {intents} transaction intent(s)",
             self.cfg.name,
             self.hints.total()
         );
@@ -236,10 +261,15 @@ impl Node {
         let bytes = wal.install_snapshot_with(next_log_seq, wall_micros(), hints, |w| {
             // Copied under the acceptor's lock, taken after the rotation: every
             // change whose record is in a log this snapshot deletes is in it.
-            let states: Vec<proto::PaxosKeyState> =
-                self.paxos.lock().acceptor.states().map(|(k, s)| paxos_wire::state_to_proto(k, s)).collect();
+            let (states, txn): (Vec<proto::PaxosKeyState>, Vec<proto::LogRecord>) = {
+                let st = self.paxos.lock();
+                let states = st.acceptor.states().map(|(k, s)| paxos_wire::state_to_proto(k, s)).collect();
+                let intents = st.intents.intents().map(|(k, i)| txn_wire::intent_log(k, i));
+                (states, intents.chain(st.records.records().map(txn_wire::record_log)).collect())
+            };
             paxos_keys = states.len();
             w.paxos(states)?;
+            w.txn(txn)?;
             for slot in 0..=255u8 {
                 let started = std::time::Instant::now();
                 let chunk: Vec<proto::CellWrite> = self

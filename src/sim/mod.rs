@@ -43,6 +43,8 @@ use crate::storage::hlc::WallClock;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;
 
 /// What is on the wire.
 pub enum Kind {
@@ -241,6 +243,13 @@ fn splitmix(state: &mut u64) -> u64 {
 /// so no two writes tie and a run does not depend on the real clock.
 pub struct SimClock(std::sync::atomic::AtomicU64);
 
+impl SimClock {
+    /// Moves the clock `by` ahead (a timeout passing).
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl WallClock for SimClock {
     fn now_micros(&self) -> u64 {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -298,6 +307,8 @@ pub struct Cluster {
     pub nodes: Vec<Arc<Node>>,
     workers: Vec<Workers>,
     pub client: Arc<Client>,
+    /// The nodes' one clock.
+    pub clock: Arc<SimClock>,
     next_token: Mutex<u64>,
 }
 
@@ -336,7 +347,7 @@ impl Cluster {
             nodes.push(node);
             workers.push(w);
         }
-        Cluster { net, nodes, workers, client: Arc::new(Client::default()), next_token: Mutex::new(1) }
+        Cluster { net, nodes, workers, client: Arc::new(Client::default()), clock, next_token: Mutex::new(1) }
     }
 
     /// Node `i`'s id.
@@ -375,13 +386,16 @@ impl Cluster {
     }
 
     /// Flushes the read batchers and carries out queued read repairs (and the
-    /// sends of blocking read repairs, which the repair thread makes in a replica).
+    /// sends of blocking read repairs, and the queued Paxos commits, which the
+    /// repair thread makes in a replica).
     pub fn background(&self) {
         for (node, w) in self.nodes.iter().zip(&self.workers) {
             node.read_batcher.flush(&*node.peers);
             while let Ok(job) = w.urgent.try_recv().or_else(|_| w.repairs.try_recv()) {
                 node.send_repair(job);
             }
+            // Out of work, as the repair thread is: the Paxos commits queued meanwhile go.
+            node.send_commits(node.take_commits());
         }
     }
 }

@@ -66,6 +66,9 @@ pub enum Conflict {
     },
     /// A SERIAL round is in flight on the key (a proposal accepted, not committed).
     Serial,
+    /// The transaction was resolved here already: a prepare that arrives
+    /// after its resolution (overtaken on another link) takes nothing.
+    Ended,
 }
 
 /// A replica's answer to a prepare.
@@ -109,6 +112,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct IntentTable {
     keys: HashMap<Key, Intent>,
+    /// Transactions resolved here, and when (this replica's clock): kept for
+    /// a while (see [`forget_ended`](Self::forget_ended)), in memory only.
+    ended: HashMap<TxnId, u64>,
 }
 
 impl IntentTable {
@@ -126,8 +132,14 @@ impl IntentTable {
             if held.txn == intent.txn {
                 return (Vote::Yes(cell.cloned()), None);
             }
+            if self.ended.contains_key(&intent.txn) {
+                return (Vote::No(Conflict::Ended), None);
+            }
             let conflict = Conflict::Held { by: held.txn, anchor: held.anchor.clone(), since: held.since };
             return (Vote::No(conflict), None);
+        }
+        if self.ended.contains_key(&intent.txn) {
+            return (Vote::No(Conflict::Ended), None);
         }
         if serial {
             return (Vote::No(Conflict::Serial), None);
@@ -151,6 +163,18 @@ impl IntentTable {
             (Outcome::Committed(_), IntentWrite::Compare) | (Outcome::Aborted, _) => None,
         };
         (cell, Some(IntentRecord::Resolved { key: key.clone(), txn }))
+    }
+
+    /// Notes that `txn` was resolved here at `now`: a prepare of it that
+    /// arrives later takes nothing.
+    pub fn note_ended(&mut self, txn: TxnId, now: u64) {
+        self.ended.entry(txn).or_insert(now);
+    }
+
+    /// Forgets the resolutions noted before `micros` (a prepare is never
+    /// that late: its coordinator's deadline passed long before).
+    pub fn forget_ended(&mut self, micros: u64) {
+        self.ended.retain(|_, &mut at| at >= micros);
     }
 
     /// The intent holding `key`, if any (a read returns it beside the cell).

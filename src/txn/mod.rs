@@ -9,12 +9,118 @@
 //!   recovery. Every change returns the record that makes it durable; the
 //!   caller logs it before answering, as with the Paxos acceptor.
 //!
-//! Not yet: the log records and their replay in a replica, the transaction
-//! record decided by Paxos, the coordinator, recovery and `mget`.
+//! * [`record`]: the transaction record, whose outcome is decided once by
+//!   Paxos among the anchor key's replicas, so no participant ever waits on a
+//!   dead coordinator.
+//! * [`coordinator`]: the coordinator's machine: prepares, votes, the record,
+//!   the answer, the resolutions.
 
+pub mod coordinator;
 pub mod intents;
+pub mod mget;
+pub mod record;
 
+use std::collections::HashSet;
+
+use crate::cluster::key::Key;
+use crate::error::{Error, Result};
+use crate::paxos::Expect;
 use crate::storage::hlc::Timestamp;
+use crate::txn::intents::IntentWrite;
+
+/// The most keys one transaction (or `mget`) names: a larger one is refused.
+pub const MAX_TXN_KEYS: usize = 64;
+
+/// The most bytes of values (written and compared) one transaction carries.
+pub const MAX_TXN_BYTES: usize = 4 << 20;
+
+/// A client's transaction: if every condition holds on the keys' latest
+/// committed values, every write, atomically; otherwise nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TxnSpec {
+    /// Keys compared, each at most once.
+    pub conditions: Vec<(Key, Expect)>,
+    /// Keys written (`None`: deleted), each at most once.
+    pub writes: Vec<(Key, Option<Box<[u8]>>)>,
+}
+
+/// One key of a transaction: what it writes there and what it expects there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnKey {
+    /// The key.
+    pub key: Key,
+    /// The write (or [`IntentWrite::Compare`] for a key only compared).
+    pub write: IntentWrite,
+    /// The condition on it, if any.
+    pub condition: Option<Expect>,
+}
+
+impl TxnSpec {
+    /// Checks the shape: at least one write or condition, each key written
+    /// and compared at most once, at most [`MAX_TXN_KEYS`] keys and
+    /// [`MAX_TXN_BYTES`] of values.
+    pub fn check(&self) -> Result<()> {
+        if self.writes.is_empty() && self.conditions.is_empty() {
+            return Err(Error::InvalidRequest("a transaction needs at least one write or condition".into()));
+        }
+        let mut seen = HashSet::new();
+        for (k, _) in &self.writes {
+            if !seen.insert(k) {
+                return Err(Error::InvalidRequest(format!("key {k} is written twice in one transaction")));
+            }
+        }
+        let mut compared = HashSet::new();
+        for (k, _) in &self.conditions {
+            if !compared.insert(k) {
+                return Err(Error::InvalidRequest(format!("key {k} is compared twice in one transaction")));
+            }
+        }
+        let keys = seen.union(&compared).count();
+        if keys > MAX_TXN_KEYS {
+            return Err(Error::InvalidRequest(format!("a transaction of {keys} keys exceeds the limit of {MAX_TXN_KEYS}")));
+        }
+        let bytes: usize = self.writes.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.len())).sum::<usize>()
+            + self.conditions.iter().map(|(_, e)| if let Expect::Equals(v) = e { v.len() } else { 0 }).sum::<usize>();
+        if bytes > MAX_TXN_BYTES {
+            return Err(Error::InvalidRequest(format!("a transaction of {bytes} bytes of values exceeds the limit of {MAX_TXN_BYTES}")));
+        }
+        Ok(())
+    }
+
+    /// Every key once, writes first (in order), then keys only compared.
+    pub fn keys(&self) -> Vec<TxnKey> {
+        let condition = |k: &Key| self.conditions.iter().find(|(c, _)| c == k).map(|(_, e)| e.clone());
+        let mut out: Vec<TxnKey> = self
+            .writes
+            .iter()
+            .map(|(k, v)| TxnKey {
+                key: k.clone(),
+                write: match v {
+                    Some(v) => IntentWrite::Put(v.clone()),
+                    None => IntentWrite::Delete,
+                },
+                condition: condition(k),
+            })
+            .collect();
+        for (k, e) in &self.conditions {
+            if !self.writes.iter().any(|(w, _)| w == k) {
+                out.push(TxnKey { key: k.clone(), write: IntentWrite::Compare, condition: Some(e.clone()) });
+            }
+        }
+        out
+    }
+}
+
+/// An intent as a read sees it: the transaction, its record's anchor, its write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBy {
+    /// The transaction holding the key.
+    pub txn: TxnId,
+    /// Its record's anchor key.
+    pub anchor: Key,
+    /// What it writes to the key.
+    pub write: IntentWrite,
+}
 
 /// A transaction's id: its coordinator's HLC timestamp when it began
 /// (unique: the clock's node id is in it), which also orders transactions

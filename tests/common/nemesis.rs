@@ -74,7 +74,7 @@ use std::time::{Duration, Instant};
 
 use quorumkv::Error;
 use quorumkv::check;
-use quorumkv::client::{Cas, Client, Expect};
+use quorumkv::client::{Cas, Client, Expect, TxnOutcome};
 use quorumkv::cluster::consistency::Consistency;
 use quorumkv::proto::{FaultAction, FaultDirection, FaultRequest};
 
@@ -386,6 +386,8 @@ pub struct Config {
     /// index, which a join or decommission changes, and its SERIAL run would
     /// meet what is not done yet (Paxos acceptor state is not moved with the data).
     pub spare: usize,
+    /// Accounts of the bank workload ([`Config::bank`]; 0: none).
+    pub bank: usize,
 }
 
 impl Config {
@@ -421,7 +423,24 @@ impl Config {
             faults: FAULTS.to_vec(),
             serial: false,
             spare: 0,
+            bank: 0,
         }
+    }
+
+    /// The bank run: besides two clients making SERIAL operations on 4 keys
+    /// (checked as [`Config::serial`] does), four clients move money between
+    /// 8 accounts (keys spread over the ring, 100 each at the start) with
+    /// conditional transactions, reading every balance with `mget` before each
+    /// transfer. Checked besides the SERIAL checks: every `mget` sums to the
+    /// total and shows no negative balance; after the heal the final balances
+    /// sum to the total, and every account's replicas converge.
+    pub fn bank(self) -> Config {
+        Config { serial: true, keys: (0..4).map(|i| i * 64 + 9).collect(), bank: 8, ..self }
+    }
+
+    /// The bank's account keys.
+    pub fn accounts(&self) -> Vec<u32> {
+        (0..self.bank as u32).map(|i| i * 32 + 21).collect()
     }
 
     /// The SERIAL run: clients make SERIAL reads, writes and compare-and-sets
@@ -741,14 +760,7 @@ fn client_loop(id: usize, cfg: &Config, pool: &Mutex<Vec<(usize, u16)>>, t0: Ins
     while !stop.load(Ordering::Acquire) {
         // Mostly stay on one coordinator; sometimes move, as real clients do.
         if conn.is_none() || rng.chance(0.05) {
-            let (c, port) = {
-                let pool = pool.lock().unwrap();
-                pool[rng.below(pool.len() as u64) as usize]
-            };
-            conn = Client::connect("127.0.0.1", port, Duration::from_millis(500))
-                .and_then(|mut cl| cl.set_timeout(Some(slack(Duration::from_secs(4)))).map(|_| cl))
-                .ok()
-                .map(|cl| (c, cl));
+            conn = connect_any(pool, &mut rng);
             if conn.is_none() {
                 std::thread::sleep(Duration::from_millis(50)); // it is down: try another soon
                 continue;
@@ -829,6 +841,174 @@ fn client_loop(id: usize, cfg: &Config, pool: &Mutex<Vec<(usize, u16)>>, t0: Ins
         mine.push(Op { client: id, coordinator, kind, key, level, start, end, outcome });
     }
     out.lock().unwrap().extend(mine);
+}
+
+/// Connects to a coordinator drawn from `pool` (`None`: it is down).
+fn connect_any(pool: &Mutex<Vec<(usize, u16)>>, rng: &mut Rng) -> Option<(usize, Client)> {
+    let (c, port) = {
+        let pool = pool.lock().unwrap();
+        pool[rng.below(pool.len() as u64) as usize]
+    };
+    Client::connect("127.0.0.1", port, Duration::from_millis(500))
+        .and_then(|mut cl| cl.set_timeout(Some(slack(Duration::from_secs(4)))).map(|_| cl))
+        .ok()
+        .map(|cl| (c, cl))
+}
+
+/// What the bank clients did and saw ([`Config::bank`]).
+#[derive(Default)]
+pub struct BankLog {
+    /// `mget`s of every balance that were answered.
+    pub reads: usize,
+    /// `mget`s that failed (refused, timed out, connection lost).
+    pub failed_reads: usize,
+    /// Reads that broke the invariant (a wrong total, a negative or missing balance).
+    pub bad: Vec<String>,
+    /// Transfers committed.
+    pub committed: usize,
+    /// Transfers whose balances had changed since the read (nothing written).
+    pub not_applied: usize,
+    /// Transfers that lost a conflict (nothing written).
+    pub conflicts: usize,
+    /// Transfers refused before anything was sent.
+    pub refused: usize,
+    /// Transfers of unknown outcome (a timeout, a lost connection).
+    pub unknown: usize,
+}
+
+/// The starting balance of every account.
+const OPENING_BALANCE: i64 = 100;
+
+/// A bank client: reads every balance with `mget` (checking the total),
+/// then moves a random amount between two random accounts with a
+/// transaction conditioned on both balances it read.
+fn bank_loop(id: usize, cfg: &Config, pool: &Mutex<Vec<(usize, u16)>>, t0: Instant, stop: &AtomicBool, out: &Mutex<BankLog>) {
+    let keys: Vec<Vec<u8>> = cfg.accounts().iter().map(|k| k.to_string().into_bytes()).collect();
+    let total = OPENING_BALANCE * keys.len() as i64;
+    let mut rng = Rng::new(cfg.seed ^ (id as u64 + 101).wrapping_mul(0xE703_7ED1_A0B4_28DB));
+    let mut conn: Option<(usize, Client)> = None;
+    let mut log = BankLog::default();
+    let text = |n: i64| Some(n.to_string().into_bytes());
+    while !stop.load(Ordering::Acquire) {
+        if conn.is_none() || rng.chance(0.05) {
+            conn = connect_any(pool, &mut rng);
+            if conn.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let (via, client) = conn.as_mut().expect("connected above");
+        let via = *via;
+        let at = t0.elapsed().as_secs_f64();
+        let read = match client.mget(keys.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                log.failed_reads += 1;
+                if matches!(e, Error::Io(_) | Error::Protocol(_)) {
+                    conn = None;
+                }
+                continue;
+            }
+        };
+        log.reads += 1;
+        let parsed: Option<Vec<i64>> = read.iter().map(|b| std::str::from_utf8(b.as_deref()?).ok()?.parse().ok()).collect();
+        let Some(bal) = parsed else {
+            log.bad.push(format!("{at:.3}s client {id} via r{via}: an mget shows a missing or unreadable balance: {read:?}"));
+            continue;
+        };
+        let sum: i64 = bal.iter().sum();
+        if sum != total || bal.iter().any(|&b| b < 0) {
+            log.bad.push(format!("{at:.3}s client {id} via r{via}: an mget shows {bal:?}, summing to {sum} (the total is {total})"));
+        }
+        let n = keys.len() as u64;
+        let a = rng.below(n) as usize;
+        let b = ((a as u64 + 1 + rng.below(n - 1)) % n) as usize;
+        if bal[a] <= 0 {
+            continue;
+        }
+        let x = 1 + rng.below(bal[a] as u64) as i64;
+        let conditions = vec![(keys[a].clone(), text(bal[a])), (keys[b].clone(), text(bal[b]))];
+        let writes = vec![(keys[a].clone(), text(bal[a] - x)), (keys[b].clone(), text(bal[b] + x))];
+        match client.txn(conditions, writes) {
+            Ok(TxnOutcome::Committed { .. }) => log.committed += 1,
+            Ok(TxnOutcome::NotApplied { .. }) => log.not_applied += 1,
+            Err(Error::Conflict(_)) => log.conflicts += 1,
+            Err(Error::Unavailable(_)) => log.refused += 1,
+            Err(e) => {
+                log.unknown += 1;
+                if matches!(e, Error::Io(_) | Error::Protocol(_)) {
+                    conn = None;
+                }
+            }
+        }
+    }
+    let mut all = out.lock().unwrap();
+    all.reads += log.reads;
+    all.failed_reads += log.failed_reads;
+    all.bad.extend(log.bad);
+    all.committed += log.committed;
+    all.not_applied += log.not_applied;
+    all.conflicts += log.conflicts;
+    all.refused += log.refused;
+    all.unknown += log.unknown;
+}
+
+/// Opens every account with [`OPENING_BALANCE`] in one transaction (retried until it commits).
+fn open_accounts(c: &Cluster, cfg: &Config) {
+    let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        cfg.accounts().iter().map(|k| (k.to_string().into_bytes(), Some(OPENING_BALANCE.to_string().into_bytes()))).collect();
+    let opened =
+        wait_for(slack(Duration::from_secs(10)), || matches!(c.client(0).txn(vec![], writes.clone()), Ok(TxnOutcome::Committed { .. })));
+    assert!(opened, "the accounts could not be opened; logs:\n{}", c.logs());
+}
+
+/// The bank's checks after the heal: every read's total, the final
+/// balances' total through every member, and the accounts' convergence.
+fn check_bank(c: &Cluster, cfg: &Config, members: &[usize], log: &BankLog, verdict: &mut Verdict, deadline: Instant) {
+    let accounts = cfg.accounts();
+    let keys: Vec<Vec<u8>> = accounts.iter().map(|k| k.to_string().into_bytes()).collect();
+    let total = OPENING_BALANCE * keys.len() as i64;
+    verdict.checked.insert("bank: every mget sums to the total, no balance negative (reads)", log.reads);
+    verdict.violations.extend(log.bad.iter().take(20).cloned());
+    if log.bad.len() > 20 {
+        verdict.violations.push(format!("bank: {} more reads broke the invariant", log.bad.len() - 20));
+    }
+    let mut finals = Vec::new();
+    for &m in members {
+        let mut got = None;
+        wait_for(slack(Duration::from_secs(10)), || {
+            got = c.client(m).mget(keys.clone()).ok();
+            got.is_some()
+        });
+        let Some(read) = got else {
+            verdict.violations.push(format!("bank: the final mget through r{m} kept failing"));
+            continue;
+        };
+        let bal: Vec<Option<i64>> = read.iter().map(|b| std::str::from_utf8(b.as_deref()?).ok()?.parse().ok()).collect();
+        if bal.iter().any(|b| b.is_none_or(|b| b < 0)) || bal.iter().flatten().sum::<i64>() != total {
+            verdict.violations.push(format!("bank: the final balances through r{m} are {bal:?} (the total is {total})"));
+        }
+        finals.push(bal);
+    }
+    if finals.windows(2).any(|w| w[0] != w[1]) {
+        verdict.violations.push(format!("bank: the members' final mgets disagree: {finals:?}"));
+    }
+    verdict.checked.insert("bank: the final balances sum to the total (members)", finals.len());
+    let mut differing = Vec::new();
+    replica_versions(c, members, &accounts, &mut differing);
+    while !differing.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        replica_versions(c, members, &accounts, &mut differing);
+    }
+    verdict.checked.insert("bank: accounts converge within 30 s of the heal (accounts)", accounts.len());
+    if !differing.is_empty() {
+        verdict.violations.push(format!("bank: accounts did not converge within 30 s of the heal: {}", differing.join("; ")));
+    }
+    eprintln!(
+        "bank: {} mgets ({} failed); transfers: {} committed, {} not applied (balances moved), {} lost a conflict, \
+         {} refused, {} of unknown outcome",
+        log.reads, log.failed_reads, log.committed, log.not_applied, log.conflicts, log.refused, log.unknown
+    );
 }
 
 fn fault_request(action: FaultAction, peers: Vec<String>, delay_ms: u32) -> FaultRequest {
@@ -1079,6 +1259,10 @@ pub fn run(cfg: Config) -> Report {
     let pool = Mutex::new(c.replicas.iter().enumerate().map(|(i, r)| (i, r.port)).collect::<Vec<_>>());
     let stop = AtomicBool::new(false);
     let history = Mutex::new(Vec::new());
+    let bank = Mutex::new(BankLog::default());
+    if cfg.bank > 0 {
+        open_accounts(&c, &cfg);
+    }
     let t0 = Instant::now();
     let mut faults = Vec::new();
     let mut crashed = Vec::new();
@@ -1089,8 +1273,13 @@ pub fn run(cfg: Config) -> Report {
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
         for id in 0..cfg.clients {
-            let (cfg, pool, stop, history) = (&cfg, &pool, &stop, &history);
-            s.spawn(move || client_loop(id, cfg, pool, t0, stop, history));
+            let (cfg, pool, stop, history, bank) = (&cfg, &pool, &stop, &history, &bank);
+            // The bank run: two clients on the SERIAL keys, the others on the accounts.
+            if cfg.bank > 0 && id >= 2 {
+                s.spawn(move || bank_loop(id, cfg, pool, t0, stop, bank));
+            } else {
+                s.spawn(move || client_loop(id, cfg, pool, t0, stop, history));
+            }
         }
         // The nemesis runs on this thread, one fault at a time: each is healed, and the
         // cluster seen whole again by every replica, before the next begins.
@@ -1320,6 +1509,9 @@ pub fn run(cfg: Config) -> Report {
             (None, Some(r)) => verdict.violations.push(format!("key {key}: the replicas hold nothing, but the final read found {r:?}")),
             _ => {}
         }
+    }
+    if cfg.bank > 0 {
+        check_bank(&c, &cfg, &members, &bank.into_inner().unwrap(), &mut verdict, deadline);
     }
     verdict.checked.insert("no replica exited unless killed or decommissioned (replicas)", c.replicas.len());
     let report = Report { config: cfg, history, faults, verdict, converged_in, converged_by_hints, serial };

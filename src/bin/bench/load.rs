@@ -30,6 +30,11 @@ pub(crate) enum Op {
     /// Compare-and-set: `put KEY NEW if CURRENT` (SERIAL), CURRENT the value
     /// the client last saw for the key (a SERIAL read first, if it saw none).
     Cas,
+    /// A transaction writing this many distinct keys (an atomic batch); one
+    /// that loses a conflict counts as aborted, not in the latencies.
+    Txn(u8),
+    /// A read-atomic `mget` of this many distinct keys.
+    MGet(u8),
 }
 
 /// One load run.
@@ -365,8 +370,32 @@ pub(crate) fn run(load: &Load) -> Report {
                     };
                     let phase_at_start = phase_now();
                     let start = Instant::now();
+                    // Distinct keys for a transaction or an mget (the first is the one drawn above).
+                    let several = |n: u8, rng: &mut Rng| {
+                        let mut picked = vec![index];
+                        while picked.len() < usize::from(n).min(load.keys.len()) {
+                            let i = next_index(load.keys.len(), load.zipf.as_deref().map(Vec::as_slice), rng);
+                            if !picked.contains(&i) {
+                                picked.push(i);
+                            }
+                        }
+                        picked.into_iter().map(|i| load.keys.key(i).to_key()).collect::<Vec<Vec<u8>>>()
+                    };
+                    let mut aborted = false;
                     let result = match load.op {
                         Op::Ping => c.ping().map(|_| ()),
+                        Op::Txn(n) => {
+                            let writes = several(n, &mut rng).into_iter().map(|k| (k, Some(value.as_bytes().to_vec()))).collect();
+                            match c.txn(Vec::new(), writes) {
+                                Ok(_) => Ok(()),
+                                Err(Error::Conflict(_)) => {
+                                    aborted = true;
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                        Op::MGet(n) => c.mget(several(n, &mut rng)).map(|_| ()),
                         Op::Mixed if read => c.get(&key, load.level).map(|_| ()),
                         Op::Mixed => c.put(&key, &value, load.level).map(|_| ()),
                         Op::Cas => {
@@ -400,6 +429,16 @@ pub(crate) fn run(load: &Load) -> Report {
                     };
                     let us = start.elapsed().as_micros() as u64;
                     let counted = measuring.load(Ordering::Relaxed);
+                    if let Op::Txn(_) = load.op
+                        && counted
+                        && result.is_ok()
+                    {
+                        if aborted {
+                            cas.not_applied += 1;
+                            continue;
+                        }
+                        cas.applied += 1;
+                    }
                     match result {
                         Ok(()) if counted => {
                             hist.record(us);
@@ -446,7 +485,7 @@ pub(crate) fn run(load: &Load) -> Report {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let mut report = Report { seconds, ..Default::default() };
+    let mut report = Report { seconds, txn: matches!(load.op, Op::Txn(_)), ..Default::default() };
     for t in threads {
         let (h, phases, e, cas) = t.join().expect("client thread");
         report.cas.applied += cas.applied;

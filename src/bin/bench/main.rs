@@ -21,6 +21,11 @@
 //! * `bench join --keys N`: a fourth replica joins three holding N keys: its
 //!   streaming rate against a plain TCP copy of the same bytes, and `put
 //!   QUORUM` p99 while it streams against at rest.
+//! * `bench --txn K` / `bench --mget K`: transactions writing K keys (with
+//!   the share aborted by conflicts) / read-atomic reads of K keys.
+//! * `bench txn`: starts a cluster; an uncontended 2-key transaction against
+//!   a QUORUM put and a 2-key `mget` against a QUORUM get (p50, in pairs),
+//!   then transactions of 2 and 4 keys at 32 clients, uniform and zipf.
 //!
 //! Latencies go into a log-linear histogram per client thread (no per-sample
 //! storage); a warm-up period is not counted.
@@ -44,6 +49,7 @@ mod redis;
 mod report;
 mod resp;
 mod storage;
+mod txn;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -98,6 +104,14 @@ struct Args {
     /// --clients 8`: eight clients racing on one key.
     #[arg(long)]
     cas: bool,
+    /// Transaction load instead of get/put: each operation is a transaction
+    /// writing K distinct keys (an atomic batch; `--distribution zipf` for
+    /// contention); reports transactions a second and the share aborted by a conflict.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
+    txn: Option<u8>,
+    /// Read-atomic `mget` load of K distinct keys a read.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
+    mget: Option<u8>,
     /// Bytes per value written.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -193,7 +207,10 @@ fn main() -> ExitCode {
         Some("snapshot") => storage::snapshot(&args),
         Some("storage") => storage::storage(&args),
         Some("join") => join::join(&args),
+        Some("txn") => txn::txn(&args),
         None if args.cas => single(&args, Op::Cas),
+        None if args.txn.is_some() => single(&args, Op::Txn(args.txn.unwrap_or(2))),
+        None if args.mget.is_some() => single(&args, Op::MGet(args.mget.unwrap_or(2))),
         None => single(&args, Op::Mixed),
         Some(other) => {
             Err(format!("unknown mode {other:?}: use ping, matrix, memory, snapshot, storage, join, or nothing for get/put load"))
@@ -279,6 +296,8 @@ fn single(args: &Args, op: Op) -> Result<(), String> {
         Op::Ping => format!("ping c={}", load.clients),
         Op::Mixed => format!("r={} {} c={}", load.read_ratio, load.level, load.clients),
         Op::Cas => format!("CAS SERIAL c={}", load.clients),
+        Op::Txn(k) => format!("txn {k} keys {:?} c={}", args.distribution, load.clients).to_lowercase(),
+        Op::MGet(k) => format!("mget {k} keys c={}", load.clients),
     };
     if args.json {
         println!("{}", report.json(&label));

@@ -19,8 +19,11 @@ pub(crate) struct Report {
     /// With a phase flag ([`Load::phase`](crate::load::Load::phase)): the latencies of
     /// the operations in each phase.
     pub(crate) phases: [Histogram; crate::load::PHASES],
-    /// A compare-and-set load: how its measured attempts ended.
+    /// A compare-and-set load: how its measured attempts ended (a
+    /// transaction load: committed, and aborted by a conflict).
     pub(crate) cas: crate::load::CasCounts,
+    /// A transaction load (the counts above are commits and aborts).
+    pub(crate) txn: bool,
 }
 
 impl Report {
@@ -81,6 +84,13 @@ impl Report {
         };
         let cas = match self.cas_rate() {
             None => String::new(),
+            Some((share, per_sec)) if self.txn => format!(
+                "\n{:<34} committed {} of {} transactions ({:.1} % aborted by a conflict), {per_sec:.0} committed/s",
+                "",
+                self.cas.applied,
+                self.cas.applied + self.cas.not_applied,
+                (1.0 - share) * 100.0
+            ),
             Some((share, per_sec)) => format!(
                 "\n{:<34} CAS applied {} of {} decided ({:.1} %), {per_sec:.0} applied/s; the rest found the value changed by another client",
                 "",

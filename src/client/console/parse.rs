@@ -37,6 +37,14 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM, ALL or SERIAL):
   scan [CURSOR] [COUNT]   a page of every key in the cluster: up to COUNT (default 10, at most 10000) keys from CURSOR
                           (0 or none: the start; fewer once their bytes pass 1 MiB), then the cursor of the next page;
                           one-shot, it walks every page
+  txn [if CONDS] then WRITES
+                          a transaction: CONDS are KEY = VALUE or KEY absent joined by `and`, WRITES are
+                          put KEY VALUE or del KEY separated by `;`, e.g. txn if a = 10 and b = 5 then put a 7; put b 8;
+                          all writes or none, serializable with other transactions and SERIAL operations; prints
+                          committed, or not applied with the compared keys' values (one-shot: exit 5); keys may live
+                          on any replicas (at most 64 keys; a conflict with another transaction aborts: retry)
+  mget KEY...             read several keys at QUORUM, read atomic: of every transaction, all of its writes or none;
+                          one value a line (one-shot: an empty line for a missing key, exit 1 only if all are missing)
   repair                  compare every replica's data with the others' now (hash trees, then only the cells that
                           differ) and send the newest version where one is missing or older, with progress;
                           Ctrl-C leaves it running (replicas also do this in the background: --anti-entropy-interval)
@@ -146,6 +154,15 @@ pub enum Command {
         /// Keys a page looks at; `None` uses the default.
         count: Option<u32>,
     },
+    /// A transaction: if every condition holds, every write, atomically.
+    Txn {
+        /// Keys compared: `KEY = VALUE` or `KEY absent`.
+        conditions: Vec<(String, Condition)>,
+        /// Writes: `put KEY VALUE` (`Some`) or `del KEY` (`None`).
+        writes: Vec<(String, Option<Value>)>,
+    },
+    /// A read-atomic read of several keys.
+    MGet(Vec<String>),
     /// Leave.
     Quit,
 }
@@ -323,6 +340,13 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
             _ => Err("usage: ring [tokens]".into()),
         },
         "scan" => parse_scan(args),
+        "txn" => parse_txn(args),
+        "mget" => {
+            if args.is_empty() {
+                return Err("usage: mget KEY...".into());
+            }
+            Ok(Command::MGet(args.iter().map(|k| parse_key(k)).collect::<Result<_, _>>()?))
+        }
         "repair" => arity(0, 0, "repair").map(|_| Command::Repair),
         "decommission" => match args {
             [] => Ok(Command::Decommission { force: false }),
@@ -340,6 +364,68 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
 }
 
 /// `scan [CURSOR] [COUNT]`, or Redis's `scan CURSOR count N`.
+const TXN_USAGE: &str = "usage: txn [if KEY = VALUE|KEY absent [and ...]] then put KEY VALUE|del KEY [; ...]";
+
+/// `txn [if COND [and COND]...] then WRITE [; WRITE]...`: a `;` ends a
+/// write, alone or at the end of a word (a value that ends with `;` is
+/// written with @FILE).
+fn parse_txn(args: &[String]) -> Result<Command, String> {
+    let mut words: Vec<&str> = Vec::new();
+    for a in args {
+        match a.strip_suffix(';') {
+            Some(rest) if !rest.is_empty() => words.extend([rest, ";"]),
+            _ => words.push(a),
+        }
+    }
+    let mut conditions = Vec::new();
+    let mut rest = &words[..];
+    if rest.first().is_some_and(|w| w.eq_ignore_ascii_case("if")) {
+        rest = &rest[1..];
+        loop {
+            match rest {
+                [k, eq, v, tail @ ..] if *eq == "=" => {
+                    conditions.push((parse_key(k)?, Condition::Equals(Value::parse(v)?)));
+                    rest = tail;
+                }
+                [k, absent, tail @ ..] if absent.eq_ignore_ascii_case("absent") => {
+                    conditions.push((parse_key(k)?, Condition::Absent));
+                    rest = tail;
+                }
+                _ => return Err(format!("a condition is KEY = VALUE or KEY absent; {TXN_USAGE}")),
+            }
+            match rest.first() {
+                Some(w) if w.eq_ignore_ascii_case("and") => rest = &rest[1..],
+                Some(w) if w.eq_ignore_ascii_case("then") => break,
+                _ => return Err(format!("conditions are joined by `and` and end with `then`; {TXN_USAGE}")),
+            }
+        }
+    }
+    match rest.first() {
+        Some(w) if w.eq_ignore_ascii_case("then") => rest = &rest[1..],
+        _ => return Err(TXN_USAGE.into()),
+    }
+    let mut writes = Vec::new();
+    loop {
+        match rest {
+            [put, k, v, tail @ ..] if put.eq_ignore_ascii_case("put") => {
+                writes.push((parse_key(k)?, Some(Value::parse(v)?)));
+                rest = tail;
+            }
+            [del, k, tail @ ..] if del.eq_ignore_ascii_case("del") || del.eq_ignore_ascii_case("delete") => {
+                writes.push((parse_key(k)?, None));
+                rest = tail;
+            }
+            _ => return Err(format!("a write is put KEY VALUE or del KEY; {TXN_USAGE}")),
+        }
+        match rest {
+            [] | [";"] => break,
+            [";", tail @ ..] => rest = tail,
+            _ => return Err(format!("writes are separated by `;`; {TXN_USAGE}")),
+        }
+    }
+    Ok(Command::Txn { conditions, writes })
+}
+
 fn parse_scan(args: &[String]) -> Result<Command, String> {
     const USAGE: &str = "usage: scan [CURSOR] [COUNT] (CURSOR 0 starts)";
     let count = |s: &str| match s.parse::<u32>() {
@@ -483,6 +569,37 @@ mod tests {
         assert_eq!(p("fault pause 1500").unwrap(), Command::Fault(F { action: A::Pause as i32, pause_ms: 1500, ..F::default() }));
         assert_eq!(p("fault clock -2000").unwrap(), Command::Fault(F { action: A::Clock as i32, clock_offset_ms: -2000, ..F::default() }));
         assert_eq!(p("fault clock +250").unwrap(), Command::Fault(F { action: A::Clock as i32, clock_offset_ms: 250, ..F::default() }));
+    }
+
+    #[test]
+    fn parse_txn_and_mget() {
+        let p = |s: &str| parse(&words(s));
+        let text = |v: &str| Value::Text(v.into());
+        assert_eq!(
+            p("txn if a = 10 and b absent then put a 7; put b \"8 9\" ; del c"),
+            Ok(Command::Txn {
+                conditions: vec![("a".into(), Condition::Equals(text("10"))), ("b".into(), Condition::Absent)],
+                writes: vec![("a".into(), Some(text("7"))), ("b".into(), Some(text("8 9"))), ("c".into(), None)],
+            })
+        );
+        assert_eq!(
+            p("TXN then put k @f;"),
+            Ok(Command::Txn { conditions: vec![], writes: vec![("k".into(), Some(Value::File("f".into())))] })
+        );
+        assert_eq!(p("mget a b"), Ok(Command::MGet(vec!["a".into(), "b".into()])));
+        for bad in [
+            "txn",
+            "txn put a 1",
+            "txn if a = 1 put a 2",
+            "txn if a then put a 1",
+            "txn then",
+            "txn then put a",
+            "txn then put a 1 put b 2",
+            "mget",
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("usage") || e.contains("txn"), "{bad}: {e}");
+        }
     }
 
     #[test]

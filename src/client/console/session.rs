@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::format::{fmt_cursor, fmt_ts, format_display, format_inspect, format_ring, format_status, format_token};
 use super::parse::{Command, Condition, HELP, Value};
-use crate::client::{Cas, Client, Expect};
+use crate::client::{Cas, Client, Expect, TxnOutcome};
 use crate::cluster::consistency::Consistency;
 use crate::cluster::key::escaped;
 use crate::error::Error;
@@ -56,7 +56,8 @@ impl Outcome {
             | Error::RingMismatch(_)
             | Error::Storage(_)
             | Error::Internal(_)
-            | Error::StaleEpoch(_) => Outcome::Refused,
+            | Error::StaleEpoch(_)
+            | Error::Conflict(_) => Outcome::Refused,
             Error::Io(_) | Error::Protocol(_) => Outcome::Unreachable,
         }
     }
@@ -240,6 +241,68 @@ impl Session {
                 let Some(old) = read_value(old, err) else { return Ok(Outcome::BadInput) };
                 let r = self.call(|c| c.delete_if(&key, &old))?;
                 return Ok(self.cas_result(r, out, err));
+            }
+            Command::Txn { conditions, writes } => {
+                let mut conds = Vec::with_capacity(conditions.len());
+                for (k, c) in conditions {
+                    let v = match c {
+                        Condition::Absent => None,
+                        Condition::Equals(v) => match read_value(v, err) {
+                            Some(v) => Some(v),
+                            None => return Ok(Outcome::BadInput),
+                        },
+                    };
+                    conds.push((k.into_bytes(), v));
+                }
+                let mut ws = Vec::with_capacity(writes.len());
+                for (k, v) in writes {
+                    let v = match v {
+                        None => None,
+                        Some(v) => match read_value(v, err) {
+                            Some(v) => Some(v),
+                            None => return Ok(Outcome::BadInput),
+                        },
+                    };
+                    ws.push((k.into_bytes(), v));
+                }
+                return Ok(match self.call(|c| c.txn(conds, ws))? {
+                    TxnOutcome::Committed { micros, node } => {
+                        w(out, &format!("committed (ts {})", fmt_ts(micros, node)));
+                        Outcome::Ok
+                    }
+                    TxnOutcome::NotApplied { current } => {
+                        let shown = |v: &Option<Vec<u8>>| v.as_ref().map_or_else(|| "none".to_string(), |v| format!("\"{}\"", escaped(v)));
+                        let list: Vec<String> = current.iter().map(|(k, v)| format!("{} = {}", escaped(k), shown(v))).collect();
+                        if self.console {
+                            w(out, &format!("not applied (current: {})", list.join(", ")));
+                        } else {
+                            // For scripts: the compared keys' values, one a line (empty for none); the reason on stderr.
+                            for (_, v) in &current {
+                                let _ = out.write_all(v.as_deref().unwrap_or_default());
+                                let _ = out.write_all(b"\n");
+                            }
+                            w(err, &format!("not applied (current: {})", list.join(", ")));
+                        }
+                        Outcome::NotApplied
+                    }
+                });
+            }
+            Command::MGet(keys) => {
+                let values = self.call(|c| c.mget(keys.iter().map(|k| k.clone().into_bytes()).collect()))?;
+                for v in &values {
+                    match v {
+                        Some(v) if self.console => w(out, &escaped(v)),
+                        Some(v) => {
+                            let _ = out.write_all(v);
+                            let _ = out.write_all(b"\n");
+                        }
+                        None if self.console => w(out, "(not found)"),
+                        None => w(out, ""),
+                    }
+                }
+                if values.iter().all(Option::is_none) {
+                    return Ok(Outcome::NotFound);
+                }
             }
             Command::Del { key, level, .. } => {
                 let level = level.unwrap_or(self.default_level);

@@ -18,7 +18,7 @@
 //!
 //! # Record format
 //!
-//! Each log starts with the magic `QKVLOG05` (`QKVLOG04`, without the page of copied cells, `QKVLOG03`, without the Paxos withdrawal record, `QKVLOG02`, without Paxos records, and `QKVLOG01`, the seed's integer keys, are still read), then records:
+//! Each log starts with the magic `QKVLOG06` (`QKVLOG05`, without transactions' records, `QKVLOG04`, without the page of copied cells, `QKVLOG03`, without the Paxos withdrawal record, `QKVLOG02`, without Paxos records, and `QKVLOG01`, the seed's integer keys, are still read), then records:
 //!
 //! ```text
 //! +----------------+----------------+---------------------------+
@@ -30,7 +30,7 @@
 //! [`LogRecord`](crate::proto::LogRecord) (a cell write, a hint kept, a hint
 //! delivered, a Paxos promise, accept or commit — the commit carrying its cell). A length of zero or of more than 64 MiB is impossible and
 //! marks the record as damaged. The snapshot file is framed the same way
-//! behind the magic `QKVSNAP3` (or the older `QKVSNAP2` and `QKVSNAP1`): one length, one checksum, one protobuf
+//! behind the magic `QKVSNAP4` (or the older `QKVSNAP3`, without transactions, `QKVSNAP2` and `QKVSNAP1`): one length, one checksum, one protobuf
 //! [`Snapshot`](crate::proto::Snapshot) holding every cell, hint and Paxos key state and the
 //! sequence number of the first log it does *not* cover (`next_log_seq`).
 //!

@@ -15,7 +15,9 @@ use crate::storage::cell::VersionRef;
 /// moves whenever a record kind is added, so an older quorumkv refuses a log
 /// it could only partly understand (prost would skip the unknown records
 /// without a word).
-pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG05";
+pub(super) const LOG_MAGIC: &[u8; 8] = b"QKVLOG06";
+/// The magic of a version 5 log (before transactions' intents and records), read on recovery.
+pub(super) const LOG_MAGIC_V5: &[u8; 8] = b"QKVLOG05";
 /// The magic of a version 4 log (before the page of copied cells), read on recovery.
 pub(super) const LOG_MAGIC_V4: &[u8; 8] = b"QKVLOG04";
 /// The magic of a version 3 log, read on recovery.
@@ -25,8 +27,11 @@ pub(super) const LOG_MAGIC_V2: &[u8; 8] = b"QKVLOG02";
 /// The magic of a version 1 log, read on recovery.
 pub(super) const LOG_MAGIC_V1: &[u8; 8] = b"QKVLOG01";
 /// The first bytes of the snapshot file; the digit is the format version
-/// (version 3 adds the acceptor's Paxos state; 2 and 1, with integer keys, are still read).
-pub(super) const SNAP_MAGIC: &[u8; 8] = b"QKVSNAP3";
+/// (version 4 adds transactions' intents and records, 3 the acceptor's Paxos
+/// state; 3, and 2 and 1 with integer keys, are still read).
+pub(super) const SNAP_MAGIC: &[u8; 8] = b"QKVSNAP4";
+/// The magic of a version 3 snapshot, read on recovery.
+pub(super) const SNAP_MAGIC_V3: &[u8; 8] = b"QKVSNAP3";
 /// The magic of a version 2 snapshot, read on recovery.
 pub(super) const SNAP_MAGIC_V2: &[u8; 8] = b"QKVSNAP2";
 /// The magic of a version 1 snapshot, read on recovery.
@@ -34,7 +39,7 @@ pub(super) const SNAP_MAGIC_V1: &[u8; 8] = b"QKVSNAP1";
 
 /// Whether `head` is a log magic this version reads (or, if shorter, the start of one).
 pub(super) fn log_magic_prefix(head: &[u8]) -> bool {
-    [LOG_MAGIC, LOG_MAGIC_V4, LOG_MAGIC_V3, LOG_MAGIC_V2, LOG_MAGIC_V1].iter().any(|m| m.starts_with(head))
+    [LOG_MAGIC, LOG_MAGIC_V5, LOG_MAGIC_V4, LOG_MAGIC_V3, LOG_MAGIC_V2, LOG_MAGIC_V1].iter().any(|m| m.starts_with(head))
 }
 /// A record's header: a little-endian `u32` body length, then a little-endian
 /// `u32` CRC-32C of the body.

@@ -85,6 +85,9 @@ impl Wal {
             if !chunk.paxos.is_empty() {
                 sink(Replayed::Paxos(chunk.paxos));
             }
+            for r in chunk.txn {
+                sink(Replayed::Record(r));
+            }
             if !chunk.cells.is_empty() {
                 sink(Replayed::Cells(chunk.cells));
             }
@@ -256,7 +259,7 @@ mod tests {
 
     /// Logs of the versions before Paxos (`QKVLOG02`), before its
     /// withdrawal record (`QKVLOG03`) and before the page of copied cells
-    /// (`QKVLOG04`) are still read; a file with a magic
+    /// (`QKVLOG04`) and before transactions (`QKVLOG05`) are still read; a file with a magic
     /// this version does not know is refused.
     #[test]
     fn an_older_log_is_read_and_an_unknown_one_refused() {
@@ -278,7 +281,12 @@ mod tests {
         let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
         assert_eq!(keys(&rec), vec![0, 1, 2], "version 4, before the page of copied cells");
         drop(_wal);
-        data[..8].copy_from_slice(b"QKVLOG06");
+        data[..8].copy_from_slice(b"QKVLOG05");
+        fs::write(&path, &data).unwrap();
+        let (_wal, rec) = Wal::open(&d.0, FsyncMode::Always).unwrap();
+        assert_eq!(keys(&rec), vec![0, 1, 2], "version 5, before transactions");
+        drop(_wal);
+        data[..8].copy_from_slice(b"QKVLOG07");
         fs::write(&path, &data).unwrap();
         let e = Wal::open(&d.0, FsyncMode::Always).err().expect("an unknown version is refused").to_string();
         assert!(e.contains("bad magic"), "{e}");

@@ -10,7 +10,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use log::{info, warn};
 use prost::Message;
 
-use super::record::{LOG_MAGIC, RECORD_HEADER, SNAP_MAGIC, SNAP_MAGIC_V1, SNAP_MAGIC_V2, crc32c};
+use super::record::{LOG_MAGIC, RECORD_HEADER, SNAP_MAGIC, SNAP_MAGIC_V1, SNAP_MAGIC_V2, SNAP_MAGIC_V3, crc32c};
 use super::{Wal, create_log, install_file, io_err, list_logs, log_path, tmp_path};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -57,6 +57,7 @@ impl Wal {
     pub fn install_snapshot(&self, snapshot: &proto::Snapshot) -> Result<u64> {
         self.install_snapshot_with(snapshot.next_log_seq, snapshot.taken_micros, snapshot.hints.clone(), |w| {
             w.paxos(snapshot.paxos.clone())?;
+            w.txn(snapshot.txn.clone())?;
             w.cells(snapshot.cells.clone())
         })
     }
@@ -193,6 +194,12 @@ impl SnapshotWriter {
         self.chunked(states, size, |paxos| proto::Snapshot { paxos, ..Default::default() })
     }
 
+    /// Adds transaction intents and records, as the log records that make them.
+    pub fn txn(&mut self, records: Vec<proto::LogRecord>) -> Result<()> {
+        use prost::Message;
+        self.chunked(records, |r: &proto::LogRecord| r.encoded_len(), |txn| proto::Snapshot { txn, ..Default::default() })
+    }
+
     /// Adds `cells` (in chunks of at most a few thousand cells and a few MiB).
     pub fn cells(&mut self, cells: Vec<proto::CellWrite>) -> Result<()> {
         let size = |c: &proto::CellWrite| c.key.len() + c.version.as_ref().map_or(0, |v| v.value.len());
@@ -231,7 +238,7 @@ pub(super) fn read_snapshot(path: &Path, each: &mut dyn FnMut(proto::Snapshot)) 
     let bad = |why: &str| Error::Storage(format!("{}: {why}; refusing to start (the logs it covered are gone)", path.display()));
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
-    if r.read_exact(&mut magic).is_err() || ![SNAP_MAGIC, SNAP_MAGIC_V2, SNAP_MAGIC_V1].contains(&&magic) {
+    if r.read_exact(&mut magic).is_err() || ![SNAP_MAGIC, SNAP_MAGIC_V3, SNAP_MAGIC_V2, SNAP_MAGIC_V1].contains(&&magic) {
         return Err(bad("not a quorumkv snapshot of this version"));
     }
     let v1 = &magic == SNAP_MAGIC_V1;
@@ -266,6 +273,7 @@ pub fn write_snapshot(dir: &Path, snapshot: &proto::Snapshot) -> Result<u64> {
     SnapshotWriter::write(dir, header, |w| {
         w.hints(snapshot.hints.clone())?;
         w.paxos(snapshot.paxos.clone())?;
+        w.txn(snapshot.txn.clone())?;
         w.cells(snapshot.cells.clone())
     })
 }
@@ -297,6 +305,7 @@ mod tests {
             taken_micros: 7,
             end: false,
             paxos: Vec::new(),
+            txn: Vec::new(),
         };
         wal.install_snapshot(&snap).unwrap();
         assert!(list_logs(&d.0).unwrap().iter().all(|&s| s >= next));
