@@ -122,7 +122,8 @@ pub struct NodeConfig {
 pub enum TxnCrashPoint {
     /// After every vote came in, before the decision is sent to the record.
     Record,
-    /// After the decision was recorded (and the client answered), before any resolution is sent.
+    /// After the decision was recorded, before any resolution is sent (a
+    /// commit is answered after its resolutions, so its client hears nothing).
     Resolve,
 }
 
@@ -136,7 +137,9 @@ impl TxnCrashPoint {
         }
     }
 
-    /// Whether sending `msg` passes this point.
+    /// Whether sending `msg` passes this point (any resolution a coordinator
+    /// sends, an abort's too; a recovering replica's own resolutions as well,
+    /// so a replica started with this flag is only ever a coordinator to kill).
     pub fn at(self, msg: &crate::message::PeerRequest) -> bool {
         use crate::message::PeerRequest as P;
         use crate::txn::record::RecordRequest as R;

@@ -419,8 +419,18 @@ pub fn record_log(r: &RecordState) -> proto::LogRecord {
         accepted_ballot: r.accepted.map(|(b, _)| ballot_to_proto(b)),
         accepted: r.accepted.map(|(_, d)| decision_to_proto(d)),
         since: r.since,
+        forgotten: false,
     };
     proto::LogRecord { kind: Some(proto::log_record::Kind::TxnRecord(kind)) }
+}
+
+/// The log record of a record forgotten (replay drops it).
+pub fn record_forget_log(r: &RecordState) -> proto::LogRecord {
+    let mut rec = record_log(r);
+    if let Some(proto::log_record::Kind::TxnRecord(k)) = &mut rec.kind {
+        k.forgotten = true;
+    }
+    rec
 }
 
 fn logged(key: Vec<u8>, what: &str) -> Result<Key> {
@@ -455,8 +465,13 @@ pub fn ended_from_log(r: proto::TxnEndedLog) -> Result<(Key, TxnId)> {
     Ok((logged(r.key, "transaction end")?, txn))
 }
 
-/// A record acceptor's state back from the log.
-pub fn record_from_log(r: proto::TxnRecordLog) -> Result<RecordState> {
+/// A record acceptor's state back from the log, and whether it was forgotten.
+pub fn record_from_log(r: proto::TxnRecordLog) -> Result<(RecordState, bool)> {
+    let forgotten = r.forgotten;
+    Ok((record_state_from_log(r)?, forgotten))
+}
+
+fn record_state_from_log(r: proto::TxnRecordLog) -> Result<RecordState> {
     let txn = txn_of(r.txn, "").map_err(|_| damaged("transaction record"))?;
     let promised = Ballot(ts_of(r.promised.ok_or_else(|| damaged("transaction record"))?));
     let accepted = match (r.accepted_ballot, r.accepted) {

@@ -170,7 +170,8 @@ pub(crate) fn recover(dir: &Path, fsync: FsyncMode, store: &Store, hints: &HintS
                         Err(e) => paxos(Err(e), &mut acceptor, &mut loaded),
                     },
                     Some(Kind::TxnRecord(r)) => match txn_wire::record_from_log(r) {
-                        Ok(state) => {
+                        Ok((state, true)) => records.drop_record(state.txn),
+                        Ok((state, false)) => {
                             loaded.newest = loaded.newest.max(state.promised.0);
                             records.replay(state);
                         }

@@ -22,7 +22,7 @@ use crate::coordinator::call::{Call, Machine};
 use crate::coordinator::command::ReplyTo;
 use crate::coordinator::write::Restamp;
 use crate::error::{Error, Result};
-use crate::message::txn::{ended_log, intent_log, record_log};
+use crate::message::txn::{ended_log, intent_log, record_forget_log, record_log};
 use crate::message::{PeerResponse, PeerResult, Reply};
 use crate::node::coordinate::Later;
 use crate::node::{Answered, Handled, Node, PendingAck};
@@ -113,9 +113,9 @@ impl Node {
         let mut votes = Vec::with_capacity(items.len());
         let mut taken = Vec::new();
         for (key, write) in items {
-            // A SERIAL proposal accepted here and not yet committed is in flight.
-            let serial = st.acceptor.state(&key).is_some_and(|s| s.accepted.is_some());
+            // A SERIAL proposal accepted here and not yet committed or superseded is in flight.
             let cell = self.store.get(key.as_bytes());
+            let serial = st.acceptor.state(&key).is_some_and(|s| self.serial_in_flight(&key, s, cell.as_ref()));
             let intent = Intent { txn, anchor: anchor.clone(), write, since };
             let (vote, record) = st.intents.prepare(&key, intent, serial, cell.as_ref());
             if let Some(IntentRecord::Prepared { key, intent }) = record {
@@ -178,6 +178,13 @@ impl Node {
         let mut st = self.paxos.lock();
         let before = st.records.get(txn).copied();
         let (reply, state) = st.records.handle(req, self.clock.now().micros);
+        if let (RecordRequest::Forget { .. }, Some(before), Some(wal)) = (req, before, &self.wal) {
+            // Logged, so a restart does not bring back a record nobody will ask about.
+            match wal.append(&record_forget_log(&before)) {
+                Ok(pos) => st.last_pos = st.last_pos.max(pos),
+                Err(e) => return (Err(e), None),
+            }
+        }
         if let (Some(state), Some(wal)) = (state, &self.wal) {
             match wal.append(&record_log(&state)) {
                 Ok(pos) => st.last_pos = st.last_pos.max(pos),
@@ -312,22 +319,28 @@ impl Node {
     pub fn recover_txns(self: &Arc<Self>) {
         let now = self.clock.now().micros;
         let timeout = u64::try_from(self.cfg.txn_timeout.as_micros()).unwrap_or(u64::MAX);
+        let grace = self.forget_grace();
         let (old, stuck) = {
             let mut st = self.paxos.lock();
-            st.records.expire(now);
-            st.intents.forget_ended(now.saturating_sub(crate::txn::record::FORGET_GRACE_MICROS));
+            st.records.expire(now, grace);
+            st.intents.forget_ended(now.saturating_sub(grace));
             // SERIAL proposals accepted here long ago and never committed (their
             // proposer died): while one stands, a prepare of its key votes no.
             let stuck: Vec<Key> = st
                 .acceptor
                 .states()
-                .filter(|(_, s)| s.accepted.as_ref().is_some_and(|p| p.ballot.0.micros < now.saturating_sub(timeout)))
+                .filter(|(k, s)| {
+                    s.accepted.as_ref().is_some_and(|p| p.ballot.0.micros < now.saturating_sub(timeout))
+                        && self.serial_in_flight(k, s, self.store.get(k.as_bytes()).as_ref())
+                })
                 .map(|(k, _)| k.clone())
                 .take(RECOVERIES_PER_TICK)
                 .collect();
             (st.intents.older_than(now.saturating_sub(timeout)), stuck)
         };
         self.complete_stuck_proposals(stuck);
+        // A finished recovery (decided, or outvoted) makes room for the next attempt.
+        self.recovering.lock().retain(|_, call| !call.with(|m, _| m.complete()));
         if old.is_empty() {
             return;
         }
@@ -337,13 +350,15 @@ impl Node {
             e.1.push((key, intent.write));
             e.2 = e.2.min(intent.since);
         }
-        let mut started = self.recovering.lock();
-        // A finished recovery (decided, or outvoted) makes room for the next attempt.
-        started.retain(|_, call| !call.with(|m, _| m.complete()));
-        for (txn, (anchor, items, since)) in by_txn.into_iter().take(RECOVERIES_PER_TICK) {
-            if started.contains_key(&txn) || !self.recovery_due(txn, since, now, timeout) {
-                continue;
-            }
+        let due: Vec<(TxnId, Held)> = {
+            let started = self.recovering.lock();
+            by_txn
+                .into_iter()
+                .filter(|(txn, (_, _, since))| !started.contains_key(txn) && self.recovery_due(*txn, *since, now, timeout))
+                .take(RECOVERIES_PER_TICK)
+                .collect()
+        };
+        for (txn, (anchor, items, _)) in due {
             let place = self.record_place(&anchor);
             let mut resolve: Vec<(NodeId, Vec<(Key, IntentWrite)>)> = Vec::new();
             for (key, write) in items {
@@ -356,10 +371,26 @@ impl Node {
             }
             let machine = RecoveryMachine::new(txn, resolve, place, Ballot(self.clock.now()), self.restamp());
             let call = Call::new(machine, self.clone(), self.budget.clone(), self.deadline());
+            self.recovering.lock().insert(txn, call.clone());
             call.start();
+            // Outside the map's lock: it may wait for the call when the background budget is full.
             call.finish();
-            started.insert(txn, call);
         }
+    }
+
+    /// How long a forgotten record, and a resolution remembered against a
+    /// late prepare, are kept: well past any request's deadline.
+    fn forget_grace(&self) -> u64 {
+        let timeout = u64::try_from(self.cfg.request_timeout.as_micros()).unwrap_or(u64::MAX);
+        crate::txn::record::FORGET_GRACE_MICROS.max(timeout.saturating_mul(4))
+    }
+
+    /// Whether a SERIAL round is in flight on `key` as this acceptor sees
+    /// it: a proposal accepted above both its last commit and the cell held
+    /// (a proposal the cell already supersedes, which a transaction's
+    /// resolution or a repair may have brought, is over).
+    fn serial_in_flight(&self, _key: &Key, s: &crate::paxos::acceptor::KeyState, cell: Option<&Version>) -> bool {
+        s.accepted.as_ref().is_some_and(|p| p.ballot > s.committed && cell.is_none_or(|c| p.ballot.0 > c.ts))
     }
 
     /// Completes SERIAL proposals left accepted and uncommitted past the
@@ -520,6 +551,31 @@ mod tests {
         let cell = n.store.get(Key::byte(1).as_bytes()).unwrap();
         assert_eq!((cell.ts, cell.value.as_deref()), (Timestamp { micros: 50, node: 9 }, Some(&b"one"[..])));
         assert!(n.store.get(Key::byte(2).as_bytes()).is_none(), "a compared key writes nothing");
+    }
+
+    /// A SERIAL proposal accepted here that a newer cell superseded (a
+    /// transaction's resolution brought it; the proposal's own commit never
+    /// came) is over: prepares vote yes. (Found by a review: the first
+    /// version voted no on the key for as long as the acceptor kept it.)
+    #[test]
+    fn a_proposal_a_newer_cell_superseded_does_not_refuse_transactions() {
+        let d = dir("superseded");
+        let n = node(&d.0);
+        let k = Key::byte(5);
+        let now = n.clock.now().micros;
+        let b1 = Ballot(Timestamp { micros: now + 10, node: 1 });
+        let paxos = |req: Request| match n.serve_peer_durably(PeerRequest::Paxos(req, 0)) {
+            Ok(PeerResponse::Paxos(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        paxos(Request::Prepare { key: k.clone(), ballot: b1 });
+        let p = Proposal { ballot: b1, origin: b1, value: Some(b"s".to_vec().into()) };
+        assert!(matches!(paxos(Request::Propose { key: k.clone(), proposal: p }), Response::Accepted { .. }));
+        let ts = Timestamp { micros: now + 20, node: 9 };
+        let resolve = PeerRequest::TxnResolve { txn: txn(1), decision: Decision::Committed(ts), items: vec![(k.clone(), put("t"))] };
+        n.serve_peer_durably(resolve).unwrap();
+        let votes = prepare(&n, txn(2), vec![(k.clone(), put("u"))]);
+        assert_eq!(votes, vec![Vote::Yes(n.store.get(k.as_bytes()))]);
     }
 
     /// A SERIAL proposal accepted and not committed makes a prepare vote no;

@@ -70,7 +70,8 @@ const RECORD_ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone)]
 enum What {
     Prepare(Vec<usize>),
-    Record,
+    /// A request of record attempt `.0`, phase `.1` ([`RecordProposer::phase_id`]).
+    Record(u32, u8),
     Resolve(Vec<usize>),
     Forget,
 }
@@ -327,21 +328,27 @@ impl TxnMachine {
 
     fn start_record(&mut self, proposer: RecordProposer) {
         self.record_attempts += 1;
+        let phase = proposer.phase_id();
         for (to, req) in proposer.start() {
-            self.send(to, What::Record, PeerRequest::TxnRecord(req));
+            self.send(to, What::Record(self.record_attempts, phase), PeerRequest::TxnRecord(req));
         }
         self.record = Some(proposer);
     }
 
-    fn on_record(&mut self, from: NodeId, result: PeerResult, out: &mut Vec<Command>) {
+    fn on_record(&mut self, from: NodeId, (attempt, phase): (u32, u8), result: PeerResult, out: &mut Vec<Command>) {
         let Some(p) = self.record.as_mut() else { return };
+        // Only the outcomes of the current attempt's current phase count.
+        if attempt != self.record_attempts || phase != p.phase_id() {
+            return;
+        }
         let reply = match result {
             Ok(PeerResponse::TxnRecord(r)) => Some(r),
             _ => None,
         };
         let next = p.on_reply(from, reply);
+        let phase = p.phase_id();
         for (to, req) in next {
-            self.send(to, What::Record, PeerRequest::TxnRecord(req));
+            self.send(to, What::Record(self.record_attempts, phase), PeerRequest::TxnRecord(req));
         }
         let Some(outcome) = self.record.as_ref().and_then(|p| p.outcome()) else { return };
         match outcome {
@@ -454,8 +461,8 @@ impl Machine for TxnMachine {
             }
             // Votes after the decision: the resolution went to every replica.
             What::Prepare(_) => {}
-            What::Record if self.phase == Phase::Recording => self.on_record(from, result, out),
-            What::Record => {}
+            What::Record(attempt, phase) if self.phase == Phase::Recording => self.on_record(from, (attempt, phase), result, out),
+            What::Record(..) => {}
             What::Resolve(idx) => {
                 self.on_resolved(from, &idx, result, out);
                 let committed = matches!(self.decision, Some(Decision::Committed(_)));
@@ -497,7 +504,7 @@ pub struct RecoveryMachine {
     resolve: Vec<(NodeId, Vec<(Key, IntentWrite)>)>,
     restamp: Restamp,
     proposer: RecordProposer,
-    sent: Vec<(NodeId, bool)>,
+    sent: Vec<(NodeId, Option<u8>, bool)>,
     waiting: usize,
     decision: Option<Decision>,
     gave_up: bool,
@@ -523,15 +530,17 @@ impl RecoveryMachine {
         self.decision
     }
 
-    fn send(&mut self, to: NodeId, msg: PeerRequest) {
+    /// Sends `msg` to `to`, tagged with the proposer's phase (a resolution: none).
+    fn send(&mut self, to: NodeId, msg: PeerRequest, phase: Option<u8>) {
         self.out.push(Outgoing { slot: self.sent.len(), to, msg, route: Route::Direct });
-        self.sent.push((to, false));
+        self.sent.push((to, phase, false));
         self.waiting += 1;
     }
 
     fn send_round(&mut self, reqs: Vec<(NodeId, RecordRequest)>) {
+        let phase = Some(self.proposer.phase_id());
         for (to, req) in reqs {
-            self.send(to, PeerRequest::TxnRecord(req));
+            self.send(to, PeerRequest::TxnRecord(req), phase);
         }
     }
 }
@@ -544,15 +553,15 @@ impl Machine for RecoveryMachine {
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
-        let from = match self.sent.get_mut(slot) {
-            Some((to, done)) if !*done => {
+        let (from, phase) = match self.sent.get_mut(slot) {
+            Some((to, phase, done)) if !*done => {
                 *done = true;
-                *to
+                (*to, *phase)
             }
             _ => return,
         };
         self.waiting -= 1;
-        if self.decision.is_some() || self.gave_up {
+        if self.decision.is_some() || self.gave_up || phase != Some(self.proposer.phase_id()) {
             return;
         }
         let reply = match result {
@@ -566,7 +575,7 @@ impl Machine for RecoveryMachine {
             Some(Ok(decision)) => {
                 self.decision = Some(decision);
                 for (to, items) in std::mem::take(&mut self.resolve) {
-                    self.send(to, PeerRequest::TxnResolve { txn: self.txn, decision, items });
+                    self.send(to, PeerRequest::TxnResolve { txn: self.txn, decision, items }, None);
                 }
             }
             // Outvoted (another replica's recovery, or the coordinator, went

@@ -45,9 +45,10 @@
 //! * a quorum accepted the same decision at the same ballot: it is chosen.
 //!   `Committed(ts)` with `ts` not above `r` puts the intent's write on its
 //!   key, unless a newer cell was read;
-//! * every replica answered and none accepted `Committed`: not committed when
-//!   asked, so its writes are left out (if it commits later, its timestamp is
-//!   above `r`, by the argument above, and it shows nowhere);
+//! * a quorum answered and none accepted `Committed`: not committed when
+//!   asked (a chosen commit is accepted by a quorum, which meets this one),
+//!   so its writes are left out (if it commits later, it commits after the
+//!   reads: none of its cells was read, and none of its writes is shown);
 //! * otherwise (a replica did not answer, or a commit accepted by too few):
 //!   a Paxos round on the record settles it ([`RecordProposer`], proposing
 //!   `Aborted` unless a promise shows an accepted decision), as recovery does.
@@ -108,7 +109,8 @@ enum What {
     /// A read of the keys at these indexes, in read round `.0`.
     Read(u32, Vec<usize>),
     Peek(TxnId),
-    Round(TxnId),
+    /// A settling round's request, in the proposer's phase `.1`.
+    Round(TxnId, u8),
 }
 
 /// One `mget` (see the module docs).
@@ -279,12 +281,14 @@ impl MGetMachine {
             c.outcome = Some(Some(d));
             return;
         }
-        if c.answers.len() + c.failed < c.replicas.len() {
+        // A quorum showing no accepted commit: not chosen when asked (a chosen
+        // commit is accepted by a quorum, which meets this one).
+        let any_commit = c.answers.iter().flatten().any(|(_, d)| matches!(d, Decision::Committed(_)));
+        if !any_commit && c.answers.len() >= c.quorum {
+            c.outcome = Some(None);
             return;
         }
-        let any_commit = c.answers.iter().flatten().any(|(_, d)| matches!(d, Decision::Committed(_)));
-        if c.failed == 0 && !any_commit {
-            c.outcome = Some(None);
+        if c.answers.len() + c.failed < c.replicas.len() {
             return;
         }
         // Unclear: settle it by a round of its own.
@@ -292,24 +296,28 @@ impl MGetMachine {
         match (self.restamp)(highest.0) {
             Some(ts) => {
                 let p = RecordProposer::new(txn, Ballot(ts), &c.replicas, c.quorum, Decision::Aborted);
-                let first = p.start();
+                let (first, phase) = (p.start(), p.phase_id());
                 c.proposer = Some(p);
                 for (to, req) in first {
-                    self.send(to, What::Round(txn), PeerRequest::TxnRecord(req));
+                    self.send(to, What::Round(txn, phase), PeerRequest::TxnRecord(req));
                 }
             }
             None => c.outcome = Some(None),
         }
     }
 
-    fn on_round(&mut self, txn: TxnId, from: NodeId, result: PeerResult, out: &mut Vec<Command>) {
+    fn on_round(&mut self, txn: TxnId, phase: u8, from: NodeId, result: PeerResult, out: &mut Vec<Command>) {
         let Some(c) = self.checks.get_mut(&txn) else { return };
         let Some(p) = c.proposer.as_mut() else { return };
+        if phase != p.phase_id() {
+            return;
+        }
         let reply = match result {
             Ok(PeerResponse::TxnRecord(r)) => Some(r),
             _ => None,
         };
         let next = p.on_reply(from, reply);
+        let phase = p.phase_id();
         match p.outcome() {
             Some(Ok(d)) => c.outcome = Some(Some(d)),
             Some(Err(_)) => {
@@ -322,7 +330,7 @@ impl MGetMachine {
             None => {}
         }
         for (to, req) in next {
-            self.send(to, What::Round(txn), PeerRequest::TxnRecord(req));
+            self.send(to, What::Round(txn, phase), PeerRequest::TxnRecord(req));
         }
     }
 
@@ -396,8 +404,8 @@ impl Machine for MGetMachine {
                 self.on_peek(txn, result);
                 self.maybe_answer(out);
             }
-            What::Round(txn) => {
-                self.on_round(txn, from, result, out);
+            What::Round(txn, phase) => {
+                self.on_round(txn, phase, from, result, out);
                 self.maybe_answer(out);
             }
         }

@@ -31,10 +31,11 @@
 //! the accepted decision. Every change returns the [`RecordState`] to make
 //! durable before answering (the whole state: replay keeps the last). A
 //! record is dropped once its coordinator saw every participant resolve
-//! (`Forget`), or after [`RECORD_RETENTION`]; a recovery that then finds no
-//! record proposes `Aborted`, which only a participant that missed both the
-//! resolution and the retention window can ask for (its write, if committed,
-//! is a cell on the others, which anti-entropy carries).
+//! (`Forget`, logged, and kept a grace period for `mget`s that read an
+//! intent before the resolution); one without an accepted commit also after
+//! [`RECORD_RETENTION_MICROS`]. A committed record nobody forgot is kept: a
+//! participant away longer than any retention must still find the commit
+//! (a recovery that finds no record aborts).
 
 use std::collections::HashMap;
 
@@ -222,20 +223,28 @@ impl RecordTable {
         self.records.get(&txn)
     }
 
-    /// At `now`: drops the records heard of more than
-    /// [`RECORD_RETENTION_MICROS`] ago, and those forgotten more than
-    /// [`FORGET_GRACE_MICROS`] ago.
-    pub fn expire(&mut self, now: u64) {
-        let grace = now.saturating_sub(FORGET_GRACE_MICROS);
+    /// At `now`: drops the records forgotten more than `grace` ago, and
+    /// those heard of more than [`RECORD_RETENTION_MICROS`] ago **unless they
+    /// hold an accepted commit**: a commit is kept until every participant
+    /// resolved it (`Forget`), or a participant that was away longer than the
+    /// retention would find no record and abort a committed transaction.
+    pub fn expire(&mut self, now: u64, grace: u64) {
+        let grace = now.saturating_sub(grace);
         let gone: Vec<TxnId> = self.forgotten.iter().filter(|&(_, &at)| at < grace).map(|(t, _)| *t).collect();
         for t in gone {
             self.forgotten.remove(&t);
             self.records.remove(&t);
         }
         let retention = now.saturating_sub(RECORD_RETENTION_MICROS);
-        self.records.retain(|_, r| r.since >= retention);
+        self.records.retain(|_, r| r.since >= retention || matches!(r.accepted, Some((_, Decision::Committed(_)))));
         let records = &self.records;
         self.forgotten.retain(|t, _| records.contains_key(t));
+    }
+
+    /// Drops `txn`'s record at once (a logged forget, replayed).
+    pub fn drop_record(&mut self, txn: TxnId) {
+        self.records.remove(&txn);
+        self.forgotten.remove(&txn);
     }
 
     /// Every record, in no particular order (for a snapshot).
@@ -328,6 +337,17 @@ impl RecordProposer {
         self.outcome
     }
 
+    /// Which phase the requests returned now belong to (0, then 1 after the
+    /// promises): a caller hands [`on_reply`](Self::on_reply) only the
+    /// outcomes of the current phase's requests, so that an earlier
+    /// request's failure is not taken for a refusal of this one.
+    pub fn phase_id(&self) -> u8 {
+        match self.phase {
+            Phase::Promising => 0,
+            Phase::Accepting | Phase::Done => 1,
+        }
+    }
+
     /// The highest ballot seen (a refusal's promise), for the next attempt.
     pub fn highest_seen(&self) -> Ballot {
         self.highest
@@ -349,12 +369,19 @@ impl RecordProposer {
                 self.yes.push(from);
             }
             (Phase::Accepting, Some(RecordReply::Accepted { ballot })) if ballot == self.ballot => self.yes.push(from),
-            (_, Some(RecordReply::Refused { promised, .. })) => {
+            (_, Some(RecordReply::Refused { ballot, promised })) if ballot == self.ballot => {
                 self.highest = self.highest.max(promised);
                 self.no.push(from);
             }
-            // A failure, or an answer to another request: no vote from it.
-            _ => self.no.push(from),
+            (_, Some(RecordReply::Refused { promised, .. })) => {
+                self.highest = self.highest.max(promised);
+                return Vec::new();
+            }
+            // A failure: no vote from it (callers hand over only the
+            // outcomes of this phase's requests: see `phase_id`).
+            (_, None) => self.no.push(from),
+            // An answer to another request (a late promise): says nothing of this phase.
+            _ => return Vec::new(),
         }
         if self.yes.len() >= self.quorum {
             return self.advance();
@@ -481,16 +508,52 @@ mod tests {
         again.replay(first);
         again.replay(last);
         assert_eq!(again.get(txn()), t.get(txn()));
-        again.expire(10 + RECORD_RETENTION_MICROS);
+        again.expire(10 + RECORD_RETENTION_MICROS, FORGET_GRACE_MICROS);
         assert_eq!(again.len(), 1, "not older than the retention");
-        again.expire(11 + RECORD_RETENTION_MICROS);
+        again.expire(11 + RECORD_RETENTION_MICROS, FORGET_GRACE_MICROS);
         assert!(again.is_empty());
         assert_eq!(t.handle(RecordRequest::Forget { txn: txn() }, 20), (RecordReply::Forgotten, None));
         let peek = t.handle(RecordRequest::Peek { txn: txn() }, 21).0;
         assert_eq!(peek, RecordReply::State { accepted: Some((b(5), Decision::Aborted)) }, "kept through the grace");
-        t.expire(20 + FORGET_GRACE_MICROS);
+        t.expire(20 + FORGET_GRACE_MICROS, FORGET_GRACE_MICROS);
         assert_eq!(t.len(), 1);
-        t.expire(21 + FORGET_GRACE_MICROS);
+        t.expire(21 + FORGET_GRACE_MICROS, FORGET_GRACE_MICROS);
         assert!(t.is_empty());
+    }
+
+    /// A record holding an accepted commit outlives the retention (until
+    /// its coordinator says every participant resolved it): a recovery long
+    /// after still finds the commit, rather than aborting a committed
+    /// transaction. (Found by a review: the first version dropped it.)
+    #[test]
+    fn a_commit_outlives_the_retention_until_forgotten() {
+        let mut t = vec![RecordTable::new(), RecordTable::new(), RecordTable::new()];
+        let mut fast = RecordProposer::fast(txn(), &nodes(), 2, COMMIT);
+        assert_eq!(run(&mut fast, &mut t, &[0, 1, 2]), Some(Ok(COMMIT)));
+        for x in &mut t {
+            x.expire(101 + RECORD_RETENTION_MICROS, FORGET_GRACE_MICROS);
+        }
+        let mut rec = RecordProposer::new(txn(), b(50), &nodes(), 2, Decision::Aborted);
+        assert_eq!(run(&mut rec, &mut t, &[0, 1, 2]), Some(Ok(COMMIT)), "the chosen commit is kept");
+    }
+
+    /// A promise that arrives after the proposer moved on to its accepts
+    /// says nothing of them: the acceptor's accept still counts. (Found by a
+    /// review: the first version took it for a refusal.)
+    #[test]
+    fn a_late_promise_is_not_a_refusal() {
+        let mut t = [RecordTable::new(), RecordTable::new(), RecordTable::new()];
+        let mut p = RecordProposer::new(txn(), b(50), &nodes(), 2, Decision::Aborted);
+        let promises: Vec<_> = p.start().iter().map(|(to, r)| (*to, t[to.0 as usize].handle(*r, 100).0)).collect();
+        assert!(p.on_reply(promises[0].0, Some(promises[0].1)).is_empty());
+        let accepts = p.on_reply(promises[1].0, Some(promises[1].1));
+        assert_eq!((accepts.len(), p.phase_id()), (3, 1), "on to the accepts");
+        p.on_reply(promises[2].0, Some(promises[2].1));
+        p.on_reply(NodeId(0), None);
+        for i in [1, 2] {
+            let r = t[i].handle(accepts[i].1, 101).0;
+            p.on_reply(NodeId(i as u32), Some(r));
+        }
+        assert_eq!(p.outcome(), Some(Ok(Decision::Aborted)), "two of three accepted");
     }
 }

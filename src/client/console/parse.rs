@@ -363,7 +363,7 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
     }
 }
 
-/// `scan [CURSOR] [COUNT]`, or Redis's `scan CURSOR count N`.
+/// How to write a transaction (in its parse errors).
 const TXN_USAGE: &str = "usage: txn [if KEY = VALUE|KEY absent [and ...]] then put KEY VALUE|del KEY [; ...]";
 
 /// `txn [if COND [and COND]...] then WRITE [; WRITE]...`: a `;` ends a
@@ -426,6 +426,7 @@ fn parse_txn(args: &[String]) -> Result<Command, String> {
     Ok(Command::Txn { conditions, writes })
 }
 
+/// `scan [CURSOR] [COUNT]`, or Redis's `scan CURSOR count N`.
 fn parse_scan(args: &[String]) -> Result<Command, String> {
     const USAGE: &str = "usage: scan [CURSOR] [COUNT] (CURSOR 0 starts)";
     let count = |s: &str| match s.parse::<u32>() {
