@@ -75,22 +75,34 @@ impl Node {
         let (plans, epoch) = self.txn_plan(&spec)?;
         let txn = TxnId(self.clock.now());
         let machine = TxnMachine::new(txn, plans, epoch, self.restamp(), self.cfg.mode.hinted_handoff());
+        let late = || Error::Timeout(format!("{txn} was not decided by its deadline; it may or may not have been applied"));
+        Ok(self.run_machine(machine, later, TxnMachine::reply_to, |m| m.answer().cloned(), late))
+    }
+
+    /// Starts `machine`: with `later`, the connection's reply is deferred and
+    /// the machine (told where by `reply_to`) answers it; otherwise this
+    /// waits for its answer (`late()` if none came by the deadline).
+    fn run_machine<M: Machine + 'static>(
+        self: &Arc<Self>,
+        machine: M,
+        later: Later<'_>,
+        reply_to: fn(M, ReplyTo) -> M,
+        answer: fn(&M) -> Option<Reply>,
+        late: impl FnOnce() -> Error,
+    ) -> Answered<Handled> {
         let deadline = self.deadline();
         if let Some((responder, token)) = later {
             responder.defer(token);
-            let machine = machine.reply_to(ReplyTo { responder: responder.clone(), token, deadline });
+            let machine = reply_to(machine, ReplyTo { responder: responder.clone(), token, deadline });
             let call = Call::new(machine, self.clone(), self.budget.clone(), deadline);
             call.start();
-            return Ok(Answered::Later(crate::node::Unfinished { call, deadline }));
+            return Answered::Later(crate::node::Unfinished { call, deadline });
         }
         let call = Call::new(machine, self.clone(), self.budget.clone(), deadline);
         call.start();
-        let reply = call.wait().answer().cloned();
+        let reply = answer(&call.wait());
         call.finish();
-        let reply = reply.unwrap_or_else(|| {
-            Reply::Error(Error::Timeout(format!("{txn} was not decided by its deadline; it may or may not have been applied")))
-        });
-        Ok(Answered::Now(Handled::of(reply)))
+        Answered::Now(Handled::of(reply.unwrap_or_else(|| Reply::Error(late()))))
     }
 
     /// A participant's prepare: holds each key for `txn` (logging an intent)
@@ -291,21 +303,8 @@ impl Node {
         let node = Arc::downgrade(self);
         let place: Place = Arc::new(move |k: &Key| node.upgrade().map_or_else(|| (Vec::new(), 1), |n| n.record_place(k)));
         let machine = MGetMachine::new(plans, self.clock.now(), place, self.restamp());
-        let deadline = self.deadline();
-        if let Some((responder, token)) = later {
-            responder.defer(token);
-            let machine = machine.reply_to(ReplyTo { responder: responder.clone(), token, deadline });
-            let call = Call::new(machine, self.clone(), self.budget.clone(), deadline);
-            call.start();
-            return Ok(Answered::Later(crate::node::Unfinished { call, deadline }));
-        }
-        let call = Call::new(machine, self.clone(), self.budget.clone(), deadline);
-        call.start();
-        let reply = call.wait().answer().cloned();
-        call.finish();
-        Ok(Answered::Now(Handled::of(
-            reply.unwrap_or_else(|| Reply::Error(Error::Timeout("the mget was not answered by its deadline".into()))),
-        )))
+        let late = || Error::Timeout("the mget was not answered by its deadline".into());
+        Ok(self.run_machine(machine, later, MGetMachine::reply_to, |m| m.answer().cloned(), late))
     }
 
     /// Whether an intent holds `key` (the acceptor refuses SERIAL rounds on it).

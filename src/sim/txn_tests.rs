@@ -158,6 +158,22 @@ fn racing_conditional_transactions_commit_exactly_one() {
     assert!(conflicts > 0, "some seed raced the prepares");
 }
 
+/// Past the timeout, recovery ticks on the `live` nodes (each a fifth of a
+/// second later) until every intent is settled (at most 40).
+fn settle(c: &Cluster, live: &[usize]) {
+    c.clock.advance(Duration::from_secs(2));
+    for _ in 0..40 {
+        if intents(c, live) == 0 {
+            break;
+        }
+        c.clock.advance(Duration::from_millis(200));
+        for &i in live {
+            c.nodes[i].recover_txns();
+        }
+        c.net.run(c);
+    }
+}
+
 /// Runs a transaction coordinated by a node that dies at a crash point
 /// (after `deliver` events were delivered), then lets the live replicas'
 /// recovery settle it: all-or-nothing on every live replica, no intent
@@ -171,18 +187,7 @@ fn crash_coordinator(seed: u64, deliver: &dyn Fn(&Cluster)) -> bool {
     c.net.expire();
     let live: Vec<usize> = (0..5).filter(|&i| i != via).collect();
     c.net.run(&c);
-    // Recovery ticks (each a fifth of a second later) until every intent is settled.
-    c.clock.advance(Duration::from_secs(2));
-    for _ in 0..40 {
-        if intents(&c, &live) == 0 {
-            break;
-        }
-        c.clock.advance(Duration::from_millis(200));
-        for &i in &live {
-            c.nodes[i].recover_txns();
-        }
-        c.net.run(&c);
-    }
+    settle(&c, &live);
     assert_eq!(intents(&c, &live), 0, "seed {seed}: recovery resolved every intent");
     let applied = all_or_nothing(&c, &[(&a, "1"), (&b, "2")], &live);
     let t = c.request(live[0], ClientRequest::Txn(spec(&[], &[(&a, Some("3")), (&b, Some("4"))])));
@@ -367,17 +372,7 @@ fn a_bank_keeps_its_total_in_every_mget() {
         c.net.expire();
         c.net.run(&c);
         let live: Vec<usize> = (0..5).filter(|&i| Some(i) != killed).collect();
-        c.clock.advance(Duration::from_secs(2));
-        for _ in 0..40 {
-            if intents(&c, &live) == 0 {
-                break;
-            }
-            c.clock.advance(Duration::from_millis(200));
-            for &i in &live {
-                c.nodes[i].recover_txns();
-            }
-            c.net.run(&c);
-        }
+        settle(&c, &live);
         let fin = c.request(live[0], ClientRequest::MGet { keys: accounts.iter().map(|a| k(a)).collect() });
         c.net.run(&c);
         mgets.push(fin);

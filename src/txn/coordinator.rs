@@ -41,7 +41,7 @@
 use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::coordinator::call::Machine;
-use crate::coordinator::command::{Command, Outgoing, ReplyTo, Route};
+use crate::coordinator::command::{Command, Outgoing, ReplyTo};
 use crate::coordinator::write::Restamp;
 use crate::error::Error;
 use crate::message::{PeerRequest, PeerResponse, PeerResult, Reply};
@@ -49,7 +49,7 @@ use crate::paxos::Ballot;
 use crate::storage::cell::Version;
 use crate::txn::intents::{Conflict, IntentWrite, Vote};
 use crate::txn::record::{Decision, RecordProposer, RecordRequest, Stuck};
-use crate::txn::{TxnId, TxnKey};
+use crate::txn::{Sent, TxnId, TxnKey};
 
 /// One key of the transaction with the replicas that vote on it.
 #[derive(Debug, Clone)]
@@ -104,8 +104,7 @@ pub struct TxnMachine {
     restamp: Restamp,
     reply_to: Option<ReplyTo>,
     hint: bool,
-    sent: Vec<(NodeId, What, bool)>,
-    waiting: usize,
+    sent: Sent<What>,
     votes: Vec<KeyVotes>,
     phase: Phase,
     record: Option<RecordProposer>,
@@ -119,7 +118,6 @@ pub struct TxnMachine {
     applied: Vec<usize>,
     /// The latest clock a vote reported: the commit timestamp comes after it.
     voters_clock: crate::storage::hlc::Timestamp,
-    out: Vec<Outgoing>,
 }
 
 impl TxnMachine {
@@ -144,8 +142,7 @@ impl TxnMachine {
             restamp,
             reply_to: None,
             hint,
-            sent: Vec::new(),
-            waiting: 0,
+            sent: Sent::new(),
             votes,
             phase: Phase::Preparing,
             record: None,
@@ -156,7 +153,6 @@ impl TxnMachine {
             resolve_failed: false,
             applied: vec![0; n],
             voters_clock: txn.0,
-            out: Vec::new(),
         }
     }
 
@@ -182,24 +178,12 @@ impl TxnMachine {
     }
 
     fn send(&mut self, to: NodeId, what: What, msg: PeerRequest) {
-        let slot = self.sent.len();
-        self.sent.push((to, what, false));
-        self.waiting += 1;
-        self.out.push(Outgoing { slot, to, msg, route: Route::Direct });
+        self.sent.send(to, what, msg);
     }
 
     /// Every node of any key's replicas, in first-seen order, with the indexes of its keys.
     fn by_node(&self) -> Vec<(NodeId, Vec<usize>)> {
-        let mut nodes: Vec<(NodeId, Vec<usize>)> = Vec::new();
-        for (i, k) in self.keys.iter().enumerate() {
-            for &r in &k.replicas {
-                match nodes.iter_mut().find(|(n, _)| *n == r) {
-                    Some((_, idx)) => idx.push(i),
-                    None => nodes.push((r, vec![i])),
-                }
-            }
-        }
-        nodes
+        crate::txn::by_node(self.keys.iter().map(|k| &k.replicas[..]))
     }
 
     fn items(&self, idx: &[usize]) -> Vec<(Key, IntentWrite)> {
@@ -207,17 +191,11 @@ impl TxnMachine {
     }
 
     fn give_answer(&mut self, reply: Reply, out: &mut Vec<Command>) {
-        if self.answer.is_some() {
-            return;
-        }
-        if let Some(to) = self.reply_to.clone() {
-            out.push(Command::Answer { to, reply: reply.clone() });
-        }
-        self.answer = Some(reply);
+        crate::txn::answer_once(&mut self.answer, &self.reply_to, reply, out);
     }
 
     fn drain(&mut self, out: &mut Vec<Command>) {
-        out.extend(self.out.drain(..).map(Command::Send));
+        out.extend(self.sent.drain().into_iter().map(Command::Send));
     }
 
     fn on_votes(&mut self, from: NodeId, idx: &[usize], result: PeerResult) {
@@ -338,15 +316,10 @@ impl TxnMachine {
     fn on_record(&mut self, from: NodeId, (attempt, phase): (u32, u8), result: PeerResult, out: &mut Vec<Command>) {
         let Some(p) = self.record.as_mut() else { return };
         // Only the outcomes of the current attempt's current phase count.
-        if attempt != self.record_attempts || phase != p.phase_id() {
+        if attempt != self.record_attempts {
             return;
         }
-        let reply = match result {
-            Ok(PeerResponse::TxnRecord(r)) => Some(r),
-            _ => None,
-        };
-        let next = p.on_reply(from, reply);
-        let phase = p.phase_id();
+        let Some((next, phase)) = record_step(p, from, phase, result) else { return };
         for (to, req) in next {
             self.send(to, What::Record(self.record_attempts, phase), PeerRequest::TxnRecord(req));
         }
@@ -432,7 +405,7 @@ impl TxnMachine {
     }
 
     fn resolves_pending(&self) -> bool {
-        self.sent.iter().any(|(_, w, done)| matches!(w, What::Resolve(_)) && !done)
+        self.sent.pending(|w| matches!(w, What::Resolve(_)))
     }
 }
 
@@ -443,17 +416,11 @@ impl Machine for TxnMachine {
             let msg = PeerRequest::TxnPrepare { txn: self.txn, anchor: self.anchor.clone(), items, epoch: self.epoch };
             self.send(node, What::Prepare(idx), msg);
         }
-        std::mem::take(&mut self.out)
+        self.sent.drain()
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
-        let Some((from, what, done)) = self.sent.get_mut(slot) else { return };
-        if *done {
-            return;
-        }
-        *done = true;
-        self.waiting -= 1;
-        let (from, what) = (*from, what.clone());
+        let Some((from, what)) = self.sent.arrived(slot) else { return };
         match what {
             What::Prepare(idx) if self.phase == Phase::Preparing => {
                 self.on_votes(from, &idx, result);
@@ -486,12 +453,32 @@ impl Machine for TxnMachine {
     }
 
     fn complete(&self) -> bool {
-        self.waiting == 0 && self.phase == Phase::Done
+        self.sent.all_arrived() && self.phase == Phase::Done
     }
 
     fn held_bytes(&self) -> usize {
         self.keys.iter().map(|k| k.key.key.len() + if let IntentWrite::Put(v) = &k.key.write { v.len() } else { 0 }).sum()
     }
+}
+
+/// Hands `from`'s outcome of a request of proposer phase `phase` to `p`,
+/// if that is `p`'s current phase (an earlier phase's outcome says nothing
+/// of this one): the requests to send next, and their phase.
+pub(crate) fn record_step(
+    p: &mut RecordProposer,
+    from: NodeId,
+    phase: u8,
+    result: PeerResult,
+) -> Option<(Vec<(NodeId, RecordRequest)>, u8)> {
+    if phase != p.phase_id() {
+        return None;
+    }
+    let reply = match result {
+        Ok(PeerResponse::TxnRecord(r)) => Some(r),
+        _ => None,
+    };
+    let next = p.on_reply(from, reply);
+    Some((next, p.phase_id()))
 }
 
 /// A participant's recovery of one transaction whose intents it has held
@@ -504,11 +491,10 @@ pub struct RecoveryMachine {
     resolve: Vec<(NodeId, Vec<(Key, IntentWrite)>)>,
     restamp: Restamp,
     proposer: RecordProposer,
-    sent: Vec<(NodeId, Option<u8>, bool)>,
-    waiting: usize,
+    /// Each slot's proposer phase (a resolution: none).
+    sent: Sent<Option<u8>>,
     decision: Option<Decision>,
     gave_up: bool,
-    out: Vec<Outgoing>,
 }
 
 impl RecoveryMachine {
@@ -522,7 +508,7 @@ impl RecoveryMachine {
         restamp: Restamp,
     ) -> Self {
         let proposer = RecordProposer::new(txn, ballot, &record_replicas, record_quorum, Decision::Aborted);
-        RecoveryMachine { txn, resolve, restamp, proposer, sent: Vec::new(), waiting: 0, decision: None, gave_up: false, out: Vec::new() }
+        RecoveryMachine { txn, resolve, restamp, proposer, sent: Sent::new(), decision: None, gave_up: false }
     }
 
     /// The decision, once settled.
@@ -532,9 +518,7 @@ impl RecoveryMachine {
 
     /// Sends `msg` to `to`, tagged with the proposer's phase (a resolution: none).
     fn send(&mut self, to: NodeId, msg: PeerRequest, phase: Option<u8>) {
-        self.out.push(Outgoing { slot: self.sent.len(), to, msg, route: Route::Direct });
-        self.sent.push((to, phase, false));
-        self.waiting += 1;
+        self.sent.send(to, phase, msg);
     }
 
     fn send_round(&mut self, reqs: Vec<(NodeId, RecordRequest)>) {
@@ -549,26 +533,14 @@ impl Machine for RecoveryMachine {
     fn start(&mut self) -> Vec<Outgoing> {
         let first = self.proposer.start();
         self.send_round(first);
-        std::mem::take(&mut self.out)
+        self.sent.drain()
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
-        let (from, phase) = match self.sent.get_mut(slot) {
-            Some((to, phase, done)) if !*done => {
-                *done = true;
-                (*to, *phase)
-            }
-            _ => return,
-        };
-        self.waiting -= 1;
-        if self.decision.is_some() || self.gave_up || phase != Some(self.proposer.phase_id()) {
-            return;
-        }
-        let reply = match result {
-            Ok(PeerResponse::TxnRecord(r)) => Some(r),
-            _ => None,
-        };
-        let next = self.proposer.on_reply(from, reply);
+        let Some((from, phase)) = self.sent.arrived(slot) else { return };
+        // A resolution's outcome (no phase) changes nothing.
+        let (Some(phase), false) = (phase, self.decision.is_some() || self.gave_up) else { return };
+        let Some((next, _)) = record_step(&mut self.proposer, from, phase, result) else { return };
         self.send_round(next);
         match self.proposer.outcome() {
             None => {}
@@ -586,7 +558,7 @@ impl Machine for RecoveryMachine {
                 self.gave_up = true;
             }
         }
-        out.extend(self.out.drain(..).map(Command::Send));
+        out.extend(self.sent.drain().into_iter().map(Command::Send));
     }
 
     fn settled(&self) -> bool {
@@ -594,7 +566,7 @@ impl Machine for RecoveryMachine {
     }
 
     fn complete(&self) -> bool {
-        self.waiting == 0
+        self.sent.all_arrived()
     }
 
     fn held_bytes(&self) -> usize {

@@ -58,7 +58,7 @@ use std::collections::BTreeMap;
 use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::coordinator::call::Machine;
-use crate::coordinator::command::{Command, Outgoing, ReplyTo, Route};
+use crate::coordinator::command::{Command, Outgoing, ReplyTo};
 use crate::coordinator::write::Restamp;
 use crate::error::Error;
 use crate::message::{PeerRequest, PeerResponse, PeerResult, Reply};
@@ -67,7 +67,7 @@ use crate::storage::cell::Version;
 use crate::storage::hlc::Timestamp;
 use crate::txn::intents::IntentWrite;
 use crate::txn::record::{Decision, RecordProposer, RecordReply, RecordRequest};
-use crate::txn::{HeldBy, TxnId};
+use crate::txn::{HeldBy, Sent, TxnId};
 
 /// One key to read, with its replicas and the answers needed.
 #[derive(Debug, Clone)]
@@ -124,12 +124,10 @@ pub struct MGetMachine {
     place: Place,
     restamp: Restamp,
     reply_to: Option<ReplyTo>,
-    sent: Vec<(NodeId, What, bool)>,
-    waiting: usize,
+    sent: Sent<What>,
     checks: BTreeMap<TxnId, Check>,
     checking: bool,
     answer: Option<Reply>,
-    out: Vec<Outgoing>,
 }
 
 impl MGetMachine {
@@ -146,12 +144,10 @@ impl MGetMachine {
             place,
             restamp,
             reply_to: None,
-            sent: Vec::new(),
-            waiting: 0,
+            sent: Sent::new(),
             checks: BTreeMap::new(),
             checking: false,
             answer: None,
-            out: Vec::new(),
         }
     }
 
@@ -167,19 +163,11 @@ impl MGetMachine {
     }
 
     fn send(&mut self, to: NodeId, what: What, msg: PeerRequest) {
-        self.out.push(Outgoing { slot: self.sent.len(), to, msg, route: Route::Direct });
-        self.sent.push((to, what, false));
-        self.waiting += 1;
+        self.sent.send(to, what, msg);
     }
 
     fn give(&mut self, reply: Reply, out: &mut Vec<Command>) {
-        if self.answer.is_some() {
-            return;
-        }
-        if let Some(to) = self.reply_to.clone() {
-            out.push(Command::Answer { to, reply: reply.clone() });
-        }
-        self.answer = Some(reply);
+        crate::txn::answer_once(&mut self.answer, &self.reply_to, reply, out);
     }
 
     fn on_read(&mut self, idx: &[usize], result: PeerResult, out: &mut Vec<Command>) {
@@ -309,15 +297,7 @@ impl MGetMachine {
     fn on_round(&mut self, txn: TxnId, phase: u8, from: NodeId, result: PeerResult, out: &mut Vec<Command>) {
         let Some(c) = self.checks.get_mut(&txn) else { return };
         let Some(p) = c.proposer.as_mut() else { return };
-        if phase != p.phase_id() {
-            return;
-        }
-        let reply = match result {
-            Ok(PeerResponse::TxnRecord(r)) => Some(r),
-            _ => None,
-        };
-        let next = p.on_reply(from, reply);
-        let phase = p.phase_id();
+        let Some((next, phase)) = crate::txn::coordinator::record_step(p, from, phase, result) else { return };
         match p.outcome() {
             Some(Ok(d)) => c.outcome = Some(Some(d)),
             Some(Err(_)) => {
@@ -367,16 +347,7 @@ impl MGetMachine {
 impl MGetMachine {
     /// One read a replica, of every key it holds, at the current round's timestamp.
     fn send_reads(&mut self) {
-        let mut nodes: Vec<(NodeId, Vec<usize>)> = Vec::new();
-        for (i, k) in self.keys.iter().enumerate() {
-            for &r in &k.replicas {
-                match nodes.iter_mut().find(|(n, _)| *n == r) {
-                    Some((_, idx)) => idx.push(i),
-                    None => nodes.push((r, vec![i])),
-                }
-            }
-        }
-        for (to, idx) in nodes {
+        for (to, idx) in crate::txn::by_node(self.keys.iter().map(|k| &k.replicas[..])) {
             let keys = idx.iter().map(|&i| self.keys[i].key.clone()).collect();
             self.send(to, What::Read(self.round, idx), PeerRequest::TxnRead { keys, at: self.at });
         }
@@ -386,17 +357,11 @@ impl MGetMachine {
 impl Machine for MGetMachine {
     fn start(&mut self) -> Vec<Outgoing> {
         self.send_reads();
-        std::mem::take(&mut self.out)
+        self.sent.drain()
     }
 
     fn on_reply(&mut self, slot: usize, result: PeerResult, out: &mut Vec<Command>) {
-        let Some((from, what, done)) = self.sent.get_mut(slot) else { return };
-        if *done {
-            return;
-        }
-        *done = true;
-        self.waiting -= 1;
-        let (from, what) = (*from, what.clone());
+        let Some((from, what)) = self.sent.arrived(slot) else { return };
         match what {
             What::Read(round, idx) if round == self.round => self.on_read(&idx, result, out),
             What::Read(..) => {}
@@ -409,7 +374,7 @@ impl Machine for MGetMachine {
                 self.maybe_answer(out);
             }
         }
-        out.extend(self.out.drain(..).map(Command::Send));
+        out.extend(self.sent.drain().into_iter().map(Command::Send));
     }
 
     fn settled(&self) -> bool {
@@ -417,7 +382,7 @@ impl Machine for MGetMachine {
     }
 
     fn complete(&self) -> bool {
-        self.waiting == 0
+        self.sent.all_arrived()
     }
 
     fn held_bytes(&self) -> usize {

@@ -111,6 +111,90 @@ impl TxnSpec {
     }
 }
 
+/// A machine's requests: the target and purpose of each slot, whether its
+/// outcome came, and the messages not yet handed out (the bookkeeping the
+/// transaction, recovery and `mget` machines share).
+pub(crate) struct Sent<W> {
+    slots: Vec<(crate::cluster::ring::NodeId, W, bool)>,
+    waiting: usize,
+    out: Vec<crate::coordinator::command::Outgoing>,
+}
+
+impl<W: Clone> Sent<W> {
+    pub(crate) fn new() -> Self {
+        Sent { slots: Vec::new(), waiting: 0, out: Vec::new() }
+    }
+
+    /// Queues `msg` to `to`, for `what`.
+    pub(crate) fn send(&mut self, to: crate::cluster::ring::NodeId, what: W, msg: crate::message::PeerRequest) {
+        use crate::coordinator::command::{Outgoing, Route};
+        self.out.push(Outgoing { slot: self.slots.len(), to, msg, route: Route::Direct });
+        self.slots.push((to, what, false));
+        self.waiting += 1;
+    }
+
+    /// The slot's target and purpose when its outcome first comes (`None`
+    /// for a slot never used or answered already).
+    pub(crate) fn arrived(&mut self, slot: usize) -> Option<(crate::cluster::ring::NodeId, W)> {
+        let (to, what, done) = self.slots.get_mut(slot)?;
+        if *done {
+            return None;
+        }
+        *done = true;
+        self.waiting -= 1;
+        Some((*to, what.clone()))
+    }
+
+    /// Whether every slot has its outcome.
+    pub(crate) fn all_arrived(&self) -> bool {
+        self.waiting == 0
+    }
+
+    /// Whether a slot `f` picks still waits for its outcome.
+    pub(crate) fn pending(&self, f: impl Fn(&W) -> bool) -> bool {
+        self.slots.iter().any(|(_, w, done)| !done && f(w))
+    }
+
+    /// The messages queued since the last call.
+    pub(crate) fn drain(&mut self) -> Vec<crate::coordinator::command::Outgoing> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+/// Every node of the replica lists, in first-seen order, with the indexes
+/// of the lists (the keys) it is in: one message a node.
+pub(crate) fn by_node<'a>(
+    lists: impl Iterator<Item = &'a [crate::cluster::ring::NodeId]>,
+) -> Vec<(crate::cluster::ring::NodeId, Vec<usize>)> {
+    let mut nodes: Vec<(crate::cluster::ring::NodeId, Vec<usize>)> = Vec::new();
+    for (i, replicas) in lists.enumerate() {
+        for &r in replicas {
+            match nodes.iter_mut().find(|(n, _)| *n == r) {
+                Some((_, idx)) => idx.push(i),
+                None => nodes.push((r, vec![i])),
+            }
+        }
+    }
+    nodes
+}
+
+/// Sets a machine's answer, once: a later one is dropped; a deferred
+/// client (`reply_to`) is answered with a [`Command::Answer`](crate::coordinator::command::Command::Answer).
+pub(crate) fn answer_once(
+    answer: &mut Option<crate::message::Reply>,
+    reply_to: &Option<crate::coordinator::command::ReplyTo>,
+    reply: crate::message::Reply,
+    out: &mut Vec<crate::coordinator::command::Command>,
+) {
+    if answer.is_some() {
+        return;
+    }
+    if let Some(to) = reply_to.clone() {
+        out.push(crate::coordinator::command::Command::Answer { to, reply: reply.clone() });
+    }
+    *answer = Some(reply);
+}
+
 /// An intent as a read sees it: the transaction, its record's anchor, its write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldBy {
