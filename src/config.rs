@@ -79,6 +79,10 @@ pub struct NodeConfig {
     pub max_value_bytes: usize,
     /// Largest key accepted in a murmur3 cluster, in bytes.
     pub max_key_bytes: usize,
+    /// The most keys of a client's transaction or `mget`.
+    pub max_txn_keys: usize,
+    /// The most bytes of values of a client's transaction.
+    pub max_txn_bytes: usize,
     /// Client connections served at once; more are refused.
     pub max_connections: usize,
     /// Interval between heartbeats to each peer.
@@ -164,6 +168,8 @@ impl NodeConfig {
             hint_rate: 2000,
             max_value_bytes: 1 << 20,
             max_key_bytes: crate::cluster::key::DEFAULT_MAX_KEY_BYTES,
+            max_txn_keys: crate::txn::DEFAULT_TXN_KEYS,
+            max_txn_bytes: crate::txn::DEFAULT_TXN_BYTES,
             max_connections: 2048,
             heartbeat_interval: Duration::from_millis(200),
             down_after: Duration::from_millis(1000),

@@ -90,12 +90,22 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// The largest value (`--max-value-bytes`).
     pub max_value_bytes: usize,
+    /// The most keys of a client's transaction or `mget` (`--max-txn-keys`).
+    pub max_txn_keys: usize,
+    /// The most bytes of values of a client's transaction (`--max-txn-bytes`).
+    pub max_txn_bytes: usize,
 }
 
 impl Limits {
     /// A byte-ordered cluster's limits with values up to `max_value_bytes` (the seed's).
     pub fn byte_ordered(max_value_bytes: usize) -> Limits {
-        Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: DEFAULT_MAX_KEY_BYTES, max_value_bytes }
+        Limits {
+            partitioner: Partitioner::ByteOrdered,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes,
+            max_txn_keys: crate::txn::DEFAULT_TXN_KEYS,
+            max_txn_bytes: crate::txn::DEFAULT_TXN_BYTES,
+        }
     }
 
     /// Checks a key from the wire.
@@ -978,8 +988,14 @@ mod tests {
     use crate::proto::response::Body as B2;
 
     const MAX_VALUE: usize = 100;
-    const BYTES: Limits = Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: 8, max_value_bytes: MAX_VALUE };
-    const MURMUR: Limits = Limits { partitioner: Partitioner::Murmur3, max_key_bytes: 8, max_value_bytes: MAX_VALUE };
+    const BYTES: Limits = Limits {
+        partitioner: Partitioner::ByteOrdered,
+        max_key_bytes: 8,
+        max_value_bytes: MAX_VALUE,
+        max_txn_keys: 64,
+        max_txn_bytes: 1 << 20,
+    };
+    const MURMUR: Limits = Limits { partitioner: Partitioner::Murmur3, ..BYTES };
 
     fn client(body: B) -> Result<()> {
         validate_request(&proto::Request { id: 1, body: Some(body) }, &BYTES)

@@ -1406,7 +1406,7 @@ fn small_cluster(partitioner: Partitioner) -> (Cluster, Ctx) {
         seed: 0,
         ports: c.replicas.iter().map(|r| r.port).collect(),
         ring: quorumkv::cluster::ring::Ring::from_spec(&spec, 3, 1).unwrap(),
-        limits: Limits { partitioner, max_key_bytes: MAX_KEY, max_value_bytes: MAX_VALUE },
+        limits: Limits { partitioner, max_key_bytes: MAX_KEY, ..Limits::byte_ordered(MAX_VALUE) },
         failed: AtomicBool::new(false),
         half: Phase { arrived: AtomicUsize::new(0), go: AtomicBool::new(false) },
     };
@@ -1485,7 +1485,7 @@ fn flood(partitioner: Partitioner) {
         seed,
         ports: c.replicas.iter().map(|r| r.port).collect(),
         ring: quorumkv::cluster::ring::Ring::from_spec(&spec, 3, 1).unwrap(),
-        limits: Limits { partitioner, max_key_bytes: MAX_KEY, max_value_bytes: MAX_VALUE },
+        limits: Limits { partitioner, max_key_bytes: MAX_KEY, ..Limits::byte_ordered(MAX_VALUE) },
         failed: AtomicBool::new(false),
         half: Phase { arrived: AtomicUsize::new(0), go: AtomicBool::new(false) },
     });

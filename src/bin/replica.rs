@@ -47,6 +47,14 @@ struct Args {
     /// well within what recovery accepts).
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(0..=32 << 20))]
     max_value_bytes: u64,
+    /// The most keys one transaction or `mget` may name (1 to 1024).
+    #[arg(long, default_value_t = quorumkv::txn::DEFAULT_TXN_KEYS as u64, value_parser = clap::value_parser!(u64).range(1..=quorumkv::txn::MAX_TXN_KEYS as u64))]
+    max_txn_keys: u64,
+    /// The most bytes of values (written and compared) one transaction may
+    /// carry (a transaction must also fit in one frame, about
+    /// --max-value-bytes plus a batch of the largest keys).
+    #[arg(long, default_value_t = quorumkv::txn::DEFAULT_TXN_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=64 << 20))]
+    max_txn_bytes: u64,
     /// Largest key accepted in a murmur3 cluster, in bytes (1 to 65536).
     #[arg(long, default_value_t = DEFAULT_MAX_KEY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_key_bytes: u64,
@@ -153,6 +161,8 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.hint_rate = args.hint_rate;
     cfg.max_value_bytes = args.max_value_bytes as usize;
     cfg.max_key_bytes = args.max_key_bytes as usize;
+    cfg.max_txn_keys = args.max_txn_keys as usize;
+    cfg.max_txn_bytes = args.max_txn_bytes as usize;
     cfg.max_connections = args.max_connections;
     cfg.heartbeat_interval = args.heartbeat;
     cfg.down_after = args.down_after;

@@ -312,7 +312,8 @@ mod tests {
     use crate::cluster::key::Partitioner;
     use crate::proto::request::Body as B;
 
-    const LIMITS: Limits = Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: 8, max_value_bytes: 10 };
+    const LIMITS: Limits =
+        Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: 8, max_value_bytes: 10, max_txn_keys: 64, max_txn_bytes: 1024 };
 
     fn b(micros: u64, node: u32) -> Ballot {
         Ballot(Timestamp { micros, node })

@@ -130,8 +130,10 @@ mod tests {
     use crate::cluster::key::Partitioner;
     use crate::cluster::token;
 
-    const MURMUR: Limits = Limits { partitioner: Partitioner::Murmur3, max_key_bytes: 8, max_value_bytes: 10 };
-    const BYTES: Limits = Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: 8, max_value_bytes: 10 };
+    const MURMUR: Limits =
+        Limits { partitioner: Partitioner::Murmur3, max_key_bytes: 8, max_value_bytes: 10, max_txn_keys: 64, max_txn_bytes: 1024 };
+    const BYTES: Limits =
+        Limits { partitioner: Partitioner::ByteOrdered, max_key_bytes: 8, max_value_bytes: 10, max_txn_keys: 64, max_txn_bytes: 1024 };
 
     fn refused(r: Result<ScanCursor>, needle: &str) {
         match r {

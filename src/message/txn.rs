@@ -347,7 +347,7 @@ pub fn parse_client_txn(t: proto::TxnRequest, limits: &Limits) -> Result<ClientR
         };
         spec.writes.push((key, value));
     }
-    spec.check()?;
+    spec.check(limits.max_txn_keys, limits.max_txn_bytes)?;
     Ok(ClientRequest::Txn(spec))
 }
 
@@ -373,10 +373,10 @@ pub fn client_txn_to_proto(spec: TxnSpec) -> proto::TxnRequest {
     }
 }
 
-/// Checks a client's `mget`: 1 to [`MAX_TXN_KEYS`] keys, each once.
+/// Checks a client's `mget`: 1 to `--max-txn-keys` keys, each once.
 pub fn parse_mget(m: proto::MGetRequest, limits: &Limits) -> Result<ClientRequest> {
-    if m.keys.is_empty() || m.keys.len() > MAX_TXN_KEYS {
-        return Err(bad(format!("an mget of {} keys; 1 to {MAX_TXN_KEYS}", m.keys.len())));
+    if m.keys.is_empty() || m.keys.len() > limits.max_txn_keys {
+        return Err(bad(format!("an mget of {} keys; 1 to {} (--max-txn-keys)", m.keys.len(), limits.max_txn_keys)));
     }
     let mut seen = HashSet::new();
     let mut keys = Vec::with_capacity(m.keys.len());
@@ -480,4 +480,42 @@ fn record_state_from_log(r: proto::TxnRecordLog) -> Result<RecordState> {
         _ => return Err(damaged("transaction record")),
     };
     Ok(RecordState { txn, promised, accepted, since: r.since })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(k: usize) -> proto::TxnItem {
+        proto::TxnItem { key: k.to_string().into_bytes(), write: 1, value: b"v".to_vec() }
+    }
+
+    /// A client's transaction and `mget` are held to `--max-txn-keys` and
+    /// `--max-txn-bytes`, and the refusal names the flag; a peer's prepare
+    /// may carry up to the hard limit.
+    #[test]
+    fn transactions_are_held_to_the_limits_of_the_flags() {
+        let limits = Limits { max_txn_keys: 3, max_txn_bytes: 10, ..Limits::byte_ordered(100) };
+        let txn = |n: usize, v: usize| proto::TxnRequest {
+            conditions: Vec::new(),
+            writes: (0..n).map(|k| proto::TxnItem { value: vec![b'v'; v], ..item(k) }).collect(),
+        };
+        assert!(parse_client_txn(txn(3, 3), &limits).is_ok());
+        let e = parse_client_txn(txn(4, 1), &limits).unwrap_err().to_string();
+        assert!(e.contains("4 keys") && e.contains("--max-txn-keys"), "{e}");
+        let e = parse_client_txn(txn(2, 6), &limits).unwrap_err().to_string();
+        assert!(e.contains("12 bytes") && e.contains("--max-txn-bytes"), "{e}");
+        let mget = |n: usize| proto::MGetRequest { keys: (0..n).map(|k| k.to_string().into_bytes()).collect() };
+        assert!(parse_mget(mget(3), &limits).is_ok());
+        assert!(parse_mget(mget(4), &limits).unwrap_err().to_string().contains("--max-txn-keys"));
+        let prepare = |n: usize| proto::TxnPrepare {
+            txn: Some(proto::Ballot { micros: 1, node: 1 }),
+            anchor: b"0".to_vec(),
+            items: (0..n).map(item).collect(),
+            epoch: 0,
+        };
+        let wide = Limits { partitioner: crate::cluster::key::Partitioner::Murmur3, ..limits };
+        assert!(parse_prepare(prepare(MAX_TXN_KEYS), &wide).is_ok());
+        assert!(parse_prepare(prepare(MAX_TXN_KEYS + 1), &wide).is_err());
+    }
 }

@@ -51,7 +51,7 @@ pub fn fuzz_frames(data: &[u8], max_frame: usize, max_value_bytes: usize) -> Fuz
         stats.decoded += 1;
         // Both partitioners' rules: a byte-ordered and a murmur3 replica.
         let bytes = Limits::byte_ordered(max_value_bytes);
-        let murmur = Limits { partitioner: Partitioner::Murmur3, max_key_bytes: 64, max_value_bytes };
+        let murmur = Limits { partitioner: Partitioner::Murmur3, max_key_bytes: 64, ..Limits::byte_ordered(max_value_bytes) };
         let client = validate_request(&req, &bytes);
         let peer = validate_peer_request(&req, &bytes);
         let others = [validate_request(&req, &murmur), validate_peer_request(&req, &murmur)];

@@ -352,7 +352,13 @@ impl Node {
 
     /// What this replica accepts from the wire: its cluster's keys and its size limits.
     pub fn limits(&self) -> Limits {
-        Limits { partitioner: self.ring().partitioner(), max_key_bytes: self.cfg.max_key_bytes, max_value_bytes: self.cfg.max_value_bytes }
+        Limits {
+            partitioner: self.ring().partitioner(),
+            max_key_bytes: self.cfg.max_key_bytes,
+            max_value_bytes: self.cfg.max_value_bytes,
+            max_txn_keys: self.cfg.max_txn_keys,
+            max_txn_bytes: self.cfg.max_txn_bytes,
+        }
     }
 
     /// The timer thread of SERIAL operations.

@@ -71,7 +71,7 @@ impl Node {
 
     /// A client's transaction: answered by its call with `later`, otherwise waited for.
     pub(crate) fn txn_request(self: &Arc<Self>, spec: TxnSpec, later: Later<'_>) -> Result<Answered<Handled>> {
-        spec.check()?;
+        spec.check(self.cfg.max_txn_keys, self.cfg.max_txn_bytes)?;
         let (plans, epoch) = self.txn_plan(&spec)?;
         let txn = TxnId(self.clock.now());
         let machine = TxnMachine::new(txn, plans, epoch, self.restamp(), self.cfg.mode.hinted_handoff());

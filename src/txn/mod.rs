@@ -28,11 +28,17 @@ use crate::paxos::Expect;
 use crate::storage::hlc::Timestamp;
 use crate::txn::intents::IntentWrite;
 
-/// The most keys one transaction (or `mget`) names: a larger one is refused.
-pub const MAX_TXN_KEYS: usize = 64;
+/// The most keys a transaction or `mget` may name, whatever `--max-txn-keys`
+/// says (and the most items a replica takes in one transaction message).
+pub const MAX_TXN_KEYS: usize = 1024;
 
-/// The most bytes of values (written and compared) one transaction carries.
-pub const MAX_TXN_BYTES: usize = 4 << 20;
+/// The default of `--max-txn-keys`: the most keys one client transaction
+/// (or `mget`) names.
+pub const DEFAULT_TXN_KEYS: usize = 64;
+
+/// The default of `--max-txn-bytes`: the most bytes of values (written and
+/// compared) one client transaction carries.
+pub const DEFAULT_TXN_BYTES: usize = 1 << 20;
 
 /// A client's transaction: if every condition holds on the keys' latest
 /// committed values, every write, atomically; otherwise nothing.
@@ -57,9 +63,9 @@ pub struct TxnKey {
 
 impl TxnSpec {
     /// Checks the shape: at least one write or condition, each key written
-    /// and compared at most once, at most [`MAX_TXN_KEYS`] keys and
-    /// [`MAX_TXN_BYTES`] of values.
-    pub fn check(&self) -> Result<()> {
+    /// and compared at most once, at most `max_keys` keys (`--max-txn-keys`)
+    /// and `max_bytes` of values (`--max-txn-bytes`).
+    pub fn check(&self, max_keys: usize, max_bytes: usize) -> Result<()> {
         if self.writes.is_empty() && self.conditions.is_empty() {
             return Err(Error::InvalidRequest("a transaction needs at least one write or condition".into()));
         }
@@ -76,13 +82,15 @@ impl TxnSpec {
             }
         }
         let keys = seen.union(&compared).count();
-        if keys > MAX_TXN_KEYS {
-            return Err(Error::InvalidRequest(format!("a transaction of {keys} keys exceeds the limit of {MAX_TXN_KEYS}")));
+        if keys > max_keys {
+            return Err(Error::InvalidRequest(format!("a transaction of {keys} keys exceeds the limit of {max_keys} (--max-txn-keys)")));
         }
         let bytes: usize = self.writes.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.len())).sum::<usize>()
             + self.conditions.iter().map(|(_, e)| if let Expect::Equals(v) = e { v.len() } else { 0 }).sum::<usize>();
-        if bytes > MAX_TXN_BYTES {
-            return Err(Error::InvalidRequest(format!("a transaction of {bytes} bytes of values exceeds the limit of {MAX_TXN_BYTES}")));
+        if bytes > max_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "a transaction of {bytes} bytes of values exceeds the limit of {max_bytes} (--max-txn-bytes)"
+            )));
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ Commands (keywords are case-insensitive; CL is ONE, QUORUM, ALL or SERIAL):
                           put KEY VALUE or del KEY separated by `;`, e.g. txn if a = 10 and b = 5 then put a 7; put b 8;
                           all writes or none, serializable with other transactions and SERIAL operations; prints
                           committed, or not applied with the compared keys' values (one-shot: exit 5); keys may live
-                          on any replicas (at most 64 keys; a conflict with another transaction aborts: retry)
+                          on any replicas (at most --max-txn-keys keys, 64 by default; a conflict with another transaction aborts: retry)
   mget KEY...             read several keys at QUORUM, read atomic: of every transaction, all of its writes or none;
                           one value a line (one-shot: an empty line for a missing key, exit 1 only if all are missing)
   repair                  compare every replica's data with the others' now (hash trees, then only the cells that
