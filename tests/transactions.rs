@@ -52,15 +52,18 @@ fn transactions_commit_across_replicas_through_every_coordinator() {
 }
 
 /// Coordinators race conditional increments of one counter, round after
-/// round: exactly one wins each round (the others see its value, or lose a
-/// conflict and write nothing), so the counter ends at the number of rounds
-/// and its twin key, written in the same transactions, agrees.
+/// round: at most one wins each round (the others see its value, or lose a
+/// conflict and write nothing), so the counter moves by one at most, and its
+/// twin key, written in the same transactions, always agrees with it. An
+/// answer that did not come in time (a slow machine) is of unknown outcome:
+/// the counter read after the round says what happened.
 #[test]
-fn racing_conditional_transactions_commit_exactly_one_per_round() {
+fn racing_conditional_transactions_commit_at_most_one_per_round() {
     let c = Cluster::start_murmur3(3, &[]);
     let mut client = c.client(0);
     assert!(matches!(client.txn(vec![], puts(&[("ctr", "0"), ("twin", "0")])).unwrap(), TxnOutcome::Committed { .. }));
     let rounds = 15;
+    let mut raced = 0;
     for round in 0..rounds {
         let barrier = std::sync::Barrier::new(3);
         let wins: usize = std::thread::scope(|s| {
@@ -74,7 +77,7 @@ fn racing_conditional_transactions_commit_exactly_one_per_round() {
                         let conds = vec![(b("ctr"), Some(b(&now)))];
                         match client.txn(conds, puts(&[("ctr", &next), ("twin", &next)])) {
                             Ok(TxnOutcome::Committed { .. }) => 1,
-                            Ok(TxnOutcome::NotApplied { .. }) | Err(Error::Conflict(_)) => 0,
+                            Ok(TxnOutcome::NotApplied { .. }) | Err(Error::Conflict(_) | Error::Timeout(_)) => 0,
                             Err(e) => panic!("round {round} via r{via}: {e}"),
                         }
                     })
@@ -83,15 +86,29 @@ fn racing_conditional_transactions_commit_exactly_one_per_round() {
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert!(wins <= 1, "round {round}: {wins} transactions committed");
-        if wins == 0 {
-            // Every one lost a conflict: the round is tried again by one of them.
-            let r = client.txn(
-                vec![(b("ctr"), Some(b(&round.to_string())))],
-                puts(&[("ctr", &(round + 1).to_string()), ("twin", &(round + 1).to_string())]),
-            );
-            assert!(matches!(r, Ok(TxnOutcome::Committed { .. })), "round {round}: {r:?}");
+        let read = |client: &mut quorumkv::client::Client| {
+            let mut got = None;
+            wait_for(slack(Duration::from_secs(10)), || {
+                got = client.mget(vec![b("ctr"), b("twin")]).ok();
+                got.is_some()
+            });
+            let v = got.expect("mget");
+            assert_eq!(v[0], v[1], "round {round}: the counter and its twin disagree");
+            text(&v[0]).unwrap().parse::<u32>().unwrap()
+        };
+        let mut now = read(&mut client);
+        assert!(now == round || now == round + 1, "round {round}: the counter moved to {now}");
+        assert!(wins == 0 || now == round + 1, "round {round}: a commit was answered but the counter is {now}");
+        raced += usize::from(now == round + 1);
+        // Nobody won (every one lost a conflict, or timed out unapplied): one more try, alone.
+        while now == round {
+            let conds = vec![(b("ctr"), Some(b(&round.to_string())))];
+            let next = (round + 1).to_string();
+            let _ = client.txn(conds, puts(&[("ctr", &next), ("twin", &next)]));
+            now = read(&mut client);
         }
     }
+    assert!(raced > 0, "some round was won by a racer");
     let read = client.mget(vec![b("ctr"), b("twin")]).unwrap();
     assert_eq!(read, vec![Some(b(&rounds.to_string())), Some(b(&rounds.to_string()))]);
 }
