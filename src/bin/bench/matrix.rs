@@ -6,7 +6,9 @@
 //! `--murmur3-keys` string keys (preloaded) runs `get ONE` and `put QUORUM` at 32
 //! clients, each run right after the same row on the byte-ordered cluster. It ends
 //! with the SERIAL rows (each paired with the same load at QUORUM) and two
-//! compare-and-set rows that report the share of CAS applied. Then it prints the
+//! compare-and-set rows that report the share of CAS applied, and the
+//! transaction rows (a 2-key transaction and `mget` paired with a QUORUM put
+//! and get; transactions at 32 clients with their abort rate). Then it prints the
 //! targets table. `--only serial` runs just the SERIAL and CAS rows.
 
 use std::collections::BTreeMap;
@@ -205,6 +207,35 @@ pub(crate) fn matrix(args: &Args) -> Result<(), String> {
             // every key by 32; each reports its share of applied compare-and-sets.
             for (label, keys, clients) in [("CAS SERIAL c=8 (one key)", (0, 0), 8), ("CAS SERIAL c=32", everything, 32)] {
                 let r = median((0..args.repeat.max(1)).map(|_| run(&base(Op::Cas, all.clone(), clients, 0.0, Serial, keys))).collect());
+                println!("{}", r.line(label));
+                if args.json {
+                    println!("{}", r.json(label));
+                }
+                results.insert(label.to_string(), r.figures());
+            }
+        }
+        if mode.is_none() && !serial_only {
+            println!(
+                "\n== transactions on the same cluster; the 1-client rows run {} times, each right after a QUORUM put or get \
+                 by the same client",
+                args.pairs.max(1)
+            );
+            let rows = [
+                ("txn 2 keys c=1", Op::Txn(2), 0.0, "QUORUM put alongside"),
+                ("mget 2 keys c=1", Op::MGet(2), 1.0, "QUORUM get alongside"),
+            ];
+            for (label, op, ratio, name) in rows {
+                let reference = base(Op::Mixed, first.clone(), 1, ratio, Quorum, everything);
+                paired_row(args, label, &base(op, first.clone(), 1, 0.0, Quorum, everything), &reference, name, &mut results, &mut pairs);
+            }
+            // Not targets: 32 clients, with the share aborted by conflicts.
+            let zipf = Some(std::sync::Arc::new(crate::load::zipf_cdf(256, args.zipf_s)));
+            for (label, keys, skewed) in [("txn 2 keys c=32", 2, false), ("txn 2 keys c=32 zipf", 2, true), ("txn 4 keys c=32", 4, false)] {
+                let load = Load {
+                    zipf: if skewed { zipf.clone() } else { None },
+                    ..base(Op::Txn(keys), all.clone(), 32, 0.0, Quorum, everything)
+                };
+                let r = median((0..args.repeat.max(1)).map(|_| run(&load)).collect());
                 println!("{}", r.line(label));
                 if args.json {
                     println!("{}", r.json(label));

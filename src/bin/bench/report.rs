@@ -157,6 +157,13 @@ pub(crate) const SERIAL_TARGETS: [Target; 3] = [
     Target { name: "32 clients put SERIAL ops/s / put QUORUM ops/s", row: "put SERIAL c=32", clients: 32, latency: false, target: 0.4 },
 ];
 
+/// The transaction rows (issue 15), each judged against the same client's
+/// QUORUM put or get run just before it.
+pub(crate) const TXN_TARGETS: [Target; 2] = [
+    Target { name: "1 client 2-key txn p50 / put QUORUM p50", row: "txn 2 keys c=1", clients: 1, latency: true, target: 3.0 },
+    Target { name: "1 client 2-key mget p50 / get QUORUM p50", row: "mget 2 keys c=1", clients: 1, latency: true, target: 1.5 },
+];
+
 /// One line of a targets table: `value` against `target` (`cmp` is `<=` or `>=`);
 /// NaN (not measured) is never met.
 pub(crate) fn verdict(name: &str, value: f64, cmp: &str, target: f64, detail: &str) -> String {
@@ -197,7 +204,8 @@ pub(crate) fn print_targets(r: &BTreeMap<String, (f64, u64, u64)>, pairs: &BTree
     };
     let murmur3_targets = if murmur3 { &MURMUR3_TARGETS[..] } else { &[] };
     let standard = if serial_only { &[][..] } else { &TARGETS[..] };
-    for t in standard.iter().chain(murmur3_targets).chain(&SERIAL_TARGETS) {
+    let txn = if serial_only { &[][..] } else { &TXN_TARGETS[..] };
+    for t in standard.iter().chain(murmur3_targets).chain(&SERIAL_TARGETS).chain(txn) {
         // Every target row runs in pairs with its ping (at least one).
         let mut ratios: Vec<f64> = pairs.get(t.row).map_or(&[][..], Vec::as_slice).iter().map(|p| t.ratio(p.row, p.ping)).collect();
         let value = median_of(&mut ratios);
