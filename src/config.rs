@@ -110,6 +110,10 @@ pub struct NodeConfig {
     /// Test hook: a transaction coordinator kills this process at this point
     /// (see [`TxnCrashPoint`]).
     pub txn_crash: Option<TxnCrashPoint>,
+    /// Test hook: the first transaction this replica coordinates stops the
+    /// whole process (SIGSTOP, as the nemesis pauses a replica) at this
+    /// point, until something sends it SIGCONT.
+    pub txn_pause: Option<TxnCrashPoint>,
     /// How often a background anti-entropy pass starts (zero: never; `repair` still runs one).
     pub anti_entropy_interval: Duration,
     /// An intent held longer than this is settled by its replica's recovery
@@ -119,9 +123,10 @@ pub struct NodeConfig {
     pub stream_throughput: u64,
 }
 
-/// Where a transaction coordinator dies when told to (a hidden test flag,
-/// `--txn-crash-before`): between two of its phases, to show that the
-/// replicas settle the transaction without it.
+/// Where a transaction coordinator dies or pauses when told to (hidden test
+/// flags, `--txn-crash-before` and `--txn-pause-before`): between two of its
+/// phases, to show that the replicas settle the transaction without it, and
+/// that a paused coordinator which wakes up late cannot undo their decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnCrashPoint {
     /// After every vote came in, before the decision is sent to the record.
@@ -183,6 +188,7 @@ impl NodeConfig {
             ack_log: None,
             enable_fault_injection: false,
             txn_crash: None,
+            txn_pause: None,
             anti_entropy_interval: Duration::from_secs(600),
             txn_timeout: Duration::from_secs(2),
             stream_throughput: 0,

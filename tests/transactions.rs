@@ -1,7 +1,8 @@
 //! Transactions end to end (issue 15): cross-replica transactions through
 //! every coordinator, conditional transactions racing on shared keys,
 //! `mget` beside them, the console's `txn` and `mget`, and a coordinator
-//! killed between its phases whose transaction the replicas settle without it.
+//! killed or paused between its phases whose transaction the replicas settle
+//! without it.
 
 mod common;
 
@@ -172,6 +173,76 @@ fn a_coordinator_killed_between_phases_never_blocks_its_keys() {
             })
         });
         assert!(everywhere, "{point}: a live replica does not hold {want}; logs:\n{}", c.logs());
+        c.kill(0);
+    }
+}
+
+/// Whether process `pid` is stopped (SIGSTOP): state `T` in /proc.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// A coordinator paused (SIGSTOP) between two phases, for longer than
+/// `--txn-timeout`: the other replicas settle its transaction without it —
+/// abort it when it was paused before its decision, finish the commit when
+/// paused after — and once it wakes up, its late messages change nothing.
+/// Its client hears an answer that agrees with the outcome (or that the
+/// outcome is unknown), and every replica, the paused one too, ends holding
+/// all of the transaction's writes or none.
+#[test]
+fn a_coordinator_paused_between_phases_cannot_undo_the_replicas_decision() {
+    for (point, committed) in [("record", false), ("resolve", true)] {
+        let mut c = Cluster::start_murmur3(4, &["--txn-timeout", "1s"]);
+        let keys: Vec<String> = (0..4).map(|i| format!("p{i}")).collect();
+        let writes: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "old")).collect();
+        assert!(matches!(c.client(1).txn(vec![], puts(&writes)).unwrap(), TxnOutcome::Committed { .. }));
+        c.restart_with(0, &["--txn-pause-before", point]);
+        c.wait_all_up();
+        let pid = c.replicas[0].pid().unwrap();
+        let mut client = c.client(0);
+        let new: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), "new".to_string())).collect();
+        let answer = std::thread::spawn(move || {
+            let writes: Vec<(&str, &str)> = new.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            client.txn(vec![], puts(&writes))
+        });
+        assert!(wait_for(slack(Duration::from_secs(5)), || stopped(pid)), "{point}: the coordinator did not pause; logs:\n{}", c.logs());
+        let want = if committed { "new" } else { "old" };
+        // While it sleeps, the others settle the transaction and free its keys.
+        let settled = wait_for(slack(Duration::from_secs(15)), || {
+            let read = c.client(1).mget(keys.iter().map(|k| b(k)).collect());
+            let free = c.client(2).txn(vec![(b("p0"), Some(b(want)))], puts(&[("p0", want)]));
+            matches!(free, Ok(TxnOutcome::Committed { .. })) && read.is_ok_and(|r| r.iter().all(|v| text(v).as_deref() == Some(want)))
+        });
+        assert!(settled, "{point}: not settled to {want} while the coordinator slept; logs:\n{}", c.logs());
+        assert!(stopped(pid), "{point}: the coordinator woke up too early");
+        c.resume(0);
+        let answer = answer.join().unwrap();
+        eprintln!("{point}: the woken coordinator answered {answer:?}");
+        match (&answer, committed) {
+            (Ok(TxnOutcome::Committed { .. }), true) | (Err(Error::Conflict(_)), false) => {}
+            // An answer that came too late for the client, or an outcome the coordinator could not learn.
+            (Err(Error::Timeout(_) | Error::Io(_) | Error::Unavailable(_)), _) => {}
+            (other, _) => panic!("{point}: the coordinator answered {other:?}, but the replicas decided {want}; logs:\n{}", c.logs()),
+        }
+        // Its late messages change nothing: every replica of every key, the
+        // woken coordinator's too, holds the decided value, and the woken
+        // coordinator serves transactions again.
+        let everywhere = wait_for(slack(Duration::from_secs(10)), || {
+            keys.iter().all(|k| c.replicas_of(1, k.as_bytes()).iter().all(|n| c.held(1, k.as_bytes(), n).as_deref() == Some(want)))
+        });
+        assert!(everywhere, "{point}: a replica does not hold {want}; logs:\n{}", c.logs());
+        // (Once it has heard from its peers again: asleep, it heard nothing.)
+        let mut read = Err(Error::Unavailable(String::new()));
+        wait_for(slack(Duration::from_secs(10)), || {
+            read = c.client(0).mget(keys.iter().map(|k| b(k)).collect());
+            read.is_ok()
+        });
+        assert!(read.as_ref().is_ok_and(|r| r.iter().all(|v| text(v).as_deref() == Some(want))), "{point}: {read:?}");
+        let next = c.client(0).txn(vec![(b("p1"), Some(b(want)))], puts(&[("p1", "after")]));
+        assert!(matches!(next, Ok(TxnOutcome::Committed { .. })), "{point}: {next:?}");
         c.kill(0);
     }
 }

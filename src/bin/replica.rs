@@ -100,6 +100,11 @@ struct Args {
     /// resolutions (`resolve`).
     #[arg(long, hide = true, value_parser = quorumkv::config::TxnCrashPoint::parse)]
     txn_crash_before: Option<quorumkv::config::TxnCrashPoint>,
+    /// Tests only: the first transaction this replica coordinates stops the
+    /// process (SIGSTOP) at this point (`record` or `resolve`); a SIGCONT
+    /// lets it carry on.
+    #[arg(long, hide = true, value_parser = quorumkv::config::TxnCrashPoint::parse)]
+    txn_pause_before: Option<quorumkv::config::TxnCrashPoint>,
     /// How often a background anti-entropy pass compares this replica's data
     /// with the other replicas' and repairs what differs (0: never; the console's `repair` runs one now).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -175,6 +180,7 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.ack_log = args.ack_log.clone();
     cfg.enable_fault_injection = args.enable_fault_injection;
     cfg.txn_crash = args.txn_crash_before;
+    cfg.txn_pause = args.txn_pause_before;
     Ok(cfg)
 }
 

@@ -295,6 +295,11 @@ impl Executor for Node {
             log::error!("{}: --txn-crash-before {point:?}: dying as a transaction's coordinator", self.cfg.name);
             std::process::abort();
         }
+        if let Some(point) = self.cfg.txn_pause
+            && sends.iter().any(|s| point.at(&s.msg))
+        {
+            pause_once(&self.cfg.name, point);
+        }
         // A write is sent to a node at most once in a call. A write to its own
         // store is applied before anything is sent, so it is visible here by
         // the time any replica's ack can answer the client, and made durable
@@ -348,5 +353,21 @@ impl Executor for Node {
                 (slot, Err(msg)) => sink.deliver(slot, self.serve_peer_durably(msg)),
             }
         }
+    }
+}
+
+/// The `--txn-pause-before` hook: the first time, stops this whole process
+/// with SIGSTOP (sent by a shell, as the nemesis would) and carries on once
+/// something sends SIGCONT. Later transactions pass.
+fn pause_once(name: &str, point: crate::config::TxnCrashPoint) {
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    log::error!("{name}: --txn-pause-before {point:?}: stopping as a transaction's coordinator");
+    let stop = format!("kill -STOP {}", std::process::id());
+    match std::process::Command::new("sh").args(["-c", &stop]).status() {
+        Ok(_) => log::error!("{name}: --txn-pause-before {point:?}: resumed"),
+        Err(e) => log::error!("{name}: --txn-pause-before: cannot run sh: {e}"),
     }
 }
