@@ -121,6 +121,12 @@ pub struct NodeConfig {
     pub txn_timeout: Duration,
     /// The most bytes a second a movement this node runs copies (keys and values; 0: no limit).
     pub stream_throughput: u64,
+    /// Room for the coordinator cache of keys this node holds no copy of
+    /// (0: no cache; see [`crate::coordinator::cache`]).
+    pub coordinator_cache_bytes: usize,
+    /// How long a coordinator cache entry answers ONE reads after it was
+    /// stored or confirmed: how stale it may be for other coordinators' writes.
+    pub coordinator_cache_ttl: Duration,
 }
 
 /// Where a transaction coordinator dies or pauses when told to (hidden test
@@ -192,6 +198,8 @@ impl NodeConfig {
             anti_entropy_interval: Duration::from_secs(600),
             txn_timeout: Duration::from_secs(2),
             stream_throughput: 0,
+            coordinator_cache_bytes: 0,
+            coordinator_cache_ttl: Duration::from_secs(1),
         }
     }
 

@@ -100,6 +100,17 @@ struct Args {
     /// resolutions (`resolve`).
     #[arg(long, hide = true, value_parser = quorumkv::config::TxnCrashPoint::parse)]
     txn_crash_before: Option<quorumkv::config::TxnCrashPoint>,
+    /// Bytes for a write-through cache of the keys this replica holds no
+    /// copy of (seed 002's coordinator cache; 0: none). It answers ONE reads
+    /// of hot keys without a network round trip, never older than this
+    /// replica's own last acknowledged write of the key, but up to
+    /// --coordinator-cache-ttl behind other coordinators' writes (even ALL's).
+    #[arg(long, default_value_t = 0)]
+    coordinator_cache_bytes: usize,
+    /// How long a coordinator cache entry answers after it was stored or
+    /// confirmed by a read.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    coordinator_cache_ttl: std::time::Duration,
     /// Tests only: the first transaction this replica coordinates stops the
     /// process (SIGSTOP) at this point (`record` or `resolve`); a SIGCONT
     /// lets it carry on.
@@ -181,6 +192,8 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.enable_fault_injection = args.enable_fault_injection;
     cfg.txn_crash = args.txn_crash_before;
     cfg.txn_pause = args.txn_pause_before;
+    cfg.coordinator_cache_bytes = args.coordinator_cache_bytes;
+    cfg.coordinator_cache_ttl = args.coordinator_cache_ttl;
     Ok(cfg)
 }
 

@@ -40,6 +40,7 @@
 //! of [`crate::cluster::consistency`]) and remembers why replicas failed.
 
 pub mod antientropy;
+pub mod cache;
 pub mod call;
 pub mod command;
 pub mod gather;

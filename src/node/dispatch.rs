@@ -8,6 +8,7 @@ use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::error::{Error, Result};
 use crate::message::{ClientRequest, Reply};
+use crate::node::cache::Lesson;
 use crate::node::coordinate::Later;
 use crate::node::serial::SerialDone;
 use crate::node::{Answered, Handled, Node};
@@ -32,22 +33,37 @@ impl Node {
             ClientRequest::Ping => Reply::Pong(self.cfg.name.clone()),
             ClientRequest::Get { key, level: Consistency::Serial } => return self.serial_request(key, Op::Read, later),
             ClientRequest::Put { key, value, level: Consistency::Serial, condition } => {
-                return self.serial_request(key, Op::of(Some(value.into_boxed_slice()), condition), later);
+                let teach = self.cache.clone().map(|c| (c, Lesson::Dropped(vec![key.clone()])));
+                let op = Op::of(Some(value.into_boxed_slice()), condition);
+                return Node::teaching(teach, later, |later| self.serial_request(key, op, later));
             }
             ClientRequest::Delete { key, level: Consistency::Serial, condition } => {
-                return self.serial_request(key, Op::of(None, condition), later);
+                let teach = self.cache.clone().map(|c| (c, Lesson::Dropped(vec![key.clone()])));
+                return Node::teaching(teach, later, |later| self.serial_request(key, Op::of(None, condition), later));
             }
             ClientRequest::Put { condition: Some(_), .. } | ClientRequest::Delete { condition: Some(_), .. } => {
                 return Err(Error::Internal("a conditional write below SERIAL passed parsing".into()));
             }
             ClientRequest::Get { key, level } => {
-                return Ok(match self.read(key, level, later)? {
-                    Answered::Now((found, after)) => Answered::Now(Handled { reply: Reply::Read(found), after }),
-                    Answered::Later(u) => Answered::Later(u),
+                if let Some(found) = self.cached_read(&key, level) {
+                    return Ok(Answered::Now(Handled::of(Reply::Read(found))));
+                }
+                let teach = self.cache_for(&key).map(|c| (c, Lesson::Read(key.clone())));
+                return Node::teaching(teach, later, |later| {
+                    Ok(match self.read(key, level, later)? {
+                        Answered::Now((found, after)) => Answered::Now(Handled { reply: Reply::Read(found), after }),
+                        Answered::Later(u) => Answered::Later(u),
+                    })
                 });
             }
-            ClientRequest::Put { key, value, level, condition: None } => return self.write_request(key, Some(value), level, later),
-            ClientRequest::Delete { key, level, condition: None } => return self.write_request(key, None, level, later),
+            ClientRequest::Put { key, value, level, condition: None } => {
+                let teach = self.write_lesson(&key, || Some(value.clone().into_boxed_slice()));
+                return Node::teaching(teach, later, |later| self.write_request(key, Some(value), level, later));
+            }
+            ClientRequest::Delete { key, level, condition: None } => {
+                let teach = self.write_lesson(&key, || None);
+                return Node::teaching(teach, later, |later| self.write_request(key, None, level, later));
+            }
             ClientRequest::Status => Reply::Status(self.status()),
             ClientRequest::Inspect { key } => Reply::Inspect(self.inspect(&key)),
             ClientRequest::Display { max_value_len, max_keys } => Reply::Display(self.display(max_value_len, max_keys)),
@@ -59,7 +75,10 @@ impl Node {
                 Reply::Joined(Box::new(self.join_member(info, proxy)?))
             }
             ClientRequest::Membership(m) => Reply::Membership(self.membership_request(m)?),
-            ClientRequest::Txn(spec) => return self.txn_request(spec, later),
+            ClientRequest::Txn(spec) => {
+                let teach = self.cache.clone().map(|c| (c, Lesson::Dropped(spec.writes.iter().map(|(k, _)| k.clone()).collect())));
+                return Node::teaching(teach, later, |later| self.txn_request(spec, later));
+            }
             ClientRequest::MGet { keys } => return self.mget_request(keys, later),
             ClientRequest::Fault(_) => return Err(Error::Internal("fault requests are served by the network layer".into())),
         };

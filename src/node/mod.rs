@@ -55,6 +55,7 @@
 pub mod admin;
 pub mod antientropy;
 pub mod background;
+pub mod cache;
 pub mod coordinate;
 pub mod dispatch;
 pub mod membership;
@@ -188,6 +189,9 @@ pub struct Node {
     meta: parking_lot::Mutex<membership::MetaAcceptor>,
     /// This node's id.
     pub me: NodeId,
+    /// Seed 002's coordinator cache of keys this node holds no copy of
+    /// (`--coordinator-cache-bytes`; none by default).
+    pub cache: Option<Arc<crate::coordinator::cache::CoordinatorCache>>,
     /// The write clock (on the system clock; the simulated network gives its nodes one it controls).
     pub clock: Hlc<Arc<dyn WallClock>>,
     /// The local cells.
@@ -319,6 +323,7 @@ impl Node {
             ack_log,
             peers,
             me,
+            cache: crate::coordinator::cache::CoordinatorCache::new(cfg.coordinator_cache_bytes, cfg.coordinator_cache_ttl).map(Arc::new),
             epoch: std::sync::atomic::AtomicU64::new(view.epoch()),
             view: parking_lot::RwLock::new(Arc::new(view)),
             meta: parking_lot::Mutex::new(membership::MetaAcceptor::of(&stored)),
