@@ -424,3 +424,85 @@ fn a_dead_serial_proposer_does_not_keep_transactions_off_its_key() {
         assert!(matches!(c.client.reply(t), Some(Reply::TxnCommitted { .. })), "seed {seed}: {:?}", c.client.reply(t));
     }
 }
+
+/// Whether `e` is part of the transaction coordinated by `by`: its requests, and the replies to them.
+fn traffic_of(c: &Cluster, by: usize) -> impl Fn(&Event) -> bool {
+    let id = c.id(by);
+    move |e: &Event| if e.is_request() { e.from == id } else { e.to == id }
+}
+
+/// Wait-die. An older transaction whose keys a younger one holds waits (its
+/// prepares are sent again) and commits once the younger one is resolved,
+/// after it; a younger one that meets an older holder dies at once with a
+/// conflict, without sending its prepares again.
+#[test]
+fn an_older_transaction_waits_for_a_younger_holder_and_a_younger_one_dies() {
+    for seed in 0..20 {
+        let c = Cluster::murmur3(5, 3, 4, seed);
+        let (a, b, _) = layout(&c);
+        // The older one (its id is the earlier clock reading) waits.
+        let old = c.request(0, ClientRequest::Txn(spec(&[], &[(&a, Some("old")), (&b, Some("old"))])));
+        let young = c.request(1, ClientRequest::Txn(spec(&[], &[(&a, Some("young")), (&b, Some("young"))])));
+        let of_young = traffic_of(&c, 1);
+        // The younger one's prepares and votes go first: it holds every key.
+        c.net.run_matching(&c, &|e| of_young(e) && (is_prepare(e) || is_vote(e)));
+        // Then everything, in the seed's order: the older one's prepares meet the holder.
+        c.net.run(&c);
+        let (r_old, r_young) = (c.client.reply(old).unwrap(), c.client.reply(young).unwrap());
+        assert!(matches!(r_young, Reply::TxnCommitted { .. }), "seed {seed}: the younger holder: {r_young:?}");
+        assert!(matches!(r_old, Reply::TxnCommitted { .. }), "seed {seed}: the older one did not wait: {r_old:?}");
+        assert!(
+            all_or_nothing(&c, &[(&a, "old"), (&b, "old")], &[0, 1, 2, 3, 4]),
+            "seed {seed}: the older one, committed last, is not what every replica holds"
+        );
+        assert_eq!(intents(&c, &[0, 1, 2, 3, 4]), 0, "seed {seed}");
+
+        // The other way round: the older one holds; the younger one dies.
+        let c = Cluster::murmur3(5, 3, 4, seed);
+        let old = c.request(0, ClientRequest::Txn(spec(&[], &[(&a, Some("old")), (&b, Some("old"))])));
+        let young = c.request(1, ClientRequest::Txn(spec(&[], &[(&a, Some("young")), (&b, Some("young"))])));
+        let (of_old, of_young) = (traffic_of(&c, 0), traffic_of(&c, 1));
+        c.net.run_matching(&c, &|e| of_old(e) && (is_prepare(e) || is_vote(e)));
+        let prepares = c.net.count_matching(&|e| of_young(e) && is_prepare(e));
+        c.net.run_matching(&c, &|e| of_young(e) && (is_prepare(e) || is_vote(e)));
+        let r_young = c.client.reply(young);
+        assert!(matches!(r_young, Some(Reply::Error(Error::Conflict(_)))), "seed {seed}: the younger one did not die: {r_young:?}");
+        let sent_young = c.net.trace().iter().filter(|(from, _, request)| *request && *from == c.id(1)).count();
+        assert_eq!(sent_young, prepares, "seed {seed}: the younger one sent prepares again");
+        c.net.run(&c);
+        assert!(matches!(c.client.reply(old), Some(Reply::TxnCommitted { .. })), "seed {seed}");
+        assert!(all_or_nothing(&c, &[(&a, "old"), (&b, "old")], &[0, 1, 2, 3, 4]), "seed {seed}");
+    }
+}
+
+/// No livelock: five coordinators start transactions on the same two keys
+/// at once, round after round, in the seed's delivery order. Without
+/// waiting, each can take some replicas and all die; with wait-die the
+/// oldest of a round waits out the others, so every round commits one.
+#[test]
+fn contending_transactions_commit_one_every_round() {
+    let mut committed = 0;
+    for seed in 0..30 {
+        let c = Cluster::murmur3(5, 3, 4, seed);
+        let (a, b, _) = layout(&c);
+        for round in 0..10 {
+            let value = format!("{round}");
+            let tokens: Vec<u64> =
+                (0..5).map(|i| c.request(i, ClientRequest::Txn(spec(&[], &[(&a, Some(&value)), (&b, Some(&value))])))).collect();
+            c.net.run(&c);
+            let wins = tokens.iter().filter(|&&t| matches!(c.client.reply(t), Some(Reply::TxnCommitted { .. }))).count();
+            for &t in &tokens {
+                let r = c.client.reply(t);
+                assert!(
+                    matches!(r, Some(Reply::TxnCommitted { .. } | Reply::Error(Error::Conflict(_)))),
+                    "seed {seed} round {round}: {r:?}"
+                );
+            }
+            assert!(wins >= 1, "seed {seed} round {round}: all five aborted (livelock)");
+            committed += wins;
+            assert_eq!(intents(&c, &[0, 1, 2, 3, 4]), 0, "seed {seed} round {round}");
+            assert!(all_or_nothing(&c, &[(&a, &value), (&b, &value)], &[0, 1, 2, 3, 4]), "seed {seed} round {round}");
+        }
+    }
+    assert!(committed > 300, "{committed} commits: rounds commit more than one when the oldest waits");
+}

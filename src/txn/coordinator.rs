@@ -37,6 +37,22 @@
 //!
 //! Three round trips before a commit is answered: the prepares, the
 //! record's accepts, the resolutions. An abort is answered after the first.
+//!
+//! # Conflicts: wait-die
+//!
+//! A transaction's id is its start timestamp, so ids order transactions by
+//! age. A prepare that finds its key held by another transaction is refused
+//! with the holder's id, and the coordinator compares: an *older*
+//! transaction waits for a younger holder (it sends that replica the
+//! prepare again, once per round trip, up to [`WAIT_ROUNDS`] times); a
+//! *younger* one dies (the refusal counts as a no, and the transaction
+//! aborts with a conflict the client may retry). Waits only ever go from
+//! older to younger, so there is no cycle of waiting and no deadlock; and
+//! the oldest transaction in contention never dies, so it commits as soon
+//! as the younger holders finish (a holder whose coordinator died is
+//! settled within `--txn-timeout`; a wait longer than its bound aborts):
+//! contention cannot livelock. A SERIAL round in flight on a key, or a
+//! holder older than the prepare, aborts the transaction at once, as before.
 
 use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
@@ -66,6 +82,12 @@ pub struct KeyPlan {
 /// its accepts were outvoted (by a recovery's promises) before it reports
 /// the outcome unknown.
 const RECORD_ATTEMPTS: u32 = 3;
+
+/// How many times, at most, the coordinator sends a key's prepare again
+/// while a younger transaction holds it there (wait-die; see the module
+/// docs). Each try costs one round trip: about as long as a holder takes to
+/// commit or abort on this machine, several times over.
+pub const WAIT_ROUNDS: u32 = 64;
 
 #[derive(Debug, Clone)]
 enum What {
@@ -118,6 +140,8 @@ pub struct TxnMachine {
     applied: Vec<usize>,
     /// The latest clock a vote reported: the commit timestamp comes after it.
     voters_clock: crate::storage::hlc::Timestamp,
+    /// Prepares sent again per key while a younger transaction held it.
+    waits: Vec<u32>,
 }
 
 impl TxnMachine {
@@ -153,6 +177,7 @@ impl TxnMachine {
             resolve_failed: false,
             applied: vec![0; n],
             voters_clock: txn.0,
+            waits: vec![0; n],
         }
     }
 
@@ -209,20 +234,33 @@ impl TxnMachine {
         };
         match votes {
             Ok(votes) => {
+                let mut again = Vec::new();
                 for (&i, vote) in idx.iter().zip(votes) {
                     let kv = &mut self.votes[i];
                     match vote {
                         Vote::Yes(cell) => {
-                            kv.yes.push(from);
+                            if !kv.yes.contains(&from) {
+                                kv.yes.push(from);
+                            }
                             if cell.as_ref().map(|c| c.ts) > kv.newest.as_ref().map(|c| c.ts) {
                                 kv.newest = cell;
                             }
+                        }
+                        // Wait-die: held by a younger transaction, this older one waits (boundedly).
+                        Vote::No(Conflict::Held { by, .. }) if by > self.txn && self.waits[i] < WAIT_ROUNDS => {
+                            self.waits[i] += 1;
+                            again.push(i);
                         }
                         Vote::No(c) => {
                             kv.no += 1;
                             kv.conflict = Some(c);
                         }
                     }
+                }
+                if !again.is_empty() {
+                    let items = self.items(&again);
+                    let msg = PeerRequest::TxnPrepare { txn: self.txn, anchor: self.anchor.clone(), items, epoch: self.epoch };
+                    self.send(from, What::Prepare(again), msg);
                 }
             }
             Err(why) => {
