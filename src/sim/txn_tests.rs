@@ -506,3 +506,50 @@ fn contending_transactions_commit_one_every_round() {
     }
     assert!(committed > 300, "{committed} commits: rounds commit more than one when the oldest waits");
 }
+
+/// A participant dies and the link between two nodes starts losing every
+/// message, at a point each seed picks (after some deliveries, in the
+/// seed's order): the transaction commits on the quorums left or aborts;
+/// after the heal and the replicas' recovery the live replicas hold all of
+/// it or none, as the client was told (when it was told), and no intent is left.
+#[test]
+fn a_participant_dead_and_messages_lost_at_any_point_leave_all_or_nothing() {
+    let mut outcomes = [0, 0];
+    for seed in 0..80u64 {
+        let c = Cluster::murmur3(5, 3, 4, seed);
+        let (a, b, via) = layout(&c);
+        let t = c.request(via, ClientRequest::Txn(spec(&[], &[(&a, Some("1")), (&b, Some("2"))])));
+        let victims: Vec<usize> =
+            c.replicas_of(a.as_bytes()).into_iter().chain(c.replicas_of(b.as_bytes())).filter(|&i| i != via).collect();
+        let victim = victims[(seed as usize / 3) % victims.len()];
+        let (x, y) = (seed as usize % 5, (seed as usize / 5) % 5);
+        for _ in 0..(seed * 7919) % 30 {
+            c.background();
+            if !c.net.step_matching(&|_| true) {
+                break;
+            }
+        }
+        c.net.kill(c.id(victim));
+        if x != y {
+            c.net.cut(c.id(x), c.id(y));
+        }
+        for _ in 0..4 {
+            c.net.run(&c);
+            c.net.expire();
+        }
+        c.net.heal();
+        c.net.run(&c);
+        let live: Vec<usize> = (0..5).filter(|&i| i != victim).collect();
+        settle(&c, &live);
+        assert_eq!(intents(&c, &live), 0, "seed {seed}: intents left after the heal");
+        let applied = all_or_nothing(&c, &[(&a, "1"), (&b, "2")], &live);
+        match c.client.reply(t) {
+            Some(Reply::TxnCommitted { .. }) => assert!(applied, "seed {seed}: told committed, not applied"),
+            Some(Reply::Error(e @ (Error::Conflict(_) | Error::Unavailable(_)))) => assert!(!applied, "seed {seed}: told {e:?}, applied"),
+            // The outcome was unknown to the coordinator (a timeout): either is right.
+            _ => {}
+        }
+        outcomes[usize::from(applied)] += 1;
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "both outcomes reached: {outcomes:?}");
+}
