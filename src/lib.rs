@@ -25,6 +25,7 @@ pub mod net;
 pub mod node;
 pub mod paxos;
 pub mod rand;
+pub mod resp;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;
