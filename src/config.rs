@@ -110,9 +110,9 @@ pub struct NodeConfig {
     /// Test hook: a transaction coordinator kills this process at this point
     /// (see [`TxnCrashPoint`]).
     pub txn_crash: Option<TxnCrashPoint>,
-    /// Test hook: the first transaction this replica coordinates stops the
-    /// whole process (SIGSTOP, as the nemesis pauses a replica) at this
-    /// point, until something sends it SIGCONT.
+    /// Test hook: the first send past this point (see [`TxnCrashPoint::at`])
+    /// stops the whole process (SIGSTOP, as the nemesis pauses a replica)
+    /// until something sends it SIGCONT.
     pub txn_pause: Option<TxnCrashPoint>,
     /// How often a background anti-entropy pass starts (zero: never; `repair` still runs one).
     pub anti_entropy_interval: Duration,
@@ -127,6 +127,11 @@ pub struct NodeConfig {
     /// How long a coordinator cache entry answers ONE reads after it was
     /// stored or confirmed: how stale it may be for other coordinators' writes.
     pub coordinator_cache_ttl: Duration,
+    /// Whether a message a machine asks to send after a pause
+    /// ([`Route::After`](crate::coordinator::command::Route::After)) waits
+    /// for it on the timer thread; the simulated network, whose time is not
+    /// the wall clock's, sends it at once.
+    pub timed_sends: bool,
 }
 
 /// Where a transaction coordinator dies or pauses when told to (hidden test
@@ -200,6 +205,7 @@ impl NodeConfig {
             stream_throughput: 0,
             coordinator_cache_bytes: 0,
             coordinator_cache_ttl: Duration::from_secs(1),
+            timed_sends: true,
         }
     }
 

@@ -111,9 +111,9 @@ struct Args {
     /// confirmed by a read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     coordinator_cache_ttl: std::time::Duration,
-    /// Tests only: the first transaction this replica coordinates stops the
-    /// process (SIGSTOP) at this point (`record` or `resolve`); a SIGCONT
-    /// lets it carry on.
+    /// Tests only: the first send past this point (`record` or `resolve`;
+    /// a recovery's or an abort's resolutions count too) stops the process
+    /// (SIGSTOP); a SIGCONT lets it carry on.
     #[arg(long, hide = true, value_parser = quorumkv::config::TxnCrashPoint::parse)]
     txn_pause_before: Option<quorumkv::config::TxnCrashPoint>,
     /// How often a background anti-entropy pass compares this replica's data

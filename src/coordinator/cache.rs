@@ -19,12 +19,17 @@
 //! # What it promises
 //!
 //! 1. **Never older than this coordinator's own last acknowledged write of
-//!    the key.** Every write this coordinator acknowledges goes through the
-//!    cache (write-through): a plain write is stored with its timestamp, a
-//!    SERIAL write or a transaction's commit drops the entry. An entry is
-//!    only ever replaced by a newer version.
+//!    the key** (while the process runs: the cache starts empty, and what
+//!    it remembers is not kept across a restart). Every write this
+//!    coordinator acknowledges goes through the cache (write-through): a
+//!    plain write, a SERIAL write (at its ballot) and a transaction's
+//!    commit (at the commit timestamp) are stored. An entry is only ever
+//!    replaced by a newer version.
 //! 2. **Bounded staleness for everybody else's writes:** an entry answers
-//!    for `ttl` after it was stored or confirmed by a read, then is dropped.
+//!    for `ttl` counted from when the request that stored or confirmed it
+//!    started (so a read in flight while another coordinator's write was
+//!    acknowledged cannot keep its older answer for a whole TTL after it
+//!    lands), then is dropped.
 //! 3. **Bounded memory:** `sets` sets of entries, each within `bytes / sets`
 //!    bytes (keys, values and a fixed overhead counted); a full set evicts
 //!    by the clock (second-chance) algorithm, as the seed's cache does.
@@ -32,12 +37,16 @@
 //! Promise 1 has a subtle case: once the entry holding this coordinator's
 //! write is gone (evicted, expired, dropped), a later read may return an
 //! *older* version from a replica that missed the write, and caching that
-//! read would break the promise. So each set keeps **floors**: a small array
-//! of timestamps indexed by the key's hash. An entry that leaves the cache
-//! raises its key's floor to the timestamp of the coordinator's own write it
-//! held (a SERIAL write or a commit raises it at once), and a read is cached
-//! only if its version is at or above its key's floor. Keys that share a
-//! floor only lose some caching, never correctness.
+//! read would break the promise. So each set remembers, for the keys whose
+//! own-write entries left, the write's timestamp (**ghosts**, up to 32 a
+//! set, exact by key hash), and a read is cached only at or above it. When
+//! a set has more ghosts than that, the oldest folds into one of the set's
+//! 64 **floors** (a timestamp shared by the keys whose hashes meet there):
+//! keys that share a floor then lose some caching, never correctness. A new
+//! entry of the key takes its ghost back. A view change may leave this node
+//! without a copy of keys it wrote as a replica, writes the cache never
+//! saw, so it drops every entry and raises every floor to the clock
+//! ([`raise_all`](CoordinatorCache::raise_all)).
 //!
 //! A read that found nothing is cached as absent (below any write), so a hot
 //! missing key is cheap too.
@@ -54,8 +63,12 @@ use crate::storage::hlc::Timestamp;
 /// Floors per set (see the module docs).
 const FLOORS: usize = 64;
 
-/// Bytes charged per entry besides its key and value.
-const ENTRY_OVERHEAD: usize = 64;
+/// Own writes remembered exactly per set once their entries left (see the module docs).
+const GHOSTS: usize = 32;
+
+/// Bytes charged per entry besides its key and value: the entry itself
+/// (about 110 bytes) and its two allocations' headers.
+const ENTRY_OVERHEAD: usize = 160;
 
 /// Bytes per set the cache aims for: a set is scanned whole on each lookup.
 const SET_BYTES: usize = 16 << 10;
@@ -93,26 +106,64 @@ struct Set {
     entries: Vec<Entry>,
     bytes: usize,
     hand: usize,
+    /// Own writes whose entries left, by key hash, oldest first.
+    ghosts: std::collections::VecDeque<(u64, Timestamp)>,
+    /// Where ghosts go when there are too many: a bar shared by the keys
+    /// whose hashes meet here.
     floors: [Timestamp; FLOORS],
 }
 
 impl Set {
+    fn new() -> Set {
+        Set { entries: Vec::new(), bytes: 0, hand: 0, ghosts: std::collections::VecDeque::new(), floors: [Timestamp::default(); FLOORS] }
+    }
+
     fn find(&self, hash: u64, key: &Key) -> Option<usize> {
         self.entries.iter().position(|e| e.hash == hash && e.key == *key)
     }
 
     fn floor(&mut self, hash: u64) -> &mut Timestamp {
-        // The low bits chose the set; the floor comes from the high ones.
-        &mut self.floors[(hash >> 58) as usize % FLOORS]
+        // The low bits chose the set; the floor comes from the next ones.
+        &mut self.floors[(hash >> 32) as usize % FLOORS]
     }
 
-    /// Drops entry `i`, raising its key's floor to the own write it held.
+    /// Below what a read of the key with `hash` may not be cached: its
+    /// floor, its ghost, and (a hash shared with another key) any own write
+    /// another entry of that hash stands for.
+    fn bar(&mut self, hash: u64) -> Timestamp {
+        let ghost = self.ghosts.iter().filter(|g| g.0 == hash).map(|g| g.1).max().unwrap_or_default();
+        let shared = self.entries.iter().filter(|e| e.hash == hash).filter_map(|e| e.own).max().unwrap_or_default();
+        (*self.floor(hash)).max(ghost).max(shared)
+    }
+
+    /// Remembers that an own write at `ts` of the key with `hash` is not in
+    /// the cache: no older read of it is cached.
+    fn keep_out(&mut self, hash: u64, ts: Timestamp) {
+        if let Some(g) = self.ghosts.iter_mut().find(|g| g.0 == hash) {
+            g.1 = g.1.max(ts);
+            return;
+        }
+        if self.ghosts.len() == GHOSTS
+            && let Some((h, t)) = self.ghosts.pop_front()
+        {
+            let floor = self.floor(h);
+            *floor = (*floor).max(t);
+        }
+        self.ghosts.push_back((hash, ts));
+    }
+
+    /// The own write remembered for `hash`, taken back by a new entry of it.
+    fn take_ghost(&mut self, hash: u64) -> Option<Timestamp> {
+        let i = self.ghosts.iter().position(|g| g.0 == hash)?;
+        self.ghosts.remove(i).map(|g| g.1)
+    }
+
+    /// Drops entry `i`; the own write it held is remembered.
     fn remove(&mut self, i: usize) {
         let e = self.entries.swap_remove(i);
         self.bytes -= e.charge();
         if let Some(own) = e.own {
-            let floor = self.floor(e.hash);
-            *floor = (*floor).max(own);
+            self.keep_out(e.hash, own);
         }
         if self.hand >= self.entries.len() {
             self.hand = 0;
@@ -139,6 +190,8 @@ pub struct CoordinatorCache {
     set_budget: usize,
     ttl: Duration,
     hasher: std::collections::hash_map::RandomState,
+    /// Bumped by [`raise_all`](Self::raise_all).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CoordinatorCache {
@@ -160,9 +213,14 @@ impl CoordinatorCache {
         }
         let sets = (bytes / SET_BYTES).clamp(1, 1 << 16).next_power_of_two();
         let set_budget = (bytes / sets).max(ENTRY_OVERHEAD * 4);
-        let sets =
-            (0..sets).map(|_| Mutex::new(Set { entries: Vec::new(), bytes: 0, hand: 0, floors: [Timestamp::default(); FLOORS] })).collect();
-        Some(CoordinatorCache { sets, set_budget, ttl, hasher: std::collections::hash_map::RandomState::new() })
+        let sets = (0..sets).map(|_| Mutex::new(Set::new())).collect();
+        Some(CoordinatorCache {
+            sets,
+            set_budget,
+            ttl,
+            hasher: std::collections::hash_map::RandomState::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     fn hash(&self, key: &Key) -> u64 {
@@ -176,6 +234,12 @@ impl CoordinatorCache {
     /// Whether a value of this size may be cached at all (a quarter of a set at most).
     fn fits(&self, key: &Key, version: Option<&Version>) -> bool {
         charge(key, version) <= self.set_budget / 4
+    }
+
+    /// Whether a value of `len` bytes of `key` may be cached (a larger one
+    /// need not be copied to teach the cache a write).
+    pub fn fits_value(&self, key: &Key, len: usize) -> bool {
+        key.len() + len + ENTRY_OVERHEAD <= self.set_budget / 4
     }
 
     /// The cached version of `key` (`Some(None)`: cached as absent), if an
@@ -193,65 +257,75 @@ impl CoordinatorCache {
         Some(e.version.clone())
     }
 
-    /// This coordinator acknowledged `version` of `key` (a plain write at any level).
-    pub fn wrote(&self, key: &Key, version: &Version, now: Instant) {
+    /// This coordinator acknowledged `version` of `key` (a plain write at
+    /// any level) asked for at `started`.
+    pub fn wrote(&self, key: &Key, version: &Version, started: Instant) {
         let hash = self.hash(key);
         let mut set = self.set(hash).lock();
         let found = set.find(hash, key);
+        let ghost = set.take_ghost(hash);
         if let Some(i) = found
             && set.entries[i].ts() > version.ts
         {
             // A read already brought a newer version: it stays, and it now
             // stands for this write too.
             let e = &mut set.entries[i];
-            e.own = Some(e.own.map_or(version.ts, |o| o.max(version.ts)));
+            e.own = Some(e.own.map_or(version.ts, |o| o.max(version.ts)).max(ghost.unwrap_or_default()));
             return;
         }
-        let own = found.and_then(|i| set.entries[i].own).map_or(version.ts, |o| o.max(version.ts));
+        let own = found.and_then(|i| set.entries[i].own).map_or(version.ts, |o| o.max(version.ts)).max(ghost.unwrap_or_default());
         if let Some(i) = found {
             // Its own timestamp moves to the new entry, not to the floor.
             set.entries[i].own = None;
             set.remove(i);
         }
         if !self.fits(key, Some(version)) {
-            let floor = set.floor(hash);
-            *floor = (*floor).max(own);
+            set.keep_out(hash, own);
             return;
         }
-        self.insert(&mut set, Entry { hash, key: key.clone(), version: Some(version.clone()), own: Some(own), at: now, referenced: false });
+        self.insert(
+            &mut set,
+            Entry { hash, key: key.clone(), version: Some(version.clone()), own: Some(own), at: started, referenced: false },
+        );
     }
 
-    /// A read of `key` coordinated here returned `version` (`None`: absent
-    /// everywhere asked): cached if at or above the key's floor and newer
-    /// than what is cached; the same version confirms the entry (its TTL
-    /// starts again).
-    pub fn read(&self, key: &Key, version: Option<&Version>, now: Instant) {
+    /// A read of `key` started here at `started` returned `version`
+    /// (`None`: absent everywhere asked): cached if at or above what the key
+    /// is barred below and newer than what is cached; the same version
+    /// confirms the entry (its TTL counts from `started`, when the replicas
+    /// were asked, so an entry is never more than the TTL behind a write
+    /// acknowledged before that).
+    pub fn read(&self, key: &Key, version: Option<&Version>, started: Instant) {
         let ts = version.map_or_else(Timestamp::default, |v| v.ts);
         let hash = self.hash(key);
         let mut set = self.set(hash).lock();
-        if ts < *set.floor(hash) {
-            return;
-        }
-        let mut own = None;
-        if let Some(i) = set.find(hash, key) {
+        let found = set.find(hash, key);
+        if let Some(i) = found {
             let e = &mut set.entries[i];
             if e.ts() > ts || (e.ts() == ts && version.is_some() == e.version.is_some()) {
                 if e.ts() == ts {
-                    e.at = now;
+                    e.at = e.at.max(started);
                 }
                 return;
             }
-            own = e.own.take();
+        } else if ts < set.bar(hash) {
+            return;
+        }
+        // Newer than the entry (whose own write the bar includes), or above the bar.
+        let mut own = found.and_then(|i| set.entries[i].own.take());
+        if let Some(i) = found {
             set.remove(i);
+        }
+        if let Some(g) = set.take_ghost(hash) {
+            own = Some(own.unwrap_or_default().max(g));
         }
         if !self.fits(key, version) {
             if let Some(own) = own {
-                let floor = set.floor(hash);
-                *floor = (*floor).max(own);
+                set.keep_out(hash, own);
             }
             return;
         }
-        self.insert(&mut set, Entry { hash, key: key.clone(), version: version.cloned(), own, at: now, referenced: false });
+        self.insert(&mut set, Entry { hash, key: key.clone(), version: version.cloned(), own, at: started, referenced: false });
     }
 
     /// Drops `key`'s entry; with `floor`, a write this coordinator
@@ -264,9 +338,32 @@ impl CoordinatorCache {
             set.remove(i);
         }
         if let Some(ts) = floor {
-            let f = set.floor(hash);
-            *f = (*f).max(ts);
+            set.keep_out(hash, ts);
         }
+    }
+
+    /// This node's view changed: it may hold no copy now of keys it wrote
+    /// as a replica, writes the cache never saw. Every key is barred below
+    /// `now` (this node's clock: after every write it stamped), and the
+    /// generation moves on (see [`generation`](Self::generation)).
+    pub fn raise_all(&self, now: Timestamp) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        for set in self.sets.iter() {
+            // Entries go too: one may be older than a write made as a replica.
+            let mut set = set.lock();
+            set.entries.clear();
+            set.bytes = 0;
+            set.hand = 0;
+            set.ghosts.clear();
+            set.floors.iter_mut().for_each(|f| *f = (*f).max(now));
+        }
+    }
+
+    /// How many times [`raise_all`](Self::raise_all) ran: a write of a key
+    /// this node held when it started, acknowledged after the view changed,
+    /// is remembered (it may be of a key the node no longer holds).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn insert(&self, set: &mut Set, entry: Entry) {
@@ -275,7 +372,7 @@ impl CoordinatorCache {
         set.entries.push(entry);
     }
 
-    /// Entries and bytes held (for tests and status).
+    /// Entries and bytes held.
     pub fn usage(&self) -> (usize, usize) {
         self.sets.iter().map(|s| s.lock()).fold((0, 0), |(n, b), s| (n + s.entries.len(), b + s.bytes))
     }
@@ -399,6 +496,67 @@ mod tests {
             assert!(value(&c, "hot", now).is_some(), "the hot entry was evicted after {i} inserts");
             c.read(&key(&format!("cold{i}")), Some(&v(1, &val)), now);
         }
+    }
+
+    /// Own writes that left the cache are remembered exactly (per set, up
+    /// to GHOSTS): many other keys' writes do not bar reads of keys never
+    /// written here.
+    #[test]
+    fn own_writes_that_left_bar_only_their_own_keys() {
+        let c = CoordinatorCache::new(4096, Duration::from_secs(60)).unwrap();
+        let now = Instant::now();
+        for i in 0..20u64 {
+            c.forget(&key(&format!("serial{i}")), Some(Timestamp { micros: 1000 + i, node: 1 }));
+        }
+        // A key written long ago by others is cached, absent keys too.
+        c.read(&key("cold"), Some(&v(5, "old")), now);
+        assert_eq!(value(&c, "cold", now), Some(Some("old".into())));
+        c.read(&key("missing"), None, now);
+        assert_eq!(value(&c, "missing", now), Some(None));
+        // The keys written here are barred below their writes.
+        c.read(&key("serial3"), Some(&v(500, "stale")), now);
+        assert_eq!(value(&c, "serial3", now), None);
+        c.read(&key("serial3"), Some(&v(1003, "fresh")), now);
+        assert_eq!(value(&c, "serial3", now), Some(Some("fresh".into())));
+        // Taken back by its entry: evicted again, it is remembered again.
+        c.forget(&key("serial3"), None);
+        c.read(&key("serial3"), Some(&v(500, "stale")), now);
+        assert_eq!(value(&c, "serial3", now), None);
+    }
+
+    /// The TTL counts from when the replicas were asked: a read that was in
+    /// flight while another coordinator's write was acknowledged cannot keep
+    /// its older answer for a whole TTL after it lands.
+    #[test]
+    fn the_ttl_counts_from_the_start_of_the_read() {
+        let ttl = Duration::from_millis(100);
+        let c = CoordinatorCache::new(1 << 20, ttl).unwrap();
+        let started = Instant::now();
+        let landed = started + Duration::from_millis(80);
+        c.read(&key("a"), Some(&v(10, "ten")), started);
+        assert!(value(&c, "a", landed).is_some());
+        assert_eq!(value(&c, "a", started + ttl), None, "the entry outlived the TTL counted from the read's start");
+        // A renewal from an older start does not move the entry back.
+        c.read(&key("a"), Some(&v(10, "ten")), landed);
+        c.read(&key("a"), Some(&v(10, "ten")), started);
+        assert!(value(&c, "a", landed + ttl - Duration::from_millis(1)).is_some());
+    }
+
+    /// A view change bars every key below the clock and drops every entry:
+    /// the node may no longer hold keys it wrote as a replica.
+    #[test]
+    fn a_view_change_bars_every_key_below_the_clock() {
+        let c = CoordinatorCache::new(1 << 20, Duration::from_secs(60)).unwrap();
+        let now = Instant::now();
+        c.read(&key("a"), Some(&v(10, "ten")), now);
+        let g = c.generation();
+        c.raise_all(Timestamp { micros: 50, node: 1 });
+        assert_ne!(c.generation(), g);
+        assert_eq!(value(&c, "a", now), None);
+        c.read(&key("a"), Some(&v(10, "ten")), now);
+        assert_eq!(value(&c, "a", now), None, "a version older than the view change was cached");
+        c.read(&key("a"), Some(&v(60, "sixty")), now);
+        assert_eq!(value(&c, "a", now), Some(Some("sixty".into())));
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum Route {
     /// Queued for the read batcher, which sends one batch per peer every few
     /// milliseconds (reads only; for replies that are only a fallback or for repair).
     Batched,
+    /// Sent once this long has passed (a request tried again after a
+    /// back-off: a transaction waiting for a younger holder).
+    After(std::time::Duration),
 }
 
 /// One message of a call to one replica.

@@ -4,15 +4,16 @@
 //!
 //! Only a node that holds no copy of a key caches it. A ONE read there is
 //! answered from the cache when an entry is fresh; every other read of such
-//! a key (a miss, QUORUM, ALL) fills the cache with what it returned. A plain
-//! write it coordinates is stored once acknowledged; a SERIAL write or a
-//! transaction drops the keys it wrote (raising their floors to the commit's
-//! timestamp), and one whose outcome is unknown drops them too. A write of a
-//! key this node does hold raises the key's floor as well, so that if the
-//! key's range later moves away from this node, a read older than the write
-//! is not cached. A deferred
-//! request learns its answer through a [`Responder`] that wraps the
-//! connection's: the cache is updated before the client hears the answer.
+//! a key (a miss, QUORUM, ALL) fills the cache with what it returned. Every
+//! write it coordinates of such a key — plain, SERIAL, or a transaction's —
+//! is stored once acknowledged, at the answer's timestamp (the commit's, the
+//! ballot's); one whose outcome is unknown drops the key. A write of a key
+//! this node holds teaches nothing, unless the view changed while it ran:
+//! then the key is kept out below the write (a view change bars every key
+//! below the clock: the node may no longer hold keys it wrote as a
+//! replica). A deferred request learns its answer through a [`Responder`]
+//! that wraps the connection's: the cache is updated before the client
+//! hears the answer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,32 +27,62 @@ use crate::node::Node;
 use crate::node::coordinate::Later;
 use crate::storage::cell::Version;
 
-/// What an answer teaches the cache.
-pub(crate) enum Lesson {
-    /// A read's answer: the version found.
+/// A value a write makes, as the cache is taught it.
+pub(crate) enum Value {
+    /// A put of these bytes.
+    Put(Box<[u8]>),
+    /// A delete.
+    Delete,
+    /// A put too large to cache (not copied): only kept out below it.
+    TooBig,
+}
+
+/// One key a request writes if it succeeds.
+pub(crate) struct Written {
+    key: Key,
+    value: Value,
+    /// Whether this node held the key when the request started.
+    held: bool,
+}
+
+/// What the request is.
+pub(crate) enum What {
+    /// A read of this key: the version found is cached.
     Read(Key),
-    /// A plain write of this value (`None`: a delete): stored at the answer's timestamp.
-    Wrote(Key, Option<Box<[u8]>>),
-    /// A SERIAL write or a transaction writing these keys: dropped, floors raised on success.
-    Dropped(Vec<Key>),
+    /// Writes (a plain or SERIAL write, or a transaction's).
+    Writes(Vec<Written>),
+}
+
+/// What an answer teaches the cache: the request, when it started, and the
+/// cache's generation then.
+pub(crate) struct Lesson {
+    what: What,
+    started: Instant,
+    generation: u64,
 }
 
 impl Lesson {
     /// Updates `cache` from `reply`, the answer to the request this lesson is about.
     pub(crate) fn learn(&self, cache: &CoordinatorCache, reply: &Reply) {
-        let now = Instant::now();
-        match (self, reply) {
-            (Lesson::Read(key), Reply::Read(v)) => cache.read(key, v.as_ref(), now),
-            (Lesson::Read(_), _) => {}
-            (Lesson::Wrote(key, value), Reply::Write { ts, .. }) => cache.wrote(key, &Version { ts: *ts, value: value.clone() }, now),
-            (Lesson::Dropped(keys), Reply::Write { ts, .. } | Reply::TxnCommitted { ts }) => {
-                keys.iter().for_each(|k| cache.forget(k, Some(*ts)));
+        match (&self.what, reply) {
+            (What::Read(key), Reply::Read(v)) => cache.read(key, v.as_ref(), self.started),
+            (What::Read(_), _) => {}
+            (What::Writes(writes), Reply::Write { ts, .. } | Reply::TxnCommitted { ts }) => {
+                let moved = cache.generation() != self.generation;
+                for w in writes {
+                    match (&w.value, w.held) {
+                        (_, true) if moved => cache.forget(&w.key, Some(*ts)),
+                        (_, true) => {}
+                        (Value::Put(v), false) => cache.wrote(&w.key, &Version { ts: *ts, value: Some(v.clone()) }, self.started),
+                        (Value::Delete, false) => cache.wrote(&w.key, &Version::tombstone(*ts), self.started),
+                        (Value::TooBig, false) => cache.forget(&w.key, Some(*ts)),
+                    }
+                }
             }
             // Nothing was written.
-            (Lesson::Dropped(_), Reply::NotApplied { .. } | Reply::TxnNotApplied { .. }) => {}
+            (What::Writes(_), Reply::NotApplied { .. } | Reply::TxnNotApplied { .. }) => {}
             // An error: the write may or may not have been applied.
-            (Lesson::Wrote(key, _), _) => cache.forget(key, None),
-            (Lesson::Dropped(keys), _) => keys.iter().for_each(|k| cache.forget(k, None)),
+            (What::Writes(writes), _) => writes.iter().filter(|w| !w.held).for_each(|w| cache.forget(&w.key, None)),
         }
     }
 }
@@ -78,21 +109,44 @@ impl Node {
     /// The cache, if this node has one and holds no copy of `key`.
     pub(crate) fn cache_for(&self, key: &Key) -> Option<Arc<CoordinatorCache>> {
         let cache = self.cache.as_ref()?;
-        (!self.ring().replica_set(key.as_bytes()).contains(&self.me)).then(|| cache.clone())
+        (!self.holds(key)).then(|| cache.clone())
     }
 
-    /// What a plain write of `key` teaches the cache, if this node has one:
-    /// the value (`value()`), where it holds no copy; where it does, only
-    /// the floor (should the key's range move away from this node, a read
-    /// older than this write is not cached then).
-    pub(crate) fn write_lesson(&self, key: &Key, value: impl FnOnce() -> Option<Box<[u8]>>) -> Option<(Arc<CoordinatorCache>, Lesson)> {
-        let cache = self.cache.as_ref()?;
-        let lesson = if self.ring().replica_set(key.as_bytes()).contains(&self.me) {
-            Lesson::Dropped(vec![key.clone()])
-        } else {
-            Lesson::Wrote(key.clone(), value())
-        };
-        Some((cache.clone(), lesson))
+    /// Whether this node holds a copy of `key` (at its current view).
+    fn holds(&self, key: &Key) -> bool {
+        self.ring().replica_set(key.as_bytes()).contains(&self.me)
+    }
+
+    /// What a read of `key` teaches the cache, if this node has one and holds no copy of `key`.
+    pub(crate) fn read_lesson(&self, key: &Key) -> Option<(Arc<CoordinatorCache>, Lesson)> {
+        let cache = self.cache_for(key)?;
+        let lesson = Lesson { what: What::Read(key.clone()), started: Instant::now(), generation: cache.generation() };
+        Some((cache, lesson))
+    }
+
+    /// What writes of `writes` (each key with its value, `None`: a delete)
+    /// teach the cache, if this node has one. Values are copied only for
+    /// keys this node holds no copy of, and only if they fit in the cache.
+    pub(crate) fn write_lesson<'v>(
+        &self,
+        writes: impl IntoIterator<Item = (&'v Key, Option<&'v [u8]>)>,
+    ) -> Option<(Arc<CoordinatorCache>, Lesson)> {
+        let cache = self.cache.clone()?;
+        let generation = cache.generation();
+        let writes = writes
+            .into_iter()
+            .map(|(key, value)| {
+                let held = self.holds(key);
+                let value = match value {
+                    _ if held => Value::TooBig,
+                    None => Value::Delete,
+                    Some(v) if cache.fits_value(key, v.len()) => Value::Put(v.into()),
+                    Some(_) => Value::TooBig,
+                };
+                Written { key: key.clone(), value, held }
+            })
+            .collect();
+        Some((cache, Lesson { what: What::Writes(writes), started: Instant::now(), generation }))
     }
 
     /// A ONE read of `key` answered by the cache, if it may be.

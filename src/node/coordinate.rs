@@ -277,7 +277,15 @@ impl Executor for Node {
         }
     }
 
-    fn send_later(&self, sink: Arc<dyn ReplySink>, sends: Vec<Outgoing>, deadline: Instant) {
+    fn send_later(&self, sink: Arc<dyn ReplySink>, mut sends: Vec<Outgoing>, deadline: Instant) {
+        if sends.iter().any(|s| matches!(s.route, Route::After(_))) {
+            let (paused, now): (Vec<Outgoing>, Vec<Outgoing>) = sends.into_iter().partition(|s| matches!(s.route, Route::After(_)));
+            self.send_paused(sink.clone(), paused, deadline);
+            if now.is_empty() {
+                return;
+            }
+            sends = now;
+        }
         if let Err(crossbeam_channel::SendError(RepairJob::Send { sink, sends, .. })) =
             self.urgent_tx.send(RepairJob::Send { sink, sends, deadline })
         {
@@ -299,6 +307,11 @@ impl Executor for Node {
             && sends.iter().any(|s| point.at(&s.msg))
         {
             pause_once(&self.cfg.name, point);
+        }
+        if sends.iter().any(|s| matches!(s.route, Route::After(_))) {
+            let (paused, now): (Vec<Outgoing>, Vec<Outgoing>) = sends.into_iter().partition(|s| matches!(s.route, Route::After(_)));
+            sends = now;
+            self.send_paused(sink.clone(), paused, deadline);
         }
         // A write is sent to a node at most once in a call. A write to its own
         // store is applied before anything is sent, so it is visible here by
@@ -356,18 +369,42 @@ impl Executor for Node {
     }
 }
 
+impl Node {
+    /// Sends `paused` (each `Route::After(d)`) once the longest pause among
+    /// them has passed: the timer hands them to the repair thread, which
+    /// sends them as a delivering thread's (or answers the call that they
+    /// came too late). The simulated network sends them at once.
+    fn send_paused(&self, sink: Arc<dyn ReplySink>, mut paused: Vec<Outgoing>, deadline: Instant) {
+        let pause = paused.iter().map(|s| if let Route::After(d) = s.route { d } else { Duration::ZERO }).max().unwrap_or_default();
+        paused.iter_mut().for_each(|s| s.route = Route::Direct);
+        if !self.cfg.timed_sends || pause.is_zero() {
+            return self.send_later(sink, paused, deadline);
+        }
+        let tx = self.urgent_tx.clone();
+        let name = self.cfg.name.clone();
+        self.timer().at(Instant::now() + pause, move || {
+            if let Err(crossbeam_channel::SendError(RepairJob::Send { sink, sends, .. })) =
+                tx.send(RepairJob::Send { sink, sends: paused, deadline })
+            {
+                for s in sends {
+                    sink.deliver(s.slot, Err(crate::error::Error::Failure(format!("{name} is stopping"))));
+                }
+            }
+        });
+    }
+}
+
 /// The `--txn-pause-before` hook: the first time, stops this whole process
-/// with SIGSTOP (sent by a shell, as the nemesis would) and carries on once
-/// something sends SIGCONT. Later transactions pass.
+/// with SIGSTOP (sent by `kill`, as the nemesis would) and carries on once
+/// something sends SIGCONT. Later sends pass.
 fn pause_once(name: &str, point: crate::config::TxnCrashPoint) {
     static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     log::error!("{name}: --txn-pause-before {point:?}: stopping as a transaction's coordinator");
-    let stop = format!("kill -STOP {}", std::process::id());
-    match std::process::Command::new("sh").args(["-c", &stop]).status() {
+    match std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status() {
         Ok(_) => log::error!("{name}: --txn-pause-before {point:?}: resumed"),
-        Err(e) => log::error!("{name}: --txn-pause-before: cannot run sh: {e}"),
+        Err(e) => log::error!("{name}: --txn-pause-before: cannot run kill: {e}"),
     }
 }

@@ -8,7 +8,6 @@ use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
 use crate::error::{Error, Result};
 use crate::message::{ClientRequest, Reply};
-use crate::node::cache::Lesson;
 use crate::node::coordinate::Later;
 use crate::node::serial::SerialDone;
 use crate::node::{Answered, Handled, Node};
@@ -33,12 +32,12 @@ impl Node {
             ClientRequest::Ping => Reply::Pong(self.cfg.name.clone()),
             ClientRequest::Get { key, level: Consistency::Serial } => return self.serial_request(key, Op::Read, later),
             ClientRequest::Put { key, value, level: Consistency::Serial, condition } => {
-                let teach = self.cache.clone().map(|c| (c, Lesson::Dropped(vec![key.clone()])));
+                let teach = self.write_lesson([(&key, Some(&value[..]))]);
                 let op = Op::of(Some(value.into_boxed_slice()), condition);
                 return Node::teaching(teach, later, |later| self.serial_request(key, op, later));
             }
             ClientRequest::Delete { key, level: Consistency::Serial, condition } => {
-                let teach = self.cache.clone().map(|c| (c, Lesson::Dropped(vec![key.clone()])));
+                let teach = self.write_lesson([(&key, None)]);
                 return Node::teaching(teach, later, |later| self.serial_request(key, Op::of(None, condition), later));
             }
             ClientRequest::Put { condition: Some(_), .. } | ClientRequest::Delete { condition: Some(_), .. } => {
@@ -48,7 +47,7 @@ impl Node {
                 if let Some(found) = self.cached_read(&key, level) {
                     return Ok(Answered::Now(Handled::of(Reply::Read(found))));
                 }
-                let teach = self.cache_for(&key).map(|c| (c, Lesson::Read(key.clone())));
+                let teach = self.read_lesson(&key);
                 return Node::teaching(teach, later, |later| {
                     Ok(match self.read(key, level, later)? {
                         Answered::Now((found, after)) => Answered::Now(Handled { reply: Reply::Read(found), after }),
@@ -57,11 +56,11 @@ impl Node {
                 });
             }
             ClientRequest::Put { key, value, level, condition: None } => {
-                let teach = self.write_lesson(&key, || Some(value.clone().into_boxed_slice()));
+                let teach = self.write_lesson([(&key, Some(&value[..]))]);
                 return Node::teaching(teach, later, |later| self.write_request(key, Some(value), level, later));
             }
             ClientRequest::Delete { key, level, condition: None } => {
-                let teach = self.write_lesson(&key, || None);
+                let teach = self.write_lesson([(&key, None)]);
                 return Node::teaching(teach, later, |later| self.write_request(key, None, level, later));
             }
             ClientRequest::Status => Reply::Status(self.status()),
@@ -76,7 +75,7 @@ impl Node {
             }
             ClientRequest::Membership(m) => Reply::Membership(self.membership_request(m)?),
             ClientRequest::Txn(spec) => {
-                let teach = self.cache.clone().map(|c| (c, Lesson::Dropped(spec.writes.iter().map(|(k, _)| k.clone()).collect())));
+                let teach = self.write_lesson(spec.writes.iter().map(|(k, v)| (k, v.as_deref())));
                 return Node::teaching(teach, later, |later| self.txn_request(spec, later));
             }
             ClientRequest::MGet { keys } => return self.mget_request(keys, later),

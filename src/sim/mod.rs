@@ -341,6 +341,7 @@ impl Cluster {
             let mut cfg = NodeConfig::new(info.name.clone(), "127.0.0.1".parse().unwrap(), info.port);
             cfg.hint_rate = u32::MAX; // no pause between replayed hints
             cfg.request_timeout = Duration::from_secs(60);
+            cfg.timed_sends = false; // the sim's time is not the timer's
             let peers = Arc::new(SimPeers { net: net.clone(), me: info.id });
             let (node, w) = Node::with_clock(cfg, ring.clone(), peers, clock.clone()).unwrap();
             net.state.lock().nodes.push((info.id, Arc::downgrade(&node)));

@@ -504,7 +504,8 @@ fn contending_transactions_commit_one_every_round() {
             assert!(all_or_nothing(&c, &[(&a, &value), (&b, &value)], &[0, 1, 2, 3, 4]), "seed {seed} round {round}");
         }
     }
-    assert!(committed > 300, "{committed} commits: rounds commit more than one when the oldest waits");
+    // Some rounds commit more than one: the oldest waited out a younger one that committed first.
+    assert!(committed > 300, "{committed} commits in 300 rounds: no round committed two");
 }
 
 /// A participant dies and the link between two nodes starts losing every
@@ -547,7 +548,8 @@ fn a_participant_dead_and_messages_lost_at_any_point_leave_all_or_nothing() {
             Some(Reply::TxnCommitted { .. }) => assert!(applied, "seed {seed}: told committed, not applied"),
             Some(Reply::Error(e @ (Error::Conflict(_) | Error::Unavailable(_)))) => assert!(!applied, "seed {seed}: told {e:?}, applied"),
             // The outcome was unknown to the coordinator (a timeout): either is right.
-            _ => {}
+            Some(Reply::Error(Error::Timeout(_))) => {}
+            other => panic!("seed {seed}: the client was answered {other:?}"),
         }
         outcomes[usize::from(applied)] += 1;
     }

@@ -44,15 +44,17 @@
 //! age. A prepare that finds its key held by another transaction is refused
 //! with the holder's id, and the coordinator compares: an *older*
 //! transaction waits for a younger holder (it sends that replica the
-//! prepare again, once per round trip, up to [`WAIT_ROUNDS`] times); a
-//! *younger* one dies (the refusal counts as a no, and the transaction
-//! aborts with a conflict the client may retry). Waits only ever go from
-//! older to younger, so there is no cycle of waiting and no deadlock; and
-//! the oldest transaction in contention never dies, so it commits as soon
-//! as the younger holders finish (a holder whose coordinator died is
-//! settled within `--txn-timeout`; a wait longer than its bound aborts):
-//! contention cannot livelock. A SERIAL round in flight on a key, or a
-//! holder older than the prepare, aborts the transaction at once, as before.
+//! prepare again after [`wait_pause`], up to [`WAIT_ROUNDS`] times a
+//! replica: about a quarter of a second); a *younger* one dies (the refusal
+//! counts as a no, and the transaction aborts with a conflict the client
+//! may retry). Waits only ever go from older to younger, so there is no
+//! cycle of waiting and no deadlock; and the oldest transaction in
+//! contention dies only if a younger holder outlasts its wait (one whose
+//! coordinator died or stalled, settled within `--txn-timeout`), so while
+//! holders finish, it commits: contention cannot livelock. A SERIAL round
+//! in flight on a key, or a holder older than the prepare, aborts the
+//! transaction at once. (The pause needs the timer; on the simulated
+//! network the prepare goes again at once, each delivery a step.)
 
 use crate::cluster::key::Key;
 use crate::cluster::ring::NodeId;
@@ -83,11 +85,19 @@ pub struct KeyPlan {
 /// the outcome unknown.
 const RECORD_ATTEMPTS: u32 = 3;
 
-/// How many times, at most, the coordinator sends a key's prepare again
-/// while a younger transaction holds it there (wait-die; see the module
-/// docs). Each try costs one round trip: about as long as a holder takes to
-/// commit or abort on this machine, several times over.
+/// How many times, at most, the coordinator sends a key's prepare to one
+/// replica again while a younger transaction holds the key there
+/// (wait-die; see the module docs), each after [`wait_pause`]: about a
+/// quarter of a second in all, well within `--txn-timeout` (so the waiting
+/// transaction's own intents are not recovered away meanwhile), and far
+/// longer than a live holder takes to commit or abort.
 pub const WAIT_ROUNDS: u32 = 64;
+
+/// The pause before the `n`th prepare sent again (from 1): 0.25 ms,
+/// doubling to 4 ms.
+pub fn wait_pause(n: u32) -> std::time::Duration {
+    std::time::Duration::from_micros(250 << n.saturating_sub(1).min(4))
+}
 
 #[derive(Debug, Clone)]
 enum What {
@@ -140,8 +150,8 @@ pub struct TxnMachine {
     applied: Vec<usize>,
     /// The latest clock a vote reported: the commit timestamp comes after it.
     voters_clock: crate::storage::hlc::Timestamp,
-    /// Prepares sent again per key while a younger transaction held it.
-    waits: Vec<u32>,
+    /// Prepares sent again per key and replica while a younger transaction held it.
+    waits: std::collections::HashMap<(usize, NodeId), u32>,
 }
 
 impl TxnMachine {
@@ -177,7 +187,7 @@ impl TxnMachine {
             resolve_failed: false,
             applied: vec![0; n],
             voters_clock: txn.0,
-            waits: vec![0; n],
+            waits: std::collections::HashMap::new(),
         }
     }
 
@@ -247,9 +257,12 @@ impl TxnMachine {
                             }
                         }
                         // Wait-die: held by a younger transaction, this older one waits (boundedly).
-                        Vote::No(Conflict::Held { by, .. }) if by > self.txn && self.waits[i] < WAIT_ROUNDS => {
-                            self.waits[i] += 1;
-                            again.push(i);
+                        Vote::No(Conflict::Held { by, .. })
+                            if by > self.txn && self.waits.get(&(i, from)).is_none_or(|&w| w < WAIT_ROUNDS) =>
+                        {
+                            let w = self.waits.entry((i, from)).or_insert(0);
+                            *w += 1;
+                            again.push((i, *w));
                         }
                         Vote::No(c) => {
                             kv.no += 1;
@@ -258,9 +271,11 @@ impl TxnMachine {
                     }
                 }
                 if !again.is_empty() {
-                    let items = self.items(&again);
+                    let pause = again.iter().map(|&(_, w)| wait_pause(w)).max().unwrap_or_default();
+                    let idx: Vec<usize> = again.into_iter().map(|(i, _)| i).collect();
+                    let items = self.items(&idx);
                     let msg = PeerRequest::TxnPrepare { txn: self.txn, anchor: self.anchor.clone(), items, epoch: self.epoch };
-                    self.send(from, What::Prepare(again), msg);
+                    self.sent.send_after(from, What::Prepare(idx), msg, pause);
                 }
             }
             Err(why) => {
@@ -610,5 +625,21 @@ impl Machine for RecoveryMachine {
     fn held_bytes(&self) -> usize {
         let item = |(k, w): &(Key, IntentWrite)| k.len() + if let IntentWrite::Put(v) = w { v.len() } else { 0 };
         self.resolve.iter().flat_map(|(_, items)| items.iter().map(item)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wait a refused older transaction allows a younger holder: paced,
+    /// about a quarter of a second in all, well inside `--txn-timeout` (2 s).
+    #[test]
+    fn the_wait_for_a_younger_holder_is_paced_and_bounded() {
+        assert_eq!(wait_pause(1), std::time::Duration::from_micros(250));
+        assert_eq!(wait_pause(2), std::time::Duration::from_micros(500));
+        assert_eq!(wait_pause(100), std::time::Duration::from_millis(4));
+        let total: std::time::Duration = (1..=WAIT_ROUNDS).map(wait_pause).sum();
+        assert!(total > std::time::Duration::from_millis(200) && total < std::time::Duration::from_millis(300), "{total:?}");
     }
 }

@@ -6,9 +6,9 @@
 //! to `k` (a value, a delete, or nothing when `T` only compares `k`). The
 //! replica takes the key unless another transaction holds it, or a SERIAL
 //! round is in flight on it (an accepted proposal not yet committed); then
-//! it votes no and says why, and the coordinator that meets a no aborts its
-//! own transaction (no waiting while holding keys, so no deadlock; the
-//! client retries). A yes vote carries the replica's cell,
+//! it votes no and says why (naming the holder), and the coordinator
+//! decides by wait-die: an older transaction asks again later, a younger
+//! one aborts (see `txn::coordinator`). A yes vote carries the replica's cell,
 //! so the coordinator judges the conditions on the newest version among a
 //! quorum while the intents keep everyone else off the keys.
 //!

@@ -141,6 +141,20 @@ impl<W: Clone> Sent<W> {
         self.waiting += 1;
     }
 
+    /// Queues `msg` to `to`, for `what`, to be sent after `delay`.
+    pub(crate) fn send_after(
+        &mut self,
+        to: crate::cluster::ring::NodeId,
+        what: W,
+        msg: crate::message::PeerRequest,
+        delay: std::time::Duration,
+    ) {
+        self.send(to, what, msg);
+        if let Some(last) = self.out.last_mut() {
+            last.route = crate::coordinator::command::Route::After(delay);
+        }
+    }
+
     /// The slot's target and purpose when its outcome first comes (`None`
     /// for a slot never used or answered already).
     pub(crate) fn arrived(&mut self, slot: usize) -> Option<(crate::cluster::ring::NodeId, W)> {
