@@ -45,8 +45,10 @@
 //! keys that share a floor then lose some caching, never correctness. A new
 //! entry of the key takes its ghost back. A view change may leave this node
 //! without a copy of keys it wrote as a replica, writes the cache never
-//! saw, so it drops every entry and raises every floor to the clock
-//! ([`raise_all`](CoordinatorCache::raise_all)).
+//! saw: the cache drops every entry, and a read of a key this node held in
+//! one of the last four views it left is cached only at or above the clock
+//! at that change (older changes: every key)
+//! ([`view_changed`](CoordinatorCache::view_changed)).
 //!
 //! A read that found nothing is cached as absent (below any write), so a hot
 //! missing key is cheap too.
@@ -65,6 +67,17 @@ const FLOORS: usize = 64;
 
 /// Own writes remembered exactly per set once their entries left (see the module docs).
 const GHOSTS: usize = 32;
+
+/// View changes remembered with the ring they left (see [`CoordinatorCache::view_changed`]).
+const MOVES: usize = 4;
+
+/// The view changes this node saw: each with the read ring it left, this
+/// node's id, and its clock then; older ones fold into one timestamp.
+#[derive(Default)]
+struct Moves {
+    recent: std::collections::VecDeque<(std::sync::Arc<crate::cluster::ring::Ring>, crate::cluster::ring::NodeId, Timestamp)>,
+    older: Timestamp,
+}
 
 /// Bytes charged per entry besides its key and value: the entry itself
 /// (about 110 bytes) and its two allocations' headers.
@@ -111,11 +124,21 @@ struct Set {
     /// Where ghosts go when there are too many: a bar shared by the keys
     /// whose hashes meet here.
     floors: [Timestamp; FLOORS],
+    /// The cache's generation when this set was last used: entries from an
+    /// older one are dropped then (see [`CoordinatorCache::view_changed`]).
+    generation: u64,
 }
 
 impl Set {
     fn new() -> Set {
-        Set { entries: Vec::new(), bytes: 0, hand: 0, ghosts: std::collections::VecDeque::new(), floors: [Timestamp::default(); FLOORS] }
+        Set {
+            entries: Vec::new(),
+            bytes: 0,
+            hand: 0,
+            ghosts: std::collections::VecDeque::new(),
+            floors: [Timestamp::default(); FLOORS],
+            generation: 0,
+        }
     }
 
     fn find(&self, hash: u64, key: &Key) -> Option<usize> {
@@ -190,8 +213,9 @@ pub struct CoordinatorCache {
     set_budget: usize,
     ttl: Duration,
     hasher: std::collections::hash_map::RandomState,
-    /// Bumped by [`raise_all`](Self::raise_all).
+    /// Bumped by [`view_changed`](Self::view_changed).
     generation: std::sync::atomic::AtomicU64,
+    moves: Mutex<Moves>,
 }
 
 impl std::fmt::Debug for CoordinatorCache {
@@ -220,6 +244,7 @@ impl CoordinatorCache {
             ttl,
             hasher: std::collections::hash_map::RandomState::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
+            moves: Mutex::new(Moves::default()),
         })
     }
 
@@ -227,8 +252,31 @@ impl CoordinatorCache {
         self.hasher.hash_one(key)
     }
 
-    fn set(&self, hash: u64) -> &Mutex<Set> {
-        &self.sets[hash as usize & (self.sets.len() - 1)]
+    /// The set of `hash`, locked; its entries dropped first if a view
+    /// change came since it was last used.
+    fn lock_set(&self, hash: u64) -> parking_lot::MutexGuard<'_, Set> {
+        let mut set = self.sets[hash as usize & (self.sets.len() - 1)].lock();
+        let generation = self.generation();
+        if set.generation != generation {
+            set.entries.clear();
+            set.bytes = 0;
+            set.hand = 0;
+            set.generation = generation;
+        }
+        set
+    }
+
+    /// Below what a read of `key` may not be cached because of a view
+    /// change: the clock at each recent change whose ring left this node a
+    /// replica of the key, and the clock at every older one.
+    fn moved_bar(&self, key: &Key) -> Timestamp {
+        let moves = self.moves.lock();
+        moves
+            .recent
+            .iter()
+            .filter(|(ring, me, _)| ring.replicas(key.as_bytes()).contains(me))
+            .map(|m| m.2)
+            .fold(moves.older, Timestamp::max)
     }
 
     /// Whether a value of this size may be cached at all (a quarter of a set at most).
@@ -246,7 +294,7 @@ impl CoordinatorCache {
     /// entry stored or confirmed within the TTL holds it.
     pub fn get(&self, key: &Key, now: Instant) -> Option<Option<Version>> {
         let hash = self.hash(key);
-        let mut set = self.set(hash).lock();
+        let mut set = self.lock_set(hash);
         let i = set.find(hash, key)?;
         if now.saturating_duration_since(set.entries[i].at) >= self.ttl {
             set.remove(i);
@@ -260,8 +308,9 @@ impl CoordinatorCache {
     /// This coordinator acknowledged `version` of `key` (a plain write at
     /// any level) asked for at `started`.
     pub fn wrote(&self, key: &Key, version: &Version, started: Instant) {
+        let moved = self.moved_bar(key);
         let hash = self.hash(key);
-        let mut set = self.set(hash).lock();
+        let mut set = self.lock_set(hash);
         let found = set.find(hash, key);
         let ghost = set.take_ghost(hash);
         if let Some(i) = found
@@ -279,7 +328,9 @@ impl CoordinatorCache {
             set.entries[i].own = None;
             set.remove(i);
         }
-        if !self.fits(key, Some(version)) {
+        // Older than another own write of the key that left (two writes
+        // acknowledged out of order), or than a view change's bar: not cached.
+        if version.ts < own || version.ts < moved || version.ts < set.bar(hash) || !self.fits(key, Some(version)) {
             set.keep_out(hash, own);
             return;
         }
@@ -297,11 +348,15 @@ impl CoordinatorCache {
     /// acknowledged before that).
     pub fn read(&self, key: &Key, version: Option<&Version>, started: Instant) {
         let ts = version.map_or_else(Timestamp::default, |v| v.ts);
+        if ts < self.moved_bar(key) {
+            return;
+        }
         let hash = self.hash(key);
-        let mut set = self.set(hash).lock();
+        let mut set = self.lock_set(hash);
         let found = set.find(hash, key);
         if let Some(i) = found {
             let e = &mut set.entries[i];
+            debug_assert!(e.own.is_none_or(|o| o <= e.ts()), "an entry older than its own write");
             if e.ts() > ts || (e.ts() == ts && version.is_some() == e.version.is_some()) {
                 if e.ts() == ts {
                     e.at = e.at.max(started);
@@ -333,7 +388,7 @@ impl CoordinatorCache {
     /// commit) that the cache does not hold: no older read is cached again.
     pub fn forget(&self, key: &Key, floor: Option<Timestamp>) {
         let hash = self.hash(key);
-        let mut set = self.set(hash).lock();
+        let mut set = self.lock_set(hash);
         if let Some(i) = set.find(hash, key) {
             set.remove(i);
         }
@@ -342,24 +397,32 @@ impl CoordinatorCache {
         }
     }
 
-    /// This node's view changed: it may hold no copy now of keys it wrote
-    /// as a replica, writes the cache never saw. Every key is barred below
-    /// `now` (this node's clock: after every write it stamped), and the
-    /// generation moves on (see [`generation`](Self::generation)).
-    pub fn raise_all(&self, now: Timestamp) {
+    /// This node's view changed, leaving the read ring `old`, in which this
+    /// node was `me`: it may hold no copy now of keys it wrote as a replica
+    /// there, writes the cache never saw. Those keys are barred below the
+    /// clock (`now`, read after the generation moved on: after every write
+    /// this node stamped that a lesson of the old generation may miss); the
+    /// generation moves on (see [`generation`](Self::generation)) and each
+    /// set drops its entries when next used. Constant work: the caller holds
+    /// the view's lock.
+    pub fn view_changed(
+        &self,
+        old: std::sync::Arc<crate::cluster::ring::Ring>,
+        me: crate::cluster::ring::NodeId,
+        now: impl FnOnce() -> Timestamp,
+    ) {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        for set in self.sets.iter() {
-            // Entries go too: one may be older than a write made as a replica.
-            let mut set = set.lock();
-            set.entries.clear();
-            set.bytes = 0;
-            set.hand = 0;
-            set.ghosts.clear();
-            set.floors.iter_mut().for_each(|f| *f = (*f).max(now));
+        let now = now();
+        let mut moves = self.moves.lock();
+        moves.recent.push_back((old, me, now));
+        if moves.recent.len() > MOVES
+            && let Some((_, _, t)) = moves.recent.pop_front()
+        {
+            moves.older = moves.older.max(t);
         }
     }
 
-    /// How many times [`raise_all`](Self::raise_all) ran: a write of a key
+    /// How many times [`view_changed`](Self::view_changed) ran: a write of a key
     /// this node held when it started, acknowledged after the view changed,
     /// is remembered (it may be of a key the node no longer holds).
     pub fn generation(&self) -> u64 {
@@ -542,21 +605,60 @@ mod tests {
         assert!(value(&c, "a", landed + ttl - Duration::from_millis(1)).is_some());
     }
 
-    /// A view change bars every key below the clock and drops every entry:
-    /// the node may no longer hold keys it wrote as a replica.
+    /// A view change drops every entry, and bars below the clock the keys
+    /// this node held in the ring it left (it may have written them as a
+    /// replica): other keys are cached as before. Past the last few changes,
+    /// every key is barred below the oldest forgotten one.
     #[test]
-    fn a_view_change_bars_every_key_below_the_clock() {
+    fn a_view_change_bars_the_keys_this_node_held_below_the_clock() {
+        use crate::cluster::ring::{NodeId, NodeInfo, Ring};
+        let nodes =
+            (0..4).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1000 + i as u16, id: NodeId(i) }).collect();
+        let ring = std::sync::Arc::new(Ring::new(nodes, 3, 1).unwrap());
+        let me = NodeId(0);
+        let held = Key::byte((0..=255).find(|&k| ring.replicas(Key::byte(k).as_bytes()).contains(&me)).unwrap());
+        let free = Key::byte((0..=255).find(|&k| !ring.replicas(Key::byte(k).as_bytes()).contains(&me)).unwrap());
         let c = CoordinatorCache::new(1 << 20, Duration::from_secs(60)).unwrap();
         let now = Instant::now();
-        c.read(&key("a"), Some(&v(10, "ten")), now);
+        let cached = |k: &Key| c.get(k, now).is_some();
+        c.read(&free, Some(&v(10, "ten")), now);
         let g = c.generation();
-        c.raise_all(Timestamp { micros: 50, node: 1 });
+        c.view_changed(ring.clone(), me, || Timestamp { micros: 50, node: 1 });
         assert_ne!(c.generation(), g);
-        assert_eq!(value(&c, "a", now), None);
-        c.read(&key("a"), Some(&v(10, "ten")), now);
-        assert_eq!(value(&c, "a", now), None, "a version older than the view change was cached");
-        c.read(&key("a"), Some(&v(60, "sixty")), now);
-        assert_eq!(value(&c, "a", now), Some(Some("sixty".into())));
+        assert!(!cached(&free), "an entry survived the view change");
+        c.read(&held, Some(&v(10, "ten")), now);
+        assert!(!cached(&held), "a version older than the view change was cached for a key this node held");
+        c.wrote(&held, &v(20, "twenty"), now);
+        assert!(!cached(&held), "an own write older than the view change was cached for a key this node held");
+        c.read(&held, Some(&v(60, "sixty")), now);
+        assert!(cached(&held));
+        c.read(&free, Some(&v(10, "ten")), now);
+        assert!(cached(&free), "a key this node did not hold is barred");
+        // Four more changes: the first folds into the bar every key shares.
+        for t in 0..4 {
+            c.view_changed(ring.clone(), NodeId(99), || Timestamp { micros: 70 + t, node: 1 });
+        }
+        c.read(&free, Some(&v(10, "ten")), now);
+        assert!(!cached(&free), "the forgotten change bars nothing");
+        c.read(&free, Some(&v(55, "fifty-five")), now);
+        assert!(cached(&free));
+    }
+
+    /// Two own writes acknowledged out of order: the older one, learned
+    /// after the newer left the cache, is not cached over it.
+    #[test]
+    fn an_own_write_learned_late_does_not_go_under_a_newer_one() {
+        let c = CoordinatorCache::new(1 << 20, Duration::from_millis(100)).unwrap();
+        let t0 = Instant::now();
+        c.wrote(&key("a"), &v(100, "b"), t0);
+        // It expires (or is evicted): remembered as a ghost.
+        assert_eq!(value(&c, "a", t0 + Duration::from_millis(100)), None);
+        c.wrote(&key("a"), &v(50, "a"), t0 + Duration::from_millis(100));
+        assert_eq!(value(&c, "a", t0 + Duration::from_millis(100)), None, "the older own write was cached");
+        c.read(&key("a"), Some(&v(70, "between")), t0 + Duration::from_millis(100));
+        assert_eq!(value(&c, "a", t0 + Duration::from_millis(100)), None);
+        c.read(&key("a"), Some(&v(100, "b")), t0 + Duration::from_millis(100));
+        assert_eq!(value(&c, "a", t0 + Duration::from_millis(100)), Some(Some("b".into())));
     }
 
     #[test]

@@ -377,7 +377,8 @@ impl Node {
     fn send_paused(&self, sink: Arc<dyn ReplySink>, mut paused: Vec<Outgoing>, deadline: Instant) {
         let pause = paused.iter().map(|s| if let Route::After(d) = s.route { d } else { Duration::ZERO }).max().unwrap_or_default();
         paused.iter_mut().for_each(|s| s.route = Route::Direct);
-        if !self.cfg.timed_sends || pause.is_zero() {
+        // Without a timer thread (out of threads), at once rather than never.
+        if !self.cfg.timed_sends || pause.is_zero() || !self.timer().running() {
             return self.send_later(sink, paused, deadline);
         }
         let tx = self.urgent_tx.clone();
@@ -403,7 +404,13 @@ fn pause_once(name: &str, point: crate::config::TxnCrashPoint) {
         return;
     }
     log::error!("{name}: --txn-pause-before {point:?}: stopping as a transaction's coordinator");
-    match std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status() {
+    let pid = std::process::id().to_string();
+    // `kill` (procps), else the shell's builtin.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .or_else(|_| std::process::Command::new("sh").args(["-c", &format!("kill -STOP {pid}")]).status());
+    match stopped {
         Ok(_) => log::error!("{name}: --txn-pause-before {point:?}: resumed"),
         Err(e) => log::error!("{name}: --txn-pause-before: cannot run kill: {e}"),
     }

@@ -384,12 +384,12 @@ impl Node {
                 self.read_batcher.add(v.ring.ids().filter(|&id| id != self.me));
                 let mut view = self.view.write();
                 self.epoch.store(v.epoch(), std::sync::atomic::Ordering::Release);
-                *view = Arc::new(v);
+                let old = std::mem::replace(&mut *view, Arc::new(v));
                 if let Some(cache) = &self.cache {
                     // This node may hold no copy now of keys it wrote as a
                     // replica (under the view's lock: no read of the new
                     // view finds the cache as it was).
-                    cache.raise_all(self.clock.now());
+                    cache.view_changed(old.ring.clone(), self.me, || self.clock.now());
                 }
             }
             Err(e) => log::error!("{}: cannot use the metadata of epoch {epoch}: {e}", self.cfg.name),

@@ -67,6 +67,7 @@ struct Shared {
 /// Runs callbacks at their due time on one thread (see the module docs).
 pub struct Timer {
     shared: Arc<Shared>,
+    running: bool,
 }
 
 impl Timer {
@@ -75,10 +76,19 @@ impl Timer {
     pub fn new(name: &str) -> Timer {
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
-        if let Err(e) = std::thread::Builder::new().name(name.to_string()).spawn(move || run(&theirs)) {
-            error!("cannot start the {name} thread: {e}; SERIAL operations will not time out or back off");
-        }
-        Timer { shared }
+        let running = match std::thread::Builder::new().name(name.to_string()).spawn(move || run(&theirs)) {
+            Ok(_) => true,
+            Err(e) => {
+                error!("cannot start the {name} thread: {e}; SERIAL operations will not time out or back off");
+                false
+            }
+        };
+        Timer { shared, running }
+    }
+
+    /// Whether its thread runs (callbacks run at all).
+    pub fn running(&self) -> bool {
+        self.running
     }
 
     /// Runs `f` on the timer thread once `at` has passed (soon if it has).
