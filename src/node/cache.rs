@@ -117,13 +117,6 @@ impl Node {
         self.ring().replica_set(key.as_bytes()).contains(&self.me)
     }
 
-    /// What a read of `key` teaches the cache, if this node has one and holds no copy of `key`.
-    pub(crate) fn read_lesson(&self, key: &Key) -> Option<(Arc<CoordinatorCache>, Lesson)> {
-        let cache = self.cache_for(key)?;
-        let lesson = Lesson { what: What::Read(key.clone()), started: Instant::now(), generation: cache.generation() };
-        Some((cache, lesson))
-    }
-
     /// What writes of `writes` (each key with its value, `None`: a delete)
     /// teach the cache, if this node has one. Values are copied only for
     /// keys this node holds no copy of, and only if they fit in the cache.
@@ -149,17 +142,24 @@ impl Node {
         Some((cache, Lesson { what: What::Writes(writes), started: Instant::now(), generation }))
     }
 
-    /// A ONE read of `key` answered by the cache, if it may be.
-    pub(crate) fn cached_read(&self, key: &Key, level: Consistency) -> Option<Option<Version>> {
-        if level != Consistency::One {
-            return None;
+    /// A read of `key` at `level` as the cache sees it: answered from it
+    /// (`Ok`: a ONE read of a fresh entry), or what the read, sent to the
+    /// replicas, teaches it (`Err`: none if this node has no cache or holds
+    /// a copy of `key`).
+    pub(crate) fn cached_read(&self, key: &Key, level: Consistency) -> Result<Option<Version>, Option<(Arc<CoordinatorCache>, Lesson)>> {
+        let Some(cache) = self.cache_for(key) else { return Err(None) };
+        let now = Instant::now();
+        if level == Consistency::One
+            && let Some(found) = cache.get(key, now)
+        {
+            if let Some(v) = &found {
+                // A later write through this coordinator must be stamped after what it read.
+                let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
+            }
+            return Ok(found);
         }
-        let found = self.cache_for(key)?.get(key, Instant::now())?;
-        if let Some(v) = &found {
-            // A later write through this coordinator must be stamped after what it read.
-            let _ = self.clock.observe(v.ts, self.cfg.max_clock_offset);
-        }
-        Some(found)
+        let generation = cache.generation();
+        Err(Some((cache, Lesson { what: What::Read(key.clone()), started: now, generation })))
     }
 
     /// Runs `request` with `later` wrapped so that its answer teaches the

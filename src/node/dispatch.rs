@@ -44,10 +44,10 @@ impl Node {
                 return Err(Error::Internal("a conditional write below SERIAL passed parsing".into()));
             }
             ClientRequest::Get { key, level } => {
-                if let Some(found) = self.cached_read(&key, level) {
-                    return Ok(Answered::Now(Handled::of(Reply::Read(found))));
-                }
-                let teach = self.read_lesson(&key);
+                let teach = match self.cached_read(&key, level) {
+                    Ok(found) => return Ok(Answered::Now(Handled::of(Reply::Read(found)))),
+                    Err(teach) => teach,
+                };
                 return Node::teaching(teach, later, |later| {
                     Ok(match self.read(key, level, later)? {
                         Answered::Now((found, after)) => Answered::Now(Handled { reply: Reply::Read(found), after }),

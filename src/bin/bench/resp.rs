@@ -10,14 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 /// Appends the command `args` (e.g. `[b"SET", key, value]`) to `buf`.
-pub(crate) fn encode(buf: &mut Vec<u8>, args: &[&[u8]]) {
-    buf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        buf.extend_from_slice(a);
-        buf.extend_from_slice(b"\r\n");
-    }
-}
+pub(crate) use quorumkv::resp::encode_command as encode;
 
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
