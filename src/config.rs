@@ -132,6 +132,10 @@ pub struct NodeConfig {
     /// for it on the timer thread; the simulated network, whose time is not
     /// the wall clock's, sends it at once.
     pub timed_sends: bool,
+    /// The port of the Redis-protocol listener (`--resp-port`; none: no listener; see [`crate::resp`]).
+    pub resp_port: Option<u16>,
+    /// The consistency level a RESP connection starts at (`--resp-consistency`; QUORUM).
+    pub resp_consistency: crate::cluster::consistency::Consistency,
 }
 
 /// Where a transaction coordinator dies or pauses when told to (hidden test
@@ -205,6 +209,8 @@ impl NodeConfig {
             stream_throughput: 0,
             coordinator_cache_bytes: 0,
             coordinator_cache_ttl: Duration::from_secs(1),
+            resp_port: None,
+            resp_consistency: crate::cluster::consistency::Consistency::Quorum,
             timed_sends: true,
         }
     }

@@ -111,6 +111,14 @@ struct Args {
     /// confirmed by a read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     coordinator_cache_ttl: std::time::Duration,
+    /// Also speak the Redis protocol (RESP2) on this port, so redis-cli,
+    /// redis-benchmark and Redis client libraries work against the cluster.
+    #[arg(long)]
+    resp_port: Option<u16>,
+    /// The consistency level every RESP connection starts at (ONE, QUORUM,
+    /// ALL or SERIAL; a connection changes its own with `CONSISTENCY level`).
+    #[arg(long, default_value = "QUORUM", value_parser = parse_level)]
+    resp_consistency: quorumkv::cluster::consistency::Consistency,
     /// Tests only: the first send past this point (`record` or `resolve`;
     /// a recovery's or an abort's resolutions count too) stops the process
     /// (SIGSTOP); a SIGCONT lets it carry on.
@@ -194,7 +202,13 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.txn_pause = args.txn_pause_before;
     cfg.coordinator_cache_bytes = args.coordinator_cache_bytes;
     cfg.coordinator_cache_ttl = args.coordinator_cache_ttl;
+    cfg.resp_port = args.resp_port;
+    cfg.resp_consistency = args.resp_consistency;
     Ok(cfg)
+}
+
+fn parse_level(s: &str) -> Result<quorumkv::cluster::consistency::Consistency, String> {
+    quorumkv::cluster::consistency::Consistency::parse(s).ok_or_else(|| format!("{s} is not a level; ONE, QUORUM, ALL or SERIAL"))
 }
 
 /// Starts a replica that joins through the member at `seed`: the metadata it

@@ -375,12 +375,17 @@ pub fn client_txn_to_proto(spec: TxnSpec) -> proto::TxnRequest {
 
 /// Checks a client's `mget`: 1 to `--max-txn-keys` keys, each once.
 pub fn parse_mget(m: proto::MGetRequest, limits: &Limits) -> Result<ClientRequest> {
-    if m.keys.is_empty() || m.keys.len() > limits.max_txn_keys {
-        return Err(bad(format!("an mget of {} keys; 1 to {} (--max-txn-keys)", m.keys.len(), limits.max_txn_keys)));
+    mget_of(m.keys, limits)
+}
+
+/// An `mget` of these keys, checked: 1 to `--max-txn-keys` keys, each a key of the cluster, each once.
+pub fn mget_of(raw: Vec<Vec<u8>>, limits: &Limits) -> Result<ClientRequest> {
+    if raw.is_empty() || raw.len() > limits.max_txn_keys {
+        return Err(bad(format!("an mget of {} keys; 1 to {} (--max-txn-keys)", raw.len(), limits.max_txn_keys)));
     }
     let mut seen = HashSet::new();
-    let mut keys = Vec::with_capacity(m.keys.len());
-    for k in m.keys {
+    let mut keys = Vec::with_capacity(raw.len());
+    for k in raw {
         let key = limits.key(k)?;
         if !seen.insert(key.clone()) {
             return Err(bad(format!("an mget names key {key} twice")));

@@ -87,6 +87,12 @@ impl ClientConn {
     /// Sends the deferred reply without blocking; whatever the socket does not
     /// take is left for the worker. A second answer, or one never begun, is ignored.
     pub fn answer_body(&self, id: u64, body: response::Body) {
+        self.answer_with(|frame| append_frame(&proto::Response { id, body: Some(body) }, frame));
+    }
+
+    /// Sends the deferred reply `encode` appends to an empty buffer, as
+    /// [`answer_body`](Self::answer_body) does (any protocol's encoding).
+    pub fn answer_with(&self, encode: impl FnOnce(&mut Vec<u8>)) {
         let mut s = self.state.lock();
         if !s.deferred {
             return;
@@ -94,7 +100,7 @@ impl ClientConn {
         s.deferred = false;
         s.frame.clear();
         s.sent = 0;
-        append_frame(&proto::Response { id, body: Some(body) }, &mut s.frame);
+        encode(&mut s.frame);
         let sock = socket2::SockRef::from(&self.stream);
         while s.sent < s.frame.len() {
             match sock.send_with_flags(&s.frame[s.sent..], SEND_FLAGS) {

@@ -5,6 +5,8 @@
 //!   pool of connection workers.
 //! * [`connection`] — one connection served by one worker: frames in, typed
 //!   requests to the node, typed answers encoded back, replies batched.
+//! * [`resp_conn`] — one connection on `--resp-port`: the Redis protocol,
+//!   commands executed by a [`Session`](crate::resp::session::Session).
 //! * [`conn`] — a client connection's reply side: deferred replies, sent by the
 //!   thread that settles the call without blocking (the native protocol's
 //!   [`Responder`](crate::coordinator::command::Responder)).
@@ -28,5 +30,6 @@ pub mod fuzz;
 pub mod link;
 pub mod links;
 mod pool;
+pub mod resp_conn;
 pub mod server;
 pub mod threads;

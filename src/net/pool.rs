@@ -18,8 +18,8 @@ use crate::proto::{self, response};
 
 /// Connection accounting for the elastic pool.
 pub(super) struct Pool {
-    pub(super) tx: Sender<TcpStream>,
-    pub(super) rx: Receiver<TcpStream>,
+    pub(super) tx: Sender<Incoming>,
+    pub(super) rx: Receiver<Incoming>,
     pub(super) workers: AtomicUsize,
     pub(super) idle: AtomicUsize,
     pub(super) connections: AtomicUsize,
@@ -32,11 +32,21 @@ pub(super) struct Pool {
     pub(super) refused_links: BadLog,
 }
 
+/// A connection accepted, for a worker: which listener it came from.
+pub(super) enum Incoming {
+    /// The replica's port: the native protocol (clients and peers).
+    Native(TcpStream),
+    /// `--resp-port`: the Redis protocol.
+    Resp(TcpStream),
+}
+
 /// What every thread of the server shares.
 pub(super) struct Server<'a> {
     pub(super) node: &'a Arc<Node>,
     pub(super) links: &'a Links,
     pub(super) pool: Pool,
+    /// The RESP listener's shared state, when there is one.
+    pub(super) resp: Option<crate::resp::session::Shared>,
 }
 
 /// Refuses a connection with an `Overloaded` error (best effort, never blocking long).

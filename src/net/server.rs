@@ -42,7 +42,8 @@ use crate::net::connection::serve_connection;
 use crate::net::fault::Faults;
 use crate::net::link::LinkEnv;
 use crate::net::links::Links;
-use crate::net::pool::{Pool, Server, refuse};
+use crate::net::pool::{Incoming, Pool, Server, refuse};
+use crate::net::resp_conn::serve_resp;
 use crate::net::threads::{delayer, hint_worker, maintenance, snapshotter, syncer};
 use crate::node::{Node, Workers, membership};
 
@@ -54,7 +55,11 @@ const BAD_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Binds the replica's socket; fails with a clear error if the address is taken.
 pub fn bind(cfg: &NodeConfig) -> Result<TcpListener> {
-    let addr = SocketAddr::new(cfg.bind, cfg.port);
+    bind_port(cfg.bind, cfg.port)
+}
+
+fn bind_port(ip: std::net::IpAddr, port: u16) -> Result<TcpListener> {
+    let addr = SocketAddr::new(ip, port);
     let bind_err = |e: std::io::Error| Error::Config(format!("cannot listen on {addr}: {e}"));
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(bind_err)?;
     socket.set_reuse_address(true).map_err(bind_err)?;
@@ -83,6 +88,10 @@ pub fn run_stored(cfg: NodeConfig, stored: membership::Stored) -> Result<()> {
     }
     let ring = stored.meta.read_ring()?;
     let listener = bind(&cfg)?;
+    let resp = match cfg.resp_port {
+        Some(port) => Some(bind_port(cfg.bind, port).map_err(|e| Error::Config(format!("--resp-port: {}", e.message())))?),
+        None => None,
+    };
     let me = Node::locate(&cfg, &ring)?;
     let faults = Arc::new(Faults::new(ring.ids(), cfg.enable_fault_injection));
     let clock = faults.clock();
@@ -96,7 +105,10 @@ pub fn run_stored(cfg: NodeConfig, stored: membership::Stored) -> Result<()> {
         node.cfg.mode,
         node.cfg.request_timeout
     );
-    serve(&node, &links, listener, workers);
+    if let Some(r) = &resp {
+        info!("{} speaks the Redis protocol on {}", node.name(), r.local_addr()?);
+    }
+    serve(&node, &links, listener, resp, workers);
     Ok(())
 }
 
@@ -106,8 +118,9 @@ fn stop(node: &Node, links: &Links) {
     links.wake();
 }
 
-/// Serves `node` on `listener` with all its threads; returns when the node shuts down.
-pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Workers) {
+/// Serves `node` on `listener` (and the Redis protocol on `resp`, if given)
+/// with all its threads; returns when the node shuts down.
+pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, resp: Option<TcpListener>, workers: Workers) {
     let client_limit = node.cfg.max_connections;
     let (tx, rx) = bounded(1024);
     let pool = Pool {
@@ -123,7 +136,8 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
         bad_requests: BadLog::new("bad request", BAD_LOG_INTERVAL),
         refused_links: BadLog::new("refusing replica link", BAD_LOG_INTERVAL),
     };
-    let srv = Server { node, links, pool };
+    let resp_port = resp.as_ref().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
+    let srv = Server { node, links, pool, resp: resp.as_ref().map(|_| crate::resp::session::Shared::new(resp_port)) };
     let env = LinkEnv {
         node,
         connect_timeout: node.cfg.connect_timeout,
@@ -157,7 +171,15 @@ pub fn serve(node: &Arc<Node>, links: &Links, listener: TcpListener, workers: Wo
             stop(node, links);
             return;
         }
-        accept_loop(s, &srv, &listener);
+        let srv = &srv;
+        if let Some(resp) = &resp
+            && !spawn_named(s, "resp-accept".into(), move || accept_loop(s, srv, resp, Incoming::Resp))
+        {
+            error!("cannot start the RESP listener's thread; stopping");
+            stop(node, links);
+            return;
+        }
+        accept_loop(s, srv, &listener, Incoming::Native);
     });
 }
 
@@ -224,7 +246,7 @@ where
     }
 }
 
-fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, srv: &'scope Server<'scope>, listener: &TcpListener) {
+fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, srv: &'scope Server<'scope>, listener: &TcpListener, kind: fn(TcpStream) -> Incoming) {
     let (node, pool) = (srv.node, &srv.pool);
     let mut refused: u64 = 0;
     loop {
@@ -245,18 +267,22 @@ fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, srv: &'scope Server<'scope>
             if refused.is_power_of_two() {
                 warn!("refusing connections: {} open, the limit; {refused} refused so far", pool.total_limit);
             }
-            refuse(&stream, "too many connections");
+            match kind(stream) {
+                Incoming::Native(stream) => refuse(&stream, "too many connections"),
+                Incoming::Resp(stream) => crate::net::resp_conn::refuse(&stream, "max number of clients reached"),
+            }
             continue;
         }
         pool.connections.fetch_add(1, Ordering::AcqRel);
         // Claim a waiting worker, or start one with this connection in hand.
+        let incoming = kind(stream);
         if pool.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |i| i.checked_sub(1)).is_ok() {
-            if pool.tx.send(stream).is_err() {
+            if pool.tx.send(incoming).is_err() {
                 return;
             }
         } else {
             pool.workers.fetch_add(1, Ordering::AcqRel);
-            if !spawn_named(s, "conn".into(), move || worker(srv, stream)) {
+            if !spawn_named(s, "conn".into(), move || worker(srv, incoming)) {
                 // The closure (and the connection with it) was dropped: give the slot back.
                 pool.workers.fetch_sub(1, Ordering::AcqRel);
                 pool.connections.fetch_sub(1, Ordering::AcqRel);
@@ -271,9 +297,9 @@ fn accept_loop<'scope>(s: &'scope Scope<'scope, '_>, srv: &'scope Server<'scope>
 /// The acceptor queues a connection only after taking one from `idle`, so every
 /// queued connection has a waiting worker; a waiting worker retires only by
 /// taking itself out of `idle`, which fails when a connection is queued for it.
-fn worker(srv: &Server<'_>, first: TcpStream) {
+fn worker(srv: &Server<'_>, first: Incoming) {
     let pool = &srv.pool;
-    serve_connection(srv, first);
+    serve_incoming(srv, first);
     pool.connections.fetch_sub(1, Ordering::AcqRel);
     loop {
         pool.idle.fetch_add(1, Ordering::AcqRel);
@@ -295,7 +321,17 @@ fn worker(srv: &Server<'_>, first: TcpStream) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        serve_connection(srv, stream);
+        serve_incoming(srv, stream);
         pool.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn serve_incoming(srv: &Server<'_>, incoming: Incoming) {
+    match incoming {
+        Incoming::Native(stream) => serve_connection(srv, stream),
+        Incoming::Resp(stream) => match &srv.resp {
+            Some(shared) => serve_resp(srv, stream, shared),
+            None => error!("a RESP connection without a RESP listener"),
+        },
     }
 }

@@ -27,6 +27,11 @@
 //! [`Limits::max_inline`]. [`Parser::parse`] never panics on any input (the
 //! fuzz test feeds it random and mutated streams).
 
+pub mod client;
+pub mod command;
+pub mod glob;
+pub mod session;
+
 use std::fmt::Write as _;
 
 /// Caps on what a client may send.

@@ -287,6 +287,45 @@ fn an_mget_sees_all_of_a_transaction_or_none() {
     assert!(seen[0] > 0 && seen[1] > 0, "both before and after were seen: {seen:?}");
 }
 
+/// An `mget` that shows a committed transaction's write before its
+/// resolutions arrived writes it back to a quorum first, so a plain QUORUM
+/// `get` after the `mget` sees it too. (Without the write-back, a client that
+/// watched a key with `mget` and then read it with `get` saw an older value,
+/// and the RESP `WATCH`/`GET`/`EXEC` counter lost updates.)
+#[test]
+fn a_get_after_an_mget_sees_what_the_mget_saw() {
+    let mut shown = 0;
+    for seed in 0..40 {
+        let c = Cluster::murmur3(5, 3, 4, seed);
+        let (a, b, via) = layout(&c);
+        c.request(via, ClientRequest::Txn(spec(&[], &[(&a, Some("1")), (&b, Some("1"))])));
+        c.net.run(&c);
+        c.request(via, ClientRequest::Txn(spec(&[], &[(&a, Some("2")), (&b, Some("2"))])));
+        // Everything but the resolutions: the record decides, no cell is written.
+        c.net.run_matching(&c, &|e| !is_resolve(e));
+        let reader = (via + 1 + seed as usize % 4) % 5;
+        let m = c.request(reader, ClientRequest::MGet { keys: vec![k(&a), k(&b)] });
+        c.net.run_matching(&c, &|e| !is_resolve(e));
+        let Some(Reply::Values(values)) = c.client.reply(m) else { panic!("seed {seed}: {:?}", c.client.reply(m)) };
+        let seen: Vec<Option<Box<[u8]>>> = values.into_iter().map(|(_, v)| v).collect();
+        if seen[0].as_deref() != Some(b"2") {
+            continue;
+        }
+        shown += 1;
+        for key in [&a, &b] {
+            let g = c.request(reader, ClientRequest::Get { key: k(key), level: crate::cluster::consistency::Consistency::Quorum });
+            c.net.run_matching(&c, &|e| !is_resolve(e));
+            match c.client.reply(g) {
+                Some(Reply::Read(Some(v))) => {
+                    assert_eq!(v.value.as_deref(), Some(&b"2"[..]), "seed {seed}: get {key} after the mget saw 2")
+                }
+                other => panic!("seed {seed}: get {key}: {other:?}"),
+            }
+        }
+    }
+    assert!(shown > 0, "no seed had the mget show the unresolved commit");
+}
+
 /// A commit is answered only once a quorum of every written key's replicas
 /// hold its cell, so a QUORUM read right after the answer sees it.
 #[test]

@@ -111,6 +111,15 @@ enum What {
     Peek(TxnId),
     /// A settling round's request, in the proposer's phase `.1`.
     Round(TxnId, u8),
+    /// A write-back of the key at this index (a committed write shown from an intent).
+    WriteBack(usize),
+}
+
+/// A committed write the answer shows from an intent, written back to the key's replicas.
+struct WriteBack {
+    idx: usize,
+    acks: usize,
+    failed: usize,
 }
 
 /// One `mget` (see the module docs).
@@ -127,6 +136,9 @@ pub struct MGetMachine {
     sent: Sent<What>,
     checks: BTreeMap<TxnId, Check>,
     checking: bool,
+    /// The values decided, while their write-backs reach a quorum.
+    decided: Option<Vec<(Key, Option<Box<[u8]>>)>>,
+    write_backs: Vec<WriteBack>,
     answer: Option<Reply>,
 }
 
@@ -147,6 +159,8 @@ impl MGetMachine {
             sent: Sent::new(),
             checks: BTreeMap::new(),
             checking: false,
+            decided: None,
+            write_backs: Vec::new(),
             answer: None,
         }
     }
@@ -315,7 +329,31 @@ impl MGetMachine {
     }
 
     fn maybe_answer(&mut self, out: &mut Vec<Command>) {
-        if self.answer.is_some() || self.checks.values().any(|c| c.outcome.is_none()) {
+        if self.answer.is_some() {
+            return;
+        }
+        if self.decided.is_some() {
+            for w in &self.write_backs {
+                let k = &self.keys[w.idx];
+                if w.failed > k.replicas.len().saturating_sub(k.quorum) {
+                    let err = Error::Timeout(format!(
+                        "the mget read a committed transaction's write of key {} that it could not write back to {} of its {} replicas; retry",
+                        k.key,
+                        k.quorum,
+                        k.replicas.len()
+                    ));
+                    self.give(Reply::Error(err), out);
+                    return;
+                }
+                if w.acks < k.quorum {
+                    return;
+                }
+            }
+            let values = self.decided.take().unwrap_or_default();
+            self.give(Reply::Values(values), out);
+            return;
+        }
+        if self.checks.values().any(|c| c.outcome.is_none()) {
             return;
         }
         let committed: BTreeMap<TxnId, Timestamp> = self
@@ -327,8 +365,10 @@ impl MGetMachine {
             })
             .collect();
         let mut values = Vec::with_capacity(self.keys.len());
-        for (k, r) in self.keys.iter().zip(&self.reads) {
+        let mut write_backs = Vec::new();
+        for (i, (k, r)) in self.keys.iter().zip(&self.reads).enumerate() {
             let mut best = r.newest.clone();
+            let mut from_intent = false;
             for h in &r.held {
                 let Some(&ts) = committed.get(&h.txn) else { continue };
                 if best.as_ref().is_none_or(|b| b.ts < ts) {
@@ -336,11 +376,38 @@ impl MGetMachine {
                         IntentWrite::Put(v) => Version { ts, value: Some(v.clone()) },
                         _ => Version::tombstone(ts),
                     });
+                    from_intent = true;
                 }
+            }
+            if from_intent && let Some(v) = &best {
+                write_backs.push((i, v.clone()));
             }
             values.push((k.key.clone(), best.and_then(|v| v.value)));
         }
-        self.give(Reply::Values(values), out);
+        if write_backs.is_empty() {
+            self.give(Reply::Values(values), out);
+            return;
+        }
+        // A committed write that a quorum of its key's replicas may not hold
+        // yet (its resolutions are on the way): write it back first, as a
+        // blocking read repair does, so a plain read after this answer sees
+        // it too (reads stay monotonic across `mget` and `get`).
+        for (i, version) in write_backs {
+            let key = self.keys[i].key.clone();
+            for to in self.keys[i].replicas.clone() {
+                self.send(to, What::WriteBack(i), PeerRequest::Write { key: key.clone(), version: version.clone(), epoch: 0 });
+            }
+            self.write_backs.push(WriteBack { idx: i, acks: 0, failed: 0 });
+        }
+        self.decided = Some(values);
+    }
+
+    fn on_write_back(&mut self, idx: usize, result: PeerResult) {
+        let Some(w) = self.write_backs.iter_mut().find(|w| w.idx == idx) else { return };
+        match result {
+            Ok(PeerResponse::WriteAck { .. }) => w.acks += 1,
+            _ => w.failed += 1,
+        }
     }
 }
 
@@ -371,6 +438,10 @@ impl Machine for MGetMachine {
             }
             What::Round(txn, phase) => {
                 self.on_round(txn, phase, from, result, out);
+                self.maybe_answer(out);
+            }
+            What::WriteBack(idx) => {
+                self.on_write_back(idx, result);
                 self.maybe_answer(out);
             }
         }

@@ -157,6 +157,8 @@ pub struct Cluster {
     files: Vec<Option<PathBuf>>,
     /// For a replica started with `--join`: the port of the member it joins through.
     joins: Vec<Option<u16>>,
+    /// Each replica's RESP port, when an argument says `{resp}`.
+    resp_ports: Vec<u16>,
 }
 
 impl Cluster {
@@ -240,6 +242,7 @@ impl Cluster {
             .enumerate()
             .map(|(i, &port)| Replica { name: format!("r{i}"), port, child: None, log: dir.path().join(format!("r{i}.log")), starts: 0 })
             .collect();
+        let resp_ports = if args.iter().any(|a| a.contains("{resp}")) { free_ports(n) } else { Vec::new() };
         let mut c = Cluster {
             dir,
             file,
@@ -248,11 +251,17 @@ impl Cluster {
             wrappers: vec![None; n],
             files,
             joins: vec![None; n],
+            resp_ports,
         };
         for i in 0..n {
             c.spawn(i, &[]);
         }
         c
+    }
+
+    /// Replica `i`'s RESP port (the cluster was started with `--resp-port {resp}`).
+    pub fn resp_port(&self, i: usize) -> u16 {
+        self.resp_ports[i]
     }
 
     /// The temporary folder of this cluster.
@@ -272,9 +281,10 @@ impl Cluster {
         if under_tsan() && !self.args.iter().map(String::as_str).chain(extra.iter().copied()).any(|a| a == "--down-after") {
             data.extend(["--down-after".to_string(), "3s".to_string()]);
         }
-        // `{name}` and `{dir}` in arguments stand for the replica's name and the cluster's folder.
+        // `{name}`, `{dir}` and `{resp}` in arguments stand for the replica's name, the cluster's folder and its RESP port.
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let expand = |a: &str| a.replace("{name}", &r.name).replace("{dir}", &dir);
+        let resp = self.resp_ports.get(i).map(u16::to_string).unwrap_or_default();
+        let expand = |a: &str| a.replace("{name}", &r.name).replace("{dir}", &dir).replace("{resp}", &resp);
         let file = self.files[i].as_ref().unwrap_or(&self.file);
         let mut argv: Vec<String> = vec![r.name.clone(), r.port.to_string()];
         match self.joins[i] {
@@ -316,6 +326,9 @@ impl Cluster {
         self.wrappers.push(None);
         self.files.push(None);
         self.joins.push(Some(self.replicas[through].port));
+        if !self.resp_ports.is_empty() {
+            self.resp_ports.push(free_ports(1)[0]);
+        }
         self.spawn(i, extra);
         let ok = wait_for(slack(Duration::from_secs(20)), || {
             Client::connect("127.0.0.1", port, Duration::from_millis(200)).and_then(|mut c| c.ping()).is_ok()
