@@ -111,7 +111,18 @@ fn redis_commands_answer_with_redis_s_reply_shapes() {
         Reply::Array(Some(items)) => assert!(items.contains(&bulk("proto")) && items.contains(&int(2)), "{items:?}"),
         other => panic!("HELLO: {other:?}"),
     }
-    assert!(error_text(&cmd(&mut r, "HELLO 3")).starts_with("NOPROTO"));
+    assert!(error_text(&cmd(&mut r, "HELLO 4")).starts_with("NOPROTO"));
+    // RESP3 after HELLO 3 (redis-py 8 asks for it): a map, and `_` for nil.
+    let mut r3 = connect(&c, 1);
+    match cmd(&mut r3, "HELLO 3") {
+        Reply::Map(pairs) => assert!(pairs.contains(&(bulk("proto"), int(3))), "{pairs:?}"),
+        other => panic!("HELLO 3: {other:?}"),
+    }
+    r3.send_raw(b"GET missing\r\nGET user:1\r\n").unwrap();
+    let mut raw = [0u8; 3];
+    std::io::Read::read_exact(&mut r3.stream(), &mut raw).unwrap();
+    assert_eq!(&raw, b"_\r\n", "RESP3's nil");
+    assert_eq!(r3.read().unwrap(), bulk("alice"));
     assert!(matches!(cmd(&mut r, "COMMAND COUNT"), Reply::Integer(n) if n >= 20));
     assert!(matches!(cmd(&mut r, "COMMAND"), Reply::Array(Some(v)) if v.len() >= 20));
     assert_eq!(cmd(&mut r, "COMMAND DOCS"), array(vec![]));

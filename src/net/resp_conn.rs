@@ -30,7 +30,7 @@ use crate::net::conn::{self, ClientConn};
 use crate::net::pool::Server;
 use crate::node::{Deferred, Unfinished};
 use crate::resp::session::{Outcome, Session, Shape, Shared};
-use crate::resp::{Limits, Parser, Reply};
+use crate::resp::{Limits, Parser, Reply, Version};
 
 /// Buffered replies are written once they reach this size.
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -47,11 +47,11 @@ impl Responder for RespResponder {
     }
 
     fn answer(&self, token: u64, reply: KvReply) {
-        let reply = match Shape::of_token(token) {
-            Some(shape) => shape.reply(reply),
-            None => Reply::error("ERR", &format!("internal: a deferred RESP reply with token {token}")),
+        let (reply, version) = match Shape::of_token(token) {
+            Some((shape, version)) => (shape.reply(reply), version),
+            None => (Reply::error("ERR", &format!("internal: a deferred RESP reply with token {token}")), Version::Resp2),
         };
-        self.0.answer_with(|out| reply.encode(out));
+        self.0.answer_with(|out| reply.encode_as(out, version));
     }
 }
 
@@ -144,7 +144,7 @@ impl<'s, 'a> Connection<'s, 'a> {
                     let later = if lone { Some(&self.responder) } else { None };
                     match self.session.execute(args, later) {
                         Outcome::Reply(r, after) => {
-                            r.encode(&mut self.out);
+                            r.encode_as(&mut self.out, self.session.version());
                             self.after.extend(after);
                         }
                         Outcome::Later(u) => {
@@ -155,7 +155,7 @@ impl<'s, 'a> Connection<'s, 'a> {
                             }
                         }
                         Outcome::Close(r) => {
-                            r.encode(&mut self.out);
+                            r.encode_as(&mut self.out, self.session.version());
                             break self.flush();
                         }
                     }

@@ -51,6 +51,11 @@ pub fn read_reply<R: BufRead>(r: &mut R) -> io::Result<Reply> {
             }
             n => return Err(bad(format!("bulk length {n}"))),
         },
+        "_" => Reply::Bulk(None),
+        "%" => match number(rest)? {
+            n if n >= 0 => Reply::Map((0..n).map(|_| Ok((read_reply(r)?, read_reply(r)?))).collect::<io::Result<_>>()?),
+            n => return Err(bad(format!("map length {n}"))),
+        },
         "*" => match number(rest)? {
             -1 => Reply::Array(None),
             n if n >= 0 => Reply::Array(Some((0..n).map(|_| read_reply(r)).collect::<io::Result<_>>()?)),

@@ -166,8 +166,10 @@ pub enum Cmd {
     Select,
     /// `QUIT`
     Quit,
-    /// `HELLO [2 [SETNAME name]]`
+    /// `HELLO [2|3 [SETNAME name]]`
     Hello {
+        /// The protocol version asked for.
+        version: Option<crate::resp::Version>,
         /// `SETNAME`'s name.
         name: Option<Vec<u8>>,
     },
@@ -322,11 +324,12 @@ impl Cmd {
             },
             "quit" => Cmd::Quit,
             "hello" => {
-                let mut name = None;
+                let (mut name, mut version) = (None, None);
                 if !rest.is_empty() {
                     match integer(&take(&mut rest)) {
-                        Some(2) => {}
-                        Some(_) => return Err("NOPROTO unsupported protocol version (quorumkv speaks RESP2)".into()),
+                        Some(2) => version = Some(crate::resp::Version::Resp2),
+                        Some(3) => version = Some(crate::resp::Version::Resp3),
+                        Some(_) => return Err("NOPROTO unsupported protocol version (quorumkv speaks RESP2 and RESP3)".into()),
                         None => return Err("ERR Protocol version is not an integer or out of range".into()),
                     }
                 }
@@ -340,7 +343,7 @@ impl Cmd {
                         return Err(format!("ERR Syntax error in HELLO option '{}'", shown(&opt)));
                     }
                 }
-                Cmd::Hello { name }
+                Cmd::Hello { version, name }
             }
             "client" => {
                 let sub = take(&mut rest);
@@ -432,7 +435,8 @@ mod tests {
         assert_eq!(p("scan 7 match k* count 100"), Ok(Cmd::Scan { cursor: 7, pattern: Some(b("k*")), count: 100 }));
         assert_eq!(p("consistency one"), Ok(Cmd::Consistency(Some(Consistency::One))));
         assert_eq!(p("client setname app"), Ok(Cmd::Client(ClientCmd::SetName(b("app")))));
-        assert_eq!(p("hello 2 setname x"), Ok(Cmd::Hello { name: Some(b("x")) }));
+        assert_eq!(p("hello 2 setname x"), Ok(Cmd::Hello { version: Some(crate::resp::Version::Resp2), name: Some(b("x")) }));
+        assert_eq!(p("hello 3"), Ok(Cmd::Hello { version: Some(crate::resp::Version::Resp3), name: None }));
         assert_eq!(p("command docs"), Ok(Cmd::Command(CommandCmd::Docs)));
         assert_eq!(p("select 0"), Ok(Cmd::Select));
     }
@@ -449,7 +453,7 @@ mod tests {
         assert_eq!(p("scan 0 count 0"), Err("ERR syntax error".into()));
         assert_eq!(p("scan 0 count"), Err("ERR syntax error".into()));
         assert_eq!(p("select 1"), Err("ERR DB index is out of range".into()));
-        assert!(p("hello 3").unwrap_err().starts_with("NOPROTO"));
+        assert!(p("hello 4").unwrap_err().starts_with("NOPROTO"));
         assert!(p("set k v ex 10").unwrap_err().contains("do not expire"));
         assert!(p("consistency twice").unwrap_err().contains("ONE, QUORUM, ALL or SERIAL"));
         assert!(p("client kill x").unwrap_err().starts_with("ERR unknown subcommand"));

@@ -283,6 +283,16 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     }
 }
 
+/// The protocol version a connection speaks: RESP2 until `HELLO 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Version {
+    /// RESP2 (every client's default before `HELLO`).
+    #[default]
+    Resp2,
+    /// RESP3.
+    Resp3,
+}
+
 /// A reply, as the client will read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -296,6 +306,8 @@ pub enum Reply {
     Bulk(Option<Vec<u8>>),
     /// `*2\r\n…`; `None`: a nil array (`*-1`).
     Array(Option<Vec<Reply>>),
+    /// Keys and values: RESP3's map (`%2\r\n…`), a flat array in RESP2.
+    Map(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -309,8 +321,14 @@ impl Reply {
         Reply::Error(format!("{code} {text}"))
     }
 
-    /// Appends the reply's bytes to `out`.
+    /// Appends the reply's RESP2 bytes to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_as(out, Version::Resp2);
+    }
+
+    /// Appends the reply's bytes in `version` to `out`: RESP3 (after
+    /// `HELLO 3`) differs only in its null (`_`) and its maps (`%`).
+    pub fn encode_as(&self, out: &mut Vec<u8>, version: Version) {
         // Writing to a String cannot fail; the line texts never hold CR or LF.
         let line = |out: &mut Vec<u8>, tag: char, text: &str| {
             out.push(tag as u8);
@@ -325,6 +343,7 @@ impl Reply {
                 let _ = write!(s, ":{n}\r\n");
                 out.extend_from_slice(s.as_bytes());
             }
+            Reply::Bulk(None) | Reply::Array(None) if version == Version::Resp3 => out.extend_from_slice(b"_\r\n"),
             Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
             Reply::Bulk(Some(b)) => {
                 out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
@@ -335,7 +354,17 @@ impl Reply {
             Reply::Array(Some(items)) => {
                 out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
                 for item in items {
-                    item.encode(out);
+                    item.encode_as(out, version);
+                }
+            }
+            Reply::Map(pairs) => {
+                match version {
+                    Version::Resp2 => out.extend_from_slice(format!("*{}\r\n", pairs.len() * 2).as_bytes()),
+                    Version::Resp3 => out.extend_from_slice(format!("%{}\r\n", pairs.len()).as_bytes()),
+                }
+                for (k, v) in pairs {
+                    k.encode_as(out, version);
+                    v.encode_as(out, version);
                 }
             }
         }
@@ -356,6 +385,21 @@ pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resp3_differs_in_nulls_and_maps_only() {
+        let reply = Reply::Array(Some(vec![
+            Reply::Bulk(None),
+            Reply::Array(None),
+            Reply::Map(vec![(Reply::Simple("a".into()), Reply::Integer(1))]),
+            Reply::Bulk(Some(b"x".to_vec())),
+        ]));
+        let (mut two, mut three) = (Vec::new(), Vec::new());
+        reply.encode(&mut two);
+        reply.encode_as(&mut three, Version::Resp3);
+        assert_eq!(two, b"*4\r\n$-1\r\n*-1\r\n*2\r\n+a\r\n:1\r\n$1\r\nx\r\n");
+        assert_eq!(three, b"*4\r\n_\r\n_\r\n%1\r\n+a\r\n:1\r\n$1\r\nx\r\n");
+    }
 
     fn parser() -> Parser {
         Parser::new(Limits { max_bulk: 100, max_args: 8, max_inline: 64 })

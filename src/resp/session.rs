@@ -118,6 +118,9 @@ impl Shared {
     }
 }
 
+/// The token bit of a deferred reply to be encoded in RESP3.
+const RESP3_TOKEN: u64 = 1 << 8;
+
 /// How a reply of the node becomes a RESP reply: the token of a deferred one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
@@ -139,11 +142,18 @@ pub enum Shape {
 }
 
 impl Shape {
-    /// The shape a deferred reply's token names.
-    pub fn of_token(t: u64) -> Option<Shape> {
+    /// A deferred reply's token: the shape, and the version to encode it in.
+    pub fn token(self, version: crate::resp::Version) -> u64 {
+        self as u64 | if version == crate::resp::Version::Resp3 { RESP3_TOKEN } else { 0 }
+    }
+
+    /// The shape and version a deferred reply's token names.
+    pub fn of_token(t: u64) -> Option<(Shape, crate::resp::Version)> {
+        let version = if t & RESP3_TOKEN != 0 { crate::resp::Version::Resp3 } else { crate::resp::Version::Resp2 };
         [Shape::Value, Shape::Ok, Shape::OkOrNil, Shape::Applied, Shape::Values, Shape::Count, Shape::Type]
             .into_iter()
-            .find(|s| *s as u64 == t)
+            .find(|s| *s as u64 == t & !RESP3_TOKEN)
+            .map(|s| (s, version))
     }
 
     /// The RESP reply to `r`.
@@ -256,6 +266,8 @@ pub struct Session<'a> {
     multi: Option<Multi>,
     /// For the back-off's jitter.
     rng: u64,
+    /// The protocol version (`HELLO`).
+    version: crate::resp::Version,
 }
 
 type Step<T> = std::result::Result<T, Reply>;
@@ -270,7 +282,22 @@ impl<'a> Session<'a> {
     /// A new connection's session.
     pub fn new(node: &'a Arc<Node>, shared: &'a Shared) -> Session<'a> {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        Session { node, shared, id, level: node.cfg.resp_consistency, name: None, watched: Vec::new(), multi: None, rng: id }
+        Session {
+            node,
+            shared,
+            id,
+            level: node.cfg.resp_consistency,
+            name: None,
+            watched: Vec::new(),
+            multi: None,
+            rng: id,
+            version: crate::resp::Version::Resp2,
+        }
+    }
+
+    /// The protocol version replies are encoded in.
+    pub fn version(&self) -> crate::resp::Version {
+        self.version
     }
 
     fn limits(&self) -> Limits {
@@ -411,9 +438,12 @@ impl<'a> Session<'a> {
             Cmd::Ping(Some(m)) | Cmd::Echo(m) => Reply::Bulk(Some(m)).into(),
             Cmd::Select => Reply::ok().into(),
             Cmd::Quit => Outcome::Close(Reply::ok()),
-            Cmd::Hello { name } => {
+            Cmd::Hello { version, name } => {
                 if name.is_some() {
                     self.name = name;
+                }
+                if let Some(v) = version {
+                    self.version = v;
                 }
                 self.hello().into()
             }
@@ -443,11 +473,10 @@ impl<'a> Session<'a> {
                 let mut out = Vec::new();
                 for (name, value) in known {
                     if params.iter().any(|p| Glob::new(&p.to_ascii_lowercase()).matches(name.as_bytes())) {
-                        out.push(Reply::Bulk(Some(name.as_bytes().to_vec())));
-                        out.push(Reply::Bulk(Some(value.as_bytes().to_vec())));
+                        out.push((Reply::Bulk(Some(name.as_bytes().to_vec())), Reply::Bulk(Some(value.as_bytes().to_vec()))));
                     }
                 }
-                Reply::Array(Some(out)).into()
+                Reply::Map(out).into()
             }
             Cmd::Consistency(None) => Reply::Simple(self.level.to_string()).into(),
             Cmd::Consistency(Some(l)) => {
@@ -510,7 +539,7 @@ impl<'a> Session<'a> {
 
     /// One request; deferred with `later` when the node can.
     fn call(&self, req: ClientRequest, shape: Shape, later: Option<&Arc<dyn Responder>>) -> Outcome {
-        match self.node.handle_client(req, later.map(|r| (r, shape as u64))) {
+        match self.node.handle_client(req, later.map(|r| (r, shape.token(self.version)))) {
             Answered::Now(h) => Outcome::Reply(shape.reply(h.reply), h.after),
             Answered::Later(u) => Outcome::Later(u),
         }
@@ -699,22 +728,16 @@ impl<'a> Session<'a> {
 
     fn hello(&self) -> Reply {
         let s = |t: &str| Reply::Bulk(Some(t.as_bytes().to_vec()));
-        Reply::Array(Some(vec![
-            s("server"),
-            s("redis"),
-            s("version"),
-            s(REDIS_VERSION),
-            s("proto"),
-            Reply::Integer(2),
-            s("id"),
-            Reply::Integer(self.id as i64),
-            s("mode"),
-            s("standalone"),
-            s("role"),
-            s("master"),
-            s("modules"),
-            Reply::Array(Some(Vec::new())),
-        ]))
+        let proto = if self.version == crate::resp::Version::Resp3 { 3 } else { 2 };
+        Reply::Map(vec![
+            (s("server"), s("redis")),
+            (s("version"), s(REDIS_VERSION)),
+            (s("proto"), Reply::Integer(proto)),
+            (s("id"), Reply::Integer(self.id as i64)),
+            (s("mode"), s("standalone")),
+            (s("role"), s("master")),
+            (s("modules"), Reply::Array(Some(Vec::new()))),
+        ])
     }
 
     fn info(&self, sections: &[String]) -> String {
@@ -917,7 +940,9 @@ mod tests {
         assert_eq!(Shape::Ok.reply(KvReply::Error(Error::Conflict("held".into()))), Reply::Error("TRYAGAIN held".into()));
         assert!(matches!(Shape::Ok.reply(KvReply::Values(vec![])), Reply::Error(e) if e.starts_with("ERR internal")));
         for s in [Shape::Value, Shape::Ok, Shape::OkOrNil, Shape::Applied, Shape::Values, Shape::Count, Shape::Type] {
-            assert_eq!(Shape::of_token(s as u64), Some(s));
+            for v in [crate::resp::Version::Resp2, crate::resp::Version::Resp3] {
+                assert_eq!(Shape::of_token(s.token(v)), Some((s, v)));
+            }
         }
         assert_eq!(Shape::of_token(0), None);
     }

@@ -115,6 +115,9 @@ enum What {
     WriteBack(usize),
 }
 
+/// Keys with their values, as an `mget` answers them.
+type KeyValues = Vec<(Key, Option<Box<[u8]>>)>;
+
 /// A committed write the answer shows from an intent, written back to the key's replicas.
 struct WriteBack {
     idx: usize,
@@ -137,7 +140,7 @@ pub struct MGetMachine {
     checks: BTreeMap<TxnId, Check>,
     checking: bool,
     /// The values decided, while their write-backs reach a quorum.
-    decided: Option<Vec<(Key, Option<Box<[u8]>>)>>,
+    decided: Option<KeyValues>,
     write_backs: Vec<WriteBack>,
     answer: Option<Reply>,
 }
