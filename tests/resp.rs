@@ -180,6 +180,21 @@ fn pipelined_and_inline_commands_answer_in_order() {
         assert_eq!(replies[2 * i], ok(), "SET p{i}");
         assert_eq!(replies[2 * i + 1], bulk(&format!("v{i}")), "GET p{i}");
     }
+    // Runs that go side by side keep the pipeline's order: the last SET of a key wins,
+    // a GET after a SET of its key sees it, GETs of distinct keys answer in order.
+    let mut commands: Vec<Vec<Vec<u8>>> = (0..300).map(|i| vec![b"SET".to_vec(), b"same".to_vec(), format!("{i}").into_bytes()]).collect();
+    commands.push(vec![b"GET".to_vec(), b"same".to_vec()]);
+    commands.extend((0..300).map(|i| vec![b"GET".to_vec(), format!("p{i}").into_bytes()]));
+    commands.push(vec![b"GET".to_vec(), b"same".to_vec()]);
+    commands.push(vec![b"SET".to_vec(), b"same".to_vec(), b"last".to_vec()]);
+    commands.push(vec![b"GET".to_vec(), b"same".to_vec()]);
+    let replies = r.pipeline(&commands).unwrap();
+    assert!(replies[..300].iter().all(|x| *x == ok()), "{:?}", &replies[..300]);
+    assert_eq!(replies[300], bulk("299"));
+    for i in 0..300 {
+        assert_eq!(replies[301 + i], bulk(&format!("v{i}")));
+    }
+    assert_eq!(replies[601..], [bulk("299"), ok(), bulk("last")]);
     // Inline commands, as telnet or nc send them; an empty line is ignored.
     r.send_raw(b"SET inline \"a b\\x41\"\r\n\r\nGET inline\nPING\r\n").unwrap();
     assert_eq!(r.read().unwrap(), ok());

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use log::debug;
 
+use crate::cluster::consistency::Consistency;
 use crate::coordinator::command::Responder;
 use crate::message::Reply as KvReply;
 use crate::net::conn::{self, ClientConn};
@@ -31,6 +32,7 @@ use crate::net::pool::Server;
 use crate::node::{Deferred, Unfinished};
 use crate::resp::session::{Outcome, Session, Shape, Shared};
 use crate::resp::{Limits, Parser, Reply, Version};
+use parking_lot::{Condvar, Mutex};
 
 /// Buffered replies are written once they reach this size.
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -52,6 +54,62 @@ impl Responder for RespResponder {
             None => (Reply::error("ERR", &format!("internal: a deferred RESP reply with token {token}")), Version::Resp2),
         };
         self.0.answer_with(|out| reply.encode_as(out, version));
+    }
+}
+
+/// The most pipelined commands in flight at once on one connection.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Bits of a batched reply's token below its slot (the [`Shape`]'s token).
+const SLOT_SHIFT: u32 = 16;
+
+/// Pipelined commands in flight: their encoded replies, in order, filled
+/// by whichever thread answers each.
+#[derive(Default)]
+struct Batch {
+    slots: Mutex<Vec<Option<Vec<u8>>>>,
+    filled: Condvar,
+}
+
+/// The responder of pipelined commands: the token is the slot, then the shape.
+struct BatchResponder(Arc<Batch>);
+
+impl Responder for BatchResponder {
+    fn defer(&self, _token: u64) {}
+
+    fn answer(&self, token: u64, reply: KvReply) {
+        let (reply, version) = match Shape::of_token(token & ((1 << SLOT_SHIFT) - 1)) {
+            Some((shape, version)) => (shape.reply(reply), version),
+            None => (Reply::error("ERR", &format!("internal: a batched RESP reply with token {token}")), Version::Resp2),
+        };
+        let mut bytes = Vec::new();
+        reply.encode_as(&mut bytes, version);
+        let mut slots = self.0.slots.lock();
+        if let Some(slot @ None) = slots.get_mut((token >> SLOT_SHIFT) as usize) {
+            *slot = Some(bytes);
+        }
+        drop(slots);
+        self.0.filled.notify_all();
+    }
+}
+
+/// Which pipelined commands may run side by side: a run of plain `GET`s of
+/// distinct keys, or a run of plain `SET`s (stamped in order, so the last of
+/// a key wins), below SERIAL. Any other command, a change of kind, or a
+/// second `GET` of a key in flight waits for those in flight: a pipeline
+/// keeps the meaning it has when its commands run one by one (a read after a
+/// write of its key sees it; two reads of a key never go back in time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Reads,
+    Writes,
+}
+
+fn concurrent_kind(args: &[Vec<u8>]) -> Option<Kind> {
+    match (args.first(), args.len()) {
+        (Some(name), 2) if name.eq_ignore_ascii_case(b"get") => Some(Kind::Reads),
+        (Some(name), 3) if name.eq_ignore_ascii_case(b"set") => Some(Kind::Writes),
+        _ => None,
     }
 }
 
@@ -96,24 +154,43 @@ struct Connection<'s, 'a> {
     session: Session<'a>,
     /// Bytes read and not yet parsed: `buf[start..]`.
     buf: Vec<u8>,
+    /// What one read takes (copied to `buf`: no zeroing of fresh room on every read).
+    chunk: Box<[u8]>,
     start: usize,
     out: Vec<u8>,
     after: Vec<Deferred>,
     unfinished: Option<Unfinished>,
     polling: bool,
     peer_addr: String,
+    /// Pipelined commands in flight.
+    batch: Arc<Batch>,
+    batch_responder: Arc<dyn Responder>,
+    /// Their calls, finished once their replies are out, and what runs after.
+    in_flight: Vec<Unfinished>,
+    in_flight_after: Vec<Deferred>,
+    in_flight_kind: Option<Kind>,
+    /// The keys of the `GET`s in flight.
+    in_flight_keys: std::collections::HashSet<Vec<u8>>,
 }
 
 impl<'s, 'a> Connection<'s, 'a> {
     fn new(srv: &'s Server<'a>, stream: TcpStream, shared: &'a Shared) -> Self {
         let peer_addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
         let conn = ClientConn::new(stream);
+        let batch = Arc::new(Batch::default());
         Connection {
+            batch_responder: Arc::new(BatchResponder(batch.clone())),
+            batch,
+            in_flight: Vec::new(),
+            in_flight_after: Vec::new(),
+            in_flight_kind: None,
+            in_flight_keys: std::collections::HashSet::new(),
             srv,
             responder: Arc::new(RespResponder(conn.clone())),
             conn,
             session: Session::new(srv.node, shared),
             buf: Vec::with_capacity(READ_CHUNK),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             start: 0,
             out: Vec::with_capacity(4096),
             after: Vec::new(),
@@ -140,8 +217,32 @@ impl<'s, 'a> Connection<'s, 'a> {
                         break Err(format!("deferred reply: {e}"));
                     }
                     let buffered = self.start < self.buf.len();
+                    let kind = concurrent_kind(&args).filter(|_| self.session.level() != Consistency::Serial);
+                    let batching = !self.batch.slots.lock().is_empty();
+                    let again = kind == Some(Kind::Reads) && self.in_flight_keys.contains(&args[1]);
+                    if batching && (kind.is_none() || kind != self.in_flight_kind || again) {
+                        // This command runs after those in flight.
+                        if let Err(e) = self.drain() {
+                            break Err(e);
+                        }
+                    }
+                    if kind.is_some() && (buffered || !self.batch.slots.lock().is_empty()) {
+                        // Pipelined: runs beside the others of its kind.
+                        self.in_flight_kind = kind;
+                        if kind == Some(Kind::Reads) {
+                            self.in_flight_keys.insert(args[1].clone());
+                        }
+                        self.start_in_flight(args);
+                        let full = self.batch.slots.lock().len() >= MAX_IN_FLIGHT;
+                        if (!buffered || full)
+                            && let Err(e) = self.flush()
+                        {
+                            break Err(e);
+                        }
+                        continue;
+                    }
                     let lone = conn::SUPPORTED && self.out.is_empty() && !buffered;
-                    let later = if lone { Some(&self.responder) } else { None };
+                    let later = if lone { Some((&self.responder, 0)) } else { None };
                     match self.session.execute(args, later) {
                         Outcome::Reply(r, after) => {
                             r.encode_as(&mut self.out, self.session.version());
@@ -201,14 +302,12 @@ impl<'s, 'a> Connection<'s, 'a> {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
         let conn = self.conn.clone();
         loop {
             let mut stream = conn.stream();
-            match stream.read(&mut self.buf[len..]) {
+            match stream.read(&mut self.chunk) {
                 Ok(n) => {
-                    self.buf.truncate(len + n);
+                    self.buf.extend_from_slice(&self.chunk[..n]);
                     if self.buf.capacity() > 4 << 20 && self.buf.len() < READ_CHUNK {
                         self.buf.shrink_to(READ_CHUNK * 2);
                     }
@@ -224,16 +323,63 @@ impl<'s, 'a> Connection<'s, 'a> {
                         let _ = self.conn.stream().set_read_timeout(None);
                     }
                 }
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(format!("read failed: {e}"));
-                }
+                Err(e) => return Err(format!("read failed: {e}")),
             }
         }
     }
 
-    /// Writes the batched replies, then runs the work that waits for them.
+    /// Starts a pipelined command beside those in flight; its reply goes to its slot.
+    fn start_in_flight(&mut self, args: Vec<Vec<u8>>) {
+        let slot = {
+            let mut slots = self.batch.slots.lock();
+            slots.push(None);
+            slots.len() - 1
+        };
+        let version = self.session.version();
+        match self.session.execute(args, Some((&self.batch_responder, (slot as u64) << SLOT_SHIFT))) {
+            // (A GET or SET never closes the connection.)
+            Outcome::Reply(r, after) => {
+                let mut bytes = Vec::new();
+                r.encode_as(&mut bytes, version);
+                self.batch.slots.lock()[slot] = Some(bytes);
+                self.in_flight_after.extend(after);
+            }
+            Outcome::Close(r) => {
+                let mut bytes = Vec::new();
+                r.encode_as(&mut bytes, version);
+                self.batch.slots.lock()[slot] = Some(bytes);
+            }
+            Outcome::Later(u) => self.in_flight.push(u),
+        }
+    }
+
+    /// Waits for every pipelined command in flight to be answered, appends
+    /// their replies to the batch in order, and finishes their calls.
+    fn drain(&mut self) -> Result<(), String> {
+        let give_up = self.in_flight.iter().map(Unfinished::deadline).max().map(|d| d + Duration::from_secs(1));
+        let mut slots = self.batch.slots.lock();
+        while slots.iter().any(Option::is_none) {
+            let Some(give_up) = give_up else { break };
+            if self.batch.filled.wait_until(&mut slots, give_up).timed_out() && slots.iter().any(Option::is_none) {
+                return Err("a pipelined command was never answered".into());
+            }
+        }
+        for reply in slots.drain(..) {
+            self.out.extend_from_slice(&reply.unwrap_or_default());
+        }
+        drop(slots);
+        for u in self.in_flight.drain(..) {
+            u.finish();
+        }
+        self.after.append(&mut self.in_flight_after);
+        self.in_flight_kind = None;
+        self.in_flight_keys.clear();
+        Ok(())
+    }
+
+    /// Writes the batched replies (those in flight first answered), then runs the work that waits for them.
     fn flush(&mut self) -> Result<(), String> {
+        self.drain()?;
         let written = if self.out.is_empty() {
             Ok(())
         } else {

@@ -295,6 +295,11 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The connection's consistency level.
+    pub fn level(&self) -> Consistency {
+        self.level
+    }
+
     /// The protocol version replies are encoded in.
     pub fn version(&self) -> crate::resp::Version {
         self.version
@@ -320,7 +325,8 @@ impl<'a> Session<'a> {
 
     /// Executes one command. With `later`, a reply one request answers may be
     /// deferred to that responder ([`Outcome::Later`]).
-    pub fn execute(&mut self, args: Vec<Vec<u8>>, later: Option<&Arc<dyn Responder>>) -> Outcome {
+    /// The responder's token is `tag` plus the reply's [`Shape`] token (below bit 16).
+    pub fn execute(&mut self, args: Vec<Vec<u8>>, later: Option<(&Arc<dyn Responder>, u64)>) -> Outcome {
         let cmd = match Cmd::parse(args) {
             Ok(c) => c,
             Err(refusal) => {
@@ -339,7 +345,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn run(&mut self, cmd: Cmd, later: Option<&Arc<dyn Responder>>) -> Step<Outcome> {
+    fn run(&mut self, cmd: Cmd, later: Option<(&Arc<dyn Responder>, u64)>) -> Step<Outcome> {
         let level = self.level;
         Ok(match cmd {
             Cmd::Get(k) => self.call(ClientRequest::Get { key: self.key(k)?, level }, Shape::Value, later),
@@ -538,8 +544,8 @@ impl<'a> Session<'a> {
     }
 
     /// One request; deferred with `later` when the node can.
-    fn call(&self, req: ClientRequest, shape: Shape, later: Option<&Arc<dyn Responder>>) -> Outcome {
-        match self.node.handle_client(req, later.map(|r| (r, shape.token(self.version)))) {
+    fn call(&self, req: ClientRequest, shape: Shape, later: Option<(&Arc<dyn Responder>, u64)>) -> Outcome {
+        match self.node.handle_client(req, later.map(|(r, tag)| (r, tag | shape.token(self.version)))) {
             Answered::Now(h) => Outcome::Reply(shape.reply(h.reply), h.after),
             Answered::Later(u) => Outcome::Later(u),
         }

@@ -102,6 +102,8 @@ pub(crate) struct Cluster {
     extra: Vec<String>,
     /// For a replica that joined a running cluster: the port of the member it joined through.
     joins: Vec<Option<u16>>,
+    /// Replica 0's RESP port (`--resp-port`), if it speaks RESP.
+    resp_port: Option<u16>,
 }
 
 impl Cluster {
@@ -112,14 +114,30 @@ impl Cluster {
 
     /// [`start`](Self::start) with `extra` flags for every replica.
     pub(crate) fn start_with(opts: ClusterOpts, extra: Vec<String>) -> Result<Cluster, String> {
+        Self::start_inner(opts, extra, false)
+    }
+
+    /// [`start_with`](Self::start_with), replica 0 also speaking RESP on a free port ([`resp_port`](Self::resp_port)).
+    pub(crate) fn start_resp(opts: ClusterOpts, extra: Vec<String>) -> Result<Cluster, String> {
+        Self::start_inner(opts, extra, true)
+    }
+
+    /// Replica 0's RESP port, if it has one.
+    pub(crate) fn resp_port(&self) -> Option<u16> {
+        self.resp_port
+    }
+
+    fn start_inner(opts: ClusterOpts, extra: Vec<String>, resp: bool) -> Result<Cluster, String> {
         let dir = std::env::temp_dir().join(format!("quorumkv-bench-{}-{}", std::process::id(), opts.tag));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let ports = free_ports(opts.n);
+        // The RESP port is found with the others, so it cannot be one of them.
+        let mut ports = free_ports(opts.n + usize::from(resp));
+        let resp_port = if resp { ports.pop() } else { None };
         let file = dir.join("replicas.txt");
         let nodes: String = ports.iter().enumerate().map(|(i, p)| format!("b{i} 127.0.0.1 {p}\n")).collect();
         let joins = vec![None; opts.n];
-        let mut c = Cluster { children: (0..opts.n).map(|_| None).collect(), ports, dir, file, opts, extra, joins };
+        let mut c = Cluster { children: (0..opts.n).map(|_| None).collect(), ports, dir, file, opts, extra, joins, resp_port };
         std::fs::write(&c.file, format!("{}{nodes}", c.opts.settings)).map_err(|e| e.to_string())?;
         for i in 0..c.opts.n {
             c.spawn(i)?;
@@ -143,6 +161,9 @@ impl Cluster {
         }
         cmd.arg("--data-dir").arg(self.data_dir(i));
         cmd.args(&self.opts.flags).args(&self.extra);
+        if let (0, Some(p)) = (i, self.resp_port) {
+            cmd.arg("--resp-port").arg(p.to_string());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

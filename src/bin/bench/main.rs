@@ -26,6 +26,9 @@
 //! * `bench txn`: starts a cluster; an uncontended 2-key transaction against
 //!   a QUORUM put and a 2-key `mget` against a QUORUM get (p50, in pairs),
 //!   then transactions of 2 and 4 keys at 32 clients, uniform and zipf.
+//! * `bench resp`: `redis-benchmark` against redis-server (AOF everysec) and
+//!   against a 4-replica cluster's RESP port, SET and GET, with and without
+//!   pipelining, the ratios against the targets (`respbench`).
 //!
 //! Latencies go into a log-linear histogram per client thread (no per-sample
 //! storage); a warm-up period is not counted.
@@ -48,6 +51,7 @@ mod matrix;
 mod redis;
 mod report;
 mod resp;
+mod respbench;
 mod storage;
 mod txn;
 
@@ -208,13 +212,14 @@ fn main() -> ExitCode {
         Some("storage") => storage::storage(&args),
         Some("join") => join::join(&args),
         Some("txn") => txn::txn(&args),
+        Some("resp") => respbench::resp(&args),
         None if args.cas => single(&args, Op::Cas),
         None if args.txn.is_some() => single(&args, Op::Txn(args.txn.unwrap_or(2))),
         None if args.mget.is_some() => single(&args, Op::MGet(args.mget.unwrap_or(2))),
         None => single(&args, Op::Mixed),
-        Some(other) => {
-            Err(format!("unknown mode {other:?}: use ping, matrix, memory, snapshot, storage, join, or nothing for get/put load"))
-        }
+        Some(other) => Err(format!(
+            "unknown mode {other:?}: use ping, matrix, memory, snapshot, storage, join, txn, resp, or nothing for get/put load"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

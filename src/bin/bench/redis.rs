@@ -41,16 +41,23 @@ pub(crate) struct Redis {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Log every write to an append-only file, fsynced every second (`--appendonly yes --appendfsync everysec`).
+    aof: bool,
 }
 
 impl Redis {
     /// Starts `exe` (pinned to `pin` if set) and waits until it answers `PING`.
     pub(crate) fn start(exe: &Path, pin: &str, tag: &str) -> Result<Redis, String> {
+        Redis::start_as(exe, pin, tag, false)
+    }
+
+    /// [`start`](Self::start), with an append-only file fsynced every second if `aof`.
+    pub(crate) fn start_as(exe: &Path, pin: &str, tag: &str, aof: bool) -> Result<Redis, String> {
         let dir = std::env::temp_dir().join(format!("quorumkv-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let port = free_ports(1)[0];
-        let mut r = Redis { exe: exe.to_path_buf(), pin: pin.to_string(), child: None, port, dir };
+        let mut r = Redis { exe: exe.to_path_buf(), pin: pin.to_string(), child: None, port, dir, aof };
         let started = r.spawn()?;
         r.wait_for(|c| c.command(&[b"PING"]).map(|r| matches!(r, Reply::Simple(s) if s == "PONG")), started, Duration::from_secs(20))?;
         Ok(r)
@@ -59,10 +66,15 @@ impl Redis {
     fn spawn(&mut self) -> Result<Instant, String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("redis.log")).map_err(|e| e.to_string())?;
         let mut cmd = pinned(&self.exe, &self.pin);
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--dbfilename", "dump.rdb", "--daemonize", "no", "--logfile", ""]);
+        let aof: &[&str] = if self.aof { &["--appendonly", "yes", "--appendfsync", "everysec"] } else { &["--appendonly", "no"] };
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]).args(aof).arg("--dir").arg(&self.dir).args([
+            "--dbfilename",
+            "dump.rdb",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]);
         let started = Instant::now();
         let child = cmd
             .stdin(Stdio::null())
@@ -102,6 +114,11 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Its port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     /// A new connection.
