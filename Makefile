@@ -9,19 +9,25 @@
 #   make soak             the nemesis test, then its bank run, for DURATION seconds each (default 600), release build;
 #                         SEED=… replays one
 #   make bench            release build, a cluster on free loopback ports, the standard matrix, one table
-#                         (with the murmur3 rows: 100,000 string keys, against the byte-ordered rows)
+#                         (with the murmur3 rows: 100,000 string keys, against the byte-ordered rows),
+#                         then bench-resp (the comparison with redis-server; skipped with a note without redis)
 #   make bench-memory     resident memory and restart time of a replica holding BENCH_KEYS (1M) keys, against redis-server
 #   make bench-snapshot   put QUORUM p99 on a 3-replica cluster holding BENCH_KEYS keys, without and while snapshots run
 #   make bench-storage    both, one table (about 5 minutes at 1M keys)
 #   make bench-join       a node joins a 3-replica cluster holding BENCH_KEYS keys: its streaming rate against
 #                         a plain TCP copy of the same bytes, and put QUORUM p99 while one streams (about 2 minutes)
 #   make bench-txn        transactions and mget against QUORUM puts and gets, and at 32 clients (about 2 minutes)
+#   make bench-resp       redis-benchmark against redis-server (AOF everysec) and a 4-replica cluster's RESP port
+#                         (skipped with a note without redis-server and redis-benchmark; about 3 minutes)
+#
+#   RESP=1 make run-replicas   every replica also speaks the Redis protocol on its port + 1000
 
 CARGO      ?= cargo
 REPLICAS   ?= replicas.txt
 RUN_DIR    ?= run
 MODE       ?=
 REPLICA_FLAGS ?=
+RESP       ?=
 TSAN_TARGET ?= x86_64-unknown-linux-gnu
 
 DURATION   ?= 600
@@ -46,9 +52,10 @@ run-replicas: build
 	  if [ -f $$pidfile ] && kill -0 "$$(cat $$pidfile)" 2>/dev/null; then \
 	    echo "$$name already running (pid $$(cat $$pidfile))"; continue; \
 	  fi; \
-	  ./target/release/replica $$name $$port $(REPLICAS) $(MODE) --data-dir $(RUN_DIR)/data/$$name $(REPLICA_FLAGS) >> $(RUN_DIR)/$$name.log 2>&1 & \
+	  resp=""; if [ -n "$(RESP)" ]; then resp="--resp-port $$((port + 1000))"; fi; \
+	  ./target/release/replica $$name $$port $(REPLICAS) $(MODE) --data-dir $(RUN_DIR)/data/$$name $$resp $(REPLICA_FLAGS) >> $(RUN_DIR)/$$name.log 2>&1 & \
 	  echo $$! > $$pidfile; \
-	  echo "started $$name on $$host:$$port (pid $$!, log $(RUN_DIR)/$$name.log)"; \
+	  echo "started $$name on $$host:$$port$${resp:+ (RESP on $$((port + 1000)))} (pid $$!, log $(RUN_DIR)/$$name.log)"; \
 	done
 	@sleep 0.5
 	@for f in $(RUN_DIR)/*.pid; do kill -0 "$$(cat $$f)" 2>/dev/null || { echo "$$f: replica exited; see its log:"; tail -3 $${f%.pid}.log; exit 1; }; done
@@ -109,10 +116,16 @@ bench_pinned = if command -v taskset >/dev/null 2>&1 && [ "$$(nproc)" -ge 2 ]; t
 	  $(BENCH_BIN) $(1) $(BENCH_FLAGS); \
 	fi
 
-.PHONY: bench-memory bench-snapshot bench-storage bench-join bench-txn
+.PHONY: bench-memory bench-snapshot bench-storage bench-join bench-txn bench-resp
+
+# Not pinned: redis-server uses one CPU however it is run, quorumkv's replicas
+# (threads) and redis-benchmark share the machine alike for both.
+bench-resp: build
+	@$(BENCH_BIN) resp $(BENCH_FLAGS)
 
 bench: build
 	@$(call bench_pinned,matrix --duration $(BENCH_DURATION) --warmup 500ms)
+	@$(BENCH_BIN) resp $(BENCH_FLAGS)
 
 bench-memory: build
 	@$(call bench_pinned,memory --keys $(BENCH_KEYS))

@@ -67,6 +67,11 @@ pub struct NodeConfig {
     pub port: u16,
     /// Repair mechanisms.
     pub mode: Mode,
+    /// With read repair, the share of ONE reads answered from this node's
+    /// own copy that also ask the other replicas afterwards, to repair them
+    /// (`--read-repair-chance`; 1: every one, the seed's behaviour; Cassandra
+    /// asked 10 % of them, then none). QUORUM and ALL reads always repair.
+    pub read_repair_chance: f64,
     /// How long a coordinator waits for acks.
     pub request_timeout: Duration,
     /// Hints older than this are dropped.
@@ -210,6 +215,7 @@ impl NodeConfig {
             coordinator_cache_bytes: 0,
             coordinator_cache_ttl: Duration::from_secs(1),
             resp_port: None,
+            read_repair_chance: 1.0,
             resp_consistency: crate::cluster::consistency::Consistency::Quorum,
             timed_sends: true,
         }

@@ -539,4 +539,45 @@ fn bad_input_on_the_resp_port_is_answered_and_never_crashes_the_replica() {
     });
     assert!(c.replicas[0].running(), "the replica died:\n{}", c.log(0));
     assert_eq!(cmd(&mut connect(&c, 0), "GET steady199"), bulk("199"));
+
+    // A protocol error is answered after the replies to the commands before it.
+    let mut r = connect(&c, 0);
+    r.send_raw(b"GET nothing1\r\nGET nothing2\r\n*x\r\n").unwrap();
+    assert_eq!(r.read().unwrap(), nil());
+    assert_eq!(r.read().unwrap(), nil());
+    assert_eq!(r.read().unwrap(), Reply::Error("ERR Protocol error: invalid multibulk length".into()));
+}
+
+/// What one connection makes a replica hold is bounded: a few KiB of
+/// pipelined GETs of a large value, a MULTI queue, and a DEL of large values.
+#[test]
+fn a_connection_cannot_make_a_replica_hold_unbounded_replies_or_queues() {
+    let c = Cluster::start_murmur3(3, RESP);
+    let mut r = connect(&c, 0);
+    let big = vec![b'x'; 1 << 20];
+    assert_eq!(r.command(&[b"SET", b"big", &big]).unwrap(), ok());
+    // 1,000 GETs of a 1 MiB value in 9 KB: a gigabyte of replies if they piled up.
+    let gets = if under_tsan() { 200 } else { 1000 };
+    r.send_raw(&b"GET big\r\n".repeat(gets)).unwrap();
+    for i in 0..gets {
+        assert_eq!(r.read().unwrap(), Reply::Bulk(Some(big.clone())), "reply {i}");
+    }
+    let peak_mib = c.replicas[0].peak_rss_kib() / 1024;
+    assert!(peak_mib < 400, "the replica peaked at {peak_mib} MiB serving a pipeline of GETs");
+
+    // A MULTI queue past what a transaction may carry is refused, and EXEC discards it.
+    let half = vec![b'y'; 600 << 10];
+    assert_eq!(cmd(&mut r, "MULTI"), ok());
+    assert_eq!(r.command(&[b"SET", b"q1", &half]).unwrap(), Reply::Simple("QUEUED".into()));
+    assert!(error_text(&r.command(&[b"SET", b"q2", &half]).unwrap()).contains("more than one transaction may carry"));
+    assert!(error_text(&cmd(&mut r, "EXEC")).starts_with("EXECABORT"));
+    assert_eq!(cmd(&mut r, "EXISTS q1 q2"), int(0));
+
+    // DEL of values too large to compare in one transaction still deletes them, and counts them.
+    assert_eq!(r.command(&[b"SET", b"d1", &half]).unwrap(), ok());
+    assert_eq!(r.command(&[b"SET", b"d2", &half]).unwrap(), ok());
+    assert_eq!(cmd(&mut r, "DEL d1 d2 d3"), int(2));
+    assert_eq!(r.command(&[b"SET", b"d1", &big]).unwrap(), ok());
+    assert_eq!(cmd(&mut r, "DEL d1"), int(1));
+    assert_eq!(cmd(&mut r, "EXISTS d1 d2"), int(0));
 }

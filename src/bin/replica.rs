@@ -111,8 +111,15 @@ struct Args {
     /// confirmed by a read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     coordinator_cache_ttl: std::time::Duration,
-    /// Also speak the Redis protocol (RESP2) on this port, so redis-cli,
-    /// redis-benchmark and Redis client libraries work against the cluster.
+    /// With read repair: the share (0 to 1) of ONE reads answered from this
+    /// replica's own copy that also ask the other replicas, to repair them
+    /// (1: every one; QUORUM and ALL reads always repair; anti-entropy and
+    /// hints repair the rest).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_chance)]
+    read_repair_chance: f64,
+    /// Also speak the Redis protocol (RESP2, and RESP3 after HELLO 3) on this
+    /// port, so redis-cli, redis-benchmark and Redis client libraries work
+    /// against the cluster.
     #[arg(long)]
     resp_port: Option<u16>,
     /// The consistency level every RESP connection starts at (ONE, QUORUM,
@@ -203,8 +210,16 @@ fn config(args: &Args, bind: IpAddr) -> quorumkv::Result<NodeConfig> {
     cfg.coordinator_cache_bytes = args.coordinator_cache_bytes;
     cfg.coordinator_cache_ttl = args.coordinator_cache_ttl;
     cfg.resp_port = args.resp_port;
+    cfg.read_repair_chance = args.read_repair_chance;
     cfg.resp_consistency = args.resp_consistency;
     Ok(cfg)
+}
+
+fn parse_chance(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s} is not a share from 0 to 1")),
+    }
 }
 
 fn parse_level(s: &str) -> Result<quorumkv::cluster::consistency::Consistency, String> {

@@ -13,8 +13,11 @@
 //! and closes the connection, as Redis does; a command refused (unknown,
 //! wrong arguments, a key the cluster cannot take) is answered and the
 //! connection goes on. The bytes buffered for one command are capped
-//! (`max_query_bytes`): a client cannot make a replica hold more than one
-//! command's worth of its input.
+//! (`max_query_bytes`), and a command arriving in pieces is resumed where it
+//! stopped ([`Partial`]); replies are written once `FLUSH_BYTES` pile up, and
+//! at most `MAX_IN_FLIGHT` pipelined commands are in flight: a client cannot
+//! make a replica hold more than a command's worth of its input and a
+//! bounded batch of replies.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -31,7 +34,7 @@ use crate::net::conn::{self, ClientConn};
 use crate::net::pool::Server;
 use crate::node::{Deferred, Unfinished};
 use crate::resp::session::{Outcome, Session, Shape, Shared};
-use crate::resp::{Limits, Parser, Reply, Version};
+use crate::resp::{Limits, Parser, Partial, Reply, Version};
 use parking_lot::{Condvar, Mutex};
 
 /// Buffered replies are written once they reach this size.
@@ -57,8 +60,10 @@ impl Responder for RespResponder {
     }
 }
 
-/// The most pipelined commands in flight at once on one connection.
-const MAX_IN_FLIGHT: usize = 256;
+/// The most pipelined commands in flight at once on one connection (with
+/// `FLUSH_BYTES`, what bounds the replies a connection holds: at most this
+/// many values, each within the value limit).
+const MAX_IN_FLIGHT: usize = 32;
 
 /// Bits of a batched reply's token below its slot (the [`Shape`]'s token).
 const SLOT_SHIFT: u32 = 16;
@@ -93,12 +98,14 @@ impl Responder for BatchResponder {
     }
 }
 
-/// Which pipelined commands may run side by side: a run of plain `GET`s of
-/// distinct keys, or a run of plain `SET`s (stamped in order, so the last of
-/// a key wins), below SERIAL. Any other command, a change of kind, or a
-/// second `GET` of a key in flight waits for those in flight: a pipeline
-/// keeps the meaning it has when its commands run one by one (a read after a
-/// write of its key sees it; two reads of a key never go back in time).
+/// Which pipelined commands may run side by side: a run of plain `GET`s, or
+/// a run of plain `SET`s, of distinct keys, below SERIAL. Any other command,
+/// a change of kind, or a second command on a key in flight waits for those
+/// in flight: for each key, a pipeline keeps the meaning it has when its
+/// commands run one by one (a read after a write of its key sees it, the
+/// last write of a key wins, two reads of a key never go back in time).
+/// Across keys it does not: another client may see the second `SET` of a
+/// run before the first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Reads,
@@ -169,8 +176,12 @@ struct Connection<'s, 'a> {
     in_flight: Vec<Unfinished>,
     in_flight_after: Vec<Deferred>,
     in_flight_kind: Option<Kind>,
-    /// The keys of the `GET`s in flight.
+    /// The keys of the commands in flight.
     in_flight_keys: std::collections::HashSet<Vec<u8>>,
+    /// Calls of pipelined commands answered, to finish once their replies are written.
+    finish_after_write: Vec<Unfinished>,
+    /// The command being read in part.
+    partial: Partial,
 }
 
 impl<'s, 'a> Connection<'s, 'a> {
@@ -185,6 +196,8 @@ impl<'s, 'a> Connection<'s, 'a> {
             in_flight_after: Vec::new(),
             in_flight_kind: None,
             in_flight_keys: std::collections::HashSet::new(),
+            finish_after_write: Vec::new(),
+            partial: Partial::default(),
             srv,
             responder: Arc::new(RespResponder(conn.clone())),
             conn,
@@ -205,7 +218,7 @@ impl<'s, 'a> Connection<'s, 'a> {
         let parser = Parser::new(Limits::for_values(node.cfg.max_value_bytes));
         let max_query = max_query_bytes(node);
         let result = loop {
-            let parsed = parser.parse(&self.buf[self.start..]);
+            let parsed = parser.parse_more(&self.buf[self.start..], &mut self.partial);
             match parsed {
                 Ok(Some((args, used))) => {
                     self.start += used;
@@ -219,19 +232,23 @@ impl<'s, 'a> Connection<'s, 'a> {
                     let buffered = self.start < self.buf.len();
                     let kind = concurrent_kind(&args).filter(|_| self.session.level() != Consistency::Serial);
                     let batching = !self.batch.slots.lock().is_empty();
-                    let again = kind == Some(Kind::Reads) && self.in_flight_keys.contains(&args[1]);
+                    let again = kind.is_some() && self.in_flight_keys.contains(&args[1]);
                     if batching && (kind.is_none() || kind != self.in_flight_kind || again) {
                         // This command runs after those in flight.
                         if let Err(e) = self.drain() {
+                            break Err(e);
+                        }
+                        // Replies do not pile up: a pipeline of large values is written as it goes.
+                        if self.out.len() >= FLUSH_BYTES
+                            && let Err(e) = self.write_out()
+                        {
                             break Err(e);
                         }
                     }
                     if kind.is_some() && (buffered || !self.batch.slots.lock().is_empty()) {
                         // Pipelined: runs beside the others of its kind.
                         self.in_flight_kind = kind;
-                        if kind == Some(Kind::Reads) {
-                            self.in_flight_keys.insert(args[1].clone());
-                        }
+                        self.in_flight_keys.insert(args[1].clone());
                         self.start_in_flight(args);
                         let full = self.batch.slots.lock().len() >= MAX_IN_FLIGHT;
                         if (!buffered || full)
@@ -291,6 +308,8 @@ impl<'s, 'a> Connection<'s, 'a> {
     fn refuse(&mut self, why: &str) -> Result<(), String> {
         self.srv.pool.bad_requests.note(&self.peer_addr, &why);
         self.settle().map_err(|e| format!("deferred reply: {e}"))?;
+        // After the replies to the commands before it, those in flight included.
+        self.drain()?;
         Reply::error("ERR", &format!("Protocol error: {why}")).encode(&mut self.out);
         self.flush()?;
         Err(format!("protocol error: {why}"))
@@ -357,10 +376,15 @@ impl<'s, 'a> Connection<'s, 'a> {
     /// their replies to the batch in order, and finishes their calls.
     fn drain(&mut self) -> Result<(), String> {
         let give_up = self.in_flight.iter().map(Unfinished::deadline).max().map(|d| d + Duration::from_secs(1));
+        // Their calls finish once the replies are written (or the connection fails).
+        self.finish_after_write.append(&mut self.in_flight);
         let mut slots = self.batch.slots.lock();
         while slots.iter().any(Option::is_none) {
             let Some(give_up) = give_up else { break };
             if self.batch.filled.wait_until(&mut slots, give_up).timed_out() && slots.iter().any(Option::is_none) {
+                slots.clear();
+                drop(slots);
+                self.finish_calls();
                 return Err("a pipelined command was never answered".into());
             }
         }
@@ -368,9 +392,6 @@ impl<'s, 'a> Connection<'s, 'a> {
             self.out.extend_from_slice(&reply.unwrap_or_default());
         }
         drop(slots);
-        for u in self.in_flight.drain(..) {
-            u.finish();
-        }
         self.after.append(&mut self.in_flight_after);
         self.in_flight_kind = None;
         self.in_flight_keys.clear();
@@ -380,14 +401,25 @@ impl<'s, 'a> Connection<'s, 'a> {
     /// Writes the batched replies (those in flight first answered), then runs the work that waits for them.
     fn flush(&mut self) -> Result<(), String> {
         self.drain()?;
+        self.write_out()
+    }
+
+    /// Finishes the calls of pipelined commands whose replies are out.
+    fn finish_calls(&mut self) {
+        for u in self.finish_after_write.drain(..) {
+            u.finish();
+        }
+    }
+
+    /// Writes what is batched in `out`, then runs the work that waits for it.
+    fn write_out(&mut self) -> Result<(), String> {
         let written = if self.out.is_empty() {
             Ok(())
         } else {
-            {
-                let mut stream = self.conn.stream();
-                stream.write_all(&self.out)
-            }
+            let mut stream = self.conn.stream();
+            stream.write_all(&self.out)
         };
+        self.finish_calls();
         for work in self.after.drain(..) {
             work.run();
         }

@@ -170,6 +170,18 @@ impl Node {
         }
     }
 
+    /// Whether this ONE read answered from the local copy also asks the other
+    /// replicas, to repair them (a draw at `--read-repair-chance`).
+    fn draw_read_repair(&self) -> bool {
+        let chance = self.cfg.read_repair_chance;
+        if chance >= 1.0 {
+            return true;
+        }
+        let mut state = self.repair_draws.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);
+        let draw = crate::rand::splitmix64(&mut state);
+        (draw >> 11) as f64 / (1u64 << 53) as f64 <= chance && chance > 0.0
+    }
+
     /// Reads `key` at `level`; returns the newest version among the replies (tombstones included).
     /// At ONE on a replica of the key, the local copy answers and the other
     /// replicas are asked afterwards: the returned [`Deferred`] must be run once
@@ -178,9 +190,9 @@ impl Node {
     pub fn read(self: &Arc<Self>, key: Key, level: Consistency, later: Later<'_>) -> Result<Answered<(Option<Version>, Option<Deferred>)>> {
         let ring = self.ring();
         let (replicas, need) = self.check_available(&key, level)?;
-        let repair = self.cfg.mode.read_repair();
-        let blocking = level != Consistency::One;
         let local_slot = replicas.iter().position(|&t| t == self.me);
+        let repair = self.cfg.mode.read_repair() && (level != Consistency::One || local_slot.is_none() || self.draw_read_repair());
+        let blocking = level != Consistency::One;
         let deadline = self.deadline();
         if let (Consistency::One, Some(_), false) = (level, local_slot, repair) {
             // Without read repair the other replicas' versions would change nothing.
@@ -413,5 +425,44 @@ fn pause_once(name: &str, point: crate::config::TxnCrashPoint) {
     match stopped {
         Ok(_) => log::error!("{name}: --txn-pause-before {point:?}: resumed"),
         Err(e) => log::error!("{name}: --txn-pause-before: cannot run kill: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::cluster::consistency::Consistency;
+    use crate::cluster::key::Key;
+    use crate::cluster::ring::{NodeId, NodeInfo, Ring};
+    use crate::config::NodeConfig;
+    use crate::node::test_util::NoPeers;
+    use crate::node::{Answered, Node};
+
+    fn node(chance: f64) -> Arc<Node> {
+        let nodes = (0..2).map(|i| NodeInfo { name: format!("r{i}"), host: "127.0.0.1".into(), port: 1 + i, id: NodeId(i.into()) });
+        let ring = Ring::new(nodes.collect(), 2, 1).unwrap();
+        let mut cfg = NodeConfig::new("r0", "127.0.0.1".parse().unwrap(), 1);
+        cfg.read_repair_chance = chance;
+        Node::new(cfg, ring, Arc::new(NoPeers)).unwrap().0
+    }
+
+    /// `--read-repair-chance`: the share of ONE reads of a local copy that ask
+    /// the other replicas afterwards (the deferred work after the answer).
+    #[test]
+    fn one_reads_of_a_local_copy_repair_at_the_chance_given() {
+        let repairs = |chance: f64, reads: usize| {
+            let n = node(chance);
+            (0..reads)
+                .filter(|_| match n.read(Key::byte(7), Consistency::One, None) {
+                    Ok(Answered::Now((_, after))) => after.map(|a| a.run()).is_some(),
+                    _ => panic!("a ONE read of a local copy answers at once"),
+                })
+                .count()
+        };
+        assert_eq!(repairs(1.0, 200), 200);
+        assert_eq!(repairs(0.0, 200), 0);
+        let some = repairs(0.1, 4000);
+        assert!((250..=550).contains(&some), "{some} of 4000 at 0.1");
     }
 }

@@ -214,6 +214,8 @@ pub struct Node {
     pub copying: AtomicBool,
     /// Bytes held by calls finishing in the background.
     pub budget: Arc<Budget>,
+    /// The state of the draws of `--read-repair-chance`.
+    repair_draws: std::sync::atomic::AtomicU64,
     /// Reads queued per peer.
     pub read_batcher: ReadBatcher,
     /// The write-ahead log (`None` in memory).
@@ -307,6 +309,7 @@ impl Node {
         let node = Node {
             read_batcher: ReadBatcher::new(ring.ids().filter(|&id| id != me)),
             budget: Arc::new(Budget::new(cfg.max_background_bytes)),
+            repair_draws: std::sync::atomic::AtomicU64::new(u64::from(me.0)),
             clock: Hlc::with_clock(me.0, wall),
             store,
             hints,

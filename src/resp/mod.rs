@@ -1,7 +1,10 @@
-//! RESP2, the Redis protocol, as a replica will speak it on `--resp-port`
-//! (issue 16): the I/O-free codec. A later step adds the listener and the
-//! commands; this part only turns bytes into commands and replies into bytes,
-//! with every size bounded, so it can be tested (and fuzzed) alone.
+//! The Redis protocol, as a replica speaks it on `--resp-port` (issue 16).
+//! This file is the I/O-free codec: bytes into commands, replies into bytes
+//! (RESP2, and RESP3 after `HELLO 3`), every size bounded, so it can be
+//! tested (and fuzzed) alone. [`command`] types a command, [`session`] runs
+//! it on the node, [`glob`] matches `SCAN` patterns, [`client`] is the small
+//! client of the tests and the bench; the socket side is
+//! [`crate::net::resp_conn`].
 //!
 //! # The wire
 //!
@@ -66,6 +69,15 @@ impl std::fmt::Display for ProtocolError {
 /// One command: its arguments, the name first (as sent: any case).
 pub type Command = Vec<Vec<u8>>;
 
+/// A command read in part: how many arguments it has, those taken so far,
+/// and where the next one starts (from the command's first byte).
+#[derive(Debug, Default)]
+pub struct Partial {
+    count: usize,
+    args: Vec<Vec<u8>>,
+    pos: usize,
+}
+
 /// Reads commands from a buffer that grows as bytes arrive.
 #[derive(Debug, Clone, Copy)]
 pub struct Parser {
@@ -121,30 +133,47 @@ impl Parser {
     /// `Ok(None)` if more bytes are needed. An empty inline line takes its
     /// bytes and gives an empty command (Redis ignores it; so should the caller).
     pub fn parse(&self, buf: &[u8]) -> Result<Option<(Command, usize)>, ProtocolError> {
-        match buf.first() {
-            None => Ok(None),
-            Some(b'*') => self.multibulk(buf),
-            Some(_) => self.inline(buf),
-        }
+        self.parse_more(buf, &mut Partial::default())
     }
 
-    fn multibulk(&self, buf: &[u8]) -> Result<Option<(Command, usize)>, ProtocolError> {
-        let bad_count = |e| match e {
-            LineError::TooLong => ProtocolError("too big mbulk count string".into()),
-            LineError::NoLf => ProtocolError("invalid multibulk length".into()),
+    /// [`parse`](Self::parse), resuming where an earlier call on the same
+    /// command left off (`partial`: the arguments it already took), so a
+    /// command arriving in many small pieces is read in linear time. `buf`
+    /// must start where the command starts; `partial` is reset when a
+    /// command is returned or an error is.
+    pub fn parse_more(&self, buf: &[u8], partial: &mut Partial) -> Result<Option<(Command, usize)>, ProtocolError> {
+        let result = match buf.first() {
+            None => Ok(None),
+            Some(b'*') => self.multibulk(buf, partial),
+            Some(_) => self.inline(buf),
         };
-        let Some(end) = line_end(buf, 1, 32).map_err(bad_count)? else { return Ok(None) };
-        let count = parse_len(&buf[1..end]).ok_or_else(|| ProtocolError("invalid multibulk length".into()))?;
-        let mut pos = end + 2;
-        if count <= 0 {
-            // `*0` and `*-1` are empty commands, skipped.
-            return Ok(Some((Vec::new(), pos)));
+        if !matches!(result, Ok(None)) {
+            *partial = Partial::default();
         }
-        if count as u64 > self.limits.max_args as u64 {
-            return Err(ProtocolError("invalid multibulk length".into()));
+        result
+    }
+
+    fn multibulk(&self, buf: &[u8], partial: &mut Partial) -> Result<Option<(Command, usize)>, ProtocolError> {
+        if partial.count == 0 {
+            let bad_count = |e| match e {
+                LineError::TooLong => ProtocolError("too big mbulk count string".into()),
+                LineError::NoLf => ProtocolError("invalid multibulk length".into()),
+            };
+            let Some(end) = line_end(buf, 1, 32).map_err(bad_count)? else { return Ok(None) };
+            let count = parse_len(&buf[1..end]).ok_or_else(|| ProtocolError("invalid multibulk length".into()))?;
+            if count <= 0 {
+                // `*0` and `*-1` are empty commands, skipped.
+                return Ok(Some((Vec::new(), end + 2)));
+            }
+            if count as u64 > self.limits.max_args as u64 {
+                return Err(ProtocolError("invalid multibulk length".into()));
+            }
+            partial.count = count as usize;
+            partial.pos = end + 2;
+            partial.args = Vec::with_capacity(partial.count.min(64));
         }
-        let mut args = Vec::with_capacity((count as usize).min(64));
-        for _ in 0..count {
+        let mut pos = partial.pos;
+        while partial.args.len() < partial.count {
             let Some(&first) = buf.get(pos) else { return Ok(None) };
             if first != b'$' {
                 return Err(ProtocolError(format!("expected '$', got '{}'", char::from(first).escape_default())));
@@ -168,10 +197,11 @@ impl Parser {
             if &buf[stop..stop + 2] != b"\r\n" {
                 return Err(ProtocolError("bulk string not followed by CRLF".into()));
             }
-            args.push(buf[start..stop].to_vec());
+            partial.args.push(buf[start..stop].to_vec());
             pos = stop + 2;
+            partial.pos = pos;
         }
-        Ok(Some((args, pos)))
+        Ok(Some((std::mem::take(&mut partial.args), pos)))
     }
 
     fn inline(&self, buf: &[u8]) -> Result<Option<(Command, usize)>, ProtocolError> {
@@ -385,6 +415,28 @@ pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command arriving a byte at a time is resumed, not read again from
+    /// its start: each argument is taken once (reading it again every time
+    /// made a long command sent in small pieces cost quadratic time).
+    #[test]
+    fn a_command_in_pieces_is_resumed_where_it_stopped() {
+        let p = Parser::new(Limits { max_bulk: 100, max_args: 1000, max_inline: 64 });
+        let mut wire = Vec::new();
+        let args: Vec<Vec<u8>> = (0..300).map(|i| format!("arg{i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        encode_command(&mut wire, &refs);
+        let mut partial = Partial::default();
+        let mut taken = 0;
+        for end in 1..wire.len() {
+            assert_eq!(p.parse_more(&wire[..end], &mut partial), Ok(None));
+            assert!(partial.args.len() >= taken, "the arguments taken went from {taken} to {}", partial.args.len());
+            taken = partial.args.len();
+        }
+        assert_eq!(taken, 299, "every argument before the last was taken as it completed");
+        assert_eq!(p.parse_more(&wire, &mut partial), Ok(Some((args, wire.len()))));
+        assert_eq!(partial.count, 0, "reset for the next command");
+    }
 
     #[test]
     fn resp3_differs_in_nulls_and_maps_only() {

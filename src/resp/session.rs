@@ -237,6 +237,25 @@ enum Queued {
 }
 
 impl Queued {
+    /// How many keys it names.
+    fn keys(&self) -> usize {
+        match self {
+            Queued::Get(_) | Queued::Set(..) => 1,
+            Queued::Del(ks) | Queued::Exists(ks) | Queued::MGet(ks) => ks.len(),
+            Queued::MSet(kvs) => kvs.len(),
+            Queued::Ping(_) | Queued::Echo(_) => 0,
+        }
+    }
+
+    /// The bytes of values it writes.
+    fn bytes(&self) -> usize {
+        match self {
+            Queued::Set(_, v) => v.len(),
+            Queued::MSet(kvs) => kvs.iter().map(|(_, v)| v.len()).sum(),
+            _ => 0,
+        }
+    }
+
     /// The keys whose values it needs.
     fn reads(&self) -> &[Key] {
         match self {
@@ -419,6 +438,13 @@ impl<'a> Session<'a> {
             Cmd::Watch(keys) => {
                 let keys = distinct(self.keys(keys)?);
                 let fresh: Vec<Key> = keys.into_iter().filter(|k| !self.watched.iter().any(|(w, _)| w == k)).collect();
+                let limit = self.limits().max_txn_keys;
+                if self.watched.len() + fresh.len() > limit {
+                    return Err(Reply::error(
+                        "ERR",
+                        &format!("WATCH of more than {limit} keys: EXEC could not commit them (--max-txn-keys)"),
+                    ));
+                }
                 if !fresh.is_empty() {
                     let found = self.values(fresh.clone())?;
                     self.watched.extend(fresh.into_iter().map(|k| {
@@ -530,10 +556,28 @@ impl<'a> Session<'a> {
                 ),
             )),
         };
+        let limits = self.limits();
         let Some(m) = &mut self.multi else { return Reply::error("ERR", "internal: no MULTI").into() };
         match queued {
             Ok(q) => {
                 m.queued.push(q);
+                // The queue is bounded by what one transaction may carry (keys named
+                // more than once count each time, up to four times the key limit).
+                let keys: usize = m.queued.iter().map(Queued::keys).sum();
+                let bytes: usize = m.queued.iter().map(Queued::bytes).sum();
+                if keys > 4 * limits.max_txn_keys || bytes > limits.max_txn_bytes {
+                    m.failed = true;
+                    m.queued.clear();
+                    return Reply::error(
+                        "ERR",
+                        &format!(
+                            "the queued commands name {keys} keys and {bytes} bytes of values, more than one transaction may carry \
+                             (--max-txn-keys {}, --max-txn-bytes {}); EXEC will discard the transaction",
+                            limits.max_txn_keys, limits.max_txn_bytes
+                        ),
+                    )
+                    .into();
+                }
                 Reply::Simple("QUEUED".into()).into()
             }
             Err(e) => {
@@ -639,11 +683,26 @@ impl<'a> Session<'a> {
 
     /// Deletes the keys that exist, atomically: how many did.
     fn del(&mut self, keys: Vec<Key>) -> Step<usize> {
+        if let [key] = &keys[..] {
+            return self.del_one(key.clone());
+        }
         let mut known = self.values(keys.clone())?;
+        let max_bytes = self.limits().max_txn_bytes;
         for _ in 0..CAS_TRIES {
             let existing: Vec<&Key> = keys.iter().filter(|k| known.get(*k).is_some_and(Option::is_some)).collect();
             if existing.is_empty() {
                 return Ok(0);
+            }
+            let compared: usize = known.values().flatten().map(|v| v.len()).sum();
+            if compared > max_bytes {
+                // The values are too large to compare in one transaction: delete
+                // the keys seen, atomically; the count is of the keys seen.
+                let spec = TxnSpec { conditions: Vec::new(), writes: existing.iter().map(|k| ((*k).clone(), None)).collect() };
+                let n = existing.len();
+                return match self.txn(spec)? {
+                    KvReply::TxnCommitted { .. } => Ok(n),
+                    r => Err(Shape::Ok.reply(r)),
+                };
             }
             let spec = TxnSpec {
                 conditions: keys
@@ -660,6 +719,25 @@ impl<'a> Session<'a> {
             }
         }
         Err(Reply::error("TRYAGAIN", &format!("the keys changed {CAS_TRIES} times while they were being deleted")))
+    }
+
+    /// `DEL` of one key: a SERIAL read, then a delete at SERIAL if the value
+    /// is still the one read (no transaction: any value size).
+    fn del_one(&self, key: Key) -> Step<usize> {
+        let mut guess = match self.wait(ClientRequest::Get { key: key.clone(), level: Consistency::Serial }) {
+            KvReply::SerialRead(v) => v,
+            r => return Err(Shape::Value.reply(r)),
+        };
+        for _ in 0..CAS_TRIES {
+            let Some(value) = guess else { return Ok(0) };
+            let req = ClientRequest::Delete { key: key.clone(), level: Consistency::Serial, condition: Some(Expect::Equals(value)) };
+            match self.wait(req) {
+                KvReply::Write { .. } => return Ok(1),
+                KvReply::NotApplied { current } => guess = current,
+                r => return Err(Shape::Ok.reply(r)),
+            }
+        }
+        Err(Reply::error("TRYAGAIN", &format!("key {key} changed {CAS_TRIES} times while it was being deleted")))
     }
 
     /// `EXEC`: the queued commands as one transaction; nil if a watched key changed.
