@@ -153,6 +153,29 @@ impl ClientConn {
     }
 }
 
+/// Writes a connection's batched replies `out` (emptied, its room given back
+/// past 1 MiB), then runs `after`: the work that waits for them to be on the wire.
+pub fn write_replies(mut stream: &TcpStream, out: &mut Vec<u8>, after: &mut Vec<crate::node::Deferred>) -> Result<(), String> {
+    let written = if out.is_empty() { Ok(()) } else { stream.write_all(out) };
+    for work in after.drain(..) {
+        work.run();
+    }
+    out.clear();
+    if out.capacity() > 1 << 20 {
+        *out = Vec::with_capacity(4096);
+    }
+    written.map_err(|e| format!("write failed: {e}"))
+}
+
+/// Waits for the deferred reply of `u` to be answered (until its deadline and
+/// the sweep's tick: every call settles by then), writes what of it is
+/// stashed, and finishes the call. Fails if it is never answered or the write fails.
+pub fn settle_call(conn: &ClientConn, u: crate::node::Unfinished) -> io::Result<()> {
+    let result = conn.settle(u.deadline() + Duration::from_secs(1));
+    u.finish();
+    result
+}
+
 /// The native protocol's responder: a deferred reply is the request's id and
 /// the reply's protobuf encoding.
 impl Responder for ClientConn {

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::debug;
 use prost::Message;
@@ -323,25 +323,14 @@ impl Connection<'_, '_> {
                 std::thread::sleep(rule.delay_to);
             }
         }
-        let written = self.conn.stream().write_all(&self.out);
-        for work in self.after.drain(..) {
-            work.run();
-        }
-        self.out.clear();
-        if self.out.capacity() > 1 << 20 {
-            self.out = Vec::with_capacity(4096);
-        }
-        written.map_err(|e| format!("write failed: {e}"))
+        conn::write_replies(self.conn.stream(), &mut self.out, &mut self.after)
     }
 
     /// Waits for the deferred reply (if any) to be answered, writes what of it is
     /// stashed, and finishes its call. Fails if it is never answered or the write fails.
     fn settle(&mut self) -> std::io::Result<()> {
         let Some(u) = self.unfinished.take() else { return Ok(()) };
-        // Every call settles by its deadline (the sweep times out what is left); allow for the sweep's tick.
-        let result = self.conn.settle(u.deadline() + Duration::from_secs(1));
-        u.finish();
-        result
+        conn::settle_call(&self.conn, u)
     }
 }
 

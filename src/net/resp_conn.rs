@@ -413,28 +413,14 @@ impl<'s, 'a> Connection<'s, 'a> {
 
     /// Writes what is batched in `out`, then runs the work that waits for it.
     fn write_out(&mut self) -> Result<(), String> {
-        let written = if self.out.is_empty() {
-            Ok(())
-        } else {
-            let mut stream = self.conn.stream();
-            stream.write_all(&self.out)
-        };
+        let written = conn::write_replies(self.conn.stream(), &mut self.out, &mut self.after);
         self.finish_calls();
-        for work in self.after.drain(..) {
-            work.run();
-        }
-        self.out.clear();
-        if self.out.capacity() > 1 << 20 {
-            self.out = Vec::with_capacity(4096);
-        }
-        written.map_err(|e| format!("write failed: {e}"))
+        written
     }
 
     /// Waits for the deferred reply (if any), writes what of it is stashed, finishes its call.
     fn settle(&mut self) -> std::io::Result<()> {
         let Some(u) = self.unfinished.take() else { return Ok(()) };
-        let result = self.conn.settle(u.deadline() + Duration::from_secs(1));
-        u.finish();
-        result
+        conn::settle_call(&self.conn, u)
     }
 }
