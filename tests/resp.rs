@@ -572,6 +572,11 @@ fn a_connection_cannot_make_a_replica_hold_unbounded_replies_or_queues() {
     assert!(error_text(&r.command(&[b"SET", b"q2", &half]).unwrap()).contains("more than one transaction may carry"));
     assert!(error_text(&cmd(&mut r, "EXEC")).starts_with("EXECABORT"));
     assert_eq!(cmd(&mut r, "EXISTS q1 q2"), int(0));
+    // ECHOes take room too.
+    assert_eq!(cmd(&mut r, "MULTI"), ok());
+    assert_eq!(r.command(&[b"ECHO", &half]).unwrap(), Reply::Simple("QUEUED".into()));
+    assert!(error_text(&r.command(&[b"ECHO", &half]).unwrap()).contains("more than one transaction may carry"));
+    assert!(error_text(&cmd(&mut r, "EXEC")).starts_with("EXECABORT"));
 
     // DEL of values too large to compare in one transaction still deletes them, and counts them.
     assert_eq!(r.command(&[b"SET", b"d1", &half]).unwrap(), ok());

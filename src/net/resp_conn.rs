@@ -16,8 +16,9 @@
 //! (`max_query_bytes`), and a command arriving in pieces is resumed where it
 //! stopped ([`Partial`]); replies are written once `FLUSH_BYTES` pile up, and
 //! at most `MAX_IN_FLIGHT` pipelined commands are in flight: a client cannot
-//! make a replica hold more than a command's worth of its input and a
-//! bounded batch of replies.
+//! make a replica hold more than about twice a command's worth of its input
+//! (the bytes, and the arguments taken from them so far) and a bounded batch
+//! of replies.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -179,7 +179,7 @@ impl Node {
         }
         let mut state = self.repair_draws.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);
         let draw = crate::rand::splitmix64(&mut state);
-        (draw >> 11) as f64 / (1u64 << 53) as f64 <= chance && chance > 0.0
+        (draw >> 11) as f64 / ((1u64 << 53) as f64) < chance
     }
 
     /// Reads `key` at `level`; returns the newest version among the replies (tombstones included).
@@ -422,6 +422,19 @@ fn pause_once(name: &str, point: crate::config::TxnCrashPoint) {
         .args(["-STOP", &pid])
         .status()
         .or_else(|_| std::process::Command::new("sh").args(["-c", &format!("kill -STOP {pid}")]).status());
+    // kill(2) queued the SIGSTOP before `kill` exited, but the stop lands
+    // asynchronously: this thread could run on and send before it does (a
+    // test saw the record's accepts go out, 1 run in 7). Wait until the
+    // signal has been taken (it leaves the process's pending set as the
+    // process stops), so this thread goes on only after a SIGCONT.
+    for _ in 0..100_000 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let pending = status.lines().find_map(|l| l.strip_prefix("ShdPnd:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+        match pending {
+            Some(set) if set & (1 << (19 - 1)) != 0 => std::thread::yield_now(), // SIGSTOP is signal 19
+            _ => break,
+        }
+    }
     match stopped {
         Ok(_) => log::error!("{name}: --txn-pause-before {point:?}: resumed"),
         Err(e) => log::error!("{name}: --txn-pause-before: cannot run kill: {e}"),

@@ -243,15 +243,17 @@ impl Queued {
             Queued::Get(_) | Queued::Set(..) => 1,
             Queued::Del(ks) | Queued::Exists(ks) | Queued::MGet(ks) => ks.len(),
             Queued::MSet(kvs) => kvs.len(),
-            Queued::Ping(_) | Queued::Echo(_) => 0,
+            // Nothing to commit, but they take room: each counts as a key.
+            Queued::Ping(_) | Queued::Echo(_) => 1,
         }
     }
 
-    /// The bytes of values it writes.
+    /// The bytes of values it writes (or echoes).
     fn bytes(&self) -> usize {
         match self {
             Queued::Set(_, v) => v.len(),
             Queued::MSet(kvs) => kvs.iter().map(|(_, v)| v.len()).sum(),
+            Queued::Ping(Some(m)) | Queued::Echo(m) => m.len(),
             _ => 0,
         }
     }
@@ -267,10 +269,14 @@ impl Queued {
 }
 
 /// A `MULTI` under way.
+#[derive(Default)]
 struct Multi {
     queued: Vec<Queued>,
     /// A command was refused while queueing: `EXEC` discards the transaction.
     failed: bool,
+    /// Keys named and bytes carried by the queue so far.
+    keys: usize,
+    bytes: usize,
 }
 
 /// One RESP connection's state.
@@ -459,7 +465,7 @@ impl<'a> Session<'a> {
                 Reply::ok().into()
             }
             Cmd::Multi => {
-                self.multi = Some(Multi { queued: Vec::new(), failed: false });
+                self.multi = Some(Multi::default());
                 Reply::ok().into()
             }
             Cmd::Exec => Reply::error("ERR", "EXEC without MULTI").into(),
@@ -522,7 +528,7 @@ impl<'a> Session<'a> {
     fn in_multi(&mut self, cmd: Cmd) -> Outcome {
         let queued = match cmd {
             Cmd::Exec => {
-                let m = self.multi.take().unwrap_or(Multi { queued: Vec::new(), failed: false });
+                let m = self.multi.take().unwrap_or_default();
                 let watched = std::mem::take(&mut self.watched);
                 if m.failed {
                     return Reply::error("EXECABORT", "Transaction discarded because of previous errors.").into();
@@ -559,12 +565,14 @@ impl<'a> Session<'a> {
         let limits = self.limits();
         let Some(m) = &mut self.multi else { return Reply::error("ERR", "internal: no MULTI").into() };
         match queued {
+            Ok(_) if m.failed => Reply::Simple("QUEUED".into()).into(), // EXEC will discard it anyway
             Ok(q) => {
-                m.queued.push(q);
                 // The queue is bounded by what one transaction may carry (keys named
                 // more than once count each time, up to four times the key limit).
-                let keys: usize = m.queued.iter().map(Queued::keys).sum();
-                let bytes: usize = m.queued.iter().map(Queued::bytes).sum();
+                m.keys += q.keys();
+                m.bytes += q.bytes();
+                m.queued.push(q);
+                let (keys, bytes) = (m.keys, m.bytes);
                 if keys > 4 * limits.max_txn_keys || bytes > limits.max_txn_bytes {
                     m.failed = true;
                     m.queued.clear();
@@ -696,8 +704,8 @@ impl<'a> Session<'a> {
             let compared: usize = known.values().flatten().map(|v| v.len()).sum();
             if compared > max_bytes {
                 // The values are too large to compare in one transaction: delete
-                // the keys seen, atomically; the count is of the keys seen.
-                let spec = TxnSpec { conditions: Vec::new(), writes: existing.iter().map(|k| ((*k).clone(), None)).collect() };
+                // every key named, atomically; the count is of the keys seen.
+                let spec = TxnSpec { conditions: Vec::new(), writes: keys.iter().map(|k| (k.clone(), None)).collect() };
                 let n = existing.len();
                 return match self.txn(spec)? {
                     KvReply::TxnCommitted { .. } => Ok(n),
